@@ -1,0 +1,40 @@
+//! The `switchyard` binary.
+
+mod models;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// switchyard: a local-first LLM serving platform.
+///
+/// Serves OpenAI-compatible chat completions from models it runs itself
+/// (llama.cpp, embedded, with continuous batching).
+#[derive(Parser)]
+#[command(name = "switchyard", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the OpenAI-compatible API (pulls the default model on first run).
+    Serve(serve::ServeArgs),
+    /// List, fetch and verify models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve::run(args),
+        Command::Models(cmd) => models::run(cmd),
+    }
+}

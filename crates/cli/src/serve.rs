@@ -1,0 +1,91 @@
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use switchyard_engine::Priority;
+use switchyard_gateway::ServeConfig;
+use switchyard_models::Progress;
+
+/// Flags override the config file; the config file overrides defaults.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Config file (TOML, same keys as these flags). Default: ./switchyard.toml if present.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to bind [default: 127.0.0.1]
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to listen on; 0 picks a free one [default: 8080]
+    #[arg(long)]
+    port: Option<u16>,
+    /// Model to serve: a catalog id (see `switchyard models list`) or a GGUF path.
+    /// Repeat to serve several. [default: qwen2.5-coder-0.5b]
+    #[arg(long = "model", short = 'm', value_name = "ID|PATH")]
+    models: Vec<String>,
+    /// Threads for llama.cpp; 0 = physical cores [default: 0]
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+    /// Total KV cache in tokens, split evenly across parallel sequences [default: 8192]
+    #[arg(long, short = 'c')]
+    ctx_size: Option<u32>,
+    /// Sequences decoded together per model (continuous-batching slots) [default: 4]
+    #[arg(long, short = 'p')]
+    parallel: Option<u32>,
+    /// Most tokens per llama.cpp decode call [default: 512]
+    #[arg(long, short = 'b')]
+    batch_size: Option<u32>,
+    /// Most prompt tokens evaluated per scheduler step (chunked prefill) [default: 256]
+    #[arg(long)]
+    prefill_chunk: Option<u32>,
+    /// What a step serves first when short of budget [default: decode]
+    #[arg(long, value_enum)]
+    priority: Option<PriorityArg>,
+    /// Requests allowed to wait for a slot before new ones get 429 [default: 64]
+    #[arg(long)]
+    max_queue: Option<usize>,
+    /// Largest request body, in bytes [default: 4194304]
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PriorityArg {
+    Decode,
+    Prefill,
+}
+
+impl ServeArgs {
+    fn config(self) -> anyhow::Result<ServeConfig> {
+        let (path, must_exist) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from("switchyard.toml"), false),
+        };
+        let mut cfg = ServeConfig::load(&path, must_exist)?;
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { cfg.$field = v; } )* };
+        }
+        set!(host, port, threads, ctx_size, parallel, batch_size, prefill_chunk, max_queue, max_body_bytes);
+        if let Some(p) = self.priority {
+            cfg.priority = match p {
+                PriorityArg::Decode => Priority::Decode,
+                PriorityArg::Prefill => Priority::Prefill,
+            };
+        }
+        if !self.models.is_empty() {
+            cfg.models = self.models;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = args.config()?;
+    let progress = if std::io::stderr().is_terminal() { Progress::Bar } else { Progress::Quiet };
+    let engines = switchyard_gateway::load_engines(&cfg, progress).context("loading models")?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(switchyard_gateway::serve(cfg, engines))
+}

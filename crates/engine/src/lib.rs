@@ -1,0 +1,268 @@
+//! Embedded llama.cpp engine.
+//!
+//! One [`Engine`] = one model file = one scheduler thread owning one llama
+//! context with `parallel` sequences (see [`scheduler`] for the batching
+//! invariants). Callers talk to it through [`Engine::submit`], which does all
+//! admission checks synchronously, so a request that cannot run is refused
+//! before it ever queues.
+
+mod logprobs;
+mod request;
+mod scheduler;
+mod sequence;
+mod settings;
+mod stop;
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc;
+
+pub use request::{Event, EventStream, GenerateRequest, OutputFormat, Piece, SamplingParams, Summary};
+pub use settings::{EngineSettings, Priority};
+
+use request::Job;
+use scheduler::{AliveGuard, Scheduler};
+
+/// The llama.cpp crate this engine is built on; part of `system_fingerprint`.
+pub const RUNTIME: &str = "llama.cpp/llama-cpp-2-0.1.160";
+
+const JSON_GRAMMAR: &str = include_str!("grammar/json.gbnf");
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("model file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid engine settings: {0}")]
+    Settings(String),
+    #[error("llama.cpp could not load {path}: {reason}")]
+    Model { path: PathBuf, reason: String },
+    #[error("llama.cpp could not create a context for {path}: {reason}")]
+    Context { path: PathBuf, reason: String },
+}
+
+/// Why a request was refused before queueing.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("this model's context is {n_ctx} tokens per sequence, but the request needs {needed} ({prompt} in the prompt + {max_tokens} to generate); shorten the messages or lower max_tokens")]
+    ContextExceeded { n_ctx: u32, needed: u64, prompt: usize, max_tokens: u32 },
+    #[error("the prompt is empty after applying the chat template")]
+    EmptyPrompt,
+    #[error("the request queue is full ({0} waiting); retry shortly")]
+    QueueFull(usize),
+    #[error("{0}")]
+    InvalidFormat(String),
+    #[error("the engine's scheduler has stopped")]
+    Stopped,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot render the chat template: {0}")]
+pub struct TemplateError(String);
+
+/// A loaded model and the handle to its scheduler. Cheap to share behind an `Arc`.
+pub struct Engine {
+    id: String,
+    path: PathBuf,
+    model: Arc<LlamaModel>,
+    template: LlamaChatTemplate,
+    jobs: SyncSender<Job>,
+    alive: Arc<AtomicBool>,
+    settings: EngineSettings,
+    n_ctx_seq: u32,
+}
+
+fn backend() -> &'static LlamaBackend {
+    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+    BACKEND.get_or_init(|| {
+        let mut backend = LlamaBackend::init().expect("llama backend is initialised once, here");
+        backend.void_logs();
+        backend
+    })
+}
+
+impl Engine {
+    /// Loads `path` and starts its scheduler thread. Blocks until the context
+    /// exists, so a returned engine is ready to serve.
+    pub fn load(id: &str, path: &Path, settings: EngineSettings) -> Result<Self, LoadError> {
+        settings.validate().map_err(|(key, msg)| LoadError::Settings(format!("{key}: {msg}")))?;
+        if !path.is_file() {
+            return Err(LoadError::Missing(path.to_path_buf()));
+        }
+        let model = LlamaModel::load_from_file(backend(), path, &LlamaModelParams::default())
+            .map_err(|e| LoadError::Model { path: path.to_path_buf(), reason: e.to_string() })?;
+        let model = Arc::new(model);
+        // Models without a template (base models) get ChatML, which llama.cpp knows by name.
+        let template = model
+            .chat_template(None)
+            .unwrap_or_else(|_| LlamaChatTemplate::new("chatml").expect("no NUL in a literal"));
+
+        let (jobs, rx) = sync_channel::<Job>(settings.max_queue);
+        let alive = Arc::new(AtomicBool::new(true));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u32, String>>();
+        let threads = settings.effective_threads() as i32;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(settings.ctx_size))
+            .with_n_batch(settings.batch_size)
+            .with_n_ubatch(settings.batch_size)
+            .with_n_seq_max(settings.parallel)
+            .with_kv_unified(false)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        {
+            let model = Arc::clone(&model);
+            let alive = AliveGuard(Arc::clone(&alive));
+            let settings = settings.clone();
+            std::thread::Builder::new()
+                .name(format!("sched-{id}"))
+                .spawn(move || {
+                    let _alive = alive;
+                    let ctx = match model.new_context(backend(), params) {
+                        Ok(ctx) => ctx,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let scheduler = Scheduler::new(&model, ctx, settings.clone(), rx);
+                    let _ = ready_tx.send(Ok(scheduler.n_ctx_seq()));
+                    scheduler.run();
+                })
+                .expect("spawning a thread");
+        }
+        let n_ctx_seq = ready_rx
+            .recv()
+            .map_err(|_| "scheduler thread exited during start-up".to_string())
+            .and_then(|r| r)
+            .map_err(|reason| LoadError::Context { path: path.to_path_buf(), reason })?;
+        tracing::info!(model = id, path = %path.display(), threads, n_ctx_seq, parallel = settings.parallel, "model loaded");
+        Ok(Self { id: id.to_string(), path: path.to_path_buf(), model, template, jobs, alive, settings, n_ctx_seq })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// Context available to one request (prompt + output).
+    pub fn n_ctx_seq(&self) -> u32 {
+        self.n_ctx_seq
+    }
+
+    /// True while the scheduler thread runs.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Model and runtime, as OpenAI's `system_fingerprint`.
+    pub fn fingerprint(&self) -> String {
+        format!("fp_{}_{}", self.id, RUNTIME)
+    }
+
+    /// Renders `(role, content)` messages with the model's chat template and
+    /// tokenizes the result, ready for [`Engine::submit`].
+    pub fn chat_prompt(&self, messages: &[(&str, &str)]) -> Result<Vec<LlamaToken>, TemplateError> {
+        let chat = messages
+            .iter()
+            .map(|(role, content)| {
+                // Templates predating the `developer` role know it as `system`.
+                let role = if *role == "developer" { "system" } else { role };
+                LlamaChatMessage::new(role.to_string(), content.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TemplateError(e.to_string()))?;
+        let text = self
+            .model
+            .apply_chat_template(&self.template, &chat, true)
+            .map_err(|e| TemplateError(e.to_string()))?;
+        Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
+    }
+
+    /// Admits a request: checks it fits the context, builds its sampler, and
+    /// queues it without blocking. Dropping the returned stream cancels it.
+    pub fn submit(&self, req: GenerateRequest) -> Result<EventStream, SubmitError> {
+        if !self.is_alive() {
+            return Err(SubmitError::Stopped);
+        }
+        if req.prompt.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        let prompt = req.prompt.len();
+        let room = self.n_ctx_seq.saturating_sub(u32::try_from(prompt).unwrap_or(u32::MAX));
+        let max_tokens = req.max_tokens.unwrap_or(room);
+        let needed = prompt as u64 + u64::from(max_tokens.max(1));
+        if needed > u64::from(self.n_ctx_seq) {
+            return Err(SubmitError::ContextExceeded { n_ctx: self.n_ctx_seq, needed, prompt, max_tokens });
+        }
+        let sampler = self.sampler(&req)?;
+        let (events, stream) = mpsc::unbounded_channel();
+        let job = Job { req, max_tokens, sampler, events, accepted: Instant::now() };
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(stream),
+            Err(TrySendError::Full(_)) => Err(SubmitError::QueueFull(self.settings.max_queue)),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+        }
+    }
+
+    fn sampler(&self, req: &GenerateRequest) -> Result<LlamaSampler, SubmitError> {
+        let mut chain = Vec::new();
+        let grammar = match &req.format {
+            OutputFormat::Text => None,
+            OutputFormat::JsonObject => Some(JSON_GRAMMAR.to_string()),
+            OutputFormat::JsonSchema(schema) => Some(
+                llama_cpp_2::json_schema_to_grammar(&schema.to_string())
+                    .map_err(|e| SubmitError::InvalidFormat(format!("unsupported JSON schema: {e}")))?,
+            ),
+        };
+        if let Some(gbnf) = grammar {
+            chain.push(
+                LlamaSampler::grammar(&self.model, &gbnf, "root")
+                    .map_err(|e| SubmitError::InvalidFormat(format!("cannot build the output grammar: {e}")))?,
+            );
+        }
+        let s = &req.sampling;
+        if s.presence_penalty != 0.0 || s.frequency_penalty != 0.0 {
+            chain.push(LlamaSampler::penalties(self.model.n_vocab(), 64, 1.0, s.frequency_penalty, s.presence_penalty));
+        }
+        if s.temperature <= 0.0 {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            if s.top_p < 1.0 {
+                chain.push(LlamaSampler::top_p(s.top_p, 1));
+            }
+            chain.push(LlamaSampler::temp(s.temperature));
+            chain.push(LlamaSampler::dist(seed32(s.seed)));
+        }
+        Ok(LlamaSampler::chain_simple(chain))
+    }
+}
+
+/// Folds a 64-bit request seed into llama.cpp's 32 bits. `u32::MAX` is
+/// llama.cpp's "pick a random seed", so an explicit seed never maps to it.
+fn seed32(seed: Option<u64>) -> u32 {
+    const RANDOM: u32 = u32::MAX;
+    match seed {
+        None => RANDOM,
+        Some(s) => match (s ^ (s >> 32)) as u32 {
+            RANDOM => RANDOM - 1,
+            v => v,
+        },
+    }
+}

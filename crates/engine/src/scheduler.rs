@@ -1,0 +1,245 @@
+//! The scheduler thread: owns the llama context and runs continuous batching.
+//!
+//! Split as in text-generation-inference's router: the *queue* is the bounded
+//! job channel (admission happens before a job enters it), the *batcher* is
+//! [`Scheduler::step`], which each iteration builds one llama batch from every
+//! decoding sequence (one token each) and prompt chunks of newly admitted
+//! ones. A new request therefore joins at the next step, never waiting for
+//! the running ones to finish.
+//!
+//! Invariants:
+//! - a sequence's slot id is its llama.cpp `seq_id` and owns one KV stream
+//!   (`kv_unified = false`), so sequences never see each other's cache;
+//! - a slot is freed (KV cleared) the step a sequence finishes, fails, or its
+//!   client goes away;
+//! - jobs are pulled from the channel only when a slot is free, so the
+//!   channel's capacity is the whole waiting queue.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+
+use crate::logprobs::token_logprob;
+use crate::request::Job;
+use crate::sequence::{Sampled, Sequence};
+use crate::settings::{EngineSettings, Priority};
+
+pub(crate) struct Scheduler<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    settings: EngineSettings,
+    n_ctx_seq: u32,
+    jobs: Receiver<Job>,
+    free_slots: Vec<i32>,
+    active: Vec<Sequence>,
+    batch: LlamaBatch<'static>,
+}
+
+/// Why a token is in the batch, and where to find its logits.
+struct Planned {
+    seq: usize,
+    /// Index of the token with logits in the batch, if this entry samples.
+    logits_at: Option<i32>,
+    /// The entry completes the prompt.
+    prompt_complete: bool,
+}
+
+/// Clears the liveness flag however the thread ends (return or panic).
+pub(crate) struct AliveGuard(pub Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl<'m> Scheduler<'m> {
+    pub fn new(model: &'m LlamaModel, ctx: LlamaContext<'m>, settings: EngineSettings, jobs: Receiver<Job>) -> Self {
+        let n_ctx_seq = ctx.n_ctx() / settings.parallel;
+        let batch = LlamaBatch::new(settings.batch_size as usize, 1);
+        Self {
+            model,
+            ctx,
+            n_ctx_seq,
+            jobs,
+            free_slots: (0..settings.parallel as i32).rev().collect(),
+            active: Vec::new(),
+            batch,
+            settings,
+        }
+    }
+
+    pub fn n_ctx_seq(&self) -> u32 {
+        self.n_ctx_seq
+    }
+
+    /// Runs until every `Engine` handle is dropped and the last sequence ends.
+    pub fn run(mut self) {
+        loop {
+            if !self.admit() {
+                return;
+            }
+            self.drop_abandoned();
+            if !self.active.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    /// Moves queued jobs into free slots. Blocks only when nothing is running.
+    /// Returns false once the engine is gone and no work remains.
+    fn admit(&mut self) -> bool {
+        while !self.free_slots.is_empty() {
+            let job = if self.active.is_empty() {
+                match self.jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return false,
+                }
+            } else {
+                match self.jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            };
+            if job.events.is_closed() {
+                continue;
+            }
+            let slot = self.free_slots.pop().expect("checked non-empty");
+            self.active.push(Sequence::new(slot, job));
+        }
+        true
+    }
+
+    fn drop_abandoned(&mut self) {
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].is_abandoned() {
+                let seq = self.active.swap_remove(i);
+                tracing::debug!(slot = seq.slot, "client went away; freeing sequence");
+                self.free(seq.slot);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn free(&mut self, slot: i32) {
+        // Removing a whole sequence's cells cannot fail for a valid seq_id.
+        let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
+        self.free_slots.push(slot);
+    }
+
+    fn step(&mut self) {
+        let plan = self.plan_batch();
+        if plan.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            tracing::error!(error = %e, "llama decode failed; failing the sequences in this batch");
+            self.fail_planned(&plan, &format!("inference failed: {e}"));
+            return;
+        }
+        let now = Instant::now();
+        let model = self.model;
+        let n_ctx_seq = self.n_ctx_seq;
+        let mut done = Vec::new();
+        for p in &plan {
+            let seq = &mut self.active[p.seq];
+            if p.prompt_complete {
+                seq.mark_prefilled(now);
+            }
+            let Some(idx) = p.logits_at else { continue };
+            let token = seq.job.sampler.sample(&self.ctx, idx);
+            let logits = self.ctx.get_logits_ith(idx);
+            let (logprob, top) = token_logprob(logits, token.0 as usize, seq.job.req.top_logprobs as usize);
+            if let Some(reason) = seq.accept(model, Sampled { token, logprob, top }, n_ctx_seq, now) {
+                done.push((p.seq, reason));
+            }
+        }
+        // Remove from the back so earlier indices stay valid.
+        done.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
+        for (i, reason) in done {
+            let seq = self.active.swap_remove(i);
+            let slot = seq.slot;
+            seq.finish(reason, now);
+            self.free(slot);
+        }
+    }
+
+    fn fail_planned(&mut self, plan: &[Planned], message: &str) {
+        let mut idx: Vec<usize> = plan.iter().map(|p| p.seq).collect();
+        idx.sort_unstable_by(|a, b| b.cmp(a));
+        idx.dedup();
+        for i in idx {
+            let seq = self.active.swap_remove(i);
+            seq.fail(message.to_string());
+            self.free(seq.slot);
+        }
+    }
+
+    /// Fills `self.batch` for one step and says what each entry is for.
+    fn plan_batch(&mut self) -> Vec<Planned> {
+        self.batch.clear();
+        let now = Instant::now();
+        let mut budget = self.settings.batch_size as usize;
+        let mut plan = Vec::with_capacity(self.active.len());
+        match self.settings.priority {
+            Priority::Decode => {
+                self.plan_decodes(&mut budget, &mut plan);
+                self.plan_prefills(&mut budget, &mut plan);
+            }
+            Priority::Prefill => {
+                self.plan_prefills(&mut budget, &mut plan);
+                self.plan_decodes(&mut budget, &mut plan);
+            }
+        }
+        for p in &plan {
+            self.active[p.seq].mark_scheduled(now);
+        }
+        plan
+    }
+
+    fn plan_decodes(&mut self, budget: &mut usize, plan: &mut Vec<Planned>) {
+        for (i, seq) in self.active.iter_mut().enumerate() {
+            if *budget == 0 {
+                return;
+            }
+            let Some(token) = seq.next.take() else { continue };
+            let at = self.batch.n_tokens();
+            self.batch.add(token, seq.n_past, &[seq.slot], true).expect("batch sized to budget");
+            seq.n_past += 1;
+            *budget -= 1;
+            plan.push(Planned { seq: i, logits_at: Some(at), prompt_complete: false });
+        }
+    }
+
+    fn plan_prefills(&mut self, budget: &mut usize, plan: &mut Vec<Planned>) {
+        let mut chunk_left = self.settings.prefill_chunk as usize;
+        for (i, seq) in self.active.iter_mut().enumerate() {
+            let take = (seq.prompt().len() - seq.prompt_done).min(*budget).min(chunk_left);
+            if take == 0 {
+                if *budget == 0 || chunk_left == 0 {
+                    return;
+                }
+                continue;
+            }
+            let start = seq.prompt_done;
+            let completes = start + take == seq.prompt().len();
+            for (k, &tok) in seq.job.req.prompt[start..start + take].iter().enumerate() {
+                let last = completes && k + 1 == take;
+                self.batch.add(tok, seq.n_past, &[seq.slot], last).expect("batch sized to budget");
+                seq.n_past += 1;
+            }
+            seq.prompt_done += take;
+            *budget -= take;
+            chunk_left -= take;
+            let at = self.batch.n_tokens() - 1;
+            plan.push(Planned { seq: i, logits_at: completes.then_some(at), prompt_complete: completes });
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! `POST /v1/chat/completions` against an embedded engine.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use futures::stream::{self, Stream, StreamExt};
+use switchyard_engine::{Engine, Event, EventStream, GenerateRequest, Piece, Summary};
+use switchyard_wire::*;
+
+use crate::error::ApiError;
+use crate::validate::{chat_params, ChatParams};
+use crate::AppState;
+
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-switchyard-request-id");
+
+/// Parses the body with the path of any type error, so the client learns
+/// which parameter was wrong, not just that something was.
+fn parse(body: Result<Bytes, BytesRejection>) -> Result<ChatCompletionRequest, ApiError> {
+    let body = body.map_err(|rejection| ApiError {
+        status: rejection.status(),
+        ..ApiError::invalid(None, format!("could not read the request body: {}", rejection.body_text()))
+    }
+    .with_code(if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE { "request_too_large" } else { "invalid_body" }))?;
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() || path == "." {
+            ApiError::invalid(None, format!("We could not parse the JSON body of your request: {inner}")).with_code("invalid_json")
+        } else {
+            ApiError::invalid(Some(path.clone()), format!("Invalid type or value for `{path}`: {inner}")).with_code("invalid_type")
+        }
+    })
+}
+
+pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let mut resp = match handle(&state, &id, body).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::info!(request_id = %id, status = %e.status, code = ?e.code, "request refused: {}", e.message);
+            e.into_response()
+        }
+    };
+    resp.headers_mut().insert(REQUEST_ID_HEADER, HeaderValue::from_str(&id).expect("ascii id"));
+    resp
+}
+
+async fn handle(state: &AppState, id: &str, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let req = parse(body)?;
+    let engine = state
+        .engines
+        .get(&req.model)
+        .ok_or_else(|| ApiError::model_not_found(&req.model, &state.model_ids()))?
+        .clone();
+    let params = chat_params(&req)?;
+    // Tokenizing a long prompt is real work: keep it off the async workers.
+    let (engine, params, stream) = tokio::task::spawn_blocking(move || {
+        let submitted = submit(&engine, &params);
+        (engine, params, submitted)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?;
+    let stream = stream?;
+    let reply = Reply { id: id.to_string(), created: unix_now(), model: req.model, fingerprint: engine.fingerprint(), params };
+    if reply.params.stream {
+        Ok(reply.stream(stream).into_response())
+    } else {
+        reply.collect(stream).await.map(|c| Json(c).into_response())
+    }
+}
+
+fn submit(engine: &Engine, p: &ChatParams) -> Result<EventStream, ApiError> {
+    let messages: Vec<(&str, &str)> = p.messages.iter().map(|(r, c)| (*r, c.as_str())).collect();
+    let prompt = engine
+        .chat_prompt(&messages)
+        .map_err(|e| ApiError::invalid(Some("messages".into()), e.to_string()))?;
+    Ok(engine.submit(GenerateRequest {
+        prompt,
+        max_tokens: p.max_tokens,
+        sampling: p.sampling.clone(),
+        stop: p.stop.clone(),
+        top_logprobs: p.logprobs.unwrap_or(0),
+        format: p.format.clone(),
+    })?)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What every part of one answer shares.
+struct Reply {
+    id: String,
+    created: i64,
+    model: String,
+    fingerprint: String,
+    params: ChatParams,
+}
+
+impl Reply {
+    fn logprobs(&self, pieces: &[Piece]) -> Option<ChoiceLogprobs> {
+        self.params.logprobs.map(|_| ChoiceLogprobs {
+            content: Some(pieces.iter().map(|p| p.logprob.clone()).collect()),
+            refusal: None,
+        })
+    }
+
+    async fn collect(self, mut events: EventStream) -> Result<ChatCompletion, ApiError> {
+        let mut text = String::new();
+        let mut pieces = Vec::new();
+        while let Some(ev) = events.recv().await {
+            match ev {
+                Event::Token(p) => {
+                    text.push_str(&p.text);
+                    pieces.push(p);
+                }
+                Event::Error(e) => return Err(ApiError::internal(e)),
+                Event::Done(summary) => {
+                    return Ok(ChatCompletion {
+                        id: self.id.clone(),
+                        object: CHAT_COMPLETION_OBJECT.into(),
+                        created: self.created,
+                        model: self.model.clone(),
+                        system_fingerprint: Some(self.fingerprint.clone()),
+                        choices: vec![Choice {
+                            index: 0,
+                            message: AssistantMessage { role: Role::Assistant, content: Some(text), refusal: None },
+                            logprobs: self.logprobs(&pieces),
+                            finish_reason: Some(summary.finish_reason),
+                        }],
+                        usage: Some(Usage::new(summary.prompt_tokens, summary.completion_tokens)),
+                        timings: Some(summary.timings),
+                    });
+                }
+            }
+        }
+        Err(ApiError::internal("the engine ended the request without a result"))
+    }
+
+    fn chunk(&self, choices: Vec<ChunkChoice>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: CHAT_COMPLETION_CHUNK_OBJECT.into(),
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: Some(self.fingerprint.clone()),
+            choices,
+            usage: None,
+            timings: None,
+        }
+    }
+
+    fn delta(&self, delta: Delta, pieces: &[Piece], finish_reason: Option<FinishReason>) -> ChatCompletionChunk {
+        let logprobs = if pieces.is_empty() { None } else { self.logprobs(pieces) };
+        self.chunk(vec![ChunkChoice { index: 0, delta, logprobs, finish_reason }])
+    }
+
+    /// The closing chunks: `finish_reason`, then usage if asked; `timings`
+    /// ride on the last one.
+    fn closing(&self, s: Summary) -> Vec<ChatCompletionChunk> {
+        let mut last = self.delta(Delta::default(), &[], Some(s.finish_reason));
+        if self.params.include_usage {
+            let mut usage = self.chunk(vec![]);
+            usage.usage = Some(Usage::new(s.prompt_tokens, s.completion_tokens));
+            usage.timings = Some(s.timings);
+            vec![last, usage]
+        } else {
+            last.timings = Some(s.timings);
+            vec![last]
+        }
+    }
+
+    /// SSE: role chunk, one chunk per token, closing chunks, `[DONE]`. If the
+    /// client goes away, axum drops this stream and with it the engine's
+    /// receiver, which frees the sequence at the next scheduler step.
+    fn stream(self, events: EventStream) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+        let first = self.delta(Delta { role: Some(Role::Assistant), content: Some(String::new()), refusal: None }, &[], None);
+        let reply = Arc::new(self);
+        let head = stream::iter([json_event(&first)]);
+        let body = tokio_stream::wrappers::UnboundedReceiverStream::new(events)
+            .flat_map(move |ev| {
+                let events: Vec<SseEvent> = match ev {
+                    Event::Token(p) => {
+                        let delta = Delta { content: Some(p.text.clone()), ..Default::default() };
+                        vec![json_event(&reply.delta(delta, std::slice::from_ref(&p), None))]
+                    }
+                    Event::Done(s) => {
+                        let mut out: Vec<_> = reply.closing(s).iter().map(json_event).collect();
+                        out.push(SseEvent::default().data("[DONE]"));
+                        out
+                    }
+                    Event::Error(e) => vec![json_event(&ApiError::internal(e).body())],
+                };
+                stream::iter(events)
+            });
+        Sse::new(head.chain(body).map(Ok))
+    }
+}
+
+fn json_event<T: serde::Serialize>(value: &T) -> SseEvent {
+    SseEvent::default().data(serde_json::to_string(value).expect("wire types serialize"))
+}

@@ -1,0 +1,129 @@
+//! `switchyard.toml`: the same keys as `serve`'s flags, validated at load
+//! with messages that name the key and the fix.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use switchyard_engine::{EngineSettings, Priority};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeConfig {
+    pub host: String,
+    pub port: u16,
+    /// Catalog ids or GGUF paths; empty means the default model.
+    pub models: Vec<String>,
+    pub threads: usize,
+    pub ctx_size: u32,
+    pub parallel: u32,
+    pub batch_size: u32,
+    pub prefill_chunk: u32,
+    pub priority: Priority,
+    pub max_queue: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        let e = EngineSettings::default();
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            models: Vec::new(),
+            threads: e.threads,
+            ctx_size: e.ctx_size,
+            parallel: e.parallel,
+            batch_size: e.batch_size,
+            prefill_chunk: e.prefill_chunk,
+            priority: e.priority,
+            max_queue: e.max_queue,
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid setting `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl ServeConfig {
+    /// Reads `path`; a missing file at the default location means defaults.
+    pub fn load(path: &Path, must_exist: bool) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => return Ok(Self::default()),
+            Err(source) => return Err(ConfigError::Read { path: shown, source }),
+        };
+        let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: shown, message: e.to_string() })?;
+        Ok(cfg)
+    }
+
+    pub fn engine_settings(&self) -> EngineSettings {
+        EngineSettings {
+            threads: self.threads,
+            ctx_size: self.ctx_size,
+            parallel: self.parallel,
+            batch_size: self.batch_size,
+            prefill_chunk: self.prefill_chunk,
+            priority: self.priority,
+            max_queue: self.max_queue,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.host.parse::<IpAddr>().is_err() && self.host != "localhost" {
+            return bad("host", format!("`{}` is not an IP address; use e.g. 127.0.0.1 or 0.0.0.0", self.host));
+        }
+        self.engine_settings().validate().map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        if self.max_body_bytes < 1024 {
+            return bad("max-body-bytes", "must be at least 1024".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<ServeConfig, String> {
+        toml::from_str::<ServeConfig>(s).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(parse("").unwrap(), ServeConfig::default());
+    }
+
+    #[test]
+    fn keys_match_the_flags() {
+        let c = parse("port = 9000\nctx-size = 4096\nparallel = 2\npriority = \"prefill\"\nmodels = [\"smollm2-135m\"]").unwrap();
+        assert_eq!((c.port, c.ctx_size, c.parallel, c.priority), (9000, 4096, 2, Priority::Prefill));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("ctx_size = 4096").unwrap_err();
+        assert!(e.contains("ctx_size") && e.contains("ctx-size"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let c = ServeConfig { parallel: 0, ..Default::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("`parallel`"));
+        let c = ServeConfig { host: "my host".into(), ..Default::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("`host`"));
+        assert!(parse("port = \"eighty\"").unwrap_err().contains("port"));
+    }
+}

@@ -1,0 +1,119 @@
+//! The HTTP front: OpenAI-compatible endpoints over the loaded engines.
+//!
+//! `/v1/chat/completions` ([`chat`]), `/v1/models`, `/healthz` (the process
+//! answers) and `/readyz` (every model loaded and its scheduler alive).
+
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use switchyard_engine::Engine;
+use switchyard_models::{ModelSpec, Progress};
+use switchyard_wire::{Model, ModelList};
+use tokio::net::TcpListener;
+
+pub use config::{ConfigError, ServeConfig};
+pub use error::ApiError;
+
+/// What handlers share: the loaded engines by model id.
+pub struct AppState {
+    pub engines: BTreeMap<String, Arc<Engine>>,
+    /// Unix time the models were loaded, reported as `created`.
+    pub created: i64,
+}
+
+impl AppState {
+    pub fn new(engines: Vec<Engine>) -> Self {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Self { engines: engines.into_iter().map(|e| (e.id().to_string(), Arc::new(e))).collect(), created }
+    }
+
+    pub fn model_ids(&self) -> Vec<String> {
+        self.engines.keys().cloned().collect()
+    }
+}
+
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    Json(ModelList::new(state.engines.keys().map(|id| Model::new(id, state.created, "switchyard")).collect()))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let models: serde_json::Map<_, _> = state
+        .engines
+        .iter()
+        .map(|(id, e)| (id.clone(), json!({"alive": e.is_alive(), "n_ctx_per_request": e.n_ctx_seq(), "settings": e.settings()})))
+        .collect();
+    let ready = !state.engines.is_empty() && state.engines.values().all(|e| e.is_alive());
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"status": if ready { "ready" } else { "unavailable" }, "models": models}))).into_response()
+}
+
+/// Resolves, fetches (if needed) and loads every configured model.
+pub fn load_engines(cfg: &ServeConfig, progress: Progress) -> anyhow::Result<Vec<Engine>> {
+    let specs = if cfg.models.is_empty() { vec![switchyard_models::DEFAULT_MODEL.to_string()] } else { cfg.models.clone() };
+    let cache = switchyard_models::cache_dir();
+    let mut engines = Vec::new();
+    for spec in &specs {
+        let spec = ModelSpec::parse(spec)?;
+        let id = spec.id();
+        if engines.iter().any(|e: &Engine| e.id() == id) {
+            anyhow::bail!("model `{id}` is listed twice; each model id must be unique");
+        }
+        let path = spec.ensure(&cache, progress)?;
+        engines.push(Engine::load(&id, &path, cfg.engine_settings())?);
+    }
+    Ok(engines)
+}
+
+/// Binds, reports the address on stdout, and serves until SIGINT/SIGTERM.
+pub async fn serve(cfg: ServeConfig, engines: Vec<Engine>) -> anyhow::Result<()> {
+    let state = Arc::new(AppState::new(engines));
+    let app = router(state.clone(), cfg.max_body_bytes);
+    let listener = TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    // Tests and scripts read this line to find a port chosen with --port 0.
+    println!("switchyard listening on http://{addr} (models: {})", state.model_ids().join(", "));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit and integration tests (real SmolLM2 model, real
+# loopback HTTP server), then the end-to-end tests through the official
+# `openai` Python client against the real binary.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+source scripts/setup.sh
+
+# The model is pulled (and verified) once, up front, so tests in parallel
+# binaries don't each fetch it.
+cargo build --release --locked --bin switchyard
+bin="${CARGO_TARGET_DIR:-$root/target}/release/switchyard"
+"$bin" models pull smollm2-135m >/dev/null
+
+# Tests run in the release profile: llama.cpp is built optimised either way,
+# and this reuses the binary's build instead of compiling everything twice.
+cargo test --release --locked --workspace
+
+venv="${SWITCHYARD_TEST_VENV:-$root/.venv-test}"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+SWITCHYARD_BIN="$bin" "$venv/bin/python" -m pytest -q tests/e2e
