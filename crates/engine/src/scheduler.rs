@@ -13,7 +13,11 @@
 //! - a slot is freed (KV cleared) the step a sequence finishes, fails, or its
 //!   client goes away;
 //! - jobs are pulled from the channel only when a slot is free, so the
-//!   channel's capacity is the whole waiting queue.
+//!   channel's capacity is the whole waiting queue;
+//! - a new sequence takes the lowest free slot, and batch entries are laid
+//!   out in slot order. llama.cpp splits a multi-stream batch into one
+//!   micro-batch per run of *consecutive* sequence ids, so this is what lets
+//!   every decoding sequence share one pass over the weights.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -23,8 +27,9 @@ use std::time::Instant;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
 
-use crate::logprobs::token_logprob;
+use crate::logprobs::LogitStats;
 use crate::request::Job;
 use crate::sequence::{Sampled, Sequence};
 use crate::settings::{EngineSettings, Priority};
@@ -35,6 +40,7 @@ pub(crate) struct Scheduler<'m> {
     settings: EngineSettings,
     n_ctx_seq: u32,
     jobs: Receiver<Job>,
+    /// Free slot ids, highest first, so `pop` gives the lowest.
     free_slots: Vec<i32>,
     active: Vec<Sequence>,
     batch: LlamaBatch<'static>,
@@ -110,7 +116,8 @@ impl<'m> Scheduler<'m> {
                 continue;
             }
             let slot = self.free_slots.pop().expect("checked non-empty");
-            self.active.push(Sequence::new(slot, job));
+            let at = self.active.partition_point(|s| s.slot < slot);
+            self.active.insert(at, Sequence::new(slot, job));
         }
         true
     }
@@ -119,7 +126,7 @@ impl<'m> Scheduler<'m> {
         let mut i = 0;
         while i < self.active.len() {
             if self.active[i].is_abandoned() {
-                let seq = self.active.swap_remove(i);
+                let seq = self.active.remove(i);
                 tracing::debug!(slot = seq.slot, "client went away; freeing sequence");
                 self.free(seq.slot);
             } else {
@@ -131,7 +138,8 @@ impl<'m> Scheduler<'m> {
     fn free(&mut self, slot: i32) {
         // Removing a whole sequence's cells cannot fail for a valid seq_id.
         let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
-        self.free_slots.push(slot);
+        let at = self.free_slots.partition_point(|&s| s > slot);
+        self.free_slots.insert(at, slot);
     }
 
     fn step(&mut self) {
@@ -139,12 +147,14 @@ impl<'m> Scheduler<'m> {
         if plan.is_empty() {
             return;
         }
+        let started = Instant::now();
         if let Err(e) = self.ctx.decode(&mut self.batch) {
             tracing::error!(error = %e, "llama decode failed; failing the sequences in this batch");
             self.fail_planned(&plan, &format!("inference failed: {e}"));
             return;
         }
         let now = Instant::now();
+        let decode_ms = (now - started).as_secs_f64() * 1e3;
         let model = self.model;
         let n_ctx_seq = self.n_ctx_seq;
         let mut done = Vec::new();
@@ -154,17 +164,33 @@ impl<'m> Scheduler<'m> {
                 seq.mark_prefilled(now);
             }
             let Some(idx) = p.logits_at else { continue };
-            let token = seq.job.sampler.sample(&self.ctx, idx);
             let logits = self.ctx.get_logits_ith(idx);
-            let (logprob, top) = token_logprob(logits, token.0 as usize, seq.job.req.top_logprobs as usize);
+            let stats = LogitStats::of(logits);
+            // Plain greedy is the argmax we just computed (the same first
+            // maximum llama.cpp's greedy sampler picks), so skip building
+            // llama.cpp's 150k-entry candidate array for it.
+            let token = match &mut seq.job.sampler {
+                None => LlamaToken(stats.argmax as i32),
+                Some(sampler) => sampler.sample(&self.ctx, idx),
+            };
+            let logprob = stats.logprob(logits, token.0 as usize);
+            let top = stats.top(logits, seq.job.req.top_logprobs as usize);
             if let Some(reason) = seq.accept(model, Sampled { token, logprob, top }, n_ctx_seq, now) {
                 done.push((p.seq, reason));
             }
         }
-        // Remove from the back so earlier indices stay valid.
+        tracing::trace!(
+            tokens = self.batch.n_tokens(),
+            sequences = plan.len(),
+            decode_ms,
+            sample_ms = now.elapsed().as_secs_f64() * 1e3,
+            "step"
+        );
+        // Remove from the back so earlier indices stay valid; `remove` keeps
+        // `active` in slot order.
         done.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
         for (i, reason) in done {
-            let seq = self.active.swap_remove(i);
+            let seq = self.active.remove(i);
             let slot = seq.slot;
             seq.finish(reason, now);
             self.free(slot);
@@ -176,70 +202,78 @@ impl<'m> Scheduler<'m> {
         idx.sort_unstable_by(|a, b| b.cmp(a));
         idx.dedup();
         for i in idx {
-            let seq = self.active.swap_remove(i);
+            let seq = self.active.remove(i);
             seq.fail(message.to_string());
             self.free(seq.slot);
         }
     }
 
     /// Fills `self.batch` for one step and says what each entry is for.
+    ///
+    /// The budget goes to decodes or prompt chunks first as `priority` says;
+    /// the batch itself is then laid out in slot order (see the module doc).
     fn plan_batch(&mut self) -> Vec<Planned> {
-        self.batch.clear();
-        let now = Instant::now();
+        // Tokens granted to each active sequence this step.
+        let mut grant = vec![0usize; self.active.len()];
         let mut budget = self.settings.batch_size as usize;
-        let mut plan = Vec::with_capacity(self.active.len());
         match self.settings.priority {
             Priority::Decode => {
-                self.plan_decodes(&mut budget, &mut plan);
-                self.plan_prefills(&mut budget, &mut plan);
+                self.grant_decodes(&mut grant, &mut budget);
+                self.grant_prefills(&mut grant, &mut budget);
             }
             Priority::Prefill => {
-                self.plan_prefills(&mut budget, &mut plan);
-                self.plan_decodes(&mut budget, &mut plan);
+                self.grant_prefills(&mut grant, &mut budget);
+                self.grant_decodes(&mut grant, &mut budget);
             }
         }
-        for p in &plan {
-            self.active[p.seq].mark_scheduled(now);
+
+        self.batch.clear();
+        let now = Instant::now();
+        let mut plan = Vec::with_capacity(self.active.len());
+        for (i, (seq, &n)) in self.active.iter_mut().zip(&grant).enumerate() {
+            if n == 0 {
+                continue;
+            }
+            seq.mark_scheduled(now);
+            if let Some(token) = seq.next.take() {
+                let at = self.batch.n_tokens();
+                self.batch.add(token, seq.n_past, &[seq.slot], true).expect("batch sized to budget");
+                seq.n_past += 1;
+                plan.push(Planned { seq: i, logits_at: Some(at), prompt_complete: false });
+                continue;
+            }
+            let start = seq.prompt_done;
+            let completes = start + n == seq.job.req.prompt.len();
+            for (k, &tok) in seq.job.req.prompt[start..start + n].iter().enumerate() {
+                let last = completes && k + 1 == n;
+                self.batch.add(tok, seq.n_past, &[seq.slot], last).expect("batch sized to budget");
+                seq.n_past += 1;
+            }
+            seq.prompt_done += n;
+            let at = self.batch.n_tokens() - 1;
+            plan.push(Planned { seq: i, logits_at: completes.then_some(at), prompt_complete: completes });
         }
         plan
     }
 
-    fn plan_decodes(&mut self, budget: &mut usize, plan: &mut Vec<Planned>) {
-        for (i, seq) in self.active.iter_mut().enumerate() {
-            if *budget == 0 {
-                return;
+    /// One token for each decoding sequence, while the budget lasts.
+    fn grant_decodes(&self, grant: &mut [usize], budget: &mut usize) {
+        for (g, seq) in grant.iter_mut().zip(&self.active) {
+            if *budget > 0 && seq.next.is_some() {
+                *g = 1;
+                *budget -= 1;
             }
-            let Some(token) = seq.next.take() else { continue };
-            let at = self.batch.n_tokens();
-            self.batch.add(token, seq.n_past, &[seq.slot], true).expect("batch sized to budget");
-            seq.n_past += 1;
-            *budget -= 1;
-            plan.push(Planned { seq: i, logits_at: Some(at), prompt_complete: false });
         }
     }
 
-    fn plan_prefills(&mut self, budget: &mut usize, plan: &mut Vec<Planned>) {
+    /// Prompt chunks, lowest slot first, within the budget and `prefill_chunk`.
+    fn grant_prefills(&self, grant: &mut [usize], budget: &mut usize) {
         let mut chunk_left = self.settings.prefill_chunk as usize;
-        for (i, seq) in self.active.iter_mut().enumerate() {
+        for (g, seq) in grant.iter_mut().zip(&self.active) {
             let take = (seq.prompt().len() - seq.prompt_done).min(*budget).min(chunk_left);
-            if take == 0 {
-                if *budget == 0 || chunk_left == 0 {
-                    return;
-                }
-                continue;
-            }
-            let start = seq.prompt_done;
-            let completes = start + take == seq.prompt().len();
-            for (k, &tok) in seq.job.req.prompt[start..start + take].iter().enumerate() {
-                let last = completes && k + 1 == take;
-                self.batch.add(tok, seq.n_past, &[seq.slot], last).expect("batch sized to budget");
-                seq.n_past += 1;
-            }
-            seq.prompt_done += take;
+            *g += take;
             *budget -= take;
             chunk_left -= take;
-            let at = self.batch.n_tokens() - 1;
-            plan.push(Planned { seq: i, logits_at: completes.then_some(at), prompt_complete: completes });
         }
     }
 }
