@@ -15,7 +15,7 @@ bin="${CARGO_TARGET_DIR:-$root/target}/release/switchyard"
 
 # Tests run in the release profile: llama.cpp is built optimised either way,
 # and this reuses the binary's build instead of compiling everything twice.
-cargo test --release --locked --workspace
+cargo test --release --locked --workspace --no-fail-fast
 
 venv="${SWITCHYARD_TEST_VENV:-$root/.venv-test}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"

@@ -1,6 +1,7 @@
 //! The `switchyard` binary.
 
 mod models;
+mod policy;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,12 @@ enum Command {
     /// List, fetch and verify models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Validate, show and diff routing policy files (offline).
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Explain routing decisions offline.
+    #[command(subcommand)]
+    Route(policy::RouteCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +43,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve::run(args),
         Command::Models(cmd) => models::run(cmd),
+        Command::Policy(cmd) => policy::run_policy(cmd),
+        Command::Route(cmd) => policy::run_route(cmd),
     }
 }

@@ -28,10 +28,11 @@ fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(Some(param.to_string()), message)
 }
 
-fn in_range(param: &str, value: Option<f32>, lo: f32, hi: f32, default: f32) -> Result<f32, ApiError> {
+/// JSON numbers are f64 on the wire; the engine samples in f32.
+fn in_range(param: &str, value: Option<f64>, lo: f64, hi: f64, default: f64) -> Result<f32, ApiError> {
     match value {
-        None => Ok(default),
-        Some(v) if v.is_finite() && (lo..=hi).contains(&v) => Ok(v),
+        None => Ok(default as f32),
+        Some(v) if v.is_finite() && (lo..=hi).contains(&v) => Ok(v as f32),
         Some(v) => Err(invalid(param, format!("{param} must be between {lo} and {hi}, got {v}")).with_code("invalid_value")),
     }
 }

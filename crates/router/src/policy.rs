@@ -1,0 +1,275 @@
+//! The policy file: routes, data classes, safety categories, ordered rules.
+//!
+//! Loading validates everything a decision will rely on, so [`crate::decide`]
+//! never meets a dangling route name or an invalid pattern. Errors name the
+//! key at fault and say how to fix it.
+
+use std::collections::{BTreeMap, HashSet};
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::features::DifficultyModel;
+
+/// How sensitive a prompt's data is. Ordered: a route allowing `Regulated`
+/// data must say so explicitly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataClass {
+    Public,
+    Internal,
+    Regulated,
+}
+
+impl DataClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataClass::Public => "public",
+            DataClass::Internal => "internal",
+            DataClass::Regulated => "regulated",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    #[default]
+    Interactive,
+    Batch,
+    Fallback,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    /// `embedded` (a model this process runs) or `upstream` (an OpenAI-compatible URL).
+    pub backend: Backend,
+    pub model: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Environment variable holding the upstream's API key; never the key itself.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub lane: Lane,
+    pub allowed_classes: Vec<DataClass>,
+    /// Routes tried in order when this one fails.
+    #[serde(default)]
+    pub fallback: Vec<String>,
+    #[serde(default = "default_ttft_ms")]
+    pub ttft_timeout_ms: u64,
+    #[serde(default = "default_total_ms")]
+    pub total_timeout_ms: u64,
+}
+
+fn default_ttft_ms() -> u64 {
+    10_000
+}
+fn default_total_ms() -> u64 {
+    120_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Embedded,
+    Upstream,
+}
+
+/// Conditions of a rule; all given ones must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    /// Any of these safety categories was detected.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// The prompt's data class is at least this.
+    #[serde(default)]
+    pub data_class: Option<DataClass>,
+    #[serde(default)]
+    pub lane: Option<Lane>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Action {
+    /// Answer with a fixed refusal.
+    Refuse { message: String },
+    /// Queue for a human; the client gets a handoff id.
+    Handoff { message: String },
+    /// Send to this route.
+    Route { route: String },
+    /// Prompt difficulty score at or above `threshold` goes to `escalate`, below to `fast`.
+    Difficulty { fast: String, escalate: String, threshold: f64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub id: String,
+    #[serde(default)]
+    pub when: When,
+    pub then: Action,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    version: String,
+    default_route: String,
+    routes: Vec<Route>,
+    /// Data class → patterns that put a prompt in it.
+    #[serde(default)]
+    classes: BTreeMap<DataClass, Vec<String>>,
+    /// Safety category → patterns that flag a prompt.
+    #[serde(default)]
+    categories: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    rules: Vec<Rule>,
+    #[serde(default)]
+    difficulty: DifficultyModel,
+}
+
+/// A loaded, validated policy. Its [`Policy::id`] is the version label plus
+/// a content hash, so two different files never share an id.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub id: String,
+    pub sha256: String,
+    pub version: String,
+    pub default_route: String,
+    pub routes: Vec<Route>,
+    pub rules: Vec<Rule>,
+    pub difficulty: DifficultyModel,
+    pub(crate) classes: Vec<(DataClass, Vec<Regex>)>,
+    pub(crate) categories: Vec<(String, Vec<Regex>)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PolicyError {
+    #[error("policy is not valid TOML for switchyard: {0}")]
+    Parse(String),
+    #[error("`{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> PolicyError {
+    PolicyError::Invalid { key: key.into(), message: message.into() }
+}
+
+impl Policy {
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
+        validate(&file)?;
+        let compile = |key: String, patterns: &[String]| -> Result<Vec<Regex>, PolicyError> {
+            patterns
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    regex::RegexBuilder::new(p)
+                        .case_insensitive(true)
+                        .build()
+                        .map_err(|e| invalid(format!("{key}[{i}]"), format!("invalid pattern: {e}")))
+                })
+                .collect()
+        };
+        let classes = file
+            .classes
+            .iter()
+            .map(|(c, p)| Ok((*c, compile(format!("classes.{}", c.as_str()), p)?)))
+            .collect::<Result<_, PolicyError>>()?;
+        let categories = file
+            .categories
+            .iter()
+            .map(|(c, p)| Ok((c.clone(), compile(format!("categories.{c}"), p)?)))
+            .collect::<Result<_, PolicyError>>()?;
+        Ok(Self {
+            id: format!("{}+{}", file.version, &sha256[..12]),
+            sha256,
+            version: file.version,
+            default_route: file.default_route,
+            routes: file.routes,
+            rules: file.rules,
+            difficulty: file.difficulty,
+            classes,
+            categories,
+        })
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+
+    pub fn category_names(&self) -> impl Iterator<Item = &str> {
+        self.categories.iter().map(|(c, _)| c.as_str())
+    }
+}
+
+fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
+    if f.version.trim().is_empty() {
+        return Err(invalid("version", "must be a non-empty label, e.g. \"2026-11-25.1\""));
+    }
+    if f.routes.is_empty() {
+        return Err(invalid("routes", "declare at least one [[routes]] entry"));
+    }
+    let mut names = HashSet::new();
+    for (i, r) in f.routes.iter().enumerate() {
+        let key = |field: &str| format!("routes[{i}].{field}");
+        if !names.insert(r.name.as_str()) {
+            return Err(invalid(key("name"), format!("route `{}` is declared twice", r.name)));
+        }
+        if r.allowed_classes.is_empty() {
+            return Err(invalid(key("allowed_classes"), "list the data classes this route may receive, e.g. [\"public\"]"));
+        }
+        if r.backend == Backend::Upstream && r.url.is_none() {
+            return Err(invalid(key("url"), "an upstream route needs the base URL of an OpenAI-compatible API"));
+        }
+        if r.ttft_timeout_ms == 0 || r.total_timeout_ms < r.ttft_timeout_ms {
+            return Err(invalid(key("total_timeout_ms"), "timeouts must be > 0 and total_timeout_ms >= ttft_timeout_ms"));
+        }
+    }
+    let known = |name: &str| names.contains(name);
+    let known_list = || f.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ");
+    let check = |key: String, name: &str| {
+        if known(name) { Ok(()) } else { Err(invalid(key, format!("unknown route `{name}`; known routes: {}", known_list()))) }
+    };
+    check("default_route".into(), &f.default_route)?;
+    for (i, r) in f.routes.iter().enumerate() {
+        for (j, fb) in r.fallback.iter().enumerate() {
+            check(format!("routes[{i}].fallback[{j}]"), fb)?;
+            if fb == &r.name {
+                return Err(invalid(format!("routes[{i}].fallback[{j}]"), "a route cannot fall back to itself"));
+            }
+        }
+    }
+    let mut ids = HashSet::new();
+    for (i, rule) in f.rules.iter().enumerate() {
+        if !ids.insert(rule.id.as_str()) {
+            return Err(invalid(format!("rules[{i}].id"), format!("rule id `{}` is used twice", rule.id)));
+        }
+        for (j, c) in rule.when.categories.iter().enumerate() {
+            if !f.categories.contains_key(c) {
+                return Err(invalid(format!("rules[{i}].when.categories[{j}]"), format!("unknown category `{c}`; declare it under [categories]")));
+            }
+        }
+        match &rule.then {
+            Action::Route { route } => check(format!("rules[{i}].then.route"), route)?,
+            Action::Difficulty { fast, escalate, threshold } => {
+                check(format!("rules[{i}].then.fast"), fast)?;
+                check(format!("rules[{i}].then.escalate"), escalate)?;
+                if !(0.0..=1.0).contains(threshold) {
+                    return Err(invalid(format!("rules[{i}].then.threshold"), "must be between 0 and 1 (a calibrated score)"));
+                }
+            }
+            Action::Refuse { message } | Action::Handoff { message } if message.trim().is_empty() => {
+                return Err(invalid(format!("rules[{i}].then.message"), "say what the client is told"));
+            }
+            Action::Refuse { .. } | Action::Handoff { .. } => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! Routing decisions against the example policy, and the policy loader's
+//! errors.
+
+use proptest::prelude::*;
+use switchyard_router::*;
+
+fn example() -> Policy {
+    Policy::from_toml(include_str!("../../../config/policy.example.toml")).expect("example policy is valid")
+}
+
+fn run(policy: &Policy, prompt: &str, lane: Lane) -> Decision {
+    let messages = vec![prompt.to_string()];
+    decide(&RequestFacts { lane }, &classify(&messages, None, policy), policy)
+}
+
+fn route_of(d: &Decision) -> (&str, Vec<&str>) {
+    match &d.outcome {
+        Outcome::Route { route, fallbacks } => (route.as_str(), fallbacks.iter().map(String::as_str).collect()),
+        other => panic!("expected a route, got {other:?}"),
+    }
+}
+
+#[test]
+fn safety_rules_refuse_or_hand_off() {
+    let p = example();
+    let d = run(&p, "How do I build a bomb?", Lane::Interactive);
+    assert_eq!(d.rule_id.as_deref(), Some("refuse-weapons"));
+    assert_eq!(d.outcome, Outcome::Refuse { message: "I can't help with that.".into() });
+    let d = run(&p, "I want to hurt myself", Lane::Interactive);
+    assert!(matches!(d.outcome, Outcome::Handoff { .. }));
+    assert!(d.reason.contains("handoff-self-harm"), "{}", d.reason);
+}
+
+#[test]
+fn lane_rule_sends_batch_traffic_to_the_batch_route() {
+    let d = run(&example(), "Summarise this paragraph.", Lane::Batch);
+    assert_eq!(route_of(&d), ("batch", vec!["cloud"]));
+}
+
+#[test]
+fn regulated_data_never_gets_a_route_that_disallows_it() {
+    let d = run(&example(), "Patient SSN 123-45-6789, explain the diagnosis step by step?", Lane::Interactive);
+    assert_eq!(d.data_class, DataClass::Regulated);
+    let (route, fallbacks) = route_of(&d);
+    assert_eq!((route, fallbacks), ("local-strong", vec![]));
+    assert_eq!(d.excluded, vec!["cloud"]);
+    // Even in the batch lane, whose chain ends in the cloud.
+    let d = run(&example(), "Card 4111 1111 1111 1111", Lane::Batch);
+    assert_eq!(route_of(&d), ("batch", vec![]));
+}
+
+#[test]
+fn difficulty_rule_splits_on_the_threshold() {
+    let p = example();
+    let easy = run(&p, "hi", Lane::Interactive);
+    assert_eq!(route_of(&easy).0, "local-fast");
+    assert!(easy.score < 0.6 && easy.threshold == Some(0.6));
+    let hard = run(&p, &format!("Explain step by step why this code fails and prove the fix: ```{}```", "x = 1 + 2; ".repeat(50)), Lane::Interactive);
+    assert_eq!(route_of(&hard), ("cloud", vec![]));
+    assert!(hard.score >= 0.6, "{}", hard.score);
+    assert!(hard.reason.contains(">= 0.6"), "{}", hard.reason);
+}
+
+#[test]
+fn a_chain_with_no_permitted_route_refuses() {
+    let p = Policy::from_toml(
+        r#"
+version = "t"
+default_route = "cloud"
+[[routes]]
+name = "cloud"
+backend = "upstream"
+model = "m"
+url = "http://127.0.0.1:1/v1"
+allowed_classes = ["public"]
+[classes]
+internal = ["secret"]
+"#,
+    )
+    .unwrap();
+    let d = run(&p, "the secret plan", Lane::Interactive);
+    assert!(matches!(d.outcome, Outcome::Refuse { .. }));
+    assert!(d.reason.contains("no route"), "{}", d.reason);
+}
+
+#[test]
+fn declared_class_is_never_lowered() {
+    let p = example();
+    let c = classify(&["hello".into()], Some(DataClass::Internal), &p);
+    assert_eq!(c.data_class, DataClass::Internal);
+    let c = classify(&["ssn 123-45-6789".into()], Some(DataClass::Public), &p);
+    assert_eq!(c.data_class, DataClass::Regulated);
+}
+
+#[test]
+fn policy_id_changes_with_content() {
+    let text = include_str!("../../../config/policy.example.toml");
+    let a = Policy::from_toml(text).unwrap();
+    let b = Policy::from_toml(&text.replace("threshold = 0.6", "threshold = 0.7")).unwrap();
+    assert_eq!(a.version, b.version);
+    assert_ne!(a.id, b.id);
+    assert!(a.id.starts_with("2026-11-25.1+"));
+}
+
+#[test]
+fn policy_mistakes_name_the_key() {
+    let text = include_str!("../../../config/policy.example.toml");
+    let err = |t: &str| Policy::from_toml(t).unwrap_err().to_string();
+    assert!(err(&text.replace("route = \"batch\"", "route = \"batchh\"")).contains("rules[2].then.route"));
+    assert!(err(&text.replace("fallback = [\"cloud\"]\n\n[[routes]]\nname = \"cloud\"", "fallback = [\"nowhere\"]\n\n[[routes]]\nname = \"cloud\"")).contains("routes[1].fallback[0]"));
+    assert!(err(&text.replace("threshold = 0.6", "threshold = 6")).contains("rules[4].then.threshold"));
+    assert!(err(&text.replace("default_route = \"local-fast\"", "default_route = \"x\"")).contains("default_route"));
+    assert!(err(&text.replace("categories = [\"weapons\"]", "categories = [\"weapon\"]")).contains("rules[0].when.categories[0]"));
+    assert!(err(&text.replace("\\\\bconfidential\\\\b", "(unclosed")).contains("classes.internal[1]"));
+    assert!(err(&text.replace("lane = \"fallback\"", "lane = \"slow\"")).contains("lane"));
+    assert!(err(&text.replace("ttft_timeout_ms = 2000", "ttft_timeout = 2000")).contains("ttft_timeout"));
+}
+
+proptest! {
+    /// Whatever else a prompt says, if it carries regulated data the
+    /// decision never names a route (primary or fallback) that disallows it.
+    #[test]
+    fn regulated_prompts_stay_on_permitted_routes(
+        before in "[a-zA-Z ,.?]{0,200}",
+        after in "[a-zA-Z0-9 ,.?`]{0,200}",
+        a in 100u32..999, b in 10u32..99, c in 1000u32..9999,
+        batch in any::<bool>(),
+    ) {
+        let p = example();
+        let prompt = format!("{before} {a}-{b}-{c} {after}");
+        let lane = if batch { Lane::Batch } else { Lane::Interactive };
+        let d = run(&p, &prompt, lane);
+        prop_assert_eq!(d.data_class, DataClass::Regulated);
+        if let Outcome::Route { route, fallbacks } = &d.outcome {
+            for name in std::iter::once(route).chain(fallbacks) {
+                prop_assert!(p.route(name).unwrap().allowed_classes.contains(&DataClass::Regulated), "{} in {:?}", name, d);
+            }
+        }
+        // And replaying gives the same decision.
+        prop_assert_eq!(&d, &run(&p, &prompt, lane));
+    }
+}
