@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Largest request body, in bytes [default: 4194304]
     #[arg(long)]
     max_body_bytes: Option<usize>,
+    /// Route every request by this policy file (see `switchyard policy`).
+    /// Without one, the request's `model` picks a loaded model.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -71,6 +75,9 @@ impl ServeArgs {
                 PriorityArg::Decode => Priority::Decode,
                 PriorityArg::Prefill => Priority::Prefill,
             };
+        }
+        if self.policy.is_some() {
+            cfg.policy = self.policy;
         }
         if !self.models.is_empty() {
             cfg.models = self.models;

@@ -2,11 +2,11 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -41,9 +41,13 @@ fn parse(body: Result<Bytes, BytesRejection>) -> Result<ChatCompletionRequest, A
     })
 }
 
-pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let mut resp = match handle(&state, &id, body).await {
+    let mut resp = match handle(&state, &id, &headers, body).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::info!(request_id = %id, status = %e.status, code = ?e.code, "request refused: {}", e.message);
@@ -54,27 +58,48 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes,
     resp
 }
 
-async fn handle(state: &AppState, id: &str, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn handle(state: &AppState, id: &str, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req = parse(body)?;
+    if let Some(routing) = &state.routing {
+        let params = chat_params(&req)?;
+        return routing.serve(state, id, headers, &req, params).await;
+    }
     let engine = state
         .engines
         .get(&req.model)
         .ok_or_else(|| ApiError::model_not_found(&req.model, &state.model_ids()))?
         .clone();
     let params = chat_params(&req)?;
+    embedded(engine, params, id, &req.model, None).await
+}
+
+/// Answers from an embedded engine. With `ttft`, waits at most that long for
+/// the first token before committing to this engine: on timeout the request
+/// is cancelled and a 504 returned, so a router can still fall back.
+pub async fn embedded(engine: Arc<Engine>, params: ChatParams, id: &str, model: &str, ttft: Option<Duration>) -> Result<Response, ApiError> {
     // Tokenizing a long prompt is real work: keep it off the async workers.
-    let (engine, params, stream) = tokio::task::spawn_blocking(move || {
+    let (engine, params, submitted) = tokio::task::spawn_blocking(move || {
         let submitted = submit(&engine, &params);
         (engine, params, submitted)
     })
     .await
     .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?;
-    let stream = stream?;
-    let reply = Reply { id: id.to_string(), created: unix_now(), model: req.model, fingerprint: engine.fingerprint(), params };
+    let mut events = submitted?;
+    let first = match ttft {
+        None => None,
+        Some(limit) => match tokio::time::timeout(limit, events.recv()).await {
+            Ok(ev) => ev,
+            Err(_) => {
+                return Err(ApiError::timeout(format!("no first token from {model} within {} ms", limit.as_millis())));
+            }
+        },
+    };
+    let events = stream::iter(first).chain(tokio_stream::wrappers::UnboundedReceiverStream::new(events));
+    let reply = Reply { id: id.to_string(), created: unix_now(), model: model.to_string(), fingerprint: engine.fingerprint(), params };
     if reply.params.stream {
-        Ok(reply.stream(stream).into_response())
+        Ok(reply.stream(events).into_response())
     } else {
-        reply.collect(stream).await.map(|c| Json(c).into_response())
+        reply.collect(events).await.map(|c| Json(c).into_response())
     }
 }
 
@@ -98,7 +123,7 @@ fn unix_now() -> i64 {
 }
 
 /// What every part of one answer shares.
-struct Reply {
+pub(crate) struct Reply {
     id: String,
     created: i64,
     model: String,
@@ -114,10 +139,11 @@ impl Reply {
         })
     }
 
-    async fn collect(self, mut events: EventStream) -> Result<ChatCompletion, ApiError> {
+    async fn collect(self, events: impl Stream<Item = Event>) -> Result<ChatCompletion, ApiError> {
         let mut text = String::new();
         let mut pieces = Vec::new();
-        while let Some(ev) = events.recv().await {
+        let mut events = std::pin::pin!(events);
+        while let Some(ev) = events.next().await {
             match ev {
                 Event::Token(p) => {
                     text.push_str(&p.text);
@@ -182,12 +208,11 @@ impl Reply {
     /// SSE: role chunk, one chunk per token, closing chunks, `[DONE]`. If the
     /// client goes away, axum drops this stream and with it the engine's
     /// receiver, which frees the sequence at the next scheduler step.
-    fn stream(self, events: EventStream) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    fn stream(self, events: impl Stream<Item = Event> + Send + 'static) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
         let first = self.delta(Delta { role: Some(Role::Assistant), content: Some(String::new()), refusal: None }, &[], None);
         let reply = Arc::new(self);
         let head = stream::iter([json_event(&first)]);
-        let body = tokio_stream::wrappers::UnboundedReceiverStream::new(events)
-            .flat_map(move |ev| {
+        let body = events.flat_map(move |ev| {
                 let events: Vec<SseEvent> = match ev {
                     Event::Token(p) => {
                         let delta = Delta { content: Some(p.text.clone()), ..Default::default() };

@@ -23,6 +23,8 @@ pub struct ServeConfig {
     pub max_queue: usize,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Routing policy file; without one, `model` picks a loaded engine.
+    pub policy: Option<std::path::PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -40,6 +42,7 @@ impl Default for ServeConfig {
             priority: e.priority,
             max_queue: e.max_queue,
             max_body_bytes: 4 << 20,
+            policy: None,
         }
     }
 }

@@ -49,6 +49,22 @@ impl ApiError {
             .with_code("unknown_url")
     }
 
+    /// 504: a backend did not answer in time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "server_error", message).with_code("backend_timeout")
+    }
+
+    /// 502: a backend failed or could not be reached.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "server_error", message).with_code("backend_error")
+    }
+
+    /// Worth trying the next route in a fallback chain: the backend was
+    /// unavailable, overloaded or slow, or its context too small.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.status.as_u16(), 429 | 502 | 503 | 504) || self.code == Some("context_length_exceeded")
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

@@ -6,6 +6,8 @@
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod routing;
+pub mod upstream;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -26,9 +28,13 @@ use tokio::net::TcpListener;
 pub use config::{ConfigError, ServeConfig};
 pub use error::ApiError;
 
-/// What handlers share: the loaded engines by model id.
+/// What handlers share: the loaded engines by model id, and the routing
+/// policy if one is configured.
 pub struct AppState {
     pub engines: BTreeMap<String, Arc<Engine>>,
+    /// With a policy, every chat request is routed by it; without one,
+    /// `model` picks a loaded engine.
+    pub routing: Option<routing::Routing>,
     /// Unix time the models were loaded, reported as `created`.
     pub created: i64,
 }
@@ -38,7 +44,13 @@ impl AppState {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        Self { engines: engines.into_iter().map(|e| (e.id().to_string(), Arc::new(e))).collect(), created }
+        Self { engines: engines.into_iter().map(|e| (e.id().to_string(), Arc::new(e))).collect(), routing: None, created }
+    }
+
+    /// Routes every chat request by `policy`, checked against the loaded engines.
+    pub fn with_policy(mut self, policy: switchyard_router::Policy) -> anyhow::Result<Self> {
+        self.routing = Some(routing::Routing::new(policy, &self.engines)?);
+        Ok(self)
     }
 
     pub fn model_ids(&self) -> Vec<String> {
@@ -92,7 +104,14 @@ pub fn load_engines(cfg: &ServeConfig, progress: Progress) -> anyhow::Result<Vec
 
 /// Binds, reports the address on stdout, and serves until SIGINT/SIGTERM.
 pub async fn serve(cfg: ServeConfig, engines: Vec<Engine>) -> anyhow::Result<()> {
-    let state = Arc::new(AppState::new(engines));
+    let mut state = AppState::new(engines);
+    if let Some(path) = &cfg.policy {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("policy file {}: {e}", path.display()))?;
+        let policy = switchyard_router::Policy::from_toml(&text).map_err(|e| anyhow::anyhow!("policy file {}: {e}", path.display()))?;
+        tracing::info!(policy = %policy.id, "routing by policy");
+        state = state.with_policy(policy)?;
+    }
+    let state = Arc::new(state);
     let app = router(state.clone(), cfg.max_body_bytes);
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
     let addr: SocketAddr = listener.local_addr()?;

@@ -1,4 +1,4 @@
-//! `decide`: request facts + classification + policy → decision. Pure.
+//! `decide`: request facts + classification + policy -> decision. Pure.
 
 use serde::Serialize;
 
@@ -39,7 +39,7 @@ pub struct Decision {
     pub threshold: Option<f64>,
     /// Routes in the chain that were skipped because they may not receive this data class.
     pub excluded: Vec<String>,
-    /// One human-readable line.
+    /// One human-readable line, ASCII so it can travel in an HTTP header.
     pub reason: String,
 }
 
@@ -71,11 +71,11 @@ pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Deci
     d.rule_id = Some(rule.id.clone());
     match &rule.then {
         Action::Refuse { message } => {
-            d.reason = format!("rule {}: {} → refused", rule.id, matched(c));
+            d.reason = format!("rule {}: {} -> refused", rule.id, matched(c));
             d.outcome = Outcome::Refuse { message: message.clone() };
         }
         Action::Handoff { message } => {
-            d.reason = format!("rule {}: {} → handed to a human", rule.id, matched(c));
+            d.reason = format!("rule {}: {} -> handed to a human", rule.id, matched(c));
             d.outcome = Outcome::Handoff { message: message.clone() };
         }
         Action::Route { route } => {
@@ -120,11 +120,11 @@ fn route_to(policy: &Policy, primary: &str, why: String, d: &mut Decision) {
     match allowed.split_first() {
         Some((first, rest)) => {
             let via = if *first == primary { String::new() } else { format!(" (instead of {primary}: it may not receive {} data)", d.data_class.as_str()) };
-            d.reason = format!("{why} → {first}{via}");
+            d.reason = format!("{why} -> {first}{via}");
             d.outcome = Outcome::Route { route: first.to_string(), fallbacks: rest.iter().map(|s| s.to_string()).collect() };
         }
         None => {
-            d.reason = format!("{why} → refused: no route in the chain of {primary} may receive {} data", d.data_class.as_str());
+            d.reason = format!("{why} -> refused: no route in the chain of {primary} may receive {} data", d.data_class.as_str());
             d.outcome = Outcome::Refuse {
                 message: format!("This request contains {} data and no permitted route can serve it.", d.data_class.as_str()),
             };

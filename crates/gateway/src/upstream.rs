@@ -1,0 +1,110 @@
+//! A backend that is any OpenAI-compatible HTTP API (vLLM, llama-server,
+//! Ollama, a cloud). Requests are forwarded with the route's model; streams
+//! are passed through chunk by chunk, never buffered.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use switchyard_router::Route;
+use switchyard_wire::{ChatCompletionRequest, ErrorBody};
+
+use crate::error::ApiError;
+
+pub struct Upstream {
+    name: String,
+    endpoint: String,
+    model: String,
+    api_key: Option<String>,
+    ttft: Duration,
+    total: Duration,
+    client: reqwest::Client,
+}
+
+impl Upstream {
+    /// Reads the API key from the environment variable the route names, so
+    /// keys never live in a policy file.
+    pub fn new(route: &Route, url: &str, client: reqwest::Client) -> anyhow::Result<Self> {
+        let api_key = match &route.api_key_env {
+            None => None,
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                anyhow::anyhow!("route `{}`: environment variable {var} (api_key_env) is not set", route.name)
+            })?),
+        };
+        Ok(Self {
+            name: route.name.clone(),
+            endpoint: format!("{}/chat/completions", url.trim_end_matches('/')),
+            model: route.model.clone(),
+            api_key,
+            ttft: Duration::from_millis(route.ttft_timeout_ms),
+            total: Duration::from_millis(route.total_timeout_ms),
+            client,
+        })
+    }
+
+    /// Forwards `req`. Fails (without having sent anything to the client)
+    /// if the upstream is unreachable, answers 5xx/429, or does not start
+    /// answering within the route's time-to-first-token limit.
+    pub async fn call(&self, req: &ChatCompletionRequest) -> Result<Response, ApiError> {
+        let mut body = req.clone();
+        body.model = self.model.clone();
+        let mut call = self.client.post(&self.endpoint).json(&body);
+        if let Some(key) = &self.api_key {
+            call = call.bearer_auth(key);
+        }
+        let limit = if req.is_stream() { self.ttft } else { self.total };
+        let resp = tokio::time::timeout(limit, call.send())
+            .await
+            .map_err(|_| ApiError::timeout(format!("upstream {} sent no response within {} ms", self.name, limit.as_millis())))?
+            .map_err(|e| ApiError::bad_gateway(format!("upstream {} unreachable: {e}", self.name)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(self.upstream_error(status, &text));
+        }
+        if !req.is_stream() {
+            let bytes = tokio::time::timeout(self.total, resp.bytes())
+                .await
+                .map_err(|_| ApiError::timeout(format!("upstream {} did not finish within {} ms", self.name, self.total.as_millis())))?
+                .map_err(|e| ApiError::bad_gateway(format!("upstream {} failed mid-answer: {e}", self.name)))?;
+            return Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response());
+        }
+        let mut chunks = resp.bytes_stream();
+        let first = match tokio::time::timeout(self.ttft, chunks.next()).await {
+            Err(_) => return Err(ApiError::timeout(format!("upstream {} streamed nothing within {} ms", self.name, self.ttft.as_millis()))),
+            Ok(None) => return Err(ApiError::bad_gateway(format!("upstream {} closed the stream at once", self.name))),
+            Ok(Some(Err(e))) => return Err(ApiError::bad_gateway(format!("upstream {} stream failed: {e}", self.name))),
+            Ok(Some(Ok(b))) => b,
+        };
+        // Committed: from here a failure ends the stream with an error event;
+        // it never silently continues with another route's text.
+        let name = self.name.clone();
+        let rest = chunks.scan(false, move |failed, chunk| {
+            let out = match chunk {
+                _ if *failed => None,
+                Ok(b) => Some(Ok::<Bytes, std::io::Error>(b)),
+                Err(e) => {
+                    *failed = true;
+                    let body = ApiError::bad_gateway(format!("upstream {name} stream failed: {e}")).body();
+                    Some(Ok(Bytes::from(format!("data: {}\n\n", serde_json::to_string(&body).expect("serializes")))))
+                }
+            };
+            futures::future::ready(out)
+        });
+        let body = Body::from_stream(stream::once(async { Ok(first) }).chain(rest));
+        Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], body).into_response())
+    }
+
+    fn upstream_error(&self, status: StatusCode, text: &str) -> ApiError {
+        let detail = serde_json::from_str::<ErrorBody>(text).map(|b| b.error.message).unwrap_or_else(|_| text.chars().take(300).collect());
+        let message = format!("upstream {} answered {status}: {detail}", self.name);
+        if status.is_server_error() {
+            ApiError::bad_gateway(message)
+        } else {
+            ApiError { status, ..ApiError::invalid(None, message) }.with_code("upstream_rejected")
+        }
+    }
+}
