@@ -6,6 +6,7 @@
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod resilience;
 pub mod routing;
 pub mod upstream;
 pub mod validate;

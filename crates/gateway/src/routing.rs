@@ -5,8 +5,8 @@
 //! `x-switchyard-reason`; the reason also lists each fallback taken and why.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +17,7 @@ use switchyard_wire::*;
 
 use crate::chat::embedded;
 use crate::error::ApiError;
+use crate::resilience::{CircuitBreaker, RetryBucket};
 use crate::upstream::Upstream;
 use crate::validate::ChatParams;
 use crate::AppState;
@@ -32,6 +33,14 @@ pub const LANE_HEADER: &str = "x-switchyard-lane";
 pub struct Routing {
     pub policy: Policy,
     upstreams: HashMap<String, Upstream>,
+    health: HashMap<String, Health>,
+}
+
+/// A route's breaker and retry budget. Process-local: each replica judges
+/// the routes it talks to.
+struct Health {
+    breaker: Mutex<CircuitBreaker>,
+    retries: Mutex<RetryBucket>,
 }
 
 impl Routing {
@@ -63,7 +72,19 @@ impl Routing {
                 (Backend::Upstream, None) => unreachable!("policy validation requires a url for upstream routes"),
             }
         }
-        Ok(Self { policy, upstreams })
+        let now = Instant::now();
+        let health = policy
+            .routes
+            .iter()
+            .map(|r| {
+                let h = Health {
+                    breaker: Mutex::new(CircuitBreaker::new(r.breaker.clone())),
+                    retries: Mutex::new(RetryBucket::new(r.retry.clone(), now)),
+                };
+                (r.name.clone(), h)
+            })
+            .collect();
+        Ok(Self { policy, upstreams, health })
     }
 
     pub async fn serve(
@@ -90,14 +111,21 @@ impl Routing {
         let mut reason = decision.reason.clone();
         let mut last_error = None;
         for name in std::iter::once(&route).chain(&fallbacks) {
-            let r = self.policy.route(name).expect("decide names only declared routes");
-            let attempt = match r.backend {
-                Backend::Embedded => {
-                    let engine = state.engines[&r.model].clone();
-                    embedded(engine, params.clone(), id, &r.model, Some(Duration::from_millis(r.ttft_timeout_ms))).await
-                }
-                Backend::Upstream => self.upstreams[name].call(req).await,
-            };
+            let health = &self.health[name];
+            if !health.breaker.lock().expect("not poisoned").allow(Instant::now()) {
+                reason.push_str(&format!("; {name} skipped (circuit open)"));
+                last_error.get_or_insert_with(|| ApiError::bad_gateway(format!("route {name}: circuit open")).with_code("circuit_open"));
+                continue;
+            }
+            health.retries.lock().expect("not poisoned").deposit(Instant::now());
+            let mut attempt = self.attempt(state, id, name, req, &params).await;
+            if attempt.as_ref().is_err_and(ApiError::is_retryable) && health.retries.lock().expect("not poisoned").try_withdraw(Instant::now()) {
+                reason.push_str(&format!("; {name} retried"));
+                attempt = self.attempt(state, id, name, req, &params).await;
+            }
+            // A client error is not the route's fault.
+            let healthy = attempt.as_ref().map_or_else(|e| !e.is_retryable(), |_| true);
+            health.breaker.lock().expect("not poisoned").record(healthy, Instant::now());
             match attempt {
                 Ok(resp) => return Ok(self.label(resp, name, &reason)),
                 Err(e) if e.is_retryable() => {
@@ -110,6 +138,17 @@ impl Routing {
         }
         let e = last_error.expect("the chain has at least one route");
         Err(ApiError { message: format!("every route failed: {reason}. Last error: {}", e.message), ..e })
+    }
+
+    async fn attempt(&self, state: &AppState, id: &str, name: &str, req: &ChatCompletionRequest, params: &ChatParams) -> Result<Response, ApiError> {
+        let r = self.policy.route(name).expect("decide names only declared routes");
+        match r.backend {
+            Backend::Embedded => {
+                let engine = state.engines[&r.model].clone();
+                embedded(engine, params.clone(), id, &r.model, Some(Duration::from_millis(r.ttft_timeout_ms))).await
+            }
+            Backend::Upstream => self.upstreams[name].call(req).await,
+        }
     }
 
     fn label(&self, mut resp: Response, route: &str, reason: &str) -> Response {

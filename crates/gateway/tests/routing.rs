@@ -35,7 +35,7 @@ async fn mock_chat(State(seen): State<Mock>, Path(mode): Path<String>, headers: 
         s.auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
     }
     match mode.as_str() {
-        "fail" => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"message": "boom", "type": "server_error", "param": null, "code": null}}))).into_response(),
+        "fail" | "flaky" => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"message": "boom", "type": "server_error", "param": null, "code": null}}))).into_response(),
         "slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             Json(json!({})).into_response()
@@ -88,6 +88,18 @@ model = "m"
 url = "{mock}/fail/v1"
 allowed_classes = ["public"]
 fallback = ["local"]
+retry = {{ ratio = 0.0, min_per_second = 0.0 }}
+breaker = {{ consecutive_failures = 3, open_ms = 60000 }}
+
+[[routes]]
+name = "flaky"
+backend = "upstream"
+model = "m"
+url = "{mock}/flaky/v1"
+allowed_classes = ["public"]
+fallback = ["local"]
+retry = {{ ratio = 0.5, min_per_second = 0.0 }}
+breaker = {{ consecutive_failures = 1000, open_ms = 1 }}
 
 [[routes]]
 name = "slow"
@@ -96,6 +108,7 @@ model = "m"
 url = "{mock}/slow/v1"
 allowed_classes = ["public"]
 fallback = ["local"]
+retry = {{ ratio = 0.0, min_per_second = 0.0 }}
 ttft_timeout_ms = 300
 total_timeout_ms = 600
 
@@ -115,6 +128,7 @@ weapons = ["\\bbomb\\b"]
 breakme = ["BREAKME"]
 slowme = ["SLOWME"]
 deadme = ["DEADME"]
+flakyme = ["FLAKYME"]
 
 [[rules]]
 id = "refuse-weapons"
@@ -130,6 +144,11 @@ then = {{ action = "route", route = "broken" }}
 id = "to-slow"
 when = {{ categories = ["slowme"] }}
 then = {{ action = "route", route = "slow" }}
+
+[[rules]]
+id = "to-flaky"
+when = {{ categories = ["flakyme"] }}
+then = {{ action = "route", route = "flaky" }}
 
 [[rules]]
 id = "to-dead"
@@ -227,13 +246,21 @@ async fn routes_follow_policy_with_headers_boundaries_and_fallbacks() {
     assert!(header(&h, "x-switchyard-reason").contains("broken failed (backend_error), fell back"), "{h:?}");
     assert_eq!(s.hits("fail"), 1);
 
+    // Two more failures open its breaker; after that the route is skipped.
+    for _ in 0..2 {
+        s.ask("BREAKME please", json!({})).await;
+    }
+    assert_eq!(s.hits("fail"), 3);
+    let (status, h, _) = s.ask("BREAKME please", json!({})).await;
+    assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "local"));
+    assert!(header(&h, "x-switchyard-reason").contains("broken skipped (circuit open)"), "{h:?}");
+    assert_eq!(s.hits("fail"), 3, "an open breaker sends nothing upstream");
+
     // No first byte within the route's TTFT limit: fall back, streaming too.
-    let started = std::time::Instant::now();
     let (status, h, body) = s.ask("SLOWME please", json!({"stream": true})).await;
     assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "local"));
     assert!(header(&h, "x-switchyard-reason").contains("slow failed (backend_timeout)"), "{h:?}");
     assert!(body.contains("chat.completion.chunk") && body.trim_end().ends_with("data: [DONE]"));
-    assert!(started.elapsed() < Duration::from_secs(3), "waited for the slow upstream instead of falling back");
 
     // A dead upstream (connection refused) falls back too.
     let (status, h, _) = s.ask("DEADME please", json!({})).await;
@@ -260,6 +287,20 @@ async fn routes_follow_policy_with_headers_boundaries_and_fallbacks() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(resp.json::<Value>().await.unwrap()["error"]["param"], "x-switchyard-lane");
+}
+
+#[tokio::test]
+async fn a_failing_upstream_gets_at_most_its_retry_budget() {
+    let s = setup().await;
+    let requests = 10;
+    for _ in 0..requests {
+        let (status, h, _) = s.ask("FLAKYME", json!({"max_tokens": 2})).await;
+        assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "local"));
+    }
+    // ratio 0.5, no per-second minimum: at most 1.5 attempts per request.
+    let attempts = s.hits("flaky");
+    assert!(attempts <= requests * 3 / 2, "{attempts} upstream attempts for {requests} requests");
+    assert!(attempts > requests, "the budget allows some retries ({attempts})");
 }
 
 #[tokio::test]

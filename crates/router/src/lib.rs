@@ -15,4 +15,4 @@ mod policy;
 pub use classify::{classify, Classification};
 pub use decide::{decide, Decision, Outcome, RequestFacts};
 pub use features::{DifficultyModel, Features};
-pub use policy::{Action, Backend, DataClass, Lane, Policy, PolicyError, Route, Rule, When};
+pub use policy::{Action, Backend, Breaker, DataClass, Lane, Policy, PolicyError, RetryBudget, Route, Rule, When};

@@ -63,6 +63,42 @@ pub struct Route {
     pub ttft_timeout_ms: u64,
     #[serde(default = "default_total_ms")]
     pub total_timeout_ms: u64,
+    #[serde(default)]
+    pub retry: RetryBudget,
+    #[serde(default)]
+    pub breaker: Breaker,
+}
+
+/// Retries of this route allowed as a fraction of its traffic, so an outage
+/// cannot multiply the load on it (no retry storm).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudget {
+    /// Each request to the route earns this many retries (0 disables retries).
+    pub ratio: f64,
+    /// Retries always allowed per second, on top of `ratio`.
+    pub min_per_second: f64,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self { ratio: 0.1, min_per_second: 1.0 }
+    }
+}
+
+/// Circuit breaker: after `consecutive_failures` the route is skipped for
+/// `open_ms`, then one probe request decides whether it closes again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Breaker {
+    pub consecutive_failures: u32,
+    pub open_ms: u64,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self { consecutive_failures: 5, open_ms: 10_000 }
+    }
 }
 
 fn default_ttft_ms() -> u64 {
@@ -230,6 +266,12 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
         }
         if r.ttft_timeout_ms == 0 || r.total_timeout_ms < r.ttft_timeout_ms {
             return Err(invalid(key("total_timeout_ms"), "timeouts must be > 0 and total_timeout_ms >= ttft_timeout_ms"));
+        }
+        if !(0.0..=1.0).contains(&r.retry.ratio) || !(r.retry.min_per_second >= 0.0) {
+            return Err(invalid(key("retry"), "ratio must be between 0 and 1 and min_per_second >= 0"));
+        }
+        if r.breaker.consecutive_failures == 0 || r.breaker.open_ms == 0 {
+            return Err(invalid(key("breaker"), "consecutive_failures and open_ms must be at least 1"));
         }
     }
     let known = |name: &str| names.contains(name);
