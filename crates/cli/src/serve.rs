@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// Without one, the request's `model` picks a loaded model.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// Directory for the SQLite database [default: ~/.local/share/switchyard]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -78,6 +81,9 @@ impl ServeArgs {
         }
         if self.policy.is_some() {
             cfg.policy = self.policy;
+        }
+        if self.data_dir.is_some() {
+            cfg.data_dir = self.data_dir;
         }
         if !self.models.is_empty() {
             cfg.models = self.models;

@@ -25,6 +25,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Routing policy file; without one, `model` picks a loaded engine.
     pub policy: Option<std::path::PathBuf>,
+    /// Where the SQLite database lives; default `~/.local/share/switchyard`.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -43,6 +45,7 @@ impl Default for ServeConfig {
             max_queue: e.max_queue,
             max_body_bytes: 4 << 20,
             policy: None,
+            data_dir: None,
         }
     }
 }
@@ -68,6 +71,13 @@ impl ServeConfig {
         };
         let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: shown, message: e.to_string() })?;
         Ok(cfg)
+    }
+
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map_or_else(|| std::path::PathBuf::from("."), std::path::PathBuf::from);
+            home.join(".local").join("share").join("switchyard")
+        })
     }
 
     pub fn engine_settings(&self) -> EngineSettings {

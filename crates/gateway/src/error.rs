@@ -27,6 +27,11 @@ impl ApiError {
         Self { param: param.into(), ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message) }
     }
 
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
     pub fn with_code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self

@@ -36,6 +36,8 @@ pub struct AppState {
     /// With a policy, every chat request is routed by it; without one,
     /// `model` picks a loaded engine.
     pub routing: Option<routing::Routing>,
+    /// Where routing decisions are recorded.
+    pub store: Option<switchyard_store::Store>,
     /// Unix time the models were loaded, reported as `created`.
     pub created: i64,
 }
@@ -45,7 +47,7 @@ impl AppState {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        Self { engines: engines.into_iter().map(|e| (e.id().to_string(), Arc::new(e))).collect(), routing: None, created }
+        Self { engines: engines.into_iter().map(|e| (e.id().to_string(), Arc::new(e))).collect(), routing: None, store: None, created }
     }
 
     /// Routes every chat request by `policy`, checked against the loaded engines.
@@ -65,6 +67,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/models", get(models))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/admin/decisions/{request_id}", get(decision))
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -73,6 +76,21 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     Json(ModelList::new(state.engines.keys().map(|id| Model::new(id, state.created, "switchyard")).collect()))
+}
+
+/// The recorded routing decision for a request id (from its
+/// `x-switchyard-request-id` header).
+async fn decision(State(state): State<Arc<AppState>>, axum::extract::Path(request_id): axum::extract::Path<String>) -> Response {
+    let Some(store) = &state.store else {
+        return ApiError::not_found("/admin/decisions (this server routes without a policy, so it records no decisions)").into_response();
+    };
+    match store.decision(&request_id).await {
+        Ok(Some(record)) => Json(record).into_response(),
+        Ok(None) => ApiError::invalid(Some("request_id".into()), format!("no decision recorded for {request_id}"))
+            .with_status(StatusCode::NOT_FOUND)
+            .into_response(),
+        Err(e) => ApiError::internal(format!("reading the decision store: {e}")).into_response(),
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -111,6 +129,9 @@ pub async fn serve(cfg: ServeConfig, engines: Vec<Engine>) -> anyhow::Result<()>
         let policy = switchyard_router::Policy::from_toml(&text).map_err(|e| anyhow::anyhow!("policy file {}: {e}", path.display()))?;
         tracing::info!(policy = %policy.id, "routing by policy");
         state = state.with_policy(policy)?;
+        let db = cfg.data_dir().join("switchyard.db");
+        state.store = Some(switchyard_store::Store::open(&db).await.map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?);
+        tracing::info!(path = %db.display(), "recording routing decisions");
     }
     let state = Arc::new(state);
     let app = router(state.clone(), cfg.max_body_bytes);

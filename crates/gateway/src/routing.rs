@@ -12,7 +12,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use switchyard_engine::Engine;
-use switchyard_router::{classify, decide, Action, Backend, DataClass, Lane, Outcome, Policy, RequestFacts};
+use switchyard_router::{classify, decide, Action, Backend, DataClass, Decision, Lane, Outcome, Policy, RequestFacts};
+use switchyard_store::DecisionRecord;
 use switchyard_wire::*;
 
 use crate::chat::embedded;
@@ -87,6 +88,8 @@ impl Routing {
         Ok(Self { policy, upstreams, health })
     }
 
+    /// Decides, answers, and records the decision (before answering, so an
+    /// answered request always has its record).
     pub async fn serve(
         &self,
         state: &AppState,
@@ -101,16 +104,44 @@ impl Routing {
         let decision = decide(&RequestFacts { lane }, &classify(&messages, declared, &self.policy), &self.policy);
         tracing::info!(request_id = %id, policy = %decision.policy_id, rule = ?decision.rule_id, reason = %decision.reason, "routing decision");
 
-        let (route, fallbacks) = match decision.outcome {
+        let (result, route, reason) = self.execute(state, id, req, params, &decision).await;
+        if let Some(store) = &state.store {
+            let record = DecisionRecord {
+                request_id: id.to_string(),
+                created_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+                policy_id: decision.policy_id.clone(),
+                rule_id: decision.rule_id.clone(),
+                route: route.clone(),
+                status: result.as_ref().map_or_else(|e| e.status.as_u16(), |r| r.status().as_u16()),
+                reason: reason.clone(),
+                decision: serde_json::to_value(&decision).expect("decisions serialize"),
+            };
+            if let Err(e) = store.record_decision(&record).await {
+                tracing::error!(request_id = %id, "could not record the routing decision: {e}");
+            }
+        }
+        Ok(self.label(result.unwrap_or_else(IntoResponse::into_response), &route, &reason))
+    }
+
+    /// Runs the decision: the answer, the route that gave it (or `refused` /
+    /// `failed`), and the reason with every retry and fallback appended.
+    async fn execute(
+        &self,
+        state: &AppState,
+        id: &str,
+        req: &ChatCompletionRequest,
+        params: ChatParams,
+        decision: &Decision,
+    ) -> (Result<Response, ApiError>, String, String) {
+        let mut reason = decision.reason.clone();
+        let (route, fallbacks) = match &decision.outcome {
             Outcome::Route { route, fallbacks } => (route, fallbacks),
             Outcome::Refuse { message } | Outcome::Handoff { message } => {
-                let resp = refusal(id, &req.model, &message, &params);
-                return Ok(self.label(resp, "refused", &decision.reason));
+                return (Ok(refusal(id, &req.model, message, &params)), "refused".into(), reason);
             }
         };
-        let mut reason = decision.reason.clone();
         let mut last_error = None;
-        for name in std::iter::once(&route).chain(&fallbacks) {
+        for name in std::iter::once(route).chain(fallbacks) {
             let health = &self.health[name];
             if !health.breaker.lock().expect("not poisoned").allow(Instant::now()) {
                 reason.push_str(&format!("; {name} skipped (circuit open)"));
@@ -127,17 +158,18 @@ impl Routing {
             let healthy = attempt.as_ref().map_or_else(|e| !e.is_retryable(), |_| true);
             health.breaker.lock().expect("not poisoned").record(healthy, Instant::now());
             match attempt {
-                Ok(resp) => return Ok(self.label(resp, name, &reason)),
+                Ok(resp) => return (Ok(resp), name.clone(), reason),
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(request_id = %id, route = %name, status = %e.status, "route failed, trying the next: {}", e.message);
                     reason.push_str(&format!("; {name} failed ({}), fell back", e.code.unwrap_or("error")));
                     last_error = Some(e);
                 }
-                Err(e) => return Err(e),
+                Err(e) => return (Err(e), name.clone(), reason),
             }
         }
         let e = last_error.expect("the chain has at least one route");
-        Err(ApiError { message: format!("every route failed: {reason}. Last error: {}", e.message), ..e })
+        let e = ApiError { message: format!("every route failed: {reason}. Last error: {}", e.message), ..e };
+        (Err(e), "failed".into(), reason)
     }
 
     async fn attempt(&self, state: &AppState, id: &str, name: &str, req: &ChatCompletionRequest, params: &ChatParams) -> Result<Response, ApiError> {

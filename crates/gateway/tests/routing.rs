@@ -162,6 +162,7 @@ struct Setup {
     base: String,
     seen: Mock,
     http: reqwest::Client,
+    _data: tempfile::TempDir,
 }
 
 async fn setup() -> Setup {
@@ -183,12 +184,14 @@ async fn setup() -> Setup {
     let engine = tokio::task::spawn_blocking(move || Engine::load("smollm2-135m", &path, settings).unwrap()).await.unwrap();
     // The cloud route reads its API key from this variable.
     std::env::set_var("SWITCHYARD_TEST_CLOUD_KEY", "k-123");
-    let state = AppState::new(vec![engine]).with_policy(Policy::from_toml(&policy(&mock_base)).unwrap()).unwrap();
+    let mut state = AppState::new(vec![engine]).with_policy(Policy::from_toml(&policy(&mock_base)).unwrap()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    state.store = Some(switchyard_store::Store::open(&data.path().join("switchyard.db")).await.unwrap());
     let app = router(Arc::new(state), 1 << 20);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Setup { base, seen, http: reqwest::Client::new() }
+    Setup { base, seen, http: reqwest::Client::new(), _data: data }
 }
 
 impl Setup {
@@ -239,6 +242,17 @@ async fn routes_follow_policy_with_headers_boundaries_and_fallbacks() {
     assert!(header(&h, "x-switchyard-reason").contains("instead of cloud"), "{h:?}");
     assert_eq!(s.hits("ok"), before, "the cloud saw a regulated prompt");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["model"], "smollm2-135m");
+
+    // ... and the decision is on record under the request id.
+    let id = header(&h, "x-switchyard-request-id");
+    let rec: Value = s.http.get(format!("{}/admin/decisions/{id}", s.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(rec["route"], "local");
+    assert_eq!(rec["status"], 200);
+    assert_eq!(rec["decision"]["data_class"], "regulated");
+    assert_eq!(rec["decision"]["excluded"], json!(["cloud"]));
+    assert!(rec["policy_id"].as_str().unwrap().starts_with("test.1+"));
+    let missing = s.http.get(format!("{}/admin/decisions/chatcmpl-nope", s.base)).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 
     // An upstream answering 500 falls back to the next route in the chain.
     let (status, h, _) = s.ask("BREAKME please", json!({})).await;
