@@ -240,3 +240,35 @@ async fn a_full_queue_answers_429_with_retry_after() {
     assert_eq!(waiting.await.unwrap(), StatusCode::OK);
     s.assert_healthy().await;
 }
+
+#[tokio::test]
+async fn several_models_each_with_its_own_scheduler() {
+    let path = tokio::task::spawn_blocking(|| {
+        switchyard_models::ModelSpec::parse(MODEL)
+            .unwrap()
+            .ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet)
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let engines = tokio::task::spawn_blocking(move || {
+        let settings = EngineSettings { threads: 2, ctx_size: 512, parallel: 1, ..Default::default() };
+        vec![Engine::load("fast", &path, settings.clone()).unwrap(), Engine::load("strong", &path, settings).unwrap()]
+    })
+    .await
+    .unwrap();
+    let app = router(Arc::new(AppState::new(engines)), 64 * 1024);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let s = Server { base, http: Client::new() };
+
+    let models: Value = s.http.get(format!("{}/v1/models", s.base)).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec!["fast", "strong"]);
+    // Concurrent requests to both; each answers under its own id and fingerprint.
+    let (a, b) = tokio::join!(s.post(hello(json!({"model": "fast"}))), s.post(hello(json!({"model": "strong"}))));
+    assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK));
+    assert_eq!((a.1["model"].as_str(), b.1["model"].as_str()), (Some("fast"), Some("strong")));
+    assert!(a.1["system_fingerprint"].as_str().unwrap().contains("fast"));
+}
