@@ -18,15 +18,20 @@ struct Server {
     http: Client,
 }
 
-async fn start(parallel: u32, max_queue: usize) -> Server {
-    let path = tokio::task::spawn_blocking(|| {
+/// The SmolLM2 file, pulled and verified on first use.
+async fn model_path() -> std::path::PathBuf {
+    tokio::task::spawn_blocking(|| {
         switchyard_models::ModelSpec::parse(MODEL)
             .unwrap()
             .ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet)
             .unwrap()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+async fn start(parallel: u32, max_queue: usize) -> Server {
+    let path = model_path().await;
     let settings = EngineSettings { threads: 2, ctx_size: 512 * parallel, parallel, max_queue, ..Default::default() };
     let engine = tokio::task::spawn_blocking(move || Engine::load(MODEL, &path, settings).unwrap()).await.unwrap();
     let app = router(Arc::new(AppState::new(vec![engine])), 64 * 1024);
@@ -243,14 +248,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
 
 #[tokio::test]
 async fn several_models_each_with_its_own_scheduler() {
-    let path = tokio::task::spawn_blocking(|| {
-        switchyard_models::ModelSpec::parse(MODEL)
-            .unwrap()
-            .ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet)
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let path = model_path().await;
     let engines = tokio::task::spawn_blocking(move || {
         let settings = EngineSettings { threads: 2, ctx_size: 512, parallel: 1, ..Default::default() };
         vec![Engine::load("fast", &path, settings.clone()).unwrap(), Engine::load("strong", &path, settings).unwrap()]
