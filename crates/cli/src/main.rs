@@ -1,5 +1,6 @@
 //! The `switchyard` binary.
 
+mod calibrate;
 mod models;
 mod policy;
 mod serve;
@@ -30,6 +31,9 @@ enum Command {
     /// Explain routing decisions offline.
     #[command(subcommand)]
     Route(policy::RouteCommand),
+    /// Pick a rule's threshold from eval records (fast vs strong route) and
+    /// write a new policy version holding it and the curve it came from.
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Command::Models(cmd) => models::run(cmd),
         Command::Policy(cmd) => policy::run_policy(cmd),
         Command::Route(cmd) => policy::run_route(cmd),
+        Command::Calibrate(args) => calibrate::run(args),
     }
 }

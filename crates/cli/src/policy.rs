@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
-use switchyard_router::{classify, decide, Lane, Policy, RequestFacts};
+use switchyard_router::{classify, decide, Declared, Lane, Policy, RequestFacts};
 use switchyard_wire::ChatCompletionRequest;
 
 #[derive(Subcommand, Debug)]
@@ -29,6 +29,9 @@ pub enum RouteCommand {
         /// The lane the request asked for.
         #[arg(long, value_enum, default_value = "interactive")]
         lane: LaneArg,
+        /// The workload family the request declared (x-switchyard-family).
+        #[arg(long)]
+        family: Option<String>,
     },
 }
 
@@ -39,7 +42,7 @@ pub enum LaneArg {
     Fallback,
 }
 
-fn load(path: &Path) -> anyhow::Result<Policy> {
+pub fn load(path: &Path) -> anyhow::Result<Policy> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Policy::from_toml(&text).with_context(|| format!("policy {}", path.display()))
 }
@@ -93,8 +96,11 @@ fn diff<T: serde::Serialize>(what: &str, old: &[T], new: &[T], key: impl Fn(&T) 
 }
 
 pub fn run_route(cmd: RouteCommand) -> anyhow::Result<()> {
-    let RouteCommand::Explain { policy, request, lane } = cmd;
+    let RouteCommand::Explain { policy, request, lane, family } = cmd;
     let policy = load(&policy)?;
+    if let Some(f) = family.as_deref().filter(|f| policy.family(f).is_none()) {
+        anyhow::bail!("--family {f}: the policy declares no such family");
+    }
     let body = std::fs::read_to_string(&request).with_context(|| format!("reading {}", request.display()))?;
     let req: ChatCompletionRequest = serde_json::from_str(&body).with_context(|| format!("parsing {}", request.display()))?;
     let messages: Vec<String> = req.messages.iter().filter_map(|m| m.content.as_ref().and_then(|c| c.text().ok())).collect();
@@ -103,7 +109,7 @@ pub fn run_route(cmd: RouteCommand) -> anyhow::Result<()> {
         LaneArg::Batch => Lane::Batch,
         LaneArg::Fallback => Lane::Fallback,
     };
-    let decision = decide(&RequestFacts { lane }, &classify(&messages, None, &policy), &policy);
+    let decision = decide(&RequestFacts { lane }, &classify(&messages, &Declared { data_class: None, family }, &policy), &policy);
     println!("{}", serde_json::to_string_pretty(&decision)?);
     Ok(())
 }

@@ -24,7 +24,7 @@ fn validate_prints_the_policy_id_or_names_the_broken_key() {
     let bad = switchyard(&["policy", "validate", broken.to_str().unwrap()]);
     assert!(!bad.status.success());
     let err = text(&bad.stderr);
-    assert!(err.contains("rules[4].then.escalate") && err.contains("clod"), "{err}");
+    assert!(err.contains("rules[5].then.escalate") && err.contains("clod"), "{err}");
 }
 
 #[test]

@@ -16,6 +16,7 @@ use switchyard_engine::{Engine, Event, EventStream, GenerateRequest, Piece, Summ
 use switchyard_wire::*;
 
 use crate::error::ApiError;
+use crate::resilience::gap_limited;
 use crate::validate::{chat_params, ChatParams};
 use crate::AppState;
 
@@ -70,36 +71,96 @@ async fn handle(state: &AppState, id: &str, headers: &HeaderMap, body: Result<By
         .ok_or_else(|| ApiError::model_not_found(&req.model, &state.model_ids()))?
         .clone();
     let params = chat_params(&req)?;
-    embedded(engine, params, id, &req.model, None).await
+    embedded(engine, params, id, &req.model).await
 }
 
-/// Answers from an embedded engine. With `ttft`, waits at most that long for
-/// the first token before committing to this engine: on timeout the request
-/// is cancelled and a 504 returned, so a router can still fall back.
-pub async fn embedded(engine: Arc<Engine>, params: ChatParams, id: &str, model: &str, ttft: Option<Duration>) -> Result<Response, ApiError> {
-    // Tokenizing a long prompt is real work: keep it off the async workers.
-    let (engine, params, submitted) = tokio::task::spawn_blocking(move || {
-        let submitted = submit(&engine, &params);
-        (engine, params, submitted)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?;
-    let mut events = submitted?;
-    let first = match ttft {
-        None => None,
-        Some(limit) => match tokio::time::timeout(limit, events.recv()).await {
-            Ok(ev) => ev,
-            Err(_) => {
-                return Err(ApiError::timeout(format!("no first token from {model} within {} ms", limit.as_millis())));
+/// Answers from an embedded engine, with no time limits (the unrouted path).
+pub async fn embedded(engine: Arc<Engine>, params: ChatParams, id: &str, model: &str) -> Result<Response, ApiError> {
+    Started::start(engine, params, Hold::default()).await?.respond(id, model, None).await
+}
+
+/// How much of an embedded answer to receive before committing to it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hold {
+    /// Fail (and cancel) if no first token arrives within this.
+    pub ttft: Option<Duration>,
+    /// Hold back this many tokens (a cascade judges them before anything is
+    /// sent); `usize::MAX` holds the whole answer.
+    pub tokens: usize,
+    /// Fail if the held tokens take longer than this.
+    pub total: Option<Duration>,
+}
+
+/// An embedded answer in progress: the events held back so far, and the
+/// rest. Dropping it cancels the request (the engine frees the sequence).
+pub struct Started {
+    engine: Arc<Engine>,
+    params: ChatParams,
+    held: Vec<Event>,
+    rest: EventStream,
+}
+
+impl Started {
+    pub async fn start(engine: Arc<Engine>, params: ChatParams, hold: Hold) -> Result<Self, ApiError> {
+        let began = tokio::time::Instant::now();
+        // Tokenizing a long prompt is real work: keep it off the async workers.
+        let (engine, params, submitted) = tokio::task::spawn_blocking(move || {
+            let submitted = submit(&engine, &params);
+            (engine, params, submitted)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?;
+        let mut rest = submitted?;
+        let mut held = Vec::new();
+        let model = engine.id().to_string();
+        let mut tokens = 0;
+        while tokens < hold.tokens.max(usize::from(hold.ttft.is_some())) {
+            let limit = match (held.is_empty(), hold.ttft, hold.total) {
+                (true, Some(ttft), _) => Some((ttft, "no first token")),
+                (_, _, Some(total)) => Some((total.saturating_sub(began.elapsed()), "answer not finished")),
+                _ => None,
+            };
+            let next = match limit {
+                None => rest.recv().await,
+                Some((limit, what)) => tokio::time::timeout(limit, rest.recv())
+                    .await
+                    .map_err(|_| ApiError::timeout(format!("{what} from {model} within {} ms", limit.as_millis())))?,
+            };
+            let Some(event) = next else { break };
+            let terminal = !matches!(event, Event::Token(_));
+            tokens += usize::from(!terminal);
+            held.push(event);
+            if terminal {
+                break;
             }
-        },
-    };
-    let events = stream::iter(first).chain(tokio_stream::wrappers::UnboundedReceiverStream::new(events));
-    let reply = Reply { id: id.to_string(), created: unix_now(), model: model.to_string(), fingerprint: engine.fingerprint(), params };
-    if reply.params.stream {
-        Ok(reply.stream(events).into_response())
-    } else {
-        reply.collect(events).await.map(|c| Json(c).into_response())
+        }
+        Ok(Self { engine, params, held, rest })
+    }
+
+    /// The logprobs of the tokens held so far.
+    pub fn held_logprobs(&self) -> Vec<f64> {
+        self.held.iter().filter_map(|e| if let Event::Token(p) = e { Some(p.logprob.logprob) } else { None }).collect()
+    }
+
+    /// Sends the answer: held events first, then the rest as it comes. With
+    /// `gap`, a stream that goes quiet for longer ends with an error event.
+    pub async fn respond(self, id: &str, model: &str, gap: Option<Duration>) -> Result<Response, ApiError> {
+        let Self { engine, params, held, rest } = self;
+        let rest = tokio_stream::wrappers::UnboundedReceiverStream::new(rest);
+        let rest: std::pin::Pin<Box<dyn Stream<Item = Event> + Send>> = match gap {
+            None => Box::pin(rest),
+            Some(limit) => {
+                let message = format!("{model} produced no token for {} ms; the answer was cut off", limit.as_millis());
+                Box::pin(gap_limited(rest, limit, move || Event::Error(message)))
+            }
+        };
+        let events = stream::iter(held).chain(rest);
+        let reply = Reply { id: id.to_string(), created: unix_now(), model: model.to_string(), fingerprint: engine.fingerprint(), params };
+        if reply.params.stream {
+            Ok(reply.stream(events).into_response())
+        } else {
+            reply.collect(events).await.map(|c| Json(c).into_response())
+        }
     }
 }
 

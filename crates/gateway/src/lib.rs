@@ -3,11 +3,13 @@
 //! `/v1/chat/completions` ([`chat`]), `/v1/models`, `/healthz` (the process
 //! answers) and `/readyz` (every model loaded and its scheduler alive).
 
+pub mod admin;
 pub mod chat;
 pub mod config;
 pub mod error;
 pub mod resilience;
 pub mod routing;
+pub mod shadow;
 pub mod upstream;
 pub mod validate;
 
@@ -35,7 +37,7 @@ pub struct AppState {
     pub engines: BTreeMap<String, Arc<Engine>>,
     /// With a policy, every chat request is routed by it; without one,
     /// `model` picks a loaded engine.
-    pub routing: Option<routing::Routing>,
+    pub routing: Option<Arc<routing::Routing>>,
     /// Where routing decisions are recorded.
     pub store: Option<switchyard_store::Store>,
     /// Unix time the models were loaded, reported as `created`.
@@ -52,7 +54,7 @@ impl AppState {
 
     /// Routes every chat request by `policy`, checked against the loaded engines.
     pub fn with_policy(mut self, policy: switchyard_router::Policy) -> anyhow::Result<Self> {
-        self.routing = Some(routing::Routing::new(policy, &self.engines)?);
+        self.routing = Some(Arc::new(routing::Routing::new(policy, &self.engines)?));
         Ok(self)
     }
 
@@ -67,7 +69,10 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/models", get(models))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .route("/admin/decisions/{request_id}", get(decision))
+        .route("/admin/decisions/{request_id}", get(admin::decision))
+        .route("/admin/shadows/{request_id}", get(admin::shadow))
+        .route("/admin/handoffs", get(admin::handoffs))
+        .route("/admin/handoffs/{id}", get(admin::handoff).post(admin::resolve))
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -76,21 +81,6 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     Json(ModelList::new(state.engines.keys().map(|id| Model::new(id, state.created, "switchyard")).collect()))
-}
-
-/// The recorded routing decision for a request id (from its
-/// `x-switchyard-request-id` header).
-async fn decision(State(state): State<Arc<AppState>>, axum::extract::Path(request_id): axum::extract::Path<String>) -> Response {
-    let Some(store) = &state.store else {
-        return ApiError::not_found("/admin/decisions (this server routes without a policy, so it records no decisions)").into_response();
-    };
-    match store.decision(&request_id).await {
-        Ok(Some(record)) => Json(record).into_response(),
-        Ok(None) => ApiError::invalid(Some("request_id".into()), format!("no decision recorded for {request_id}"))
-            .with_status(StatusCode::NOT_FOUND)
-            .into_response(),
-        Err(e) => ApiError::internal(format!("reading the decision store: {e}")).into_response(),
-    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

@@ -1,9 +1,11 @@
-//! Per-route circuit breaker and retry budget.
+//! Per-route circuit breaker and retry budget, and the stalled-stream guard.
 //!
-//! Both take the current time as an argument instead of reading a clock, so
-//! their state machines are tested on a fake clock.
+//! The breaker and the budget take the current time as an argument instead
+//! of reading a clock, so their state machines are tested on a fake clock.
 
 use std::time::{Duration, Instant};
+
+use futures::stream::{self, Stream, StreamExt};
 
 use switchyard_router::{Breaker, RetryBudget};
 
@@ -97,12 +99,43 @@ impl RetryBucket {
     }
 }
 
+/// Passes `s` through until it goes quiet for longer than `limit`; then
+/// yields `on_stall()` once and ends (dropping `s`, which cancels whatever
+/// feeds it).
+pub fn gap_limited<S, T>(s: S, limit: Duration, on_stall: impl FnOnce() -> T + Send + 'static) -> impl Stream<Item = T> + Send
+where
+    S: Stream<Item = T> + Send + 'static,
+    T: Send + 'static,
+{
+    stream::unfold((Box::pin(s), Some(on_stall)), move |(mut s, stall)| async move {
+        let stall = stall?;
+        match tokio::time::timeout(limit, s.next()).await {
+            Ok(Some(item)) => Some((item, (s, Some(stall)))),
+            Ok(None) => None,
+            Err(_) => Some((stall(), (s, None))),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_stream_ends_with_one_error_item() {
+        let gaps = [10u64, 20, 500, 10];
+        let source = stream::iter(gaps).then(|g| async move {
+            tokio::time::sleep(ms(g)).await;
+            g.to_string()
+        });
+        let out: Vec<String> = gap_limited(source, ms(100), || "stalled".to_string()).collect().await;
+        assert_eq!(out, ["10", "20", "stalled"]);
+        let quick = stream::iter(["a", "b"]).map(String::from);
+        assert_eq!(gap_limited(quick, ms(1), || "stalled".to_string()).collect::<Vec<_>>().await, ["a", "b"]);
     }
 
     #[test]

@@ -2,23 +2,29 @@
 //! router crate), then try the decided route and its fallbacks in order.
 //!
 //! Every answer carries `x-switchyard-route`, `x-switchyard-policy` and
-//! `x-switchyard-reason`; the reason also lists each fallback taken and why.
+//! `x-switchyard-reason`; the reason also lists each fallback taken and why,
+//! and the decision record keeps every step (`/admin/decisions/{id}`).
+//! Cascades judge the fast answer before any of it is sent; handoffs are
+//! queued durably before the client is told; shadow copies run beside the
+//! request and are recorded, never returned.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use switchyard_engine::Engine;
-use switchyard_router::{classify, decide, Action, Backend, DataClass, Decision, Lane, Outcome, Policy, RequestFacts};
-use switchyard_store::DecisionRecord;
+use switchyard_router::{classify, decide, Backend, CascadePlan, Confidence, DataClass, Decision, Declared, Lane, Outcome, Policy, RequestFacts};
+use switchyard_store::{DecisionRecord, HandoffRecord, ShadowRecord};
 use switchyard_wire::*;
 
-use crate::chat::embedded;
+use crate::chat::{embedded, Hold, Started};
 use crate::error::ApiError;
 use crate::resilience::{CircuitBreaker, RetryBucket};
+use crate::shadow;
 use crate::upstream::Upstream;
 use crate::validate::ChatParams;
 use crate::AppState;
@@ -30,6 +36,10 @@ pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-switchyard-reas
 pub const DATA_CLASS_HEADER: &str = "x-switchyard-data-class";
 /// `interactive` (default), `batch` or `fallback`.
 pub const LANE_HEADER: &str = "x-switchyard-lane";
+/// The workload family the request belongs to (one the policy declares).
+pub const FAMILY_HEADER: &str = "x-switchyard-family";
+/// On a handed-off request: the id to follow it by under `/admin/handoffs`.
+pub const HANDOFF_HEADER: HeaderName = HeaderName::from_static("x-switchyard-handoff-id");
 
 pub struct Routing {
     pub policy: Policy,
@@ -48,14 +58,6 @@ impl Routing {
     /// Checks the policy against what this server can do: embedded routes
     /// must name a loaded model, upstream keys must be in the environment.
     pub fn new(policy: Policy, engines: &BTreeMap<String, Arc<Engine>>) -> anyhow::Result<Self> {
-        for (i, rule) in policy.rules.iter().enumerate() {
-            if matches!(rule.then, Action::Handoff { .. }) {
-                anyhow::bail!(
-                    "policy {}: `rules[{i}].then.action = \"handoff\"` needs the human handoff queue, which this server does not have yet; use \"refuse\" for now",
-                    policy.id
-                );
-            }
-        }
         let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
         let mut upstreams = HashMap::new();
         for (i, route) in policy.routes.iter().enumerate() {
@@ -91,40 +93,68 @@ impl Routing {
     /// Decides, answers, and records the decision (before answering, so an
     /// answered request always has its record).
     pub async fn serve(
-        &self,
+        self: &Arc<Self>,
         state: &AppState,
         id: &str,
         headers: &HeaderMap,
         req: &ChatCompletionRequest,
         params: ChatParams,
     ) -> Result<Response, ApiError> {
-        let declared = header_enum::<DataClass>(headers, DATA_CLASS_HEADER)?;
+        let declared = Declared { data_class: header_enum::<DataClass>(headers, DATA_CLASS_HEADER)?, family: self.family_header(headers)? };
         let lane = header_enum::<Lane>(headers, LANE_HEADER)?.unwrap_or_default();
         let messages: Vec<String> = params.messages.iter().map(|(_, text)| text.clone()).collect();
-        let decision = decide(&RequestFacts { lane }, &classify(&messages, declared, &self.policy), &self.policy);
+        let decision = decide(&RequestFacts { lane }, &classify(&messages, &declared, &self.policy), &self.policy);
         tracing::info!(request_id = %id, policy = %decision.policy_id, rule = ?decision.rule_id, reason = %decision.reason, "routing decision");
 
-        let (result, route, reason) = self.execute(state, id, req, params, &decision).await;
+        let shadow = decision.shadow.as_ref().map(|route| self.clone().mirror(state, id, route, req, &params));
+        let mut run = Run { reason: decision.reason.clone(), execution: Execution::default() };
+        let result = self.execute(state, id, req, params, &decision, &mut run).await;
+        let (route, label) = match &result {
+            Ok((_, Answered::Route(r))) => (r.clone(), "answered"),
+            Ok((_, Answered::Refused)) => ("refused".into(), "refused"),
+            Ok((_, Answered::HandedOff)) => ("handoff".into(), "human-escalated"),
+            Err(_) => ("failed".into(), "error"),
+        };
+        let result = result.map(|(resp, _)| resp);
         if let Some(store) = &state.store {
             let record = DecisionRecord {
                 request_id: id.to_string(),
-                created_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+                created_ms: unix_ms(),
                 policy_id: decision.policy_id.clone(),
                 rule_id: decision.rule_id.clone(),
                 route: route.clone(),
                 status: result.as_ref().map_or_else(|e| e.status.as_u16(), |r| r.status().as_u16()),
-                reason: reason.clone(),
+                reason: run.reason.clone(),
                 decision: serde_json::to_value(&decision).expect("decisions serialize"),
+                label: label.into(),
+                execution: serde_json::to_value(&run.execution).expect("executions serialize"),
             };
             if let Err(e) = store.record_decision(&record).await {
                 tracing::error!(request_id = %id, "could not record the routing decision: {e}");
             }
         }
-        Ok(self.label(result.unwrap_or_else(IntoResponse::into_response), &route, &reason))
+        let resp = result.unwrap_or_else(IntoResponse::into_response);
+        let resp = match shadow {
+            Some(primary) => shadow::tap(resp, route.clone(), primary),
+            None => resp,
+        };
+        Ok(self.label(resp, &route, &run.reason))
     }
 
-    /// Runs the decision: the answer, the route that gave it (or `refused` /
-    /// `failed`), and the reason with every retry and fallback appended.
+    fn family_header(&self, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+        let Some(value) = headers.get(FAMILY_HEADER) else { return Ok(None) };
+        let name = value.to_str().unwrap_or_default();
+        if self.policy.family(name).is_none() {
+            let known: Vec<_> = self.policy.families.iter().map(|f| f.name.as_str()).collect();
+            return Err(ApiError::invalid(Some(FAMILY_HEADER.into()), format!("header {FAMILY_HEADER}: unknown family `{name}`; this policy knows: {}", known.join(", ")))
+                .with_code("invalid_header"));
+        }
+        Ok(Some(name.to_string()))
+    }
+
+    /// Runs the decision: refuse, hand off, or try the route chain with
+    /// breakers, retries, the cascade and fallbacks, appending each step to
+    /// the reason and the execution record.
     async fn execute(
         &self,
         state: &AppState,
@@ -132,55 +162,187 @@ impl Routing {
         req: &ChatCompletionRequest,
         params: ChatParams,
         decision: &Decision,
-    ) -> (Result<Response, ApiError>, String, String) {
-        let mut reason = decision.reason.clone();
-        let (route, fallbacks) = match &decision.outcome {
-            Outcome::Route { route, fallbacks } => (route, fallbacks),
-            Outcome::Refuse { message } | Outcome::Handoff { message } => {
-                return (Ok(refusal(id, &req.model, message, &params)), "refused".into(), reason);
+        run: &mut Run,
+    ) -> Result<(Response, Answered), ApiError> {
+        let (route, fallbacks, cascade) = match &decision.outcome {
+            Outcome::Route { route, fallbacks, cascade } => (route, fallbacks, cascade),
+            Outcome::Refuse { message } => return Ok((fixed_reply(id, &req.model, &params, None, Some(message)), Answered::Refused)),
+            Outcome::Handoff { message } => {
+                let handoff_id = self.hand_off(state, id, decision, &params).await?;
+                run.execution.handoff_id = Some(handoff_id.clone());
+                let mut resp = fixed_reply(id, &req.model, &params, Some(message), None);
+                resp.headers_mut().insert(HANDOFF_HEADER, HeaderValue::from_str(&handoff_id).expect("ascii id"));
+                return Ok((resp, Answered::HandedOff));
             }
         };
+        let mut chain: VecDeque<&String> = std::iter::once(route).chain(fallbacks).collect();
+        let mut cascade = cascade.as_ref().map(|plan| (route.as_str(), plan));
         let mut last_error = None;
-        for name in std::iter::once(route).chain(fallbacks) {
+        while let Some(name) = chain.pop_front() {
+            let began = Instant::now();
             let health = &self.health[name];
-            if !health.breaker.lock().expect("not poisoned").allow(Instant::now()) {
-                reason.push_str(&format!("; {name} skipped (circuit open)"));
+            if !health.breaker.lock().expect("not poisoned").allow(began) {
+                run.step(name, "skipped", Some("circuit open".into()), began);
+                run.reason.push_str(&format!("; {name} skipped (circuit open)"));
                 last_error.get_or_insert_with(|| ApiError::bad_gateway(format!("route {name}: circuit open")).with_code("circuit_open"));
                 continue;
             }
-            health.retries.lock().expect("not poisoned").deposit(Instant::now());
-            let mut attempt = self.attempt(state, id, name, req, &params).await;
+            let judge = cascade.filter(|(fast, _)| *fast == name.as_str()).map(|(_, plan)| plan);
+            health.retries.lock().expect("not poisoned").deposit(began);
+            let mut attempt = self.attempt(state, id, name, req, &params, decision, judge).await;
             if attempt.as_ref().is_err_and(ApiError::is_retryable) && health.retries.lock().expect("not poisoned").try_withdraw(Instant::now()) {
-                reason.push_str(&format!("; {name} retried"));
-                attempt = self.attempt(state, id, name, req, &params).await;
+                run.step(name, "retried", attempt.as_ref().err().map(|e| e.message.clone()), began);
+                run.reason.push_str(&format!("; {name} retried"));
+                attempt = self.attempt(state, id, name, req, &params, decision, judge).await;
             }
-            // A client error is not the route's fault.
+            // A client error is not the route's fault, nor is an unsure answer.
             let healthy = attempt.as_ref().map_or_else(|e| !e.is_retryable(), |_| true);
             health.breaker.lock().expect("not poisoned").record(healthy, Instant::now());
             match attempt {
-                Ok(resp) => return (Ok(resp), name.clone(), reason),
+                Ok(Attempt::Answer(resp)) => {
+                    run.step(name, "answered", None, began);
+                    return Ok((resp, Answered::Route(name.clone())));
+                }
+                Ok(Attempt::Escalate(check)) => {
+                    let plan = judge.expect("only a judged attempt escalates");
+                    run.step(name, "escalated", None, began);
+                    run.reason.push_str(&format!("; cascade: {name} {} -> escalated to {}", check.describe(), plan.escalate[0]));
+                    run.execution.cascade = Some(check);
+                    chain = plan.escalate.iter().collect();
+                    cascade = None;
+                }
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(request_id = %id, route = %name, status = %e.status, "route failed, trying the next: {}", e.message);
-                    reason.push_str(&format!("; {name} failed ({}), fell back", e.code.unwrap_or("error")));
+                    run.step(name, "failed", Some(e.message.clone()), began);
+                    run.reason.push_str(&format!("; {name} failed ({}), fell back", e.code.unwrap_or("error")));
                     last_error = Some(e);
                 }
-                Err(e) => return (Err(e), name.clone(), reason),
+                Err(e) => {
+                    run.step(name, "failed", Some(e.message.clone()), began);
+                    return Err(e);
+                }
             }
         }
         let e = last_error.expect("the chain has at least one route");
-        let e = ApiError { message: format!("every route failed: {reason}. Last error: {}", e.message), ..e };
-        (Err(e), "failed".into(), reason)
+        Err(ApiError { message: format!("every route failed: {}. Last error: {}", run.reason, e.message), ..e })
     }
 
-    async fn attempt(&self, state: &AppState, id: &str, name: &str, req: &ChatCompletionRequest, params: &ChatParams) -> Result<Response, ApiError> {
+    /// One try of one route. With `judge`, an embedded answer is held back
+    /// and judged first; an unsure one comes back as [`Attempt::Escalate`]
+    /// (and its generation is cancelled).
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        state: &AppState,
+        id: &str,
+        name: &str,
+        req: &ChatCompletionRequest,
+        params: &ChatParams,
+        decision: &Decision,
+        judge: Option<&CascadePlan>,
+    ) -> Result<Attempt, ApiError> {
         let r = self.policy.route(name).expect("decide names only declared routes");
+        let ttft = Duration::from_millis(decision.max_ttft_ms.map_or(r.ttft_timeout_ms, |cap| cap.min(r.ttft_timeout_ms)));
         match r.backend {
+            Backend::Upstream => self.upstreams[name].call(req, ttft).await.map(Attempt::Answer),
             Backend::Embedded => {
                 let engine = state.engines[&r.model].clone();
-                embedded(engine, params.clone(), id, &r.model, Some(Duration::from_millis(r.ttft_timeout_ms))).await
+                let hold_tokens = match judge {
+                    None => 1,
+                    Some(_) if !params.stream => usize::MAX,
+                    Some(plan) => plan.hold_tokens,
+                };
+                let hold = Hold { ttft: Some(ttft), tokens: hold_tokens, total: Some(Duration::from_millis(r.total_timeout_ms)) };
+                let started = Started::start(engine, params.clone(), hold).await?;
+                if let Some(plan) = judge {
+                    let confidence = Confidence::of(&started.held_logprobs());
+                    let value = confidence.map(|c| c.get(plan.signal));
+                    let escalate = value.is_none_or(|v| v < plan.threshold);
+                    let check = CascadeCheck { route: name.to_string(), signal: plan.signal.as_str(), value, threshold: plan.threshold, confidence, escalated: escalate };
+                    if escalate {
+                        return Ok(Attempt::Escalate(check));
+                    }
+                }
+                started.respond(id, &r.model, Some(Duration::from_millis(r.stall_timeout_ms))).await.map(Attempt::Answer)
             }
-            Backend::Upstream => self.upstreams[name].call(req).await,
         }
+    }
+
+    /// Queues the request for a human; the record is durable before the
+    /// client hears about it.
+    async fn hand_off(&self, state: &AppState, id: &str, decision: &Decision, params: &ChatParams) -> Result<String, ApiError> {
+        let store = state.store.as_ref().ok_or_else(|| {
+            ApiError::internal("this server has no store, so it cannot queue a handoff").with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+        })?;
+        let handoff_id = format!("handoff-{}", uuid::Uuid::new_v4().simple());
+        let messages: Vec<_> = params.messages.iter().map(|(role, content)| serde_json::json!({"role": role, "content": content})).collect();
+        let record = HandoffRecord {
+            id: handoff_id.clone(),
+            request_id: id.to_string(),
+            created_ms: unix_ms(),
+            policy_id: decision.policy_id.clone(),
+            rule_id: decision.rule_id.clone().unwrap_or_default(),
+            messages: serde_json::Value::Array(messages),
+            status: "open".into(),
+            answer: None,
+            reviewer: None,
+            resolved_ms: None,
+        };
+        store.enqueue_handoff(&record).await.map_err(|e| ApiError::internal(format!("queueing the handoff: {e}")))?;
+        tracing::info!(request_id = %id, handoff = %handoff_id, "handed to a human");
+        Ok(handoff_id)
+    }
+
+    /// Sends a non-streaming copy of the request to `route` in the
+    /// background and records its answer beside the primary's. Returns the
+    /// channel the primary's answer is captured into.
+    fn mirror(self: Arc<Self>, state: &AppState, id: &str, route: &str, req: &ChatCompletionRequest, params: &ChatParams) -> shadow::Primary {
+        let (primary, captured) = shadow::Primary::channel();
+        let (state_engines, store) = (state.engines.clone(), state.store.clone());
+        let (id, route) = (id.to_string(), route.to_string());
+        let mut req = req.clone();
+        req.stream = Some(false);
+        req.stream_options = None;
+        let params = ChatParams { stream: false, include_usage: false, ..params.clone() };
+        tokio::spawn(async move {
+            let began = Instant::now();
+            let r = self.policy.route(&route).expect("decide names only declared routes");
+            let resp = match r.backend {
+                Backend::Upstream => self.upstreams[&route].call(&req, Duration::from_millis(r.ttft_timeout_ms)).await,
+                Backend::Embedded => match state_engines.get(&r.model) {
+                    Some(engine) => embedded(engine.clone(), params, &id, &r.model).await,
+                    None => Err(ApiError::internal("shadow model is not loaded")),
+                },
+            };
+            let (status, body) = match resp {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    (status, axum::body::to_bytes(resp.into_body(), shadow::CAPTURE_LIMIT).await.unwrap_or_default())
+                }
+                Err(e) => (e.status.as_u16(), bytes::Bytes::new()),
+            };
+            let shadow_ms = began.elapsed().as_millis() as i64;
+            let Some(store) = store else { return };
+            let (primary_route, primary_status, primary_body) = captured.await.unwrap_or_else(|_| ("failed".into(), 0, bytes::Bytes::new()));
+            let (primary_output, shadow_output) = (shadow::answer_text(&primary_body), shadow::answer_text(&body));
+            let record = ShadowRecord {
+                request_id: id.clone(),
+                created_ms: unix_ms(),
+                policy_id: self.policy.id.clone(),
+                primary_route,
+                primary_status,
+                same_output: primary_output.is_some() && primary_output == shadow_output,
+                primary_output,
+                shadow_route: route,
+                shadow_status: status,
+                shadow_output,
+                shadow_ms,
+            };
+            if let Err(e) = store.record_shadow(&record).await {
+                tracing::error!(request_id = %id, "could not record the shadow comparison: {e}");
+            }
+        });
+        primary
     }
 
     fn label(&self, mut resp: Response, route: &str, reason: &str) -> Response {
@@ -202,9 +364,11 @@ fn header_enum<T: serde::de::DeserializeOwned>(headers: &HeaderMap, name: &str) 
         .map_err(|_| ApiError::invalid(Some(name.to_string()), format!("header {name}: unknown value `{text}`")).with_code("invalid_header"))
 }
 
-/// A refusal, shaped as OpenAI shapes one: `message.refusal` set, no content.
-fn refusal(id: &str, model: &str, message: &str, params: &ChatParams) -> Response {
-    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+/// A fixed answer that no model wrote: a refusal (`message.refusal` set, no
+/// content, as OpenAI shapes one) or a handoff notice (`content`).
+fn fixed_reply(id: &str, model: &str, params: &ChatParams, content: Option<&str>, refusal: Option<&str>) -> Response {
+    let created = unix_ms() / 1000;
+    let (content, refusal) = (content.map(str::to_string), refusal.map(str::to_string));
     if params.stream {
         let chunk = |delta: Delta, finish_reason| ChatCompletionChunk {
             id: id.to_string(),
@@ -216,10 +380,7 @@ fn refusal(id: &str, model: &str, message: &str, params: &ChatParams) -> Respons
             usage: None,
             timings: None,
         };
-        let events = [
-            chunk(Delta { role: Some(Role::Assistant), refusal: Some(message.to_string()), content: None }, None),
-            chunk(Delta::default(), Some(FinishReason::Stop)),
-        ];
+        let events = [chunk(Delta { role: Some(Role::Assistant), refusal, content }, None), chunk(Delta::default(), Some(FinishReason::Stop))];
         let mut body: String = events.iter().map(|c| format!("data: {}\n\n", serde_json::to_string(c).expect("serializes"))).collect();
         body.push_str("data: [DONE]\n\n");
         return ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], body).into_response();
@@ -232,7 +393,7 @@ fn refusal(id: &str, model: &str, message: &str, params: &ChatParams) -> Respons
         system_fingerprint: None,
         choices: vec![Choice {
             index: 0,
-            message: AssistantMessage { role: Role::Assistant, content: None, refusal: Some(message.to_string()) },
+            message: AssistantMessage { role: Role::Assistant, content, refusal },
             logprobs: None,
             finish_reason: Some(FinishReason::Stop),
         }],
@@ -240,4 +401,75 @@ fn refusal(id: &str, model: &str, message: &str, params: &ChatParams) -> Respons
         timings: None,
     })
     .into_response()
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What answered a routed request.
+enum Answered {
+    Route(String),
+    Refused,
+    HandedOff,
+}
+
+enum Attempt {
+    Answer(Response),
+    /// The cascade judged the fast answer too unsure to send.
+    Escalate(CascadeCheck),
+}
+
+/// The reason line and the execution record, built up as the chain runs.
+struct Run {
+    reason: String,
+    execution: Execution,
+}
+
+impl Run {
+    fn step(&mut self, route: &str, outcome: &'static str, detail: Option<String>, began: Instant) {
+        self.execution.steps.push(Step { route: route.to_string(), outcome, detail, ms: began.elapsed().as_millis() as u64 });
+    }
+}
+
+/// What running a decision did; recorded beside the decision.
+#[derive(Debug, Default, Serialize)]
+struct Execution {
+    steps: Vec<Step>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cascade: Option<CascadeCheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handoff_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Step {
+    route: String,
+    /// `answered`, `escalated`, `retried`, `failed` or `skipped`.
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    ms: u64,
+}
+
+/// A cascade's verdict on a fast answer. Recorded only when it escalated;
+/// a kept answer shows as the fast route's `answered` step.
+#[derive(Debug, Serialize)]
+struct CascadeCheck {
+    route: String,
+    signal: &'static str,
+    /// `None` for an empty answer, which always escalates.
+    value: Option<f64>,
+    threshold: f64,
+    confidence: Option<Confidence>,
+    escalated: bool,
+}
+
+impl CascadeCheck {
+    fn describe(&self) -> String {
+        match self.value {
+            Some(v) => format!("{} {v:.3} < {}", self.signal, self.threshold),
+            None => "gave an empty answer".into(),
+        }
+    }
 }

@@ -13,14 +13,15 @@ use switchyard_router::Route;
 use switchyard_wire::{ChatCompletionRequest, ErrorBody};
 
 use crate::error::ApiError;
+use crate::resilience::gap_limited;
 
 pub struct Upstream {
     name: String,
     endpoint: String,
     model: String,
     api_key: Option<String>,
-    ttft: Duration,
     total: Duration,
+    stall: Duration,
     client: reqwest::Client,
 }
 
@@ -39,23 +40,25 @@ impl Upstream {
             endpoint: format!("{}/chat/completions", url.trim_end_matches('/')),
             model: route.model.clone(),
             api_key,
-            ttft: Duration::from_millis(route.ttft_timeout_ms),
             total: Duration::from_millis(route.total_timeout_ms),
+            stall: Duration::from_millis(route.stall_timeout_ms),
             client,
         })
     }
 
     /// Forwards `req`. Fails (without having sent anything to the client)
     /// if the upstream is unreachable, answers 5xx/429, or does not start
-    /// answering within the route's time-to-first-token limit.
-    pub async fn call(&self, req: &ChatCompletionRequest) -> Result<Response, ApiError> {
+    /// answering within `ttft` (the route's limit, or less for a family's
+    /// budget). Once streaming, a gap longer than the route's stall limit or
+    /// a broken connection ends the stream with an error event.
+    pub async fn call(&self, req: &ChatCompletionRequest, ttft: Duration) -> Result<Response, ApiError> {
         let mut body = req.clone();
         body.model = self.model.clone();
         let mut call = self.client.post(&self.endpoint).json(&body);
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
         }
-        let limit = if req.is_stream() { self.ttft } else { self.total };
+        let limit = if req.is_stream() { ttft } else { self.total };
         let resp = tokio::time::timeout(limit, call.send())
             .await
             .map_err(|_| ApiError::timeout(format!("upstream {} sent no response within {} ms", self.name, limit.as_millis())))?
@@ -70,19 +73,28 @@ impl Upstream {
                 .await
                 .map_err(|_| ApiError::timeout(format!("upstream {} did not finish within {} ms", self.name, self.total.as_millis())))?
                 .map_err(|e| ApiError::bad_gateway(format!("upstream {} failed mid-answer: {e}", self.name)))?;
+            // A 200 that is not JSON is the upstream's failure, not an answer:
+            // fail now, while the chain can still fall back.
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+                return Err(ApiError::bad_gateway(format!("upstream {} answered 200 with a body that is not JSON", self.name)).with_code("malformed_upstream"));
+            }
             return Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response());
         }
-        let mut chunks = resp.bytes_stream();
-        let first = match tokio::time::timeout(self.ttft, chunks.next()).await {
-            Err(_) => return Err(ApiError::timeout(format!("upstream {} streamed nothing within {} ms", self.name, self.ttft.as_millis()))),
+        let mut chunks = resp.bytes_stream().map(|c| c.map_err(|e| e.to_string()));
+        let first = match tokio::time::timeout(ttft, chunks.next()).await {
+            Err(_) => return Err(ApiError::timeout(format!("upstream {} streamed nothing within {} ms", self.name, ttft.as_millis()))),
             Ok(None) => return Err(ApiError::bad_gateway(format!("upstream {} closed the stream at once", self.name))),
             Ok(Some(Err(e))) => return Err(ApiError::bad_gateway(format!("upstream {} stream failed: {e}", self.name))),
-            Ok(Some(Ok(b))) => b,
+            Ok(Some(Ok(b))) if b.starts_with(b"data:") || b.starts_with(b":") || b.starts_with(b"event:") => b,
+            Ok(Some(Ok(_))) => {
+                return Err(ApiError::bad_gateway(format!("upstream {} answered 200 with a stream that is not server-sent events", self.name)).with_code("malformed_upstream"))
+            }
         };
         // Committed: from here a failure ends the stream with an error event;
         // it never silently continues with another route's text.
         let name = self.name.clone();
-        let rest = chunks.scan(false, move |failed, chunk| {
+        let stalled = format!("no data for {} ms (stalled)", self.stall.as_millis());
+        let rest = gap_limited(chunks, self.stall, move || Err(stalled)).scan(false, move |failed, chunk| {
             let out = match chunk {
                 _ if *failed => None,
                 Ok(b) => Some(Ok::<Bytes, std::io::Error>(b)),

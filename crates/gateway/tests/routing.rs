@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Path, State};
+use bytes::Bytes;
+use futures::StreamExt;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -34,7 +37,23 @@ async fn mock_chat(State(seen): State<Mock>, Path(mode): Path<String>, headers: 
         s.model = body["model"].as_str().map(str::to_string);
         s.auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
     }
+    let chunk = |delta: Value, finish: Value| {
+        let c = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": body["model"], "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        Bytes::from(format!("data: {c}\n\n"))
+    };
+    let sse = |parts: Vec<Result<Bytes, std::io::Error>>, pause_after_first: Duration| {
+        let mut parts = parts.into_iter();
+        let first = parts.next();
+        let s = futures::stream::iter(first).chain(futures::stream::once(tokio::time::sleep(pause_after_first)).filter_map(|_| async { None::<Result<Bytes, std::io::Error>> })).chain(futures::stream::iter(parts));
+        ([("content-type", "text/event-stream")], Body::from_stream(s)).into_response()
+    };
     match mode.as_str() {
+        // First chunk at once, then silence longer than the route's stall limit.
+        "stall" => sse(vec![Ok(chunk(json!({"role": "assistant", "content": "partial"}), Value::Null)), Ok(chunk(json!({}), json!("stop")))], Duration::from_secs(5)),
+        // The connection breaks after the first chunk.
+        "cut" => sse(vec![Ok(chunk(json!({"role": "assistant", "content": "partial"}), Value::Null)), Err(std::io::Error::other("cut"))], Duration::ZERO),
+        "malformed" if body["stream"] == true => ([("content-type", "text/event-stream")], "garbage\n\n").into_response(),
+        "malformed" => ([("content-type", "application/json")], "{not json").into_response(),
         "fail" | "flaky" => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"message": "boom", "type": "server_error", "param": null, "code": null}}))).into_response(),
         "slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -58,7 +77,7 @@ async fn mock_chat(State(seen): State<Mock>, Path(mode): Path<String>, headers: 
     }
 }
 
-fn policy(mock: &str) -> String {
+fn policy(mock: &str, peer: &str) -> String {
     format!(
         r#"
 version = "test.1"
@@ -120,8 +139,45 @@ url = "http://127.0.0.1:9/v1"
 allowed_classes = ["public"]
 fallback = ["local"]
 
+[[routes]]
+name = "stall"
+backend = "upstream"
+model = "m"
+url = "{mock}/stall/v1"
+allowed_classes = ["public"]
+stall_timeout_ms = 300
+
+[[routes]]
+name = "cut"
+backend = "upstream"
+model = "m"
+url = "{mock}/cut/v1"
+allowed_classes = ["public"]
+
+[[routes]]
+name = "malformed"
+backend = "upstream"
+model = "m"
+url = "{mock}/malformed/v1"
+allowed_classes = ["public"]
+fallback = ["local"]
+retry = {{ ratio = 0.0, min_per_second = 0.0 }}
+
+[[routes]]
+name = "peer"
+backend = "upstream"
+model = "smollm2-135m"
+url = "{peer}/v1"
+allowed_classes = ["public"]
+
 [classes]
 regulated = ["\\b\\d{{3}}-\\d{{2}}-\\d{{4}}\\b"]
+
+[[families]]
+name = "mirrored"
+
+[[families]]
+name = "mirrored-to-broken"
 
 [categories]
 weapons = ["\\bbomb\\b"]
@@ -129,6 +185,14 @@ breakme = ["BREAKME"]
 slowme = ["SLOWME"]
 deadme = ["DEADME"]
 flakyme = ["FLAKYME"]
+handme = ["HANDME"]
+stallme = ["STALLME"]
+cutme = ["CUTME"]
+malformedme = ["MALFORMEDME"]
+peerme = ["PEERME"]
+unsure = ["UNSURE"]
+sure = ["\\bSURE\\b"]
+localme = ["LOCALME"]
 
 [[rules]]
 id = "refuse-weapons"
@@ -154,6 +218,60 @@ then = {{ action = "route", route = "flaky" }}
 id = "to-dead"
 when = {{ categories = ["deadme"] }}
 then = {{ action = "route", route = "dead" }}
+
+[[rules]]
+id = "handoff"
+when = {{ categories = ["handme"] }}
+then = {{ action = "handoff", message = "A person will get back to you." }}
+
+[[rules]]
+id = "to-stall"
+when = {{ categories = ["stallme"] }}
+then = {{ action = "route", route = "stall" }}
+
+[[rules]]
+id = "to-cut"
+when = {{ categories = ["cutme"] }}
+then = {{ action = "route", route = "cut" }}
+
+[[rules]]
+id = "to-malformed"
+when = {{ categories = ["malformedme"] }}
+then = {{ action = "route", route = "malformed" }}
+
+[[rules]]
+id = "to-peer"
+when = {{ categories = ["peerme"] }}
+then = {{ action = "route", route = "peer" }}
+
+# Always escalates: no real answer has a mean logprob of -1e-9 or more.
+[[rules]]
+id = "cascade-escalates"
+when = {{ categories = ["unsure"] }}
+then = {{ action = "cascade", fast = "local", escalate = "cloud", threshold = -0.000000001, hold_tokens = 3 }}
+
+# Never escalates: every answer is far above a mean logprob of -1000.
+[[rules]]
+id = "cascade-keeps"
+when = {{ categories = ["sure"] }}
+then = {{ action = "cascade", fast = "local", escalate = "cloud", threshold = -1000.0, hold_tokens = 3 }}
+
+[[rules]]
+id = "mirrored"
+when = {{ family = "mirrored" }}
+then = {{ action = "route", route = "local" }}
+shadow = {{ route = "cloud", fraction = 1.0 }}
+
+[[rules]]
+id = "mirrored-to-broken"
+when = {{ family = "mirrored-to-broken" }}
+then = {{ action = "route", route = "local" }}
+shadow = {{ route = "broken", fraction = 1.0 }}
+
+[[rules]]
+id = "plain-local"
+when = {{ categories = ["localme"] }}
+then = {{ action = "route", route = "local" }}
 "#
     )
 }
@@ -184,7 +302,17 @@ async fn setup() -> Setup {
     let engine = tokio::task::spawn_blocking(move || Engine::load("smollm2-135m", &path, settings).unwrap()).await.unwrap();
     // The cloud route reads its API key from this variable.
     std::env::set_var("SWITCHYARD_TEST_CLOUD_KEY", "k-123");
-    let mut state = AppState::new(vec![engine]).with_policy(Policy::from_toml(&policy(&mock_base)).unwrap()).unwrap();
+    // A second switchyard on loopback, serving the same model without a
+    // policy: the "peer" route is a real OpenAI-compatible upstream.
+    let peer_state = AppState::new(vec![engine]);
+    let engines = peer_state.engines.clone();
+    let peer_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_base = format!("http://{}", peer_listener.local_addr().unwrap());
+    let peer = router(Arc::new(peer_state), 1 << 20);
+    tokio::spawn(async move { axum::serve(peer_listener, peer).await.unwrap() });
+    let mut state = AppState { engines, routing: None, store: None, created: 0 }
+        .with_policy(Policy::from_toml(&policy(&mock_base, &peer_base)).unwrap())
+        .unwrap();
     let data = tempfile::tempdir().unwrap();
     state.store = Some(switchyard_store::Store::open(&data.path().join("switchyard.db")).await.unwrap());
     let app = router(Arc::new(state), 1 << 20);
@@ -196,11 +324,28 @@ async fn setup() -> Setup {
 
 impl Setup {
     async fn ask(&self, prompt: &str, extra: Value) -> (StatusCode, HeaderMap, String) {
+        self.ask_with(prompt, extra, &[]).await
+    }
+
+    async fn ask_with(&self, prompt: &str, extra: Value, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
         let mut body = json!({"model": "auto", "messages": [{"role": "user", "content": prompt}], "max_tokens": 6, "temperature": 0});
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let resp = self.http.post(format!("{}/v1/chat/completions", self.base)).json(&body).send().await.unwrap();
+        let mut req = self.http.post(format!("{}/v1/chat/completions", self.base)).json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
         let (status, headers) = (resp.status(), resp.headers().clone());
         (status, headers, resp.text().await.unwrap())
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        (resp.status(), resp.json().await.unwrap())
+    }
+
+    async fn decision(&self, h: &HeaderMap) -> Value {
+        self.get(&format!("/admin/decisions/{}", header(h, "x-switchyard-request-id"))).await.1
     }
 
     fn hits(&self, mode: &str) -> usize {
@@ -319,8 +464,145 @@ async fn a_failing_upstream_gets_at_most_its_retry_budget() {
 
 #[tokio::test]
 async fn a_policy_naming_a_model_that_is_not_loaded_is_refused_at_start() {
-    let p = Policy::from_toml(&policy("http://127.0.0.1:9").replace("model = \"smollm2-135m\"", "model = \"not-loaded\"")).unwrap();
+    let p = Policy::from_toml(&policy("http://127.0.0.1:9", "http://127.0.0.1:9").replace("model = \"smollm2-135m\"", "model = \"not-loaded\"")).unwrap();
     std::env::set_var("SWITCHYARD_TEST_CLOUD_KEY", "k");
     let err = AppState::new(vec![]).with_policy(p).err().unwrap().to_string();
     assert!(err.contains("routes[0].model") && err.contains("not-loaded"), "{err}");
+}
+
+#[tokio::test]
+async fn a_handoff_is_queued_answered_with_its_id_and_resolved_once() {
+    let s = setup().await;
+    let (status, h, body) = s.ask("HANDME: I need a person", json!({})).await;
+    assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "handoff"), "{body}");
+    let handoff_id = header(&h, "x-switchyard-handoff-id").to_string();
+    assert!(handoff_id.starts_with("handoff-"), "{h:?}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "A person will get back to you.");
+    assert_eq!(s.seen.lock().unwrap().hits.values().sum::<usize>(), 0, "no model saw it");
+
+    let rec = s.decision(&h).await;
+    assert_eq!((rec["label"].as_str(), rec["execution"]["handoff_id"].as_str()), (Some("human-escalated"), Some(handoff_id.as_str())));
+
+    let (status, open) = s.get("/admin/handoffs?status=open").await;
+    assert_eq!(status, StatusCode::OK);
+    let queued = &open["data"][0];
+    assert_eq!((queued["id"].as_str(), queued["rule_id"].as_str()), (Some(handoff_id.as_str()), Some("handoff")));
+    assert_eq!(queued["messages"][0]["content"], "HANDME: I need a person");
+
+    let resolve = |body: Value| s.http.post(format!("{}/admin/handoffs/{handoff_id}", s.base)).json(&body).send();
+    let done = resolve(json!({"answer": "Called them back.", "reviewer": "ana"})).await.unwrap();
+    assert_eq!(done.status(), StatusCode::OK);
+    assert_eq!(done.json::<Value>().await.unwrap()["status"], "resolved");
+    let again = resolve(json!({"answer": "Me too.", "reviewer": "bo"})).await.unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    let bad = resolve(json!({"answer": 3})).await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(s.get("/admin/handoffs?status=open").await.1["data"], json!([]));
+    assert_eq!(s.get(&format!("/admin/handoffs/{handoff_id}")).await.1["reviewer"], "ana");
+    assert_eq!(s.get("/admin/handoffs/handoff-nope").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.get("/admin/handoffs?status=maybe").await.0, StatusCode::BAD_REQUEST);
+
+    // Streaming clients get the notice as a stream.
+    let (status, h, body) = s.ask("HANDME again", json!({"stream": true})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("A person will get back to you.") && body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert!(header(&h, "x-switchyard-handoff-id").starts_with("handoff-"));
+}
+
+#[tokio::test]
+async fn the_cascade_escalates_below_its_threshold_and_not_above() {
+    let s = setup().await;
+    let prompt = "Write a short poem about the sea.";
+    for stream in [false, true] {
+        let (status, h, body) = s.ask(&format!("UNSURE {prompt}"), json!({"stream": stream})).await;
+        assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "cloud"), "{body}");
+        assert!(header(&h, "x-switchyard-reason").contains("cascade: local mean_logprob"), "{h:?}");
+        // Nothing of the local answer reached the client.
+        assert!(!body.contains("smollm2"), "{body}");
+        let rec = s.decision(&h).await;
+        let check = &rec["execution"]["cascade"];
+        assert_eq!((check["escalated"].as_bool(), check["route"].as_str()), (Some(true), Some("local")));
+        assert!(check["value"].as_f64().unwrap() < -1e-9);
+        let steps: Vec<&str> = rec["execution"]["steps"].as_array().unwrap().iter().map(|s| s["outcome"].as_str().unwrap()).collect();
+        assert_eq!(steps, ["escalated", "answered"]);
+
+        let (status, h, body) = s.ask(&format!("SURE {prompt}"), json!({"stream": stream})).await;
+        assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "local"), "{body}");
+        assert!(body.contains("smollm2-135m"));
+        if stream {
+            assert!(body.trim_end().ends_with("data: [DONE]"), "held tokens and the rest all arrive: {body}");
+        }
+    }
+    assert_eq!(s.hits("ok"), 2, "only the unsure answers went to the cloud");
+}
+
+#[tokio::test]
+async fn a_shadow_copy_is_recorded_and_never_changes_the_answer() {
+    let s = setup().await;
+    let prompt = "LOCALME What is the capital of France?";
+    let (_, _, plain) = s.ask(prompt, json!({})).await;
+    let content = |b: &str| serde_json::from_str::<Value>(b).unwrap()["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    for family in ["mirrored", "mirrored-to-broken"] {
+        let (status, h, body) = s.ask_with(prompt, json!({}), &[("x-switchyard-family", family)]).await;
+        assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "local"), "{body}");
+        assert_eq!(content(&body), content(&plain), "the shadow changed the answer");
+        let id = header(&h, "x-switchyard-request-id").to_string();
+        let mut rec = Value::Null;
+        for _ in 0..100 {
+            let (status, v) = s.get(&format!("/admin/shadows/{id}")).await;
+            if status == StatusCode::OK {
+                rec = v;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(rec["primary_route"], "local", "{family}: {rec}");
+        assert_eq!(rec["primary_output"].as_str(), Some(content(&plain).as_str()));
+        if family == "mirrored" {
+            assert_eq!((rec["shadow_route"].as_str(), rec["shadow_status"].as_u64()), (Some("cloud"), Some(200)));
+            assert_eq!((rec["shadow_output"].as_str(), rec["same_output"].as_bool()), (Some("cloud says hi"), Some(false)));
+        } else {
+            assert_eq!((rec["shadow_route"].as_str(), rec["shadow_status"].as_u64()), (Some("broken"), Some(502)));
+        }
+    }
+    let (status, body) = s.get("/admin/shadows/chatcmpl-never").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // An unknown family in the header is a 400 naming it.
+    let (status, _, body) = s.ask_with(prompt, json!({}), &[("x-switchyard-family", "nope")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("x-switchyard-family") && body.contains("mirrored"), "{body}");
+}
+
+#[tokio::test]
+async fn broken_streams_end_with_an_error_event_and_malformed_answers_fall_back() {
+    let s = setup().await;
+    for prompt in ["STALLME", "CUTME"] {
+        let (status, h, body) = s.ask(prompt, json!({"stream": true})).await;
+        assert_eq!(status, StatusCode::OK, "{prompt}: the stream had started");
+        assert!(body.contains("partial"), "{prompt}: {body}");
+        assert!(body.contains("\"error\"") && !body.contains("[DONE]"), "{prompt}: {body}");
+        if prompt == "STALLME" {
+            assert!(body.contains("stalled"), "{body}");
+        }
+        assert_eq!(header(&h, "x-switchyard-route"), prompt.trim_end_matches("ME").to_lowercase());
+    }
+    for stream in [false, true] {
+        let (status, h, body) = s.ask("MALFORMEDME", json!({"stream": stream})).await;
+        assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "local"), "{body}");
+        assert!(header(&h, "x-switchyard-reason").contains("malformed failed (malformed_upstream)"), "{h:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_second_switchyard_is_a_real_upstream() {
+    let s = setup().await;
+    let (status, h, body) = s.ask("PEERME Say hi.", json!({})).await;
+    assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "peer"), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["model"], "smollm2-135m");
+    assert!(v["timings"]["predicted_n"].as_u64().unwrap() > 0);
+    let (status, _, body) = s.ask("PEERME Say hi.", json!({"stream": true, "stream_options": {"include_usage": true}})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("\"usage\"") && body.trim_end().ends_with("data: [DONE]"), "{body}");
 }

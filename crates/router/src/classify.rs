@@ -1,36 +1,55 @@
-//! Data classification and safety categories, before any inference.
+//! Data classification, workload family and safety categories, before any
+//! inference.
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::features::Features;
 use crate::policy::{DataClass, Policy};
 
+/// What the caller asserted about a request (by header or API key).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Declared {
+    pub data_class: Option<DataClass>,
+    /// Must name one of the policy's families (the gateway checks).
+    pub family: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Classification {
-    /// The highest class whose patterns match, or the class the caller
-    /// declared if that is higher. Never lowered by detection.
+    /// The highest of: the class whose patterns match, the class the caller
+    /// declared, the family's boundary. Detection never lowers it.
     pub data_class: DataClass,
+    /// The declared family, else the first whose patterns match.
+    pub family: Option<String>,
     /// Safety categories whose patterns match, in policy order.
     pub categories: Vec<String>,
     pub features: Features,
+    /// A number in [0, 1) fixed by the request's content: shadow sampling
+    /// compares it with a fraction, so the same request is always (or
+    /// never) mirrored.
+    pub sample: f64,
 }
 
-/// Classifies a prompt (every message's text) under `policy`. `declared` is
-/// a class the caller asserted (header or API key); detection may raise it,
-/// never lower it.
-pub fn classify(messages: &[String], declared: Option<DataClass>, policy: &Policy) -> Classification {
-    let detected = policy
-        .classes
-        .iter()
-        .filter(|(_, patterns)| messages.iter().any(|m| patterns.iter().any(|p| p.is_match(m))))
-        .map(|(c, _)| *c)
-        .max();
-    let data_class = [declared, detected].into_iter().flatten().max().unwrap_or(DataClass::Public);
-    let categories = policy
-        .categories
-        .iter()
-        .filter(|(_, patterns)| messages.iter().any(|m| patterns.iter().any(|p| p.is_match(m))))
-        .map(|(c, _)| c.clone())
-        .collect();
-    Classification { data_class, categories, features: Features::of(messages) }
+/// Classifies a prompt (every message's text) under `policy`.
+pub fn classify(messages: &[String], declared: &Declared, policy: &Policy) -> Classification {
+    let matches = |patterns: &[regex::Regex]| messages.iter().any(|m| patterns.iter().any(|p| p.is_match(m)));
+    let detected = policy.classes.iter().filter(|(_, p)| matches(p)).map(|(c, _)| *c).max();
+    let family = declared.family.clone().or_else(|| {
+        policy.families.iter().zip(&policy.family_patterns).find(|(_, p)| matches(p)).map(|(f, _)| f.name.clone())
+    });
+    let boundary = family.as_deref().and_then(|f| policy.family(f)).map(|f| f.boundary);
+    let data_class = [declared.data_class, detected, boundary].into_iter().flatten().max().unwrap_or(DataClass::Public);
+    let categories = policy.categories.iter().filter(|(_, p)| matches(p)).map(|(c, _)| c.clone()).collect();
+    Classification { data_class, family, categories, features: Features::of(messages), sample: sample_point(messages) }
+}
+
+fn sample_point(messages: &[String]) -> f64 {
+    let mut h = Sha256::new();
+    for m in messages {
+        h.update(m.as_bytes());
+        h.update([0]);
+    }
+    let bytes: [u8; 8] = h.finalize()[..8].try_into().expect("8 bytes");
+    (u64::from_be_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }

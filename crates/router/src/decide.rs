@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::classify::Classification;
+use crate::confidence::Signal;
 use crate::policy::{Action, DataClass, Lane, Policy, Rule};
 
 /// What the caller knows about a request besides its text.
@@ -17,9 +18,25 @@ pub struct RequestFacts {
 pub enum Outcome {
     /// Try `route`, then `fallbacks` in order. Every one of them may receive
     /// the request's data class.
-    Route { route: String, fallbacks: Vec<String> },
+    Route {
+        route: String,
+        fallbacks: Vec<String>,
+        /// Set when `route` is a cascade's fast route: judge its answer first.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cascade: Option<CascadePlan>,
+    },
     Refuse { message: String },
     Handoff { message: String },
+}
+
+/// How to judge the fast answer of a cascade, and where to go if it fails.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CascadePlan {
+    /// The escalation route and its fallbacks, filtered by data class like any chain.
+    pub escalate: Vec<String>,
+    pub signal: Signal,
+    pub threshold: f64,
+    pub hold_tokens: usize,
 }
 
 /// Everything needed to explain, log and replay a routing decision.
@@ -31,8 +48,13 @@ pub struct Decision {
     #[serde(flatten)]
     pub outcome: Outcome,
     pub data_class: DataClass,
+    pub family: Option<String>,
     pub categories: Vec<String>,
     pub lane: Lane,
+    /// The family's TTFT budget, which caps every route's TTFT timeout.
+    pub max_ttft_ms: Option<u64>,
+    /// A route that gets a mirrored copy (never returned to the client).
+    pub shadow: Option<String>,
     /// Prompt difficulty score (0..1) from the policy's model.
     pub score: f64,
     /// The threshold the score was compared with, for difficulty rules.
@@ -48,6 +70,7 @@ fn applies(rule: &Rule, c: &Classification, facts: &RequestFacts) -> bool {
     (w.categories.is_empty() || w.categories.iter().any(|cat| c.categories.contains(cat)))
         && w.data_class.is_none_or(|min| c.data_class >= min)
         && w.lane.is_none_or(|lane| lane == facts.lane)
+        && w.family.as_ref().is_none_or(|f| c.family.as_ref() == Some(f))
 }
 
 pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Decision {
@@ -57,8 +80,11 @@ pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Deci
         rule_id: None,
         outcome: Outcome::Refuse { message: String::new() },
         data_class: c.data_class,
+        family: c.family.clone(),
         categories: c.categories.clone(),
         lane: facts.lane,
+        max_ttft_ms: c.family.as_deref().and_then(|f| policy.family(f)).and_then(|f| f.max_ttft_ms),
+        shadow: None,
         score,
         threshold: None,
         excluded: Vec::new(),
@@ -86,6 +112,24 @@ pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Deci
             let (target, cmp) = if score >= *threshold { (escalate, ">=") } else { (fast, "<") };
             route_to(policy, target, format!("rule {}: difficulty {score:.3} {cmp} {threshold}", rule.id), &mut d);
         }
+        Action::Cascade { fast, escalate, signal, threshold, hold_tokens } => {
+            d.threshold = Some(*threshold);
+            route_to(policy, fast, format!("rule {}: cascade", rule.id), &mut d);
+            if let Outcome::Route { route, cascade, .. } = &mut d.outcome {
+                let (chain, _) = allowed_chain(policy, escalate, d.data_class);
+                if route == fast && !chain.is_empty() {
+                    d.reason.push_str(&format!(", escalating to {} if {} < {threshold}", chain[0], signal.as_str()));
+                    *cascade = Some(CascadePlan { escalate: chain, signal: *signal, threshold: *threshold, hold_tokens: *hold_tokens });
+                }
+            }
+        }
+    }
+    if let (Some(shadow), Outcome::Route { .. }) = (&rule.shadow, &d.outcome) {
+        let allowed = policy.route(&shadow.route).is_some_and(|r| r.allowed_classes.contains(&d.data_class));
+        if c.sample < shadow.fraction && allowed {
+            d.shadow = Some(shadow.route.clone());
+            d.reason.push_str(&format!("; mirrored to {}", shadow.route));
+        }
     }
     d
 }
@@ -98,9 +142,9 @@ fn matched(c: &Classification) -> String {
     }
 }
 
-/// Routes to `primary`, keeping only the routes of its fallback chain
-/// (followed transitively, each once) that may receive the data class.
-fn route_to(policy: &Policy, primary: &str, why: String, d: &mut Decision) {
+/// `primary` and its fallback chain (followed transitively, each once),
+/// split into the routes that may receive `class` and those that may not.
+fn allowed_chain(policy: &Policy, primary: &str, class: DataClass) -> (Vec<String>, Vec<String>) {
     let mut chain: Vec<&str> = vec![primary];
     let mut i = 0;
     while i < chain.len() {
@@ -113,15 +157,18 @@ fn route_to(policy: &Policy, primary: &str, why: String, d: &mut Decision) {
         }
         i += 1;
     }
-    let (allowed, excluded): (Vec<&str>, Vec<&str>) = chain
-        .into_iter()
-        .partition(|name| policy.route(name).is_some_and(|r| r.allowed_classes.contains(&d.data_class)));
-    d.excluded = excluded.iter().map(|s| s.to_string()).collect();
+    chain.into_iter().map(str::to_string).partition(|name| policy.route(name).is_some_and(|r| r.allowed_classes.contains(&class)))
+}
+
+/// Routes to `primary`, or the first route of its chain that may receive the data class.
+fn route_to(policy: &Policy, primary: &str, why: String, d: &mut Decision) {
+    let (allowed, excluded) = allowed_chain(policy, primary, d.data_class);
+    d.excluded = excluded;
     match allowed.split_first() {
         Some((first, rest)) => {
             let via = if *first == primary { String::new() } else { format!(" (instead of {primary}: it may not receive {} data)", d.data_class.as_str()) };
             d.reason = format!("{why} -> {first}{via}");
-            d.outcome = Outcome::Route { route: first.to_string(), fallbacks: rest.iter().map(|s| s.to_string()).collect() };
+            d.outcome = Outcome::Route { route: first.clone(), fallbacks: rest.to_vec(), cascade: None };
         }
         None => {
             d.reason = format!("{why} -> refused: no route in the chain of {primary} may receive {} data", d.data_class.as_str());

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Cheap, deterministic features of a prompt (all messages' text).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Features {
     /// ln(1 + characters).
     pub log_chars: f64,
@@ -62,7 +62,73 @@ impl Default for DifficultyModel {
     }
 }
 
+impl Features {
+    /// In [`DifficultyModel`]'s weight order.
+    pub fn to_array(&self) -> [f64; 6] {
+        [self.log_chars, self.turns, self.code, self.math, self.questions, self.reasoning]
+    }
+}
+
 impl DifficultyModel {
+    pub fn from_weights(bias: f64, w: [f64; 6]) -> Self {
+        Self { bias, log_chars: w[0], turns: w[1], code: w[2], math: w[3], questions: w[4], reasoning: w[5] }
+    }
+
+    /// Fits the weights so the score estimates the chance that `y` is 1
+    /// (for routing: that the fast route gets the item wrong). Logistic
+    /// regression with a little L2, by gradient descent on standardised
+    /// features, mapped back to raw-feature weights so the policy needs no
+    /// scaler. Deterministic.
+    pub fn fit(xs: &[Features], y: &[f64]) -> Self {
+        const STEPS: usize = 3000;
+        const RATE: f64 = 0.3;
+        const L2: f64 = 1e-3;
+        let n = xs.len().max(1) as f64;
+        let rows: Vec<[f64; 6]> = xs.iter().map(Features::to_array).collect();
+        let mut mu = [0.0; 6];
+        let mut sd = [0.0; 6];
+        for j in 0..6 {
+            mu[j] = rows.iter().map(|r| r[j]).sum::<f64>() / n;
+            sd[j] = (rows.iter().map(|r| (r[j] - mu[j]).powi(2)).sum::<f64>() / n).sqrt();
+        }
+        let z = |r: &[f64; 6], j: usize| if sd[j] > 0.0 { (r[j] - mu[j]) / sd[j] } else { 0.0 };
+        let (mut b, mut w) = (0.0, [0.0; 6]);
+        for _ in 0..STEPS {
+            let (mut gb, mut gw) = (0.0, [0.0; 6]);
+            for (r, &t) in rows.iter().zip(y) {
+                let p = sigmoid(b + (0..6).map(|j| w[j] * z(r, j)).sum::<f64>());
+                gb += p - t;
+                for j in 0..6 {
+                    gw[j] += (p - t) * z(r, j);
+                }
+            }
+            b -= RATE * gb / n;
+            for j in 0..6 {
+                w[j] -= RATE * (gw[j] / n + L2 * w[j]);
+            }
+        }
+        let raw: [f64; 6] = std::array::from_fn(|j| if sd[j] > 0.0 { w[j] / sd[j] } else { 0.0 });
+        let bias = b - (0..6).map(|j| raw[j] * mu[j]).sum::<f64>();
+        Self::from_weights(bias, raw)
+    }
+
+    /// Out-of-fold scores: item `i` is scored by a model fitted without the
+    /// fold it is in (folds by index modulo `k`), so a curve drawn on them
+    /// shows held-out quality, not training quality.
+    pub fn cross_validated_scores(xs: &[Features], y: &[f64], k: usize) -> Vec<f64> {
+        let k = k.clamp(2, xs.len().max(2));
+        let mut scores = vec![0.0; xs.len()];
+        for fold in 0..k {
+            let (train_x, train_y): (Vec<Features>, Vec<f64>) =
+                xs.iter().zip(y).enumerate().filter(|(i, _)| i % k != fold).map(|(_, (x, t))| (*x, *t)).unzip();
+            let m = Self::fit(&train_x, &train_y);
+            for i in (fold..xs.len()).step_by(k) {
+                scores[i] = m.score(&xs[i]);
+            }
+        }
+        scores
+    }
+
     pub fn score(&self, f: &Features) -> f64 {
         let z = self.bias
             + self.log_chars * f.log_chars
@@ -71,8 +137,12 @@ impl DifficultyModel {
             + self.math * f.math
             + self.questions * f.questions
             + self.reasoning * f.reasoning;
-        1.0 / (1.0 + (-z).exp())
+        sigmoid(z)
     }
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
 }
 
 #[cfg(test)]
@@ -94,5 +164,30 @@ mod tests {
         let hard = m.score(&Features::of(&["Explain this code: ```x```".into()]));
         assert!(easy < 0.5 && hard > easy);
         assert_eq!(DifficultyModel::default().score(&Features::of(&["x".into()])), 0.5);
+    }
+
+    #[test]
+    fn fitting_learns_which_feature_predicts_failure_and_holds_out_folds() {
+        // Fast fails on exactly the code prompts; length is noise.
+        let prompts: Vec<Features> = (0..60)
+            .map(|i| {
+                let text = if i % 3 == 0 { format!("```\nfn f{i}() {{}}\n```") } else { format!("say hi {}", "x".repeat(i % 7)) };
+                Features::of(&[text])
+            })
+            .collect();
+        let fails: Vec<f64> = prompts.iter().map(|f| f.code).collect();
+        let m = DifficultyModel::fit(&prompts, &fails);
+        assert!(m.code > 1.0, "{m:?}");
+        for (f, y) in prompts.iter().zip(&fails) {
+            assert_eq!(m.score(f) >= 0.5, *y == 1.0);
+        }
+        let held_out = DifficultyModel::cross_validated_scores(&prompts, &fails, 5);
+        let correct = held_out.iter().zip(&fails).filter(|(s, y)| (**s >= 0.5) == (**y == 1.0)).count();
+        assert_eq!(correct, prompts.len());
+        // A label unrelated to the features cannot be predicted out of fold.
+        let noise: Vec<f64> = (0..60).map(|i| f64::from(u8::from((i * 7919) % 11 < 5))).collect();
+        let s = DifficultyModel::cross_validated_scores(&prompts, &noise, 5);
+        let right = s.iter().zip(&noise).filter(|(s, y)| (**s >= 0.5) == (**y == 1.0)).count();
+        assert!(right < 45, "{right}/60 on noise");
     }
 }

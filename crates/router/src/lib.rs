@@ -1,18 +1,23 @@
 //! Routing, as pure functions.
 //!
 //! [`Policy`] is a validated, versioned policy file; [`classify`] reads a
-//! prompt's data class, safety categories and difficulty features;
+//! prompt's data class, family, safety categories and difficulty features;
 //! [`decide`] turns a request's facts into a [`Decision`]. Nothing here does
 //! I/O or reads a clock, so the same request and the same policy version
 //! always give the same decision: it can be unit-tested, fuzzed, and
-//! replayed offline (`switchyard route explain`).
+//! replayed offline (`switchyard route explain`). [`calibrate`] turns eval
+//! results into thresholds, and [`Confidence`] is the cascade's signal.
 
+pub mod calibrate;
 mod classify;
+mod confidence;
 mod decide;
 mod features;
 mod policy;
 
-pub use classify::{classify, Classification};
-pub use decide::{decide, Decision, Outcome, RequestFacts};
+pub use calibrate::Calibration;
+pub use classify::{classify, Classification, Declared};
+pub use confidence::{Confidence, Signal, CONFIDENCE_WINDOW};
+pub use decide::{decide, CascadePlan, Decision, Outcome, RequestFacts};
 pub use features::{DifficultyModel, Features};
-pub use policy::{Action, Backend, Breaker, DataClass, Lane, Policy, PolicyError, RetryBudget, Route, Rule, When};
+pub use policy::{Action, Backend, Breaker, DataClass, Family, Lane, Policy, PolicyError, RetryBudget, Route, Rule, Shadow, When};

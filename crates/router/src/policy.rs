@@ -10,6 +10,8 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::calibrate::Calibration;
+use crate::confidence::Signal;
 use crate::features::DifficultyModel;
 
 /// How sensitive a prompt's data is. Ordered: a route allowing `Regulated`
@@ -63,6 +65,10 @@ pub struct Route {
     pub ttft_timeout_ms: u64,
     #[serde(default = "default_total_ms")]
     pub total_timeout_ms: u64,
+    /// A stream that sends nothing for longer than this is cut off with an
+    /// error event (it has already started, so it cannot fall back).
+    #[serde(default = "default_stall_ms")]
+    pub stall_timeout_ms: u64,
     #[serde(default)]
     pub retry: RetryBudget,
     #[serde(default)]
@@ -107,6 +113,9 @@ fn default_ttft_ms() -> u64 {
 fn default_total_ms() -> u64 {
     120_000
 }
+fn default_stall_ms() -> u64 {
+    30_000
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -127,6 +136,9 @@ pub struct When {
     pub data_class: Option<DataClass>,
     #[serde(default)]
     pub lane: Option<Lane>,
+    /// The request belongs to this workload family.
+    #[serde(default)]
+    pub family: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +152,55 @@ pub enum Action {
     Route { route: String },
     /// Prompt difficulty score at or above `threshold` goes to `escalate`, below to `fast`.
     Difficulty { fast: String, escalate: String, threshold: f64 },
+    /// Answer on `fast` (an embedded route, which always has logprobs); if
+    /// the answer's confidence `signal` is below `threshold`, discard it and
+    /// answer on `escalate`. Streams hold back the first `hold_tokens`
+    /// tokens and judge on those; non-streaming answers are judged whole.
+    Cascade {
+        fast: String,
+        escalate: String,
+        #[serde(default)]
+        signal: Signal,
+        threshold: f64,
+        #[serde(default = "default_hold_tokens")]
+        hold_tokens: usize,
+    },
+}
+
+fn default_hold_tokens() -> usize {
+    16
+}
+
+/// Mirror a sample of a rule's traffic to a candidate route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shadow {
+    pub route: String,
+    /// Share of matching requests mirrored, chosen by request hash.
+    pub fraction: f64,
+}
+
+/// A kind of work (support, RAG Q&A, extraction, code, agentic...) with its
+/// latency need and data boundary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Family {
+    pub name: String,
+    /// The family's time-to-first-token budget: a route's TTFT timeout is
+    /// cut to it, so a slow route fails over in time.
+    #[serde(default)]
+    pub max_ttft_ms: Option<u64>,
+    /// Requests of this family are at least this class of data.
+    #[serde(default = "public")]
+    pub boundary: DataClass,
+    /// Prompts matching any of these belong to the family (a request can
+    /// also name its family in a header).
+    #[serde(default)]
+    pub patterns: Vec<String>,
+}
+
+fn public() -> DataClass {
+    DataClass::Public
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +210,8 @@ pub struct Rule {
     #[serde(default)]
     pub when: When,
     pub then: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Shadow>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +230,11 @@ struct PolicyFile {
     rules: Vec<Rule>,
     #[serde(default)]
     difficulty: DifficultyModel,
+    #[serde(default)]
+    families: Vec<Family>,
+    /// Rule id → how its threshold was calibrated (written by `switchyard calibrate`).
+    #[serde(default)]
+    calibration: BTreeMap<String, Calibration>,
 }
 
 /// A loaded, validated policy. Its [`Policy::id`] is the version label plus
@@ -180,6 +248,9 @@ pub struct Policy {
     pub routes: Vec<Route>,
     pub rules: Vec<Rule>,
     pub difficulty: DifficultyModel,
+    pub families: Vec<Family>,
+    pub calibration: BTreeMap<String, Calibration>,
+    pub(crate) family_patterns: Vec<Vec<Regex>>,
     pub(crate) classes: Vec<(DataClass, Vec<Regex>)>,
     pub(crate) categories: Vec<(String, Vec<Regex>)>,
 }
@@ -223,6 +294,12 @@ impl Policy {
             .iter()
             .map(|(c, p)| Ok((c.clone(), compile(format!("categories.{c}"), p)?)))
             .collect::<Result<_, PolicyError>>()?;
+        let family_patterns = file
+            .families
+            .iter()
+            .enumerate()
+            .map(|(i, f)| compile(format!("families[{i}].patterns"), &f.patterns))
+            .collect::<Result<_, PolicyError>>()?;
         Ok(Self {
             id: format!("{}+{}", file.version, &sha256[..12]),
             sha256,
@@ -231,6 +308,9 @@ impl Policy {
             routes: file.routes,
             rules: file.rules,
             difficulty: file.difficulty,
+            families: file.families,
+            calibration: file.calibration,
+            family_patterns,
             classes,
             categories,
         })
@@ -238,6 +318,10 @@ impl Policy {
 
     pub fn route(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.name == name)
+    }
+
+    pub fn family(&self, name: &str) -> Option<&Family> {
+        self.families.iter().find(|f| f.name == name)
     }
 
     pub fn category_names(&self) -> impl Iterator<Item = &str> {
@@ -264,6 +348,9 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
         if r.backend == Backend::Upstream && r.url.is_none() {
             return Err(invalid(key("url"), "an upstream route needs the base URL of an OpenAI-compatible API"));
         }
+        if r.stall_timeout_ms == 0 {
+            return Err(invalid(key("stall_timeout_ms"), "must be at least 1: the longest gap allowed between streamed chunks"));
+        }
         if r.ttft_timeout_ms == 0 || r.total_timeout_ms < r.ttft_timeout_ms {
             return Err(invalid(key("total_timeout_ms"), "timeouts must be > 0 and total_timeout_ms >= ttft_timeout_ms"));
         }
@@ -288,8 +375,28 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
             }
         }
     }
+    let mut families = HashSet::new();
+    for (i, fam) in f.families.iter().enumerate() {
+        if !families.insert(fam.name.as_str()) {
+            return Err(invalid(format!("families[{i}].name"), format!("family `{}` is declared twice", fam.name)));
+        }
+        if fam.max_ttft_ms == Some(0) {
+            return Err(invalid(format!("families[{i}].max_ttft_ms"), "must be at least 1 (or left out for no limit)"));
+        }
+    }
     let mut ids = HashSet::new();
     for (i, rule) in f.rules.iter().enumerate() {
+        if let Some(fam) = &rule.when.family {
+            if !families.contains(fam.as_str()) {
+                return Err(invalid(format!("rules[{i}].when.family"), format!("unknown family `{fam}`; declare it under [[families]]")));
+            }
+        }
+        if let Some(shadow) = &rule.shadow {
+            check(format!("rules[{i}].shadow.route"), &shadow.route)?;
+            if !(shadow.fraction > 0.0 && shadow.fraction <= 1.0) {
+                return Err(invalid(format!("rules[{i}].shadow.fraction"), "must be in (0, 1]: the share of matching requests mirrored"));
+            }
+        }
         if !ids.insert(rule.id.as_str()) {
             return Err(invalid(format!("rules[{i}].id"), format!("rule id `{}` is used twice", rule.id)));
         }
@@ -307,10 +414,28 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
                     return Err(invalid(format!("rules[{i}].then.threshold"), "must be between 0 and 1 (a calibrated score)"));
                 }
             }
+            Action::Cascade { fast, escalate, threshold, hold_tokens, .. } => {
+                check(format!("rules[{i}].then.fast"), fast)?;
+                check(format!("rules[{i}].then.escalate"), escalate)?;
+                if f.routes.iter().any(|r| &r.name == fast && r.backend != Backend::Embedded) {
+                    return Err(invalid(format!("rules[{i}].then.fast"), "a cascade's fast route must be an embedded route: its confidence comes from the engine's logprobs"));
+                }
+                if !(*threshold <= 0.0) {
+                    return Err(invalid(format!("rules[{i}].then.threshold"), "a logprob threshold, so <= 0 (0 is certainty)"));
+                }
+                if *hold_tokens == 0 {
+                    return Err(invalid(format!("rules[{i}].then.hold_tokens"), "hold back at least 1 token to judge a stream on"));
+                }
+            }
             Action::Refuse { message } | Action::Handoff { message } if message.trim().is_empty() => {
                 return Err(invalid(format!("rules[{i}].then.message"), "say what the client is told"));
             }
             Action::Refuse { .. } | Action::Handoff { .. } => {}
+        }
+    }
+    for rule_id in f.calibration.keys() {
+        if !ids.contains(rule_id.as_str()) {
+            return Err(invalid(format!("calibration.{rule_id}"), "names no rule; calibration records are keyed by the rule id they set the threshold of"));
         }
     }
     Ok(())

@@ -10,12 +10,12 @@ fn example() -> Policy {
 
 fn run(policy: &Policy, prompt: &str, lane: Lane) -> Decision {
     let messages = vec![prompt.to_string()];
-    decide(&RequestFacts { lane }, &classify(&messages, None, policy), policy)
+    decide(&RequestFacts { lane }, &classify(&messages, &Declared::default(), policy), policy)
 }
 
 fn route_of(d: &Decision) -> (&str, Vec<&str>) {
     match &d.outcome {
-        Outcome::Route { route, fallbacks } => (route.as_str(), fallbacks.iter().map(String::as_str).collect()),
+        Outcome::Route { route, fallbacks, .. } => (route.as_str(), fallbacks.iter().map(String::as_str).collect()),
         other => panic!("expected a route, got {other:?}"),
     }
 }
@@ -55,7 +55,7 @@ fn difficulty_rule_splits_on_the_threshold() {
     let easy = run(&p, "hi", Lane::Interactive);
     assert_eq!(route_of(&easy).0, "local-fast");
     assert!(easy.score < 0.6 && easy.threshold == Some(0.6));
-    let hard = run(&p, &format!("Explain step by step why this code fails and prove the fix: ```{}```", "x = 1 + 2; ".repeat(50)), Lane::Interactive);
+    let hard = run(&p, &format!("Explain step by step why this fails and prove the fix: {}?", "x = 1 + 2; ".repeat(50)), Lane::Interactive);
     assert_eq!(route_of(&hard), ("cloud", vec![]));
     assert!(hard.score >= 0.6, "{}", hard.score);
     assert!(hard.reason.contains(">= 0.6"), "{}", hard.reason);
@@ -86,9 +86,10 @@ internal = ["secret"]
 #[test]
 fn declared_class_is_never_lowered() {
     let p = example();
-    let c = classify(&["hello".into()], Some(DataClass::Internal), &p);
+    let declared = |c| Declared { data_class: Some(c), family: None };
+    let c = classify(&["hello".into()], &declared(DataClass::Internal), &p);
     assert_eq!(c.data_class, DataClass::Internal);
-    let c = classify(&["ssn 123-45-6789".into()], Some(DataClass::Public), &p);
+    let c = classify(&["ssn 123-45-6789".into()], &declared(DataClass::Public), &p);
     assert_eq!(c.data_class, DataClass::Regulated);
 }
 
@@ -108,12 +109,61 @@ fn policy_mistakes_name_the_key() {
     let err = |t: &str| Policy::from_toml(t).unwrap_err().to_string();
     assert!(err(&text.replace("route = \"batch\"", "route = \"batchh\"")).contains("rules[2].then.route"));
     assert!(err(&text.replace("fallback = [\"cloud\"]\n\n[[routes]]\nname = \"cloud\"", "fallback = [\"nowhere\"]\n\n[[routes]]\nname = \"cloud\"")).contains("routes[1].fallback[0]"));
-    assert!(err(&text.replace("threshold = 0.6", "threshold = 6")).contains("rules[4].then.threshold"));
+    assert!(err(&text.replace("threshold = 0.6", "threshold = 6")).contains("rules[5].then.threshold"));
     assert!(err(&text.replace("default_route = \"local-fast\"", "default_route = \"x\"")).contains("default_route"));
     assert!(err(&text.replace("categories = [\"weapons\"]", "categories = [\"weapon\"]")).contains("rules[0].when.categories[0]"));
     assert!(err(&text.replace("\\\\bconfidential\\\\b", "(unclosed")).contains("classes.internal[1]"));
     assert!(err(&text.replace("lane = \"fallback\"", "lane = \"slow\"")).contains("lane"));
     assert!(err(&text.replace("ttft_timeout_ms = 2000", "ttft_timeout = 2000")).contains("ttft_timeout"));
+}
+
+#[test]
+fn a_cascade_plans_the_escalation_and_families_set_budgets_and_boundaries() {
+    let p = example();
+    let d = run(&p, "Why does this fail? ```python\nprint(1/0)\n```", Lane::Interactive);
+    assert_eq!(d.family.as_deref(), Some("code"));
+    assert_eq!(d.max_ttft_ms, Some(3000));
+    assert_eq!(d.rule_id.as_deref(), Some("code-cascade"));
+    let Outcome::Route { route, cascade: Some(plan), .. } = &d.outcome else { panic!("{d:?}") };
+    assert_eq!(route, "local-fast");
+    assert_eq!(plan.escalate, ["local-strong", "cloud"]);
+    assert_eq!((plan.signal, plan.threshold, plan.hold_tokens), (Signal::Mean, -0.9, 16));
+    assert!(d.reason.contains("escalating to local-strong if mean_logprob < -0.9"), "{}", d.reason);
+
+    // The support family raises public-looking text to internal.
+    let d = run(&p, "Where is my order?", Lane::Interactive);
+    assert_eq!((d.family.as_deref(), d.data_class, d.max_ttft_ms), (Some("support"), DataClass::Internal, Some(1500)));
+    // A declared family wins over detection.
+    let c = classify(&["Where is my order?".into()], &Declared { data_class: None, family: Some("code".into()) }, &p);
+    assert_eq!(c.family.as_deref(), Some("code"));
+}
+
+#[test]
+fn shadow_sampling_is_by_request_hash_and_respects_the_fraction() {
+    let p = example();
+    let prompts: Vec<String> = (0..2000).map(|i| format!("```\nfn f{i}() {{}}\n```")).collect();
+    let mirrored: Vec<bool> = prompts.iter().map(|q| run(&p, q, Lane::Interactive).shadow.is_some()).collect();
+    let share = mirrored.iter().filter(|m| **m).count() as f64 / prompts.len() as f64;
+    assert!((0.07..0.13).contains(&share), "fraction 0.1, mirrored {share}");
+    let again: Vec<bool> = prompts.iter().map(|q| run(&p, q, Lane::Interactive).shadow.is_some()).collect();
+    assert_eq!(mirrored, again, "the same requests are mirrored every time");
+    let one = prompts.iter().position(|q| run(&p, q, Lane::Interactive).shadow.is_some()).unwrap();
+    let d = run(&p, &prompts[one], Lane::Interactive);
+    assert_eq!(d.shadow.as_deref(), Some("local-strong"));
+    assert!(d.reason.ends_with("; mirrored to local-strong"), "{}", d.reason);
+}
+
+#[test]
+fn new_policy_keys_are_validated_by_name() {
+    let text = include_str!("../../../config/policy.example.toml");
+    let err = |t: &str| Policy::from_toml(t).unwrap_err().to_string();
+    assert!(err(&text.replace("when = { family = \"code\" }", "when = { family = \"cod\" }")).contains("rules[4].when.family"));
+    assert!(err(&text.replace("fraction = 0.1", "fraction = 1.5")).contains("rules[4].shadow.fraction"));
+    assert!(err(&text.replace("threshold = -0.9", "threshold = 0.9")).contains("rules[4].then.threshold"));
+    assert!(err(&text.replace("escalate = \"local-strong\", signal", "escalate = \"nowhere\", signal")).contains("rules[4].then.escalate"));
+    assert!(err(&text.replace("fast = \"local-fast\", escalate = \"local-strong\"", "fast = \"cloud\", escalate = \"local-strong\"")).contains("must be an embedded route"));
+    assert!(err(&text.replace("signal = \"mean\"", "signal = \"median\"")).contains("median"));
+    assert!(err(&format!("{text}\n[calibration.nope]\nsignal = \"x\"\n")).contains("calibration"));
 }
 
 proptest! {
@@ -131,7 +181,11 @@ proptest! {
         let lane = if batch { Lane::Batch } else { Lane::Interactive };
         let d = run(&p, &prompt, lane);
         prop_assert_eq!(d.data_class, DataClass::Regulated);
-        if let Outcome::Route { route, fallbacks } = &d.outcome {
+        if let Outcome::Route { route, fallbacks, cascade } = &d.outcome {
+            let escalation = cascade.iter().flat_map(|c| &c.escalate);
+            for name in escalation.chain(&d.shadow) {
+                prop_assert!(p.route(name).unwrap().allowed_classes.contains(&DataClass::Regulated), "{} in {:?}", name, d);
+            }
             for name in std::iter::once(route).chain(fallbacks) {
                 prop_assert!(p.route(name).unwrap().allowed_classes.contains(&DataClass::Regulated), "{} in {:?}", name, d);
             }

@@ -1,5 +1,6 @@
 //! Durable records on SQLite (one file in the data dir), through sqlx so the
-//! same queries can later run on PostgreSQL.
+//! same queries can later run on PostgreSQL: routing decisions, the human
+//! handoff queue, shadow comparisons.
 //!
 //! Invariant: a record is written in one statement, so a crash leaves it
 //! either whole or absent, never half-written.
@@ -36,6 +37,55 @@ pub struct DecisionRecord {
     pub reason: String,
     /// The full decision (scores, thresholds, data class, chain, exclusions).
     pub decision: serde_json::Value,
+    /// How it ended: `answered`, `refused`, `human-escalated` or `error`.
+    pub label: String,
+    /// What running the decision did: every route tried and how it went,
+    /// retries, the cascade's confidence.
+    pub execution: serde_json::Value,
+}
+
+/// A request a policy handed to a human; resolved once, by a reviewer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoffRecord {
+    pub id: String,
+    pub request_id: String,
+    pub created_ms: i64,
+    pub policy_id: String,
+    pub rule_id: String,
+    /// The conversation as the client sent it (`[{role, content}]`).
+    pub messages: serde_json::Value,
+    /// `open` or `resolved`.
+    pub status: String,
+    pub answer: Option<String>,
+    pub reviewer: Option<String>,
+    pub resolved_ms: Option<i64>,
+}
+
+/// A shadow route's answer recorded beside the primary's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowRecord {
+    pub request_id: String,
+    pub created_ms: i64,
+    pub policy_id: String,
+    pub primary_route: String,
+    pub primary_status: u16,
+    pub primary_output: Option<String>,
+    pub shadow_route: String,
+    pub shadow_status: u16,
+    pub shadow_output: Option<String>,
+    pub shadow_ms: i64,
+    pub same_output: bool,
+}
+
+/// Why a handoff could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no handoff with id {0}")]
+    NotFound(String),
+    #[error("handoff {0} is already resolved")]
+    AlreadyResolved(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 #[derive(Clone)]
@@ -59,8 +109,8 @@ impl Store {
 
     pub async fn record_decision(&self, r: &DecisionRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO decisions (request_id, created_ms, policy_id, rule_id, route, status, reason, decision)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO decisions (request_id, created_ms, policy_id, rule_id, route, status, reason, decision, label, execution)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&r.request_id)
         .bind(r.created_ms)
@@ -70,6 +120,8 @@ impl Store {
         .bind(i64::from(r.status))
         .bind(&r.reason)
         .bind(serde_json::to_string(&r.decision)?)
+        .bind(&r.label)
+        .bind(serde_json::to_string(&r.execution)?)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -88,6 +140,113 @@ impl Store {
             status: row.try_get::<i64, _>("status")? as u16,
             reason: row.try_get("reason")?,
             decision: serde_json::from_str(&row.try_get::<String, _>("decision")?)?,
+            label: row.try_get("label")?,
+            execution: serde_json::from_str(&row.try_get::<String, _>("execution")?)?,
         }))
     }
+
+    pub async fn enqueue_handoff(&self, h: &HandoffRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO handoffs (id, request_id, created_ms, policy_id, rule_id, messages, status)
+             VALUES (?, ?, ?, ?, ?, ?, 'open')",
+        )
+        .bind(&h.id)
+        .bind(&h.request_id)
+        .bind(h.created_ms)
+        .bind(&h.policy_id)
+        .bind(&h.rule_id)
+        .bind(serde_json::to_string(&h.messages)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Handoffs, oldest first, optionally only those with `status`.
+    pub async fn handoffs(&self, status: Option<&str>, limit: u32) -> Result<Vec<HandoffRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM handoffs WHERE (?1 IS NULL OR status = ?1) ORDER BY created_ms, id LIMIT ?2")
+            .bind(status)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(handoff_from_row).collect()
+    }
+
+    pub async fn handoff(&self, id: &str) -> Result<Option<HandoffRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM handoffs WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(handoff_from_row).transpose()
+    }
+
+    /// Resolves an open handoff. The `status = 'open'` guard makes this
+    /// atomic: of two reviewers racing, exactly one wins.
+    pub async fn resolve_handoff(&self, id: &str, answer: &str, reviewer: &str, now_ms: i64) -> Result<HandoffRecord, ResolveError> {
+        let done = sqlx::query("UPDATE handoffs SET status = 'resolved', answer = ?, reviewer = ?, resolved_ms = ? WHERE id = ? AND status = 'open'")
+            .bind(answer)
+            .bind(reviewer)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from)?;
+        match self.handoff(id).await? {
+            None => Err(ResolveError::NotFound(id.to_string())),
+            Some(_) if done.rows_affected() == 0 => Err(ResolveError::AlreadyResolved(id.to_string())),
+            Some(h) => Ok(h),
+        }
+    }
+
+    pub async fn record_shadow(&self, s: &ShadowRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO shadows (request_id, created_ms, policy_id, primary_route, primary_status, primary_output,
+                                  shadow_route, shadow_status, shadow_output, shadow_ms, same_output)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.request_id)
+        .bind(s.created_ms)
+        .bind(&s.policy_id)
+        .bind(&s.primary_route)
+        .bind(i64::from(s.primary_status))
+        .bind(&s.primary_output)
+        .bind(&s.shadow_route)
+        .bind(i64::from(s.shadow_status))
+        .bind(&s.shadow_output)
+        .bind(s.shadow_ms)
+        .bind(s.same_output)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn shadow(&self, request_id: &str) -> Result<Option<ShadowRecord>, StoreError> {
+        let Some(row) = sqlx::query("SELECT * FROM shadows WHERE request_id = ?").bind(request_id).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        Ok(Some(ShadowRecord {
+            request_id: row.try_get("request_id")?,
+            created_ms: row.try_get("created_ms")?,
+            policy_id: row.try_get("policy_id")?,
+            primary_route: row.try_get("primary_route")?,
+            primary_status: row.try_get::<i64, _>("primary_status")? as u16,
+            primary_output: row.try_get("primary_output")?,
+            shadow_route: row.try_get("shadow_route")?,
+            shadow_status: row.try_get::<i64, _>("shadow_status")? as u16,
+            shadow_output: row.try_get("shadow_output")?,
+            shadow_ms: row.try_get("shadow_ms")?,
+            same_output: row.try_get("same_output")?,
+        }))
+    }
+}
+
+fn handoff_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HandoffRecord, StoreError> {
+    Ok(HandoffRecord {
+        id: row.try_get("id")?,
+        request_id: row.try_get("request_id")?,
+        created_ms: row.try_get("created_ms")?,
+        policy_id: row.try_get("policy_id")?,
+        rule_id: row.try_get("rule_id")?,
+        messages: serde_json::from_str(&row.try_get::<String, _>("messages")?)?,
+        status: row.try_get("status")?,
+        answer: row.try_get("answer")?,
+        reviewer: row.try_get("reviewer")?,
+        resolved_ms: row.try_get("resolved_ms")?,
+    })
 }

@@ -1,5 +1,5 @@
 use serde_json::json;
-use switchyard_store::{DecisionRecord, Store};
+use switchyard_store::{DecisionRecord, HandoffRecord, ResolveError, ShadowRecord, Store};
 
 fn record(id: &str) -> DecisionRecord {
     DecisionRecord {
@@ -11,6 +11,8 @@ fn record(id: &str) -> DecisionRecord {
         status: 200,
         reason: "rule difficulty: 0.2 < 0.6 -> local".into(),
         decision: json!({"score": 0.2, "threshold": 0.6}),
+        label: "answered".into(),
+        execution: json!({"steps": [{"route": "local", "outcome": "ok"}]}),
     }
 }
 
@@ -26,4 +28,59 @@ async fn decisions_survive_a_reopen_and_ids_are_unique() {
     }
     let store = Store::open(&path).await.unwrap();
     assert_eq!(store.decision("r1").await.unwrap(), Some(record("r1")));
+}
+
+fn handoff(id: &str, created_ms: i64) -> HandoffRecord {
+    HandoffRecord {
+        id: id.into(),
+        request_id: format!("req-{id}"),
+        created_ms,
+        policy_id: "p+abc".into(),
+        rule_id: "handoff-self-harm".into(),
+        messages: json!([{"role": "user", "content": "help"}]),
+        status: "open".into(),
+        answer: None,
+        reviewer: None,
+        resolved_ms: None,
+    }
+}
+
+#[tokio::test]
+async fn a_handoff_is_queued_listed_and_resolved_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+    store.enqueue_handoff(&handoff("h2", 20)).await.unwrap();
+    store.enqueue_handoff(&handoff("h1", 10)).await.unwrap();
+    let open = store.handoffs(Some("open"), 10).await.unwrap();
+    assert_eq!(open.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["h1", "h2"], "oldest first");
+
+    let done = store.resolve_handoff("h1", "We called them.", "ana", 30).await.unwrap();
+    assert_eq!((done.status.as_str(), done.answer.as_deref(), done.reviewer.as_deref(), done.resolved_ms), ("resolved", Some("We called them."), Some("ana"), Some(30)));
+    assert!(matches!(store.resolve_handoff("h1", "again", "bo", 40).await, Err(ResolveError::AlreadyResolved(_))));
+    assert_eq!(store.handoff("h1").await.unwrap().unwrap().reviewer.as_deref(), Some("ana"), "the second reviewer changed nothing");
+    assert!(matches!(store.resolve_handoff("nope", "x", "y", 1).await, Err(ResolveError::NotFound(_))));
+    assert_eq!(store.handoffs(Some("open"), 10).await.unwrap().len(), 1);
+    assert_eq!(store.handoffs(None, 10).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn shadow_records_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+    let s = ShadowRecord {
+        request_id: "r1".into(),
+        created_ms: 5,
+        policy_id: "p+abc".into(),
+        primary_route: "local".into(),
+        primary_status: 200,
+        primary_output: Some("4".into()),
+        shadow_route: "candidate".into(),
+        shadow_status: 502,
+        shadow_output: None,
+        shadow_ms: 12,
+        same_output: false,
+    };
+    store.record_shadow(&s).await.unwrap();
+    assert_eq!(store.shadow("r1").await.unwrap(), Some(s));
+    assert_eq!(store.shadow("r2").await.unwrap(), None);
 }

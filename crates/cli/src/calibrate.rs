@@ -1,0 +1,252 @@
+//! `switchyard calibrate`: eval records in, a new policy version out, with
+//! the rule's threshold picked from the quality-vs-escalation curve and the
+//! curve stored beside it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use switchyard_router::calibrate::{self, Calibration, CurvePoint, Direction, Sample, Target};
+use switchyard_router::{Action, DifficultyModel, Features, Policy, Signal};
+
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    /// The policy to calibrate.
+    #[arg(long)]
+    policy: PathBuf,
+    /// The rule whose threshold to set: a `cascade` rule (its logprob signal)
+    /// or a `difficulty` rule (the prompt-feature score; its weights are
+    /// refitted when the records carry prompt features).
+    #[arg(long)]
+    rule: String,
+    /// Eval records (JSONL, one line per item and target, as `eval run` writes).
+    #[arg(long = "records", required = true, num_args = 1..)]
+    records: Vec<PathBuf>,
+    /// The `target` (or `route`) value of the fast route's records.
+    #[arg(long)]
+    fast: String,
+    /// The `target` (or `route`) value of the strong route's records.
+    #[arg(long)]
+    strong: String,
+    /// Keep at least this share of the strong route's quality (e.g. 0.95),
+    /// escalating as little as possible.
+    #[arg(long, conflicts_with = "max_escalation", required_unless_present = "max_escalation")]
+    min_retention: Option<f64>,
+    /// Escalate at most this share of requests (e.g. 0.3), with the best quality.
+    #[arg(long)]
+    max_escalation: Option<f64>,
+    /// Folds for cross-validating a refitted difficulty model.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Version label of the new policy (default: the old one + `.cal`).
+    #[arg(long)]
+    version: Option<String>,
+    /// Where to write the new policy file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// The fields of an eval record that calibration reads (DESIGN.md, "Eval records").
+#[derive(Deserialize)]
+struct Record {
+    item_id: String,
+    target: String,
+    #[serde(default)]
+    route: Option<String>,
+    correct: Correct,
+    #[serde(default)]
+    confidence: Option<RecordConfidence>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Correct {
+    Pass(bool),
+    Score(f64),
+}
+
+#[derive(Deserialize, Default, Clone)]
+struct RecordConfidence {
+    mean_logprob: Option<f64>,
+    min_window_logprob: Option<f64>,
+    prompt_score: Option<f64>,
+    features: Option<Features>,
+}
+
+/// One item's results, averaged over repeats.
+#[derive(Default)]
+struct Item {
+    fast: Vec<f64>,
+    strong: Vec<f64>,
+    confidence: Vec<RecordConfidence>,
+}
+
+fn avg(xs: impl Iterator<Item = f64>) -> Option<f64> {
+    let v: Vec<f64> = xs.collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.policy).with_context(|| format!("reading {}", args.policy.display()))?;
+    let policy = Policy::from_toml(&text).with_context(|| format!("policy {}", args.policy.display()))?;
+    let (index, rule) = policy
+        .rules
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.id == args.rule)
+        .with_context(|| format!("--rule {}: the policy has no such rule", args.rule))?;
+    let target = match (args.min_retention, args.max_escalation) {
+        (Some(r), _) if (0.0..=1.5).contains(&r) => Target::MinRetention(r),
+        (None, Some(m)) if (0.0..=1.0).contains(&m) => Target::MaxEscalation(m),
+        _ => bail!("--min-retention must be in 0..1.5 and --max-escalation in 0..1"),
+    };
+
+    let mut hasher = Sha256::new();
+    let mut items: BTreeMap<String, Item> = BTreeMap::new();
+    for path in &args.records {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        hasher.update(&bytes);
+        for (n, line) in String::from_utf8_lossy(&bytes).lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let r: Record = serde_json::from_str(line).with_context(|| format!("{}:{}: not an eval record", path.display(), n + 1))?;
+            let score = match r.correct {
+                Correct::Pass(b) => f64::from(u8::from(b)),
+                Correct::Score(s) => s,
+            };
+            let is = |name: &str| r.target == name || r.route.as_deref() == Some(name);
+            let item = items.entry(r.item_id.clone()).or_default();
+            if is(&args.fast) {
+                item.fast.push(score);
+                item.confidence.push(r.confidence.unwrap_or_default());
+            } else if is(&args.strong) {
+                item.strong.push(score);
+            }
+        }
+    }
+
+    let (direction, max_threshold, signal_name, signal_of): (Direction, f64, &str, Box<dyn Fn(&RecordConfidence) -> Option<f64>>) = match &rule.then {
+        Action::Cascade { signal, .. } => {
+            let signal = *signal;
+            let get = move |c: &RecordConfidence| match signal {
+                Signal::Mean => c.mean_logprob,
+                Signal::WindowMin => c.min_window_logprob,
+            };
+            (Direction::Below, 0.0, signal.as_str(), Box::new(get))
+        }
+        Action::Difficulty { .. } => (Direction::AtOrAbove, 1.0, "prompt_score", Box::new(|c: &RecordConfidence| c.prompt_score)),
+        _ => bail!("--rule {}: only `cascade` and `difficulty` rules have thresholds", rule.id),
+    };
+
+    // Items answered by both routes.
+    let paired: Vec<(&String, f64, f64, Vec<RecordConfidence>)> = items
+        .iter()
+        .filter_map(|(id, it)| Some((id, avg(it.fast.iter().copied())?, avg(it.strong.iter().copied())?, it.confidence.clone())))
+        .collect();
+    if paired.len() < 10 {
+        bail!("only {} items have records from both --fast {} and --strong {}; calibration needs at least 10", paired.len(), args.fast, args.strong);
+    }
+
+    // A difficulty rule with prompt features gets a refitted model, judged
+    // on out-of-fold scores so the curve shows held-out quality.
+    let mut refit = None;
+    let features: Option<Vec<Features>> = match rule.then {
+        Action::Difficulty { .. } => paired.iter().map(|(_, _, _, c)| c.first().and_then(|c| c.features)).collect(),
+        _ => None,
+    };
+    let signals: Vec<Option<f64>> = match &features {
+        Some(xs) => {
+            let fails: Vec<f64> = paired.iter().map(|(_, fast, _, _)| 1.0 - fast).collect();
+            refit = Some(DifficultyModel::fit(xs, &fails));
+            DifficultyModel::cross_validated_scores(xs, &fails, args.folds).into_iter().map(Some).collect()
+        }
+        None => paired.iter().map(|(_, _, _, c)| avg(c.iter().filter_map(&signal_of))).collect(),
+    };
+    let samples: Vec<Sample> = paired
+        .iter()
+        .zip(&signals)
+        .filter_map(|((_, fast, strong, _), s)| Some(Sample { signal: (*s)?, fast: *fast, strong: *strong }))
+        .collect();
+    let skipped = paired.len() - samples.len();
+    if samples.len() < 10 {
+        bail!("only {} items carry `confidence.{signal_name}` in the fast route's records", samples.len());
+    }
+
+    let (curve, chosen) = calibrate::calibrate(&samples, direction, max_threshold, target);
+    print_curve(&curve);
+    let Some(p) = chosen else {
+        bail!("no threshold meets {target} on these {} items (see the curve above); relax the target", samples.len());
+    };
+    let (fast_q, strong_q, random_q) = calibrate::baselines(&samples, p.escalation_rate);
+    let retention = if strong_q > 0.0 { p.quality / strong_q } else { 1.0 };
+    println!(
+        "\nchosen: threshold {:.4} on {signal_name}: escalates {:.1}% of {} items, quality {:.3} ({:.1}% of strong {:.3}; fast alone {:.3})",
+        p.threshold,
+        100.0 * p.escalation_rate,
+        samples.len(),
+        p.quality,
+        100.0 * retention,
+        strong_q,
+        fast_q
+    );
+    println!("random routing at the same escalation rate: quality {random_q:.3}; calibrated lift {:+.3}", p.quality - random_q);
+    if skipped > 0 {
+        println!("({skipped} items had no {signal_name} in the fast records and were left out)");
+    }
+
+    let calibration = Calibration {
+        signal: signal_name.to_string(),
+        source: args.records.iter().map(|p| p.display().to_string()).collect(),
+        source_sha256: hex::encode(hasher.finalize()),
+        items: samples.len(),
+        target: target.to_string(),
+        threshold: p.threshold,
+        escalation_rate: p.escalation_rate,
+        quality: p.quality,
+        fast_quality: fast_q,
+        strong_quality: strong_q,
+        retention,
+        random_quality: random_q,
+        held_out: refit.is_some(),
+        curve: calibrate::thin(&curve, 41),
+    };
+    let version = args.version.unwrap_or_else(|| format!("{}.cal", policy.version));
+    let new_text = rewrite(&text, index, &rule.id, &version, &calibration, refit.as_ref())?;
+    let new_policy = Policy::from_toml(&new_text).context("the calibrated policy did not validate (a bug: please report it)")?;
+    let tmp = args.out.with_extension("toml.tmp");
+    std::fs::write(&tmp, &new_text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    println!("wrote {} (policy {})", args.out.display(), new_policy.id);
+    Ok(())
+}
+
+/// The old policy text with the rule's threshold, the version, the
+/// calibration record and (if refitted) the difficulty weights replaced;
+/// everything else, comments included, kept as written.
+fn rewrite(text: &str, index: usize, rule_id: &str, version: &str, cal: &Calibration, refit: Option<&DifficultyModel>) -> anyhow::Result<String> {
+    use toml_edit::{value, DocumentMut, Item};
+    let mut doc: DocumentMut = text.parse().context("re-reading the policy")?;
+    doc["version"] = value(version);
+    doc["rules"][index]["then"]["threshold"] = value(cal.threshold);
+    if let Some(m) = refit {
+        let table: DocumentMut = toml::to_string(m)?.parse()?;
+        doc["difficulty"] = Item::Table(table.as_table().clone());
+    }
+    let record: DocumentMut = toml::to_string(cal)?.parse()?;
+    if !doc.contains_key("calibration") {
+        let mut t = toml_edit::Table::new();
+        t.set_implicit(true);
+        doc["calibration"] = Item::Table(t);
+    }
+    doc["calibration"][rule_id] = Item::Table(record.as_table().clone());
+    Ok(doc.to_string())
+}
+
+fn print_curve(curve: &[CurvePoint]) {
+    println!("{:>12} {:>10} {:>8}", "threshold", "escalated", "quality");
+    for p in calibrate::thin(curve, 21) {
+        let bar = "#".repeat((p.quality * 40.0).round() as usize);
+        println!("{:>12.4} {:>9.1}% {:>8.3} {bar}", p.threshold, 100.0 * p.escalation_rate, p.quality);
+    }
+}

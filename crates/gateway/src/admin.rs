@@ -1,0 +1,109 @@
+//! `/admin`: routing decisions, the human handoff queue, shadow
+//! comparisons. (Unauthenticated for now: bind to loopback; role-based
+//! admin keys come with governance.)
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use switchyard_store::{ResolveError, Store};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+fn store(state: &AppState) -> Result<&Store, ApiError> {
+    state.store.as_ref().ok_or_else(|| ApiError::not_found("/admin (this server routes without a policy, so it keeps no records)"))
+}
+
+fn missing(param: &str, what: String) -> ApiError {
+    ApiError::invalid(Some(param.into()), what).with_status(StatusCode::NOT_FOUND)
+}
+
+fn store_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("reading the store: {e}"))
+}
+
+fn reply<T: serde::Serialize>(r: Result<T, ApiError>) -> Response {
+    r.map_or_else(IntoResponse::into_response, |v| Json(v).into_response())
+}
+
+/// The recorded routing decision for a request id (from its
+/// `x-switchyard-request-id` header).
+pub async fn decision(State(state): State<Arc<AppState>>, Path(request_id): Path<String>) -> Response {
+    reply(async {
+        store(&state)?.decision(&request_id).await.map_err(store_error)?.ok_or_else(|| missing("request_id", format!("no decision recorded for {request_id}")))
+    }
+    .await)
+}
+
+/// The shadow comparison recorded for a request id, if it was mirrored.
+pub async fn shadow(State(state): State<Arc<AppState>>, Path(request_id): Path<String>) -> Response {
+    reply(async {
+        store(&state)?.shadow(&request_id).await.map_err(store_error)?.ok_or_else(|| missing("request_id", format!("request {request_id} was not mirrored")))
+    }
+    .await)
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    /// `open` or `resolved`; all when absent.
+    status: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: u32,
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+/// `GET /admin/handoffs?status=open&limit=100`, oldest first.
+pub async fn handoffs(State(state): State<Arc<AppState>>, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+    reply(async {
+        let Query(q) = query.map_err(|e| ApiError::invalid(None, e.body_text()))?;
+        if let Some(s) = q.status.as_deref().filter(|s| !matches!(*s, "open" | "resolved")) {
+            return Err(ApiError::invalid(Some("status".into()), format!("status must be `open` or `resolved`, not `{s}`")));
+        }
+        let data = store(&state)?.handoffs(q.status.as_deref(), q.limit.min(1000)).await.map_err(store_error)?;
+        Ok(json!({"object": "list", "data": data}))
+    }
+    .await)
+}
+
+pub async fn handoff(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    reply(async { store(&state)?.handoff(&id).await.map_err(store_error)?.ok_or_else(|| missing("id", format!("no handoff {id}"))) }.await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resolution {
+    /// What the human answered (or did).
+    answer: String,
+    reviewer: String,
+}
+
+/// `POST /admin/handoffs/{id}` with `{"answer", "reviewer"}`: resolves an
+/// open handoff once; a second resolution is a 409.
+pub async fn resolve(State(state): State<Arc<AppState>>, Path(id): Path<String>, body: Result<Json<Resolution>, JsonRejection>) -> Response {
+    reply(async {
+        let Json(r) = body.map_err(|e| ApiError::invalid(None, format!("expected {{\"answer\": \"...\", \"reviewer\": \"...\"}}: {}", e.body_text())))?;
+        if r.answer.trim().is_empty() || r.reviewer.trim().is_empty() {
+            return Err(ApiError::invalid(Some("answer".into()), "answer and reviewer must not be empty"));
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        match store(&state)?.resolve_handoff(&id, &r.answer, &r.reviewer, now).await {
+            Ok(h) => {
+                tracing::info!(handoff = %id, reviewer = %r.reviewer, "handoff resolved");
+                Ok(h)
+            }
+            Err(ResolveError::NotFound(_)) => Err(missing("id", format!("no handoff {id}"))),
+            Err(e @ ResolveError::AlreadyResolved(_)) => Err(ApiError::invalid(Some("id".into()), e.to_string()).with_status(StatusCode::CONFLICT).with_code("already_resolved")),
+            Err(ResolveError::Store(e)) => Err(store_error(e)),
+        }
+    }
+    .await)
+}

@@ -1,0 +1,223 @@
+//! Threshold calibration: from per-prompt results of a fast and a strong
+//! route plus a confidence signal, the quality-vs-escalation-rate curve and
+//! the threshold on it that meets a target. Pure; `switchyard calibrate`
+//! reads the eval records and writes the new policy version.
+
+use serde::{Deserialize, Serialize};
+
+/// One eval item: the signal the router would see, and how well each route
+/// answered (1 = correct, 0 = wrong, or a score in between).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub signal: f64,
+    pub fast: f64,
+    pub strong: f64,
+}
+
+/// Which side of the threshold escalates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Cascade: low confidence (signal < threshold) escalates.
+    Below,
+    /// Difficulty: a high score (signal >= threshold) escalates.
+    AtOrAbove,
+}
+
+impl Direction {
+    pub fn escalates(self, signal: f64, threshold: f64) -> bool {
+        match self {
+            Direction::Below => signal < threshold,
+            Direction::AtOrAbove => signal >= threshold,
+        }
+    }
+}
+
+/// What the chosen threshold must achieve.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// Quality at least this share of always-escalating's quality, escalating as little as possible.
+    MinRetention(f64),
+    /// At most this share of requests escalated, with the best quality.
+    MaxEscalation(f64),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::MinRetention(r) => write!(f, "min_retention={r}"),
+            Target::MaxEscalation(m) => write!(f, "max_escalation={m}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurvePoint {
+    pub threshold: f64,
+    pub escalation_rate: f64,
+    /// Mean score when items past the threshold take the strong answer.
+    pub quality: f64,
+}
+
+/// How a rule's threshold was chosen: stored in the policy beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// `mean_logprob`, `min_window_logprob` or `prompt_score`.
+    pub signal: String,
+    /// The eval record files, and the sha256 of their concatenated bytes.
+    pub source: Vec<String>,
+    pub source_sha256: String,
+    pub items: usize,
+    pub target: String,
+    pub threshold: f64,
+    pub escalation_rate: f64,
+    pub quality: f64,
+    pub fast_quality: f64,
+    pub strong_quality: f64,
+    /// `quality / strong_quality`.
+    pub retention: f64,
+    /// Quality of escalating the same share of items at random.
+    pub random_quality: f64,
+    /// True when the curve was drawn on held-out (cross-validated) scores.
+    pub held_out: bool,
+    pub curve: Vec<CurvePoint>,
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 { 0.0 } else { sum / n as f64 }
+}
+
+/// The point reached by escalating at `threshold`.
+pub fn point(samples: &[Sample], dir: Direction, threshold: f64) -> CurvePoint {
+    let escalated = |s: &Sample| dir.escalates(s.signal, threshold);
+    CurvePoint {
+        threshold,
+        escalation_rate: mean(samples.iter().map(|s| f64::from(u8::from(escalated(s))))),
+        quality: mean(samples.iter().map(|s| if escalated(s) { s.strong } else { s.fast })),
+    }
+}
+
+/// Every distinct operating point, from escalating nothing to escalating
+/// everything, ordered by escalation rate. `max_threshold` bounds the
+/// thresholds a policy accepts (0 for logprobs, 1 for scores).
+pub fn curve(samples: &[Sample], dir: Direction, max_threshold: f64) -> Vec<CurvePoint> {
+    let mut values: Vec<f64> = samples.iter().map(|s| s.signal).filter(|v| v.is_finite()).collect();
+    values.sort_by(f64::total_cmp);
+    values.dedup();
+    let Some(&top) = values.last() else { return Vec::new() };
+    // Each distinct value is a threshold; one more past the top value makes
+    // the other extreme (everything for Below, nothing for AtOrAbove).
+    let beyond = (top + top.abs().max(1.0) * 1e-9).min(max_threshold);
+    let mut points: Vec<CurvePoint> = values.iter().copied().chain([beyond]).map(|t| point(samples, dir, t)).collect();
+    points.sort_by(|a, b| a.escalation_rate.total_cmp(&b.escalation_rate).then(a.threshold.total_cmp(&b.threshold)));
+    points.dedup_by(|a, b| a.escalation_rate == b.escalation_rate && a.quality == b.quality);
+    points
+}
+
+/// The point on `curve` that meets `target`, if any does.
+pub fn pick(curve: &[CurvePoint], target: Target, strong_quality: f64) -> Option<CurvePoint> {
+    let retention = |p: &CurvePoint| if strong_quality > 0.0 { p.quality / strong_quality } else { 1.0 };
+    match target {
+        Target::MinRetention(r) => curve
+            .iter()
+            .filter(|p| retention(p) >= r - 1e-12)
+            .min_by(|a, b| a.escalation_rate.total_cmp(&b.escalation_rate).then(b.quality.total_cmp(&a.quality)))
+            .copied(),
+        Target::MaxEscalation(m) => curve
+            .iter()
+            .filter(|p| p.escalation_rate <= m + 1e-12)
+            .max_by(|a, b| a.quality.total_cmp(&b.quality).then(b.escalation_rate.total_cmp(&a.escalation_rate)))
+            .copied(),
+    }
+}
+
+/// Calibrates on `samples` and describes the result. `None` when no point
+/// meets the target (the caller reports the curve so the target can be
+/// revised).
+pub fn calibrate(samples: &[Sample], dir: Direction, max_threshold: f64, target: Target) -> (Vec<CurvePoint>, Option<CurvePoint>) {
+    let strong = mean(samples.iter().map(|s| s.strong));
+    let c = curve(samples, dir, max_threshold);
+    let chosen = pick(&c, target, strong);
+    (c, chosen)
+}
+
+/// Mean fast and strong quality, and the quality random escalation reaches
+/// at escalation rate `rate`.
+pub fn baselines(samples: &[Sample], rate: f64) -> (f64, f64, f64) {
+    let fast = mean(samples.iter().map(|s| s.fast));
+    let strong = mean(samples.iter().map(|s| s.strong));
+    (fast, strong, fast + rate * (strong - fast))
+}
+
+/// Thins a curve to at most `n` points for storage, keeping both ends.
+pub fn thin(curve: &[CurvePoint], n: usize) -> Vec<CurvePoint> {
+    if curve.len() <= n || n < 2 {
+        return curve.to_vec();
+    }
+    (0..n).map(|i| curve[i * (curve.len() - 1) / (n - 1)]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fast is right exactly when its confidence is above -1 (49 of 100
+    /// items); strong is always right.
+    fn table() -> Vec<Sample> {
+        (0..100)
+            .map(|i| {
+                let signal = -((i + 1) as f64) / 50.0;
+                Sample { signal, fast: f64::from(u8::from(signal > -1.0)), strong: 1.0 }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_curve_spans_nothing_to_everything() {
+        let c = curve(&table(), Direction::Below, 0.0);
+        assert_eq!(c.first().unwrap().escalation_rate, 0.0);
+        assert_eq!(c.last().unwrap().escalation_rate, 1.0);
+        assert!(c.windows(2).all(|w| w[0].escalation_rate <= w[1].escalation_rate));
+        assert!(c.iter().all(|p| p.threshold <= 0.0));
+    }
+
+    #[test]
+    fn min_retention_picks_the_cheapest_point_that_meets_it() {
+        let (_, chosen) = calibrate(&table(), Direction::Below, 0.0, Target::MinRetention(1.0));
+        let p = chosen.unwrap();
+        // Items with signal <= -1 (51 of them) are exactly the ones to escalate.
+        assert_eq!((p.escalation_rate, p.quality), (0.51, 1.0));
+        assert!(p.threshold > -1.0 && p.threshold <= -0.98, "{p:?}");
+        let (_, fast, random) = baselines(&table(), p.escalation_rate);
+        assert!(fast == 1.0 && random < p.quality);
+    }
+
+    #[test]
+    fn max_escalation_picks_the_best_point_within_it() {
+        let (_, chosen) = calibrate(&table(), Direction::Below, 0.0, Target::MaxEscalation(0.25));
+        let p = chosen.unwrap();
+        assert_eq!(p.escalation_rate, 0.25);
+        assert!((p.quality - 0.74).abs() < 1e-9, "49 right + 25 escalated: {p:?}");
+    }
+
+    #[test]
+    fn an_unreachable_target_gives_no_threshold() {
+        let bad: Vec<Sample> = table().into_iter().map(|s| Sample { strong: 0.5, fast: 0.0, ..s }).collect();
+        let (c, chosen) = calibrate(&bad, Direction::Below, 0.0, Target::MaxEscalation(0.5));
+        assert!(!c.is_empty());
+        assert_eq!(chosen.unwrap().escalation_rate, 0.5);
+        let (_, none) = calibrate(&bad, Direction::Below, 0.0, Target::MinRetention(1.01));
+        assert_eq!(none, None);
+    }
+
+    #[test]
+    fn at_or_above_escalates_high_scores() {
+        let s: Vec<Sample> = (0..10).map(|i| Sample { signal: i as f64 / 10.0, fast: f64::from(u8::from(i < 7)), strong: 1.0 }).collect();
+        let (_, chosen) = calibrate(&s, Direction::AtOrAbove, 1.0, Target::MinRetention(1.0));
+        let p = chosen.unwrap();
+        assert_eq!((p.threshold, p.escalation_rate), (0.7, 0.3));
+        assert_eq!(thin(&curve(&s, Direction::AtOrAbove, 1.0), 3).len(), 3);
+    }
+}
