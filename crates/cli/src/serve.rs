@@ -96,9 +96,11 @@ impl ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
     let progress = if std::io::stderr().is_terminal() { Progress::Bar } else { Progress::Quiet };
-    let engines = switchyard_gateway::load_engines(&cfg, progress).context("loading models")?;
+    // Read the policy first: a broken one should fail before minutes of model loading.
+    let policy = cfg.load_policy()?;
+    let engines = switchyard_gateway::load_engines(&cfg, policy.as_ref(), progress).context("loading models")?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(switchyard_gateway::serve(cfg, engines))
+        .block_on(switchyard_gateway::serve(cfg, policy, engines))
 }

@@ -16,7 +16,12 @@ use switchyard_store::{ResolveError, Store};
 use crate::error::ApiError;
 use crate::AppState;
 
-fn store(state: &AppState) -> Result<&Store, ApiError> {
+/// The store, once every record queued so far is written: a client that
+/// just got an answer can read its record.
+async fn store(state: &AppState) -> Result<&Store, ApiError> {
+    if let Some(recorder) = &state.recorder {
+        recorder.flush().await;
+    }
     state.store.as_ref().ok_or_else(|| ApiError::not_found("/admin (this server routes without a policy, so it keeps no records)"))
 }
 
@@ -36,7 +41,7 @@ fn reply<T: serde::Serialize>(r: Result<T, ApiError>) -> Response {
 /// `x-switchyard-request-id` header).
 pub async fn decision(State(state): State<Arc<AppState>>, Path(request_id): Path<String>) -> Response {
     reply(async {
-        store(&state)?.decision(&request_id).await.map_err(store_error)?.ok_or_else(|| missing("request_id", format!("no decision recorded for {request_id}")))
+        store(&state).await?.decision(&request_id).await.map_err(store_error)?.ok_or_else(|| missing("request_id", format!("no decision recorded for {request_id}")))
     }
     .await)
 }
@@ -44,7 +49,7 @@ pub async fn decision(State(state): State<Arc<AppState>>, Path(request_id): Path
 /// The shadow comparison recorded for a request id, if it was mirrored.
 pub async fn shadow(State(state): State<Arc<AppState>>, Path(request_id): Path<String>) -> Response {
     reply(async {
-        store(&state)?.shadow(&request_id).await.map_err(store_error)?.ok_or_else(|| missing("request_id", format!("request {request_id} was not mirrored")))
+        store(&state).await?.shadow(&request_id).await.map_err(store_error)?.ok_or_else(|| missing("request_id", format!("request {request_id} was not mirrored")))
     }
     .await)
 }
@@ -68,14 +73,14 @@ pub async fn handoffs(State(state): State<Arc<AppState>>, query: Result<Query<Li
         if let Some(s) = q.status.as_deref().filter(|s| !matches!(*s, "open" | "resolved")) {
             return Err(ApiError::invalid(Some("status".into()), format!("status must be `open` or `resolved`, not `{s}`")));
         }
-        let data = store(&state)?.handoffs(q.status.as_deref(), q.limit.min(1000)).await.map_err(store_error)?;
+        let data = store(&state).await?.handoffs(q.status.as_deref(), q.limit.min(1000)).await.map_err(store_error)?;
         Ok(json!({"object": "list", "data": data}))
     }
     .await)
 }
 
 pub async fn handoff(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    reply(async { store(&state)?.handoff(&id).await.map_err(store_error)?.ok_or_else(|| missing("id", format!("no handoff {id}"))) }.await)
+    reply(async { store(&state).await?.handoff(&id).await.map_err(store_error)?.ok_or_else(|| missing("id", format!("no handoff {id}"))) }.await)
 }
 
 #[derive(Deserialize)]
@@ -95,7 +100,7 @@ pub async fn resolve(State(state): State<Arc<AppState>>, Path(id): Path<String>,
             return Err(ApiError::invalid(Some("answer".into()), "answer and reviewer must not be empty"));
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        match store(&state)?.resolve_handoff(&id, &r.answer, &r.reviewer, now).await {
+        match store(&state).await?.resolve_handoff(&id, &r.answer, &r.reviewer, now).await {
             Ok(h) => {
                 tracing::info!(handoff = %id, reviewer = %r.reviewer, "handoff resolved");
                 Ok(h)

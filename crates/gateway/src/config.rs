@@ -27,6 +27,9 @@ pub struct ServeConfig {
     pub policy: Option<std::path::PathBuf>,
     /// Where the SQLite database lives; default `~/.local/share/switchyard`.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Route name or model id → price (`[prices.NAME]`); answers on priced
+    /// routes get their cost recorded.
+    pub prices: switchyard_router::Prices,
 }
 
 impl Default for ServeConfig {
@@ -46,6 +49,7 @@ impl Default for ServeConfig {
             max_body_bytes: 4 << 20,
             policy: None,
             data_dir: None,
+            prices: Default::default(),
         }
     }
 }
@@ -71,6 +75,14 @@ impl ServeConfig {
         };
         let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: shown, message: e.to_string() })?;
         Ok(cfg)
+    }
+
+    /// The routing policy file, read and validated, if one is configured.
+    pub fn load_policy(&self) -> anyhow::Result<Option<switchyard_router::Policy>> {
+        let Some(path) = &self.policy else { return Ok(None) };
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("policy file {}: {e}", path.display()))?;
+        let policy = switchyard_router::Policy::from_toml(&text).map_err(|e| anyhow::anyhow!("policy file {}: {e}", path.display()))?;
+        Ok(Some(policy))
     }
 
     pub fn data_dir(&self) -> std::path::PathBuf {
@@ -101,6 +113,7 @@ impl ServeConfig {
         if self.max_body_bytes < 1024 {
             return bad("max-body-bytes", "must be at least 1024".into());
         }
+        self.prices.validate().map_err(|message| ConfigError::Invalid { key: "prices", message })?;
         Ok(())
     }
 }
@@ -111,6 +124,15 @@ mod tests {
 
     fn parse(s: &str) -> Result<ServeConfig, String> {
         toml::from_str::<ServeConfig>(s).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn prices_are_read_and_checked() {
+        let c = parse("[prices.cloud]\ninput_per_1m = 0.15\noutput_per_1m = 0.6\n[prices.local]\nhardware_per_hour = 0.3\nidle_watts = 30\nbusy_watts = 90\n").unwrap();
+        assert_eq!(c.prices.0.len(), 2);
+        c.validate().unwrap();
+        let bad = parse("[prices.cloud]\ninput_per_1m = -0.15\noutput_per_1m = 0.6\n").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("prices.cloud.input_per_1m"));
     }
 
     #[test]

@@ -4,12 +4,12 @@
 //! answers) and `/readyz` (every model loaded and its scheduler alive).
 
 pub mod admin;
+pub mod capture;
 pub mod chat;
 pub mod config;
 pub mod error;
 pub mod resilience;
 pub mod routing;
-pub mod shadow;
 pub mod upstream;
 pub mod validate;
 
@@ -38,8 +38,10 @@ pub struct AppState {
     /// With a policy, every chat request is routed by it; without one,
     /// `model` picks a loaded engine.
     pub routing: Option<Arc<routing::Routing>>,
-    /// Where routing decisions are recorded.
+    /// Routing records (decisions, handoffs, shadows), read by `/admin`.
     pub store: Option<switchyard_store::Store>,
+    /// Writes records off the request path, in batches.
+    pub recorder: Option<switchyard_store::Recorder>,
     /// Unix time the models were loaded, reported as `created`.
     pub created: i64,
 }
@@ -49,13 +51,21 @@ impl AppState {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        Self { engines: engines.into_iter().map(|e| (e.id().to_string(), Arc::new(e))).collect(), routing: None, store: None, created }
+        Self { engines: engines.into_iter().map(|e| (e.id().to_string(), Arc::new(e))).collect(), routing: None, store: None, recorder: None, created }
     }
 
-    /// Routes every chat request by `policy`, checked against the loaded engines.
-    pub fn with_policy(mut self, policy: switchyard_router::Policy) -> anyhow::Result<Self> {
-        self.routing = Some(Arc::new(routing::Routing::new(policy, &self.engines)?));
+    /// Routes every chat request by `policy`, checked against the loaded
+    /// engines; answers on a priced route or model get their cost recorded.
+    pub fn with_policy(mut self, policy: switchyard_router::Policy, prices: switchyard_router::Prices) -> anyhow::Result<Self> {
+        self.routing = Some(Arc::new(routing::Routing::new(policy, prices, &self.engines)?));
         Ok(self)
+    }
+
+    /// Keeps records in `store`; starts its writer on the current runtime.
+    pub fn with_store(mut self, store: switchyard_store::Store) -> Self {
+        self.recorder = Some(switchyard_store::Recorder::start(store.clone()));
+        self.store = Some(store);
+        self
     }
 
     pub fn model_ids(&self) -> Vec<String> {
@@ -95,8 +105,17 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// Resolves, fetches (if needed) and loads every configured model.
-pub fn load_engines(cfg: &ServeConfig, progress: Progress) -> anyhow::Result<Vec<Engine>> {
-    let specs = if cfg.models.is_empty() { vec![switchyard_models::DEFAULT_MODEL.to_string()] } else { cfg.models.clone() };
+/// Without `--model`, a policy's embedded routes name the models to load
+/// (none, for a policy of upstreams only); without a policy, the default.
+pub fn load_engines(cfg: &ServeConfig, policy: Option<&switchyard_router::Policy>, progress: Progress) -> anyhow::Result<Vec<Engine>> {
+    let mut specs = cfg.models.clone();
+    if specs.is_empty() {
+        specs = match policy {
+            Some(p) => p.routes.iter().filter(|r| r.backend == switchyard_router::Backend::Embedded).map(|r| r.model.clone()).collect(),
+            None => vec![switchyard_models::DEFAULT_MODEL.to_string()],
+        };
+        specs.dedup();
+    }
     let cache = switchyard_models::cache_dir();
     let mut engines = Vec::new();
     for spec in &specs {
@@ -112,15 +131,13 @@ pub fn load_engines(cfg: &ServeConfig, progress: Progress) -> anyhow::Result<Vec
 }
 
 /// Binds, reports the address on stdout, and serves until SIGINT/SIGTERM.
-pub async fn serve(cfg: ServeConfig, engines: Vec<Engine>) -> anyhow::Result<()> {
+pub async fn serve(cfg: ServeConfig, policy: Option<switchyard_router::Policy>, engines: Vec<Engine>) -> anyhow::Result<()> {
     let mut state = AppState::new(engines);
-    if let Some(path) = &cfg.policy {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("policy file {}: {e}", path.display()))?;
-        let policy = switchyard_router::Policy::from_toml(&text).map_err(|e| anyhow::anyhow!("policy file {}: {e}", path.display()))?;
+    if let Some(policy) = policy {
         tracing::info!(policy = %policy.id, "routing by policy");
-        state = state.with_policy(policy)?;
+        state = state.with_policy(policy, cfg.prices.clone())?;
         let db = cfg.data_dir().join("switchyard.db");
-        state.store = Some(switchyard_store::Store::open(&db).await.map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?);
+        state = state.with_store(switchyard_store::Store::open(&db).await.map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?);
         tracing::info!(path = %db.display(), "recording routing decisions");
     }
     let state = Arc::new(state);

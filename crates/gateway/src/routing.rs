@@ -15,16 +15,18 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use serde::Serialize;
 use switchyard_engine::Engine;
-use switchyard_router::{classify, decide, Backend, CascadePlan, Confidence, DataClass, Decision, Declared, Lane, Outcome, Policy, RequestFacts};
-use switchyard_store::{DecisionRecord, HandoffRecord, ShadowRecord};
+use switchyard_router::{classify, decide, Backend, Prices, CascadePlan, Confidence, DataClass, Decision, Declared, Lane, Outcome, Policy, RequestFacts};
+use switchyard_store::{Completion, DecisionRecord, HandoffRecord, ShadowRecord};
+use tokio::sync::oneshot;
 use switchyard_wire::*;
 
 use crate::chat::{embedded, Hold, Started};
 use crate::error::ApiError;
+use crate::capture;
 use crate::resilience::{CircuitBreaker, RetryBucket};
-use crate::shadow;
 use crate::upstream::Upstream;
 use crate::validate::ChatParams;
 use crate::AppState;
@@ -43,6 +45,7 @@ pub const HANDOFF_HEADER: HeaderName = HeaderName::from_static("x-switchyard-han
 
 pub struct Routing {
     pub policy: Policy,
+    prices: Prices,
     upstreams: HashMap<String, Upstream>,
     health: HashMap<String, Health>,
 }
@@ -57,7 +60,7 @@ struct Health {
 impl Routing {
     /// Checks the policy against what this server can do: embedded routes
     /// must name a loaded model, upstream keys must be in the environment.
-    pub fn new(policy: Policy, engines: &BTreeMap<String, Arc<Engine>>) -> anyhow::Result<Self> {
+    pub fn new(policy: Policy, prices: Prices, engines: &BTreeMap<String, Arc<Engine>>) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
         let mut upstreams = HashMap::new();
         for (i, route) in policy.routes.iter().enumerate() {
@@ -87,7 +90,7 @@ impl Routing {
                 (r.name.clone(), h)
             })
             .collect();
-        Ok(Self { policy, upstreams, health })
+        Ok(Self { policy, prices, upstreams, health })
     }
 
     /// Decides, answers, and records the decision (before answering, so an
@@ -104,8 +107,11 @@ impl Routing {
         let lane = header_enum::<Lane>(headers, LANE_HEADER)?.unwrap_or_default();
         let messages: Vec<String> = params.messages.iter().map(|(_, text)| text.clone()).collect();
         let decision = decide(&RequestFacts { lane }, &classify(&messages, &declared, &self.policy), &self.policy);
-        tracing::info!(request_id = %id, policy = %decision.policy_id, rule = ?decision.rule_id, reason = %decision.reason, "routing decision");
+        // Debug, not info: every decision is recorded in the store anyway,
+        // and a log line per request is a real share of a proxy's CPU.
+        tracing::debug!(request_id = %id, policy = %decision.policy_id, rule = ?decision.rule_id, reason = %decision.reason, "routing decision");
 
+        let began = Instant::now();
         let shadow = decision.shadow.as_ref().map(|route| self.clone().mirror(state, id, route, req, &params));
         let mut run = Run { reason: decision.reason.clone(), execution: Execution::default() };
         let result = self.execute(state, id, req, params, &decision, &mut run).await;
@@ -116,27 +122,50 @@ impl Routing {
             Err(_) => ("failed".into(), "error"),
         };
         let result = result.map(|(resp, _)| resp);
-        if let Some(store) = &state.store {
-            let record = DecisionRecord {
-                request_id: id.to_string(),
-                created_ms: unix_ms(),
-                policy_id: decision.policy_id.clone(),
-                rule_id: decision.rule_id.clone(),
-                route: route.clone(),
-                status: result.as_ref().map_or_else(|e| e.status.as_u16(), |r| r.status().as_u16()),
-                reason: run.reason.clone(),
-                decision: serde_json::to_value(&decision).expect("decisions serialize"),
-                label: label.into(),
-                execution: serde_json::to_value(&run.execution).expect("executions serialize"),
-            };
-            if let Err(e) = store.record_decision(&record).await {
-                tracing::error!(request_id = %id, "could not record the routing decision: {e}");
-            }
+        if let Some(recorder) = &state.recorder {
+            recorder
+                .decision(DecisionRecord {
+                    request_id: id.to_string(),
+                    created_ms: unix_ms(),
+                    policy_id: decision.policy_id.clone(),
+                    rule_id: decision.rule_id.clone(),
+                    route: route.clone(),
+                    status: result.as_ref().map_or_else(|e| e.status.as_u16(), |r| r.status().as_u16()),
+                    reason: run.reason.clone(),
+                    decision: serde_json::to_value(&decision).expect("decisions serialize"),
+                    label: label.into(),
+                    execution: serde_json::to_value(&run.execution).expect("executions serialize"),
+                    prompt_tokens: None,
+                    completion_tokens: None,
+                    cost_usd: None,
+                    energy_wh: None,
+                })
+                .await;
         }
         let resp = result.unwrap_or_else(IntoResponse::into_response);
-        let resp = match shadow {
-            Some(primary) => shadow::tap(resp, route.clone(), primary),
-            None => resp,
+        let price = self.policy.route(&route).and_then(|r| self.prices.for_route(&r.name, &r.model)).cloned();
+        let recorder = state.recorder.clone().filter(|_| price.is_some());
+        let resp = if shadow.is_some() || recorder.is_some() {
+            let (id, route) = (id.to_string(), route.clone());
+            capture::tap(resp, move |status, body| {
+                if let Some(recorder) = recorder {
+                    let tokens = capture::tokens(&body);
+                    let cost = price.zip(tokens).map(|(p, (prompt, completion))| p.cost(prompt, completion, began.elapsed().as_secs_f64() * 1e3));
+                    let completion = Completion {
+                        request_id: id,
+                        prompt_tokens: tokens.map(|t| t.0),
+                        completion_tokens: tokens.map(|t| t.1),
+                        cost_usd: cost.map(|c| c.usd),
+                        energy_wh: cost.and_then(|c| c.energy_wh),
+                    };
+                    recorder.completion(completion);
+                }
+                if let Some(primary) = shadow {
+                    let _ = primary.send((route, status, body));
+                }
+            })
+        } else {
+            resp
         };
         Ok(self.label(resp, &route, &run.reason))
     }
@@ -296,9 +325,9 @@ impl Routing {
     /// Sends a non-streaming copy of the request to `route` in the
     /// background and records its answer beside the primary's. Returns the
     /// channel the primary's answer is captured into.
-    fn mirror(self: Arc<Self>, state: &AppState, id: &str, route: &str, req: &ChatCompletionRequest, params: &ChatParams) -> shadow::Primary {
-        let (primary, captured) = shadow::Primary::channel();
-        let (state_engines, store) = (state.engines.clone(), state.store.clone());
+    fn mirror(self: Arc<Self>, state: &AppState, id: &str, route: &str, req: &ChatCompletionRequest, params: &ChatParams) -> oneshot::Sender<(String, u16, Bytes)> {
+        let (primary, captured) = oneshot::channel();
+        let (state_engines, recorder) = (state.engines.clone(), state.recorder.clone());
         let (id, route) = (id.to_string(), route.to_string());
         let mut req = req.clone();
         req.stream = Some(false);
@@ -317,14 +346,14 @@ impl Routing {
             let (status, body) = match resp {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    (status, axum::body::to_bytes(resp.into_body(), shadow::CAPTURE_LIMIT).await.unwrap_or_default())
+                    (status, axum::body::to_bytes(resp.into_body(), capture::CAPTURE_LIMIT).await.unwrap_or_default())
                 }
-                Err(e) => (e.status.as_u16(), bytes::Bytes::new()),
+                Err(e) => (e.status.as_u16(), Bytes::new()),
             };
             let shadow_ms = began.elapsed().as_millis() as i64;
-            let Some(store) = store else { return };
-            let (primary_route, primary_status, primary_body) = captured.await.unwrap_or_else(|_| ("failed".into(), 0, bytes::Bytes::new()));
-            let (primary_output, shadow_output) = (shadow::answer_text(&primary_body), shadow::answer_text(&body));
+            let Some(recorder) = recorder else { return };
+            let (primary_route, primary_status, primary_body) = captured.await.unwrap_or_else(|_| ("failed".into(), 0, Bytes::new()));
+            let (primary_output, shadow_output) = (capture::answer_text(&primary_body), capture::answer_text(&body));
             let record = ShadowRecord {
                 request_id: id.clone(),
                 created_ms: unix_ms(),
@@ -338,9 +367,7 @@ impl Routing {
                 shadow_output,
                 shadow_ms,
             };
-            if let Err(e) = store.record_shadow(&record).await {
-                tracing::error!(request_id = %id, "could not record the shadow comparison: {e}");
-            }
+            recorder.shadow(record).await;
         });
         primary
     }

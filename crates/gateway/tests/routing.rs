@@ -18,7 +18,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use switchyard_engine::{Engine, EngineSettings};
 use switchyard_gateway::{router, AppState};
-use switchyard_router::Policy;
+use switchyard_router::{Policy, Prices};
 
 /// What the mock upstream saw: hits per mode, last model and auth header.
 #[derive(Default)]
@@ -310,11 +310,13 @@ async fn setup() -> Setup {
     let peer_base = format!("http://{}", peer_listener.local_addr().unwrap());
     let peer = router(Arc::new(peer_state), 1 << 20);
     tokio::spawn(async move { axum::serve(peer_listener, peer).await.unwrap() });
-    let mut state = AppState { engines, routing: None, store: None, created: 0 }
-        .with_policy(Policy::from_toml(&policy(&mock_base, &peer_base)).unwrap())
-        .unwrap();
+    let prices = Prices::from_toml("[prices.cloud]\ninput_per_1m = 1000\noutput_per_1m = 2000\n[prices.smollm2-135m]\nhardware_per_hour = 3.6\nidle_watts = 10\nbusy_watts = 100\n").unwrap();
     let data = tempfile::tempdir().unwrap();
-    state.store = Some(switchyard_store::Store::open(&data.path().join("switchyard.db")).await.unwrap());
+    let store = switchyard_store::Store::open(&data.path().join("switchyard.db")).await.unwrap();
+    let state = AppState { engines, routing: None, store: None, recorder: None, created: 0 }
+        .with_policy(Policy::from_toml(&policy(&mock_base, &peer_base)).unwrap(), prices)
+        .unwrap()
+        .with_store(store);
     let app = router(Arc::new(state), 1 << 20);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -368,6 +370,11 @@ async fn routes_follow_policy_with_headers_boundaries_and_fallbacks() {
     assert!(header(&h, "x-switchyard-policy").starts_with("test.1+"));
     assert!(header(&h, "x-switchyard-reason").contains("default route"));
     assert!(body.contains("cloud says hi"));
+    // Priced per token: 3 prompt tokens at $1000/1M plus 3 completion tokens at $2000/1M.
+    let rec = s.decision(&h).await;
+    assert_eq!((rec["prompt_tokens"].as_u64(), rec["completion_tokens"].as_u64()), (Some(3), Some(3)));
+    assert!((rec["cost_usd"].as_f64().unwrap() - 0.009).abs() < 1e-12, "{rec}");
+    assert!(rec["energy_wh"].is_null());
     {
         let seen = s.seen.lock().unwrap();
         assert_eq!(seen.model.as_deref(), Some("gpt-mock"));
@@ -396,6 +403,9 @@ async fn routes_follow_policy_with_headers_boundaries_and_fallbacks() {
     assert_eq!(rec["decision"]["data_class"], "regulated");
     assert_eq!(rec["decision"]["excluded"], json!(["cloud"]));
     assert!(rec["policy_id"].as_str().unwrap().starts_with("test.1+"));
+    // Its cost, from the engine's token counts and the model's hardware price.
+    assert!(rec["prompt_tokens"].as_u64().unwrap() > 0 && rec["completion_tokens"].as_u64().unwrap() > 0, "{rec}");
+    assert!(rec["cost_usd"].as_f64().unwrap() > 0.0 && rec["energy_wh"].as_f64().unwrap() > 0.0, "{rec}");
     let missing = s.http.get(format!("{}/admin/decisions/chatcmpl-nope", s.base)).send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 
@@ -466,7 +476,7 @@ async fn a_failing_upstream_gets_at_most_its_retry_budget() {
 async fn a_policy_naming_a_model_that_is_not_loaded_is_refused_at_start() {
     let p = Policy::from_toml(&policy("http://127.0.0.1:9", "http://127.0.0.1:9").replace("model = \"smollm2-135m\"", "model = \"not-loaded\"")).unwrap();
     std::env::set_var("SWITCHYARD_TEST_CLOUD_KEY", "k");
-    let err = AppState::new(vec![]).with_policy(p).err().unwrap().to_string();
+    let err = AppState::new(vec![]).with_policy(p, Prices::default()).err().unwrap().to_string();
     assert!(err.contains("routes[0].model") && err.contains("not-loaded"), "{err}");
 }
 

@@ -5,12 +5,16 @@
 //! Invariant: a record is written in one statement, so a crash leaves it
 //! either whole or absent, never half-written.
 
+mod recorder;
+
 use std::path::Path;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqliteConnection};
+
+pub use recorder::{Completion, Recorder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +46,15 @@ pub struct DecisionRecord {
     /// What running the decision did: every route tried and how it went,
     /// retries, the cascade's confidence.
     pub execution: serde_json::Value,
+    /// Filled in after the answer was sent (see [`Completion`]).
+    #[serde(default)]
+    pub prompt_tokens: Option<u32>,
+    #[serde(default)]
+    pub completion_tokens: Option<u32>,
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    #[serde(default)]
+    pub energy_wh: Option<f64>,
 }
 
 /// A request a policy handed to a human; resolved once, by a reviewer.
@@ -101,30 +114,17 @@ impl Store {
         }
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal);
+            .journal_mode(SqliteJournalMode::Wal)
+            // With WAL, NORMAL never corrupts the database; a power cut may
+            // lose the last transactions. FULL would fsync every batch.
+            .synchronous(SqliteSynchronous::Normal);
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool })
     }
 
     pub async fn record_decision(&self, r: &DecisionRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO decisions (request_id, created_ms, policy_id, rule_id, route, status, reason, decision, label, execution)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&r.request_id)
-        .bind(r.created_ms)
-        .bind(&r.policy_id)
-        .bind(&r.rule_id)
-        .bind(&r.route)
-        .bind(i64::from(r.status))
-        .bind(&r.reason)
-        .bind(serde_json::to_string(&r.decision)?)
-        .bind(&r.label)
-        .bind(serde_json::to_string(&r.execution)?)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_decision(&mut *self.pool.acquire().await?, r).await
     }
 
     pub async fn decision(&self, request_id: &str) -> Result<Option<DecisionRecord>, StoreError> {
@@ -142,6 +142,10 @@ impl Store {
             decision: serde_json::from_str(&row.try_get::<String, _>("decision")?)?,
             label: row.try_get("label")?,
             execution: serde_json::from_str(&row.try_get::<String, _>("execution")?)?,
+            prompt_tokens: row.try_get::<Option<i64>, _>("prompt_tokens")?.map(|n| n as u32),
+            completion_tokens: row.try_get::<Option<i64>, _>("completion_tokens")?.map(|n| n as u32),
+            cost_usd: row.try_get("cost_usd")?,
+            energy_wh: row.try_get("energy_wh")?,
         }))
     }
 
@@ -195,25 +199,7 @@ impl Store {
     }
 
     pub async fn record_shadow(&self, s: &ShadowRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO shadows (request_id, created_ms, policy_id, primary_route, primary_status, primary_output,
-                                  shadow_route, shadow_status, shadow_output, shadow_ms, same_output)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&s.request_id)
-        .bind(s.created_ms)
-        .bind(&s.policy_id)
-        .bind(&s.primary_route)
-        .bind(i64::from(s.primary_status))
-        .bind(&s.primary_output)
-        .bind(&s.shadow_route)
-        .bind(i64::from(s.shadow_status))
-        .bind(&s.shadow_output)
-        .bind(s.shadow_ms)
-        .bind(s.same_output)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_shadow(&mut *self.pool.acquire().await?, s).await
     }
 
     pub async fn shadow(&self, request_id: &str) -> Result<Option<ShadowRecord>, StoreError> {
@@ -249,4 +235,51 @@ fn handoff_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HandoffRecord, Stor
         reviewer: row.try_get("reviewer")?,
         resolved_ms: row.try_get("resolved_ms")?,
     })
+}
+
+async fn insert_decision(conn: &mut SqliteConnection, r: &DecisionRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO decisions (request_id, created_ms, policy_id, rule_id, route, status, reason, decision, label, execution,
+                               prompt_tokens, completion_tokens, cost_usd, energy_wh)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&r.request_id)
+    .bind(r.created_ms)
+    .bind(&r.policy_id)
+    .bind(&r.rule_id)
+    .bind(&r.route)
+    .bind(i64::from(r.status))
+    .bind(&r.reason)
+    .bind(serde_json::to_string(&r.decision)?)
+    .bind(&r.label)
+    .bind(serde_json::to_string(&r.execution)?)
+    .bind(r.prompt_tokens.map(i64::from))
+    .bind(r.completion_tokens.map(i64::from))
+    .bind(r.cost_usd)
+    .bind(r.energy_wh)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_shadow(conn: &mut SqliteConnection, s: &ShadowRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO shadows (request_id, created_ms, policy_id, primary_route, primary_status, primary_output,
+                              shadow_route, shadow_status, shadow_output, shadow_ms, same_output)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&s.request_id)
+    .bind(s.created_ms)
+    .bind(&s.policy_id)
+    .bind(&s.primary_route)
+    .bind(i64::from(s.primary_status))
+    .bind(&s.primary_output)
+    .bind(&s.shadow_route)
+    .bind(i64::from(s.shadow_status))
+    .bind(&s.shadow_output)
+    .bind(s.shadow_ms)
+    .bind(s.same_output)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

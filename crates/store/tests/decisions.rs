@@ -1,5 +1,5 @@
 use serde_json::json;
-use switchyard_store::{DecisionRecord, HandoffRecord, ResolveError, ShadowRecord, Store};
+use switchyard_store::{Completion, DecisionRecord, Recorder, HandoffRecord, ResolveError, ShadowRecord, Store};
 
 fn record(id: &str) -> DecisionRecord {
     DecisionRecord {
@@ -13,6 +13,10 @@ fn record(id: &str) -> DecisionRecord {
         decision: json!({"score": 0.2, "threshold": 0.6}),
         label: "answered".into(),
         execution: json!({"steps": [{"route": "local", "outcome": "ok"}]}),
+        prompt_tokens: None,
+        completion_tokens: None,
+        cost_usd: None,
+        energy_wh: None,
     }
 }
 
@@ -83,4 +87,30 @@ async fn shadow_records_round_trip() {
     store.record_shadow(&s).await.unwrap();
     assert_eq!(store.shadow("r1").await.unwrap(), Some(s));
     assert_eq!(store.shadow("r2").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn the_recorder_writes_in_order_and_flush_makes_records_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+    let recorder = Recorder::start(store.clone());
+    for i in 0..1000 {
+        recorder.decision(record(&format!("r{i}"))).await;
+        // Queued right behind its decision, as the gateway does once the answer is sent.
+        recorder.completion(Completion { request_id: format!("r{i}"), prompt_tokens: Some(i), completion_tokens: Some(2), cost_usd: Some(0.5), energy_wh: None });
+    }
+    recorder.flush().await;
+    for i in [0u32, 517, 999] {
+        let r = store.decision(&format!("r{i}")).await.unwrap().expect("written");
+        assert_eq!((r.prompt_tokens, r.completion_tokens, r.cost_usd, r.energy_wh), (Some(i), Some(2), Some(0.5), None));
+    }
+    // A record the database refuses (a duplicate id) loses no other record
+    // of its batch.
+    recorder.decision(record("dup")).await;
+    recorder.flush().await;
+    recorder.decision(record("dup")).await;
+    recorder.decision(record("after-dup")).await;
+    recorder.flush().await;
+    assert!(store.decision("dup").await.unwrap().is_some());
+    assert!(store.decision("after-dup").await.unwrap().is_some());
 }

@@ -1,0 +1,122 @@
+//! Seeing what an answer said after it was sent, without delaying it: the
+//! body is copied as it streams past, and read once it ends. Shadow traffic
+//! compares the text; cost accounting reads the token counts.
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use std::sync::{Arc, Mutex};
+
+use futures::stream::{self, StreamExt};
+use serde_json::Value;
+
+/// Bytes of an answer kept for reading; the rest still reaches the client.
+pub const CAPTURE_LIMIT: usize = 256 * 1024;
+
+/// Calls `on_done(status, body)` once: when the body's last byte has been
+/// handed to the connection (before the client can see the end), or when
+/// the client abandons it (then with what was sent so far), so nothing
+/// waits on a half-read stream.
+pub fn tap(resp: Response, on_done: impl FnOnce(u16, Bytes) + Send + 'static) -> Response {
+    struct Capture<F: FnOnce(u16, Bytes)> {
+        on_done: Option<F>,
+        status: u16,
+        buf: BytesMut,
+    }
+    impl<F: FnOnce(u16, Bytes)> Capture<F> {
+        fn finish(&mut self) {
+            if let Some(f) = self.on_done.take() {
+                f(self.status, self.buf.split().freeze());
+            }
+        }
+    }
+    impl<F: FnOnce(u16, Bytes)> Drop for Capture<F> {
+        fn drop(&mut self) {
+            self.finish();
+        }
+    }
+    let (parts, body) = resp.into_parts();
+    let capture = Arc::new(Mutex::new(Capture { on_done: Some(on_done), status: parts.status.as_u16(), buf: BytesMut::new() }));
+    let at_end = capture.clone();
+    let body = body
+        .into_data_stream()
+        .map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                let mut c = capture.lock().expect("not poisoned");
+                let room = CAPTURE_LIMIT.saturating_sub(c.buf.len());
+                c.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            }
+            chunk
+        })
+        .chain(stream::once(async move { at_end.lock().expect("not poisoned").finish() }).filter_map(|()| async { None }));
+    Response::from_parts(parts, Body::from_stream(body))
+}
+
+/// The JSON objects of a body: the body itself, or each `data:` event of a stream.
+fn objects(body: &[u8]) -> Vec<Value> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return vec![v];
+    }
+    let Ok(text) = std::str::from_utf8(body) else { return Vec::new() };
+    text.lines().filter_map(|l| l.strip_prefix("data: ")).filter_map(|d| serde_json::from_str(d).ok()).collect()
+}
+
+/// Prompt and completion tokens, from `usage` (any server) or `timings`
+/// (switchyard and llama-server put them on the last chunk even without
+/// `include_usage`).
+pub fn tokens(body: &[u8]) -> Option<(u32, u32)> {
+    let n = |v: &Value| v.as_u64().map(|n| n as u32);
+    objects(body).iter().rev().find_map(|o| {
+        let (u, t) = (&o["usage"], &o["timings"]);
+        n(&u["prompt_tokens"]).zip(n(&u["completion_tokens"])).or_else(|| n(&t["prompt_n"]).zip(n(&t["predicted_n"])))
+    })
+}
+
+/// The assistant's text in a chat completion (JSON) or a stream of chunks
+/// (SSE); `None` if the body holds neither.
+pub fn answer_text(body: &[u8]) -> Option<String> {
+    let text = |m: &Value| m["content"].as_str().or_else(|| m["refusal"].as_str()).map(str::to_string);
+    let objects = objects(body);
+    if let [whole] = &objects[..] {
+        if whole["object"] != "chat.completion.chunk" {
+            return text(&whole["choices"][0]["message"]);
+        }
+    }
+    objects.iter().filter_map(|c| text(&c["choices"][0]["delta"])).reduce(|a, b| a + &b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_text_reads_json_and_sse() {
+        let json = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"4"}}]}"#;
+        assert_eq!(answer_text(json).as_deref(), Some("4"));
+        let sse = b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"fo\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"ur\"}}]}\n\ndata: [DONE]\n\n";
+        assert_eq!(answer_text(sse).as_deref(), Some("four"));
+        assert_eq!(answer_text(br#"{"error":{"message":"x"}}"#), None);
+        assert_eq!(answer_text(b""), None);
+    }
+
+    #[test]
+    fn tokens_come_from_usage_or_timings() {
+        assert_eq!(tokens(br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#), Some((3, 5)));
+        let sse = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"timings\":{\"prompt_n\":7,\"predicted_n\":2}}\n\ndata: [DONE]\n\n";
+        assert_eq!(tokens(sse), Some((7, 2)));
+        assert_eq!(tokens(b"data: {\"choices\":[]}\n\n"), None);
+    }
+
+    #[tokio::test]
+    async fn the_tap_passes_the_body_through_and_reports_it_once_dropped() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let resp = tap(Response::new(Body::from("hello")), move |status, body| tx.send((status, body)).unwrap());
+        let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"hello");
+        assert_eq!(rx.await.unwrap(), (200, Bytes::from("hello")));
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        drop(tap(Response::new(Body::from("never read")), move |status, body| tx.send((status, body)).unwrap()));
+        assert_eq!(rx.await.unwrap().1, Bytes::new(), "an abandoned body still reports, with what it saw");
+    }
+}
