@@ -124,7 +124,7 @@ impl Store {
     }
 
     pub async fn record_decision(&self, r: &DecisionRecord) -> Result<(), StoreError> {
-        insert_decision(&mut *self.pool.acquire().await?, r).await
+        insert_decisions(&mut *self.pool.acquire().await?, &[r]).await
     }
 
     pub async fn decision(&self, request_id: &str) -> Result<Option<DecisionRecord>, StoreError> {
@@ -237,28 +237,34 @@ fn handoff_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HandoffRecord, Stor
     })
 }
 
-async fn insert_decision(conn: &mut SqliteConnection, r: &DecisionRecord) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO decisions (request_id, created_ms, policy_id, rule_id, route, status, reason, decision, label, execution,
-                               prompt_tokens, completion_tokens, cost_usd, energy_wh)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&r.request_id)
-    .bind(r.created_ms)
-    .bind(&r.policy_id)
-    .bind(&r.rule_id)
-    .bind(&r.route)
-    .bind(i64::from(r.status))
-    .bind(&r.reason)
-    .bind(serde_json::to_string(&r.decision)?)
-    .bind(&r.label)
-    .bind(serde_json::to_string(&r.execution)?)
-    .bind(r.prompt_tokens.map(i64::from))
-    .bind(r.completion_tokens.map(i64::from))
-    .bind(r.cost_usd)
-    .bind(r.energy_wh)
-    .execute(conn)
-    .await?;
+const DECISION_COLUMNS: &str = "INSERT INTO decisions (request_id, created_ms, policy_id, rule_id, route, status, reason, decision, label, execution,
+                                                   prompt_tokens, completion_tokens, cost_usd, energy_wh) ";
+
+/// Inserts `records` with one statement (at most 14 × 512 bound values,
+/// well under SQLite's limit).
+async fn insert_decisions(conn: &mut SqliteConnection, records: &[&DecisionRecord]) -> Result<(), StoreError> {
+    for chunk in records.chunks(512) {
+        let json: Vec<(String, String)> =
+            chunk.iter().map(|r| Ok((serde_json::to_string(&r.decision)?, serde_json::to_string(&r.execution)?))).collect::<Result<_, StoreError>>()?;
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(DECISION_COLUMNS);
+        q.push_values(chunk.iter().zip(json), |mut b, (r, (decision, execution))| {
+            b.push_bind(r.request_id.clone())
+                .push_bind(r.created_ms)
+                .push_bind(r.policy_id.clone())
+                .push_bind(r.rule_id.clone())
+                .push_bind(r.route.clone())
+                .push_bind(i64::from(r.status))
+                .push_bind(r.reason.clone())
+                .push_bind(decision)
+                .push_bind(r.label.clone())
+                .push_bind(execution)
+                .push_bind(r.prompt_tokens.map(i64::from))
+                .push_bind(r.completion_tokens.map(i64::from))
+                .push_bind(r.cost_usd)
+                .push_bind(r.energy_wh);
+        });
+        q.build().execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

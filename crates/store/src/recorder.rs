@@ -113,15 +113,20 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Write>) {
     }
 }
 
+/// Writes a batch in one transaction: its decisions in one multi-row
+/// INSERT (one round trip to SQLite's thread, not one per record), then
+/// shadows, then completions, which may update decisions of this batch.
 async fn write_batch(store: &Store, writes: &[Write]) -> Result<(), StoreError> {
     if writes.is_empty() {
         return Ok(());
     }
     let mut tx = store.pool.begin().await?;
+    let decisions: Vec<&DecisionRecord> = writes.iter().filter_map(|w| if let Write::Decision(r) = w { Some(&**r) } else { None }).collect();
+    crate::insert_decisions(&mut tx, &decisions).await?;
     for w in writes {
         match w {
-            Write::Decision(r) => crate::insert_decision(&mut *tx, r).await?,
-            Write::Shadow(r) => crate::insert_shadow(&mut *tx, r).await?,
+            Write::Decision(_) => {}
+            Write::Shadow(r) => crate::insert_shadow(&mut tx, r).await?,
             Write::Completion(c) => {
                 sqlx::query("UPDATE decisions SET prompt_tokens = ?, completion_tokens = ?, cost_usd = ?, energy_wh = ? WHERE request_id = ?")
                     .bind(c.prompt_tokens.map(i64::from))
