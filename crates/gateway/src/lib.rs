@@ -144,10 +144,23 @@ pub async fn serve(cfg: ServeConfig, policy: Option<switchyard_router::Policy>, 
     let app = router(state.clone(), cfg.max_body_bytes);
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
     let addr: SocketAddr = listener.local_addr()?;
+    let listener = no_delay(listener);
     // Tests and scripts read this line to find a port chosen with --port 0.
     println!("switchyard listening on http://{addr} (models: {})", state.model_ids().join(", "));
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     Ok(())
+}
+
+/// Streams are many small writes (one SSE event per token or chunk). With
+/// Nagle's algorithm on, each waits for the client's delayed ACK of the
+/// previous one: ~40 ms per event, measured on a proxied 20-chunk stream.
+pub fn no_delay(listener: TcpListener) -> impl axum::serve::Listener<Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("could not set TCP_NODELAY: {e}");
+        }
+    })
 }
 
 async fn shutdown_signal() {
