@@ -1,6 +1,7 @@
 //! The `switchyard` binary.
 
 mod calibrate;
+mod eval;
 mod models;
 mod policy;
 mod serve;
@@ -40,6 +41,9 @@ enum Command {
     /// Pick a rule's threshold from eval records (fast vs strong route) and
     /// write a new policy version holding it and the curve it came from.
     Calibrate(calibrate::CalibrateArgs),
+    /// Run eval sets against any target, report scorecards, compare runs (regression gate), review.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,5 +60,6 @@ fn main() -> anyhow::Result<()> {
         Command::Policy(cmd) => policy::run_policy(cmd),
         Command::Route(cmd) => policy::run_route(cmd),
         Command::Calibrate(args) => calibrate::run(args),
+        Command::Eval(cmd) => eval::run(cmd),
     }
 }

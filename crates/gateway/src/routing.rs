@@ -18,7 +18,7 @@ use axum::Json;
 use bytes::Bytes;
 use serde::Serialize;
 use switchyard_engine::Engine;
-use switchyard_router::{classify, decide, Backend, Prices, CascadePlan, Confidence, DataClass, Decision, Declared, Lane, Outcome, Policy, RequestFacts};
+use switchyard_router::{classify, decide, decide_forced, Backend, Prices, CascadePlan, Confidence, DataClass, Decision, Declared, Lane, Outcome, Policy, RequestFacts};
 use switchyard_store::{Completion, DecisionRecord, HandoffRecord, ShadowRecord};
 use tokio::sync::oneshot;
 use switchyard_wire::*;
@@ -38,6 +38,10 @@ pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-switchyard-reas
 pub const DATA_CLASS_HEADER: &str = "x-switchyard-data-class";
 /// `interactive` (default), `batch` or `fallback`.
 pub const LANE_HEADER: &str = "x-switchyard-lane";
+/// Sends the request to this route alone, bypassing the rules (the data
+/// boundary still holds): how the eval runner measures one route. No
+/// authentication yet, like `/admin`.
+pub const FORCE_ROUTE_HEADER: &str = "x-switchyard-force-route";
 /// The workload family the request belongs to (one the policy declares).
 pub const FAMILY_HEADER: &str = "x-switchyard-family";
 /// On a handed-off request: the id to follow it by under `/admin/handoffs`.
@@ -106,7 +110,16 @@ impl Routing {
         let declared = Declared { data_class: header_enum::<DataClass>(headers, DATA_CLASS_HEADER)?, family: self.family_header(headers)? };
         let lane = header_enum::<Lane>(headers, LANE_HEADER)?.unwrap_or_default();
         let messages: Vec<String> = params.messages.iter().map(|(_, text)| text.clone()).collect();
-        let decision = decide(&RequestFacts { lane }, &classify(&messages, &declared, &self.policy), &self.policy);
+        let facts = RequestFacts { lane };
+        let classification = classify(&messages, &declared, &self.policy);
+        let decision = match headers.get(FORCE_ROUTE_HEADER).map(|v| v.to_str().unwrap_or_default()) {
+            None => decide(&facts, &classification, &self.policy),
+            Some(route) => decide_forced(&facts, &classification, &self.policy, route).ok_or_else(|| {
+                let known: Vec<_> = self.policy.routes.iter().map(|r| r.name.as_str()).collect();
+                ApiError::invalid(Some(FORCE_ROUTE_HEADER.into()), format!("header {FORCE_ROUTE_HEADER}: unknown route `{route}`; this policy has: {}", known.join(", ")))
+                    .with_code("invalid_header")
+            })?,
+        };
         // Debug, not info: every decision is recorded in the store anyway,
         // and a log line per request is a real share of a proxy's CPU.
         tracing::debug!(request_id = %id, policy = %decision.policy_id, rule = ?decision.rule_id, reason = %decision.reason, "routing decision");

@@ -605,6 +605,20 @@ async fn broken_streams_end_with_an_error_event_and_malformed_answers_fall_back(
 }
 
 #[tokio::test]
+async fn a_forced_route_answers_alone_within_the_data_boundary() {
+    let s = setup().await;
+    let (status, h, body) = s.ask_with("Say hello.", json!({}), &[("x-switchyard-force-route", "local")]).await;
+    assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "local"), "{body}");
+    assert_eq!(s.hits("ok"), 0, "the default route (cloud) was bypassed");
+    let (status, h, _) = s.ask_with("My SSN is 123-45-6789.", json!({}), &[("x-switchyard-force-route", "cloud")]).await;
+    assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "refused"));
+    assert_eq!(s.hits("ok"), 0, "regulated data never reaches the cloud, forced or not");
+    let (status, _, body) = s.ask_with("hi", json!({}), &[("x-switchyard-force-route", "nowhere")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("x-switchyard-force-route"), "{body}");
+}
+
+#[tokio::test]
 async fn a_second_switchyard_is_a_real_upstream() {
     let s = setup().await;
     let (status, h, body) = s.ask("PEERME Say hi.", json!({})).await;

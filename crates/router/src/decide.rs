@@ -134,6 +134,36 @@ pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Deci
     d
 }
 
+/// The decision for a request that names its route itself (the eval
+/// runner's `route:NAME` targets measure one route, not the policy): that
+/// route alone, no rules, no fallbacks, no shadow, and still only if it may
+/// receive the request's data class. `None` if the policy has no such route.
+pub fn decide_forced(facts: &RequestFacts, c: &Classification, policy: &Policy, route: &str) -> Option<Decision> {
+    let r = policy.route(route)?;
+    let allowed = r.allowed_classes.contains(&c.data_class);
+    let (outcome, reason) = if allowed {
+        (Outcome::Route { route: route.to_string(), fallbacks: Vec::new(), cascade: None }, format!("route forced by the request -> {route}"))
+    } else {
+        let message = format!("This request contains {} data and route {route} may not receive it.", c.data_class.as_str());
+        (Outcome::Refuse { message }, format!("route forced by the request -> refused: {route} may not receive {} data", c.data_class.as_str()))
+    };
+    Some(Decision {
+        policy_id: policy.id.clone(),
+        rule_id: None,
+        outcome,
+        data_class: c.data_class,
+        family: c.family.clone(),
+        categories: c.categories.clone(),
+        lane: facts.lane,
+        max_ttft_ms: None,
+        shadow: None,
+        score: policy.difficulty.score(&c.features),
+        threshold: None,
+        excluded: if allowed { Vec::new() } else { vec![route.to_string()] },
+        reason,
+    })
+}
+
 fn matched(c: &Classification) -> String {
     if c.categories.is_empty() {
         format!("{} data", c.data_class.as_str())

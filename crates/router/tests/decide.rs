@@ -166,6 +166,20 @@ fn new_policy_keys_are_validated_by_name() {
     assert!(err(&format!("{text}\n[calibration.nope]\nsignal = \"x\"\n")).contains("calibration"));
 }
 
+#[test]
+fn a_forced_route_skips_rules_but_not_the_data_boundary() {
+    let p = example();
+    let c = classify(&["How do I build a bomb?".into()], &Declared::default(), &p);
+    let d = decide_forced(&RequestFacts::default(), &c, &p, "local-fast").unwrap();
+    assert_eq!(route_of(&d), ("local-fast", vec![]));
+    assert_eq!(d.rule_id, None);
+    let c = classify(&["SSN 123-45-6789".into()], &Declared::default(), &p);
+    let d = decide_forced(&RequestFacts::default(), &c, &p, "cloud").unwrap();
+    assert!(matches!(d.outcome, Outcome::Refuse { .. }), "{d:?}");
+    assert_eq!(d.excluded, ["cloud"]);
+    assert!(decide_forced(&RequestFacts::default(), &c, &p, "nowhere").is_none());
+}
+
 proptest! {
     /// Whatever else a prompt says, if it carries regulated data the
     /// decision never names a route (primary or fallback) that disallows it.

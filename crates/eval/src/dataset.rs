@@ -1,0 +1,127 @@
+//! An eval set on disk: `datasets/eval/NAME/vN/` with `manifest.toml` and
+//! `items.jsonl`. Opening one checks every file against the manifest's
+//! sha256, so a result always refers to exactly one dataset version.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::expect::Expect;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub version: u32,
+    pub description: String,
+    pub licence: String,
+    pub items: usize,
+    pub release_notes: String,
+    /// File name → sha256 (hex).
+    pub files: BTreeMap<String, String>,
+    /// `family.difficulty` → item count.
+    #[serde(default)]
+    pub counts: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Item {
+    pub id: String,
+    pub family: String,
+    pub difficulty: String,
+    pub data_class: String,
+    pub messages: Vec<Message>,
+    pub max_tokens: u32,
+    pub expect: Expect,
+    #[serde(default)]
+    pub review: bool,
+}
+
+impl Item {
+    /// Identifies the item's content: a changed prompt or expectation is a
+    /// different item for caching.
+    pub fn hash(&self) -> String {
+        hex::encode(Sha256::digest(serde_json::to_vec(self).expect("items serialize")))
+    }
+}
+
+#[derive(Debug)]
+pub struct Dataset {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub items: Vec<Item>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("{path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error(
+        "{path}: sha256 is {actual} but manifest.toml says {expected}. A published dataset version never changes: \
+         put the change in a new version directory (vN+1) with its own manifest"
+    )]
+    Tampered { path: String, expected: String, actual: String },
+}
+
+impl Dataset {
+    pub fn open(dir: &Path) -> Result<Self, DatasetError> {
+        let read = |p: &Path| std::fs::read(p).map_err(|source| DatasetError::Read { path: p.display().to_string(), source });
+        let invalid = |p: &Path, message: String| DatasetError::Invalid { path: p.display().to_string(), message };
+        let manifest_path = dir.join("manifest.toml");
+        let text = String::from_utf8_lossy(&read(&manifest_path)?).into_owned();
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| invalid(&manifest_path, e.to_string()))?;
+        if !manifest.files.contains_key("items.jsonl") {
+            return Err(invalid(&manifest_path, "[files] must list items.jsonl".into()));
+        }
+        let mut items_bytes = Vec::new();
+        for (name, expected) in &manifest.files {
+            let path = dir.join(name);
+            let bytes = read(&path)?;
+            let actual = hex::encode(Sha256::digest(&bytes));
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(DatasetError::Tampered { path: path.display().to_string(), expected: expected.clone(), actual });
+            }
+            if name == "items.jsonl" {
+                items_bytes = bytes;
+            }
+        }
+        let items_path = dir.join("items.jsonl");
+        let items: Vec<Item> = String::from_utf8_lossy(&items_bytes)
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(n, l)| serde_json::from_str(l).map_err(|e| invalid(&items_path, format!("line {}: {e}", n + 1))))
+            .collect::<Result<_, _>>()?;
+        if items.len() != manifest.items {
+            return Err(invalid(&manifest_path, format!("says {} items, items.jsonl has {}", manifest.items, items.len())));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = items.iter().find(|i| !seen.insert(i.id.as_str())) {
+            return Err(invalid(&items_path, format!("item id {} appears twice", dup.id)));
+        }
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for i in &items {
+            *counts.entry(format!("{}.{}", i.family, i.difficulty)).or_default() += 1;
+        }
+        if !manifest.counts.is_empty() && manifest.counts != counts {
+            return Err(invalid(&manifest_path, format!("[counts] do not match items.jsonl: {counts:?}")));
+        }
+        Ok(Self { dir: dir.to_path_buf(), manifest, items })
+    }
+
+    /// `NAME@vN`, as records name the dataset.
+    pub fn label(&self) -> String {
+        format!("{}@v{}", self.manifest.name, self.manifest.version)
+    }
+}

@@ -1,0 +1,16 @@
+//! Evaluation: versioned eval sets ([`dataset`]), machine-checkable
+//! expectations and their scorers ([`expect`], with a sandbox for code and a
+//! refusal detector), the runner that asks any OpenAI-compatible target
+//! ([`runner`]), and scorecards and regression gates over its records
+//! ([`scorecard`]).
+//!
+//! Records follow DESIGN.md's eval-record contract, so `switchyard
+//! calibrate` reads a run directly.
+
+pub mod dataset;
+pub mod expect;
+pub mod record;
+pub mod refusal;
+pub mod runner;
+pub mod sandbox;
+pub mod scorecard;
