@@ -38,7 +38,7 @@ pub struct CalibrateArgs {
     /// Escalate at most this share of requests (e.g. 0.3), with the best quality.
     #[arg(long)]
     max_escalation: Option<f64>,
-    /// Folds for cross-validating a refitted difficulty model.
+    /// Folds for cross-validation (of the threshold, and of a refitted difficulty model).
     #[arg(long, default_value_t = 5)]
     folds: usize,
     /// Version label of the new policy (default: the old one + `.cal`).
@@ -191,6 +191,15 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         fast_q
     );
     println!("random routing at the same escalation rate: quality {random_q:.3}; calibrated lift {:+.3}", p.quality - random_q);
+    let cv = calibrate::cross_validate(&samples, direction, max_threshold, target, args.folds);
+    println!(
+        "held out ({}-fold, threshold picked on the other folds): escalates {:.1}%, quality {:.3} vs random {:.3} at that rate: lift {:+.3}",
+        cv.folds,
+        100.0 * cv.escalation_rate,
+        cv.quality,
+        cv.random_quality,
+        cv.quality - cv.random_quality
+    );
     if skipped > 0 {
         println!("({skipped} items had no {signal_name} in the fast records and were left out)");
     }
@@ -209,6 +218,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         retention,
         random_quality: random_q,
         held_out: refit.is_some(),
+        cross_validated: Some(cv),
         curve: calibrate::thin(&curve, 41),
     };
     let version = args.version.unwrap_or_else(|| format!("{}.cal", policy.version));

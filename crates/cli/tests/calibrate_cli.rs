@@ -52,7 +52,7 @@ fn calibrating_a_cascade_writes_a_new_policy_with_threshold_and_curve() {
     ]);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let stdout = text(&run.stdout);
-    assert!(stdout.contains("chosen: threshold") && stdout.contains("random routing"), "{stdout}");
+    assert!(stdout.contains("chosen: threshold") && stdout.contains("random routing") && stdout.contains("held out (5-fold"), "{stdout}");
 
     let new_text = std::fs::read_to_string(&out).unwrap();
     let p = Policy::from_toml(&new_text).unwrap();
@@ -62,6 +62,8 @@ fn calibrating_a_cascade_writes_a_new_policy_with_threshold_and_curve() {
     assert!(cal.retention >= 0.95, "{cal:?}");
     assert!(cal.escalation_rate < 1.0 && cal.quality > cal.random_quality, "better than random: {cal:?}");
     assert!(cal.curve.len() > 10 && cal.curve.len() <= 41);
+    let cv = cal.cross_validated.unwrap();
+    assert!(cv.quality > cv.random_quality, "held-out calibration beats random: {cv:?}");
     let rule = p.rules.iter().find(|r| r.id == "code-cascade").unwrap();
     let threshold = serde_json::to_value(&rule.then).unwrap()["threshold"].as_f64().unwrap();
     assert_eq!(threshold, cal.threshold);

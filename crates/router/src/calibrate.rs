@@ -81,7 +81,42 @@ pub struct Calibration {
     pub random_quality: f64,
     /// True when the curve was drawn on held-out (cross-validated) scores.
     pub held_out: bool,
+    /// The threshold rule judged on items it was not picked on.
+    pub cross_validated: Option<CrossValidated>,
     pub curve: Vec<CurvePoint>,
+}
+
+/// k-fold check of the threshold-picking rule: each fold is routed by a
+/// threshold picked (for the same target) on the other folds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossValidated {
+    pub folds: usize,
+    pub escalation_rate: f64,
+    pub quality: f64,
+    /// Random escalation at the same rate, on the same items.
+    pub random_quality: f64,
+}
+
+/// Held-out quality of calibrating for `target`: folds by index modulo `k`.
+/// Folds whose training part meets no threshold escalate everything (the
+/// safe choice), which the figures then include.
+pub fn cross_validate(samples: &[Sample], dir: Direction, max_threshold: f64, target: Target, k: usize) -> CrossValidated {
+    let k = k.clamp(2, samples.len().max(2));
+    let (mut escalated, mut quality) = (0.0, 0.0);
+    for fold in 0..k {
+        let train: Vec<Sample> = samples.iter().enumerate().filter(|(i, _)| i % k != fold).map(|(_, s)| *s).collect();
+        let (_, chosen) = calibrate(&train, dir, max_threshold, target);
+        for s in samples.iter().skip(fold).step_by(k) {
+            let up = chosen.is_none_or(|p| dir.escalates(s.signal, p.threshold));
+            escalated += f64::from(u8::from(up));
+            quality += if up { s.strong } else { s.fast };
+        }
+    }
+    let n = samples.len().max(1) as f64;
+    let rate = escalated / n;
+    let (_, _, random_quality) = baselines(samples, rate);
+    CrossValidated { folds: k, escalation_rate: rate, quality: quality / n, random_quality }
 }
 
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {
@@ -210,6 +245,18 @@ mod tests {
         assert_eq!(chosen.unwrap().escalation_rate, 0.5);
         let (_, none) = calibrate(&bad, Direction::Below, 0.0, Target::MinRetention(1.01));
         assert_eq!(none, None);
+    }
+
+    #[test]
+    fn cross_validation_holds_out_each_fold() {
+        let cv = cross_validate(&table(), Direction::Below, 0.0, Target::MinRetention(1.0), 5);
+        assert_eq!(cv.folds, 5);
+        // The signal separates perfectly, so held-out thresholds still do.
+        assert!(cv.quality > 0.97 && cv.quality > cv.random_quality + 0.2, "{cv:?}");
+        // A signal unrelated to correctness does no better than random.
+        let noise: Vec<Sample> = table().iter().enumerate().map(|(i, s)| Sample { signal: -(((i * 37) % 100) as f64) / 50.0, ..*s }).collect();
+        let cv = cross_validate(&noise, Direction::Below, 0.0, Target::MaxEscalation(0.5), 5);
+        assert!(cv.quality < cv.random_quality + 0.1, "{cv:?}");
     }
 
     #[test]
