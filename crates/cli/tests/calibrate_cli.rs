@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use serde_json::json;
+use switchyard_eval::record::{EvalRecord, RecordConfidence};
 use switchyard_router::{Features, Policy};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/policy.example.toml");
@@ -17,25 +17,55 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// 200 items. The fast route is right exactly when its mean logprob is
-/// above -1 (a known cut) and on non-code prompts; the strong route is
-/// right on all but every tenth item.
+/// 200 items, as `eval run` writes them (the same `EvalRecord` type, so
+/// the two formats cannot drift apart). The fast route is right exactly
+/// when its mean logprob is above -1 and the prompt is not code; the strong
+/// route is right on all but every tenth item.
 fn write_records(path: &Path) {
     let mut lines = Vec::new();
     for i in 0..200 {
         let mean = -(i as f64) / 100.0;
         let code = i % 4 == 0;
         let prompt = if code { format!("```\nfn f{i}() {{}}\n```") } else { format!("Say hello to {i}") };
-        let features = Features::of(&[prompt]);
-        let fast_ok = mean > -1.0 && !code;
-        let confidence = json!({"mean_logprob": mean, "min_window_logprob": mean - 0.5, "prompt_score": 0.5, "features": features});
-        let base = json!({"item_id": format!("item-{i:03}"), "dataset": "synthetic", "dataset_version": "v1", "output": "...", "label": "pass", "timings": {}, "usage": {}, "cost": 0.0});
-        let mut fast = base.clone();
-        fast.as_object_mut().unwrap().extend(json!({"target": "route:local-fast", "route": "local-fast", "model": "qwen2.5-coder-0.5b", "correct": fast_ok, "confidence": confidence}).as_object().unwrap().clone());
-        let mut strong = base;
-        strong.as_object_mut().unwrap().extend(json!({"target": "route:local-strong", "route": "local-strong", "model": "qwen2.5-coder-1.5b", "correct": i % 10 != 0}).as_object().unwrap().clone());
-        lines.push(fast.to_string());
-        lines.push(strong.to_string());
+        let base = EvalRecord {
+            item_id: format!("item-{i:03}"),
+            dataset: "synthetic".into(),
+            dataset_version: 1,
+            family: "code".into(),
+            difficulty: "routine".into(),
+            data_class: "public".into(),
+            target: String::new(),
+            route: None,
+            model: None,
+            repeat: 0,
+            seed: None,
+            output: "...".into(),
+            refusal: None,
+            correct: false,
+            label: "fail".into(),
+            scorer: String::new(),
+            expects_refusal: false,
+            refused: false,
+            review: false,
+            confidence: RecordConfidence { features: Some(Features::of(&[prompt])), ..Default::default() },
+            ttft_ms: None,
+            total_ms: None,
+            timings: None,
+            usage: None,
+            cost: None,
+            error: None,
+            cached: false,
+        };
+        let fast = EvalRecord {
+            target: "route:local-fast".into(),
+            route: Some("local-fast".into()),
+            correct: mean > -1.0 && !code,
+            confidence: RecordConfidence { mean_logprob: Some(mean), min_window_logprob: Some(mean - 0.5), prompt_score: Some(0.5), ..base.confidence.clone() },
+            ..base.clone()
+        };
+        let strong = EvalRecord { target: "route:local-strong".into(), route: Some("local-strong".into()), correct: i % 10 != 0, ..base };
+        lines.push(serde_json::to_string(&fast).unwrap());
+        lines.push(serde_json::to_string(&strong).unwrap());
     }
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
