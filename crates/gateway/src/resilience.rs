@@ -21,11 +21,18 @@ enum BreakerState {
 pub struct CircuitBreaker {
     config: Breaker,
     state: BreakerState,
+    /// Outcomes of the last `config.window` requests (true = failed).
+    recent: std::collections::VecDeque<bool>,
 }
 
 impl CircuitBreaker {
     pub fn new(config: Breaker) -> Self {
-        Self { config, state: BreakerState::Closed { failures: 0 } }
+        Self { recent: std::collections::VecDeque::with_capacity(config.window as usize), config, state: BreakerState::Closed { failures: 0 } }
+    }
+
+    fn ratio_exceeded(&self) -> bool {
+        let failed = self.recent.iter().filter(|f| **f).count();
+        self.config.error_ratio > 0.0 && self.recent.len() == self.config.window as usize && failed as f64 >= self.config.error_ratio * self.config.window as f64
     }
 
     /// May a request go to the route now? An open breaker past its wait lets
@@ -42,12 +49,23 @@ impl CircuitBreaker {
     }
 
     pub fn record(&mut self, success: bool, now: Instant) {
+        if self.recent.len() == self.config.window as usize {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(!success);
+        let open = BreakerState::Open { until: now + Duration::from_millis(self.config.open_ms) };
         self.state = match (self.state, success) {
+            // A successful probe closes the breaker with a clean slate.
+            (BreakerState::HalfOpen, true) => {
+                self.recent.clear();
+                BreakerState::Closed { failures: 0 }
+            }
+            (_, true) if self.ratio_exceeded() => open,
             (_, true) => BreakerState::Closed { failures: 0 },
-            (BreakerState::Closed { failures }, false) if failures + 1 < self.config.consecutive_failures => {
+            (BreakerState::Closed { failures }, false) if failures + 1 < self.config.consecutive_failures && !self.ratio_exceeded() => {
                 BreakerState::Closed { failures: failures + 1 }
             }
-            (_, false) => BreakerState::Open { until: now + Duration::from_millis(self.config.open_ms) },
+            (_, false) => open,
         };
     }
 
@@ -141,7 +159,7 @@ mod tests {
     #[test]
     fn breaker_opens_half_opens_and_closes() {
         let t0 = Instant::now();
-        let mut b = CircuitBreaker::new(Breaker { consecutive_failures: 3, open_ms: 1000 });
+        let mut b = CircuitBreaker::new(Breaker { consecutive_failures: 3, open_ms: 1000, error_ratio: 0.0, window: 10 });
         for _ in 0..2 {
             assert!(b.allow(t0));
             b.record(false, t0);
@@ -162,11 +180,32 @@ mod tests {
     #[test]
     fn a_success_resets_the_failure_count() {
         let t0 = Instant::now();
-        let mut b = CircuitBreaker::new(Breaker { consecutive_failures: 2, open_ms: 1000 });
+        let mut b = CircuitBreaker::new(Breaker { consecutive_failures: 2, open_ms: 1000, error_ratio: 0.0, window: 10 });
         b.record(false, t0);
         b.record(true, t0);
         b.record(false, t0);
         assert!(!b.is_open(), "failures were not consecutive");
+    }
+
+    #[test]
+    fn an_error_ratio_opens_it_without_consecutive_failures() {
+        let t0 = Instant::now();
+        let mut b = CircuitBreaker::new(Breaker { consecutive_failures: 100, open_ms: 1000, error_ratio: 0.5, window: 10 });
+        // Alternating failures: never two in a row, but half of all requests.
+        for i in 0..9 {
+            b.record(i % 2 == 1, t0);
+            assert!(!b.is_open(), "the window is not full yet ({i})");
+        }
+        b.record(false, t0);
+        assert!(b.is_open(), "5 of the last 10 failed");
+        assert!(b.allow(t0 + ms(1000)));
+        b.record(true, t0 + ms(1001));
+        assert!(!b.is_open(), "a good probe closes it and clears the window");
+        let mut calm = CircuitBreaker::new(Breaker { consecutive_failures: 100, open_ms: 1000, error_ratio: 0.5, window: 10 });
+        for i in 0..30 {
+            calm.record(i % 3 != 0, t0);
+        }
+        assert!(!calm.is_open(), "a third failing stays under a half");
     }
 
     #[test]

@@ -92,18 +92,23 @@ impl Default for RetryBudget {
     }
 }
 
-/// Circuit breaker: after `consecutive_failures` the route is skipped for
-/// `open_ms`, then one probe request decides whether it closes again.
+/// Circuit breaker: opens after `consecutive_failures` in a row, or when
+/// at least `error_ratio` of the last `window` requests failed; stays open
+/// for `open_ms`, then one probe request decides whether it closes again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Breaker {
     pub consecutive_failures: u32,
+    /// Failure share that opens the breaker (1 = only all-failing windows; 0 disables the ratio).
+    pub error_ratio: f64,
+    /// Requests the ratio is judged over; it is not judged until the window is full.
+    pub window: u32,
     pub open_ms: u64,
 }
 
 impl Default for Breaker {
     fn default() -> Self {
-        Self { consecutive_failures: 5, open_ms: 10_000 }
+        Self { consecutive_failures: 5, error_ratio: 0.5, window: 20, open_ms: 10_000 }
     }
 }
 
@@ -357,8 +362,11 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
         if !(0.0..=1.0).contains(&r.retry.ratio) || !(r.retry.min_per_second >= 0.0) {
             return Err(invalid(key("retry"), "ratio must be between 0 and 1 and min_per_second >= 0"));
         }
-        if r.breaker.consecutive_failures == 0 || r.breaker.open_ms == 0 {
-            return Err(invalid(key("breaker"), "consecutive_failures and open_ms must be at least 1"));
+        if r.breaker.consecutive_failures == 0 || r.breaker.open_ms == 0 || r.breaker.window == 0 {
+            return Err(invalid(key("breaker"), "consecutive_failures, window and open_ms must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&r.breaker.error_ratio) {
+            return Err(invalid(key("breaker.error_ratio"), "a share of requests, between 0 (off) and 1"));
         }
     }
     let known = |name: &str| names.contains(name);
