@@ -92,12 +92,8 @@ fn avg(xs: impl Iterator<Item = f64>) -> Option<f64> {
 pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.policy).with_context(|| format!("reading {}", args.policy.display()))?;
     let policy = Policy::from_toml(&text).with_context(|| format!("policy {}", args.policy.display()))?;
-    let (index, rule) = policy
-        .rules
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.id == args.rule)
-        .with_context(|| format!("--rule {}: the policy has no such rule", args.rule))?;
+    let (index, rule) =
+        policy.rules.iter().enumerate().find(|(_, r)| r.id == args.rule).with_context(|| format!("--rule {}: the policy has no such rule", args.rule))?;
     let target = match (args.min_retention, args.max_escalation) {
         (Some(r), _) if (0.0..=1.5).contains(&r) => Target::MinRetention(r),
         (None, Some(m)) if (0.0..=1.0).contains(&m) => Target::MaxEscalation(m),
@@ -140,10 +136,8 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     };
 
     // Items answered by both routes.
-    let paired: Vec<(&String, f64, f64, Vec<RecordConfidence>)> = items
-        .iter()
-        .filter_map(|(id, it)| Some((id, avg(it.fast.iter().copied())?, avg(it.strong.iter().copied())?, it.confidence.clone())))
-        .collect();
+    let paired: Vec<(&String, f64, f64, Vec<RecordConfidence>)> =
+        items.iter().filter_map(|(id, it)| Some((id, avg(it.fast.iter().copied())?, avg(it.strong.iter().copied())?, it.confidence.clone()))).collect();
     if paired.len() < 10 {
         bail!("only {} items have records from both --fast {} and --strong {}; calibration needs at least 10", paired.len(), args.fast, args.strong);
     }
@@ -163,11 +157,8 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         }
         None => paired.iter().map(|(_, _, _, c)| avg(c.iter().filter_map(&signal_of))).collect(),
     };
-    let samples: Vec<Sample> = paired
-        .iter()
-        .zip(&signals)
-        .filter_map(|((_, fast, strong, _), s)| Some(Sample { signal: (*s)?, fast: *fast, strong: *strong }))
-        .collect();
+    let samples: Vec<Sample> =
+        paired.iter().zip(&signals).filter_map(|((_, fast, strong, _), s)| Some(Sample { signal: (*s)?, fast: *fast, strong: *strong })).collect();
     let skipped = paired.len() - samples.len();
     if samples.len() < 10 {
         bail!("only {} items carry `confidence.{signal_name}` in the fast route's records", samples.len());

@@ -122,7 +122,8 @@ fn records_of(path: &Path) -> anyhow::Result<Vec<EvalRecord>> {
     let mut records = read_records(&file)?;
     let reviews = file.with_file_name("reviews.jsonl");
     if reviews.exists() {
-        let reviews: Vec<Review> = std::fs::read_to_string(&reviews)?.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?;
+        let reviews: Vec<Review> =
+            std::fs::read_to_string(&reviews)?.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?;
         apply_reviews(&mut records, &reviews);
     }
     Ok(records)
@@ -290,7 +291,16 @@ fn review(run: &Path, reviewer: &str, failed: bool) -> anyhow::Result<()> {
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     for r in todo {
-        println!("\n=== {} ({} / {}) on {} ===\n--- answer ---\n{}\n--- automatic verdict: {} ({})", r.item_id, r.family, r.difficulty, r.target, r.output, if r.correct { "pass" } else { "fail" }, r.scorer);
+        println!(
+            "\n=== {} ({} / {}) on {} ===\n--- answer ---\n{}\n--- automatic verdict: {} ({})",
+            r.item_id,
+            r.family,
+            r.difficulty,
+            r.target,
+            r.output,
+            if r.correct { "pass" } else { "fail" },
+            r.scorer
+        );
         print!("verdict [p/f/s/q]: ");
         std::io::stdout().flush()?;
         let Some(line) = lines.next().transpose()? else { break };

@@ -57,7 +57,14 @@ pub fn run_policy(cmd: PolicyCommand) -> anyhow::Result<()> {
                 let classes: Vec<_> = r.allowed_classes.iter().map(|c| c.as_str()).collect();
                 println!(
                     "  {:14} {:?} {} lane={:?} classes=[{}] fallback=[{}] ttft={}ms total={}ms",
-                    r.name, r.backend, r.model, r.lane, classes.join(","), r.fallback.join(","), r.ttft_timeout_ms, r.total_timeout_ms
+                    r.name,
+                    r.backend,
+                    r.model,
+                    r.lane,
+                    classes.join(","),
+                    r.fallback.join(","),
+                    r.ttft_timeout_ms,
+                    r.total_timeout_ms
                 );
             }
             println!("\nrules (first match wins):");

@@ -99,8 +99,5 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Read the policy first: a broken one should fail before minutes of model loading.
     let policy = cfg.load_policy()?;
     let engines = switchyard_gateway::load_engines(&cfg, policy.as_ref(), progress).context("loading models")?;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(switchyard_gateway::serve(cfg, policy, engines))
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(switchyard_gateway::serve(cfg, policy, engines))
 }

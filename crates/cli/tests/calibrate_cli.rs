@@ -77,8 +77,21 @@ fn calibrating_a_cascade_writes_a_new_policy_with_threshold_and_curve() {
     write_records(&records);
     let out = dir.path().join("calibrated.toml");
     let run = switchyard(&[
-        "calibrate", "--policy", EXAMPLE, "--rule", "code-cascade", "--records", records.to_str().unwrap(),
-        "--fast", "route:local-fast", "--strong", "route:local-strong", "--min-retention", "0.95", "--out", out.to_str().unwrap(),
+        "calibrate",
+        "--policy",
+        EXAMPLE,
+        "--rule",
+        "code-cascade",
+        "--records",
+        records.to_str().unwrap(),
+        "--fast",
+        "route:local-fast",
+        "--strong",
+        "route:local-strong",
+        "--min-retention",
+        "0.95",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let stdout = text(&run.stdout);
@@ -104,8 +117,21 @@ fn calibrating_a_cascade_writes_a_new_policy_with_threshold_and_curve() {
     // The same records and target give the same policy.
     let again = dir.path().join("again.toml");
     let run = switchyard(&[
-        "calibrate", "--policy", EXAMPLE, "--rule", "code-cascade", "--records", records.to_str().unwrap(),
-        "--fast", "route:local-fast", "--strong", "route:local-strong", "--min-retention", "0.95", "--out", again.to_str().unwrap(),
+        "calibrate",
+        "--policy",
+        EXAMPLE,
+        "--rule",
+        "code-cascade",
+        "--records",
+        records.to_str().unwrap(),
+        "--fast",
+        "route:local-fast",
+        "--strong",
+        "route:local-strong",
+        "--min-retention",
+        "0.95",
+        "--out",
+        again.to_str().unwrap(),
     ]);
     assert!(run.status.success());
     assert_eq!(std::fs::read_to_string(&again).unwrap(), new_text);
@@ -118,8 +144,21 @@ fn calibrating_difficulty_refits_the_prompt_model_on_held_out_folds() {
     write_records(&records);
     let out = dir.path().join("calibrated.toml");
     let run = switchyard(&[
-        "calibrate", "--policy", EXAMPLE, "--rule", "difficulty", "--records", records.to_str().unwrap(),
-        "--fast", "route:local-fast", "--strong", "route:local-strong", "--max-escalation", "0.6", "--out", out.to_str().unwrap(),
+        "calibrate",
+        "--policy",
+        EXAMPLE,
+        "--rule",
+        "difficulty",
+        "--records",
+        records.to_str().unwrap(),
+        "--fast",
+        "route:local-fast",
+        "--strong",
+        "route:local-strong",
+        "--max-escalation",
+        "0.6",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let p = Policy::from_toml(&std::fs::read_to_string(&out).unwrap()).unwrap();

@@ -62,7 +62,9 @@ fn dataset(dir: &Path) {
     let sha = hex::encode(Sha256::digest(body.as_bytes()));
     std::fs::write(
         dir.join("manifest.toml"),
-        format!("name = \"mini\"\nversion = 1\ndescription = \"t\"\nlicence = \"CC0\"\nitems = 3\nrelease_notes = \"t\"\n[files]\n\"items.jsonl\" = \"{sha}\"\n"),
+        format!(
+            "name = \"mini\"\nversion = 1\ndescription = \"t\"\nlicence = \"CC0\"\nitems = 3\nrelease_notes = \"t\"\n[files]\n\"items.jsonl\" = \"{sha}\"\n"
+        ),
     )
     .unwrap();
 }
@@ -75,7 +77,19 @@ fn eval_runs_against_a_real_model_then_reports_reviews_and_gates() {
     std::fs::create_dir_all(&data).unwrap();
     dataset(&data);
     let out = tmp.path().join("run");
-    let args = ["eval", "run", "--dataset", data.to_str().unwrap(), "--target", "smollm2-135m", "--server", &server.base, "--out", out.to_str().unwrap(), "--no-cache"];
+    let args = [
+        "eval",
+        "run",
+        "--dataset",
+        data.to_str().unwrap(),
+        "--target",
+        "smollm2-135m",
+        "--server",
+        &server.base,
+        "--out",
+        out.to_str().unwrap(),
+        "--no-cache",
+    ];
     let o = run(&args, None);
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
     let records: Vec<Value> = std::fs::read_to_string(out.join("records.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -108,7 +122,8 @@ fn eval_runs_against_a_real_model_then_reports_reviews_and_gates() {
 
     // The gate: a run against a dead target is a regression on every slice.
     let dead = tmp.path().join("dead");
-    let o = run(&["eval", "run", "--dataset", data.to_str().unwrap(), "--target", "http://127.0.0.1:9/v1", "--out", dead.to_str().unwrap(), "--no-cache"], None);
+    let o =
+        run(&["eval", "run", "--dataset", data.to_str().unwrap(), "--target", "http://127.0.0.1:9/v1", "--out", dead.to_str().unwrap(), "--no-cache"], None);
     assert!(o.status.success(), "a dead target gives error records, not a crashed run: {}", text(&o.stderr));
     let same = run(&["eval", "compare", out.to_str().unwrap(), out.to_str().unwrap(), "--max-drop", "0.0", "--min-items", "1"], None);
     assert!(same.status.success(), "{}{}", text(&same.stdout), text(&same.stderr));

@@ -103,9 +103,7 @@ impl Engine {
             .map_err(|e| LoadError::Model { path: path.to_path_buf(), reason: e.to_string() })?;
         let model = Arc::new(model);
         // Models without a template (base models) get ChatML, which llama.cpp knows by name.
-        let template = model
-            .chat_template(None)
-            .unwrap_or_else(|_| LlamaChatTemplate::new("chatml").expect("no NUL in a literal"));
+        let template = model.chat_template(None).unwrap_or_else(|_| LlamaChatTemplate::new("chatml").expect("no NUL in a literal"));
 
         let (jobs, rx) = sync_channel::<Job>(settings.max_queue);
         let alive = Arc::new(AtomicBool::new(true));
@@ -191,10 +189,7 @@ impl Engine {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| TemplateError(e.to_string()))?;
-        let text = self
-            .model
-            .apply_chat_template(&self.template, &chat, true)
-            .map_err(|e| TemplateError(e.to_string()))?;
+        let text = self.model.apply_chat_template(&self.template, &chat, true).map_err(|e| TemplateError(e.to_string()))?;
         Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
     }
 
@@ -236,14 +231,12 @@ impl Engine {
             OutputFormat::Text => None,
             OutputFormat::JsonObject => Some(JSON_GRAMMAR.to_string()),
             OutputFormat::JsonSchema(schema) => Some(
-                llama_cpp_2::json_schema_to_grammar(&schema.to_string())
-                    .map_err(|e| SubmitError::InvalidFormat(format!("unsupported JSON schema: {e}")))?,
+                llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| SubmitError::InvalidFormat(format!("unsupported JSON schema: {e}")))?,
             ),
         };
         if let Some(gbnf) = grammar {
             chain.push(
-                LlamaSampler::grammar(&self.model, &gbnf, "root")
-                    .map_err(|e| SubmitError::InvalidFormat(format!("cannot build the output grammar: {e}")))?,
+                LlamaSampler::grammar(&self.model, &gbnf, "root").map_err(|e| SubmitError::InvalidFormat(format!("cannot build the output grammar: {e}")))?,
             );
         }
         if penalties {

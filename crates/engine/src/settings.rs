@@ -37,15 +37,7 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        Self {
-            threads: 0,
-            ctx_size: 8192,
-            parallel: 4,
-            batch_size: 512,
-            prefill_chunk: 256,
-            priority: Priority::Decode,
-            max_queue: 64,
-        }
+        Self { threads: 0, ctx_size: 8192, parallel: 4, batch_size: 512, prefill_chunk: 256, priority: Priority::Decode, max_queue: 64 }
     }
 }
 
@@ -107,5 +99,9 @@ fn physical_cores() -> usize {
         cores.insert((p, c));
     }
     // A cgroup or affinity mask may allow fewer CPUs than the package has.
-    if cores.is_empty() { logical } else { cores.len().min(logical) }
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().min(logical)
+    }
 }

@@ -75,8 +75,7 @@ const PROMPTS: [&str; 8] = [
 #[test]
 fn greedy_output_is_identical_concurrent_or_sequential() {
     let engine = shared();
-    let sequential: Vec<String> =
-        PROMPTS.iter().map(|p| collect(engine.submit(request(engine, p)).unwrap()).text).collect();
+    let sequential: Vec<String> = PROMPTS.iter().map(|p| collect(engine.submit(request(engine, p)).unwrap()).text).collect();
     let streams: Vec<_> = PROMPTS.iter().map(|p| engine.submit(request(engine, p)).unwrap()).collect();
     let concurrent: Vec<String> = streams.into_iter().map(|s| collect(s).text).collect();
     assert!(sequential.iter().all(|t| !t.is_empty()));

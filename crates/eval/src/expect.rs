@@ -14,15 +14,26 @@ use crate::sandbox::Sandbox;
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Expect {
     /// Equal after normalising case, whitespace, quotes and trailing punctuation.
-    Exact { value: String },
+    Exact {
+        value: String,
+    },
     /// Every string appears (case-insensitive).
-    ContainsAll { values: Vec<String> },
+    ContainsAll {
+        values: Vec<String>,
+    },
     /// None of the strings appears (case-insensitive).
-    ContainsNone { values: Vec<String> },
+    ContainsNone {
+        values: Vec<String>,
+    },
     /// The pattern matches somewhere (case-insensitive).
-    Regex { pattern: String },
+    Regex {
+        pattern: String,
+    },
     /// The last number in the answer is within `tolerance` of `value`.
-    Numeric { value: f64, tolerance: f64 },
+    Numeric {
+        value: f64,
+        tolerance: f64,
+    },
     /// The answer (or its first JSON block/object) parses, validates
     /// against `schema`, and has these top-level field values.
     Json {
@@ -32,7 +43,10 @@ pub enum Expect {
         fields: Map<String, Value>,
     },
     /// The answer's first code block, followed by `tests`, runs clean in the sandbox.
-    Code { language: String, tests: String },
+    Code {
+        language: String,
+        tests: String,
+    },
     Refusal,
     NotRefusal,
     /// The answer is a JSON `{"name", "arguments"}` call of this tool with
@@ -42,7 +56,9 @@ pub enum Expect {
         #[serde(default)]
         arguments: Map<String, Value>,
     },
-    All { of: Vec<Expect> },
+    All {
+        of: Vec<Expect>,
+    },
 }
 
 /// What a target answered.
@@ -129,11 +145,9 @@ impl Expect {
                 }
                 fields_match(&call["arguments"], arguments, "tool_call")
             }
-            Expect::All { of } => of
-                .iter()
-                .map(|e| e.score(answer, sandbox))
-                .find(|v| !v.pass)
-                .unwrap_or_else(|| verdict(true, format!("all {} checks", of.len()))),
+            Expect::All { of } => {
+                of.iter().map(|e| e.score(answer, sandbox)).find(|v| !v.pass).unwrap_or_else(|| verdict(true, format!("all {} checks", of.len())))
+            }
         }
     }
 }
@@ -154,12 +168,7 @@ fn last_number(text: &str) -> Option<f64> {
 
 /// The first fenced code block (```python preferred), else the whole text.
 fn code_block(text: &str) -> String {
-    let blocks: Vec<(&str, &str)> = text
-        .split("```")
-        .enumerate()
-        .filter(|(i, _)| i % 2 == 1)
-        .map(|(_, b)| b.split_once('\n').unwrap_or((b, "")))
-        .collect();
+    let blocks: Vec<(&str, &str)> = text.split("```").enumerate().filter(|(i, _)| i % 2 == 1).map(|(_, b)| b.split_once('\n').unwrap_or((b, ""))).collect();
     blocks
         .iter()
         .find(|(lang, _)| lang.trim().eq_ignore_ascii_case("python") || lang.trim().eq_ignore_ascii_case("py"))

@@ -74,7 +74,9 @@ pub async fn run(dataset: &Dataset, target: &Target, opts: &RunOptions, sandbox:
     let bar = if opts.progress {
         let bar = indicatif::ProgressBar::new(dataset.items.len() as u64 * u64::from(opts.repeats));
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})").expect("valid template").progress_chars("=> "),
+            indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
         );
         bar.set_prefix(target.label.clone());
         bar
@@ -116,7 +118,11 @@ async fn one(client: &reqwest::Client, dataset: &Dataset, item: &Item, repeat: u
     };
     if let (Ok(r), Some(dir), false) = (&reply, &opts.cache_dir, was_cached) {
         let tmp = dir.join(format!("{key}.tmp"));
-        if std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&tmp, serde_json::to_vec(r).expect("replies serialize"))).and_then(|_| std::fs::rename(&tmp, dir.join(&key))).is_err() {
+        if std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&tmp, serde_json::to_vec(r).expect("replies serialize")))
+            .and_then(|_| std::fs::rename(&tmp, dir.join(&key)))
+            .is_err()
+        {
             eprintln!("warning: could not cache the answer to {}", item.id);
         }
     }
@@ -142,11 +148,7 @@ async fn one(client: &reqwest::Client, dataset: &Dataset, item: &Item, repeat: u
         expects_refusal: item.expect.wants_refusal(),
         refused: false,
         review: item.review,
-        confidence: RecordConfidence {
-            prompt_score: opts.difficulty.as_ref().map(|m| m.score(&features)),
-            features: Some(features),
-            ..Default::default()
-        },
+        confidence: RecordConfidence { prompt_score: opts.difficulty.as_ref().map(|m| m.score(&features)), features: Some(features), ..Default::default() },
         ttft_ms: None,
         total_ms: None,
         timings: None,

@@ -58,22 +58,15 @@ impl Sandbox {
         };
         let script = dir.path().join("main.py");
         let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-        let files = std::fs::write(&script, format!("{PRELUDE}\n{program}\n"))
-            .and_then(|_| Ok((std::fs::File::create(&out_path)?, std::fs::File::create(&err_path)?)));
+        let files =
+            std::fs::write(&script, format!("{PRELUDE}\n{program}\n")).and_then(|_| Ok((std::fs::File::create(&out_path)?, std::fs::File::create(&err_path)?)));
         let (stdout, stderr) = match files {
             Ok(f) => f,
             Err(e) => return fail(format!("sandbox: {e}")),
         };
         let (cpu, mem) = (self.cpu_seconds, self.memory_bytes);
         let mut cmd = Command::new(&self.python);
-        cmd.arg("-I")
-            .arg(&script)
-            .current_dir(dir.path())
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+        cmd.arg("-I").arg(&script).current_dir(dir.path()).env_clear().env("PATH", "/usr/bin:/bin").stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         // SAFETY: only async-signal-safe calls (setsid, setrlimit, unshare)
         // between fork and exec.
         unsafe {

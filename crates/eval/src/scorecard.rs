@@ -185,9 +185,16 @@ fn chart(card: &Scorecard, family: &str) -> String {
     let bar_w = (group_w - 20.0) / targets.len().max(1) as f64;
     let colours = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948"];
     let y = |v: f64| (h - bottom) * (1.0 - v);
-    let mut svg = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' role='img' aria-label='success by difficulty, {}'>", escape(family));
+    let mut svg =
+        format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' role='img' aria-label='success by difficulty, {}'>", escape(family));
     for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
-        svg.push_str(&format!("<line x1='{left}' x2='{w}' y1='{0:.1}' y2='{0:.1}' stroke='#ddd'/><text x='{1}' y='{2:.1}' font-size='10' text-anchor='end'>{3:.0}%</text>", y(tick), left - 4.0, y(tick) + 3.0, tick * 100.0));
+        svg.push_str(&format!(
+            "<line x1='{left}' x2='{w}' y1='{0:.1}' y2='{0:.1}' stroke='#ddd'/><text x='{1}' y='{2:.1}' font-size='10' text-anchor='end'>{3:.0}%</text>",
+            y(tick),
+            left - 4.0,
+            y(tick) + 3.0,
+            tick * 100.0
+        ));
     }
     for (g, d) in DIFFICULTIES.iter().enumerate() {
         let x0 = left + g as f64 * group_w + 10.0;
@@ -210,11 +217,8 @@ fn chart(card: &Scorecard, family: &str) -> String {
             svg.push_str(&format!("<line x1='{cx:.1}' x2='{cx:.1}' y1='{:.1}' y2='{:.1}' stroke='#222'/>", y(s.ci_low), y(s.ci_high)));
         }
     }
-    let legend: String = targets
-        .iter()
-        .enumerate()
-        .map(|(t, target)| format!("<span style='color:{}'>■</span> {} ", colours[t % colours.len()], escape(target)))
-        .collect();
+    let legend: String =
+        targets.iter().enumerate().map(|(t, target)| format!("<span style='color:{}'>■</span> {} ", colours[t % colours.len()], escape(target))).collect();
     svg.push_str("</svg>");
     format!("<figure><figcaption>{}</figcaption>{svg}<div class='legend'>{legend}</div></figure>", escape(family))
 }
@@ -275,7 +279,13 @@ pub fn compare(baseline: &Scorecard, candidate: &Scorecard) -> Vec<Retention> {
         .filter(|b| &b.target == bt)
         .filter_map(|b| {
             let c = candidate.slice(ct, &b.family, &b.difficulty)?;
-            let retention = if b.success > 0.0 { c.success / b.success } else if c.success > 0.0 { f64::INFINITY } else { 1.0 };
+            let retention = if b.success > 0.0 {
+                c.success / b.success
+            } else if c.success > 0.0 {
+                f64::INFINITY
+            } else {
+                1.0
+            };
             Some(Retention { family: b.family.clone(), difficulty: b.difficulty.clone(), baseline: b.success, candidate: c.success, retention })
         })
         .collect()

@@ -93,13 +93,21 @@ fn the_sandbox_passes_good_code_and_stops_bad_code() {
 async fn mock(Json(body): Json<Value>) -> Response {
     let model = body["model"].as_str().unwrap_or_default().to_string();
     let question = body["messages"][0]["content"].as_str().unwrap_or_default().to_string();
-    let chunk = |delta: Value, lp: f64| Bytes::from(format!("data: {}\n\n", json!({"object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": {"content": [{"token": "x", "logprob": lp, "bytes": null, "top_logprobs": []}]}, "finish_reason": null}]})));
+    let chunk = |delta: Value, lp: f64| {
+        Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": {"content": [{"token": "x", "logprob": lp, "bytes": null, "top_logprobs": []}]}, "finish_reason": null}]})
+        ))
+    };
     let answer = match (model.as_str(), question.as_str()) {
         ("right", "question q-1") | ("half", "question q-1") => "Paris",
         ("right", _) => "Rome",
         _ => "London",
     };
-    let done = Bytes::from(format!("data: {}\n\ndata: [DONE]\n\n", json!({"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})));
+    let done = Bytes::from(format!(
+        "data: {}\n\ndata: [DONE]\n\n",
+        json!({"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
+    ));
     let parts: Vec<Result<Bytes, std::io::Error>> = match model.as_str() {
         "fail" => return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"message": "boom", "type": "server_error"}}))).into_response(),
         "hang" => {

@@ -40,18 +40,32 @@ fn reply<T: serde::Serialize>(r: Result<T, ApiError>) -> Response {
 /// The recorded routing decision for a request id (from its
 /// `x-switchyard-request-id` header).
 pub async fn decision(State(state): State<Arc<AppState>>, Path(request_id): Path<String>) -> Response {
-    reply(async {
-        store(&state).await?.decision(&request_id).await.map_err(store_error)?.ok_or_else(|| missing("request_id", format!("no decision recorded for {request_id}")))
-    }
-    .await)
+    reply(
+        async {
+            store(&state)
+                .await?
+                .decision(&request_id)
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| missing("request_id", format!("no decision recorded for {request_id}")))
+        }
+        .await,
+    )
 }
 
 /// The shadow comparison recorded for a request id, if it was mirrored.
 pub async fn shadow(State(state): State<Arc<AppState>>, Path(request_id): Path<String>) -> Response {
-    reply(async {
-        store(&state).await?.shadow(&request_id).await.map_err(store_error)?.ok_or_else(|| missing("request_id", format!("request {request_id} was not mirrored")))
-    }
-    .await)
+    reply(
+        async {
+            store(&state)
+                .await?
+                .shadow(&request_id)
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| missing("request_id", format!("request {request_id} was not mirrored")))
+        }
+        .await,
+    )
 }
 
 #[derive(Deserialize)]
@@ -68,15 +82,17 @@ fn default_limit() -> u32 {
 
 /// `GET /admin/handoffs?status=open&limit=100`, oldest first.
 pub async fn handoffs(State(state): State<Arc<AppState>>, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Response {
-    reply(async {
-        let Query(q) = query.map_err(|e| ApiError::invalid(None, e.body_text()))?;
-        if let Some(s) = q.status.as_deref().filter(|s| !matches!(*s, "open" | "resolved")) {
-            return Err(ApiError::invalid(Some("status".into()), format!("status must be `open` or `resolved`, not `{s}`")));
+    reply(
+        async {
+            let Query(q) = query.map_err(|e| ApiError::invalid(None, e.body_text()))?;
+            if let Some(s) = q.status.as_deref().filter(|s| !matches!(*s, "open" | "resolved")) {
+                return Err(ApiError::invalid(Some("status".into()), format!("status must be `open` or `resolved`, not `{s}`")));
+            }
+            let data = store(&state).await?.handoffs(q.status.as_deref(), q.limit.min(1000)).await.map_err(store_error)?;
+            Ok(json!({"object": "list", "data": data}))
         }
-        let data = store(&state).await?.handoffs(q.status.as_deref(), q.limit.min(1000)).await.map_err(store_error)?;
-        Ok(json!({"object": "list", "data": data}))
-    }
-    .await)
+        .await,
+    )
 }
 
 pub async fn handoff(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
@@ -94,21 +110,25 @@ pub struct Resolution {
 /// `POST /admin/handoffs/{id}` with `{"answer", "reviewer"}`: resolves an
 /// open handoff once; a second resolution is a 409.
 pub async fn resolve(State(state): State<Arc<AppState>>, Path(id): Path<String>, body: Result<Json<Resolution>, JsonRejection>) -> Response {
-    reply(async {
-        let Json(r) = body.map_err(|e| ApiError::invalid(None, format!("expected {{\"answer\": \"...\", \"reviewer\": \"...\"}}: {}", e.body_text())))?;
-        if r.answer.trim().is_empty() || r.reviewer.trim().is_empty() {
-            return Err(ApiError::invalid(Some("answer".into()), "answer and reviewer must not be empty"));
-        }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        match store(&state).await?.resolve_handoff(&id, &r.answer, &r.reviewer, now).await {
-            Ok(h) => {
-                tracing::info!(handoff = %id, reviewer = %r.reviewer, "handoff resolved");
-                Ok(h)
+    reply(
+        async {
+            let Json(r) = body.map_err(|e| ApiError::invalid(None, format!("expected {{\"answer\": \"...\", \"reviewer\": \"...\"}}: {}", e.body_text())))?;
+            if r.answer.trim().is_empty() || r.reviewer.trim().is_empty() {
+                return Err(ApiError::invalid(Some("answer".into()), "answer and reviewer must not be empty"));
             }
-            Err(ResolveError::NotFound(_)) => Err(missing("id", format!("no handoff {id}"))),
-            Err(e @ ResolveError::AlreadyResolved(_)) => Err(ApiError::invalid(Some("id".into()), e.to_string()).with_status(StatusCode::CONFLICT).with_code("already_resolved")),
-            Err(ResolveError::Store(e)) => Err(store_error(e)),
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            match store(&state).await?.resolve_handoff(&id, &r.answer, &r.reviewer, now).await {
+                Ok(h) => {
+                    tracing::info!(handoff = %id, reviewer = %r.reviewer, "handoff resolved");
+                    Ok(h)
+                }
+                Err(ResolveError::NotFound(_)) => Err(missing("id", format!("no handoff {id}"))),
+                Err(e @ ResolveError::AlreadyResolved(_)) => {
+                    Err(ApiError::invalid(Some("id".into()), e.to_string()).with_status(StatusCode::CONFLICT).with_code("already_resolved"))
+                }
+                Err(ResolveError::Store(e)) => Err(store_error(e)),
+            }
         }
-    }
-    .await)
+        .await,
+    )
 }

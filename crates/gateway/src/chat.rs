@@ -25,11 +25,10 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-switchyard-
 /// Parses the body with the path of any type error, so the client learns
 /// which parameter was wrong, not just that something was.
 fn parse(body: Result<Bytes, BytesRejection>) -> Result<ChatCompletionRequest, ApiError> {
-    let body = body.map_err(|rejection| ApiError {
-        status: rejection.status(),
-        ..ApiError::invalid(None, format!("could not read the request body: {}", rejection.body_text()))
-    }
-    .with_code(if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE { "request_too_large" } else { "invalid_body" }))?;
+    let body = body.map_err(|rejection| {
+        ApiError { status: rejection.status(), ..ApiError::invalid(None, format!("could not read the request body: {}", rejection.body_text())) }
+            .with_code(if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE { "request_too_large" } else { "invalid_body" })
+    })?;
     let de = &mut serde_json::Deserializer::from_slice(&body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -42,11 +41,7 @@ fn parse(body: Result<Bytes, BytesRejection>) -> Result<ChatCompletionRequest, A
     })
 }
 
-pub async fn completions(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let mut resp = match handle(&state, &id, &headers, body).await {
         Ok(resp) => resp,
@@ -65,11 +60,7 @@ async fn handle(state: &AppState, id: &str, headers: &HeaderMap, body: Result<By
         let params = chat_params(&req)?;
         return routing.serve(state, id, headers, &req, params).await;
     }
-    let engine = state
-        .engines
-        .get(&req.model)
-        .ok_or_else(|| ApiError::model_not_found(&req.model, &state.model_ids()))?
-        .clone();
+    let engine = state.engines.get(&req.model).ok_or_else(|| ApiError::model_not_found(&req.model, &state.model_ids()))?.clone();
     let params = chat_params(&req)?;
     embedded(engine, params, id, &req.model).await
 }
@@ -166,9 +157,7 @@ impl Started {
 
 fn submit(engine: &Engine, p: &ChatParams) -> Result<EventStream, ApiError> {
     let messages: Vec<(&str, &str)> = p.messages.iter().map(|(r, c)| (*r, c.as_str())).collect();
-    let prompt = engine
-        .chat_prompt(&messages)
-        .map_err(|e| ApiError::invalid(Some("messages".into()), e.to_string()))?;
+    let prompt = engine.chat_prompt(&messages).map_err(|e| ApiError::invalid(Some("messages".into()), e.to_string()))?;
     Ok(engine.submit(GenerateRequest {
         prompt,
         max_tokens: p.max_tokens,
@@ -194,10 +183,7 @@ pub(crate) struct Reply {
 
 impl Reply {
     fn logprobs(&self, pieces: &[Piece]) -> Option<ChoiceLogprobs> {
-        self.params.logprobs.map(|_| ChoiceLogprobs {
-            content: Some(pieces.iter().map(|p| p.logprob.clone()).collect()),
-            refusal: None,
-        })
+        self.params.logprobs.map(|_| ChoiceLogprobs { content: Some(pieces.iter().map(|p| p.logprob.clone()).collect()), refusal: None })
     }
 
     async fn collect(self, events: impl Stream<Item = Event>) -> Result<ChatCompletion, ApiError> {
@@ -274,20 +260,20 @@ impl Reply {
         let reply = Arc::new(self);
         let head = stream::iter([json_event(&first)]);
         let body = events.flat_map(move |ev| {
-                let events: Vec<SseEvent> = match ev {
-                    Event::Token(p) => {
-                        let delta = Delta { content: Some(p.text.clone()), ..Default::default() };
-                        vec![json_event(&reply.delta(delta, std::slice::from_ref(&p), None))]
-                    }
-                    Event::Done(s) => {
-                        let mut out: Vec<_> = reply.closing(s).iter().map(json_event).collect();
-                        out.push(SseEvent::default().data("[DONE]"));
-                        out
-                    }
-                    Event::Error(e) => vec![json_event(&ApiError::internal(e).body())],
-                };
-                stream::iter(events)
-            });
+            let events: Vec<SseEvent> = match ev {
+                Event::Token(p) => {
+                    let delta = Delta { content: Some(p.text.clone()), ..Default::default() };
+                    vec![json_event(&reply.delta(delta, std::slice::from_ref(&p), None))]
+                }
+                Event::Done(s) => {
+                    let mut out: Vec<_> = reply.closing(s).iter().map(json_event).collect();
+                    out.push(SseEvent::default().data("[DONE]"));
+                    out
+                }
+                Event::Error(e) => vec![json_event(&ApiError::internal(e).body())],
+            };
+            stream::iter(events)
+        });
         Sse::new(head.chain(body).map(Ok))
     }
 }

@@ -128,7 +128,8 @@ mod tests {
 
     #[test]
     fn prices_are_read_and_checked() {
-        let c = parse("[prices.cloud]\ninput_per_1m = 0.15\noutput_per_1m = 0.6\n[prices.local]\nhardware_per_hour = 0.3\nidle_watts = 30\nbusy_watts = 90\n").unwrap();
+        let c = parse("[prices.cloud]\ninput_per_1m = 0.15\noutput_per_1m = 0.6\n[prices.local]\nhardware_per_hour = 0.3\nidle_watts = 30\nbusy_watts = 90\n")
+            .unwrap();
         assert_eq!(c.prices.0.len(), 2);
         c.validate().unwrap();
         let bad = parse("[prices.cloud]\ninput_per_1m = -0.15\noutput_per_1m = 0.6\n").unwrap();

@@ -48,9 +48,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(engines: Vec<Engine>) -> Self {
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         Self { engines: engines.into_iter().map(|e| (e.id().to_string(), Arc::new(e))).collect(), routing: None, store: None, recorder: None, created }
     }
 

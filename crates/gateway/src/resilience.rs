@@ -11,8 +11,12 @@ use switchyard_router::{Breaker, RetryBudget};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum BreakerState {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// One probe is in flight; everything else is refused until it reports.
     HalfOpen,
 }
@@ -32,7 +36,9 @@ impl CircuitBreaker {
 
     fn ratio_exceeded(&self) -> bool {
         let failed = self.recent.iter().filter(|f| **f).count();
-        self.config.error_ratio > 0.0 && self.recent.len() == self.config.window as usize && failed as f64 >= self.config.error_ratio * self.config.window as f64
+        self.config.error_ratio > 0.0
+            && self.recent.len() == self.config.window as usize
+            && failed as f64 >= self.config.error_ratio * self.config.window as f64
     }
 
     /// May a request go to the route now? An open breaker past its wait lets

@@ -18,14 +18,16 @@ use axum::Json;
 use bytes::Bytes;
 use serde::Serialize;
 use switchyard_engine::Engine;
-use switchyard_router::{classify, decide, decide_forced, Backend, Prices, CascadePlan, Confidence, DataClass, Decision, Declared, Lane, Outcome, Policy, RequestFacts};
+use switchyard_router::{
+    classify, decide, decide_forced, Backend, CascadePlan, Confidence, DataClass, Decision, Declared, Lane, Outcome, Policy, Prices, RequestFacts,
+};
 use switchyard_store::{Completion, DecisionRecord, HandoffRecord, ShadowRecord};
-use tokio::sync::oneshot;
 use switchyard_wire::*;
+use tokio::sync::oneshot;
 
+use crate::capture;
 use crate::chat::{embedded, Hold, Started};
 use crate::error::ApiError;
-use crate::capture;
 use crate::resilience::{CircuitBreaker, RetryBucket};
 use crate::upstream::Upstream;
 use crate::validate::ChatParams;
@@ -87,10 +89,7 @@ impl Routing {
             .routes
             .iter()
             .map(|r| {
-                let h = Health {
-                    breaker: Mutex::new(CircuitBreaker::new(r.breaker.clone())),
-                    retries: Mutex::new(RetryBucket::new(r.retry.clone(), now)),
-                };
+                let h = Health { breaker: Mutex::new(CircuitBreaker::new(r.breaker.clone())), retries: Mutex::new(RetryBucket::new(r.retry.clone(), now)) };
                 (r.name.clone(), h)
             })
             .collect();
@@ -116,8 +115,11 @@ impl Routing {
             None => decide(&facts, &classification, &self.policy),
             Some(route) => decide_forced(&facts, &classification, &self.policy, route).ok_or_else(|| {
                 let known: Vec<_> = self.policy.routes.iter().map(|r| r.name.as_str()).collect();
-                ApiError::invalid(Some(FORCE_ROUTE_HEADER.into()), format!("header {FORCE_ROUTE_HEADER}: unknown route `{route}`; this policy has: {}", known.join(", ")))
-                    .with_code("invalid_header")
+                ApiError::invalid(
+                    Some(FORCE_ROUTE_HEADER.into()),
+                    format!("header {FORCE_ROUTE_HEADER}: unknown route `{route}`; this policy has: {}", known.join(", ")),
+                )
+                .with_code("invalid_header")
             })?,
         };
         // Debug, not info: every decision is recorded in the store anyway,
@@ -188,8 +190,11 @@ impl Routing {
         let name = value.to_str().unwrap_or_default();
         if self.policy.family(name).is_none() {
             let known: Vec<_> = self.policy.families.iter().map(|f| f.name.as_str()).collect();
-            return Err(ApiError::invalid(Some(FAMILY_HEADER.into()), format!("header {FAMILY_HEADER}: unknown family `{name}`; this policy knows: {}", known.join(", ")))
-                .with_code("invalid_header"));
+            return Err(ApiError::invalid(
+                Some(FAMILY_HEADER.into()),
+                format!("header {FAMILY_HEADER}: unknown family `{name}`; this policy knows: {}", known.join(", ")),
+            )
+            .with_code("invalid_header"));
         }
         Ok(Some(name.to_string()))
     }
@@ -300,7 +305,14 @@ impl Routing {
                     let confidence = Confidence::of(&started.held_logprobs());
                     let value = confidence.map(|c| c.get(plan.signal));
                     let escalate = value.is_none_or(|v| v < plan.threshold);
-                    let check = CascadeCheck { route: name.to_string(), signal: plan.signal.as_str(), value, threshold: plan.threshold, confidence, escalated: escalate };
+                    let check = CascadeCheck {
+                        route: name.to_string(),
+                        signal: plan.signal.as_str(),
+                        value,
+                        threshold: plan.threshold,
+                        confidence,
+                        escalated: escalate,
+                    };
                     if escalate {
                         return Ok(Attempt::Escalate(check));
                     }
@@ -338,7 +350,14 @@ impl Routing {
     /// Sends a non-streaming copy of the request to `route` in the
     /// background and records its answer beside the primary's. Returns the
     /// channel the primary's answer is captured into.
-    fn mirror(self: Arc<Self>, state: &AppState, id: &str, route: &str, req: &ChatCompletionRequest, params: &ChatParams) -> oneshot::Sender<(String, u16, Bytes)> {
+    fn mirror(
+        self: Arc<Self>,
+        state: &AppState,
+        id: &str,
+        route: &str,
+        req: &ChatCompletionRequest,
+        params: &ChatParams,
+    ) -> oneshot::Sender<(String, u16, Bytes)> {
         let (primary, captured) = oneshot::channel();
         let (state_engines, recorder) = (state.engines.clone(), state.recorder.clone());
         let (id, route) = (id.to_string(), route.to_string());

@@ -31,9 +31,7 @@ impl Upstream {
     pub fn new(route: &Route, url: &str, client: reqwest::Client) -> anyhow::Result<Self> {
         let api_key = match &route.api_key_env {
             None => None,
-            Some(var) => Some(std::env::var(var).map_err(|_| {
-                anyhow::anyhow!("route `{}`: environment variable {var} (api_key_env) is not set", route.name)
-            })?),
+            Some(var) => Some(std::env::var(var).map_err(|_| anyhow::anyhow!("route `{}`: environment variable {var} (api_key_env) is not set", route.name))?),
         };
         Ok(Self {
             name: route.name.clone(),
@@ -87,7 +85,8 @@ impl Upstream {
             Ok(Some(Err(e))) => return Err(ApiError::bad_gateway(format!("upstream {} stream failed: {e}", self.name))),
             Ok(Some(Ok(b))) if b.starts_with(b"data:") || b.starts_with(b":") || b.starts_with(b"event:") => b,
             Ok(Some(Ok(_))) => {
-                return Err(ApiError::bad_gateway(format!("upstream {} answered 200 with a stream that is not server-sent events", self.name)).with_code("malformed_upstream"))
+                return Err(ApiError::bad_gateway(format!("upstream {} answered 200 with a stream that is not server-sent events", self.name))
+                    .with_code("malformed_upstream"))
             }
         };
         // Committed: from here a failure ends the stream with an error event;

@@ -103,16 +103,7 @@ pub fn chat_params(req: &ChatCompletionRequest) -> Result<ChatParams, ApiError> 
     if req.stream_options.is_some() && !req.is_stream() {
         return Err(invalid("stream_options", "stream_options is only allowed when stream is true"));
     }
-    Ok(ChatParams {
-        messages,
-        max_tokens,
-        sampling,
-        stop,
-        logprobs,
-        format,
-        stream: req.is_stream(),
-        include_usage: req.include_usage(),
-    })
+    Ok(ChatParams { messages, max_tokens, sampling, stop, logprobs, format, stream: req.is_stream(), include_usage: req.include_usage() })
 }
 
 #[cfg(test)]
@@ -149,8 +140,14 @@ mod tests {
         assert_eq!(param_of(json!({"model": "m", "messages": m, "logprobs": true, "top_logprobs": 21})), "top_logprobs");
         assert_eq!(param_of(json!({"model": "m", "messages": m, "stop": ["a", "b", "c", "d", "e"]})), "stop");
         assert_eq!(param_of(json!({"model": "m", "messages": m, "tools": []})), "tools");
-        assert_eq!(param_of(json!({"model": "m", "messages": m, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})), "response_format.json_schema.schema");
-        assert_eq!(param_of(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})), "messages[0].content");
+        assert_eq!(
+            param_of(json!({"model": "m", "messages": m, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})),
+            "response_format.json_schema.schema"
+        );
+        assert_eq!(
+            param_of(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})),
+            "messages[0].content"
+        );
     }
 
     #[test]

@@ -21,10 +21,7 @@ struct Server {
 /// The SmolLM2 file, pulled and verified on first use.
 async fn model_path() -> std::path::PathBuf {
     tokio::task::spawn_blocking(|| {
-        switchyard_models::ModelSpec::parse(MODEL)
-            .unwrap()
-            .ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet)
-            .unwrap()
+        switchyard_models::ModelSpec::parse(MODEL).unwrap().ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet).unwrap()
     })
     .await
     .unwrap()
@@ -43,14 +40,7 @@ async fn start(parallel: u32, max_queue: usize) -> Server {
 
 impl Server {
     async fn post_raw(&self, body: impl Into<reqwest::Body>) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let resp = self
-            .http
-            .post(format!("{}/v1/chat/completions", self.base))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let resp = self.http.post(format!("{}/v1/chat/completions", self.base)).header("content-type", "application/json").body(body).send().await.unwrap();
         let (status, headers) = (resp.status(), resp.headers().clone());
         (status, headers, resp.json().await.unwrap())
     }
@@ -185,8 +175,9 @@ async fn bad_input_gets_openai_errors_and_the_server_stays_healthy() {
         assert_error(st, &b, bad, Some(field));
     }
 
-    for (field, value) in [("n", json!(2)), ("temperature", json!(9)), ("top_logprobs", json!(5)), ("tools", json!([])),
-                           ("response_format", json!({"type": "xml"}))] {
+    for (field, value) in
+        [("n", json!(2)), ("temperature", json!(9)), ("top_logprobs", json!(5)), ("tools", json!([])), ("response_format", json!({"type": "xml"}))]
+    {
         let (st, b) = s.post(hello(json!({field: value}))).await;
         assert_error(st, &b, bad, None);
         assert!(b["error"]["param"].as_str().unwrap_or_default().starts_with(field), "{field}: {b}");
@@ -234,9 +225,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     // Give the waiting request time to reach the queue.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let resp = s.http.post(format!("{}/v1/chat/completions", s.base)).json(&hello(json!({}))).send().await.unwrap();
-    let refused = (resp.status() == StatusCode::TOO_MANY_REQUESTS)
-        .then(|| resp.headers().get("retry-after").cloned())
-        .map(|h| (h, resp));
+    let refused = (resp.status() == StatusCode::TOO_MANY_REQUESTS).then(|| resp.headers().get("retry-after").cloned()).map(|h| (h, resp));
     let (retry_after, resp) = refused.expect("a third request is refused while one runs and one waits");
     assert_eq!(retry_after.unwrap(), "1");
     let body: Value = resp.json().await.unwrap();

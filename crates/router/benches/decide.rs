@@ -30,9 +30,7 @@ fn prompt() -> Vec<String> {
 fn bench(c: &mut Criterion) {
     let (p, messages) = (policy(), prompt());
     let facts = RequestFacts { lane: Lane::Interactive };
-    c.bench_function("classify+decide 2KB", |b| {
-        b.iter(|| decide(&facts, &classify(black_box(&messages), &Declared::default(), &p), &p))
-    });
+    c.bench_function("classify+decide 2KB", |b| b.iter(|| decide(&facts, &classify(black_box(&messages), &Declared::default(), &p), &p)));
 }
 
 fn p99() {

@@ -121,7 +121,11 @@ pub fn cross_validate(samples: &[Sample], dir: Direction, max_threshold: f64, ta
 
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {
     let (sum, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
-    if n == 0 { 0.0 } else { sum / n as f64 }
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
+    }
 }
 
 /// The point reached by escalating at `threshold`.

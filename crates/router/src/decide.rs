@@ -25,8 +25,12 @@ pub enum Outcome {
         #[serde(skip_serializing_if = "Option::is_none")]
         cascade: Option<CascadePlan>,
     },
-    Refuse { message: String },
-    Handoff { message: String },
+    Refuse {
+        message: String,
+    },
+    Handoff {
+        message: String,
+    },
 }
 
 /// How to judge the fast answer of a cascade, and where to go if it fails.
@@ -202,9 +206,7 @@ fn route_to(policy: &Policy, primary: &str, why: String, d: &mut Decision) {
         }
         None => {
             d.reason = format!("{why} -> refused: no route in the chain of {primary} may receive {} data", d.data_class.as_str());
-            d.outcome = Outcome::Refuse {
-                message: format!("This request contains {} data and no permitted route can serve it.", d.data_class.as_str()),
-            };
+            d.outcome = Outcome::Refuse { message: format!("This request contains {} data and no permitted route can serve it.", d.data_class.as_str()) };
         }
     }
 }

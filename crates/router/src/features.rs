@@ -27,8 +27,7 @@ impl Features {
     pub fn of(messages: &[String]) -> Self {
         let text = messages.join("\n");
         let lower = text.to_lowercase();
-        let math = text.chars().any(|c| c.is_ascii_digit())
-            && text.chars().any(|c| matches!(c, '+' | '*' | '/' | '=' | '^' | '%'));
+        let math = text.chars().any(|c| c.is_ascii_digit()) && text.chars().any(|c| matches!(c, '+' | '*' | '/' | '=' | '^' | '%'));
         Self {
             log_chars: (1.0 + text.chars().count() as f64).ln(),
             turns: messages.len() as f64,
@@ -119,8 +118,7 @@ impl DifficultyModel {
         let k = k.clamp(2, xs.len().max(2));
         let mut scores = vec![0.0; xs.len()];
         for fold in 0..k {
-            let (train_x, train_y): (Vec<Features>, Vec<f64>) =
-                xs.iter().zip(y).enumerate().filter(|(i, _)| i % k != fold).map(|(_, (x, t))| (*x, *t)).unzip();
+            let (train_x, train_y): (Vec<Features>, Vec<f64>) = xs.iter().zip(y).enumerate().filter(|(i, _)| i % k != fold).map(|(_, (x, t))| (*x, *t)).unzip();
             let m = Self::fit(&train_x, &train_y);
             for i in (fold..xs.len()).step_by(k) {
                 scores[i] = m.score(&xs[i]);

@@ -282,29 +282,14 @@ impl Policy {
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    regex::RegexBuilder::new(p)
-                        .case_insensitive(true)
-                        .build()
-                        .map_err(|e| invalid(format!("{key}[{i}]"), format!("invalid pattern: {e}")))
+                    regex::RegexBuilder::new(p).case_insensitive(true).build().map_err(|e| invalid(format!("{key}[{i}]"), format!("invalid pattern: {e}")))
                 })
                 .collect()
         };
-        let classes = file
-            .classes
-            .iter()
-            .map(|(c, p)| Ok((*c, compile(format!("classes.{}", c.as_str()), p)?)))
-            .collect::<Result<_, PolicyError>>()?;
-        let categories = file
-            .categories
-            .iter()
-            .map(|(c, p)| Ok((c.clone(), compile(format!("categories.{c}"), p)?)))
-            .collect::<Result<_, PolicyError>>()?;
-        let family_patterns = file
-            .families
-            .iter()
-            .enumerate()
-            .map(|(i, f)| compile(format!("families[{i}].patterns"), &f.patterns))
-            .collect::<Result<_, PolicyError>>()?;
+        let classes = file.classes.iter().map(|(c, p)| Ok((*c, compile(format!("classes.{}", c.as_str()), p)?))).collect::<Result<_, PolicyError>>()?;
+        let categories = file.categories.iter().map(|(c, p)| Ok((c.clone(), compile(format!("categories.{c}"), p)?))).collect::<Result<_, PolicyError>>()?;
+        let family_patterns =
+            file.families.iter().enumerate().map(|(i, f)| compile(format!("families[{i}].patterns"), &f.patterns)).collect::<Result<_, PolicyError>>()?;
         Ok(Self {
             id: format!("{}+{}", file.version, &sha256[..12]),
             sha256,
@@ -372,7 +357,11 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
     let known = |name: &str| names.contains(name);
     let known_list = || f.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ");
     let check = |key: String, name: &str| {
-        if known(name) { Ok(()) } else { Err(invalid(key, format!("unknown route `{name}`; known routes: {}", known_list()))) }
+        if known(name) {
+            Ok(())
+        } else {
+            Err(invalid(key, format!("unknown route `{name}`; known routes: {}", known_list())))
+        }
     };
     check("default_route".into(), &f.default_route)?;
     for (i, r) in f.routes.iter().enumerate() {
@@ -426,7 +415,10 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
                 check(format!("rules[{i}].then.fast"), fast)?;
                 check(format!("rules[{i}].then.escalate"), escalate)?;
                 if f.routes.iter().any(|r| &r.name == fast && r.backend != Backend::Embedded) {
-                    return Err(invalid(format!("rules[{i}].then.fast"), "a cascade's fast route must be an embedded route: its confidence comes from the engine's logprobs"));
+                    return Err(invalid(
+                        format!("rules[{i}].then.fast"),
+                        "a cascade's fast route must be an embedded route: its confidence comes from the engine's logprobs",
+                    ));
                 }
                 if !(*threshold <= 0.0) {
                     return Err(invalid(format!("rules[{i}].then.threshold"), "a logprob threshold, so <= 0 (0 is certainty)"));

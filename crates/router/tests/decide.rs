@@ -108,7 +108,8 @@ fn policy_mistakes_name_the_key() {
     let text = include_str!("../../../config/policy.example.toml");
     let err = |t: &str| Policy::from_toml(t).unwrap_err().to_string();
     assert!(err(&text.replace("route = \"batch\"", "route = \"batchh\"")).contains("rules[2].then.route"));
-    assert!(err(&text.replace("fallback = [\"cloud\"]\n\n[[routes]]\nname = \"cloud\"", "fallback = [\"nowhere\"]\n\n[[routes]]\nname = \"cloud\"")).contains("routes[1].fallback[0]"));
+    assert!(err(&text.replace("fallback = [\"cloud\"]\n\n[[routes]]\nname = \"cloud\"", "fallback = [\"nowhere\"]\n\n[[routes]]\nname = \"cloud\""))
+        .contains("routes[1].fallback[0]"));
     assert!(err(&text.replace("threshold = 0.6", "threshold = 6")).contains("rules[5].then.threshold"));
     assert!(err(&text.replace("default_route = \"local-fast\"", "default_route = \"x\"")).contains("default_route"));
     assert!(err(&text.replace("categories = [\"weapons\"]", "categories = [\"weapon\"]")).contains("rules[0].when.categories[0]"));
@@ -161,7 +162,8 @@ fn new_policy_keys_are_validated_by_name() {
     assert!(err(&text.replace("fraction = 0.1", "fraction = 1.5")).contains("rules[4].shadow.fraction"));
     assert!(err(&text.replace("threshold = -0.9", "threshold = 0.9")).contains("rules[4].then.threshold"));
     assert!(err(&text.replace("escalate = \"local-strong\", signal", "escalate = \"nowhere\", signal")).contains("rules[4].then.escalate"));
-    assert!(err(&text.replace("fast = \"local-fast\", escalate = \"local-strong\"", "fast = \"cloud\", escalate = \"local-strong\"")).contains("must be an embedded route"));
+    assert!(err(&text.replace("fast = \"local-fast\", escalate = \"local-strong\"", "fast = \"cloud\", escalate = \"local-strong\""))
+        .contains("must be an embedded route"));
     assert!(err(&text.replace("signal = \"mean\"", "signal = \"median\"")).contains("median"));
     assert!(err(&format!("{text}\n[calibration.nope]\nsignal = \"x\"\n")).contains("calibration"));
 }

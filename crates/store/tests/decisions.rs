@@ -1,5 +1,5 @@
 use serde_json::json;
-use switchyard_store::{Completion, DecisionRecord, Recorder, HandoffRecord, ResolveError, ShadowRecord, Store};
+use switchyard_store::{Completion, DecisionRecord, HandoffRecord, Recorder, ResolveError, ShadowRecord, Store};
 
 fn record(id: &str) -> DecisionRecord {
     DecisionRecord {
@@ -59,7 +59,10 @@ async fn a_handoff_is_queued_listed_and_resolved_exactly_once() {
     assert_eq!(open.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["h1", "h2"], "oldest first");
 
     let done = store.resolve_handoff("h1", "We called them.", "ana", 30).await.unwrap();
-    assert_eq!((done.status.as_str(), done.answer.as_deref(), done.reviewer.as_deref(), done.resolved_ms), ("resolved", Some("We called them."), Some("ana"), Some(30)));
+    assert_eq!(
+        (done.status.as_str(), done.answer.as_deref(), done.reviewer.as_deref(), done.resolved_ms),
+        ("resolved", Some("We called them."), Some("ana"), Some(30))
+    );
     assert!(matches!(store.resolve_handoff("h1", "again", "bo", 40).await, Err(ResolveError::AlreadyResolved(_))));
     assert_eq!(store.handoff("h1").await.unwrap().unwrap().reviewer.as_deref(), Some("ana"), "the second reviewer changed nothing");
     assert!(matches!(store.resolve_handoff("nope", "x", "y", 1).await, Err(ResolveError::NotFound(_))));
@@ -97,7 +100,13 @@ async fn the_recorder_writes_in_order_and_flush_makes_records_visible() {
     for i in 0..1000 {
         recorder.decision(record(&format!("r{i}"))).await;
         // Queued right behind its decision, as the gateway does once the answer is sent.
-        recorder.completion(Completion { request_id: format!("r{i}"), prompt_tokens: Some(i), completion_tokens: Some(2), cost_usd: Some(0.5), energy_wh: None });
+        recorder.completion(Completion {
+            request_id: format!("r{i}"),
+            prompt_tokens: Some(i),
+            completion_tokens: Some(2),
+            cost_usd: Some(0.5),
+            energy_wh: None,
+        });
     }
     recorder.flush().await;
     for i in [0u32, 517, 999] {

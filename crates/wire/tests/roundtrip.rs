@@ -173,7 +173,17 @@ fn error_and_models_examples() {
 
 #[test]
 fn timings_ride_beside_usage() {
-    let t = Timings { prompt_n: 9, prompt_ms: 12.5, predicted_n: 3, predicted_ms: 30.0, queue_ms: 0.5, ttft_ms: 14.0, itl_p50_ms: 10.0, itl_max_ms: 11.0, total_ms: 44.0 };
+    let t = Timings {
+        prompt_n: 9,
+        prompt_ms: 12.5,
+        predicted_n: 3,
+        predicted_ms: 30.0,
+        queue_ms: 0.5,
+        ttft_ms: 14.0,
+        itl_p50_ms: 10.0,
+        itl_max_ms: 11.0,
+        total_ms: 44.0,
+    };
     let v = serde_json::to_value(&t).unwrap();
     for key in ["prompt_n", "prompt_ms", "predicted_n", "predicted_ms", "queue_ms", "ttft_ms", "total_ms"] {
         assert!(v.get(key).is_some(), "{key} missing");
