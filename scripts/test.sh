@@ -6,6 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 source scripts/setup.sh
+cargo fmt --check
 
 # The model is pulled (and verified) once, up front, so tests in parallel
 # binaries don't each fetch it.

@@ -122,7 +122,8 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         }
     }
 
-    let (direction, max_threshold, signal_name, signal_of): (Direction, f64, &str, Box<dyn Fn(&RecordConfidence) -> Option<f64>>) = match &rule.then {
+    type SignalOf = Box<dyn Fn(&RecordConfidence) -> Option<f64>>;
+    let (direction, max_threshold, signal_name, signal_of): (Direction, f64, &str, SignalOf) = match &rule.then {
         Action::Cascade { signal, .. } => {
             let signal = *signal;
             let get = move |c: &RecordConfidence| match signal {

@@ -157,7 +157,7 @@ impl Expect {
 fn normalise(s: &str) -> String {
     let s = s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
     let s = s.trim_matches(|c: char| matches!(c, '"' | '\'' | '`' | '*' | ' '));
-    s.trim_end_matches(|c: char| matches!(c, '.' | '!' | '?' | ',' | ';' | ':')).trim().to_string()
+    s.trim_end_matches(['.', '!', '?', ',', ';', ':']).trim().to_string()
 }
 
 fn last_number(text: &str) -> Option<f64> {

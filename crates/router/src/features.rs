@@ -97,13 +97,13 @@ impl DifficultyModel {
             for (r, &t) in rows.iter().zip(y) {
                 let p = sigmoid(b + (0..6).map(|j| w[j] * z(r, j)).sum::<f64>());
                 gb += p - t;
-                for j in 0..6 {
-                    gw[j] += (p - t) * z(r, j);
+                for (j, g) in gw.iter_mut().enumerate() {
+                    *g += (p - t) * z(r, j);
                 }
             }
             b -= RATE * gb / n;
-            for j in 0..6 {
-                w[j] -= RATE * (gw[j] / n + L2 * w[j]);
+            for (wj, gj) in w.iter_mut().zip(gw) {
+                *wj -= RATE * (gj / n + L2 * *wj);
             }
         }
         let raw: [f64; 6] = std::array::from_fn(|j| if sd[j] > 0.0 { w[j] / sd[j] } else { 0.0 });

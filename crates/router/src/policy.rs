@@ -344,7 +344,7 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
         if r.ttft_timeout_ms == 0 || r.total_timeout_ms < r.ttft_timeout_ms {
             return Err(invalid(key("total_timeout_ms"), "timeouts must be > 0 and total_timeout_ms >= ttft_timeout_ms"));
         }
-        if !(0.0..=1.0).contains(&r.retry.ratio) || !(r.retry.min_per_second >= 0.0) {
+        if !(0.0..=1.0).contains(&r.retry.ratio) || r.retry.min_per_second.is_nan() || r.retry.min_per_second < 0.0 {
             return Err(invalid(key("retry"), "ratio must be between 0 and 1 and min_per_second >= 0"));
         }
         if r.breaker.consecutive_failures == 0 || r.breaker.open_ms == 0 || r.breaker.window == 0 {
@@ -420,7 +420,7 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
                         "a cascade's fast route must be an embedded route: its confidence comes from the engine's logprobs",
                     ));
                 }
-                if !(*threshold <= 0.0) {
+                if threshold.is_nan() || *threshold > 0.0 {
                     return Err(invalid(format!("rules[{i}].then.threshold"), "a logprob threshold, so <= 0 (0 is certainty)"));
                 }
                 if *hold_tokens == 0 {
