@@ -47,6 +47,9 @@ pub struct CalibrateArgs {
     /// Where to write the new policy file.
     #[arg(long)]
     out: PathBuf,
+    /// Also draw the curve, random routing and the chosen point as a self-contained HTML page.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// The fields of an eval record that calibration reads (DESIGN.md, "Eval records").
@@ -220,7 +223,57 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     std::fs::write(&tmp, &new_text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
     println!("wrote {} (policy {})", args.out.display(), new_policy.id);
+    if let Some(path) = &args.plot {
+        let title = format!("{}: {} ({} items, target {target})", rule.id, signal_name, samples.len());
+        std::fs::write(path, plot_html(&title, &curve, &p, fast_q, strong_q)).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
     Ok(())
+}
+
+/// Quality vs escalation rate (the curve), random routing (the straight
+/// line from fast-only to strong-only) and the chosen point, as inline SVG.
+fn plot_html(title: &str, curve: &[CurvePoint], chosen: &CurvePoint, fast_q: f64, strong_q: f64) -> String {
+    let (w, h, pad) = (560.0, 400.0, 48.0);
+    let lo = curve.iter().map(|p| p.quality).fold(fast_q.min(strong_q), f64::min).min(1.0);
+    let hi = curve.iter().map(|p| p.quality).fold(fast_q.max(strong_q), f64::max).max(lo + 1e-9);
+    let x = |r: f64| pad + r * (w - 2.0 * pad);
+    let y = |q: f64| h - pad - (q - lo) / (hi - lo) * (h - 2.0 * pad);
+    let path: Vec<String> = curve.iter().map(|p| format!("{:.1},{:.1}", x(p.escalation_rate), y(p.quality))).collect();
+    let mut svg = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>");
+    for i in 0..=4 {
+        let (r, q) = (i as f64 / 4.0, lo + (hi - lo) * i as f64 / 4.0);
+        svg.push_str(&format!(
+            "<line x1='{0:.1}' x2='{0:.1}' y1='{1}' y2='{2}' stroke='#eee'/><text x='{0:.1}' y='{3}' text-anchor='middle'>{4:.0}%</text>\
+             <line x1='{5}' x2='{6}' y1='{7:.1}' y2='{7:.1}' stroke='#eee'/><text x='{8}' y='{9:.1}' text-anchor='end'>{q:.2}</text>",
+            x(r),
+            pad,
+            h - pad,
+            h - pad + 16.0,
+            r * 100.0,
+            pad,
+            w - pad,
+            y(q),
+            pad - 4.0,
+            y(q) + 4.0
+        ));
+    }
+    svg.push_str(&format!(
+        "<line x1='{:.1}' y1='{:.1}' x2='{:.1}' y2='{:.1}' stroke='#999' stroke-dasharray='5 4'/>\
+         <polyline fill='none' stroke='#4e79a7' stroke-width='2' points='{}'/>\
+         <circle cx='{:.1}' cy='{:.1}' r='5' fill='#e15759'/>\
+         <text x='{}' y='{}' text-anchor='middle'>escalation rate</text><text x='14' y='{}' transform='rotate(-90 14 {})' text-anchor='middle'>quality</text></svg>",
+        x(0.0), y(fast_q), x(1.0), y(strong_q), path.join(" "), x(chosen.escalation_rate), y(chosen.quality), w / 2.0, h - 8.0, h / 2.0, h / 2.0
+    ));
+    format!(
+        "<!doctype html><html><head><meta charset='utf-8'><title>calibration</title></head><body style='font-family:sans-serif'>\
+         <h2>{}</h2>{svg}<p><span style='color:#4e79a7'>&#9632;</span> calibrated curve &nbsp; <span style='color:#999'>- -</span> random routing \
+         &nbsp; <span style='color:#e15759'>&#9679;</span> chosen: threshold {:.4}, {:.1}% escalated, quality {:.3}</p></body></html>",
+        title.replace('<', "&lt;"),
+        chosen.threshold,
+        100.0 * chosen.escalation_rate,
+        chosen.quality
+    )
 }
 
 /// The old policy text with the rule's threshold, the version, the

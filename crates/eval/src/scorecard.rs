@@ -184,7 +184,8 @@ fn chart(card: &Scorecard, family: &str) -> String {
     let group_w = (w - left) / DIFFICULTIES.len() as f64;
     let bar_w = (group_w - 20.0) / targets.len().max(1) as f64;
     let colours = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948"];
-    let y = |v: f64| (h - bottom) * (1.0 - v);
+    let top = 12.0;
+    let y = |v: f64| top + (h - bottom - top) * (1.0 - v);
     let mut svg =
         format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' role='img' aria-label='success by difficulty, {}'>", escape(family));
     for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
