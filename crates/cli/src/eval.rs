@@ -92,6 +92,11 @@ pub struct RunArgs {
     /// A TOML file with a [prices] table; the target's entry prices each answer.
     #[arg(long)]
     prices: Option<PathBuf>,
+    /// An OpenAI-compatible base URL whose model grades `judge` checks (with --judge-model).
+    #[arg(long)]
+    judge: Option<String>,
+    #[arg(long, default_value = "default")]
+    judge_model: String,
 }
 
 fn target(args: &RunArgs) -> Target {
@@ -230,6 +235,12 @@ fn run_eval(args: RunArgs) -> anyhow::Result<()> {
         cache_dir: (!args.no_cache).then(cache_dir),
         difficulty,
         price,
+        judge: args.judge.as_ref().map(|url| Target {
+            label: format!("{url} ({})", args.judge_model),
+            base_url: url.clone(),
+            model: args.judge_model.clone(),
+            headers: Vec::new(),
+        }),
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let sandbox = Sandbox::new(Duration::from_secs(10))?;

@@ -106,6 +106,9 @@ impl Dataset {
         if items.len() != manifest.items {
             return Err(invalid(&manifest_path, format!("says {} items, items.jsonl has {}", manifest.items, items.len())));
         }
+        if let Some(judged_only) = items.iter().find(|i| !i.expect.has_machine_check()) {
+            return Err(invalid(&items_path, format!("item {}: an LLM judge may not be an item's only check; add a machine-checkable one", judged_only.id)));
+        }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = items.iter().find(|i| !seen.insert(i.id.as_str())) {
             return Err(invalid(&items_path, format!("item id {} appears twice", dup.id)));

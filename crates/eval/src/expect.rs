@@ -56,10 +56,18 @@ pub enum Expect {
         #[serde(default)]
         arguments: Map<String, Value>,
     },
+    /// An LLM judge (the run's `--judge` target) grades the answer against
+    /// the rubric. Never an item's only check: datasets are refused if it is.
+    Judge {
+        rubric: String,
+    },
     All {
         of: Vec<Expect>,
     },
 }
+
+/// Verdicts of the run's LLM judge, by rubric, gathered before scoring.
+pub type Judgements = std::collections::HashMap<String, Verdict>;
 
 /// What a target answered.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -91,7 +99,27 @@ impl Expect {
         }
     }
 
-    pub fn score(&self, answer: &Answer, sandbox: &Sandbox) -> Verdict {
+    /// Does a check other than the judge decide this item?
+    pub fn has_machine_check(&self) -> bool {
+        match self {
+            Expect::Judge { .. } => false,
+            Expect::All { of } => of.iter().any(Expect::has_machine_check),
+            _ => true,
+        }
+    }
+
+    /// The rubrics the judge must grade for this item.
+    pub fn rubrics(&self) -> Vec<&str> {
+        match self {
+            Expect::Judge { rubric } => vec![rubric.as_str()],
+            Expect::All { of } => of.iter().flat_map(Expect::rubrics).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Scores `answer`. A judge check without a judgement (the run has no
+    /// `--judge`) is skipped and says so; the item's machine checks decide.
+    pub fn score(&self, answer: &Answer, sandbox: &Sandbox, judged: &Judgements) -> Verdict {
         let text = answer.text.as_str();
         let lower = text.to_lowercase();
         match self {
@@ -145,8 +173,9 @@ impl Expect {
                 }
                 fields_match(&call["arguments"], arguments, "tool_call")
             }
+            Expect::Judge { rubric } => judged.get(rubric).cloned().unwrap_or_else(|| verdict(true, "judge skipped: the run has no --judge")),
             Expect::All { of } => {
-                of.iter().map(|e| e.score(answer, sandbox)).find(|v| !v.pass).unwrap_or_else(|| verdict(true, format!("all {} checks", of.len())))
+                of.iter().map(|e| e.score(answer, sandbox, judged)).find(|v| !v.pass).unwrap_or_else(|| verdict(true, format!("all {} checks", of.len())))
             }
         }
     }
@@ -222,7 +251,7 @@ mod tests {
 
     fn check(expect: Value, answer: &str) -> bool {
         let e: Expect = serde_json::from_value(expect).unwrap();
-        e.score(&Answer { text: answer.into(), refusal: None }, &sandbox()).pass
+        e.score(&Answer { text: answer.into(), refusal: None }, &sandbox(), &Judgements::new()).pass
     }
 
     #[test]
@@ -278,6 +307,21 @@ mod tests {
         assert!(check(e.clone(), "Sure:\n```python\ndef add(a, b):\n    return a + b\n```"));
         assert!(!check(e.clone(), "```python\ndef add(a, b):\n    return a - b\n```"));
         assert!(!check(e, "```python\ndef add(a, b) return\n```"), "a syntax error fails");
+    }
+
+    #[test]
+    fn the_judge_counts_only_beside_a_machine_check() {
+        let e: Expect =
+            serde_json::from_value(json!({"type": "all", "of": [{"type": "contains_all", "values": ["refund"]}, {"type": "judge", "rubric": "polite"}]}))
+                .unwrap();
+        assert!(e.has_machine_check() && e.rubrics() == ["polite"]);
+        let answer = Answer { text: "Your refund is on its way.".into(), refusal: None };
+        let mut judged = Judgements::new();
+        assert!(e.score(&answer, &sandbox(), &judged).pass, "no judge: the machine check decides");
+        judged.insert("polite".into(), verdict(false, "judge: FAIL"));
+        assert!(!e.score(&answer, &sandbox(), &judged).pass);
+        let alone: Expect = serde_json::from_value(json!({"type": "judge", "rubric": "polite"})).unwrap();
+        assert!(!alone.has_machine_check());
     }
 
     #[test]

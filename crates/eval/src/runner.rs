@@ -19,7 +19,7 @@ use switchyard_router::{Confidence, DifficultyModel, Features, Price};
 use tokio::sync::Semaphore;
 
 use crate::dataset::{Dataset, Item};
-use crate::expect::Answer;
+use crate::expect::{Answer, Judgements, Verdict};
 use crate::record::{EvalRecord, RecordConfidence, RecordUsage};
 use crate::refusal::is_refusal;
 use crate::sandbox::Sandbox;
@@ -51,6 +51,8 @@ pub struct RunOptions {
     /// The policy's prompt-feature model, to record `prompt_score`.
     pub difficulty: Option<DifficultyModel>,
     pub price: Option<Price>,
+    /// Grades `judge` checks; without one they are skipped (never an item's only check).
+    pub judge: Option<Target>,
     pub progress: bool,
 }
 
@@ -166,8 +168,14 @@ async fn one(client: &reqwest::Client, dataset: &Dataset, item: &Item, repeat: u
         }
     };
     let answer = Answer { text: reply.text.clone(), refusal: reply.refusal.clone() };
+    let mut judged = Judgements::new();
+    if let Some(judge) = &opts.judge {
+        for rubric in item.expect.rubrics() {
+            judged.insert(rubric.to_string(), grade(client, judge, item, &answer.text, rubric).await);
+        }
+    }
     let expect = item.expect.clone();
-    let verdict = tokio::task::spawn_blocking(move || expect.score(&answer, &sandbox)).await.expect("scoring does not panic");
+    let verdict = tokio::task::spawn_blocking(move || expect.score(&answer, &sandbox, &judged)).await.expect("scoring does not panic");
     let confidence = Confidence::of(&reply.logprobs);
     record.refused = is_refusal(&reply.text, reply.refusal.as_deref());
     record.correct = verdict.pass;
@@ -200,6 +208,38 @@ async fn one(client: &reqwest::Client, dataset: &Dataset, item: &Item, repeat: u
 fn cache_key(item: &Item, target: &Target, opts: &RunOptions, seed: Option<u64>, repeat: u32) -> String {
     let parts = json!([item.hash(), target.label, target.base_url, target.model, target.headers, opts.temperature, seed, repeat, opts.logprobs]);
     hex::encode(Sha256::digest(parts.to_string().as_bytes()))
+}
+
+/// Asks the judge whether `answer` meets `rubric`. A judge that fails to
+/// answer PASS or FAIL fails the check, with the reason.
+async fn grade(client: &reqwest::Client, judge: &Target, item: &Item, answer: &str, rubric: &str) -> Verdict {
+    let question = item.messages.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
+    let body = json!({
+        "model": judge.model,
+        "temperature": 0,
+        "max_tokens": 4,
+        "messages": [
+            {"role": "system", "content": "You grade answers strictly against a rubric. Reply with exactly one word: PASS or FAIL."},
+            {"role": "user", "content": format!("Question:\n{question}\n\nAnswer:\n{answer}\n\nRubric:\n{rubric}\n\nDoes the answer meet the rubric? Reply PASS or FAIL.")},
+        ],
+    });
+    let mut req = client.post(format!("{}/chat/completions", judge.base_url.trim_end_matches('/'))).json(&body);
+    for (k, v) in &judge.headers {
+        req = req.header(k, v);
+    }
+    let said = match req.send().await.and_then(reqwest::Response::error_for_status) {
+        Ok(resp) => resp.json::<Value>().await.ok().and_then(|v| v["choices"][0]["message"]["content"].as_str().map(str::to_string)),
+        Err(e) => return Verdict { pass: false, detail: format!("judge {}: {e}", judge.label) },
+    };
+    let said = said.unwrap_or_default();
+    let word = said.trim().to_ascii_uppercase();
+    let pass = word.starts_with("PASS");
+    let detail = if pass || word.starts_with("FAIL") {
+        format!("judge {}: {}", judge.label, &word[..4])
+    } else {
+        format!("judge {} gave no verdict: {said:?}", judge.label)
+    };
+    Verdict { pass, detail }
 }
 
 /// One streamed chat completion: the text, refusal, logprobs, usage and

@@ -99,6 +99,11 @@ async fn mock(Json(body): Json<Value>) -> Response {
             json!({"object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": {"content": [{"token": "x", "logprob": lp, "bytes": null, "top_logprobs": []}]}, "finish_reason": null}]})
         ))
     };
+    if body["stream"] != true {
+        // The judge: non-streaming; its verdict is its model name's suffix.
+        let verdict = if model.ends_with("pass") { "PASS" } else { "FAIL" };
+        return Json(json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": verdict}, "finish_reason": "stop"}]})).into_response();
+    }
     let answer = match (model.as_str(), question.as_str()) {
         ("right", "question q-1") | ("half", "question q-1") => "Paris",
         ("right", _) => "Rome",
@@ -144,8 +149,31 @@ fn options(cache: Option<&Path>) -> RunOptions {
         cache_dir: cache.map(Path::to_path_buf),
         difficulty: None,
         price: None,
+        judge: None,
         progress: false,
     }
+}
+
+#[tokio::test]
+async fn a_judge_grades_beside_machine_checks_and_never_alone() {
+    let base = serve_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let judged = json!({"type": "all", "of": [{"type": "exact", "value": "Paris"}, {"type": "judge", "rubric": "names the city"}]});
+    write_dataset(dir.path(), &[item("q-1", judged)]);
+    let dataset = Dataset::open(dir.path()).unwrap();
+    let sandbox = Sandbox::new(Duration::from_secs(3)).unwrap();
+    let right = Target { label: "right".into(), base_url: base.clone(), model: "right".into(), headers: vec![] };
+    let judge = |m: &str| Some(Target { label: m.into(), base_url: base.clone(), model: m.into(), headers: vec![] });
+    let pass = run(&dataset, &right, &RunOptions { judge: judge("judge-pass"), ..options(None) }, sandbox.clone()).await;
+    assert!(pass[0].correct, "{:?}", pass[0]);
+    let fail = run(&dataset, &right, &RunOptions { judge: judge("judge-fail"), ..options(None) }, sandbox.clone()).await;
+    assert!(!fail[0].correct && fail[0].scorer.contains("judge judge-fail: FAIL"), "{:?}", fail[0]);
+    let none = run(&dataset, &right, &options(None), sandbox).await;
+    assert!(none[0].correct, "without a judge the machine check decides");
+
+    let alone = tempfile::tempdir().unwrap();
+    write_dataset(alone.path(), &[item("q-1", json!({"type": "judge", "rubric": "good"}))]);
+    assert!(Dataset::open(alone.path()).unwrap_err().to_string().contains("only check"));
 }
 
 #[tokio::test]
