@@ -17,6 +17,7 @@ const PATTERNS: &[&str] = &[
     r"\bi(?:'m| am) not (?:going|willing) to\b",
     r"\b(?:this|that) (?:request )?(?:is|would be) (?:illegal|harmful|unethical|against)\b",
     r"\bnot something i can (?:help|assist)\b",
+    r"\bi(?:'m| am) sorry\b.{0,80}\b(?:do not|don't) have (?:access|the ability|permission)\b",
 ];
 
 fn patterns() -> &'static [Regex] {
@@ -47,6 +48,7 @@ mod tests {
             "I won't help with stalking someone.",
             "That request is illegal, so I must decline.",
             "I'm not going to write a keylogger.",
+            "I'm sorry, but as an AI language model, I do not have access to your personal information.",
         ] {
             assert!(is_refusal(t, None), "{t}");
         }

@@ -102,7 +102,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     (status, Json(json!({"status": if ready { "ready" } else { "unavailable" }, "models": models}))).into_response()
 }
 
-/// Resolves, fetches (if needed) and loads every configured model.
+/// Resolves, fetches (if needed) and loads every configured model. Call it
+/// before starting other threads (it may set `OMP_WAIT_POLICY`).
 /// Without `--model`, a policy's embedded routes name the models to load
 /// (none, for a policy of upstreams only); without a policy, the default.
 pub fn load_engines(cfg: &ServeConfig, policy: Option<&switchyard_router::Policy>, progress: Progress) -> anyhow::Result<Vec<Engine>> {
@@ -112,7 +113,16 @@ pub fn load_engines(cfg: &ServeConfig, policy: Option<&switchyard_router::Policy
             Some(p) => p.routes.iter().filter(|r| r.backend == switchyard_router::Backend::Embedded).map(|r| r.model.clone()).collect(),
             None => vec![switchyard_models::DEFAULT_MODEL.to_string()],
         };
-        specs.dedup();
+        let mut seen = std::collections::HashSet::new();
+        specs.retain(|m| seen.insert(m.clone()));
+    }
+    // OpenMP threads spin while they wait. Two engines busy at once on the
+    // same cores then steal each other's time: a two-model cascade ran ~3x
+    // slower on 2 cores until waiting threads slept (docs/eval.md).
+    if specs.len() > 1 && std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        tracing::info!("several models: setting OMP_WAIT_POLICY=PASSIVE so idle engine threads sleep");
+        // Before any engine (and so the OpenMP runtime) starts; the caller is still single-threaded.
+        std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
     }
     let cache = switchyard_models::cache_dir();
     let mut engines = Vec::new();

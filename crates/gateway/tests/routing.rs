@@ -641,3 +641,17 @@ async fn a_second_switchyard_is_a_real_upstream() {
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("\"usage\"") && body.trim_end().ends_with("data: [DONE]"), "{body}");
 }
+
+#[test]
+fn serving_a_policy_loads_each_model_its_routes_name_once() {
+    // `local` and (made embedded here) `peer` both name smollm2-135m, with upstream routes between them.
+    let text = policy("http://127.0.0.1:9", "http://127.0.0.1:9").replace(
+        "name = \"peer\"\nbackend = \"upstream\"\nmodel = \"smollm2-135m\"\nurl = \"http://127.0.0.1:9/v1\"",
+        "name = \"peer\"\nbackend = \"embedded\"\nmodel = \"smollm2-135m\"",
+    );
+    let p = Policy::from_toml(&text).unwrap();
+    assert_eq!(p.routes.iter().filter(|r| r.model == "smollm2-135m" && r.backend == switchyard_router::Backend::Embedded).count(), 2);
+    let cfg = switchyard_gateway::ServeConfig { threads: 2, ctx_size: 1024, parallel: 1, ..Default::default() };
+    let engines = switchyard_gateway::load_engines(&cfg, Some(&p), switchyard_models::Progress::Quiet).unwrap();
+    assert_eq!(engines.iter().map(|e| e.id().to_string()).collect::<Vec<_>>(), ["smollm2-135m"]);
+}
