@@ -1,5 +1,6 @@
 //! The `switchyard` binary.
 
+mod bench;
 mod calibrate;
 mod eval;
 mod models;
@@ -41,6 +42,9 @@ enum Command {
     /// Pick a rule's threshold from eval records (fast vs strong route) and
     /// write a new policy version holding it and the curve it came from.
     Calibrate(calibrate::CalibrateArgs),
+    /// Benchmark tooling: replayable traffic traces.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Run eval sets against any target, report scorecards, compare runs (regression gate), review.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
@@ -59,5 +63,6 @@ fn main() -> anyhow::Result<()> {
         Command::Route(cmd) => policy::run_route(cmd),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Eval(cmd) => eval::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
     }
 }

@@ -1,0 +1,6 @@
+//! Benchmarking any OpenAI-compatible endpoint on identical, replayable
+//! traffic. [`trace`] is the traffic: a JSONL list of requests with arrival
+//! offsets, generated from a named scenario and a seed, or imported from a
+//! published production trace, so two systems can see exactly the same load.
+
+pub mod trace;

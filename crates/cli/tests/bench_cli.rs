@@ -1,0 +1,26 @@
+//! `switchyard bench trace`, run as the real binary.
+
+use std::process::Command;
+
+fn switchyard(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard")).args(args).output().expect("run switchyard")
+}
+
+#[test]
+fn traces_are_generated_reproducibly_and_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    for name in ["a.jsonl", "b.jsonl"] {
+        let o = switchyard(&["bench", "trace", "generate", "--scenario", "team", "--seed", "42", "--count", "5", "--out", &path(name)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("20 requests"));
+    }
+    assert_eq!(std::fs::read(path("a.jsonl")).unwrap(), std::fs::read(path("b.jsonl")).unwrap());
+
+    let csv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/traces/azure-llm-2023/v1/AzureLLMInferenceTrace_conv.csv");
+    let o = switchyard(&["bench", "trace", "import", "--azure", csv, "--limit", "100", "--out", &path("azure.jsonl")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(path("azure.jsonl")).unwrap().lines().count(), 100);
+    let bad = switchyard(&["bench", "trace", "import", "--azure", &path("a.jsonl"), "--out", &path("x.jsonl")]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("not an Azure"));
+}
