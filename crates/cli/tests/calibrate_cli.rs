@@ -13,6 +13,14 @@ fn switchyard(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_switchyard")).args(args).output().expect("run switchyard")
 }
 
+/// `switchyard calibrate` of `rule` on `records`, fast vs strong route, writing `out`.
+fn calibrate(records: &Path, rule: &str, target: &[&str], out: &Path) -> Output {
+    let mut args = vec!["calibrate", "--policy", EXAMPLE, "--rule", rule, "--records", records.to_str().unwrap()];
+    args.extend(["--fast", "route:local-fast", "--strong", "route:local-strong", "--out", out.to_str().unwrap()]);
+    args.extend(target);
+    switchyard(&args)
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -76,26 +84,13 @@ fn calibrating_a_cascade_writes_a_new_policy_with_threshold_and_curve() {
     let records = dir.path().join("run.jsonl");
     write_records(&records);
     let out = dir.path().join("calibrated.toml");
-    let run = switchyard(&[
-        "calibrate",
-        "--policy",
-        EXAMPLE,
-        "--rule",
-        "code-cascade",
-        "--records",
-        records.to_str().unwrap(),
-        "--fast",
-        "route:local-fast",
-        "--strong",
-        "route:local-strong",
-        "--min-retention",
-        "0.95",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let plot = dir.path().join("curve.html");
+    let run = calibrate(&records, "code-cascade", &["--min-retention", "0.95", "--plot", plot.to_str().unwrap()], &out);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let stdout = text(&run.stdout);
     assert!(stdout.contains("chosen: threshold") && stdout.contains("random routing") && stdout.contains("held out (5-fold"), "{stdout}");
+    let drawn = std::fs::read_to_string(&plot).unwrap();
+    assert!(drawn.contains("<polyline") && drawn.contains("chosen: threshold"), "{drawn}");
 
     let new_text = std::fs::read_to_string(&out).unwrap();
     let p = Policy::from_toml(&new_text).unwrap();
@@ -116,23 +111,7 @@ fn calibrating_a_cascade_writes_a_new_policy_with_threshold_and_curve() {
 
     // The same records and target give the same policy.
     let again = dir.path().join("again.toml");
-    let run = switchyard(&[
-        "calibrate",
-        "--policy",
-        EXAMPLE,
-        "--rule",
-        "code-cascade",
-        "--records",
-        records.to_str().unwrap(),
-        "--fast",
-        "route:local-fast",
-        "--strong",
-        "route:local-strong",
-        "--min-retention",
-        "0.95",
-        "--out",
-        again.to_str().unwrap(),
-    ]);
+    let run = calibrate(&records, "code-cascade", &["--min-retention", "0.95"], &again);
     assert!(run.status.success());
     assert_eq!(std::fs::read_to_string(&again).unwrap(), new_text);
 }
@@ -143,23 +122,7 @@ fn calibrating_difficulty_refits_the_prompt_model_on_held_out_folds() {
     let records = dir.path().join("run.jsonl");
     write_records(&records);
     let out = dir.path().join("calibrated.toml");
-    let run = switchyard(&[
-        "calibrate",
-        "--policy",
-        EXAMPLE,
-        "--rule",
-        "difficulty",
-        "--records",
-        records.to_str().unwrap(),
-        "--fast",
-        "route:local-fast",
-        "--strong",
-        "route:local-strong",
-        "--max-escalation",
-        "0.6",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = calibrate(&records, "difficulty", &["--max-escalation", "0.6"], &out);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let p = Policy::from_toml(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let cal = &p.calibration["difficulty"];

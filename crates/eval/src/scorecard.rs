@@ -146,27 +146,33 @@ fn dollars(x: Option<f64>) -> String {
 
 const DIFFICULTIES: [&str; 4] = ["routine", "moderate", "edge", "all"];
 
+/// The columns of a slice's row, shared by the markdown and HTML tables.
+const COLUMNS: [&str; 11] =
+    ["family", "difficulty", "n", "success", "95% CI", "correct refusal", "over-refusal", "errors", "cost / success", "TTFT p50 ms", "TTFT p95 ms"];
+
+fn cells(s: &Slice) -> [String; 11] {
+    [
+        s.family.clone(),
+        s.difficulty.clone(),
+        s.n.to_string(),
+        pct(Some(s.success)),
+        format!("{:.1}–{:.1}%", 100.0 * s.ci_low, 100.0 * s.ci_high),
+        pct(s.correct_refusal),
+        pct(s.over_refusal),
+        s.errors.to_string(),
+        dollars(s.cost_per_success),
+        ms(s.ttft_p50_ms),
+        ms(s.ttft_p95_ms),
+    ]
+}
+
 pub fn markdown(card: &Scorecard) -> String {
     let mut out = format!("# Scorecard: {}\n\n", card.dataset);
     out.push_str("Success is the share of items whose automatic (or reviewed) verdict passed, with a Wilson 95% interval.\n\n");
     for target in card.targets() {
-        out.push_str(&format!("## {target}\n\n| family | difficulty | n | success | 95% CI | correct refusal | over-refusal | errors | cost / success | TTFT p50 ms | TTFT p95 ms |\n|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n"));
+        out.push_str(&format!("## {target}\n\n| {} |\n|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n", COLUMNS.join(" | ")));
         for s in card.slices.iter().filter(|s| s.target == target) {
-            out.push_str(&format!(
-                "| {} | {} | {} | {} | {:.1}–{:.1}% | {} | {} | {} | {} | {} | {} |\n",
-                s.family,
-                s.difficulty,
-                s.n,
-                pct(Some(s.success)),
-                100.0 * s.ci_low,
-                100.0 * s.ci_high,
-                pct(s.correct_refusal),
-                pct(s.over_refusal),
-                s.errors,
-                dollars(s.cost_per_success),
-                ms(s.ttft_p50_ms),
-                ms(s.ttft_p95_ms)
-            ));
+            out.push_str(&format!("| {} |\n", cells(s).join(" | ")));
         }
         out.push('\n');
     }
@@ -229,24 +235,11 @@ pub fn html(card: &Scorecard) -> String {
     families.sort();
     families.dedup();
     let charts: String = std::iter::once("all".to_string()).chain(families).map(|f| chart(card, &f)).collect();
-    let mut table = String::from("<table><tr><th>target</th><th>family</th><th>difficulty</th><th>n</th><th>success</th><th>95% CI</th><th>correct refusal</th><th>over-refusal</th><th>errors</th><th>cost / success</th><th>TTFT p50 ms</th><th>TTFT p95 ms</th></tr>");
+    let head: String = std::iter::once("target").chain(COLUMNS).map(|c| format!("<th>{c}</th>")).collect();
+    let mut table = format!("<table><tr>{head}</tr>");
     for s in &card.slices {
-        table.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}–{:.1}%</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&s.target),
-            escape(&s.family),
-            escape(&s.difficulty),
-            s.n,
-            pct(Some(s.success)),
-            100.0 * s.ci_low,
-            100.0 * s.ci_high,
-            pct(s.correct_refusal),
-            pct(s.over_refusal),
-            s.errors,
-            dollars(s.cost_per_success),
-            ms(s.ttft_p50_ms),
-            ms(s.ttft_p95_ms)
-        ));
+        let row: String = std::iter::once(s.target.clone()).chain(cells(s)).map(|c| format!("<td>{}</td>", escape(&c))).collect();
+        table.push_str(&format!("<tr>{row}</tr>"));
     }
     table.push_str("</table>");
     format!(
