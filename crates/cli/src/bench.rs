@@ -1,9 +1,11 @@
-//! `switchyard bench`: traffic traces for replayable benchmarks.
+//! `switchyard bench`: traffic traces, and replaying them against any
+//! OpenAI-compatible endpoint.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
+use switchyard_bench::replay::{replay, summarize, Load, Percentiles, Target};
 use switchyard_bench::trace::{import_azure, Scenario, Trace};
 
 #[derive(Subcommand, Debug)]
@@ -11,6 +13,32 @@ pub enum BenchCommand {
     /// Make or import a traffic trace (JSONL, one request per line with its arrival offset).
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// Replay a trace against a target; write every request's timings
+    /// (requests.jsonl) and a summary with percentiles (summary.json).
+    Run {
+        #[arg(long)]
+        trace: PathBuf,
+        /// OpenAI-compatible base URL (…/v1).
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value = "default")]
+        model: String,
+        /// Closed loop: keep this many requests in flight, ignoring arrival times.
+        /// Without it, requests go out at their arrival offsets (open loop).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Open loop: multiply arrival offsets (0.5 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        #[arg(long, default_value_t = 2000.0)]
+        slo_ttft_ms: f64,
+        #[arg(long, default_value_t = 200.0)]
+        slo_tpot_ms: f64,
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -73,7 +101,44 @@ fn write(trace: &Trace, out: &PathBuf) -> anyhow::Result<()> {
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Trace(cmd) = cmd;
+    let cmd = match cmd {
+        BenchCommand::Trace(cmd) => cmd,
+        BenchCommand::Run { trace, target, model, concurrency, time_scale, slo_ttft_ms, slo_tpot_ms, timeout_s, out } => {
+            let text = std::fs::read_to_string(&trace).with_context(|| format!("reading {}", trace.display()))?;
+            let parsed = Trace::from_jsonl(&text).with_context(|| trace.display().to_string())?;
+            let load = match concurrency {
+                Some(c) => Load::Closed { concurrency: c },
+                None => Load::Open { time_scale },
+            };
+            let target = Target { base_url: target, model, headers: Vec::new() };
+            eprintln!("replaying {} requests ({:.1} s of arrivals) against {} ...", parsed.requests.len(), parsed.duration_ms() / 1000.0, target.base_url);
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let started = std::time::Instant::now();
+            let results = rt.block_on(replay(&parsed, &target, load, std::time::Duration::from_secs(timeout_s)));
+            let summary = summarize(&results, started.elapsed().as_secs_f64(), slo_ttft_ms, slo_tpot_ms);
+            std::fs::create_dir_all(&out)?;
+            let lines: String = results.iter().map(|r| serde_json::to_string(r).expect("results serialize") + "\n").collect();
+            std::fs::write(out.join("requests.jsonl"), lines)?;
+            let report = serde_json::json!({"trace": trace.display().to_string(), "trace_sha256": parsed.sha256(), "target": target.base_url, "model": target.model, "load": format!("{load:?}"), "summary": summary});
+            std::fs::write(out.join("summary.json"), serde_json::to_vec_pretty(&report)?)?;
+            let row = |name: &str, p: &Option<Percentiles>| match p {
+                Some(p) => println!("{name:<8} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}", p.p50, p.p90, p.p95, p.p99, p.max),
+                None => println!("{name:<8} {:>10}", "–"),
+            };
+            println!(
+                "{} ok, {} failed {:?}; {:.1} req/s, {:.1} output tok/s, goodput {:.1}/s (tokens from {})",
+                summary.ok, summary.failed, summary.failures, summary.requests_per_s, summary.output_tokens_per_s, summary.goodput_per_s, summary.tokens_from
+            );
+            println!("{:<8} {:>10} {:>10} {:>10} {:>10} {:>10}", "ms", "p50", "p90", "p95", "p99", "max");
+            for (name, p) in
+                [("ttft", &summary.ttft_ms), ("itl", &summary.itl_ms), ("tpot", &summary.tpot_ms), ("e2e", &summary.e2e_ms), ("lag", &summary.lag_ms)]
+            {
+                row(name, p);
+            }
+            println!("wrote {}/{{requests.jsonl,summary.json}}", out.display());
+            return Ok(());
+        }
+    };
     match cmd {
         TraceCommand::Generate { scenario, seed, count, turns, rate, duration_s, factor, think_ms, input_tokens, max_tokens, out } => {
             let s = match scenario {

@@ -42,7 +42,7 @@ enum Command {
     /// Pick a rule's threshold from eval records (fast vs strong route) and
     /// write a new policy version holding it and the curve it came from.
     Calibrate(calibrate::CalibrateArgs),
-    /// Benchmark tooling: replayable traffic traces.
+    /// Benchmarks: replayable traffic traces and their replay against any endpoint.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// Run eval sets against any target, report scorecards, compare runs (regression gate), review.

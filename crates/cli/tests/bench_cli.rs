@@ -21,6 +21,12 @@ fn traces_are_generated_reproducibly_and_imported() {
     let o = switchyard(&["bench", "trace", "import", "--azure", csv, "--limit", "100", "--out", &path("azure.jsonl")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read_to_string(path("azure.jsonl")).unwrap().lines().count(), 100);
+    // Replaying against a target that is down: every request a counted failure, and the run completes.
+    let o = switchyard(&["bench", "run", "--trace", &path("a.jsonl"), "--target", "http://127.0.0.1:9/v1", "--concurrency", "4", "--out", &path("run")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("run/summary.json")).unwrap()).unwrap();
+    assert_eq!((summary["summary"]["requests"].as_u64(), summary["summary"]["failed"].as_u64()), (Some(20), Some(20)));
+    assert_eq!(summary["trace_sha256"].as_str().unwrap().len(), 64);
     let bad = switchyard(&["bench", "trace", "import", "--azure", &path("a.jsonl"), "--out", &path("x.jsonl")]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("not an Azure"));
 }

@@ -212,26 +212,27 @@ async fn client_vanishing_mid_stream_frees_its_slot() {
 
 #[tokio::test]
 async fn a_full_queue_answers_429_with_retry_after() {
+    // One slot and one waiting place: of six requests sent at once, at most
+    // two are admitted before the first finishes; the others are refused at
+    // once instead of queueing without bound. (No timing: six concurrent
+    // sends arrive long before 200 tokens are generated.)
     let s = start(1, 1).await;
-    let long = hello(json!({"stream": true, "max_tokens": 300, "messages": [{"role": "user", "content": "Write a long story."}]}));
-    let running = s.http.post(format!("{}/v1/chat/completions", s.base)).json(&long).send().await.unwrap();
-    let mut running = running.bytes_stream();
-    running.next().await.unwrap().unwrap();
-    // Occupies the single waiting place.
-    let waiting = tokio::spawn({
-        let (http, url, body) = (s.http.clone(), format!("{}/v1/chat/completions", s.base), hello(json!({})));
-        async move { http.post(url).json(&body).send().await.unwrap().status() }
-    });
-    // Give the waiting request time to reach the queue.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let resp = s.http.post(format!("{}/v1/chat/completions", s.base)).json(&hello(json!({}))).send().await.unwrap();
-    let refused = (resp.status() == StatusCode::TOO_MANY_REQUESTS).then(|| resp.headers().get("retry-after").cloned()).map(|h| (h, resp));
-    let (retry_after, resp) = refused.expect("a third request is refused while one runs and one waits");
-    assert_eq!(retry_after.unwrap(), "1");
-    let body: Value = resp.json().await.unwrap();
-    assert_error(StatusCode::TOO_MANY_REQUESTS, &body, StatusCode::TOO_MANY_REQUESTS, None);
-    drop(running);
-    assert_eq!(waiting.await.unwrap(), StatusCode::OK);
+    let body = hello(json!({"max_tokens": 200, "messages": [{"role": "user", "content": "Write a long story."}]}));
+    let sends = (0..6).map(|_| s.http.post(format!("{}/v1/chat/completions", s.base)).json(&body).send());
+    let replies = futures::future::join_all(sends).await;
+    let mut refused = 0;
+    for resp in replies {
+        let resp = resp.unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused += 1;
+            assert_eq!(resp.headers().get("retry-after").unwrap(), "1");
+            let body: Value = resp.json().await.unwrap();
+            assert_error(StatusCode::TOO_MANY_REQUESTS, &body, StatusCode::TOO_MANY_REQUESTS, None);
+        } else {
+            assert_eq!(resp.status(), StatusCode::OK, "admitted requests are answered");
+        }
+    }
+    assert!(refused >= 1, "a full queue refused nothing");
     s.assert_healthy().await;
 }
 

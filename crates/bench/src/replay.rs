@@ -1,0 +1,331 @@
+//! Replaying a trace against any OpenAI-compatible endpoint, recording what
+//! each request saw from the client's side.
+//!
+//! Definitions (also written into every summary):
+//! - TTFT: request sent → first chunk carrying content;
+//! - ITL: gaps between consecutive content chunks;
+//! - TPOT: (E2E − TTFT) / (output tokens − 1);
+//! - E2E: request sent → end of the stream.
+//!
+//! Output tokens come from the server's `usage` when it sends it, otherwise
+//! from the number of content chunks; each record says which.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::trace::{Trace, TraceRequest};
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// OpenAI base URL (the part before `/chat/completions`).
+    pub base_url: String,
+    pub model: String,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Load {
+    /// Send each request at its arrival offset (× `time_scale`), whatever is in flight.
+    Open { time_scale: f64 },
+    /// Keep this many requests in flight, ignoring arrival offsets.
+    Closed { concurrency: usize },
+}
+
+/// What one request saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestResult {
+    pub index: usize,
+    pub session: String,
+    /// When the trace said to send it, and how late it actually went (open loop).
+    pub scheduled_ms: f64,
+    pub lag_ms: f64,
+    pub status: Option<u16>,
+    /// Why it failed: connection, HTTP status, timeout, broken or malformed stream.
+    pub error: Option<String>,
+    pub ttft_ms: Option<f64>,
+    pub e2e_ms: Option<f64>,
+    pub itl_ms: Vec<f64>,
+    pub output_tokens: Option<u32>,
+    /// `usage` (the server's count) or `chunks` (content chunks counted here).
+    pub tokens_from: Option<String>,
+    /// `x-switchyard-route`, when the target is a router.
+    pub route: Option<String>,
+}
+
+impl RequestResult {
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+
+    pub fn tpot_ms(&self) -> Option<f64> {
+        let (ttft, e2e, n) = (self.ttft_ms?, self.e2e_ms?, self.output_tokens?);
+        (n > 1).then(|| (e2e - ttft) / f64::from(n - 1))
+    }
+}
+
+/// A prompt of about `tokens` tokens (one common word each for most tokenizers).
+pub fn synthetic_prompt(tokens: u32, seed: usize) -> String {
+    const WORDS: [&str; 16] =
+        ["time", "data", "system", "value", "order", "model", "green", "river", "number", "light", "table", "window", "paper", "stone", "music", "field"];
+    (0..tokens as usize).map(|i| WORDS[(i * 7 + seed) % WORDS.len()]).collect::<Vec<_>>().join(" ")
+}
+
+fn body(r: &TraceRequest, index: usize, model: &str) -> Value {
+    let messages = match &r.messages {
+        Some(m) => json!(m),
+        None => json!([{"role": "user", "content": synthetic_prompt(r.input_tokens.unwrap_or(1), index)}]),
+    };
+    json!({"model": model, "messages": messages, "max_tokens": r.max_tokens, "stream": true, "stream_options": {"include_usage": true}})
+}
+
+/// Sends one request and follows its stream.
+async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index: usize, scheduled: Instant, timeout: Duration) -> RequestResult {
+    let sent = Instant::now();
+    let mut out = RequestResult {
+        index,
+        session: r.session.clone(),
+        scheduled_ms: r.at_us as f64 / 1000.0,
+        lag_ms: sent.saturating_duration_since(scheduled).as_secs_f64() * 1e3,
+        status: None,
+        error: None,
+        ttft_ms: None,
+        e2e_ms: None,
+        itl_ms: Vec::new(),
+        output_tokens: None,
+        tokens_from: None,
+        route: None,
+    };
+    let ms = |t: Instant| t.duration_since(sent).as_secs_f64() * 1e3;
+    let run = async {
+        let mut req = client.post(format!("{}/chat/completions", target.base_url.trim_end_matches('/'))).json(&body(r, index, &target.model));
+        for (k, v) in &target.headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.map_err(|e| format!("request failed: {e}"))?;
+        out.status = Some(resp.status().as_u16());
+        out.route = resp.headers().get("x-switchyard-route").and_then(|v| v.to_str().ok()).map(str::to_string);
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        let (mut buf, mut last, mut chunks, mut usage, mut done) = (Vec::new(), None::<Instant>, 0u32, None, false);
+        let mut stream = resp.bytes_stream();
+        while let Some(bytes) = stream.next().await {
+            buf.extend_from_slice(&bytes.map_err(|e| format!("stream broke: {e}"))?);
+            let now = Instant::now();
+            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = buf.drain(..end + 2).collect();
+                for data in String::from_utf8_lossy(&event).lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim) {
+                    if data == "[DONE]" {
+                        done = true;
+                        continue;
+                    }
+                    let v: Value = serde_json::from_str(data).map_err(|_| format!("malformed chunk: {}", data.chars().take(80).collect::<String>()))?;
+                    if let Some(e) = v.get("error") {
+                        return Err(format!("error event: {}", e["message"].as_str().unwrap_or("unknown")));
+                    }
+                    if v["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty()) {
+                        chunks += 1;
+                        match last {
+                            None => out.ttft_ms = Some(ms(now)),
+                            Some(prev) => out.itl_ms.push(now.duration_since(prev).as_secs_f64() * 1e3),
+                        }
+                        last = Some(now);
+                    }
+                    if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                        usage = Some(n as u32);
+                    }
+                }
+            }
+        }
+        if !done {
+            return Err("stream ended without [DONE]".into());
+        }
+        out.e2e_ms = Some(ms(Instant::now()));
+        (out.output_tokens, out.tokens_from) = match usage {
+            Some(n) => (Some(n), Some("usage".into())),
+            None => (Some(chunks), Some("chunks".into())),
+        };
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => out.error = Some(e),
+        Err(_) => out.error = Some(format!("timed out after {} s", timeout.as_secs())),
+    }
+    out
+}
+
+/// Replays `trace` against `target`. Failures are results, never a crashed
+/// run; nothing is retried (a 429 is counted as what it is).
+pub async fn replay(trace: &Trace, target: &Target, load: Load, timeout: Duration) -> Vec<RequestResult> {
+    let client = reqwest::Client::builder().build().expect("an HTTP client");
+    let start = Instant::now();
+    let mut results = match load {
+        Load::Open { time_scale } => {
+            let tasks: Vec<_> = trace
+                .requests
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, r)| {
+                    let (client, target) = (client.clone(), target.clone());
+                    let at = start + Duration::from_secs_f64(r.at_us as f64 / 1e6 * time_scale);
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(at).await;
+                        one(&client, &target, &r, i, at, timeout).await
+                    })
+                })
+                .collect();
+            futures::future::join_all(tasks).await.into_iter().map(|r| r.expect("request tasks do not panic")).collect::<Vec<_>>()
+        }
+        Load::Closed { concurrency } => {
+            let target = Arc::new(target.clone());
+            futures::stream::iter(trace.requests.iter().enumerate())
+                .map(|(i, r)| {
+                    let (client, target) = (client.clone(), target.clone());
+                    async move { one(&client, &target, r, i, Instant::now(), timeout).await }
+                })
+                .buffer_unordered(concurrency.max(1))
+                .collect::<Vec<_>>()
+                .await
+        }
+    };
+    results.sort_by_key(|r| r.index);
+    results
+}
+
+/// Percentiles of one metric, from an HDR histogram (3 significant digits).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Milliseconds in, milliseconds out; recorded in microseconds.
+pub fn percentiles(values_ms: impl IntoIterator<Item = f64>) -> Option<Percentiles> {
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
+    for v in values_ms {
+        h.saturating_record((v * 1000.0).round().max(1.0) as u64);
+    }
+    let at = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    (!h.is_empty()).then(|| Percentiles { count: h.len(), p50: at(0.5), p90: at(0.9), p95: at(0.95), p99: at(0.99), max: h.max() as f64 / 1000.0 })
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub definitions: BTreeMap<String, String>,
+    pub requests: usize,
+    pub ok: usize,
+    pub failed: usize,
+    /// Failure reasons and how often each occurred (HTTP 429 is its own reason).
+    pub failures: BTreeMap<String, usize>,
+    pub duration_s: f64,
+    pub requests_per_s: f64,
+    pub output_tokens_per_s: f64,
+    /// Requests per second that met both SLOs.
+    pub goodput_per_s: f64,
+    pub slo_ttft_ms: f64,
+    pub slo_tpot_ms: f64,
+    pub ttft_ms: Option<Percentiles>,
+    pub itl_ms: Option<Percentiles>,
+    pub tpot_ms: Option<Percentiles>,
+    pub e2e_ms: Option<Percentiles>,
+    pub lag_ms: Option<Percentiles>,
+    /// Token counts: from `usage`, from counted chunks, or mixed.
+    pub tokens_from: String,
+}
+
+pub fn summarize(results: &[RequestResult], duration_s: f64, slo_ttft_ms: f64, slo_tpot_ms: f64) -> Summary {
+    let ok: Vec<&RequestResult> = results.iter().filter(|r| r.ok()).collect();
+    let mut failures = BTreeMap::new();
+    for e in results.iter().filter_map(|r| r.error.as_deref()) {
+        let reason = e.split(':').next().unwrap_or(e).to_string();
+        *failures.entry(reason).or_default() += 1;
+    }
+    let good = ok.iter().filter(|r| r.ttft_ms.is_some_and(|t| t <= slo_ttft_ms) && r.tpot_ms().is_none_or(|t| t <= slo_tpot_ms)).count();
+    let tokens: u64 = ok.iter().filter_map(|r| r.output_tokens).map(u64::from).sum();
+    let mut sources: Vec<&str> = ok.iter().filter_map(|r| r.tokens_from.as_deref()).collect();
+    sources.sort_unstable();
+    sources.dedup();
+    let definitions = [
+        ("ttft", "request sent -> first chunk with content"),
+        ("itl", "gap between consecutive content chunks"),
+        ("tpot", "(e2e - ttft) / (output tokens - 1)"),
+        ("e2e", "request sent -> end of stream"),
+        ("lag", "actual send time - scheduled arrival (open loop)"),
+        ("goodput", "requests per second meeting ttft <= slo_ttft_ms and tpot <= slo_tpot_ms"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let per_s = |n: f64| if duration_s > 0.0 { n / duration_s } else { 0.0 };
+    Summary {
+        definitions,
+        requests: results.len(),
+        ok: ok.len(),
+        failed: results.len() - ok.len(),
+        failures,
+        duration_s,
+        requests_per_s: per_s(ok.len() as f64),
+        output_tokens_per_s: per_s(tokens as f64),
+        goodput_per_s: per_s(good as f64),
+        slo_ttft_ms,
+        slo_tpot_ms,
+        ttft_ms: percentiles(ok.iter().filter_map(|r| r.ttft_ms)),
+        itl_ms: percentiles(ok.iter().flat_map(|r| r.itl_ms.iter().copied())),
+        tpot_ms: percentiles(ok.iter().filter_map(|r| r.tpot_ms())),
+        e2e_ms: percentiles(ok.iter().filter_map(|r| r.e2e_ms)),
+        lag_ms: percentiles(results.iter().map(|r| r.lag_ms)),
+        tokens_from: match sources.as_slice() {
+            [] => "none".into(),
+            [one] => one.to_string(),
+            _ => "mixed".into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_match_a_known_distribution() {
+        // 1..=1000 ms, uniform: the q-quantile is about 1000q.
+        let p = percentiles((1..=1000).map(f64::from)).unwrap();
+        assert_eq!(p.count, 1000);
+        for (got, want) in [(p.p50, 500.0), (p.p90, 900.0), (p.p95, 950.0), (p.p99, 990.0), (p.max, 1000.0)] {
+            assert!((got - want).abs() <= want * 0.002, "{got} vs {want}");
+        }
+        assert_eq!(percentiles(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn tpot_follows_its_definition() {
+        let r = RequestResult {
+            index: 0,
+            session: "s".into(),
+            scheduled_ms: 0.0,
+            lag_ms: 0.0,
+            status: Some(200),
+            error: None,
+            ttft_ms: Some(100.0),
+            e2e_ms: Some(1000.0),
+            itl_ms: vec![],
+            output_tokens: Some(10),
+            tokens_from: Some("usage".into()),
+            route: None,
+        };
+        assert_eq!(r.tpot_ms(), Some(100.0));
+        assert_eq!(RequestResult { output_tokens: Some(1), ..r }.tpot_ms(), None);
+    }
+}

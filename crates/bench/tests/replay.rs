@@ -1,0 +1,98 @@
+//! Replay against a local mock speaking OpenAI's streaming format, with
+//! faults: every failure is counted, nothing is retried, nothing crashes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use switchyard_bench::replay::{replay, summarize, Load, Target};
+use switchyard_bench::trace::Scenario;
+
+const CHUNKS: usize = 5;
+
+async fn mock(State(hits): State<Arc<AtomicUsize>>, Json(body): Json<Value>) -> Response {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let model = body["model"].as_str().unwrap_or_default().to_string();
+    let chunk = |c: &str| Ok::<_, std::io::Error>(Bytes::from(format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {"content": c}}]}))));
+    let usage = Ok(Bytes::from(format!("data: {}\n\n", json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": CHUNKS}}))));
+    let done = Ok(Bytes::from("data: [DONE]\n\n"));
+    let parts: Vec<Result<Bytes, std::io::Error>> = match model.as_str() {
+        "busy" => return (axum::http::StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": {"message": "queue full"}}))).into_response(),
+        "fail" => return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        "cut" => vec![chunk("a"), Err(std::io::Error::other("cut"))],
+        "garbage" => vec![chunk("a"), Ok(Bytes::from("data: {oops\n\n"))],
+        "nousage" => (0..CHUNKS).map(|_| chunk("w")).chain([done]).collect(),
+        _ => (0..CHUNKS).map(|_| chunk("w")).chain([usage, done]).collect(),
+    };
+    // A short pause between chunks, so timings and a cut stream are realistic.
+    let s = futures::stream::iter(parts).then(|p| async move {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        p
+    });
+    ([("content-type", "text/event-stream")], Body::from_stream(s)).into_response()
+}
+
+async fn serve() -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let app = Router::new().route("/v1/chat/completions", post(mock)).with_state(hits.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, hits)
+}
+
+fn trace() -> switchyard_bench::trace::Trace {
+    Scenario::Single { requests: 10, think_ms: 5.0, input_tokens: 20, max_tokens: 8 }.generate(1)
+}
+
+fn target(base: &str, model: &str) -> Target {
+    Target { base_url: base.into(), model: model.into(), headers: vec![] }
+}
+
+#[tokio::test]
+async fn a_healthy_target_gives_full_timings() {
+    let (base, hits) = serve().await;
+    let results = replay(&trace(), &target(&base, "ok"), Load::Open { time_scale: 1.0 }, Duration::from_secs(10)).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 10);
+    for r in &results {
+        assert!(r.ok(), "{r:?}");
+        assert_eq!((r.output_tokens, r.tokens_from.as_deref()), (Some(CHUNKS as u32), Some("usage")));
+        assert_eq!(r.itl_ms.len(), CHUNKS - 1);
+        assert!(r.ttft_ms.unwrap() <= r.e2e_ms.unwrap() && r.lag_ms >= 0.0);
+    }
+    let s = summarize(&results, 1.0, 1_000.0, 1_000.0);
+    assert_eq!((s.ok, s.failed, s.tokens_from.as_str()), (10, 0, "usage"));
+    assert_eq!(s.ttft_ms.as_ref().unwrap().count, 10);
+    assert_eq!(s.itl_ms.as_ref().unwrap().count, 10 * (CHUNKS as u64 - 1));
+    assert_eq!(s.goodput_per_s, 10.0, "all within generous SLOs");
+    assert_eq!(summarize(&results, 1.0, 0.0001, 1_000.0).goodput_per_s, 0.0, "none within an impossible TTFT SLO");
+
+    let closed = replay(&trace(), &target(&base, "nousage"), Load::Closed { concurrency: 3 }, Duration::from_secs(10)).await;
+    assert_eq!(closed.len(), 10);
+    assert!(closed.iter().all(|r| r.ok() && r.tokens_from.as_deref() == Some("chunks") && r.output_tokens == Some(CHUNKS as u32)));
+}
+
+#[tokio::test]
+async fn failures_are_counted_and_never_retried() {
+    let (base, hits) = serve().await;
+    for (model, reason) in
+        [("busy", "HTTP 429 Too Many Requests"), ("fail", "HTTP 500 Internal Server Error"), ("cut", "stream broke"), ("garbage", "malformed chunk")]
+    {
+        let before = hits.load(Ordering::SeqCst);
+        let results = replay(&trace(), &target(&base, model), Load::Open { time_scale: 1.0 }, Duration::from_secs(10)).await;
+        assert_eq!(hits.load(Ordering::SeqCst) - before, 10, "{model}: one attempt per request");
+        let s = summarize(&results, 1.0, 1_000.0, 1_000.0);
+        assert_eq!((s.ok, s.failed), (0, 10), "{model}");
+        assert_eq!(s.failures.get(reason.split(':').next().unwrap()), Some(&10), "{model}: {:?}", s.failures);
+    }
+    let dead = replay(&trace(), &target("http://127.0.0.1:9/v1", "x"), Load::Closed { concurrency: 2 }, Duration::from_secs(10)).await;
+    assert!(dead.iter().all(|r| r.error.as_deref().unwrap().starts_with("request failed")));
+}
