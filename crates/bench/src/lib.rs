@@ -5,5 +5,6 @@
 //! [`replay`] sends it to any OpenAI-compatible endpoint and measures what each
 //! request saw (TTFT, ITL, TPOT, E2E, failures) with HDR percentiles.
 
+pub mod compare;
 pub mod replay;
 pub mod trace;

@@ -45,6 +45,8 @@ pub struct RequestResult {
     /// When the trace said to send it, and how late it actually went (open loop).
     pub scheduled_ms: f64,
     pub lag_ms: f64,
+    /// When it was sent, from the start of the run (warm-up is judged on this).
+    pub sent_ms: f64,
     pub status: Option<u16>,
     /// Why it failed: connection, HTTP status, timeout, broken or malformed stream.
     pub error: Option<String>,
@@ -85,13 +87,22 @@ fn body(r: &TraceRequest, index: usize, model: &str) -> Value {
 }
 
 /// Sends one request and follows its stream.
-async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index: usize, scheduled: Instant, timeout: Duration) -> RequestResult {
+/// When a request is due and when the run began.
+#[derive(Clone, Copy)]
+struct Clock {
+    scheduled: Instant,
+    run_start: Instant,
+}
+
+async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index: usize, clock: Clock, timeout: Duration) -> RequestResult {
     let sent = Instant::now();
+    let scheduled = clock.scheduled;
     let mut out = RequestResult {
         index,
         session: r.session.clone(),
         scheduled_ms: r.at_us as f64 / 1000.0,
         lag_ms: sent.saturating_duration_since(scheduled).as_secs_f64() * 1e3,
+        sent_ms: sent.duration_since(clock.run_start).as_secs_f64() * 1e3,
         status: None,
         error: None,
         ttft_ms: None,
@@ -178,7 +189,7 @@ pub async fn replay(trace: &Trace, target: &Target, load: Load, timeout: Duratio
                     let at = start + Duration::from_secs_f64(r.at_us as f64 / 1e6 * time_scale);
                     tokio::spawn(async move {
                         tokio::time::sleep_until(at).await;
-                        one(&client, &target, &r, i, at, timeout).await
+                        one(&client, &target, &r, i, Clock { scheduled: at, run_start: start }, timeout).await
                     })
                 })
                 .collect();
@@ -189,7 +200,7 @@ pub async fn replay(trace: &Trace, target: &Target, load: Load, timeout: Duratio
             futures::stream::iter(trace.requests.iter().enumerate())
                 .map(|(i, r)| {
                     let (client, target) = (client.clone(), target.clone());
-                    async move { one(&client, &target, r, i, Instant::now(), timeout).await }
+                    async move { one(&client, &target, r, i, Clock { scheduled: Instant::now(), run_start: start }, timeout).await }
                 })
                 .buffer_unordered(concurrency.max(1))
                 .collect::<Vec<_>>()
@@ -243,9 +254,25 @@ pub struct Summary {
     pub lag_ms: Option<Percentiles>,
     /// Token counts: from `usage`, from counted chunks, or mixed.
     pub tokens_from: String,
+    /// Requests sent during the warm-up, left out of every figure above.
+    pub warmup_excluded: usize,
+    /// By `x-switchyard-route`, when the target is a router.
+    pub per_route: BTreeMap<String, RouteSummary>,
 }
 
-pub fn summarize(results: &[RequestResult], duration_s: f64, slo_ttft_ms: f64, slo_tpot_ms: f64) -> Summary {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteSummary {
+    pub requests: usize,
+    pub ok: usize,
+    pub ttft_ms: Option<Percentiles>,
+    pub e2e_ms: Option<Percentiles>,
+}
+
+/// Figures over the requests sent after `warmup_ms`; rates are per second
+/// of the measured part (`duration_s` minus the warm-up).
+pub fn summarize(all: &[RequestResult], duration_s: f64, warmup_ms: f64, slo_ttft_ms: f64, slo_tpot_ms: f64) -> Summary {
+    let results: Vec<RequestResult> = all.iter().filter(|r| r.sent_ms >= warmup_ms).cloned().collect();
+    let duration_s = (duration_s - warmup_ms / 1000.0).max(0.0);
     let ok: Vec<&RequestResult> = results.iter().filter(|r| r.ok()).collect();
     let mut failures = BTreeMap::new();
     for e in results.iter().filter_map(|r| r.error.as_deref()) {
@@ -291,7 +318,31 @@ pub fn summarize(results: &[RequestResult], duration_s: f64, slo_ttft_ms: f64, s
             [one] => one.to_string(),
             _ => "mixed".into(),
         },
+        warmup_excluded: all.len() - results.len(),
+        per_route: per_route(&results),
     }
+}
+
+fn per_route(results: &[RequestResult]) -> BTreeMap<String, RouteSummary> {
+    let mut groups: BTreeMap<String, Vec<&RequestResult>> = BTreeMap::new();
+    for r in results {
+        if let Some(route) = &r.route {
+            groups.entry(route.clone()).or_default().push(r);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(route, rs)| {
+            let ok: Vec<&&RequestResult> = rs.iter().filter(|r| r.ok()).collect();
+            let summary = RouteSummary {
+                requests: rs.len(),
+                ok: ok.len(),
+                ttft_ms: percentiles(ok.iter().filter_map(|r| r.ttft_ms)),
+                e2e_ms: percentiles(ok.iter().filter_map(|r| r.e2e_ms)),
+            };
+            (route, summary)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -316,6 +367,7 @@ mod tests {
             session: "s".into(),
             scheduled_ms: 0.0,
             lag_ms: 0.0,
+            sent_ms: 0.0,
             status: Some(200),
             error: None,
             ttft_ms: Some(100.0),

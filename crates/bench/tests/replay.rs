@@ -37,7 +37,13 @@ async fn mock(State(hits): State<Arc<AtomicUsize>>, Json(body): Json<Value>) -> 
         tokio::time::sleep(Duration::from_millis(2)).await;
         p
     });
-    ([("content-type", "text/event-stream")], Body::from_stream(s)).into_response()
+    // "routed" answers like a switchyard router, naming the route it took.
+    let route = if model == "routed" { "local" } else { "" };
+    let mut resp = ([("content-type", "text/event-stream")], Body::from_stream(s)).into_response();
+    if !route.is_empty() {
+        resp.headers_mut().insert("x-switchyard-route", route.parse().unwrap());
+    }
+    resp
 }
 
 async fn serve() -> (String, Arc<AtomicUsize>) {
@@ -68,12 +74,22 @@ async fn a_healthy_target_gives_full_timings() {
         assert_eq!(r.itl_ms.len(), CHUNKS - 1);
         assert!(r.ttft_ms.unwrap() <= r.e2e_ms.unwrap() && r.lag_ms >= 0.0);
     }
-    let s = summarize(&results, 1.0, 1_000.0, 1_000.0);
+    let s = summarize(&results, 1.0, 0.0, 1_000.0, 1_000.0);
     assert_eq!((s.ok, s.failed, s.tokens_from.as_str()), (10, 0, "usage"));
     assert_eq!(s.ttft_ms.as_ref().unwrap().count, 10);
     assert_eq!(s.itl_ms.as_ref().unwrap().count, 10 * (CHUNKS as u64 - 1));
     assert_eq!(s.goodput_per_s, 10.0, "all within generous SLOs");
-    assert_eq!(summarize(&results, 1.0, 0.0001, 1_000.0).goodput_per_s, 0.0, "none within an impossible TTFT SLO");
+    assert_eq!(summarize(&results, 1.0, 0.0, 0.0001, 1_000.0).goodput_per_s, 0.0, "none within an impossible TTFT SLO");
+
+    // A warm-up longer than the run leaves nothing to measure, and says so.
+    let warm = summarize(&results, 1.0, 60_000.0, 1_000.0, 1_000.0);
+    assert_eq!((warm.requests, warm.warmup_excluded, warm.ttft_ms), (0, 10, None));
+    assert!(s.per_route.is_empty(), "the mock is not a router");
+
+    let routed = replay(&trace(), &target(&base, "routed"), Load::Closed { concurrency: 4 }, Duration::from_secs(10)).await;
+    let by_route = summarize(&routed, 1.0, 0.0, 1_000.0, 1_000.0).per_route;
+    assert_eq!(by_route.keys().collect::<Vec<_>>(), ["local"]);
+    assert_eq!((by_route["local"].requests, by_route["local"].ttft_ms.as_ref().unwrap().count), (10, 10));
 
     let closed = replay(&trace(), &target(&base, "nousage"), Load::Closed { concurrency: 3 }, Duration::from_secs(10)).await;
     assert_eq!(closed.len(), 10);
@@ -89,7 +105,7 @@ async fn failures_are_counted_and_never_retried() {
         let before = hits.load(Ordering::SeqCst);
         let results = replay(&trace(), &target(&base, model), Load::Open { time_scale: 1.0 }, Duration::from_secs(10)).await;
         assert_eq!(hits.load(Ordering::SeqCst) - before, 10, "{model}: one attempt per request");
-        let s = summarize(&results, 1.0, 1_000.0, 1_000.0);
+        let s = summarize(&results, 1.0, 0.0, 1_000.0, 1_000.0);
         assert_eq!((s.ok, s.failed), (0, 10), "{model}");
         assert_eq!(s.failures.get(reason.split(':').next().unwrap()), Some(&10), "{model}: {:?}", s.failures);
     }

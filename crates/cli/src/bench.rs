@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
+use switchyard_bench::compare::{self, RunReport};
 use switchyard_bench::replay::{replay, summarize, Load, Percentiles, Target};
 use switchyard_bench::trace::{import_azure, Scenario, Trace};
 
@@ -13,6 +14,11 @@ pub enum BenchCommand {
     /// Make or import a traffic trace (JSONL, one request per line with its arrival offset).
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// Systems side by side on the same trace (the summary.json of each `bench run`), with ratios to the first.
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        runs: Vec<PathBuf>,
+    },
     /// Replay a trace against a target; write every request's timings
     /// (requests.jsonl) and a summary with percentiles (summary.json).
     Run {
@@ -36,6 +42,9 @@ pub enum BenchCommand {
         slo_tpot_ms: f64,
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
+        /// Seconds at the start whose requests are sent but left out of the figures.
+        #[arg(long, default_value_t = 0.0)]
+        warmup_s: f64,
         #[arg(long)]
         out: PathBuf,
     },
@@ -103,7 +112,23 @@ fn write(trace: &Trace, out: &PathBuf) -> anyhow::Result<()> {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let cmd = match cmd {
         BenchCommand::Trace(cmd) => cmd,
-        BenchCommand::Run { trace, target, model, concurrency, time_scale, slo_ttft_ms, slo_tpot_ms, timeout_s, out } => {
+        BenchCommand::Compare { runs } => {
+            let mut loaded = Vec::new();
+            for path in &runs {
+                let file = if path.is_dir() { path.join("summary.json") } else { path.clone() };
+                let report: RunReport = serde_json::from_slice(&std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?)
+                    .with_context(|| file.display().to_string())?;
+                let label = if path.is_dir() {
+                    path.display().to_string()
+                } else {
+                    path.parent().map_or_else(|| path.display().to_string(), |p| p.display().to_string())
+                };
+                loaded.push((label, report));
+            }
+            print!("{}", compare::table(&loaded).map_err(anyhow::Error::msg)?);
+            return Ok(());
+        }
+        BenchCommand::Run { trace, target, model, concurrency, time_scale, slo_ttft_ms, slo_tpot_ms, timeout_s, warmup_s, out } => {
             let text = std::fs::read_to_string(&trace).with_context(|| format!("reading {}", trace.display()))?;
             let parsed = Trace::from_jsonl(&text).with_context(|| trace.display().to_string())?;
             let load = match concurrency {
@@ -115,12 +140,20 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let started = std::time::Instant::now();
             let results = rt.block_on(replay(&parsed, &target, load, std::time::Duration::from_secs(timeout_s)));
-            let summary = summarize(&results, started.elapsed().as_secs_f64(), slo_ttft_ms, slo_tpot_ms);
+            let summary = summarize(&results, started.elapsed().as_secs_f64(), warmup_s * 1000.0, slo_ttft_ms, slo_tpot_ms);
             std::fs::create_dir_all(&out)?;
             let lines: String = results.iter().map(|r| serde_json::to_string(r).expect("results serialize") + "\n").collect();
             std::fs::write(out.join("requests.jsonl"), lines)?;
-            let report = serde_json::json!({"trace": trace.display().to_string(), "trace_sha256": parsed.sha256(), "target": target.base_url, "model": target.model, "load": format!("{load:?}"), "summary": summary});
+            let report = RunReport {
+                trace: trace.display().to_string(),
+                trace_sha256: parsed.sha256(),
+                target: target.base_url.clone(),
+                model: target.model.clone(),
+                load: format!("{load:?}"),
+                summary,
+            };
             std::fs::write(out.join("summary.json"), serde_json::to_vec_pretty(&report)?)?;
+            let summary = report.summary;
             let row = |name: &str, p: &Option<Percentiles>| match p {
                 Some(p) => println!("{name:<8} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}", p.p50, p.p90, p.p95, p.p99, p.max),
                 None => println!("{name:<8} {:>10}", "–"),

@@ -27,6 +27,19 @@ fn traces_are_generated_reproducibly_and_imported() {
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("run/summary.json")).unwrap()).unwrap();
     assert_eq!((summary["summary"]["requests"].as_u64(), summary["summary"]["failed"].as_u64()), (Some(20), Some(20)));
     assert_eq!(summary["trace_sha256"].as_str().unwrap().len(), 64);
+    // Two runs over the same trace compare; a run over another trace is refused.
+    let o = switchyard(&["bench", "run", "--trace", &path("a.jsonl"), "--target", "http://127.0.0.1:9/v1", "--time-scale", "0.01", "--out", &path("run2")]);
+    assert!(o.status.success());
+    let cmp = switchyard(&["bench", "compare", &path("run"), &path("run2")]);
+    assert!(cmp.status.success(), "{}", String::from_utf8_lossy(&cmp.stderr));
+    let table = String::from_utf8_lossy(&cmp.stdout).to_string();
+    assert!(table.contains("| system |") && table.contains("20/20"), "{table}");
+    let o = switchyard(&["bench", "trace", "generate", "--scenario", "single", "--count", "3", "--out", &path("c.jsonl")]);
+    assert!(o.status.success());
+    let o = switchyard(&["bench", "run", "--trace", &path("c.jsonl"), "--target", "http://127.0.0.1:9/v1", "--time-scale", "0.01", "--out", &path("run3")]);
+    assert!(o.status.success());
+    let cmp = switchyard(&["bench", "compare", &path("run"), &path("run3")]);
+    assert!(!cmp.status.success() && String::from_utf8_lossy(&cmp.stderr).contains("different trace"));
     let bad = switchyard(&["bench", "trace", "import", "--azure", &path("a.jsonl"), "--out", &path("x.jsonl")]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("not an Azure"));
 }
