@@ -7,4 +7,5 @@
 
 pub mod compare;
 pub mod replay;
+pub mod report;
 pub mod trace;

@@ -153,6 +153,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 summary,
             };
             std::fs::write(out.join("summary.json"), serde_json::to_vec_pretty(&report)?)?;
+            std::fs::write(out.join("report.html"), switchyard_bench::report::html(&report, &results))?;
             let summary = report.summary;
             let row = |name: &str, p: &Option<Percentiles>| match p {
                 Some(p) => println!("{name:<8} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}", p.p50, p.p90, p.p95, p.p99, p.max),
@@ -168,7 +169,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             {
                 row(name, p);
             }
-            println!("wrote {}/{{requests.jsonl,summary.json}}", out.display());
+            println!("wrote {}/{{requests.jsonl,summary.json,report.html}}", out.display());
             return Ok(());
         }
     };

@@ -27,6 +27,8 @@ fn traces_are_generated_reproducibly_and_imported() {
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("run/summary.json")).unwrap()).unwrap();
     assert_eq!((summary["summary"]["requests"].as_u64(), summary["summary"]["failed"].as_u64()), (Some(20), Some(20)));
     assert_eq!(summary["trace_sha256"].as_str().unwrap().len(), 64);
+    let html = std::fs::read_to_string(dir.path().join("run/report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("request failed × 20"), "the report shows the failures");
     // Two runs over the same trace compare; a run over another trace is refused.
     let o = switchyard(&["bench", "run", "--trace", &path("a.jsonl"), "--target", "http://127.0.0.1:9/v1", "--time-scale", "0.01", "--out", &path("run2")]);
     assert!(o.status.success());

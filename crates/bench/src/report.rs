@@ -1,0 +1,114 @@
+//! A self-contained HTML report of one run (inline SVG, no scripts or
+//! fonts fetched): latency CDFs, the arrival timeline, and the summary.
+
+use crate::compare::RunReport;
+use crate::replay::{Percentiles, RequestResult};
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Empirical CDFs of several series (ms on x, share on y), one colour each.
+fn cdf(title: &str, series: &[(&str, Vec<f64>)]) -> String {
+    let (w, h, pad) = (520.0, 300.0, 44.0);
+    let max = series.iter().flat_map(|(_, v)| v.iter().copied()).fold(0.0_f64, f64::max).max(1e-9);
+    let x = |v: f64| pad + v / max * (w - 2.0 * pad);
+    let y = |q: f64| h - pad - q * (h - 2.0 * pad);
+    let colours = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759"];
+    let mut svg = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>");
+    for i in 0..=4 {
+        let (f, q) = (i as f64 / 4.0, i as f64 / 4.0);
+        svg.push_str(&format!(
+            "<line x1='{0:.1}' x2='{0:.1}' y1='{1}' y2='{2}' stroke='#eee'/><text x='{0:.1}' y='{3}' text-anchor='middle'>{4:.0}</text><line x1='{5}' x2='{6}' y1='{7:.1}' y2='{7:.1}' stroke='#eee'/><text x='{8}' y='{9:.1}' text-anchor='end'>{10:.0}%</text>",
+            x(f * max), pad, h - pad, h - pad + 14.0, f * max, pad, w - pad, y(q), pad - 4.0, y(q) + 4.0, q * 100.0
+        ));
+    }
+    let mut legend = String::new();
+    for (i, (name, values)) in series.iter().enumerate() {
+        let mut v = values.clone();
+        v.sort_by(f64::total_cmp);
+        let n = v.len().max(1) as f64;
+        let points: Vec<String> = v.iter().enumerate().map(|(k, val)| format!("{:.1},{:.1}", x(*val), y((k + 1) as f64 / n))).collect();
+        let c = colours[i % colours.len()];
+        svg.push_str(&format!("<polyline fill='none' stroke='{c}' stroke-width='2' points='{}'/>", points.join(" ")));
+        legend.push_str(&format!("<span style='color:{c}'>&#9632;</span> {} ({} values) ", escape(name), v.len()));
+    }
+    svg.push_str(&format!("<text x='{}' y='{}' text-anchor='middle'>ms</text></svg>", w / 2.0, h - 6.0));
+    format!("<figure><figcaption>{}</figcaption>{svg}<div>{legend}</div></figure>", escape(title))
+}
+
+/// When each request was sent (x) and how long it took end to end (y); failures in red.
+fn timeline(results: &[RequestResult]) -> String {
+    let (w, h, pad) = (520.0, 300.0, 44.0);
+    let t_max = results.iter().map(|r| r.sent_ms).fold(0.0_f64, f64::max).max(1e-9);
+    let e_max = results.iter().filter_map(|r| r.e2e_ms).fold(0.0_f64, f64::max).max(1e-9);
+    let mut svg = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>");
+    svg.push_str(&format!("<line x1='{pad}' x2='{}' y1='{}' y2='{}' stroke='#999'/>", w - pad, h - pad, h - pad));
+    for r in results {
+        let cx = pad + r.sent_ms / t_max * (w - 2.0 * pad);
+        let (cy, colour) = match r.e2e_ms {
+            Some(e) if r.ok() => (h - pad - e / e_max * (h - 2.0 * pad), "#4e79a7"),
+            _ => (h - pad, "#e15759"),
+        };
+        svg.push_str(&format!("<circle cx='{cx:.1}' cy='{cy:.1}' r='2.5' fill='{colour}'/>"));
+    }
+    svg.push_str(&format!(
+        "<text x='{}' y='{}' text-anchor='middle'>sent at (s, max {:.1})</text><text x='12' y='{}' transform='rotate(-90 12 {})' text-anchor='middle'>E2E (max {:.0} ms)</text></svg>",
+        w / 2.0,
+        h - 8.0,
+        t_max / 1000.0,
+        h / 2.0,
+        h / 2.0,
+        e_max
+    ));
+    format!("<figure><figcaption>Timeline: each request by send time and E2E latency (red: failed)</figcaption>{svg}</figure>")
+}
+
+fn row(name: &str, p: &Option<Percentiles>) -> String {
+    match p {
+        Some(p) => format!(
+            "<tr><td>{name}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td></tr>",
+            p.count, p.p50, p.p90, p.p95, p.p99, p.max
+        ),
+        None => format!("<tr><td>{name}</td><td>0</td><td colspan='5'>–</td></tr>"),
+    }
+}
+
+pub fn html(report: &RunReport, results: &[RequestResult]) -> String {
+    let s = &report.summary;
+    let ok: Vec<&RequestResult> = results.iter().filter(|r| r.ok() && r.sent_ms >= 0.0).collect();
+    let charts = [
+        cdf("TTFT and E2E, cumulative", &[("TTFT", ok.iter().filter_map(|r| r.ttft_ms).collect()), ("E2E", ok.iter().filter_map(|r| r.e2e_ms).collect())]),
+        cdf("Inter-token latency, cumulative", &[("ITL", ok.iter().flat_map(|r| r.itl_ms.iter().copied()).collect())]),
+        timeline(results),
+    ]
+    .concat();
+    let table = [("TTFT", &s.ttft_ms), ("ITL", &s.itl_ms), ("TPOT", &s.tpot_ms), ("E2E", &s.e2e_ms), ("send lag", &s.lag_ms)]
+        .iter()
+        .map(|(n, p)| row(n, p))
+        .collect::<String>();
+    let definitions: String = s.definitions.iter().map(|(k, v)| format!("<li><b>{k}</b>: {}</li>", escape(v))).collect();
+    let failures =
+        if s.failures.is_empty() { "none".to_string() } else { s.failures.iter().map(|(k, v)| format!("{} × {v}", escape(k))).collect::<Vec<_>>().join(", ") };
+    format!(
+        "<!doctype html><html><head><meta charset='utf-8'><title>bench {target}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
+         figure{{display:inline-block;margin:0 2em 2em 0}} figcaption{{font-weight:600}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><body>\
+         <h1>bench: {target} ({model})</h1><p>trace {trace} (sha256 {sha}), load {load}; {ok} of {n} requests ok, {warm} in warm-up left out; {rps:.2} req/s, {tps:.1} output tok/s, goodput {good:.2}/s \
+         (TTFT ≤ {st} ms, TPOT ≤ {sp} ms); tokens from {from}; failures: {failures}.</p>{charts}\
+         <h2>Percentiles (ms)</h2><table><tr><th>metric</th><th>n</th><th>p50</th><th>p90</th><th>p95</th><th>p99</th><th>max</th></tr>{table}</table><h2>Definitions</h2><ul>{definitions}</ul></body></html>",
+        target = escape(&report.target),
+        model = escape(&report.model),
+        trace = escape(&report.trace),
+        sha = report.trace_sha256,
+        load = escape(&report.load),
+        ok = s.ok,
+        n = s.requests,
+        warm = s.warmup_excluded,
+        rps = s.requests_per_s,
+        tps = s.output_tokens_per_s,
+        good = s.goodput_per_s,
+        st = s.slo_ttft_ms,
+        sp = s.slo_tpot_ms,
+        from = s.tokens_from,
+    )
+}
