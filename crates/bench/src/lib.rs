@@ -6,6 +6,7 @@
 //! request saw (TTFT, ITL, TPOT, E2E, failures) with HDR percentiles.
 
 pub mod compare;
+pub mod mock;
 pub mod replay;
 pub mod report;
 pub mod trace;

@@ -112,3 +112,18 @@ async fn failures_are_counted_and_never_retried() {
     let dead = replay(&trace(), &target("http://127.0.0.1:9/v1", "x"), Load::Closed { concurrency: 2 }, Duration::from_secs(10)).await;
     assert!(dead.iter().all(|r| r.error.as_deref().unwrap().starts_with("request failed")));
 }
+
+#[tokio::test]
+async fn the_delay_mock_answers_after_its_injected_delays() {
+    let delays = switchyard_bench::mock::Delays { ttft: Duration::from_millis(20), itl: Duration::from_millis(5), chunks: 4 };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(switchyard_bench::mock::serve(listener, delays));
+    let results = replay(&trace(), &target(&base, "mock"), Load::Closed { concurrency: 5 }, Duration::from_secs(10)).await;
+    for r in &results {
+        assert!(r.ok(), "{r:?}");
+        assert_eq!((r.output_tokens, r.itl_ms.len()), (Some(4), 3));
+        // The mock sleeps at least this long, so no measurement can be shorter.
+        assert!(r.ttft_ms.unwrap() >= 20.0 && r.e2e_ms.unwrap() >= 35.0, "{r:?}");
+    }
+}

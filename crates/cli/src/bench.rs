@@ -14,6 +14,18 @@ pub enum BenchCommand {
     /// Make or import a traffic trace (JSONL, one request per line with its arrival offset).
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// Serve a mock OpenAI endpoint with injected timings (first chunk after
+    /// --ttft-ms, then one every --itl-ms): what the bench's own accuracy is measured against.
+    Mock {
+        #[arg(long, default_value_t = 18100)]
+        port: u16,
+        #[arg(long, default_value_t = 50.0)]
+        ttft_ms: f64,
+        #[arg(long, default_value_t = 10.0)]
+        itl_ms: f64,
+        #[arg(long, default_value_t = 20)]
+        chunks: u32,
+    },
     /// Systems side by side on the same trace (the summary.json of each `bench run`), with ratios to the first.
     Compare {
         #[arg(required = true, num_args = 2..)]
@@ -112,6 +124,20 @@ fn write(trace: &Trace, out: &PathBuf) -> anyhow::Result<()> {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let cmd = match cmd {
         BenchCommand::Trace(cmd) => cmd,
+        BenchCommand::Mock { port, ttft_ms, itl_ms, chunks } => {
+            let delays = switchyard_bench::mock::Delays {
+                ttft: std::time::Duration::from_secs_f64(ttft_ms / 1e3),
+                itl: std::time::Duration::from_secs_f64(itl_ms / 1e3),
+                chunks,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            return rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+                println!("mock listening on http://{}/v1 ({delays:?})", listener.local_addr()?);
+                switchyard_bench::mock::serve(listener, delays).await?;
+                Ok(())
+            });
+        }
         BenchCommand::Compare { runs } => {
             let mut loaded = Vec::new();
             for path in &runs {
