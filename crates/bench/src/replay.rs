@@ -27,6 +27,9 @@ pub struct Target {
     pub base_url: String,
     pub model: String,
     pub headers: Vec<(String, String)>,
+    /// Ask for streamed answers (TTFT and ITL measurable) or whole ones
+    /// (then TTFT is the time to the complete answer).
+    pub stream: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,12 +81,16 @@ pub fn synthetic_prompt(tokens: u32, seed: usize) -> String {
     (0..tokens as usize).map(|i| WORDS[(i * 7 + seed) % WORDS.len()]).collect::<Vec<_>>().join(" ")
 }
 
-fn body(r: &TraceRequest, index: usize, model: &str) -> Value {
+fn body(r: &TraceRequest, index: usize, model: &str, stream: bool) -> Value {
     let messages = match &r.messages {
         Some(m) => json!(m),
         None => json!([{"role": "user", "content": synthetic_prompt(r.input_tokens.unwrap_or(1), index)}]),
     };
-    json!({"model": model, "messages": messages, "max_tokens": r.max_tokens, "stream": true, "stream_options": {"include_usage": true}})
+    if stream {
+        json!({"model": model, "messages": messages, "max_tokens": r.max_tokens, "stream": true, "stream_options": {"include_usage": true}})
+    } else {
+        json!({"model": model, "messages": messages, "max_tokens": r.max_tokens})
+    }
 }
 
 /// Sends one request and follows its stream.
@@ -114,7 +121,7 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
     };
     let ms = |t: Instant| t.duration_since(sent).as_secs_f64() * 1e3;
     let run = async {
-        let mut req = client.post(format!("{}/chat/completions", target.base_url.trim_end_matches('/'))).json(&body(r, index, &target.model));
+        let mut req = client.post(format!("{}/chat/completions", target.base_url.trim_end_matches('/'))).json(&body(r, index, &target.model, target.stream));
         for (k, v) in &target.headers {
             req = req.header(k, v);
         }
@@ -123,6 +130,16 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
         out.route = resp.headers().get("x-switchyard-route").and_then(|v| v.to_str().ok()).map(str::to_string);
         if !resp.status().is_success() {
             return Err(format!("HTTP {}", resp.status()));
+        }
+        if !target.stream {
+            let v: Value = resp.json().await.map_err(|e| format!("malformed answer: {e}"))?;
+            let now = ms(Instant::now());
+            (out.ttft_ms, out.e2e_ms) = (Some(now), Some(now));
+            (out.output_tokens, out.tokens_from) = match v["usage"]["completion_tokens"].as_u64() {
+                Some(n) => (Some(n as u32), Some("usage".into())),
+                None => (None, None),
+            };
+            return Ok(());
         }
         let (mut buf, mut last, mut chunks, mut usage, mut done) = (Vec::new(), None::<Instant>, 0u32, None, false);
         let mut stream = resp.bytes_stream();

@@ -60,7 +60,7 @@ fn trace() -> switchyard_bench::trace::Trace {
 }
 
 fn target(base: &str, model: &str) -> Target {
-    Target { base_url: base.into(), model: model.into(), headers: vec![] }
+    Target { base_url: base.into(), model: model.into(), headers: vec![], stream: true }
 }
 
 #[tokio::test]
@@ -125,5 +125,11 @@ async fn the_delay_mock_answers_after_its_injected_delays() {
         assert_eq!((r.output_tokens, r.itl_ms.len()), (Some(4), 3));
         // The mock sleeps at least this long, so no measurement can be shorter.
         assert!(r.ttft_ms.unwrap() >= 20.0 && r.e2e_ms.unwrap() >= 35.0, "{r:?}");
+    }
+    let whole = Target { stream: false, ..target(&base, "mock") };
+    let results = replay(&trace(), &whole, Load::Closed { concurrency: 5 }, Duration::from_secs(10)).await;
+    for r in &results {
+        assert!(r.ok() && r.output_tokens == Some(4) && r.itl_ms.is_empty(), "{r:?}");
+        assert!(r.ttft_ms == r.e2e_ms && r.e2e_ms.unwrap() >= 35.0, "non-streaming: TTFT is the whole answer: {r:?}");
     }
 }

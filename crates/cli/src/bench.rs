@@ -54,6 +54,9 @@ pub enum BenchCommand {
         slo_tpot_ms: f64,
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
+        /// Ask for whole answers instead of streams (no ITL; TTFT = E2E).
+        #[arg(long)]
+        no_stream: bool,
         /// Seconds at the start whose requests are sent but left out of the figures.
         #[arg(long, default_value_t = 0.0)]
         warmup_s: f64,
@@ -154,14 +157,14 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             print!("{}", compare::table(&loaded).map_err(anyhow::Error::msg)?);
             return Ok(());
         }
-        BenchCommand::Run { trace, target, model, concurrency, time_scale, slo_ttft_ms, slo_tpot_ms, timeout_s, warmup_s, out } => {
+        BenchCommand::Run { trace, target, model, concurrency, time_scale, slo_ttft_ms, slo_tpot_ms, timeout_s, no_stream, warmup_s, out } => {
             let text = std::fs::read_to_string(&trace).with_context(|| format!("reading {}", trace.display()))?;
             let parsed = Trace::from_jsonl(&text).with_context(|| trace.display().to_string())?;
             let load = match concurrency {
                 Some(c) => Load::Closed { concurrency: c },
                 None => Load::Open { time_scale },
             };
-            let target = Target { base_url: target, model, headers: Vec::new() };
+            let target = Target { base_url: target, model, headers: Vec::new(), stream: !no_stream };
             eprintln!("replaying {} requests ({:.1} s of arrivals) against {} ...", parsed.requests.len(), parsed.duration_ms() / 1000.0, target.base_url);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let started = std::time::Instant::now();
