@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use switchyard_wire::sse::SseDecoder;
+
 use crate::trace::{Trace, TraceRequest};
 
 #[derive(Debug, Clone)]
@@ -141,33 +143,30 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
             };
             return Ok(());
         }
-        let (mut buf, mut last, mut chunks, mut usage, mut done) = (Vec::new(), None::<Instant>, 0u32, None, false);
+        let (mut sse, mut last, mut chunks, mut usage, mut done) = (SseDecoder::default(), None::<Instant>, 0u32, None, false);
         let mut stream = resp.bytes_stream();
         while let Some(bytes) = stream.next().await {
-            buf.extend_from_slice(&bytes.map_err(|e| format!("stream broke: {e}"))?);
+            let bytes = bytes.map_err(|e| format!("stream broke: {e}"))?;
             let now = Instant::now();
-            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-                let event: Vec<u8> = buf.drain(..end + 2).collect();
-                for data in String::from_utf8_lossy(&event).lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim) {
-                    if data == "[DONE]" {
-                        done = true;
-                        continue;
+            for data in sse.push(&bytes) {
+                if data == "[DONE]" {
+                    done = true;
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&data).map_err(|_| format!("malformed chunk: {}", data.chars().take(80).collect::<String>()))?;
+                if let Some(e) = v.get("error") {
+                    return Err(format!("error event: {}", e["message"].as_str().unwrap_or("unknown")));
+                }
+                if v["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty()) {
+                    chunks += 1;
+                    match last {
+                        None => out.ttft_ms = Some(ms(now)),
+                        Some(prev) => out.itl_ms.push(now.duration_since(prev).as_secs_f64() * 1e3),
                     }
-                    let v: Value = serde_json::from_str(data).map_err(|_| format!("malformed chunk: {}", data.chars().take(80).collect::<String>()))?;
-                    if let Some(e) = v.get("error") {
-                        return Err(format!("error event: {}", e["message"].as_str().unwrap_or("unknown")));
-                    }
-                    if v["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty()) {
-                        chunks += 1;
-                        match last {
-                            None => out.ttft_ms = Some(ms(now)),
-                            Some(prev) => out.itl_ms.push(now.duration_since(prev).as_secs_f64() * 1e3),
-                        }
-                        last = Some(now);
-                    }
-                    if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
-                        usage = Some(n as u32);
-                    }
+                    last = Some(now);
+                }
+                if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                    usage = Some(n as u32);
                 }
             }
         }

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use switchyard_eval::record::RecordConfidence;
 use switchyard_router::calibrate::{self, Calibration, CurvePoint, Direction, Sample, Target};
 use switchyard_router::{Action, DifficultyModel, Features, Policy, Signal};
 
@@ -69,14 +70,6 @@ struct Record {
 enum Correct {
     Pass(bool),
     Score(f64),
-}
-
-#[derive(Deserialize, Default, Clone)]
-struct RecordConfidence {
-    mean_logprob: Option<f64>,
-    min_window_logprob: Option<f64>,
-    prompt_score: Option<f64>,
-    features: Option<Features>,
 }
 
 /// One item's results, averaged over repeats.

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use switchyard_router::{Confidence, DifficultyModel, Features, Price};
+use switchyard_wire::sse::SseDecoder;
 use tokio::sync::Semaphore;
 
 use crate::dataset::{Dataset, Item};
@@ -72,6 +73,11 @@ struct Reply {
 
 pub async fn run(dataset: &Dataset, target: &Target, opts: &RunOptions, sandbox: Sandbox) -> Vec<EvalRecord> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(opts.concurrency).build().expect("an HTTP client");
+    if let Some(dir) = &opts.cache_dir {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("warning: cannot create the answer cache {}: {e}", dir.display());
+        }
+    }
     let gate = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let bar = if opts.progress {
         let bar = indicatif::ProgressBar::new(dataset.items.len() as u64 * u64::from(opts.repeats));
@@ -120,11 +126,7 @@ async fn one(client: &reqwest::Client, dataset: &Dataset, item: &Item, repeat: u
     };
     if let (Ok(r), Some(dir), false) = (&reply, &opts.cache_dir, was_cached) {
         let tmp = dir.join(format!("{key}.tmp"));
-        if std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::write(&tmp, serde_json::to_vec(r).expect("replies serialize")))
-            .and_then(|_| std::fs::rename(&tmp, dir.join(&key)))
-            .is_err()
-        {
+        if std::fs::write(&tmp, serde_json::to_vec(r).expect("replies serialize")).and_then(|_| std::fs::rename(&tmp, dir.join(&key))).is_err() {
             eprintln!("warning: could not cache the answer to {}", item.id);
         }
     }
@@ -274,27 +276,22 @@ async fn ask(client: &reqwest::Client, target: &Target, item: &Item, opts: &RunO
         return Err(format!("HTTP {status}: {}", message.chars().take(300).collect::<String>()));
     }
     let mut reply = Reply { route, ..Default::default() };
-    let mut buf = Vec::new();
+    let mut sse = SseDecoder::default();
     let mut chunks = resp.bytes_stream();
     let mut done = false;
     while let Some(chunk) = chunks.next().await {
-        buf.extend_from_slice(&chunk.map_err(|e| format!("stream broke: {e}"))?);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = buf.drain(..end + 2).collect();
-            for data in String::from_utf8_lossy(&event).lines().filter_map(|l| l.strip_prefix("data:")) {
-                let data = data.trim();
-                if data == "[DONE]" {
-                    done = true;
-                    continue;
-                }
-                let v: Value = serde_json::from_str(data).map_err(|e| format!("malformed chunk ({e}): {}", data.chars().take(120).collect::<String>()))?;
-                absorb(&mut reply, &v, &began)?;
+        for data in sse.push(&chunk.map_err(|e| format!("stream broke: {e}"))?) {
+            if data == "[DONE]" {
+                done = true;
+                continue;
             }
+            let v: Value = serde_json::from_str(&data).map_err(|e| format!("malformed chunk ({e}): {}", data.chars().take(120).collect::<String>()))?;
+            absorb(&mut reply, &v, &began)?;
         }
     }
     if !done {
         // A plain JSON answer (a server that ignores `stream`) is still an answer.
-        let v: Value = serde_json::from_slice(&buf).map_err(|_| "the stream ended without [DONE]".to_string())?;
+        let v: Value = serde_json::from_slice(sse.rest()).map_err(|_| "the stream ended without [DONE]".to_string())?;
         absorb(&mut reply, &v, &began)?;
     }
     reply.total_ms = began.elapsed().as_secs_f64() * 1e3;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt};
 use serde_json::Value;
+use switchyard_wire::sse::SseDecoder;
 
 /// Bytes of an answer kept for reading; the rest still reaches the client.
 pub const CAPTURE_LIMIT: usize = 256 * 1024;
@@ -57,8 +58,7 @@ fn objects(body: &[u8]) -> Vec<Value> {
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
         return vec![v];
     }
-    let Ok(text) = std::str::from_utf8(body) else { return Vec::new() };
-    text.lines().filter_map(|l| l.strip_prefix("data: ")).filter_map(|d| serde_json::from_str(d).ok()).collect()
+    SseDecoder::default().push(body).iter().filter_map(|d| serde_json::from_str(d).ok()).collect()
 }
 
 /// Prompt and completion tokens, from `usage` (any server) or `timings`

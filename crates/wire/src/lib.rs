@@ -7,6 +7,7 @@
 pub mod chat;
 pub mod error;
 pub mod models;
+pub mod sse;
 pub mod timings;
 
 pub use chat::*;
