@@ -21,7 +21,7 @@ use switchyard_engine::Engine;
 use switchyard_router::{
     classify, decide, decide_forced, Backend, CascadePlan, Confidence, DataClass, Decision, Declared, Lane, Outcome, Policy, Prices, RequestFacts,
 };
-use switchyard_store::{Completion, DecisionRecord, HandoffRecord, ShadowRecord};
+use switchyard_store::{Completion, DecisionRecord, HandoffRecord, JsonText, ShadowRecord};
 use switchyard_wire::*;
 use tokio::sync::oneshot;
 
@@ -67,7 +67,10 @@ impl Routing {
     /// Checks the policy against what this server can do: embedded routes
     /// must name a loaded model, upstream keys must be in the environment.
     pub fn new(policy: Policy, prices: Prices, engines: &BTreeMap<String, Arc<Engine>>) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+        // An API upstream that redirects a POST is misconfigured: fail over
+        // instead of following (which also skips reqwest's redirect checks,
+        // a real share of a proxied request's CPU).
+        let client = reqwest::Client::builder().pool_max_idle_per_host(64).redirect(reqwest::redirect::Policy::none()).build()?;
         let mut upstreams = HashMap::new();
         for (i, route) in policy.routes.iter().enumerate() {
             match (route.backend, &route.url) {
@@ -147,9 +150,9 @@ impl Routing {
                     route: route.clone(),
                     status: result.as_ref().map_or_else(|e| e.status.as_u16(), |r| r.status().as_u16()),
                     reason: run.reason.clone(),
-                    decision: serde_json::to_value(&decision).expect("decisions serialize"),
+                    decision: JsonText::of(&decision).expect("decisions serialize"),
                     label: label.into(),
-                    execution: serde_json::to_value(&run.execution).expect("executions serialize"),
+                    execution: JsonText::of(&run.execution).expect("executions serialize"),
                     prompt_tokens: None,
                     completion_tokens: None,
                     cost_usd: None,

@@ -17,7 +17,9 @@ use crate::resilience::gap_limited;
 
 pub struct Upstream {
     name: String,
-    endpoint: String,
+    /// Parsed once: parsing (IDNA host checks included) was a tenth of a
+    /// proxied request's instructions.
+    endpoint: reqwest::Url,
     model: String,
     api_key: Option<String>,
     total: Duration,
@@ -35,7 +37,8 @@ impl Upstream {
         };
         Ok(Self {
             name: route.name.clone(),
-            endpoint: format!("{}/chat/completions", url.trim_end_matches('/')),
+            endpoint: reqwest::Url::parse(&format!("{}/chat/completions", url.trim_end_matches('/')))
+                .map_err(|e| anyhow::anyhow!("route `{}`: url {url}: {e}", route.name))?,
             model: route.model.clone(),
             api_key,
             total: Duration::from_millis(route.total_timeout_ms),
@@ -52,7 +55,7 @@ impl Upstream {
     pub async fn call(&self, req: &ChatCompletionRequest, ttft: Duration) -> Result<Response, ApiError> {
         let mut body = req.clone();
         body.model = self.model.clone();
-        let mut call = self.client.post(&self.endpoint).json(&body);
+        let mut call = self.client.post(self.endpoint.clone()).json(&body);
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
         }
@@ -112,7 +115,8 @@ impl Upstream {
     fn upstream_error(&self, status: StatusCode, text: &str) -> ApiError {
         let detail = serde_json::from_str::<ErrorBody>(text).map(|b| b.error.message).unwrap_or_else(|_| text.chars().take(300).collect());
         let message = format!("upstream {} answered {status}: {detail}", self.name);
-        if status.is_server_error() {
+        // Redirects are not followed (see `Routing::new`): the route's url is wrong.
+        if status.is_server_error() || status.is_redirection() {
             ApiError::bad_gateway(message)
         } else {
             ApiError { status, ..ApiError::invalid(None, message) }.with_code("upstream_rejected")

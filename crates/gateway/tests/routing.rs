@@ -58,6 +58,8 @@ async fn mock_chat(State(seen): State<Mock>, Path(mode): Path<String>, headers: 
         "cut" => sse(vec![Ok(chunk(json!({"role": "assistant", "content": "partial"}), Value::Null)), Err(std::io::Error::other("cut"))], Duration::ZERO),
         "malformed" if body["stream"] == true => ([("content-type", "text/event-stream")], "garbage\n\n").into_response(),
         "malformed" => ([("content-type", "application/json")], "{not json").into_response(),
+        // Points at a working address; a gateway must not follow it.
+        "moved" => (StatusCode::TEMPORARY_REDIRECT, [("location", "/ok/v1/chat/completions")]).into_response(),
         "fail" | "flaky" => {
             (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"message": "boom", "type": "server_error", "param": null, "code": null}})))
                 .into_response()
@@ -170,6 +172,15 @@ name = "malformed"
 backend = "upstream"
 model = "m"
 url = "{mock}/malformed/v1"
+allowed_classes = ["public"]
+fallback = ["local"]
+retry = {{ ratio = 0.0, min_per_second = 0.0 }}
+
+[[routes]]
+name = "moved"
+backend = "upstream"
+model = "m"
+url = "{mock}/moved/v1"
 allowed_classes = ["public"]
 fallback = ["local"]
 retry = {{ ratio = 0.0, min_per_second = 0.0 }}
@@ -613,6 +624,14 @@ async fn broken_streams_end_with_an_error_event_and_malformed_answers_fall_back(
         assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "local"), "{body}");
         assert!(header(&h, "x-switchyard-reason").contains("malformed failed (malformed_upstream)"), "{h:?}");
     }
+    // A redirecting upstream is misconfigured: not followed (the request
+    // body would be re-sent somewhere the policy never named) but failed
+    // like a 5xx, which a route's fallback chain then covers. (Forced, so
+    // no fallback here.)
+    let (status, _, body) = s.ask_with("Say hello.", json!({}), &[("x-switchyard-force-route", "moved")]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("upstream moved answered 307"), "{body}");
+    assert_eq!(s.hits("ok"), 0, "the redirect was followed");
 }
 
 #[tokio::test]

@@ -16,6 +16,36 @@ use sqlx::{Row, SqliteConnection};
 
 pub use recorder::{Completion, Recorder};
 
+/// A JSON document kept as its text: serialized once where it is made
+/// (the request path) and stored as is, yet shown as nested JSON (not a
+/// string) wherever a record is serialized, e.g. by `/admin`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JsonText(Box<serde_json::value::RawValue>);
+
+impl JsonText {
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(Self)
+    }
+
+    /// Checks that `text` is JSON (a stored record may have been edited).
+    pub fn parse(text: String) -> Result<Self, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+/// Equal when the documents are equal, whatever their spacing.
+impl PartialEq for JsonText {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+            || serde_json::from_str::<serde_json::Value>(self.as_str()).ok() == serde_json::from_str::<serde_json::Value>(other.as_str()).ok()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
@@ -40,12 +70,12 @@ pub struct DecisionRecord {
     /// The decision's reason plus every fallback and retry taken.
     pub reason: String,
     /// The full decision (scores, thresholds, data class, chain, exclusions).
-    pub decision: serde_json::Value,
+    pub decision: JsonText,
     /// How it ended: `answered`, `refused`, `human-escalated` or `error`.
     pub label: String,
     /// What running the decision did: every route tried and how it went,
     /// retries, the cascade's confidence.
-    pub execution: serde_json::Value,
+    pub execution: JsonText,
     /// Filled in after the answer was sent (see [`Completion`]).
     #[serde(default)]
     pub prompt_tokens: Option<u32>,
@@ -139,9 +169,9 @@ impl Store {
             route: row.try_get("route")?,
             status: row.try_get::<i64, _>("status")? as u16,
             reason: row.try_get("reason")?,
-            decision: serde_json::from_str(&row.try_get::<String, _>("decision")?)?,
+            decision: JsonText::parse(row.try_get("decision")?)?,
             label: row.try_get("label")?,
-            execution: serde_json::from_str(&row.try_get::<String, _>("execution")?)?,
+            execution: JsonText::parse(row.try_get("execution")?)?,
             prompt_tokens: row.try_get::<Option<i64>, _>("prompt_tokens")?.map(|n| n as u32),
             completion_tokens: row.try_get::<Option<i64>, _>("completion_tokens")?.map(|n| n as u32),
             cost_usd: row.try_get("cost_usd")?,
@@ -240,14 +270,21 @@ fn handoff_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HandoffRecord, Stor
 const DECISION_COLUMNS: &str = "INSERT INTO decisions (request_id, created_ms, policy_id, rule_id, route, status, reason, decision, label, execution,
                                                    prompt_tokens, completion_tokens, cost_usd, energy_wh) ";
 
-/// Inserts `records` with one statement (at most 14 × 512 bound values,
-/// well under SQLite's limit).
+/// Rows per INSERT: only these sizes, so each statement is prepared once
+/// and then reused from sqlx's cache (a statement per batch length was
+/// re-parsed by SQLite on every batch). 14 × 64 bound values is well under
+/// SQLite's limit.
+const ROWS_PER_INSERT: [usize; 3] = [64, 8, 1];
+
+/// Inserts `records` with as few multi-row statements as the sizes allow.
 async fn insert_decisions(conn: &mut SqliteConnection, records: &[&DecisionRecord]) -> Result<(), StoreError> {
-    for chunk in records.chunks(512) {
-        let json: Vec<(String, String)> =
-            chunk.iter().map(|r| Ok((serde_json::to_string(&r.decision)?, serde_json::to_string(&r.execution)?))).collect::<Result<_, StoreError>>()?;
+    let mut rest = records;
+    while !rest.is_empty() {
+        let rows = ROWS_PER_INSERT.into_iter().find(|&n| n <= rest.len()).expect("1 row always fits");
+        let (chunk, tail) = rest.split_at(rows);
+        rest = tail;
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(DECISION_COLUMNS);
-        q.push_values(chunk.iter().zip(json), |mut b, (r, (decision, execution))| {
+        q.push_values(chunk, |mut b, r| {
             b.push_bind(r.request_id.clone())
                 .push_bind(r.created_ms)
                 .push_bind(r.policy_id.clone())
@@ -255,9 +292,9 @@ async fn insert_decisions(conn: &mut SqliteConnection, records: &[&DecisionRecor
                 .push_bind(r.route.clone())
                 .push_bind(i64::from(r.status))
                 .push_bind(r.reason.clone())
-                .push_bind(decision)
+                .push_bind(r.decision.as_str().to_owned())
                 .push_bind(r.label.clone())
-                .push_bind(execution)
+                .push_bind(r.execution.as_str().to_owned())
                 .push_bind(r.prompt_tokens.map(i64::from))
                 .push_bind(r.completion_tokens.map(i64::from))
                 .push_bind(r.cost_usd)

@@ -1,5 +1,5 @@
 use serde_json::json;
-use switchyard_store::{Completion, DecisionRecord, HandoffRecord, Recorder, ResolveError, ShadowRecord, Store};
+use switchyard_store::{Completion, DecisionRecord, HandoffRecord, JsonText, Recorder, ResolveError, ShadowRecord, Store};
 
 fn record(id: &str) -> DecisionRecord {
     DecisionRecord {
@@ -10,9 +10,9 @@ fn record(id: &str) -> DecisionRecord {
         route: "local".into(),
         status: 200,
         reason: "rule difficulty: 0.2 < 0.6 -> local".into(),
-        decision: json!({"score": 0.2, "threshold": 0.6}),
+        decision: JsonText::of(&json!({"score": 0.2, "threshold": 0.6})).unwrap(),
         label: "answered".into(),
-        execution: json!({"steps": [{"route": "local", "outcome": "ok"}]}),
+        execution: JsonText::of(&json!({"steps": [{"route": "local", "outcome": "ok"}]})).unwrap(),
         prompt_tokens: None,
         completion_tokens: None,
         cost_usd: None,
