@@ -3,10 +3,12 @@
 //! offsets, generated from a named scenario and a seed, or imported from a
 //! published production trace, so two systems can see exactly the same load;
 //! [`replay`] sends it to any OpenAI-compatible endpoint and measures what each
-//! request saw (TTFT, ITL, TPOT, E2E, failures) with HDR percentiles.
+//! request saw (TTFT, ITL, TPOT, E2E, failures) with HDR percentiles;
+//! [`sweep`] repeats a replay at several concurrencies.
 
 pub mod compare;
 pub mod mock;
 pub mod replay;
 pub mod report;
+pub mod sweep;
 pub mod trace;

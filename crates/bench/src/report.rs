@@ -4,7 +4,7 @@
 use crate::compare::RunReport;
 use crate::replay::{Percentiles, RequestResult};
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
@@ -34,6 +34,58 @@ fn cdf(title: &str, series: &[(&str, Vec<f64>)]) -> String {
         legend.push_str(&format!("<span style='color:{c}'>&#9632;</span> {} ({} values) ", escape(name), v.len()));
     }
     svg.push_str(&format!("<text x='{}' y='{}' text-anchor='middle'>ms</text></svg>", w / 2.0, h - 6.0));
+    format!("<figure><figcaption>{}</figcaption>{svg}<div>{legend}</div></figure>", escape(title))
+}
+
+/// One line of a [`lines`] chart; `None` where a level has no value.
+pub(crate) struct Series {
+    pub name: String,
+    pub values: Vec<Option<f64>>,
+}
+
+/// A line chart over evenly spaced categories (e.g. concurrency levels),
+/// y from 0 to the largest value.
+pub(crate) fn lines(title: &str, x: &[String], unit: &str, series: &[Series]) -> String {
+    let (w, h, pad) = (520.0, 300.0, 52.0);
+    let max = series.iter().flat_map(|s| s.values.iter().flatten().copied()).fold(0.0_f64, f64::max).max(1e-9);
+    let step = (w - 2.0 * pad) / (x.len().max(2) - 1) as f64;
+    let px = |i: usize| pad + i as f64 * step;
+    let py = |v: f64| h - pad - v / max * (h - 2.0 * pad);
+    let colours = ["#4e79a7", "#f28e2b", "#e15759", "#59a14f"];
+    let mut svg = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>");
+    for i in 0..=4 {
+        let v = max * i as f64 / 4.0;
+        svg.push_str(&format!(
+            "<line x1='{pad}' x2='{}' y1='{y:.1}' y2='{y:.1}' stroke='#eee'/><text x='{}' y='{:.1}' text-anchor='end'>{}</text>",
+            w - pad,
+            pad - 4.0,
+            py(v) + 4.0,
+            if max >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") },
+            y = py(v)
+        ));
+    }
+    for (i, label) in x.iter().enumerate() {
+        svg.push_str(&format!("<text x='{:.1}' y='{}' text-anchor='middle'>{}</text>", px(i), h - pad + 14.0, escape(label)));
+    }
+    let mut legend = String::new();
+    for (k, s) in series.iter().enumerate() {
+        let c = colours[k % colours.len()];
+        let points: Vec<(f64, f64)> = s.values.iter().enumerate().filter_map(|(i, v)| v.map(|v| (px(i), py(v)))).collect();
+        let path: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+        svg.push_str(&format!("<polyline fill='none' stroke='{c}' stroke-width='2' points='{}'/>", path.join(" ")));
+        for (x, y) in &points {
+            svg.push_str(&format!("<circle cx='{x:.1}' cy='{y:.1}' r='3' fill='{c}'/>"));
+        }
+        legend.push_str(&format!("<span style='color:{c}'>&#9632;</span> {} ", escape(&s.name)));
+    }
+    svg.push_str(&format!(
+        "<text x='{}' y='{}' text-anchor='middle'>concurrency</text><text x='12' y='{}' transform='rotate(-90 12 {})' text-anchor='middle'>{}</text></svg>",
+        w / 2.0,
+        h - 8.0,
+        h / 2.0,
+        h / 2.0,
+        escape(unit)
+    ));
     format!("<figure><figcaption>{}</figcaption>{svg}<div>{legend}</div></figure>", escape(title))
 }
 

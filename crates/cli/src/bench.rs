@@ -1,12 +1,13 @@
 //! `switchyard bench`: traffic traces, and replaying them against any
 //! OpenAI-compatible endpoint.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use switchyard_bench::compare::{self, RunReport};
-use switchyard_bench::replay::{replay, summarize, Load, Percentiles, Target};
+use switchyard_bench::replay::{replay, summarize, Load, Percentiles, RequestResult, Target};
+use switchyard_bench::sweep;
 use switchyard_bench::trace::{import_azure, Scenario, Trace};
 
 #[derive(Subcommand, Debug)]
@@ -26,21 +27,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         chunks: u32,
     },
-    /// Systems side by side on the same trace (the summary.json of each `bench run`), with ratios to the first.
+    /// Systems side by side on the same trace, with ratios to the first: the
+    /// output directories (or summary.json) of `bench run`s, or of `bench sweep`s
+    /// (then tokens/s and TTFT p50 at each concurrency).
     Compare {
         #[arg(required = true, num_args = 2..)]
         runs: Vec<PathBuf>,
     },
     /// Replay a trace against a target; write every request's timings
-    /// (requests.jsonl) and a summary with percentiles (summary.json).
+    /// (requests.jsonl), a summary with percentiles (summary.json) and report.html.
     Run {
-        #[arg(long)]
-        trace: PathBuf,
-        /// OpenAI-compatible base URL (…/v1).
-        #[arg(long)]
-        target: String,
-        #[arg(long, default_value = "default")]
-        model: String,
+        #[command(flatten)]
+        replay: ReplayArgs,
         /// Closed loop: keep this many requests in flight, ignoring arrival times.
         /// Without it, requests go out at their arrival offsets (open loop).
         #[arg(long)]
@@ -48,21 +46,42 @@ pub enum BenchCommand {
         /// Open loop: multiply arrival offsets (0.5 = twice as fast).
         #[arg(long, default_value_t = 1.0)]
         time_scale: f64,
-        #[arg(long, default_value_t = 2000.0)]
-        slo_ttft_ms: f64,
-        #[arg(long, default_value_t = 200.0)]
-        slo_tpot_ms: f64,
-        #[arg(long, default_value_t = 600)]
-        timeout_s: u64,
-        /// Ask for whole answers instead of streams (no ITL; TTFT = E2E).
-        #[arg(long)]
-        no_stream: bool,
-        /// Seconds at the start whose requests are sent but left out of the figures.
-        #[arg(long, default_value_t = 0.0)]
-        warmup_s: f64,
-        #[arg(long)]
-        out: PathBuf,
     },
+    /// Replay a trace closed-loop at each concurrency in turn (default 1, 5, 20):
+    /// one run per level under OUT/c<N>/, plus sweep.json and sweep.html
+    /// (latency percentiles and throughput against concurrency).
+    Sweep {
+        #[command(flatten)]
+        replay: ReplayArgs,
+        #[arg(long, value_delimiter = ',', default_values_t = switchyard_bench::sweep::DEFAULT_LEVELS)]
+        concurrency: Vec<usize>,
+    },
+}
+
+/// What every replay needs: the traffic, the target, the SLOs, where to write.
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    #[arg(long)]
+    trace: PathBuf,
+    /// OpenAI-compatible base URL (…/v1).
+    #[arg(long)]
+    target: String,
+    #[arg(long, default_value = "default")]
+    model: String,
+    #[arg(long, default_value_t = 2000.0)]
+    slo_ttft_ms: f64,
+    #[arg(long, default_value_t = 200.0)]
+    slo_tpot_ms: f64,
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+    /// Ask for whole answers instead of streams (no ITL; TTFT = E2E).
+    #[arg(long)]
+    no_stream: bool,
+    /// Seconds at the start whose requests are sent but left out of the figures.
+    #[arg(long, default_value_t = 0.0)]
+    warmup_s: f64,
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +137,40 @@ pub enum ScenarioArg {
     LongContext,
 }
 
+fn read_json<T: serde::de::DeserializeOwned>(file: &Path) -> anyhow::Result<T> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| file.display().to_string())
+}
+
+/// Replays the trace once under `load`.
+fn replay_once(args: &ReplayArgs, load: Load) -> anyhow::Result<(Trace, RunReport, Vec<RequestResult>)> {
+    let text = std::fs::read_to_string(&args.trace).with_context(|| format!("reading {}", args.trace.display()))?;
+    let trace = Trace::from_jsonl(&text).with_context(|| args.trace.display().to_string())?;
+    let target = Target { base_url: args.target.clone(), model: args.model.clone(), headers: Vec::new(), stream: !args.no_stream };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let started = std::time::Instant::now();
+    let results = rt.block_on(replay(&trace, &target, load, std::time::Duration::from_secs(args.timeout_s)));
+    let summary = summarize(&results, started.elapsed().as_secs_f64(), args.warmup_s * 1000.0, args.slo_ttft_ms, args.slo_tpot_ms);
+    let report = RunReport {
+        trace: args.trace.display().to_string(),
+        trace_sha256: trace.sha256(),
+        target: target.base_url,
+        model: target.model,
+        load: format!("{load:?}"),
+        summary,
+    };
+    Ok((trace, report, results))
+}
+
+fn write_run(dir: &Path, report: &RunReport, results: &[RequestResult]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let lines: String = results.iter().map(|r| serde_json::to_string(r).expect("results serialize") + "\n").collect();
+    std::fs::write(dir.join("requests.jsonl"), lines)?;
+    std::fs::write(dir.join("summary.json"), serde_json::to_vec_pretty(report)?)?;
+    std::fs::write(dir.join("report.html"), switchyard_bench::report::html(report, results))?;
+    Ok(())
+}
+
 fn write(trace: &Trace, out: &PathBuf) -> anyhow::Result<()> {
     std::fs::write(out, trace.to_jsonl()).with_context(|| format!("writing {}", out.display()))?;
     println!("wrote {} ({} requests over {:.1} s, sha256 {})", out.display(), trace.requests.len(), trace.duration_ms() / 1000.0, trace.sha256());
@@ -142,47 +195,34 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             });
         }
         BenchCommand::Compare { runs } => {
-            let mut loaded = Vec::new();
-            for path in &runs {
-                let file = if path.is_dir() { path.join("summary.json") } else { path.clone() };
-                let report: RunReport = serde_json::from_slice(&std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?)
-                    .with_context(|| file.display().to_string())?;
-                let label = if path.is_dir() {
+            // A run directory holds summary.json; a sweep directory, sweep.json.
+            let file = |path: &PathBuf, name: &str| if path.is_dir() { path.join(name) } else { path.clone() };
+            let label = |path: &PathBuf| {
+                if path.is_dir() {
                     path.display().to_string()
                 } else {
                     path.parent().map_or_else(|| path.display().to_string(), |p| p.display().to_string())
-                };
-                loaded.push((label, report));
+                }
+            };
+            let is_sweep = |path: &PathBuf| if path.is_dir() { path.join("sweep.json").exists() } else { path.file_name().is_some_and(|n| n == "sweep.json") };
+            if runs.iter().all(is_sweep) {
+                let sweeps = runs.iter().map(|p| Ok((label(p), read_json(&file(p, "sweep.json"))?))).collect::<anyhow::Result<Vec<_>>>()?;
+                print!("{}", sweep::compare(&sweeps).map_err(anyhow::Error::msg)?);
+                return Ok(());
             }
+            anyhow::ensure!(!runs.iter().any(is_sweep), "compare runs with runs, or sweeps with sweeps, not both");
+            let loaded = runs.iter().map(|p| Ok((label(p), read_json::<RunReport>(&file(p, "summary.json"))?))).collect::<anyhow::Result<Vec<_>>>()?;
             print!("{}", compare::table(&loaded).map_err(anyhow::Error::msg)?);
             return Ok(());
         }
-        BenchCommand::Run { trace, target, model, concurrency, time_scale, slo_ttft_ms, slo_tpot_ms, timeout_s, no_stream, warmup_s, out } => {
-            let text = std::fs::read_to_string(&trace).with_context(|| format!("reading {}", trace.display()))?;
-            let parsed = Trace::from_jsonl(&text).with_context(|| trace.display().to_string())?;
+        BenchCommand::Run { replay, concurrency, time_scale } => {
             let load = match concurrency {
                 Some(c) => Load::Closed { concurrency: c },
                 None => Load::Open { time_scale },
             };
-            let target = Target { base_url: target, model, headers: Vec::new(), stream: !no_stream };
-            eprintln!("replaying {} requests ({:.1} s of arrivals) against {} ...", parsed.requests.len(), parsed.duration_ms() / 1000.0, target.base_url);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let started = std::time::Instant::now();
-            let results = rt.block_on(replay(&parsed, &target, load, std::time::Duration::from_secs(timeout_s)));
-            let summary = summarize(&results, started.elapsed().as_secs_f64(), warmup_s * 1000.0, slo_ttft_ms, slo_tpot_ms);
-            std::fs::create_dir_all(&out)?;
-            let lines: String = results.iter().map(|r| serde_json::to_string(r).expect("results serialize") + "\n").collect();
-            std::fs::write(out.join("requests.jsonl"), lines)?;
-            let report = RunReport {
-                trace: trace.display().to_string(),
-                trace_sha256: parsed.sha256(),
-                target: target.base_url.clone(),
-                model: target.model.clone(),
-                load: format!("{load:?}"),
-                summary,
-            };
-            std::fs::write(out.join("summary.json"), serde_json::to_vec_pretty(&report)?)?;
-            std::fs::write(out.join("report.html"), switchyard_bench::report::html(&report, &results))?;
+            let (trace, report, results) = replay_once(&replay, load)?;
+            eprintln!("replayed {} requests ({:.1} s of arrivals) against {}", trace.requests.len(), trace.duration_ms() / 1000.0, replay.target);
+            write_run(&replay.out, &report, &results)?;
             let summary = report.summary;
             let row = |name: &str, p: &Option<Percentiles>| match p {
                 Some(p) => println!("{name:<8} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}", p.p50, p.p90, p.p95, p.p99, p.max),
@@ -198,7 +238,33 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             {
                 row(name, p);
             }
-            println!("wrote {}/{{requests.jsonl,summary.json,report.html}}", out.display());
+            println!("wrote {}/{{requests.jsonl,summary.json,report.html}}", replay.out.display());
+            return Ok(());
+        }
+        BenchCommand::Sweep { replay, mut concurrency } => {
+            concurrency.sort_unstable();
+            concurrency.dedup();
+            anyhow::ensure!(!concurrency.is_empty() && !concurrency.contains(&0), "--concurrency: give levels >= 1, e.g. 1,5,20");
+            let mut levels = Vec::new();
+            for &c in &concurrency {
+                let (_, report, results) = replay_once(&replay, Load::Closed { concurrency: c })?;
+                let s = &report.summary;
+                eprintln!(
+                    "concurrency {c}: {} ok, {} failed; {:.1} req/s, {:.1} output tok/s, TTFT p50 {} ms",
+                    s.ok,
+                    s.failed,
+                    s.requests_per_s,
+                    s.output_tokens_per_s,
+                    s.ttft_ms.as_ref().map_or_else(|| "–".into(), |p| format!("{:.1}", p.p50))
+                );
+                write_run(&replay.out.join(format!("c{c}")), &report, &results)?;
+                levels.push(sweep::Level { concurrency: c, report });
+            }
+            let result = sweep::Sweep { levels };
+            std::fs::write(replay.out.join("sweep.json"), serde_json::to_vec_pretty(&result)?)?;
+            std::fs::write(replay.out.join("sweep.html"), sweep::html(&result))?;
+            print!("{}", sweep::table(&result));
+            println!("wrote {}/{{sweep.json,sweep.html,c*/}}", replay.out.display());
             return Ok(());
         }
     };

@@ -45,3 +45,53 @@ fn traces_are_generated_reproducibly_and_imported() {
     let bad = switchyard(&["bench", "trace", "import", "--azure", &path("a.jsonl"), "--out", &path("x.jsonl")]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("not an Azure"));
 }
+
+/// Starts `switchyard bench mock` (a first chunk after 5 ms, then one every
+/// 2 ms) on a free port; returns its base URL and the child to kill.
+fn delay_mock() -> (String, std::process::Child) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["bench", "mock", "--port", "0", "--ttft-ms", "5", "--itl-ms", "2", "--chunks", "5"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the mock");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.split_whitespace().find(|w| w.starts_with("http://")).expect("the mock prints its address").to_string();
+    (base, child)
+}
+
+#[test]
+fn a_sweep_runs_each_concurrency_and_sweeps_compare_level_by_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let (base, mut mock) = delay_mock();
+    let o = switchyard(&["bench", "trace", "generate", "--scenario", "single", "--count", "12", "--out", &path("t.jsonl")]);
+    assert!(o.status.success());
+    for out in ["s1", "s2"] {
+        let o = switchyard(&["bench", "sweep", "--trace", &path("t.jsonl"), "--target", &base, "--concurrency", "4,1", "--out", &path(out)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let sweep: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("s1/sweep.json")).unwrap()).unwrap();
+    let levels = sweep["levels"].as_array().unwrap();
+    assert_eq!(levels.iter().map(|l| l["concurrency"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 4], "levels run in ascending order");
+    for l in levels {
+        let s = &l["report"]["summary"];
+        assert_eq!((s["ok"].as_u64(), s["failed"].as_u64()), (Some(12), Some(0)), "{s}");
+        assert!(s["ttft_ms"]["p50"].as_f64().unwrap() >= 5.0, "the mock's injected first-chunk delay is a floor: {s}");
+        assert!(l["report"]["load"].as_str().unwrap().contains(&format!("concurrency: {}", l["concurrency"])));
+    }
+    assert!(dir.path().join("s1/c4/report.html").exists() && dir.path().join("s1/c1/requests.jsonl").exists());
+    let html = std::fs::read_to_string(dir.path().join("s1/sweep.html")).unwrap();
+    assert!(html.contains("TTFT vs concurrency") && html.matches("<polyline").count() >= 9, "charts of percentiles against concurrency");
+
+    let cmp = switchyard(&["bench", "compare", &path("s1"), &path("s2")]);
+    assert!(cmp.status.success(), "{}", String::from_utf8_lossy(&cmp.stderr));
+    let table = String::from_utf8_lossy(&cmp.stdout).to_string();
+    assert!(table.contains("tok/s @1") && table.contains("TTFT p50 ms @4") && table.contains("0/24"), "{table}");
+    let mixed = switchyard(&["bench", "compare", &path("s1"), &path("s1/c1")]);
+    assert!(!mixed.status.success() && String::from_utf8_lossy(&mixed.stderr).contains("not both"));
+    let zero = switchyard(&["bench", "sweep", "--trace", &path("t.jsonl"), "--target", &base, "--concurrency", "0", "--out", &path("s0")]);
+    assert!(!zero.status.success() && String::from_utf8_lossy(&zero.stderr).contains("--concurrency"));
+    mock.kill().unwrap();
+}

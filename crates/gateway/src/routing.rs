@@ -70,7 +70,7 @@ impl Routing {
         // An API upstream that redirects a POST is misconfigured: fail over
         // instead of following (which also skips reqwest's redirect checks,
         // a real share of a proxied request's CPU).
-        let client = reqwest::Client::builder().pool_max_idle_per_host(64).redirect(reqwest::redirect::Policy::none()).build()?;
+        let shared = upstream_client(None)?;
         let mut upstreams = HashMap::new();
         for (i, route) in policy.routes.iter().enumerate() {
             match (route.backend, &route.url) {
@@ -82,7 +82,14 @@ impl Routing {
                 ),
                 (Backend::Embedded, _) => {}
                 (Backend::Upstream, Some(url)) => {
-                    upstreams.insert(route.name.clone(), Upstream::new(route, url, client.clone())?);
+                    let client = match &route.ca_file {
+                        None => shared.clone(),
+                        Some(path) => {
+                            let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("policy {}: `routes[{i}].ca_file` {}: {e}", policy.id, path.display()))?;
+                            upstream_client(Some(&pem)).map_err(|e| anyhow::anyhow!("policy {}: `routes[{i}].ca_file` {}: {e}", policy.id, path.display()))?
+                        }
+                    };
+                    upstreams.insert(route.name.clone(), Upstream::new(route, url, client)?);
                 }
                 (Backend::Upstream, None) => unreachable!("policy validation requires a url for upstream routes"),
             }
@@ -416,6 +423,23 @@ impl Routing {
         }
         resp
     }
+}
+
+/// The HTTP client for upstreams: pooled, TLS with the system's and the
+/// public roots plus `extra_ca` (PEM) if given.
+fn upstream_client(extra_ca: Option<&[u8]>) -> anyhow::Result<reqwest::Client> {
+    // An API upstream that redirects a POST is misconfigured: fail over
+    // instead of following (which also skips reqwest's redirect checks,
+    // a real share of a proxied request's CPU).
+    let mut builder = reqwest::Client::builder().pool_max_idle_per_host(64).redirect(reqwest::redirect::Policy::none());
+    if let Some(pem) = extra_ca {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)?;
+        anyhow::ensure!(!certs.is_empty(), "no PEM certificate in it");
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder.build()?)
 }
 
 fn header_enum<T: serde::de::DeserializeOwned>(headers: &HeaderMap, name: &str) -> Result<Option<T>, ApiError> {

@@ -63,7 +63,7 @@ impl Upstream {
         let resp = tokio::time::timeout(limit, call.send())
             .await
             .map_err(|_| ApiError::timeout(format!("upstream {} sent no response within {} ms", self.name, limit.as_millis())))?
-            .map_err(|e| ApiError::bad_gateway(format!("upstream {} unreachable: {e}", self.name)))?;
+            .map_err(|e| ApiError::bad_gateway(format!("upstream {} unreachable: {}", self.name, with_causes(&e))))?;
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
@@ -122,4 +122,17 @@ impl Upstream {
             ApiError { status, ..ApiError::invalid(None, message) }.with_code("upstream_rejected")
         }
     }
+}
+
+/// An error with its causes: reqwest's own message ("error sending
+/// request") hides why (refused, TLS certificate not trusted, …).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

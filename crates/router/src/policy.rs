@@ -55,6 +55,11 @@ pub struct Route {
     /// Environment variable holding the upstream's API key; never the key itself.
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// A PEM file of CA certificates to trust for this upstream, beside the
+    /// system's store and the public roots (a private vLLM behind an
+    /// internal CA). Read when the server starts.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     #[serde(default)]
     pub lane: Lane,
     pub allowed_classes: Vec<DataClass>,
@@ -335,8 +340,15 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
         if r.allowed_classes.is_empty() {
             return Err(invalid(key("allowed_classes"), "list the data classes this route may receive, e.g. [\"public\"]"));
         }
-        if r.backend == Backend::Upstream && r.url.is_none() {
-            return Err(invalid(key("url"), "an upstream route needs the base URL of an OpenAI-compatible API"));
+        match (&r.backend, &r.url) {
+            (Backend::Upstream, None) => return Err(invalid(key("url"), "an upstream route needs the base URL of an OpenAI-compatible API")),
+            (Backend::Upstream, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                return Err(invalid(key("url"), format!("`{url}` must start with http:// or https://, e.g. https://api.example.com/v1")))
+            }
+            (Backend::Embedded, _) if r.ca_file.is_some() => {
+                return Err(invalid(key("ca_file"), "only an upstream route talks TLS; remove ca_file from this embedded route"))
+            }
+            _ => {}
         }
         if r.stall_timeout_ms == 0 {
             return Err(invalid(key("stall_timeout_ms"), "must be at least 1: the longest gap allowed between streamed chunks"));

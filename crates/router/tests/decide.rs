@@ -112,6 +112,8 @@ fn policy_mistakes_name_the_key() {
         .contains("routes[1].fallback[0]"));
     assert!(err(&text.replace("threshold = 0.6", "threshold = 6")).contains("rules[5].then.threshold"));
     assert!(err(&text.replace("default_route = \"local-fast\"", "default_route = \"x\"")).contains("default_route"));
+    assert!(err(&text.replace("url = \"http://127.0.0.1:9000/v1\"", "url = \"127.0.0.1:9000/v1\"")).contains("routes[2].url"));
+    assert!(err(&text.replace("model = \"qwen2.5-coder-1.5b\"", "model = \"qwen2.5-coder-1.5b\"\nca_file = \"ca.pem\"")).contains("routes[1].ca_file"));
     assert!(err(&text.replace("categories = [\"weapons\"]", "categories = [\"weapon\"]")).contains("rules[0].when.categories[0]"));
     assert!(err(&text.replace("\\\\bconfidential\\\\b", "(unclosed")).contains("classes.internal[1]"));
     assert!(err(&text.replace("lane = \"fallback\"", "lane = \"slow\"")).contains("lane"));
