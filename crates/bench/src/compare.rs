@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cost::{CostSummary, Energy};
 use crate::replay::Summary;
 
 /// What `bench run` writes as `summary.json`.
@@ -14,6 +15,12 @@ pub struct RunReport {
     pub model: String,
     pub load: String,
     pub summary: Summary,
+    /// With `--prices`.
+    #[serde(default)]
+    pub cost: Option<CostSummary>,
+    /// Measured (RAPL) or modelled (`--power-model` and `--target-pid`).
+    #[serde(default)]
+    pub energy: Option<Energy>,
 }
 
 fn cell(v: Option<f64>) -> String {
@@ -36,12 +43,12 @@ pub fn table(runs: &[(String, RunReport)]) -> Result<String, String> {
     }
     let ttft = |r: &RunReport, q: fn(&crate::replay::Percentiles) -> f64| r.summary.ttft_ms.as_ref().map(q);
     let mut out = String::from(
-        "| system | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | E2E p50 ms | req/s | output tok/s | goodput/s | failed | TTFT p50 vs first | tok/s vs first |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| system | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | E2E p50 ms | req/s | output tok/s | goodput/s | failed | $ per task | Wh per task | TTFT p50 vs first | tok/s vs first |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (label, r) in runs {
         let s = &r.summary;
         out.push_str(&format!(
-            "| {label} | {} | {} | {} | {} | {:.2} | {:.1} | {:.2} | {}/{} | {} | {} |\n",
+            "| {label} | {} | {} | {} | {} | {:.2} | {:.1} | {:.2} | {}/{} | {} | {} | {} | {} |\n",
             cell(ttft(r, |p| p.p50)),
             cell(ttft(r, |p| p.p95)),
             cell(s.itl_ms.as_ref().map(|p| p.p50)),
@@ -51,6 +58,8 @@ pub fn table(runs: &[(String, RunReport)]) -> Result<String, String> {
             s.goodput_per_s,
             s.failed,
             s.requests,
+            r.cost.as_ref().and_then(|c| c.per_successful_task_usd).map_or_else(|| "–".into(), |v| format!("{v:.6}")),
+            r.energy.as_ref().and_then(|e| e.per_task_wh.map(|wh| format!("{wh:.4} ({})", e.kind))).unwrap_or_else(|| "–".into()),
             ratio(ttft(r, |p| p.p50), ttft(first, |p| p.p50)),
             ratio(Some(s.output_tokens_per_s), Some(first.summary.output_tokens_per_s)),
         ));

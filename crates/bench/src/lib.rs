@@ -4,9 +4,11 @@
 //! published production trace, so two systems can see exactly the same load;
 //! [`replay`] sends it to any OpenAI-compatible endpoint and measures what each
 //! request saw (TTFT, ITL, TPOT, E2E, failures) with HDR percentiles;
-//! [`sweep`] repeats a replay at several concurrencies.
+//! [`sweep`] repeats a replay at several concurrencies; [`cost`] prices a
+//! run and measures or models its energy.
 
 pub mod compare;
+pub mod cost;
 pub mod mock;
 pub mod replay;
 pub mod report;

@@ -43,7 +43,7 @@ pub enum Load {
 }
 
 /// What one request saw.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RequestResult {
     pub index: usize,
     pub session: String,
@@ -59,6 +59,9 @@ pub struct RequestResult {
     pub e2e_ms: Option<f64>,
     pub itl_ms: Vec<f64>,
     pub output_tokens: Option<u32>,
+    /// From the server's `usage` only (what input is priced on).
+    #[serde(default)]
+    pub prompt_tokens: Option<u32>,
     /// `usage` (the server's count) or `chunks` (content chunks counted here).
     pub tokens_from: Option<String>,
     /// `x-switchyard-route`, when the target is a router.
@@ -118,6 +121,7 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
         e2e_ms: None,
         itl_ms: Vec::new(),
         output_tokens: None,
+        prompt_tokens: None,
         tokens_from: None,
         route: None,
     };
@@ -137,6 +141,7 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
             let v: Value = resp.json().await.map_err(|e| format!("malformed answer: {e}"))?;
             let now = ms(Instant::now());
             (out.ttft_ms, out.e2e_ms) = (Some(now), Some(now));
+            out.prompt_tokens = v["usage"]["prompt_tokens"].as_u64().map(|n| n as u32);
             (out.output_tokens, out.tokens_from) = match v["usage"]["completion_tokens"].as_u64() {
                 Some(n) => (Some(n as u32), Some("usage".into())),
                 None => (None, None),
@@ -167,6 +172,7 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
                 }
                 if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
                     usage = Some(n as u32);
+                    out.prompt_tokens = v["usage"]["prompt_tokens"].as_u64().map(|n| n as u32);
                 }
             }
         }
@@ -390,6 +396,7 @@ mod tests {
             e2e_ms: Some(1000.0),
             itl_ms: vec![],
             output_tokens: Some(10),
+            prompt_tokens: None,
             tokens_from: Some("usage".into()),
             route: None,
         };

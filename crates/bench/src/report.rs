@@ -126,6 +126,33 @@ fn row(name: &str, p: &Option<Percentiles>) -> String {
     }
 }
 
+/// Cost and energy in one sentence, saying where each came from.
+pub fn cost_line(report: &RunReport) -> String {
+    let cost = match &report.cost {
+        None => "Cost: no price table (--prices).".to_string(),
+        Some(c) => format!(
+            "Cost: ${:.6} in all, {} per 1M output tokens, {} per successful task ({} tasks; success = {}){}.",
+            c.cost_usd,
+            c.per_1m_output_tokens_usd.map_or_else(|| "–".into(), |v| format!("${v:.4}")),
+            c.per_successful_task_usd.map_or_else(|| "–".into(), |v| format!("${v:.6}")),
+            c.successful_tasks,
+            c.success,
+            if c.unpriced > 0 { format!("; {} requests unpriced (no price or no usage), so a lower bound", c.unpriced) } else { String::new() }
+        ),
+    };
+    let energy = match &report.energy {
+        None => "Energy: not measured (RAPL not readable, and no --power-model with --target-pid).".to_string(),
+        Some(e) => format!(
+            "Energy ({}): {:.4} Wh, {} Wh per successful task; {}.",
+            e.kind,
+            e.wh,
+            e.per_task_wh.map_or_else(|| "–".into(), |v| format!("{v:.5}")),
+            e.source
+        ),
+    };
+    format!("{cost} {energy}")
+}
+
 pub fn html(report: &RunReport, results: &[RequestResult]) -> String {
     let s = &report.summary;
     let ok: Vec<&RequestResult> = results.iter().filter(|r| r.ok() && r.sent_ms >= 0.0).collect();
@@ -146,7 +173,7 @@ pub fn html(report: &RunReport, results: &[RequestResult]) -> String {
         "<!doctype html><html><head><meta charset='utf-8'><title>bench {target}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
          figure{{display:inline-block;margin:0 2em 2em 0}} figcaption{{font-weight:600}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><body>\
          <h1>bench: {target} ({model})</h1><p>trace {trace} (sha256 {sha}), load {load}; {ok} of {n} requests ok, {warm} in warm-up left out; {rps:.2} req/s, {tps:.1} output tok/s, goodput {good:.2}/s \
-         (TTFT ≤ {st} ms, TPOT ≤ {sp} ms); tokens from {from}; failures: {failures}.</p>{charts}\
+         (TTFT ≤ {st} ms, TPOT ≤ {sp} ms); tokens from {from}; failures: {failures}.</p><p>{money}</p>{charts}\
          <h2>Percentiles (ms)</h2><table><tr><th>metric</th><th>n</th><th>p50</th><th>p90</th><th>p95</th><th>p99</th><th>max</th></tr>{table}</table><h2>Definitions</h2><ul>{definitions}</ul></body></html>",
         target = escape(&report.target),
         model = escape(&report.model),
@@ -162,5 +189,6 @@ pub fn html(report: &RunReport, results: &[RequestResult]) -> String {
         st = s.slo_ttft_ms,
         sp = s.slo_tpot_ms,
         from = s.tokens_from,
+        money = escape(&cost_line(report)),
     )
 }

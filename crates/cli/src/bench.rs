@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use switchyard_bench::compare::{self, RunReport};
 use switchyard_bench::replay::{replay, summarize, Load, Percentiles, RequestResult, Target};
+use switchyard_bench::cost::{self, Meter, PowerModel, Rapl};
 use switchyard_bench::sweep;
 use switchyard_bench::trace::{import_azure, Scenario, Trace};
 
@@ -80,6 +81,17 @@ pub struct ReplayArgs {
     /// Seconds at the start whose requests are sent but left out of the figures.
     #[arg(long, default_value_t = 0.0)]
     warmup_s: f64,
+    /// A `[prices]` table (switchyard.toml's format) keyed by route or model:
+    /// adds cost per 1M output tokens and per successful task.
+    #[arg(long)]
+    prices: Option<PathBuf>,
+    /// Energy when RAPL counters are not readable: IDLE_W,W_PER_CORE, applied
+    /// to the CPU time of --target-pid (labelled modelled).
+    #[arg(long, requires = "target_pid")]
+    power_model: Option<String>,
+    /// The target's process id (on this machine), for --power-model.
+    #[arg(long)]
+    target_pid: Option<u32>,
     #[arg(long)]
     out: PathBuf,
 }
@@ -147,17 +159,31 @@ fn replay_once(args: &ReplayArgs, load: Load) -> anyhow::Result<(Trace, RunRepor
     let text = std::fs::read_to_string(&args.trace).with_context(|| format!("reading {}", args.trace.display()))?;
     let trace = Trace::from_jsonl(&text).with_context(|| args.trace.display().to_string())?;
     let target = Target { base_url: args.target.clone(), model: args.model.clone(), headers: Vec::new(), stream: !args.no_stream };
+    let prices = match &args.prices {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(switchyard_router::Prices::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+        }
+    };
+    let power = args.power_model.as_deref().map(PowerModel::parse).transpose().map_err(|e| anyhow::anyhow!("--power-model {e}"))?;
+    let meter = Meter::start(Path::new(Rapl::ROOT), power, args.target_pid).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let started = std::time::Instant::now();
     let results = rt.block_on(replay(&trace, &target, load, std::time::Duration::from_secs(args.timeout_s)));
-    let summary = summarize(&results, started.elapsed().as_secs_f64(), args.warmup_s * 1000.0, args.slo_ttft_ms, args.slo_tpot_ms);
+    let wall_s = started.elapsed().as_secs_f64();
+    let summary = summarize(&results, wall_s, args.warmup_s * 1000.0, args.slo_ttft_ms, args.slo_tpot_ms);
+    let successful = results.iter().filter(|r| r.ok()).count();
+    let energy = meter.map(|m| m.finish(wall_s, successful)).transpose().map_err(anyhow::Error::msg)?;
     let report = RunReport {
         trace: args.trace.display().to_string(),
         trace_sha256: trace.sha256(),
+        cost: prices.map(|p| cost::summarize(&results, args.warmup_s * 1000.0, &p, &target.model)),
         target: target.base_url,
         model: target.model,
         load: format!("{load:?}"),
         summary,
+        energy,
     };
     Ok((trace, report, results))
 }
@@ -223,7 +249,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let (trace, report, results) = replay_once(&replay, load)?;
             eprintln!("replayed {} requests ({:.1} s of arrivals) against {}", trace.requests.len(), trace.duration_ms() / 1000.0, replay.target);
             write_run(&replay.out, &report, &results)?;
-            let summary = report.summary;
+            let summary = &report.summary;
             let row = |name: &str, p: &Option<Percentiles>| match p {
                 Some(p) => println!("{name:<8} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}", p.p50, p.p90, p.p95, p.p99, p.max),
                 None => println!("{name:<8} {:>10}", "–"),
@@ -238,6 +264,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             {
                 row(name, p);
             }
+            println!("{}", switchyard_bench::report::cost_line(&report));
             println!("wrote {}/{{requests.jsonl,summary.json,report.html}}", replay.out.display());
             return Ok(());
         }

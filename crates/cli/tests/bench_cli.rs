@@ -95,3 +95,36 @@ fn a_sweep_runs_each_concurrency_and_sweeps_compare_level_by_level() {
     assert!(!zero.status.success() && String::from_utf8_lossy(&zero.stderr).contains("--concurrency"));
     mock.kill().unwrap();
 }
+
+#[test]
+fn a_priced_run_reports_cost_per_task_and_energy_saying_how_it_was_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let (base, mut mock) = delay_mock();
+    let pid = mock.id().to_string();
+    assert!(switchyard(&["bench", "trace", "generate", "--scenario", "single", "--count", "6", "--out", &path("t.jsonl")]).status.success());
+    std::fs::write(path("prices.toml"), "[prices.mock-model]\ninput_per_1m = 1.0\noutput_per_1m = 2.0\n").unwrap();
+    let o = switchyard(&[
+        "bench", "run", "--trace", &path("t.jsonl"), "--target", &base, "--model", "mock-model", "--concurrency", "2",
+        "--prices", &path("prices.toml"), "--power-model", "40,12", "--target-pid", &pid, "--out", &path("run"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("per successful task"));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("run/summary.json")).unwrap()).unwrap();
+    // The mock reports 1 prompt and 5 completion tokens: ($1 × 1 + $2 × 5) / 1M per task.
+    let cost = &report["cost"];
+    assert!((cost["per_successful_task_usd"].as_f64().unwrap() - 11e-6).abs() < 1e-12, "{cost}");
+    assert_eq!((cost["successful_tasks"].as_u64(), cost["unpriced"].as_u64()), (Some(6), Some(0)));
+    let energy = &report["energy"];
+    match energy["kind"].as_str().unwrap() {
+        "modelled" => assert!(energy["source"].as_str().unwrap().contains(&format!("process {pid}")), "{energy}"),
+        "measured" => assert!(energy["source"].as_str().unwrap().contains("RAPL"), "{energy}"),
+        other => panic!("energy kind {other}"),
+    }
+    assert!(energy["wh"].as_f64().unwrap() > 0.0 && energy["per_task_wh"].as_f64().is_some(), "{energy}");
+    let cmp = switchyard(&["bench", "compare", &path("run"), &path("run")]);
+    assert!(String::from_utf8_lossy(&cmp.stdout).contains("| 0.000011 |"), "{}", String::from_utf8_lossy(&cmp.stdout));
+    let o = switchyard(&["bench", "run", "--trace", &path("t.jsonl"), "--target", &base, "--power-model", "40,12", "--out", &path("r2")]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--target-pid"), "the power model needs the target's process");
+    mock.kill().unwrap();
+}
