@@ -26,7 +26,7 @@ use switchyard_wire::*;
 use tokio::sync::oneshot;
 
 use crate::capture;
-use crate::chat::{embedded, Hold, Started};
+use crate::chat::{Hold, Started};
 use crate::error::ApiError;
 use crate::resilience::{CircuitBreaker, RetryBucket};
 use crate::upstream::Upstream;
@@ -137,7 +137,7 @@ impl Routing {
         tracing::debug!(request_id = %id, policy = %decision.policy_id, rule = ?decision.rule_id, reason = %decision.reason, "routing decision");
 
         let began = Instant::now();
-        let shadow = decision.shadow.as_ref().map(|route| self.clone().mirror(state, id, route, req, &params));
+        let shadow = decision.shadow.as_ref().map(|route| self.clone().mirror(state, id, route, req, &params, decision.max_ttft_ms));
         let mut run = Run { reason: decision.reason.clone(), execution: Execution::default() };
         let result = self.execute(state, id, req, params, &decision, &mut run).await;
         let (route, label) = match &result {
@@ -246,11 +246,11 @@ impl Routing {
             }
             let judge = cascade.filter(|(fast, _)| *fast == name.as_str()).map(|(_, plan)| plan);
             health.retries.lock().expect("not poisoned").deposit(began);
-            let mut attempt = self.attempt(state, id, name, req, &params, decision, judge).await;
+            let mut attempt = self.attempt(&state.engines, id, name, req, &params, decision.max_ttft_ms, judge).await;
             if attempt.as_ref().is_err_and(ApiError::is_retryable) && health.retries.lock().expect("not poisoned").try_withdraw(Instant::now()) {
                 run.step(name, "retried", attempt.as_ref().err().map(|e| e.message.clone()), began);
                 run.reason.push_str(&format!("; {name} retried"));
-                attempt = self.attempt(state, id, name, req, &params, decision, judge).await;
+                attempt = self.attempt(&state.engines, id, name, req, &params, decision.max_ttft_ms, judge).await;
             }
             // A client error is not the route's fault, nor is an unsure answer.
             let healthy = attempt.as_ref().map_or_else(|e| !e.is_retryable(), |_| true);
@@ -290,20 +290,20 @@ impl Routing {
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
-        state: &AppState,
+        engines: &BTreeMap<String, Arc<Engine>>,
         id: &str,
         name: &str,
         req: &ChatCompletionRequest,
         params: &ChatParams,
-        decision: &Decision,
+        max_ttft_ms: Option<u64>,
         judge: Option<&CascadePlan>,
     ) -> Result<Attempt, ApiError> {
         let r = self.policy.route(name).expect("decide names only declared routes");
-        let ttft = Duration::from_millis(decision.max_ttft_ms.map_or(r.ttft_timeout_ms, |cap| cap.min(r.ttft_timeout_ms)));
+        let ttft = Duration::from_millis(max_ttft_ms.map_or(r.ttft_timeout_ms, |cap| cap.min(r.ttft_timeout_ms)));
         match r.backend {
             Backend::Upstream => self.upstreams[name].call(req, ttft).await.map(Attempt::Answer),
             Backend::Embedded => {
-                let engine = state.engines[&r.model].clone();
+                let engine = engines[&r.model].clone();
                 let hold_tokens = match judge {
                     None => 1,
                     Some(_) if !params.stream => usize::MAX,
@@ -358,8 +358,9 @@ impl Routing {
     }
 
     /// Sends a non-streaming copy of the request to `route` in the
-    /// background and records its answer beside the primary's. Returns the
-    /// channel the primary's answer is captured into.
+    /// background, under that route's limits like any attempt, and records
+    /// its answer beside the primary's. Returns the channel the primary's
+    /// answer is captured into.
     fn mirror(
         self: Arc<Self>,
         state: &AppState,
@@ -367,9 +368,10 @@ impl Routing {
         route: &str,
         req: &ChatCompletionRequest,
         params: &ChatParams,
+        max_ttft_ms: Option<u64>,
     ) -> oneshot::Sender<(String, u16, Bytes)> {
         let (primary, captured) = oneshot::channel();
-        let (state_engines, recorder) = (state.engines.clone(), state.recorder.clone());
+        let (engines, recorder) = (state.engines.clone(), state.recorder.clone());
         let (id, route) = (id.to_string(), route.to_string());
         let mut req = req.clone();
         req.stream = Some(false);
@@ -377,13 +379,10 @@ impl Routing {
         let params = ChatParams { stream: false, include_usage: false, ..params.clone() };
         tokio::spawn(async move {
             let began = Instant::now();
-            let r = self.policy.route(&route).expect("decide names only declared routes");
-            let resp = match r.backend {
-                Backend::Upstream => self.upstreams[&route].call(&req, Duration::from_millis(r.ttft_timeout_ms)).await,
-                Backend::Embedded => match state_engines.get(&r.model) {
-                    Some(engine) => embedded(engine.clone(), params, &id, &r.model).await,
-                    None => Err(ApiError::internal("shadow model is not loaded")),
-                },
+            let resp = match self.attempt(&engines, &id, &route, &req, &params, max_ttft_ms, None).await {
+                Ok(Attempt::Answer(resp)) => Ok(resp),
+                Ok(Attempt::Escalate(_)) => unreachable!("only a judged attempt escalates"),
+                Err(e) => Err(e),
             };
             let (status, body) = match resp {
                 Ok(resp) => {

@@ -133,6 +133,16 @@ fallback = ["local"]
 retry = {{ ratio = 0.5, min_per_second = 0.0 }}
 breaker = {{ consecutive_failures = 1000, open_ms = 1 }}
 
+# The local model, allowed no time for a first token: a shadow here must
+# time out like any attempt on the route.
+[[routes]]
+name = "hasty"
+backend = "embedded"
+model = "smollm2-135m"
+allowed_classes = ["public"]
+ttft_timeout_ms = 1
+total_timeout_ms = 1
+
 [[routes]]
 name = "slow"
 backend = "upstream"
@@ -200,6 +210,9 @@ name = "mirrored"
 
 [[families]]
 name = "mirrored-to-broken"
+
+[[families]]
+name = "mirrored-to-hasty"
 
 [categories]
 weapons = ["\\bbomb\\b"]
@@ -289,6 +302,12 @@ id = "mirrored-to-broken"
 when = {{ family = "mirrored-to-broken" }}
 then = {{ action = "route", route = "local" }}
 shadow = {{ route = "broken", fraction = 1.0 }}
+
+[[rules]]
+id = "mirrored-to-hasty"
+when = {{ family = "mirrored-to-hasty" }}
+then = {{ action = "route", route = "local" }}
+shadow = {{ route = "hasty", fraction = 1.0 }}
 
 [[rules]]
 id = "plain-local"
@@ -575,7 +594,7 @@ async fn a_shadow_copy_is_recorded_and_never_changes_the_answer() {
     let prompt = "LOCALME What is the capital of France?";
     let (_, _, plain) = s.ask(prompt, json!({})).await;
     let content = |b: &str| serde_json::from_str::<Value>(b).unwrap()["choices"][0]["message"]["content"].as_str().unwrap().to_string();
-    for family in ["mirrored", "mirrored-to-broken"] {
+    for family in ["mirrored", "mirrored-to-broken", "mirrored-to-hasty"] {
         let (status, h, body) = s.ask_with(prompt, json!({}), &[("x-switchyard-family", family)]).await;
         assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "local"), "{body}");
         assert_eq!(content(&body), content(&plain), "the shadow changed the answer");
@@ -594,8 +613,10 @@ async fn a_shadow_copy_is_recorded_and_never_changes_the_answer() {
         if family == "mirrored" {
             assert_eq!((rec["shadow_route"].as_str(), rec["shadow_status"].as_u64()), (Some("cloud"), Some(200)));
             assert_eq!((rec["shadow_output"].as_str(), rec["same_output"].as_bool()), (Some("cloud says hi"), Some(false)));
-        } else {
+        } else if family == "mirrored-to-broken" {
             assert_eq!((rec["shadow_route"].as_str(), rec["shadow_status"].as_u64()), (Some("broken"), Some(502)));
+        } else {
+            assert_eq!((rec["shadow_route"].as_str(), rec["shadow_status"].as_u64()), (Some("hasty"), Some(504)), "the route's TTFT limit held: {rec}");
         }
     }
     let (status, body) = s.get("/admin/shadows/chatcmpl-never").await;
@@ -663,13 +684,13 @@ async fn a_second_switchyard_is_a_real_upstream() {
 
 #[test]
 fn serving_a_policy_loads_each_model_its_routes_name_once() {
-    // `local` and (made embedded here) `peer` both name smollm2-135m, with upstream routes between them.
+    // `local`, `hasty` and (made embedded here) `peer` all name smollm2-135m, with upstream routes between them.
     let text = policy("http://127.0.0.1:9", "http://127.0.0.1:9").replace(
         "name = \"peer\"\nbackend = \"upstream\"\nmodel = \"smollm2-135m\"\nurl = \"http://127.0.0.1:9/v1\"",
         "name = \"peer\"\nbackend = \"embedded\"\nmodel = \"smollm2-135m\"",
     );
     let p = Policy::from_toml(&text).unwrap();
-    assert_eq!(p.routes.iter().filter(|r| r.model == "smollm2-135m" && r.backend == switchyard_router::Backend::Embedded).count(), 2);
+    assert_eq!(p.routes.iter().filter(|r| r.model == "smollm2-135m" && r.backend == switchyard_router::Backend::Embedded).count(), 3);
     let cfg = switchyard_gateway::ServeConfig { threads: 2, ctx_size: 1024, parallel: 1, ..Default::default() };
     let engines = switchyard_gateway::load_engines(&cfg, Some(&p), switchyard_models::Progress::Quiet).unwrap();
     assert_eq!(engines.iter().map(|e| e.id().to_string()).collect::<Vec<_>>(), ["smollm2-135m"]);
