@@ -40,6 +40,11 @@ pub enum Load {
     Open { time_scale: f64 },
     /// Keep this many requests in flight, ignoring arrival offsets.
     Closed { concurrency: usize },
+    /// Open loop by conversation: a session's first turn goes at its
+    /// offset, each later turn its think time (the gap between the two
+    /// turns' offsets in the trace, × `time_scale`) after the previous
+    /// answer ended, as a person waits for an answer before replying.
+    Sessions { time_scale: f64 },
 }
 
 /// What one request saw.
@@ -216,6 +221,35 @@ pub async fn replay(trace: &Trace, target: &Target, load: Load, timeout: Duratio
                 })
                 .collect();
             futures::future::join_all(tasks).await.into_iter().map(|r| r.expect("request tasks do not panic")).collect::<Vec<_>>()
+        }
+        Load::Sessions { time_scale } => {
+            let mut sessions: BTreeMap<&str, Vec<(usize, TraceRequest)>> = BTreeMap::new();
+            for (i, r) in trace.requests.iter().enumerate() {
+                sessions.entry(r.session.as_str()).or_default().push((i, r.clone()));
+            }
+            let scaled = move |us: u64| Duration::from_secs_f64(us as f64 / 1e6 * time_scale);
+            let tasks: Vec<_> = sessions
+                .into_values()
+                .map(|mut turns| {
+                    turns.sort_by_key(|(i, r)| (r.turn, r.at_us, *i));
+                    let (client, target) = (client.clone(), target.clone());
+                    tokio::spawn(async move {
+                        let mut out = Vec::with_capacity(turns.len());
+                        let mut previous: Option<(u64, Instant)> = None;
+                        for (i, r) in turns {
+                            let at = match previous {
+                                None => start + scaled(r.at_us),
+                                Some((prev_us, answered)) => answered + scaled(r.at_us.saturating_sub(prev_us)),
+                            };
+                            tokio::time::sleep_until(at).await;
+                            out.push(one(&client, &target, &r, i, Clock { scheduled: at, run_start: start }, timeout).await);
+                            previous = Some((r.at_us, Instant::now()));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.expect("session tasks do not panic")).collect()
         }
         Load::Closed { concurrency } => {
             let target = Arc::new(target.clone());

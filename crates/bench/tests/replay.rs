@@ -133,3 +133,33 @@ async fn the_delay_mock_answers_after_its_injected_delays() {
         assert!(r.ttft_ms == r.e2e_ms && r.e2e_ms.unwrap() >= 35.0, "non-streaming: TTFT is the whole answer: {r:?}");
     }
 }
+
+#[tokio::test]
+async fn by_session_a_turn_waits_for_the_previous_answer_plus_its_think_time() {
+    let delays = switchyard_bench::mock::Delays { ttft: Duration::from_millis(40), itl: Duration::from_millis(5), chunks: 3 };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(switchyard_bench::mock::serve(listener, delays));
+    // Two sessions of three turns, 10 ms of think time between turns.
+    let turn = |session: &str, turn: u32| switchyard_bench::trace::TraceRequest {
+        at_us: u64::from(turn) * 10_000,
+        session: session.into(),
+        turn,
+        messages: None,
+        input_tokens: Some(8),
+        max_tokens: 4,
+        headers: Default::default(),
+    };
+    let trace = switchyard_bench::trace::Trace { requests: ["a", "b"].iter().flat_map(|s| (0..3).map(move |t| turn(s, t))).collect() };
+    let by_session = replay(&trace, &target(&base, "mock"), Load::Sessions { time_scale: 1.0 }, Duration::from_secs(10)).await;
+    assert_eq!(by_session.len(), 6);
+    for pair in by_session.windows(2).filter(|w| w[0].session == w[1].session) {
+        let (prev, next) = (&pair[0], &pair[1]);
+        assert!(prev.ok() && next.ok(), "{prev:?} {next:?}");
+        // Sent no earlier than the previous answer's end plus the think time.
+        assert!(next.sent_ms >= prev.sent_ms + prev.e2e_ms.unwrap() + 10.0, "{prev:?} {next:?}");
+    }
+    // The plain open loop sends at the offsets, answers or not: the second turn overlaps the first.
+    let open = replay(&trace, &target(&base, "mock"), Load::Open { time_scale: 1.0 }, Duration::from_secs(10)).await;
+    assert!(open[1].sent_ms < open[0].sent_ms + open[0].e2e_ms.unwrap(), "{:?}", &open[..2]);
+}

@@ -47,6 +47,10 @@ pub enum BenchCommand {
         /// Open loop: multiply arrival offsets (0.5 = twice as fast).
         #[arg(long, default_value_t = 1.0)]
         time_scale: f64,
+        /// Open loop by conversation: each later turn of a session goes its
+        /// think time (the gap the trace records) after the previous answer ended.
+        #[arg(long, conflicts_with = "concurrency")]
+        sessions: bool,
     },
     /// Replay a trace closed-loop at each concurrency in turn (default 1, 5, 20):
     /// one run per level under OUT/c<N>/, plus sweep.json and sweep.html
@@ -241,10 +245,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             print!("{}", compare::table(&loaded).map_err(anyhow::Error::msg)?);
             return Ok(());
         }
-        BenchCommand::Run { replay, concurrency, time_scale } => {
-            let load = match concurrency {
-                Some(c) => Load::Closed { concurrency: c },
-                None => Load::Open { time_scale },
+        BenchCommand::Run { replay, concurrency, time_scale, sessions } => {
+            let load = match (concurrency, sessions) {
+                (Some(c), _) => Load::Closed { concurrency: c },
+                (None, true) => Load::Sessions { time_scale },
+                (None, false) => Load::Open { time_scale },
             };
             let (trace, report, results) = replay_once(&replay, load)?;
             eprintln!("replayed {} requests ({:.1} s of arrivals) against {}", trace.requests.len(), trace.duration_ms() / 1000.0, replay.target);

@@ -91,6 +91,15 @@ fn a_sweep_runs_each_concurrency_and_sweeps_compare_level_by_level() {
     assert!(table.contains("tok/s @1") && table.contains("TTFT p50 ms @4") && table.contains("0/24"), "{table}");
     let mixed = switchyard(&["bench", "compare", &path("s1"), &path("s1/c1")]);
     assert!(!mixed.status.success() && String::from_utf8_lossy(&mixed.stderr).contains("not both"));
+    // Conversations replayed by session: the load is recorded as such.
+    let o = switchyard(&["bench", "trace", "generate", "--scenario", "team", "--count", "2", "--turns", "2", "--think-ms", "5", "--out", &path("team.jsonl")]);
+    assert!(o.status.success());
+    let o = switchyard(&["bench", "run", "--trace", &path("team.jsonl"), "--target", &base, "--sessions", "--out", &path("sessions")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("sessions/summary.json")).unwrap()).unwrap();
+    assert!(report["load"].as_str().unwrap().starts_with("Sessions") && report["summary"]["ok"] == 4, "{report}");
+    let both = switchyard(&["bench", "run", "--trace", &path("team.jsonl"), "--target", &base, "--sessions", "--concurrency", "2", "--out", &path("x")]);
+    assert!(!both.status.success() && String::from_utf8_lossy(&both.stderr).contains("--concurrency"));
     let zero = switchyard(&["bench", "sweep", "--trace", &path("t.jsonl"), "--target", &base, "--concurrency", "0", "--out", &path("s0")]);
     assert!(!zero.status.success() && String::from_utf8_lossy(&zero.stderr).contains("--concurrency"));
     mock.kill().unwrap();
