@@ -163,6 +163,44 @@ impl Scenario {
     }
 }
 
+/// One request as a switchyard gateway recorded it: when it came, the
+/// token counts it was answered with (when the route was priced, so they
+/// were counted), and the request headers that steered its routing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recorded {
+    pub created_ms: i64,
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+    /// `x-switchyard-*` headers to send again (lane, family, data class).
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A trace from recorded traffic: offsets from the first arrival, one
+/// session per request, lengths as recorded (prompts are synthesised: a
+/// record keeps no prompt text). Requests with no recorded counts get the
+/// defaults; returns how many did.
+pub fn from_recorded(records: &[Recorded], default_input_tokens: u32, default_max_tokens: u32) -> (Trace, usize) {
+    let first = records.iter().map(|r| r.created_ms).min().unwrap_or(0);
+    let mut defaulted = 0;
+    let requests = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (input, output) = match (r.prompt_tokens, r.completion_tokens) {
+                (Some(p), Some(c)) => (p, c.max(1)),
+                _ => {
+                    defaulted += 1;
+                    (default_input_tokens, default_max_tokens)
+                }
+            };
+            TraceRequest { headers: r.headers.clone(), ..request((r.created_ms - first) as f64, format!("r{i}"), 0, input, output) }
+        })
+        .collect::<Vec<_>>();
+    let mut trace = Trace { requests };
+    trace.requests.sort_by(|a, b| a.at_us.cmp(&b.at_us).then_with(|| a.session.cmp(&b.session)));
+    (trace, defaulted)
+}
+
 /// Imports an Azure LLM inference trace (CSV: `TIMESTAMP,ContextTokens,GeneratedTokens`,
 /// timestamps like `2023-11-16 18:17:03.9799600`): offsets from the first
 /// arrival, one session per request, prompt and answer lengths as recorded.

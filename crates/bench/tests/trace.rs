@@ -77,3 +77,20 @@ fn the_azure_trace_imports_with_its_offsets() {
     assert!(import_azure("a,b\n1,2").unwrap_err().to_string().contains("not an Azure"));
     assert!(import_azure("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,x,3\n").unwrap_err().to_string().contains("line 2"));
 }
+
+#[test]
+fn recorded_traffic_becomes_a_trace_with_its_offsets_lengths_and_headers() {
+    use switchyard_bench::trace::{from_recorded, Recorded};
+    let lane = std::collections::BTreeMap::from([("x-switchyard-lane".to_string(), "batch".to_string())]);
+    let records = [
+        Recorded { created_ms: 1_000_250, prompt_tokens: Some(40), completion_tokens: Some(7), headers: lane.clone() },
+        Recorded { created_ms: 1_000_000, prompt_tokens: None, completion_tokens: None, headers: Default::default() },
+    ];
+    let (trace, defaulted) = from_recorded(&records, 256, 64);
+    assert_eq!(defaulted, 1);
+    let first = &trace.requests[0];
+    assert_eq!((first.at_us, first.input_tokens, first.max_tokens), (0, Some(256), 64), "unknown lengths take the defaults");
+    let second = &trace.requests[1];
+    assert_eq!((second.at_us, second.input_tokens, second.max_tokens, &second.headers), (250_000, Some(40), 7, &lane));
+    assert_ne!(first.session, second.session);
+}

@@ -9,7 +9,7 @@ use switchyard_bench::compare::{self, RunReport};
 use switchyard_bench::replay::{replay, summarize, Load, Percentiles, RequestResult, Target};
 use switchyard_bench::cost::{self, Meter, PowerModel, Rapl};
 use switchyard_bench::sweep;
-use switchyard_bench::trace::{import_azure, Scenario, Trace};
+use switchyard_bench::trace::{from_recorded, import_azure, Recorded, Scenario, Trace};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -133,6 +133,26 @@ pub enum TraceCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Turn traffic a switchyard gateway recorded (its decisions database)
+    /// into a trace: arrival offsets, token lengths where counted, and the
+    /// lane / family / data-class headers that steered each request.
+    Record {
+        /// switchyard.db in the gateway's --data-dir.
+        #[arg(long)]
+        db: PathBuf,
+        /// Only requests recorded at or after this Unix time in ms.
+        #[arg(long, default_value_t = 0)]
+        since_ms: i64,
+        #[arg(long, default_value_t = 100_000)]
+        limit: i64,
+        /// Lengths for requests whose tokens were not counted (an unpriced route).
+        #[arg(long, default_value_t = 256)]
+        default_input_tokens: u32,
+        #[arg(long, default_value_t = 128)]
+        default_max_tokens: u32,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Convert a published trace (Azure LLM inference CSV) to a switchyard trace.
     Import {
         #[arg(long)]
@@ -151,6 +171,18 @@ pub enum ScenarioArg {
     Team,
     Burst,
     LongContext,
+}
+
+/// The headers that steered a recorded request, read back from its decision.
+fn recorded(r: &switchyard_store::DecisionRecord) -> Recorded {
+    let decision: serde_json::Value = serde_json::from_str(r.decision.as_str()).unwrap_or_default();
+    let mut headers = std::collections::BTreeMap::new();
+    for (field, header, skip) in [("lane", "x-switchyard-lane", Some("interactive")), ("family", "x-switchyard-family", None), ("data_class", "x-switchyard-data-class", None)] {
+        if let Some(value) = decision[field].as_str().filter(|v| Some(*v) != skip) {
+            headers.insert(header.to_string(), value.to_string());
+        }
+    }
+    Recorded { created_ms: r.created_ms, prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens, headers }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(file: &Path) -> anyhow::Result<T> {
@@ -322,6 +354,21 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 },
             };
             write(&s.generate(seed), &out)
+        }
+        TraceCommand::Record { db, since_ms, limit, default_input_tokens, default_max_tokens, out } => {
+            anyhow::ensure!(db.is_file(), "--db {}: no such file (give the switchyard.db in the gateway's --data-dir)", db.display());
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rows = rt.block_on(async {
+                let store = switchyard_store::Store::open(&db).await?;
+                store.decisions_since(since_ms, limit).await
+            });
+            let rows = rows.map_err(|e| anyhow::anyhow!("reading {}: {e}", db.display()))?;
+            let records: Vec<Recorded> = rows.iter().map(recorded).collect();
+            let (trace, defaulted) = from_recorded(&records, default_input_tokens, default_max_tokens);
+            if defaulted > 0 {
+                eprintln!("{defaulted} of {} requests had no token counts (unpriced routes): given {default_input_tokens} in / {default_max_tokens} out", records.len());
+            }
+            write(&trace, &out)
         }
         TraceCommand::Import { azure, limit, out } => {
             let csv = std::fs::read_to_string(&azure).with_context(|| format!("reading {}", azure.display()))?;

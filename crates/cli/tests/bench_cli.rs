@@ -137,3 +137,44 @@ fn a_priced_run_reports_cost_per_task_and_energy_saying_how_it_was_taken() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--target-pid"), "the power model needs the target's process");
     mock.kill().unwrap();
 }
+
+#[test]
+fn recorded_traffic_is_turned_into_a_trace_that_keeps_its_routing_headers() {
+    use switchyard_store::{DecisionRecord, JsonText, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("switchyard.db");
+    let record = |id: &str, at: i64, decision: serde_json::Value, tokens: Option<(u32, u32)>| DecisionRecord {
+        request_id: id.into(),
+        created_ms: at,
+        policy_id: "p+1".into(),
+        rule_id: None,
+        route: "local".into(),
+        status: 200,
+        reason: "r".into(),
+        decision: JsonText::of(&decision).unwrap(),
+        label: "answered".into(),
+        execution: JsonText::of(&serde_json::json!({})).unwrap(),
+        prompt_tokens: tokens.map(|t| t.0),
+        completion_tokens: tokens.map(|t| t.1),
+        cost_usd: None,
+        energy_wh: None,
+    };
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let store = Store::open(&db).await.unwrap();
+        store.record_decision(&record("a", 5_000, serde_json::json!({"lane": "interactive", "data_class": "public"}), Some((30, 9)))).await.unwrap();
+        store.record_decision(&record("b", 5_400, serde_json::json!({"lane": "batch", "family": "code", "data_class": "internal"}), None)).await.unwrap();
+        store.record_decision(&record("old", 10, serde_json::json!({}), None)).await.unwrap();
+    });
+    let out = dir.path().join("recorded.jsonl");
+    let o = switchyard(&["bench", "trace", "record", "--db", db.to_str().unwrap(), "--since-ms", "1000", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 of 2 requests had no token counts"));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "the record before --since-ms is left out");
+    assert_eq!((lines[0]["at_us"].as_u64(), lines[0]["input_tokens"].as_u64(), lines[0]["max_tokens"].as_u64()), (Some(0), Some(30), Some(9)));
+    assert_eq!(lines[0]["headers"], serde_json::json!({"x-switchyard-data-class": "public"}), "the default lane is not repeated");
+    assert_eq!(lines[1]["at_us"].as_u64(), Some(400_000));
+    assert_eq!(lines[1]["headers"], serde_json::json!({"x-switchyard-lane": "batch", "x-switchyard-family": "code", "x-switchyard-data-class": "internal"}));
+    let missing = switchyard(&["bench", "trace", "record", "--db", dir.path().join("nope.db").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("--data-dir"));
+}

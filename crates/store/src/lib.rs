@@ -158,25 +158,19 @@ impl Store {
     }
 
     pub async fn decision(&self, request_id: &str) -> Result<Option<DecisionRecord>, StoreError> {
-        let Some(row) = sqlx::query("SELECT * FROM decisions WHERE request_id = ?").bind(request_id).fetch_optional(&self.pool).await? else {
-            return Ok(None);
-        };
-        Ok(Some(DecisionRecord {
-            request_id: row.try_get("request_id")?,
-            created_ms: row.try_get("created_ms")?,
-            policy_id: row.try_get("policy_id")?,
-            rule_id: row.try_get("rule_id")?,
-            route: row.try_get("route")?,
-            status: row.try_get::<i64, _>("status")? as u16,
-            reason: row.try_get("reason")?,
-            decision: JsonText::parse(row.try_get("decision")?)?,
-            label: row.try_get("label")?,
-            execution: JsonText::parse(row.try_get("execution")?)?,
-            prompt_tokens: row.try_get::<Option<i64>, _>("prompt_tokens")?.map(|n| n as u32),
-            completion_tokens: row.try_get::<Option<i64>, _>("completion_tokens")?.map(|n| n as u32),
-            cost_usd: row.try_get("cost_usd")?,
-            energy_wh: row.try_get("energy_wh")?,
-        }))
+        let row = sqlx::query("SELECT * FROM decisions WHERE request_id = ?").bind(request_id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(decision_from_row).transpose()
+    }
+
+    /// Decisions recorded at or after `since_ms` (Unix ms), oldest first, at
+    /// most `limit`: the traffic `bench trace record` turns into a trace.
+    pub async fn decisions_since(&self, since_ms: i64, limit: i64) -> Result<Vec<DecisionRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM decisions WHERE created_ms >= ? ORDER BY created_ms, rowid LIMIT ?")
+            .bind(since_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decision_from_row).collect()
     }
 
     pub async fn enqueue_handoff(&self, h: &HandoffRecord) -> Result<(), StoreError> {
@@ -264,6 +258,25 @@ fn handoff_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HandoffRecord, Stor
         answer: row.try_get("answer")?,
         reviewer: row.try_get("reviewer")?,
         resolved_ms: row.try_get("resolved_ms")?,
+    })
+}
+
+fn decision_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DecisionRecord, StoreError> {
+    Ok(DecisionRecord {
+        request_id: row.try_get("request_id")?,
+        created_ms: row.try_get("created_ms")?,
+        policy_id: row.try_get("policy_id")?,
+        rule_id: row.try_get("rule_id")?,
+        route: row.try_get("route")?,
+        status: row.try_get::<i64, _>("status")? as u16,
+        reason: row.try_get("reason")?,
+        decision: JsonText::parse(row.try_get("decision")?)?,
+        label: row.try_get("label")?,
+        execution: JsonText::parse(row.try_get("execution")?)?,
+        prompt_tokens: row.try_get::<Option<i64>, _>("prompt_tokens")?.map(|n| n as u32),
+        completion_tokens: row.try_get::<Option<i64>, _>("completion_tokens")?.map(|n| n as u32),
+        cost_usd: row.try_get("cost_usd")?,
+        energy_wh: row.try_get("energy_wh")?,
     })
 }
 
