@@ -79,7 +79,8 @@ pub struct PowerModel {
 impl PowerModel {
     /// Parses `IDLE_W,W_PER_CORE` (e.g. `40,12`).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let parts: Vec<f64> = text.split(',').map(|p| p.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|_| format!("`{text}`: give IDLE_W,W_PER_CORE, e.g. 40,12"))?;
+        let parts: Vec<f64> =
+            text.split(',').map(|p| p.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|_| format!("`{text}`: give IDLE_W,W_PER_CORE, e.g. 40,12"))?;
         match parts[..] {
             [idle_watts, watts_per_core] if idle_watts >= 0.0 && watts_per_core >= 0.0 => Ok(Self { idle_watts, watts_per_core }),
             _ => Err(format!("`{text}`: give IDLE_W,W_PER_CORE (two numbers >= 0), e.g. 40,12")),

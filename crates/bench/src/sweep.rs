@@ -108,22 +108,32 @@ pub fn html(sweep: &Sweep) -> String {
             .map(|(name, q)| Series { name: name.into(), values: sweep.levels.iter().map(|l| pick(p(&l.report.summary), q)).collect() })
             .collect()
     };
-    let throughput = |f: fn(&crate::replay::Summary) -> f64, name: &str| Series { name: name.into(), values: sweep.levels.iter().map(|l| Some(f(&l.report.summary))).collect() };
+    let throughput = |f: fn(&crate::replay::Summary) -> f64, name: &str| Series {
+        name: name.into(),
+        values: sweep.levels.iter().map(|l| Some(f(&l.report.summary))).collect(),
+    };
     let charts = [
         lines("TTFT vs concurrency", &x, "ms", &series(|s| &s.ttft_ms)),
         lines("Inter-token latency vs concurrency", &x, "ms", &series(|s| &s.itl_ms)),
         lines("E2E latency vs concurrency", &x, "ms", &series(|s| &s.e2e_ms)),
         lines("Output tokens/s (all requests) vs concurrency", &x, "tok/s", &[throughput(|s| s.output_tokens_per_s, "output tok/s")]),
-        lines("Requests/s and goodput/s vs concurrency", &x, "per s", &[throughput(|s| s.requests_per_s, "req/s"), throughput(|s| s.goodput_per_s, "goodput/s")]),
+        lines(
+            "Requests/s and goodput/s vs concurrency",
+            &x,
+            "per s",
+            &[throughput(|s| s.requests_per_s, "req/s"), throughput(|s| s.goodput_per_s, "goodput/s")],
+        ),
     ]
     .concat();
-    let (target, trace) = sweep.levels.first().map_or_else(Default::default, |l| (l.report.target.clone(), format!("{} (sha256 {})", l.report.trace, l.report.trace_sha256)));
+    let (target, trace) =
+        sweep.levels.first().map_or_else(Default::default, |l| (l.report.target.clone(), format!("{} (sha256 {})", l.report.trace, l.report.trace_sha256)));
     let rows: String = table(sweep)
         .lines()
         .skip(2)
         .map(|line| format!("<tr>{}</tr>", line.trim_matches('|').split('|').map(|c| format!("<td>{}</td>", escape(c.trim()))).collect::<String>()))
         .collect();
-    let header: String = table(sweep).lines().next().unwrap_or_default().trim_matches('|').split('|').map(|c| format!("<th>{}</th>", escape(c.trim()))).collect();
+    let header: String =
+        table(sweep).lines().next().unwrap_or_default().trim_matches('|').split('|').map(|c| format!("<th>{}</th>", escape(c.trim()))).collect();
     format!(
         "<!doctype html><html><head><meta charset='utf-8'><title>sweep {t}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
          figure{{display:inline-block;margin:0 2em 2em 0}} figcaption{{font-weight:600}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><body>\

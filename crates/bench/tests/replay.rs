@@ -113,12 +113,19 @@ async fn failures_are_counted_and_never_retried() {
     assert!(dead.iter().all(|r| r.error.as_deref().unwrap().starts_with("request failed")));
 }
 
-#[tokio::test]
-async fn the_delay_mock_answers_after_its_injected_delays() {
-    let delays = switchyard_bench::mock::Delays { ttft: Duration::from_millis(20), itl: Duration::from_millis(5), chunks: 4 };
+/// `switchyard bench mock` on a free port: the first chunk after `ttft_ms`,
+/// then one every `itl_ms`. Returns its base URL.
+async fn delay_mock(ttft_ms: u64, itl_ms: u64, chunks: u32) -> String {
+    let delays = switchyard_bench::mock::Delays { ttft: Duration::from_millis(ttft_ms), itl: Duration::from_millis(itl_ms), chunks };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/v1", listener.local_addr().unwrap());
     tokio::spawn(switchyard_bench::mock::serve(listener, delays));
+    base
+}
+
+#[tokio::test]
+async fn the_delay_mock_answers_after_its_injected_delays() {
+    let base = delay_mock(20, 5, 4).await;
     let results = replay(&trace(), &target(&base, "mock"), Load::Closed { concurrency: 5 }, Duration::from_secs(10)).await;
     for r in &results {
         assert!(r.ok(), "{r:?}");
@@ -136,10 +143,7 @@ async fn the_delay_mock_answers_after_its_injected_delays() {
 
 #[tokio::test]
 async fn by_session_a_turn_waits_for_the_previous_answer_plus_its_think_time() {
-    let delays = switchyard_bench::mock::Delays { ttft: Duration::from_millis(40), itl: Duration::from_millis(5), chunks: 3 };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(switchyard_bench::mock::serve(listener, delays));
+    let base = delay_mock(40, 5, 3).await;
     // Two sessions of three turns, 10 ms of think time between turns.
     let turn = |session: &str, turn: u32| switchyard_bench::trace::TraceRequest {
         at_us: u64::from(turn) * 10_000,

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use switchyard_bench::compare::{self, RunReport};
-use switchyard_bench::replay::{replay, summarize, Load, Percentiles, RequestResult, Target};
 use switchyard_bench::cost::{self, Meter, PowerModel, Rapl};
+use switchyard_bench::replay::{replay, summarize, Load, Percentiles, RequestResult, Target};
 use switchyard_bench::sweep;
 use switchyard_bench::trace::{from_recorded, import_azure, Recorded, Scenario, Trace};
 
@@ -177,7 +177,9 @@ pub enum ScenarioArg {
 fn recorded(r: &switchyard_store::DecisionRecord) -> Recorded {
     let decision: serde_json::Value = serde_json::from_str(r.decision.as_str()).unwrap_or_default();
     let mut headers = std::collections::BTreeMap::new();
-    for (field, header, skip) in [("lane", "x-switchyard-lane", Some("interactive")), ("family", "x-switchyard-family", None), ("data_class", "x-switchyard-data-class", None)] {
+    for (field, header, skip) in
+        [("lane", "x-switchyard-lane", Some("interactive")), ("family", "x-switchyard-family", None), ("data_class", "x-switchyard-data-class", None)]
+    {
         if let Some(value) = decision[field].as_str().filter(|v| Some(*v) != skip) {
             headers.insert(header.to_string(), value.to_string());
         }
@@ -366,7 +368,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let records: Vec<Recorded> = rows.iter().map(recorded).collect();
             let (trace, defaulted) = from_recorded(&records, default_input_tokens, default_max_tokens);
             if defaulted > 0 {
-                eprintln!("{defaulted} of {} requests had no token counts (unpriced routes): given {default_input_tokens} in / {default_max_tokens} out", records.len());
+                eprintln!(
+                    "{defaulted} of {} requests had no token counts (unpriced routes): given {default_input_tokens} in / {default_max_tokens} out",
+                    records.len()
+                );
             }
             write(&trace, &out)
         }

@@ -114,8 +114,24 @@ fn a_priced_run_reports_cost_per_task_and_energy_saying_how_it_was_taken() {
     assert!(switchyard(&["bench", "trace", "generate", "--scenario", "single", "--count", "6", "--out", &path("t.jsonl")]).status.success());
     std::fs::write(path("prices.toml"), "[prices.mock-model]\ninput_per_1m = 1.0\noutput_per_1m = 2.0\n").unwrap();
     let o = switchyard(&[
-        "bench", "run", "--trace", &path("t.jsonl"), "--target", &base, "--model", "mock-model", "--concurrency", "2",
-        "--prices", &path("prices.toml"), "--power-model", "40,12", "--target-pid", &pid, "--out", &path("run"),
+        "bench",
+        "run",
+        "--trace",
+        &path("t.jsonl"),
+        "--target",
+        &base,
+        "--model",
+        "mock-model",
+        "--concurrency",
+        "2",
+        "--prices",
+        &path("prices.toml"),
+        "--power-model",
+        "40,12",
+        "--target-pid",
+        &pid,
+        "--out",
+        &path("run"),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("per successful task"));

@@ -85,7 +85,8 @@ impl Routing {
                     let client = match &route.ca_file {
                         None => shared.clone(),
                         Some(path) => {
-                            let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("policy {}: `routes[{i}].ca_file` {}: {e}", policy.id, path.display()))?;
+                            let pem =
+                                std::fs::read(path).map_err(|e| anyhow::anyhow!("policy {}: `routes[{i}].ca_file` {}: {e}", policy.id, path.display()))?;
                             upstream_client(Some(&pem)).map_err(|e| anyhow::anyhow!("policy {}: `routes[{i}].ca_file` {}: {e}", policy.id, path.display()))?
                         }
                     };
