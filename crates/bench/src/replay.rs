@@ -71,6 +71,10 @@ pub struct RequestResult {
     pub tokens_from: Option<String>,
     /// `x-switchyard-route`, when the target is a router.
     pub route: Option<String>,
+    /// The server's own account (queue, prefill, decode), when it sends
+    /// `timings` as switchyard and llama-server do.
+    #[serde(default)]
+    pub server_timings: Option<switchyard_wire::Timings>,
 }
 
 impl RequestResult {
@@ -129,6 +133,7 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
         prompt_tokens: None,
         tokens_from: None,
         route: None,
+        server_timings: None,
     };
     let ms = |t: Instant| t.duration_since(sent).as_secs_f64() * 1e3;
     let run = async {
@@ -147,6 +152,7 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
             let now = ms(Instant::now());
             (out.ttft_ms, out.e2e_ms) = (Some(now), Some(now));
             out.prompt_tokens = v["usage"]["prompt_tokens"].as_u64().map(|n| n as u32);
+            out.server_timings = server_timings(&v);
             (out.output_tokens, out.tokens_from) = match v["usage"]["completion_tokens"].as_u64() {
                 Some(n) => (Some(n as u32), Some("usage".into())),
                 None => (None, None),
@@ -175,6 +181,9 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
                     }
                     last = Some(now);
                 }
+                if let Some(t) = server_timings(&v) {
+                    out.server_timings = Some(t);
+                }
                 if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
                     usage = Some(n as u32);
                     out.prompt_tokens = v["usage"]["prompt_tokens"].as_u64().map(|n| n as u32);
@@ -199,10 +208,31 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
     out
 }
 
+fn server_timings(v: &Value) -> Option<switchyard_wire::Timings> {
+    v.get("timings").filter(|t| !t.is_null()).and_then(|t| serde_json::from_value(t.clone()).ok())
+}
+
 /// Replays `trace` against `target`. Failures are results, never a crashed
 /// run; nothing is retried (a 429 is counted as what it is).
 pub async fn replay(trace: &Trace, target: &Target, load: Load, timeout: Duration) -> Vec<RequestResult> {
+    replay_watched(trace, target, load, timeout, Arc::new(|_: &RequestResult| {})).await
+}
+
+/// Called with each request's result as it completes (a progress display).
+pub type Watcher = Arc<dyn Fn(&RequestResult) + Send + Sync>;
+
+/// [`replay`], telling `watch` about each request as it completes.
+pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, timeout: Duration, watch: Watcher) -> Vec<RequestResult> {
     let client = reqwest::Client::builder().build().expect("an HTTP client");
+    let one = move |client: reqwest::Client, target: Arc<Target>, r: TraceRequest, i: usize, clock: Clock| {
+        let watch = watch.clone();
+        async move {
+            let result = one(&client, &target, &r, i, clock, timeout).await;
+            watch(&result);
+            result
+        }
+    };
+    let target = Arc::new(target.clone());
     let start = Instant::now();
     let mut results = match load {
         Load::Open { time_scale } => {
@@ -212,11 +242,11 @@ pub async fn replay(trace: &Trace, target: &Target, load: Load, timeout: Duratio
                 .cloned()
                 .enumerate()
                 .map(|(i, r)| {
-                    let (client, target) = (client.clone(), target.clone());
+                    let (client, target, one) = (client.clone(), target.clone(), one.clone());
                     let at = start + Duration::from_secs_f64(r.at_us as f64 / 1e6 * time_scale);
                     tokio::spawn(async move {
                         tokio::time::sleep_until(at).await;
-                        one(&client, &target, &r, i, Clock { scheduled: at, run_start: start }, timeout).await
+                        one(client, target, r, i, Clock { scheduled: at, run_start: start }).await
                     })
                 })
                 .collect();
@@ -232,7 +262,7 @@ pub async fn replay(trace: &Trace, target: &Target, load: Load, timeout: Duratio
                 .into_values()
                 .map(|mut turns| {
                     turns.sort_by_key(|(i, r)| (r.turn, r.at_us, *i));
-                    let (client, target) = (client.clone(), target.clone());
+                    let (client, target, one) = (client.clone(), target.clone(), one.clone());
                     tokio::spawn(async move {
                         let mut out = Vec::with_capacity(turns.len());
                         let mut previous: Option<(u64, Instant)> = None;
@@ -242,8 +272,9 @@ pub async fn replay(trace: &Trace, target: &Target, load: Load, timeout: Duratio
                                 Some((prev_us, answered)) => answered + scaled(r.at_us.saturating_sub(prev_us)),
                             };
                             tokio::time::sleep_until(at).await;
-                            out.push(one(&client, &target, &r, i, Clock { scheduled: at, run_start: start }, timeout).await);
-                            previous = Some((r.at_us, Instant::now()));
+                            let at_us = r.at_us;
+                            out.push(one(client.clone(), target.clone(), r, i, Clock { scheduled: at, run_start: start }).await);
+                            previous = Some((at_us, Instant::now()));
                         }
                         out
                     })
@@ -252,11 +283,10 @@ pub async fn replay(trace: &Trace, target: &Target, load: Load, timeout: Duratio
             futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.expect("session tasks do not panic")).collect()
         }
         Load::Closed { concurrency } => {
-            let target = Arc::new(target.clone());
             futures::stream::iter(trace.requests.iter().enumerate())
                 .map(|(i, r)| {
                     let (client, target) = (client.clone(), target.clone());
-                    async move { one(&client, &target, r, i, Clock { scheduled: Instant::now(), run_start: start }, timeout).await }
+                    one(client, target, r.clone(), i, Clock { scheduled: Instant::now(), run_start: start })
                 })
                 .buffer_unordered(concurrency.max(1))
                 .collect::<Vec<_>>()
@@ -308,6 +338,13 @@ pub struct Summary {
     pub tpot_ms: Option<Percentiles>,
     pub e2e_ms: Option<Percentiles>,
     pub lag_ms: Option<Percentiles>,
+    /// From the server's `timings`, over the requests that had them.
+    #[serde(default)]
+    pub server_queue_ms: Option<Percentiles>,
+    #[serde(default)]
+    pub server_prefill_ms: Option<Percentiles>,
+    #[serde(default)]
+    pub server_decode_ms: Option<Percentiles>,
     /// Token counts: from `usage`, from counted chunks, or mixed.
     pub tokens_from: String,
     /// Requests sent during the warm-up, left out of every figure above.
@@ -347,6 +384,10 @@ pub fn summarize(all: &[RequestResult], duration_s: f64, warmup_ms: f64, slo_ttf
         ("e2e", "request sent -> end of stream"),
         ("lag", "actual send time - scheduled arrival (open loop)"),
         ("goodput", "requests per second meeting ttft <= slo_ttft_ms and tpot <= slo_tpot_ms"),
+        (
+            "server queue / prefill / decode",
+            "the server's own timings, where it reports them: accepted -> first scheduler step, prompt evaluation, first -> last generated token",
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -369,6 +410,9 @@ pub fn summarize(all: &[RequestResult], duration_s: f64, warmup_ms: f64, slo_ttf
         tpot_ms: percentiles(ok.iter().filter_map(|r| r.tpot_ms())),
         e2e_ms: percentiles(ok.iter().filter_map(|r| r.e2e_ms)),
         lag_ms: percentiles(results.iter().map(|r| r.lag_ms)),
+        server_queue_ms: percentiles(ok.iter().filter_map(|r| r.server_timings.as_ref().map(|t| t.queue_ms))),
+        server_prefill_ms: percentiles(ok.iter().filter_map(|r| r.server_timings.as_ref().map(|t| t.prompt_ms))),
+        server_decode_ms: percentiles(ok.iter().filter_map(|r| r.server_timings.as_ref().map(|t| t.predicted_ms))),
         tokens_from: match sources.as_slice() {
             [] => "none".into(),
             [one] => one.to_string(),
@@ -433,6 +477,7 @@ mod tests {
             prompt_tokens: None,
             tokens_from: Some("usage".into()),
             route: None,
+            server_timings: None,
         };
         assert_eq!(r.tpot_ms(), Some(100.0));
         assert_eq!(RequestResult { output_tokens: Some(1), ..r }.tpot_ms(), None);

@@ -112,6 +112,12 @@ pub fn html(sweep: &Sweep) -> String {
         name: name.into(),
         values: sweep.levels.iter().map(|l| Some(f(&l.report.summary))).collect(),
     };
+    let cost: Vec<Option<f64>> = sweep.levels.iter().map(|l| l.report.cost.as_ref().and_then(|c| c.per_successful_task_usd)).collect();
+    let cost_chart = if cost.iter().any(Option::is_some) {
+        lines("Cost per successful task vs concurrency", &x, "$", &[Series { name: "$ per successful task".into(), values: cost }])
+    } else {
+        String::new()
+    };
     let charts = [
         lines("TTFT vs concurrency", &x, "ms", &series(|s| &s.ttft_ms)),
         lines("Inter-token latency vs concurrency", &x, "ms", &series(|s| &s.itl_ms)),
@@ -123,6 +129,7 @@ pub fn html(sweep: &Sweep) -> String {
             "per s",
             &[throughput(|s| s.requests_per_s, "req/s"), throughput(|s| s.goodput_per_s, "goodput/s")],
         ),
+        cost_chart,
     ]
     .concat();
     let (target, trace) =

@@ -22,7 +22,11 @@ async fn mock(State(hits): State<Arc<AtomicUsize>>, Json(body): Json<Value>) -> 
     hits.fetch_add(1, Ordering::SeqCst);
     let model = body["model"].as_str().unwrap_or_default().to_string();
     let chunk = |c: &str| Ok::<_, std::io::Error>(Bytes::from(format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {"content": c}}]}))));
-    let usage = Ok(Bytes::from(format!("data: {}\n\n", json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": CHUNKS}}))));
+    // A router answers with switchyard's `timings` beside the usage.
+    let timings = (model == "routed")
+        .then(|| json!({"prompt_n": 3, "prompt_ms": 4.5, "predicted_n": CHUNKS, "predicted_ms": 8.0, "queue_ms": 0.5, "ttft_ms": 5.0, "total_ms": 13.0}));
+    let usage =
+        Ok(Bytes::from(format!("data: {}\n\n", json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": CHUNKS}, "timings": timings}))));
     let done = Ok(Bytes::from("data: [DONE]\n\n"));
     let parts: Vec<Result<Bytes, std::io::Error>> = match model.as_str() {
         "busy" => return (axum::http::StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": {"message": "queue full"}}))).into_response(),
@@ -87,7 +91,16 @@ async fn a_healthy_target_gives_full_timings() {
     assert!(s.per_route.is_empty(), "the mock is not a router");
 
     let routed = replay(&trace(), &target(&base, "routed"), Load::Closed { concurrency: 4 }, Duration::from_secs(10)).await;
-    let by_route = summarize(&routed, 1.0, 0.0, 1_000.0, 1_000.0).per_route;
+    let routed_summary = summarize(&routed, 1.0, 0.0, 1_000.0, 1_000.0);
+    // The server's own queue / prefill / decode split, where it reports one.
+    let (queue, prefill, decode) =
+        (routed_summary.server_queue_ms.unwrap(), routed_summary.server_prefill_ms.unwrap(), routed_summary.server_decode_ms.unwrap());
+    assert_eq!(queue.count, 10);
+    for (got, want) in [(queue.p50, 0.5), (prefill.p50, 4.5), (decode.p99, 8.0)] {
+        assert!((got - want).abs() < 0.01, "{got} vs {want} (HDR keeps 3 significant digits)");
+    }
+    assert_eq!(s.server_queue_ms, None, "no timings from the plain mock");
+    let by_route = routed_summary.per_route;
     assert_eq!(by_route.keys().collect::<Vec<_>>(), ["local"]);
     assert_eq!((by_route["local"].requests, by_route["local"].ttft_ms.as_ref().unwrap().count), (10, 10));
 

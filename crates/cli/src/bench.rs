@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use switchyard_bench::compare::{self, RunReport};
 use switchyard_bench::cost::{self, Meter, PowerModel, Rapl};
-use switchyard_bench::replay::{replay, summarize, Load, Percentiles, RequestResult, Target};
+use switchyard_bench::replay::{replay_watched, summarize, Load, Percentiles, RequestResult, Target, Watcher};
 use switchyard_bench::sweep;
 use switchyard_bench::trace::{from_recorded, import_azure, Recorded, Scenario, Trace};
 
@@ -192,6 +192,26 @@ fn read_json<T: serde::de::DeserializeOwned>(file: &Path) -> anyhow::Result<T> {
     serde_json::from_slice(&bytes).with_context(|| file.display().to_string())
 }
 
+/// A live count of answered and failed requests on a terminal (drawn only
+/// when stderr is one).
+fn progress(total: usize, load: Load) -> Watcher {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})").expect("valid template").progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{load:?}"));
+    let failed = AtomicUsize::new(0);
+    std::sync::Arc::new(move |r: &RequestResult| {
+        let failed = failed.fetch_add(usize::from(!r.ok()), Ordering::Relaxed) + usize::from(!r.ok());
+        bar.set_message(format!("{failed} failed"));
+        bar.inc(1);
+        if bar.position() == bar.length().unwrap_or(0) {
+            bar.finish_and_clear();
+        }
+    })
+}
+
 /// Replays the trace once under `load`.
 fn replay_once(args: &ReplayArgs, load: Load) -> anyhow::Result<(Trace, RunReport, Vec<RequestResult>)> {
     let text = std::fs::read_to_string(&args.trace).with_context(|| format!("reading {}", args.trace.display()))?;
@@ -208,7 +228,7 @@ fn replay_once(args: &ReplayArgs, load: Load) -> anyhow::Result<(Trace, RunRepor
     let meter = Meter::start(Path::new(Rapl::ROOT), power, args.target_pid).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let started = std::time::Instant::now();
-    let results = rt.block_on(replay(&trace, &target, load, std::time::Duration::from_secs(args.timeout_s)));
+    let results = rt.block_on(replay_watched(&trace, &target, load, std::time::Duration::from_secs(args.timeout_s), progress(trace.requests.len(), load)));
     let wall_s = started.elapsed().as_secs_f64();
     let summary = summarize(&results, wall_s, args.warmup_s * 1000.0, args.slo_ttft_ms, args.slo_tpot_ms);
     let successful = results.iter().filter(|r| r.ok()).count();
@@ -298,9 +318,16 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 summary.ok, summary.failed, summary.failures, summary.requests_per_s, summary.output_tokens_per_s, summary.goodput_per_s, summary.tokens_from
             );
             println!("{:<8} {:>10} {:>10} {:>10} {:>10} {:>10}", "ms", "p50", "p90", "p95", "p99", "max");
-            for (name, p) in
-                [("ttft", &summary.ttft_ms), ("itl", &summary.itl_ms), ("tpot", &summary.tpot_ms), ("e2e", &summary.e2e_ms), ("lag", &summary.lag_ms)]
-            {
+            for (name, p) in [
+                ("ttft", &summary.ttft_ms),
+                ("itl", &summary.itl_ms),
+                ("tpot", &summary.tpot_ms),
+                ("e2e", &summary.e2e_ms),
+                ("lag", &summary.lag_ms),
+                ("s.queue", &summary.server_queue_ms),
+                ("s.prefil", &summary.server_prefill_ms),
+                ("s.decode", &summary.server_decode_ms),
+            ] {
                 row(name, p);
             }
             println!("{}", switchyard_bench::report::cost_line(&report));

@@ -68,8 +68,22 @@ fn a_sweep_runs_each_concurrency_and_sweeps_compare_level_by_level() {
     let (base, mut mock) = delay_mock();
     let o = switchyard(&["bench", "trace", "generate", "--scenario", "single", "--count", "12", "--out", &path("t.jsonl")]);
     assert!(o.status.success());
+    std::fs::write(path("p.toml"), "[prices.default]\ninput_per_1m = 1.0\noutput_per_1m = 2.0\n").unwrap();
     for out in ["s1", "s2"] {
-        let o = switchyard(&["bench", "sweep", "--trace", &path("t.jsonl"), "--target", &base, "--concurrency", "4,1", "--out", &path(out)]);
+        let o = switchyard(&[
+            "bench",
+            "sweep",
+            "--trace",
+            &path("t.jsonl"),
+            "--target",
+            &base,
+            "--concurrency",
+            "4,1",
+            "--prices",
+            &path("p.toml"),
+            "--out",
+            &path(out),
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let sweep: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("s1/sweep.json")).unwrap()).unwrap();
@@ -84,6 +98,7 @@ fn a_sweep_runs_each_concurrency_and_sweeps_compare_level_by_level() {
     assert!(dir.path().join("s1/c4/report.html").exists() && dir.path().join("s1/c1/requests.jsonl").exists());
     let html = std::fs::read_to_string(dir.path().join("s1/sweep.html")).unwrap();
     assert!(html.contains("TTFT vs concurrency") && html.matches("<polyline").count() >= 9, "charts of percentiles against concurrency");
+    assert!(html.contains("Cost per successful task vs concurrency"), "priced levels get a cost chart");
 
     let cmp = switchyard(&["bench", "compare", &path("s1"), &path("s2")]);
     assert!(cmp.status.success(), "{}", String::from_utf8_lossy(&cmp.stderr));
