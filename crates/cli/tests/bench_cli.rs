@@ -209,3 +209,54 @@ fn recorded_traffic_is_turned_into_a_trace_that_keeps_its_routing_headers() {
     let missing = switchyard(&["bench", "trace", "record", "--db", dir.path().join("nope.db").to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("--data-dir"));
 }
+
+#[test]
+fn a_burst_against_switchyard_with_a_tiny_queue_counts_its_429s_and_retries_nothing() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    // One slot and one queue place: most of a burst must be turned away.
+    let mut server = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "--model", "smollm2-135m", "--port", "0", "--threads", "2", "--parallel", "1", "--max-queue", "1", "--ctx-size", "1024"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start switchyard");
+    let line = BufReader::new(server.stdout.take().unwrap()).lines().map_while(Result::ok).find(|l| l.contains("listening on ")).expect("switchyard listens");
+    let base = format!("{}/v1", line.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap());
+    let o = switchyard(&[
+        "bench",
+        "trace",
+        "generate",
+        "--scenario",
+        "burst",
+        "--rate",
+        "10",
+        "--factor",
+        "4",
+        "--duration-s",
+        "2",
+        "--input-tokens",
+        "16",
+        "--max-tokens",
+        "24",
+        "--seed",
+        "5",
+        "--out",
+        &path("burst.jsonl"),
+    ]);
+    assert!(o.status.success());
+    let sent = std::fs::read_to_string(path("burst.jsonl")).unwrap().lines().count() as u64;
+    let o = switchyard(&["bench", "run", "--trace", &path("burst.jsonl"), "--target", &base, "--model", "smollm2-135m", "--out", &path("run")]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("run/summary.json")).unwrap()).unwrap();
+    let s = &report["summary"];
+    let refused = s["failures"]["HTTP 429 Too Many Requests"].as_u64().unwrap_or(0);
+    assert!(refused >= 1 && s["ok"].as_u64().unwrap() >= 1, "some answered, some turned away: {s}");
+    assert_eq!(s["requests"].as_u64(), Some(sent), "one attempt per request in the trace, no retries");
+    assert_eq!(s["ok"].as_u64().unwrap() + s["failed"].as_u64().unwrap(), sent);
+    let html = std::fs::read_to_string(dir.path().join("run/report.html")).unwrap();
+    assert!(html.contains("HTTP 429 Too Many Requests"), "the report shows the 429s");
+}
