@@ -23,7 +23,8 @@ pub struct RunReport {
     pub energy: Option<Energy>,
 }
 
-fn cell(v: Option<f64>) -> String {
+/// A table cell: one decimal, or a dash for no value.
+pub(crate) fn cell(v: Option<f64>) -> String {
     v.map_or_else(|| "–".into(), |v| format!("{v:.1}"))
 }
 

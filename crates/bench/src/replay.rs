@@ -107,7 +107,6 @@ fn body(r: &TraceRequest, index: usize, model: &str, stream: bool) -> Value {
     }
 }
 
-/// Sends one request and follows its stream.
 /// When a request is due and when the run began.
 #[derive(Clone, Copy)]
 struct Clock {
@@ -115,6 +114,7 @@ struct Clock {
     run_start: Instant,
 }
 
+/// Sends one request and follows its stream.
 async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index: usize, clock: Clock, timeout: Duration) -> RequestResult {
     let sent = Instant::now();
     let scheduled = clock.scheduled;
@@ -224,7 +224,8 @@ pub type Watcher = Arc<dyn Fn(&RequestResult) + Send + Sync>;
 /// [`replay`], telling `watch` about each request as it completes.
 pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, timeout: Duration, watch: Watcher) -> Vec<RequestResult> {
     let client = reqwest::Client::builder().build().expect("an HTTP client");
-    let one = move |client: reqwest::Client, target: Arc<Target>, r: TraceRequest, i: usize, clock: Clock| {
+    // `one`, then the watcher, as a future a task can own.
+    let send = move |client: reqwest::Client, target: Arc<Target>, r: TraceRequest, i: usize, clock: Clock| {
         let watch = watch.clone();
         async move {
             let result = one(&client, &target, &r, i, clock, timeout).await;
@@ -242,11 +243,11 @@ pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, timeout:
                 .cloned()
                 .enumerate()
                 .map(|(i, r)| {
-                    let (client, target, one) = (client.clone(), target.clone(), one.clone());
+                    let (client, target, send) = (client.clone(), target.clone(), send.clone());
                     let at = start + Duration::from_secs_f64(r.at_us as f64 / 1e6 * time_scale);
                     tokio::spawn(async move {
                         tokio::time::sleep_until(at).await;
-                        one(client, target, r, i, Clock { scheduled: at, run_start: start }).await
+                        send(client, target, r, i, Clock { scheduled: at, run_start: start }).await
                     })
                 })
                 .collect();
@@ -262,7 +263,7 @@ pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, timeout:
                 .into_values()
                 .map(|mut turns| {
                     turns.sort_by_key(|(i, r)| (r.turn, r.at_us, *i));
-                    let (client, target, one) = (client.clone(), target.clone(), one.clone());
+                    let (client, target, send) = (client.clone(), target.clone(), send.clone());
                     tokio::spawn(async move {
                         let mut out = Vec::with_capacity(turns.len());
                         let mut previous: Option<(u64, Instant)> = None;
@@ -273,7 +274,7 @@ pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, timeout:
                             };
                             tokio::time::sleep_until(at).await;
                             let at_us = r.at_us;
-                            out.push(one(client.clone(), target.clone(), r, i, Clock { scheduled: at, run_start: start }).await);
+                            out.push(send(client.clone(), target.clone(), r, i, Clock { scheduled: at, run_start: start }).await);
                             previous = Some((at_us, Instant::now()));
                         }
                         out
@@ -286,7 +287,7 @@ pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, timeout:
             futures::stream::iter(trace.requests.iter().enumerate())
                 .map(|(i, r)| {
                     let (client, target) = (client.clone(), target.clone());
-                    one(client, target, r.clone(), i, Clock { scheduled: Instant::now(), run_start: start })
+                    send(client, target, r.clone(), i, Clock { scheduled: Instant::now(), run_start: start })
                 })
                 .buffer_unordered(concurrency.max(1))
                 .collect::<Vec<_>>()
@@ -351,6 +352,22 @@ pub struct Summary {
     pub warmup_excluded: usize,
     /// By `x-switchyard-route`, when the target is a router.
     pub per_route: BTreeMap<String, RouteSummary>,
+}
+
+impl Summary {
+    /// Every latency figure with its name, in the order reports show them.
+    pub fn latencies(&self) -> [(&'static str, &Option<Percentiles>); 8] {
+        [
+            ("TTFT", &self.ttft_ms),
+            ("ITL", &self.itl_ms),
+            ("TPOT", &self.tpot_ms),
+            ("E2E", &self.e2e_ms),
+            ("send lag", &self.lag_ms),
+            ("server queue", &self.server_queue_ms),
+            ("server prefill", &self.server_prefill_ms),
+            ("server decode", &self.server_decode_ms),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

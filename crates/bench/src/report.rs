@@ -166,19 +166,7 @@ pub fn html(report: &RunReport, results: &[RequestResult]) -> String {
         timeline(results),
     ]
     .concat();
-    let table = [
-        ("TTFT", &s.ttft_ms),
-        ("ITL", &s.itl_ms),
-        ("TPOT", &s.tpot_ms),
-        ("E2E", &s.e2e_ms),
-        ("send lag", &s.lag_ms),
-        ("server queue", &s.server_queue_ms),
-        ("server prefill", &s.server_prefill_ms),
-        ("server decode", &s.server_decode_ms),
-    ]
-    .iter()
-    .map(|(n, p)| row(n, p))
-    .collect::<String>();
+    let table = s.latencies().iter().map(|(n, p)| row(n, p)).collect::<String>();
     let definitions: String = s.definitions.iter().map(|(k, v)| format!("<li><b>{k}</b>: {}</li>", escape(v))).collect();
     let failures =
         if s.failures.is_empty() { "none".to_string() } else { s.failures.iter().map(|(k, v)| format!("{} × {v}", escape(k))).collect::<Vec<_>>().join(", ") };

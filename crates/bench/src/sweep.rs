@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::compare::RunReport;
+use crate::compare::{cell, RunReport};
 use crate::replay::Percentiles;
 use crate::report::{escape, lines, Series};
 
@@ -21,10 +21,6 @@ pub struct Sweep {
 pub struct Level {
     pub concurrency: usize,
     pub report: RunReport,
-}
-
-fn cell(v: Option<f64>) -> String {
-    v.map_or_else(|| "–".into(), |v| format!("{v:.1}"))
 }
 
 fn pick(p: &Option<Percentiles>, q: fn(&Percentiles) -> f64) -> Option<f64> {
@@ -134,13 +130,11 @@ pub fn html(sweep: &Sweep) -> String {
     .concat();
     let (target, trace) =
         sweep.levels.first().map_or_else(Default::default, |l| (l.report.target.clone(), format!("{} (sha256 {})", l.report.trace, l.report.trace_sha256)));
-    let rows: String = table(sweep)
-        .lines()
-        .skip(2)
-        .map(|line| format!("<tr>{}</tr>", line.trim_matches('|').split('|').map(|c| format!("<td>{}</td>", escape(c.trim()))).collect::<String>()))
-        .collect();
-    let header: String =
-        table(sweep).lines().next().unwrap_or_default().trim_matches('|').split('|').map(|c| format!("<th>{}</th>", escape(c.trim()))).collect();
+    // The markdown table, as HTML: header line, separator line, rows.
+    let markdown = table(sweep);
+    let cells = |line: &str, tag: &str| line.trim_matches('|').split('|').map(|c| format!("<{tag}>{}</{tag}>", escape(c.trim()))).collect::<String>();
+    let header = cells(markdown.lines().next().unwrap_or_default(), "th");
+    let rows: String = markdown.lines().skip(2).map(|line| format!("<tr>{}</tr>", cells(line, "td"))).collect();
     format!(
         "<!doctype html><html><head><meta charset='utf-8'><title>sweep {t}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
          figure{{display:inline-block;margin:0 2em 2em 0}} figcaption{{font-weight:600}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><body>\

@@ -10,6 +10,7 @@ use switchyard_bench::cost::{self, Meter, PowerModel, Rapl};
 use switchyard_bench::replay::{replay_watched, summarize, Load, Percentiles, RequestResult, Target, Watcher};
 use switchyard_bench::sweep;
 use switchyard_bench::trace::{from_recorded, import_azure, Recorded, Scenario, Trace};
+use switchyard_gateway::routing::{DATA_CLASS_HEADER, FAMILY_HEADER, LANE_HEADER};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -177,9 +178,7 @@ pub enum ScenarioArg {
 fn recorded(r: &switchyard_store::DecisionRecord) -> Recorded {
     let decision: serde_json::Value = serde_json::from_str(r.decision.as_str()).unwrap_or_default();
     let mut headers = std::collections::BTreeMap::new();
-    for (field, header, skip) in
-        [("lane", "x-switchyard-lane", Some("interactive")), ("family", "x-switchyard-family", None), ("data_class", "x-switchyard-data-class", None)]
-    {
+    for (field, header, skip) in [("lane", LANE_HEADER, Some("interactive")), ("family", FAMILY_HEADER, None), ("data_class", DATA_CLASS_HEADER, None)] {
         if let Some(value) = decision[field].as_str().filter(|v| Some(*v) != skip) {
             headers.insert(header.to_string(), value.to_string());
         }
@@ -212,38 +211,57 @@ fn progress(total: usize, load: Load) -> Watcher {
     })
 }
 
-/// Replays the trace once under `load`.
-fn replay_once(args: &ReplayArgs, load: Load) -> anyhow::Result<(Trace, RunReport, Vec<RequestResult>)> {
-    let text = std::fs::read_to_string(&args.trace).with_context(|| format!("reading {}", args.trace.display()))?;
-    let trace = Trace::from_jsonl(&text).with_context(|| args.trace.display().to_string())?;
-    let target = Target { base_url: args.target.clone(), model: args.model.clone(), headers: Vec::new(), stream: !args.no_stream };
-    let prices = match &args.prices {
-        None => None,
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            Some(switchyard_router::Prices::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
-        }
-    };
-    let power = args.power_model.as_deref().map(PowerModel::parse).transpose().map_err(|e| anyhow::anyhow!("--power-model {e}"))?;
-    let meter = Meter::start(Path::new(Rapl::ROOT), power, args.target_pid).map_err(anyhow::Error::msg)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let started = std::time::Instant::now();
-    let results = rt.block_on(replay_watched(&trace, &target, load, std::time::Duration::from_secs(args.timeout_s), progress(trace.requests.len(), load)));
-    let wall_s = started.elapsed().as_secs_f64();
-    let summary = summarize(&results, wall_s, args.warmup_s * 1000.0, args.slo_ttft_ms, args.slo_tpot_ms);
-    let successful = results.iter().filter(|r| r.ok()).count();
-    let energy = meter.map(|m| m.finish(wall_s, successful)).transpose().map_err(anyhow::Error::msg)?;
-    let report = RunReport {
-        trace: args.trace.display().to_string(),
-        trace_sha256: trace.sha256(),
-        cost: prices.map(|p| cost::summarize(&results, args.warmup_s * 1000.0, &p, &target.model)),
-        target: target.base_url,
-        model: target.model,
-        load: format!("{load:?}"),
-        summary,
-        energy,
-    };
-    Ok((trace, report, results))
+/// What every replay of a `bench run` or `bench sweep` shares, read once:
+/// the trace, the target, the prices, the power model, the runtime.
+struct Replayer<'a> {
+    args: &'a ReplayArgs,
+    trace: Trace,
+    target: Target,
+    prices: Option<switchyard_router::Prices>,
+    power: Option<PowerModel>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl<'a> Replayer<'a> {
+    fn new(args: &'a ReplayArgs) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(&args.trace).with_context(|| format!("reading {}", args.trace.display()))?;
+        let trace = Trace::from_jsonl(&text).with_context(|| args.trace.display().to_string())?;
+        let target = Target { base_url: args.target.clone(), model: args.model.clone(), headers: Vec::new(), stream: !args.no_stream };
+        let prices = match &args.prices {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                Some(switchyard_router::Prices::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+            }
+        };
+        let power = args.power_model.as_deref().map(PowerModel::parse).transpose().map_err(|e| anyhow::anyhow!("--power-model {e}"))?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        Ok(Self { args, trace, target, prices, power, rt })
+    }
+
+    /// Replays the trace once under `load`.
+    fn run(&self, load: Load) -> anyhow::Result<(RunReport, Vec<RequestResult>)> {
+        let args = self.args;
+        let meter = Meter::start(Path::new(Rapl::ROOT), self.power, args.target_pid).map_err(anyhow::Error::msg)?;
+        let started = std::time::Instant::now();
+        let timeout = std::time::Duration::from_secs(args.timeout_s);
+        let results = self.rt.block_on(replay_watched(&self.trace, &self.target, load, timeout, progress(self.trace.requests.len(), load)));
+        let wall_s = started.elapsed().as_secs_f64();
+        let summary = summarize(&results, wall_s, args.warmup_s * 1000.0, args.slo_ttft_ms, args.slo_tpot_ms);
+        let successful = results.iter().filter(|r| r.ok()).count();
+        let energy = meter.map(|m| m.finish(wall_s, successful)).transpose().map_err(anyhow::Error::msg)?;
+        let report = RunReport {
+            trace: args.trace.display().to_string(),
+            trace_sha256: self.trace.sha256(),
+            cost: self.prices.as_ref().map(|p| cost::summarize(&results, args.warmup_s * 1000.0, p, &self.target.model)),
+            target: self.target.base_url.clone(),
+            model: self.target.model.clone(),
+            load: format!("{load:?}"),
+            summary,
+            energy,
+        };
+        Ok((report, results))
+    }
 }
 
 fn write_run(dir: &Path, report: &RunReport, results: &[RequestResult]) -> anyhow::Result<()> {
@@ -305,29 +323,22 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 (None, true) => Load::Sessions { time_scale },
                 (None, false) => Load::Open { time_scale },
             };
-            let (trace, report, results) = replay_once(&replay, load)?;
+            let replayer = Replayer::new(&replay)?;
+            let (report, results) = replayer.run(load)?;
+            let trace = &replayer.trace;
             eprintln!("replayed {} requests ({:.1} s of arrivals) against {}", trace.requests.len(), trace.duration_ms() / 1000.0, replay.target);
             write_run(&replay.out, &report, &results)?;
             let summary = &report.summary;
             let row = |name: &str, p: &Option<Percentiles>| match p {
-                Some(p) => println!("{name:<8} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}", p.p50, p.p90, p.p95, p.p99, p.max),
-                None => println!("{name:<8} {:>10}", "–"),
+                Some(p) => println!("{name:<14} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}", p.p50, p.p90, p.p95, p.p99, p.max),
+                None => println!("{name:<14} {:>10}", "–"),
             };
             println!(
                 "{} ok, {} failed {:?}; {:.1} req/s, {:.1} output tok/s, goodput {:.1}/s (tokens from {})",
                 summary.ok, summary.failed, summary.failures, summary.requests_per_s, summary.output_tokens_per_s, summary.goodput_per_s, summary.tokens_from
             );
-            println!("{:<8} {:>10} {:>10} {:>10} {:>10} {:>10}", "ms", "p50", "p90", "p95", "p99", "max");
-            for (name, p) in [
-                ("ttft", &summary.ttft_ms),
-                ("itl", &summary.itl_ms),
-                ("tpot", &summary.tpot_ms),
-                ("e2e", &summary.e2e_ms),
-                ("lag", &summary.lag_ms),
-                ("s.queue", &summary.server_queue_ms),
-                ("s.prefil", &summary.server_prefill_ms),
-                ("s.decode", &summary.server_decode_ms),
-            ] {
+            println!("{:<14} {:>10} {:>10} {:>10} {:>10} {:>10}", "ms", "p50", "p90", "p95", "p99", "max");
+            for (name, p) in summary.latencies() {
                 row(name, p);
             }
             println!("{}", switchyard_bench::report::cost_line(&report));
@@ -338,9 +349,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             concurrency.sort_unstable();
             concurrency.dedup();
             anyhow::ensure!(!concurrency.is_empty() && !concurrency.contains(&0), "--concurrency: give levels >= 1, e.g. 1,5,20");
+            let replayer = Replayer::new(&replay)?;
             let mut levels = Vec::new();
             for &c in &concurrency {
-                let (_, report, results) = replay_once(&replay, Load::Closed { concurrency: c })?;
+                let (report, results) = replayer.run(Load::Closed { concurrency: c })?;
                 let s = &report.summary;
                 eprintln!(
                     "concurrency {c}: {} ok, {} failed; {:.1} req/s, {:.1} output tok/s, TTFT p50 {} ms",

@@ -67,9 +67,6 @@ impl Routing {
     /// Checks the policy against what this server can do: embedded routes
     /// must name a loaded model, upstream keys must be in the environment.
     pub fn new(policy: Policy, prices: Prices, engines: &BTreeMap<String, Arc<Engine>>) -> anyhow::Result<Self> {
-        // An API upstream that redirects a POST is misconfigured: fail over
-        // instead of following (which also skips reqwest's redirect checks,
-        // a real share of a proxied request's CPU).
         let shared = upstream_client(None)?;
         let mut upstreams = HashMap::new();
         for (i, route) in policy.routes.iter().enumerate() {
@@ -84,11 +81,10 @@ impl Routing {
                 (Backend::Upstream, Some(url)) => {
                     let client = match &route.ca_file {
                         None => shared.clone(),
-                        Some(path) => {
-                            let pem =
-                                std::fs::read(path).map_err(|e| anyhow::anyhow!("policy {}: `routes[{i}].ca_file` {}: {e}", policy.id, path.display()))?;
-                            upstream_client(Some(&pem)).map_err(|e| anyhow::anyhow!("policy {}: `routes[{i}].ca_file` {}: {e}", policy.id, path.display()))?
-                        }
+                        Some(path) => std::fs::read(path)
+                            .map_err(anyhow::Error::from)
+                            .and_then(|pem| upstream_client(Some(&pem)))
+                            .map_err(|e| anyhow::anyhow!("policy {}: `routes[{i}].ca_file` {}: {e}", policy.id, path.display()))?,
                     };
                     upstreams.insert(route.name.clone(), Upstream::new(route, url, client)?);
                 }
