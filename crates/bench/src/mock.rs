@@ -26,6 +26,9 @@ pub struct Delays {
     pub itl: Duration,
     /// Content chunks per answer.
     pub chunks: u32,
+    /// Send `usage` with the answer, as OpenAI does when asked; without it a
+    /// client has to count tokens itself.
+    pub usage: bool,
 }
 
 /// Wakes tasks at given instants to within the OS's thread wake-up time
@@ -101,9 +104,11 @@ async fn answer(d: Delays, timer: PreciseTimer, Json(body): Json<Value>) -> Resp
     if body["stream"] != true {
         timer.sleep_until(start + d.ttft + d.itl * d.chunks.saturating_sub(1)).await;
         let text = "x ".repeat(d.chunks as usize);
-        return Json(json!({"object": "chat.completion", "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                           "usage": {"prompt_tokens": 1, "completion_tokens": d.chunks, "total_tokens": d.chunks + 1}}))
-        .into_response();
+        let mut answer = json!({"object": "chat.completion", "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]});
+        if d.usage {
+            answer["usage"] = json!({"prompt_tokens": 1, "completion_tokens": d.chunks, "total_tokens": d.chunks + 1});
+        }
+        return Json(answer).into_response();
     }
     let chunk = move |i: u32| {
         Bytes::from(format!(
@@ -111,10 +116,8 @@ async fn answer(d: Delays, timer: PreciseTimer, Json(body): Json<Value>) -> Resp
             json!({"object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {"content": format!("t{i} ")}}]})
         ))
     };
-    let tail = Bytes::from(format!(
-        "data: {}\n\ndata: [DONE]\n\n",
-        json!({"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": d.chunks}})
-    ));
+    let usage = json!({"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": d.chunks}});
+    let tail = Bytes::from(if d.usage { format!("data: {usage}\n\ndata: [DONE]\n\n") } else { "data: [DONE]\n\n".to_string() });
     let events = futures::stream::iter(0..d.chunks)
         .then(move |i| {
             let (bytes, timer) = (chunk(i), timer.clone());

@@ -8,7 +8,8 @@
 //! - E2E: request sent → end of the stream.
 //!
 //! Output tokens come from the server's `usage` when it sends it, otherwise
-//! from the number of content chunks; each record says which.
+//! from a tokenizer when the run has one ([`TokenCounter`]), otherwise from
+//! the number of content chunks; each record says which.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +33,33 @@ pub struct Target {
     /// Ask for streamed answers (TTFT and ITL measurable) or whole ones
     /// (then TTFT is the time to the complete answer).
     pub stream: bool,
+    /// Counts output tokens when the server sends no `usage`.
+    pub tokenizer: Option<TokenCounter>,
+}
+
+/// A named token count of answer text, e.g. the target model's own
+/// tokenizer: the bench itself does not depend on any model runtime.
+#[derive(Clone)]
+pub struct TokenCounter {
+    name: String,
+    count: Arc<dyn Fn(&str) -> u32 + Send + Sync>,
+}
+
+impl TokenCounter {
+    pub fn new(name: impl Into<String>, count: impl Fn(&str) -> u32 + Send + Sync + 'static) -> Self {
+        Self { name: name.into(), count: Arc::new(count) }
+    }
+
+    /// The output-token count and its source, as [`RequestResult::tokens_from`] says it.
+    fn count(&self, text: &str) -> (Option<u32>, Option<String>) {
+        (Some((self.count)(text)), Some(format!("tokenizer:{}", self.name)))
+    }
+}
+
+impl std::fmt::Debug for TokenCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCounter").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,7 +95,8 @@ pub struct RequestResult {
     /// From the server's `usage` only (what input is priced on).
     #[serde(default)]
     pub prompt_tokens: Option<u32>,
-    /// `usage` (the server's count) or `chunks` (content chunks counted here).
+    /// `usage` (the server's count), `tokenizer:NAME` (the answer's text
+    /// counted here by that tokenizer) or `chunks` (content chunks counted here).
     pub tokens_from: Option<String>,
     /// `x-switchyard-route`, when the target is a router.
     pub route: Option<String>,
@@ -153,13 +182,16 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
             (out.ttft_ms, out.e2e_ms) = (Some(now), Some(now));
             out.prompt_tokens = v["usage"]["prompt_tokens"].as_u64().map(|n| n as u32);
             out.server_timings = server_timings(&v);
-            (out.output_tokens, out.tokens_from) = match v["usage"]["completion_tokens"].as_u64() {
-                Some(n) => (Some(n as u32), Some("usage".into())),
-                None => (None, None),
+            (out.output_tokens, out.tokens_from) = match (v["usage"]["completion_tokens"].as_u64(), &target.tokenizer) {
+                (Some(n), _) => (Some(n as u32), Some("usage".into())),
+                (None, Some(t)) => t.count(v["choices"][0]["message"]["content"].as_str().unwrap_or_default()),
+                (None, None) => (None, None),
             };
             return Ok(());
         }
         let (mut sse, mut last, mut chunks, mut usage, mut done) = (SseDecoder::default(), None::<Instant>, 0u32, None, false);
+        // Kept only when it may be needed: for a tokenizer, if no usage comes.
+        let mut text = String::new();
         let mut stream = resp.bytes_stream();
         while let Some(bytes) = stream.next().await {
             let bytes = bytes.map_err(|e| format!("stream broke: {e}"))?;
@@ -173,8 +205,11 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
                 if let Some(e) = v.get("error") {
                     return Err(format!("error event: {}", e["message"].as_str().unwrap_or("unknown")));
                 }
-                if v["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty()) {
+                if let Some(content) = v["choices"][0]["delta"]["content"].as_str().filter(|c| !c.is_empty()) {
                     chunks += 1;
+                    if target.tokenizer.is_some() {
+                        text.push_str(content);
+                    }
                     match last {
                         None => out.ttft_ms = Some(ms(now)),
                         Some(prev) => out.itl_ms.push(now.duration_since(prev).as_secs_f64() * 1e3),
@@ -194,9 +229,10 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
             return Err("stream ended without [DONE]".into());
         }
         out.e2e_ms = Some(ms(Instant::now()));
-        (out.output_tokens, out.tokens_from) = match usage {
-            Some(n) => (Some(n), Some("usage".into())),
-            None => (Some(chunks), Some("chunks".into())),
+        (out.output_tokens, out.tokens_from) = match (usage, &target.tokenizer) {
+            (Some(n), _) => (Some(n), Some("usage".into())),
+            (None, Some(t)) => t.count(&text),
+            (None, None) => (Some(chunks), Some("chunks".into())),
         };
         Ok(())
     };

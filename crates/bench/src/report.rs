@@ -189,7 +189,7 @@ pub fn html(report: &RunReport, results: &[RequestResult]) -> String {
         good = s.goodput_per_s,
         st = s.slo_ttft_ms,
         sp = s.slo_tpot_ms,
-        from = s.tokens_from,
+        from = escape(&s.tokens_from),
         money = escape(&cost_line(report)),
     )
 }

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use switchyard_bench::replay::{replay, summarize, Load, Target};
+use switchyard_bench::replay::{replay, summarize, Load, Target, TokenCounter};
 use switchyard_bench::trace::Scenario;
 
 const CHUNKS: usize = 5;
@@ -64,7 +64,7 @@ fn trace() -> switchyard_bench::trace::Trace {
 }
 
 fn target(base: &str, model: &str) -> Target {
-    Target { base_url: base.into(), model: model.into(), headers: vec![], stream: true }
+    Target { base_url: base.into(), model: model.into(), headers: vec![], stream: true, tokenizer: None }
 }
 
 #[tokio::test]
@@ -107,6 +107,16 @@ async fn a_healthy_target_gives_full_timings() {
     let closed = replay(&trace(), &target(&base, "nousage"), Load::Closed { concurrency: 3 }, Duration::from_secs(10)).await;
     assert_eq!(closed.len(), 10);
     assert!(closed.iter().all(|r| r.ok() && r.tokens_from.as_deref() == Some("chunks") && r.output_tokens == Some(CHUNKS as u32)));
+
+    // With a tokenizer, the answer's text is counted instead of its chunks...
+    let letters = TokenCounter::new("letters", |text| 2 * text.chars().count() as u32);
+    let counted = Target { tokenizer: Some(letters), ..target(&base, "nousage") };
+    let results = replay(&trace(), &counted, Load::Closed { concurrency: 3 }, Duration::from_secs(10)).await;
+    assert!(results.iter().all(|r| r.ok() && r.tokens_from.as_deref() == Some("tokenizer:letters") && r.output_tokens == Some(2 * CHUNKS as u32)));
+    assert_eq!(summarize(&results, 1.0, 0.0, 1_000.0, 1_000.0).tokens_from, "tokenizer:letters");
+    // ...but never instead of the server's own count.
+    let results = replay(&trace(), &Target { model: "ok".into(), ..counted }, Load::Closed { concurrency: 3 }, Duration::from_secs(10)).await;
+    assert!(results.iter().all(|r| r.tokens_from.as_deref() == Some("usage")), "{results:?}");
 }
 
 #[tokio::test]
@@ -129,7 +139,7 @@ async fn failures_are_counted_and_never_retried() {
 /// `switchyard bench mock` on a free port: the first chunk after `ttft_ms`,
 /// then one every `itl_ms`. Returns its base URL.
 async fn delay_mock(ttft_ms: u64, itl_ms: u64, chunks: u32) -> String {
-    let delays = switchyard_bench::mock::Delays { ttft: Duration::from_millis(ttft_ms), itl: Duration::from_millis(itl_ms), chunks };
+    let delays = switchyard_bench::mock::Delays { ttft: Duration::from_millis(ttft_ms), itl: Duration::from_millis(itl_ms), chunks, usage: true };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/v1", listener.local_addr().unwrap());
     tokio::spawn(switchyard_bench::mock::serve(listener, delays));

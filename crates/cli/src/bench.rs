@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use switchyard_bench::compare::{self, RunReport};
 use switchyard_bench::cost::{self, Meter, PowerModel, Rapl};
-use switchyard_bench::replay::{replay_watched, summarize, Load, Percentiles, RequestResult, Target, Watcher};
+use switchyard_bench::replay::{replay_watched, summarize, Load, Percentiles, RequestResult, Target, TokenCounter, Watcher};
 use switchyard_bench::sweep;
 use switchyard_bench::trace::{from_recorded, import_azure, Recorded, Scenario, Trace};
 use switchyard_gateway::routing::{DATA_CLASS_HEADER, FAMILY_HEADER, LANE_HEADER};
@@ -28,6 +28,9 @@ pub enum BenchCommand {
         itl_ms: f64,
         #[arg(long, default_value_t = 20)]
         chunks: u32,
+        /// Leave `usage` out of answers (the bench then counts tokens itself).
+        #[arg(long)]
+        no_usage: bool,
     },
     /// Systems side by side on the same trace, with ratios to the first: the
     /// output directories (or summary.json) of `bench run`s, or of `bench sweep`s
@@ -83,6 +86,11 @@ pub struct ReplayArgs {
     /// Ask for whole answers instead of streams (no ITL; TTFT = E2E).
     #[arg(long)]
     no_stream: bool,
+    /// Where the server sends no `usage`, count output tokens with this
+    /// model's tokenizer (a catalog id, pulled if needed, or a GGUF file):
+    /// its vocabulary alone is loaded. Without it such answers count chunks.
+    #[arg(long, value_name = "MODEL")]
+    tokenizer: Option<String>,
     /// Seconds at the start whose requests are sent but left out of the figures.
     #[arg(long, default_value_t = 0.0)]
     warmup_s: f64,
@@ -226,7 +234,8 @@ impl<'a> Replayer<'a> {
     fn new(args: &'a ReplayArgs) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(&args.trace).with_context(|| format!("reading {}", args.trace.display()))?;
         let trace = Trace::from_jsonl(&text).with_context(|| args.trace.display().to_string())?;
-        let target = Target { base_url: args.target.clone(), model: args.model.clone(), headers: Vec::new(), stream: !args.no_stream };
+        let tokenizer = args.tokenizer.as_deref().map(token_counter).transpose().context("--tokenizer")?;
+        let target = Target { base_url: args.target.clone(), model: args.model.clone(), headers: Vec::new(), stream: !args.no_stream, tokenizer };
         let prices = match &args.prices {
             None => None,
             Some(path) => {
@@ -264,6 +273,14 @@ impl<'a> Replayer<'a> {
     }
 }
 
+/// `spec`'s tokenizer (vocabulary only) as the bench's token counter.
+fn token_counter(spec: &str) -> anyhow::Result<TokenCounter> {
+    let spec = switchyard_models::ModelSpec::parse(spec)?;
+    let path = spec.ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::for_stderr())?;
+    let tokenizer = switchyard_engine::Tokenizer::load(&path)?;
+    Ok(TokenCounter::new(spec.id(), move |text| tokenizer.count(text) as u32))
+}
+
 fn write_run(dir: &Path, report: &RunReport, results: &[RequestResult]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let lines: String = results.iter().map(|r| serde_json::to_string(r).expect("results serialize") + "\n").collect();
@@ -282,11 +299,12 @@ fn write(trace: &Trace, out: &PathBuf) -> anyhow::Result<()> {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let cmd = match cmd {
         BenchCommand::Trace(cmd) => cmd,
-        BenchCommand::Mock { port, ttft_ms, itl_ms, chunks } => {
+        BenchCommand::Mock { port, ttft_ms, itl_ms, chunks, no_usage } => {
             let delays = switchyard_bench::mock::Delays {
                 ttft: std::time::Duration::from_secs_f64(ttft_ms / 1e3),
                 itl: std::time::Duration::from_secs_f64(itl_ms / 1e3),
                 chunks,
+                usage: !no_usage,
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             return rt.block_on(async {

@@ -1,4 +1,4 @@
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use clap::Subcommand;
 use switchyard_models::{cache_dir, cached_path, catalog, find, pull, Progress};
@@ -40,7 +40,7 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
             let path = if cached.is_file() && !force {
                 cached
             } else {
-                let progress = if std::io::stderr().is_terminal() { Progress::Bar } else { Progress::Quiet };
+                let progress = Progress::for_stderr();
                 pull(&entry, &cache, progress)?
             };
             println!("{}", path.display());

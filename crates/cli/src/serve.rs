@@ -1,4 +1,3 @@
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -95,7 +94,7 @@ impl ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
-    let progress = if std::io::stderr().is_terminal() { Progress::Bar } else { Progress::Quiet };
+    let progress = Progress::for_stderr();
     // Read the policy first: a broken one should fail before minutes of model loading.
     let policy = cfg.load_policy()?;
     let engines = switchyard_gateway::load_engines(&cfg, policy.as_ref(), progress).context("loading models")?;

@@ -47,11 +47,12 @@ fn traces_are_generated_reproducibly_and_imported() {
 }
 
 /// Starts `switchyard bench mock` (a first chunk after 5 ms, then one every
-/// 2 ms) on a free port; returns its base URL and the child to kill.
-fn delay_mock() -> (String, std::process::Child) {
+/// 2 ms, with `extra` flags) on a free port; returns its base URL and the child to kill.
+fn delay_mock(extra: &[&str]) -> (String, std::process::Child) {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["bench", "mock", "--port", "0", "--ttft-ms", "5", "--itl-ms", "2", "--chunks", "5"])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start the mock");
@@ -65,7 +66,7 @@ fn delay_mock() -> (String, std::process::Child) {
 fn a_sweep_runs_each_concurrency_and_sweeps_compare_level_by_level() {
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let (base, mut mock) = delay_mock();
+    let (base, mut mock) = delay_mock(&[]);
     let o = switchyard(&["bench", "trace", "generate", "--scenario", "single", "--count", "12", "--out", &path("t.jsonl")]);
     assert!(o.status.success());
     std::fs::write(path("p.toml"), "[prices.default]\ninput_per_1m = 1.0\noutput_per_1m = 2.0\n").unwrap();
@@ -121,10 +122,43 @@ fn a_sweep_runs_each_concurrency_and_sweeps_compare_level_by_level() {
 }
 
 #[test]
+fn without_usage_output_tokens_are_counted_by_the_models_own_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let (base, mut mock) = delay_mock(&["--no-usage"]);
+    let o = switchyard(&["bench", "trace", "generate", "--scenario", "single", "--count", "4", "--think-ms", "0", "--out", &path("t.jsonl")]);
+    assert!(o.status.success());
+    let (trace, out) = (path("t.jsonl"), |expect: &str| path(expect));
+    for (tokenizer, expect) in [(Some("smollm2-135m"), "tokenizer:smollm2-135m"), (None, "chunks")] {
+        let out = out(expect);
+        let mut args = vec!["bench", "run", "--trace", &trace, "--target", &base, "--concurrency", "2", "--out", &out];
+        args.extend(tokenizer.iter().flat_map(|t| ["--tokenizer", *t]));
+        let o = switchyard(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(expect).join("summary.json")).unwrap()).unwrap();
+        assert_eq!(report["summary"]["tokens_from"], expect, "{report}");
+        let html = std::fs::read_to_string(dir.path().join(expect).join("report.html")).unwrap();
+        assert!(html.contains(expect), "the report says where token counts came from");
+        let first: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(dir.path().join(expect).join("requests.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+        // The mock streams "t0 ", "t1 ", ... "t4 ": five chunks, more tokens.
+        let model = switchyard_models::cached_path(&switchyard_models::cache_dir(), "smollm2-135m");
+        let want = match tokenizer {
+            Some(_) => switchyard_engine::Tokenizer::load(&model).unwrap().count("t0 t1 t2 t3 t4 ") as u64,
+            None => 5,
+        };
+        assert_eq!(first["output_tokens"].as_u64(), Some(want), "{first}");
+    }
+    let o = switchyard(&["bench", "run", "--trace", &path("t.jsonl"), "--target", &base, "--tokenizer", "no-such-model", "--out", &path("x")]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--tokenizer"), "{}", String::from_utf8_lossy(&o.stderr));
+    mock.kill().unwrap();
+}
+
+#[test]
 fn a_priced_run_reports_cost_per_task_and_energy_saying_how_it_was_taken() {
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let (base, mut mock) = delay_mock();
+    let (base, mut mock) = delay_mock(&[]);
     let pid = mock.id().to_string();
     assert!(switchyard(&["bench", "trace", "generate", "--scenario", "single", "--count", "6", "--out", &path("t.jsonl")]).status.success());
     std::fs::write(path("prices.toml"), "[prices.mock-model]\ninput_per_1m = 1.0\noutput_per_1m = 2.0\n").unwrap();

@@ -12,6 +12,7 @@ mod scheduler;
 mod sequence;
 mod settings;
 mod stop;
+mod tokenizer;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use tokio::sync::mpsc;
 
 pub use request::{Event, EventStream, GenerateRequest, OutputFormat, Piece, SamplingParams, Summary};
 pub use settings::{EngineSettings, Priority};
+pub use tokenizer::Tokenizer;
 
 use request::Job;
 use scheduler::{AliveGuard, Scheduler};

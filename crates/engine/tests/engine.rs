@@ -195,3 +195,23 @@ fn cancelling_frees_the_slot_and_a_full_queue_refuses() {
     let again = collect(engine.submit(request(&engine, "Say bye.")).unwrap());
     assert!(!again.text.is_empty());
 }
+
+#[test]
+fn the_vocabulary_alone_counts_what_the_engine_generated() {
+    let engine = shared();
+    let tokenizer = Tokenizer::load(&model_path()).unwrap();
+    let mut exact = 0;
+    for p in PROMPTS {
+        let out = collect(engine.submit(request(engine, p)).unwrap());
+        let (counted, generated) = (tokenizer.count(&out.text), out.summary.completion_tokens as usize);
+        // Re-tokenizing text may merge or split a pair differently from how
+        // it was generated, never by more than a token or two.
+        assert!(counted.abs_diff(generated) <= 2, "{p}: counted {counted}, generated {generated}: {:?}", out.text);
+        exact += usize::from(counted == generated);
+    }
+    assert!(exact >= PROMPTS.len() / 2, "only {exact} of {} counted exactly", PROMPTS.len());
+    assert_eq!(tokenizer.count(""), 0);
+    // A special token's spelling in an answer is text, not the special token.
+    assert!(tokenizer.count("<|im_end|>") > 1);
+    assert!(matches!(Tokenizer::load(std::path::Path::new("/nonexistent.gguf")), Err(LoadError::Missing(_))));
+}

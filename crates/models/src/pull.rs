@@ -20,6 +20,18 @@ pub enum Progress {
     Quiet,
 }
 
+impl Progress {
+    /// A bar where a person watches stderr, log lines elsewhere.
+    pub fn for_stderr() -> Self {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            Self::Bar
+        } else {
+            Self::Quiet
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
     #[error("cannot use the model cache {0}: {1}")]
