@@ -66,8 +66,11 @@ impl std::fmt::Debug for TokenCounter {
 pub enum Load {
     /// Send each request at its arrival offset (× `time_scale`), whatever is in flight.
     Open { time_scale: f64 },
-    /// Keep this many requests in flight, ignoring arrival offsets.
-    Closed { concurrency: usize },
+    /// Keep this many requests in flight, ignoring arrival offsets. The
+    /// first `concurrency` start spread evenly over `ramp_up`: against a
+    /// server whose answers all take the same time, starting together means
+    /// arriving together in lock-step waves for the whole run.
+    Closed { concurrency: usize, ramp_up: Duration },
     /// Open loop by conversation: a session's first turn goes at its
     /// offset, each later turn its think time (the gap between the two
     /// turns' offsets in the trace, × `time_scale`) after the previous
@@ -319,13 +322,20 @@ pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, timeout:
                 .collect();
             futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.expect("session tasks do not panic")).collect()
         }
-        Load::Closed { concurrency } => {
+        Load::Closed { concurrency, ramp_up } => {
+            let slots = concurrency.max(1);
             futures::stream::iter(trace.requests.iter().enumerate())
                 .map(|(i, r)| {
-                    let (client, target) = (client.clone(), target.clone());
-                    send(client, target, r.clone(), i, Clock { scheduled: Instant::now(), run_start: start })
+                    let (client, target, send) = (client.clone(), target.clone(), send.clone());
+                    let stagger = if i < slots { ramp_up.mul_f64(i as f64 / slots as f64) } else { Duration::ZERO };
+                    async move {
+                        if !stagger.is_zero() {
+                            tokio::time::sleep(stagger).await;
+                        }
+                        send(client, target, r.clone(), i, Clock { scheduled: Instant::now(), run_start: start }).await
+                    }
                 })
-                .buffer_unordered(concurrency.max(1))
+                .buffer_unordered(slots)
                 .collect::<Vec<_>>()
                 .await
         }

@@ -90,7 +90,7 @@ async fn a_healthy_target_gives_full_timings() {
     assert_eq!((warm.requests, warm.warmup_excluded, warm.ttft_ms), (0, 10, None));
     assert!(s.per_route.is_empty(), "the mock is not a router");
 
-    let routed = replay(&trace(), &target(&base, "routed"), Load::Closed { concurrency: 4 }, Duration::from_secs(10)).await;
+    let routed = replay(&trace(), &target(&base, "routed"), Load::Closed { concurrency: 4, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
     let routed_summary = summarize(&routed, 1.0, 0.0, 1_000.0, 1_000.0);
     // The server's own queue / prefill / decode split, where it reports one.
     let (queue, prefill, decode) =
@@ -104,19 +104,36 @@ async fn a_healthy_target_gives_full_timings() {
     assert_eq!(by_route.keys().collect::<Vec<_>>(), ["local"]);
     assert_eq!((by_route["local"].requests, by_route["local"].ttft_ms.as_ref().unwrap().count), (10, 10));
 
-    let closed = replay(&trace(), &target(&base, "nousage"), Load::Closed { concurrency: 3 }, Duration::from_secs(10)).await;
+    let closed = replay(&trace(), &target(&base, "nousage"), Load::Closed { concurrency: 3, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
     assert_eq!(closed.len(), 10);
     assert!(closed.iter().all(|r| r.ok() && r.tokens_from.as_deref() == Some("chunks") && r.output_tokens == Some(CHUNKS as u32)));
 
     // With a tokenizer, the answer's text is counted instead of its chunks...
     let letters = TokenCounter::new("letters", |text| 2 * text.chars().count() as u32);
     let counted = Target { tokenizer: Some(letters), ..target(&base, "nousage") };
-    let results = replay(&trace(), &counted, Load::Closed { concurrency: 3 }, Duration::from_secs(10)).await;
+    let results = replay(&trace(), &counted, Load::Closed { concurrency: 3, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
     assert!(results.iter().all(|r| r.ok() && r.tokens_from.as_deref() == Some("tokenizer:letters") && r.output_tokens == Some(2 * CHUNKS as u32)));
     assert_eq!(summarize(&results, 1.0, 0.0, 1_000.0, 1_000.0).tokens_from, "tokenizer:letters");
     // ...but never instead of the server's own count.
-    let results = replay(&trace(), &Target { model: "ok".into(), ..counted }, Load::Closed { concurrency: 3 }, Duration::from_secs(10)).await;
+    let results =
+        replay(&trace(), &Target { model: "ok".into(), ..counted }, Load::Closed { concurrency: 3, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
     assert!(results.iter().all(|r| r.tokens_from.as_deref() == Some("usage")), "{results:?}");
+}
+
+#[tokio::test]
+async fn a_closed_loop_ramps_up_its_first_requests_evenly() {
+    let (base, _) = serve().await;
+    let ramp_up = Duration::from_millis(60);
+    let results = replay(&trace(), &target(&base, "ok"), Load::Closed { concurrency: 4, ramp_up }, Duration::from_secs(10)).await;
+    assert!(results.iter().all(|r| r.ok()));
+    // Request i of the first four waits i/4 of the ramp-up; none goes early.
+    for r in &results[..4] {
+        assert!(r.sent_ms >= 15.0 * r.index as f64, "{} sent at {} ms", r.index, r.sent_ms);
+    }
+    assert!(results[0].sent_ms < 15.0, "the first goes at once");
+    // Later requests take a free slot: after an answer, not on a schedule.
+    let first_free = results[..4].iter().map(|r| r.sent_ms + r.e2e_ms.unwrap()).fold(f64::INFINITY, f64::min);
+    assert!(results[4..].iter().all(|r| r.sent_ms >= first_free));
 }
 
 #[tokio::test]
@@ -132,7 +149,7 @@ async fn failures_are_counted_and_never_retried() {
         assert_eq!((s.ok, s.failed), (0, 10), "{model}");
         assert_eq!(s.failures.get(reason.split(':').next().unwrap()), Some(&10), "{model}: {:?}", s.failures);
     }
-    let dead = replay(&trace(), &target("http://127.0.0.1:9/v1", "x"), Load::Closed { concurrency: 2 }, Duration::from_secs(10)).await;
+    let dead = replay(&trace(), &target("http://127.0.0.1:9/v1", "x"), Load::Closed { concurrency: 2, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
     assert!(dead.iter().all(|r| r.error.as_deref().unwrap().starts_with("request failed")));
 }
 
@@ -149,7 +166,7 @@ async fn delay_mock(ttft_ms: u64, itl_ms: u64, chunks: u32) -> String {
 #[tokio::test]
 async fn the_delay_mock_answers_after_its_injected_delays() {
     let base = delay_mock(20, 5, 4).await;
-    let results = replay(&trace(), &target(&base, "mock"), Load::Closed { concurrency: 5 }, Duration::from_secs(10)).await;
+    let results = replay(&trace(), &target(&base, "mock"), Load::Closed { concurrency: 5, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
     for r in &results {
         assert!(r.ok(), "{r:?}");
         assert_eq!((r.output_tokens, r.itl_ms.len()), (Some(4), 3));
@@ -157,7 +174,7 @@ async fn the_delay_mock_answers_after_its_injected_delays() {
         assert!(r.ttft_ms.unwrap() >= 20.0 && r.e2e_ms.unwrap() >= 35.0, "{r:?}");
     }
     let whole = Target { stream: false, ..target(&base, "mock") };
-    let results = replay(&trace(), &whole, Load::Closed { concurrency: 5 }, Duration::from_secs(10)).await;
+    let results = replay(&trace(), &whole, Load::Closed { concurrency: 5, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
     for r in &results {
         assert!(r.ok() && r.output_tokens == Some(4) && r.itl_ms.is_empty(), "{r:?}");
         assert!(r.ttft_ms == r.e2e_ms && r.e2e_ms.unwrap() >= 35.0, "non-streaming: TTFT is the whole answer: {r:?}");

@@ -94,6 +94,11 @@ pub struct ReplayArgs {
     /// Seconds at the start whose requests are sent but left out of the figures.
     #[arg(long, default_value_t = 0.0)]
     warmup_s: f64,
+    /// Closed loop: start the --concurrency requests spread evenly over this
+    /// many seconds instead of all at once (then answers of equal length keep
+    /// them in lock-step waves for the whole run). Cover it with --warmup-s.
+    #[arg(long, default_value_t = 0.0)]
+    ramp_up_s: f64,
     /// A `[prices]` table (switchyard.toml's format) keyed by route or model:
     /// adds cost per 1M output tokens and per successful task.
     #[arg(long)]
@@ -219,6 +224,12 @@ fn progress(total: usize, load: Load) -> Watcher {
     })
 }
 
+impl ReplayArgs {
+    fn ramp_up(&self) -> anyhow::Result<std::time::Duration> {
+        std::time::Duration::try_from_secs_f64(self.ramp_up_s).map_err(|_| anyhow::anyhow!("--ramp-up-s: give seconds >= 0, e.g. 0.5"))
+    }
+}
+
 /// What every replay of a `bench run` or `bench sweep` shares, read once:
 /// the trace, the target, the prices, the power model, the runtime.
 struct Replayer<'a> {
@@ -336,8 +347,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             return Ok(());
         }
         BenchCommand::Run { replay, concurrency, time_scale, sessions } => {
+            anyhow::ensure!(concurrency.is_some() || replay.ramp_up_s == 0.0, "--ramp-up-s is for a closed loop: give --concurrency too");
             let load = match (concurrency, sessions) {
-                (Some(c), _) => Load::Closed { concurrency: c },
+                (Some(c), _) => Load::Closed { concurrency: c, ramp_up: replay.ramp_up()? },
                 (None, true) => Load::Sessions { time_scale },
                 (None, false) => Load::Open { time_scale },
             };
@@ -370,7 +382,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let replayer = Replayer::new(&replay)?;
             let mut levels = Vec::new();
             for &c in &concurrency {
-                let (report, results) = replayer.run(Load::Closed { concurrency: c })?;
+                let (report, results) = replayer.run(Load::Closed { concurrency: c, ramp_up: replay.ramp_up()? })?;
                 let s = &report.summary;
                 eprintln!(
                     "concurrency {c}: {} ok, {} failed; {:.1} req/s, {:.1} output tok/s, TTFT p50 {} ms",

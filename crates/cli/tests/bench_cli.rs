@@ -116,6 +116,8 @@ fn a_sweep_runs_each_concurrency_and_sweeps_compare_level_by_level() {
     assert!(report["load"].as_str().unwrap().starts_with("Sessions") && report["summary"]["ok"] == 4, "{report}");
     let both = switchyard(&["bench", "run", "--trace", &path("team.jsonl"), "--target", &base, "--sessions", "--concurrency", "2", "--out", &path("x")]);
     assert!(!both.status.success() && String::from_utf8_lossy(&both.stderr).contains("--concurrency"));
+    let open_ramp = switchyard(&["bench", "run", "--trace", &path("t.jsonl"), "--target", &base, "--ramp-up-s", "1", "--out", &path("x")]);
+    assert!(!open_ramp.status.success() && String::from_utf8_lossy(&open_ramp.stderr).contains("--ramp-up-s"));
     let zero = switchyard(&["bench", "sweep", "--trace", &path("t.jsonl"), "--target", &base, "--concurrency", "0", "--out", &path("s0")]);
     assert!(!zero.status.success() && String::from_utf8_lossy(&zero.stderr).contains("--concurrency"));
     mock.kill().unwrap();
