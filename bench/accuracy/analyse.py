@@ -54,12 +54,14 @@ def wire(capture, requests):
         print(f"  {name:20} p50 {pct(xs, 50):+.3f}  p99 {pct(xs, 99):+.3f}  max {max(xs):+.3f}")
 
 
-def overhead(whole, stream):
-    for run, what in ((whole, "requests"), (stream, "chunks")):
+def overhead(what, *runs):
+    for run in runs:
         s = summary(run)
-        user, system, wall = (float(x) for x in open(f"{run}.time").read().split()[-3:])
+        with open(f"{run}.time") as f:
+            user, system, wall = (float(x) for x in f.read().split()[-3:])
         rate = s["requests_per_s"] if what == "requests" else s["output_tokens_per_s"]
-        print(f"{what:9} {rate:>10,.0f}/s  ({s['ok']} ok, {s['failed']} failed)  bench CPU {(user + system) / wall:.2f} cores")
+        cpu = (user + system) / wall
+        print(f"{os.path.basename(run):11} {rate:>10,.0f} {what}/s  ({s['ok']} ok, {s['failed']} failed)  bench CPU {cpu:.2f} cores")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@
 #    loopback split the TTFT error into the mock's lateness (request packet
 #    → first-chunk packet, minus 50 ms) and the bench's own (first-chunk
 #    packet → the bench's first-chunk timestamp).
-# 3. Self-overhead: short whole answers (no delay) at concurrency 64, and
-#    streams of 200 chunks at concurrency 32; requests/s, chunks/s and the
-#    bench process's CPU.
+# 3. Self-overhead against a mock with no delays: short whole answers sent
+#    open loop at 5,000/s, then closed loop at concurrency 64 (as fast as it
+#    goes); streams of 200 chunks at 250/s (50,000 chunks/s), then at
+#    concurrency 32. Each with the rate reached and the bench process's CPU.
 #
 #   bench/accuracy/run.sh          (work files in ~/.cache/switchyard-accuracy)
 set -euo pipefail
@@ -36,13 +37,16 @@ mock() {
   sleep 0.5
   kill -0 "$!" 2>/dev/null || { cat "$work/mock.log" >&2; exit 1; }
 }
-trace() { "$bin" bench trace generate --scenario single --count "$1" --think-ms 0 --input-tokens 64 --max-tokens 20 --out "$work/trace-$1.jsonl" >/dev/null; }
-run() { # out concurrency requests [flags...]
-  local out=$1 conc=$2 n=$3
+trace() { # requests [think-ms]: one request every think-ms (0: all due at once)
+  "$bin" bench trace generate --scenario single --count "$1" --think-ms "${2:-0}" --input-tokens 64 --max-tokens 20 --out "$work/trace-$1-${2:-0}.jsonl" >/dev/null
+}
+run() { # out concurrency|open:THINK_MS requests [flags...]
+  local out=$1 load=$2 n=$3 think=0
   shift 3
-  trace "$n"
-  /usr/bin/time -f "%U %S %e" -o "$work/$out.time" "$bin" bench run --trace "$work/trace-$n.jsonl" --target "http://127.0.0.1:$port/v1" \
-    --model mock --concurrency "$conc" --out "$work/$out" "$@" >/dev/null
+  if [[ $load == open:* ]]; then think=${load#open:}; else set -- --concurrency "$load" "$@"; fi
+  trace "$n" "$think"
+  /usr/bin/time -f "%U %S %e" -o "$work/$out.time" "$bin" bench run --trace "$work/trace-$n-$think.jsonl" --target "http://127.0.0.1:$port/v1" \
+    --model mock --out "$work/$out" "$@" >/dev/null
 }
 
 echo "== accuracy: injected TTFT 50 ms, ITL 10 ms"
@@ -70,9 +74,12 @@ pids=()
 
 echo "== self-overhead (targets: >= 5,000 req/s, >= 50,000 chunks/s, <= 1 core)"
 mock --ttft-ms 0 --itl-ms 0 --chunks 1
-run whole 64 50000 --no-stream
+run whole-5k open:0.2 50000 --no-stream
+run whole-max 64 50000 --no-stream
 kill "${pids[@]}"
 pids=()
 mock --ttft-ms 0 --itl-ms 0 --chunks 200
-run stream 32 5000
-$analyse overhead "$work/whole" "$work/stream"
+run stream-50k open:4 2500
+run stream-max 32 5000
+$analyse overhead requests "$work/whole-5k" "$work/whole-max"
+$analyse overhead chunks "$work/stream-50k" "$work/stream-max"

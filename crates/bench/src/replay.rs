@@ -251,17 +251,30 @@ fn server_timings(v: &Value) -> Option<switchyard_wire::Timings> {
     v.get("timings").filter(|t| !t.is_null()).and_then(|t| serde_json::from_value(t.clone()).ok())
 }
 
+/// How long a replay may take.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// For one request, from sending it to the end of its answer.
+    pub timeout: Duration,
+    /// For sending: no request goes out after this long from the start
+    /// (open loop: those due later are left out; closed loop: no new
+    /// request takes a freed slot). Requests in flight finish.
+    pub duration: Option<Duration>,
+}
+
 /// Replays `trace` against `target`. Failures are results, never a crashed
 /// run; nothing is retried (a 429 is counted as what it is).
 pub async fn replay(trace: &Trace, target: &Target, load: Load, timeout: Duration) -> Vec<RequestResult> {
-    replay_watched(trace, target, load, timeout, Arc::new(|_: &RequestResult| {})).await
+    replay_watched(trace, target, load, Limits { timeout, duration: None }, Arc::new(|_: &RequestResult| {})).await
 }
 
 /// Called with each request's result as it completes (a progress display).
 pub type Watcher = Arc<dyn Fn(&RequestResult) + Send + Sync>;
 
-/// [`replay`], telling `watch` about each request as it completes.
-pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, timeout: Duration, watch: Watcher) -> Vec<RequestResult> {
+/// [`replay`] within `limits`, telling `watch` about each request as it
+/// completes. Results are in trace order; requests never sent have none.
+pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, limits: Limits, watch: Watcher) -> Vec<RequestResult> {
+    let Limits { timeout, duration } = limits;
     let client = reqwest::Client::builder().build().expect("an HTTP client");
     // `one`, then the watcher, as a future a task can own.
     let send = move |client: reqwest::Client, target: Arc<Target>, r: TraceRequest, i: usize, clock: Clock| {
@@ -274,6 +287,7 @@ pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, timeout:
     };
     let target = Arc::new(target.clone());
     let start = Instant::now();
+    let in_time = move |at: Instant| duration.is_none_or(|d| at <= start + d);
     let mut results = match load {
         Load::Open { time_scale } => {
             let tasks: Vec<_> = trace
@@ -284,13 +298,15 @@ pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, timeout:
                 .map(|(i, r)| {
                     let (client, target, send) = (client.clone(), target.clone(), send.clone());
                     let at = start + Duration::from_secs_f64(r.at_us as f64 / 1e6 * time_scale);
-                    tokio::spawn(async move {
-                        tokio::time::sleep_until(at).await;
-                        send(client, target, r, i, Clock { scheduled: at, run_start: start }).await
+                    in_time(at).then(|| {
+                        tokio::spawn(async move {
+                            tokio::time::sleep_until(at).await;
+                            send(client, target, r, i, Clock { scheduled: at, run_start: start }).await
+                        })
                     })
                 })
                 .collect();
-            futures::future::join_all(tasks).await.into_iter().map(|r| r.expect("request tasks do not panic")).collect::<Vec<_>>()
+            futures::future::join_all(tasks.into_iter().flatten()).await.into_iter().map(|r| r.expect("request tasks do not panic")).collect::<Vec<_>>()
         }
         Load::Sessions { time_scale } => {
             let mut sessions: BTreeMap<&str, Vec<(usize, TraceRequest)>> = BTreeMap::new();
@@ -311,6 +327,9 @@ pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, timeout:
                                 None => start + scaled(r.at_us),
                                 Some((prev_us, answered)) => answered + scaled(r.at_us.saturating_sub(prev_us)),
                             };
+                            if !in_time(at) {
+                                break;
+                            }
                             tokio::time::sleep_until(at).await;
                             let at_us = r.at_us;
                             out.push(send(client.clone(), target.clone(), r, i, Clock { scheduled: at, run_start: start }).await);
@@ -325,6 +344,8 @@ pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, timeout:
         Load::Closed { concurrency, ramp_up } => {
             let slots = concurrency.max(1);
             futures::stream::iter(trace.requests.iter().enumerate())
+                // Pulled when a slot frees: the end of the run is checked then.
+                .take_while(|_| futures::future::ready(in_time(Instant::now())))
                 .map(|(i, r)| {
                     let (client, target, send) = (client.clone(), target.clone(), send.clone());
                     let stagger = if i < slots { ramp_up.mul_f64(i as f64 / slots as f64) } else { Duration::ZERO };

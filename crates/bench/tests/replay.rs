@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use switchyard_bench::replay::{replay, summarize, Load, Target, TokenCounter};
+use switchyard_bench::replay::{replay, replay_watched, summarize, Limits, Load, Target, TokenCounter};
 use switchyard_bench::trace::Scenario;
 
 const CHUNKS: usize = 5;
@@ -134,6 +134,27 @@ async fn a_closed_loop_ramps_up_its_first_requests_evenly() {
     // Later requests take a free slot: after an answer, not on a schedule.
     let first_free = results[..4].iter().map(|r| r.sent_ms + r.e2e_ms.unwrap()).fold(f64::INFINITY, f64::min);
     assert!(results[4..].iter().all(|r| r.sent_ms >= first_free));
+}
+
+#[tokio::test]
+async fn a_duration_limit_stops_sending_and_lets_requests_in_flight_finish() {
+    let (base, hits) = serve().await;
+    // Ten requests 5 ms apart (answers take ~12 ms): open loop sends those due
+    // in the first 22 ms, 0..=20, and every one it sent is answered.
+    let limits = Limits { timeout: Duration::from_secs(10), duration: Some(Duration::from_millis(22)) };
+    let watch = Arc::new(|_: &switchyard_bench::replay::RequestResult| {});
+    let open = replay_watched(&trace(), &target(&base, "ok"), Load::Open { time_scale: 1.0 }, limits, watch.clone()).await;
+    assert_eq!(open.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+    assert!(open.iter().all(|r| r.ok()));
+    let by_session = replay_watched(&trace(), &target(&base, "ok"), Load::Sessions { time_scale: 1.0 }, limits, watch.clone()).await;
+    assert!(!by_session.is_empty() && by_session.len() < 10 && by_session.iter().all(|r| r.ok()), "{}", by_session.len());
+    // Closed loop: two slots; once the time is up, a freed slot stays empty.
+    let before = hits.load(Ordering::SeqCst);
+    let closed = replay_watched(&trace(), &target(&base, "ok"), Load::Closed { concurrency: 2, ramp_up: Duration::ZERO }, limits, watch).await;
+    assert!(closed.len() >= 2 && closed.len() < 10 && closed.iter().all(|r| r.ok()), "{}", closed.len());
+    assert_eq!(hits.load(Ordering::SeqCst) - before, closed.len(), "nothing sent that is not in the results");
+    let unlimited = replay(&trace(), &target(&base, "ok"), Load::Closed { concurrency: 2, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
+    assert_eq!(unlimited.len(), 10);
 }
 
 #[tokio::test]

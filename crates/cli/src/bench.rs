@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use switchyard_bench::compare::{self, RunReport};
 use switchyard_bench::cost::{self, Meter, PowerModel, Rapl};
-use switchyard_bench::replay::{replay_watched, summarize, Load, Percentiles, RequestResult, Target, TokenCounter, Watcher};
+use switchyard_bench::replay::{replay_watched, summarize, Limits, Load, Percentiles, RequestResult, Target, TokenCounter, Watcher};
 use switchyard_bench::sweep;
 use switchyard_bench::trace::{from_recorded, import_azure, Recorded, Scenario, Trace};
 use switchyard_gateway::routing::{DATA_CLASS_HEADER, FAMILY_HEADER, LANE_HEADER};
@@ -81,8 +81,14 @@ pub struct ReplayArgs {
     slo_ttft_ms: f64,
     #[arg(long, default_value_t = 200.0)]
     slo_tpot_ms: f64,
+    /// Seconds allowed for one request, from sending it to the end of its answer.
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
+    /// Stop sending after this many seconds (the trace's length bounds the
+    /// run otherwise): open loop leaves out requests due later, closed loop
+    /// starts no new one. Requests in flight finish.
+    #[arg(long)]
+    duration_s: Option<f64>,
     /// Ask for whole answers instead of streams (no ITL; TTFT = E2E).
     #[arg(long)]
     no_stream: bool,
@@ -238,6 +244,7 @@ struct Replayer<'a> {
     target: Target,
     prices: Option<switchyard_router::Prices>,
     power: Option<PowerModel>,
+    duration: Option<std::time::Duration>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -256,7 +263,11 @@ impl<'a> Replayer<'a> {
         };
         let power = args.power_model.as_deref().map(PowerModel::parse).transpose().map_err(|e| anyhow::anyhow!("--power-model {e}"))?;
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        Ok(Self { args, trace, target, prices, power, rt })
+        let duration = args
+            .duration_s
+            .map(|d| std::time::Duration::try_from_secs_f64(d).map_err(|_| anyhow::anyhow!("--duration-s: give seconds >= 0, e.g. 60")))
+            .transpose()?;
+        Ok(Self { args, trace, target, prices, power, duration, rt })
     }
 
     /// Replays the trace once under `load`.
@@ -265,7 +276,8 @@ impl<'a> Replayer<'a> {
         let meter = Meter::start(Path::new(Rapl::ROOT), self.power, args.target_pid).map_err(anyhow::Error::msg)?;
         let started = std::time::Instant::now();
         let timeout = std::time::Duration::from_secs(args.timeout_s);
-        let results = self.rt.block_on(replay_watched(&self.trace, &self.target, load, timeout, progress(self.trace.requests.len(), load)));
+        let limits = Limits { timeout, duration: self.duration };
+        let results = self.rt.block_on(replay_watched(&self.trace, &self.target, load, limits, progress(self.trace.requests.len(), load)));
         let wall_s = started.elapsed().as_secs_f64();
         let summary = summarize(&results, wall_s, args.warmup_s * 1000.0, args.slo_ttft_ms, args.slo_tpot_ms);
         let successful = results.iter().filter(|r| r.ok()).count();
@@ -356,7 +368,12 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let replayer = Replayer::new(&replay)?;
             let (report, results) = replayer.run(load)?;
             let trace = &replayer.trace;
-            eprintln!("replayed {} requests ({:.1} s of arrivals) against {}", trace.requests.len(), trace.duration_ms() / 1000.0, replay.target);
+            let sent = if results.len() < trace.requests.len() {
+                format!("{} of the trace's {}", results.len(), trace.requests.len())
+            } else {
+                results.len().to_string()
+            };
+            eprintln!("replayed {sent} requests ({:.1} s of arrivals) against {}", trace.duration_ms() / 1000.0, replay.target);
             write_run(&replay.out, &report, &results)?;
             let summary = &report.summary;
             let row = |name: &str, p: &Option<Percentiles>| match p {

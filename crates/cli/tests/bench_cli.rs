@@ -116,6 +116,11 @@ fn a_sweep_runs_each_concurrency_and_sweeps_compare_level_by_level() {
     assert!(report["load"].as_str().unwrap().starts_with("Sessions") && report["summary"]["ok"] == 4, "{report}");
     let both = switchyard(&["bench", "run", "--trace", &path("team.jsonl"), "--target", &base, "--sessions", "--concurrency", "2", "--out", &path("x")]);
     assert!(!both.status.success() && String::from_utf8_lossy(&both.stderr).contains("--concurrency"));
+    // The trace's requests are 3 s apart: in one second, one goes out.
+    let o = switchyard(&["bench", "run", "--trace", &path("t.jsonl"), "--target", &base, "--duration-s", "1", "--out", &path("bounded")]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("1 of the trace's 12"), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("bounded/summary.json")).unwrap()).unwrap();
+    assert_eq!((report["summary"]["requests"].as_u64(), report["summary"]["ok"].as_u64()), (Some(1), Some(1)), "{report}");
     let open_ramp = switchyard(&["bench", "run", "--trace", &path("t.jsonl"), "--target", &base, "--ramp-up-s", "1", "--out", &path("x")]);
     assert!(!open_ramp.status.success() && String::from_utf8_lossy(&open_ramp.stderr).contains("--ramp-up-s"));
     let zero = switchyard(&["bench", "sweep", "--trace", &path("t.jsonl"), "--target", &base, "--concurrency", "0", "--out", &path("s0")]);
