@@ -447,7 +447,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             anyhow::ensure!(db.is_file(), "--db {}: no such file (give the switchyard.db in the gateway's --data-dir)", db.display());
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let rows = rt.block_on(async {
-                let store = switchyard_store::Store::open(&db).await?;
+                let store = switchyard_store::Store::open_read_only(&db).await?;
                 store.decisions_since(since_ms, limit).await
             });
             let rows = rows.map_err(|e| anyhow::anyhow!("reading {}: {e}", db.display()))?;

@@ -153,6 +153,15 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// Opens an existing database to read: no migrations, no writes, so a
+    /// tool reading a gateway's records (`bench trace record`) never changes
+    /// them, whatever version wrote them.
+    pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?.read_only(true);
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+        Ok(Self { pool })
+    }
+
     pub async fn record_decision(&self, r: &DecisionRecord) -> Result<(), StoreError> {
         insert_decisions(&mut *self.pool.acquire().await?, &[r]).await
     }

@@ -32,6 +32,13 @@ async fn decisions_survive_a_reopen_and_ids_are_unique() {
     }
     let store = Store::open(&path).await.unwrap();
     assert_eq!(store.decision("r1").await.unwrap(), Some(record("r1")));
+    drop(store);
+
+    let reader = Store::open_read_only(&path).await.unwrap();
+    assert_eq!(reader.decisions_since(0, 10).await.unwrap(), [record("r1")]);
+    assert!(reader.record_decision(&record("r2")).await.is_err(), "a reader cannot write");
+    assert!(Store::open_read_only(&dir.path().join("missing.db")).await.is_err(), "nor create a database");
+    assert!(!dir.path().join("missing.db").exists());
 }
 
 fn handoff(id: &str, created_ms: i64) -> HandoffRecord {
