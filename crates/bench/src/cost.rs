@@ -30,29 +30,38 @@ pub struct CostSummary {
     pub unpriced: usize,
 }
 
-/// Prices the successful requests sent after `warmup_ms`. A failed request
-/// is charged nothing (no usage came back) and is not a successful task.
-/// The price key is the `x-switchyard-route` a router answered with, else
-/// `model`.
+/// Prices the answered requests sent after `warmup_ms`. A failed request
+/// is charged nothing (no usage came back); a refused or handed-off one is
+/// charged what it used but is not a successful task
+/// ([`RequestResult::succeeded`]), so cost per successful task is what the
+/// priced requests cost ÷ how many of them succeeded. The price key is the
+/// `x-switchyard-route` a router answered with, else `model`.
 pub fn summarize(results: &[RequestResult], warmup_ms: f64, prices: &Prices, model: &str) -> CostSummary {
     let ok: Vec<&RequestResult> = results.iter().filter(|r| r.sent_ms >= warmup_ms && r.ok()).collect();
-    let (mut usd, mut output_tokens, mut unpriced) = (0.0, 0u64, 0);
+    let (mut usd, mut output_tokens, mut unpriced, mut priced_successes) = (0.0, 0u64, 0, 0);
     for r in &ok {
         let price = prices.for_route(r.route.as_deref().unwrap_or(""), model);
         match (price, r.prompt_tokens, r.output_tokens.filter(|_| r.tokens_from.as_deref() == Some("usage"))) {
             (Some(p), Some(prompt), Some(completion)) => {
                 usd += p.cost(prompt, completion, r.e2e_ms.unwrap_or(0.0)).usd;
                 output_tokens += u64::from(completion);
+                priced_successes += usize::from(r.succeeded());
             }
             _ => unpriced += 1,
         }
     }
+    let labelled = ok.iter().any(|r| r.label.is_some());
     CostSummary {
         cost_usd: usd,
         per_1m_output_tokens_usd: (output_tokens > 0).then(|| usd / output_tokens as f64 * 1e6),
-        per_successful_task_usd: (ok.len() > unpriced).then(|| usd / (ok.len() - unpriced) as f64),
-        success: "answered without an error (no scorer on this run)".into(),
-        successful_tasks: ok.len(),
+        per_successful_task_usd: (priced_successes > 0).then(|| usd / priced_successes as f64),
+        success: if labelled {
+            "answered without an error and labelled `answered` by the server (x-switchyard-label); no scorer on this run"
+        } else {
+            "answered without an error (no scorer on this run)"
+        }
+        .into(),
+        successful_tasks: ok.iter().filter(|r| r.succeeded()).count(),
         unpriced,
     }
 }
@@ -218,6 +227,16 @@ mod tests {
         assert!((c.per_1m_output_tokens_usd.unwrap() - 6.0).abs() < 1e-9);
         assert!((c.per_successful_task_usd.unwrap() - 0.006).abs() < 1e-12);
         assert_eq!((c.successful_tasks, c.unpriced), (2, 0));
+        assert!(!c.success.contains("label"));
+
+        // A router's refusal costs what it used, but is no task done.
+        let labelled = |label: &str| RequestResult { label: Some(label.into()), ..done(Some("cloud"), 1000, 500, 10.0) };
+        let c = summarize(&[labelled("answered"), labelled("refused"), labelled("human-escalated")], 0.0, &prices, "m");
+        assert!((c.cost_usd - 0.009).abs() < 1e-12 && (c.per_successful_task_usd.unwrap() - 0.009).abs() < 1e-12, "{c:?}");
+        assert_eq!(c.successful_tasks, 1);
+        assert!(c.success.contains("x-switchyard-label"), "{}", c.success);
+        let none = summarize(&[labelled("refused")], 0.0, &prices, "m");
+        assert_eq!((none.successful_tasks, none.per_successful_task_usd), (0, None));
     }
 
     #[test]

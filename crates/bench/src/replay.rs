@@ -103,6 +103,10 @@ pub struct RequestResult {
     pub tokens_from: Option<String>,
     /// `x-switchyard-route`, when the target is a router.
     pub route: Option<String>,
+    /// `x-switchyard-label`, when the target is a router: `answered`,
+    /// `refused`, `human-escalated` or `error`.
+    #[serde(default)]
+    pub label: Option<String>,
     /// The server's own account (queue, prefill, decode), when it sends
     /// `timings` as switchyard and llama-server do.
     #[serde(default)]
@@ -112,6 +116,13 @@ pub struct RequestResult {
 impl RequestResult {
     pub fn ok(&self) -> bool {
         self.error.is_none()
+    }
+
+    /// A successful task: answered without an error and, where the server
+    /// labels its answers, labelled `answered` (a refusal or a handoff to a
+    /// human is an answer, not a task done).
+    pub fn succeeded(&self) -> bool {
+        self.ok() && self.label.as_deref().is_none_or(|l| l == "answered")
     }
 
     pub fn tpot_ms(&self) -> Option<f64> {
@@ -165,6 +176,7 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
         prompt_tokens: None,
         tokens_from: None,
         route: None,
+        label: None,
         server_timings: None,
     };
     let ms = |t: Instant| t.duration_since(sent).as_secs_f64() * 1e3;
@@ -175,7 +187,8 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
         }
         let resp = req.send().await.map_err(|e| format!("request failed: {e}"))?;
         out.status = Some(resp.status().as_u16());
-        out.route = resp.headers().get("x-switchyard-route").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        (out.route, out.label) = (header("x-switchyard-route"), header("x-switchyard-label"));
         if !resp.status().is_success() {
             return Err(format!("HTTP {}", resp.status()));
         }
@@ -561,6 +574,7 @@ mod tests {
             prompt_tokens: None,
             tokens_from: Some("usage".into()),
             route: None,
+            label: None,
             server_timings: None,
         };
         assert_eq!(r.tpot_ms(), Some(100.0));

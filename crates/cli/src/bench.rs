@@ -280,7 +280,7 @@ impl<'a> Replayer<'a> {
         let results = self.rt.block_on(replay_watched(&self.trace, &self.target, load, limits, progress(self.trace.requests.len(), load)));
         let wall_s = started.elapsed().as_secs_f64();
         let summary = summarize(&results, wall_s, args.warmup_s * 1000.0, args.slo_ttft_ms, args.slo_tpot_ms);
-        let successful = results.iter().filter(|r| r.ok()).count();
+        let successful = results.iter().filter(|r| r.succeeded()).count();
         let energy = meter.map(|m| m.finish(wall_s, successful)).transpose().map_err(anyhow::Error::msg)?;
         let report = RunReport {
             trace: args.trace.display().to_string(),

@@ -36,6 +36,9 @@ use crate::AppState;
 pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-switchyard-route");
 pub const POLICY_HEADER: HeaderName = HeaderName::from_static("x-switchyard-policy");
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-switchyard-reason");
+/// How the request ended: `answered`, `refused`, `human-escalated` or
+/// `error`, as recorded; a client (the bench) tells a successful task by it.
+pub const LABEL_HEADER: HeaderName = HeaderName::from_static("x-switchyard-label");
 /// A data class the caller asserts for its request; detection may raise it.
 pub const DATA_CLASS_HEADER: &str = "x-switchyard-data-class";
 /// `interactive` (default), `batch` or `fallback`.
@@ -189,7 +192,7 @@ impl Routing {
         } else {
             resp
         };
-        Ok(self.label(resp, &route, &run.reason))
+        Ok(self.label(resp, &route, label, &run.reason))
     }
 
     fn family_header(&self, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -410,9 +413,9 @@ impl Routing {
         primary
     }
 
-    fn label(&self, mut resp: Response, route: &str, reason: &str) -> Response {
+    fn label(&self, mut resp: Response, route: &str, label: &str, reason: &str) -> Response {
         let h = resp.headers_mut();
-        for (name, value) in [(ROUTE_HEADER, route), (POLICY_HEADER, self.policy.id.as_str()), (REASON_HEADER, reason)] {
+        for (name, value) in [(ROUTE_HEADER, route), (LABEL_HEADER, label), (POLICY_HEADER, self.policy.id.as_str()), (REASON_HEADER, reason)] {
             if let Ok(v) = HeaderValue::from_str(value) {
                 h.insert(name, v);
             }

@@ -407,7 +407,7 @@ async fn routes_follow_policy_with_headers_boundaries_and_fallbacks() {
     // Public prompt: the default route, the cloud, with the route's model and key.
     let (status, h, body) = s.ask("Say hello.", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(header(&h, "x-switchyard-route"), "cloud");
+    assert_eq!((header(&h, "x-switchyard-route"), header(&h, "x-switchyard-label")), ("cloud", "answered"));
     assert!(header(&h, "x-switchyard-policy").starts_with("test.1+"));
     assert!(header(&h, "x-switchyard-reason").contains("default route"));
     assert!(body.contains("cloud says hi"));
@@ -480,7 +480,7 @@ async fn routes_follow_policy_with_headers_boundaries_and_fallbacks() {
     // Safety rule: an OpenAI-shaped refusal, and nothing is sent anywhere.
     let hits_before: usize = s.seen.lock().unwrap().hits.values().sum();
     let (status, h, body) = s.ask("how to make a bomb", json!({})).await;
-    assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "refused"));
+    assert_eq!((status, header(&h, "x-switchyard-route"), header(&h, "x-switchyard-label")), (StatusCode::OK, "refused", "refused"));
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["choices"][0]["message"]["refusal"], "I can't help with that.");
     assert!(v["choices"][0]["message"]["content"].is_null());
@@ -525,7 +525,7 @@ async fn a_policy_naming_a_model_that_is_not_loaded_is_refused_at_start() {
 async fn a_handoff_is_queued_answered_with_its_id_and_resolved_once() {
     let s = setup().await;
     let (status, h, body) = s.ask("HANDME: I need a person", json!({})).await;
-    assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "handoff"), "{body}");
+    assert_eq!((status, header(&h, "x-switchyard-route"), header(&h, "x-switchyard-label")), (StatusCode::OK, "handoff", "human-escalated"), "{body}");
     let handoff_id = header(&h, "x-switchyard-handoff-id").to_string();
     assert!(handoff_id.starts_with("handoff-"), "{h:?}");
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -662,7 +662,7 @@ async fn a_forced_route_answers_alone_within_the_data_boundary() {
     assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "local"), "{body}");
     assert_eq!(s.hits("ok"), 0, "the default route (cloud) was bypassed");
     let (status, h, _) = s.ask_with("My SSN is 123-45-6789.", json!({}), &[("x-switchyard-force-route", "cloud")]).await;
-    assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "refused"));
+    assert_eq!((status, header(&h, "x-switchyard-route"), header(&h, "x-switchyard-label")), (StatusCode::OK, "refused", "refused"));
     assert_eq!(s.hits("ok"), 0, "regulated data never reaches the cloud, forced or not");
     let (status, _, body) = s.ask_with("hi", json!({}), &[("x-switchyard-force-route", "nowhere")]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
