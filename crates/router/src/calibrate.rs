@@ -96,6 +96,35 @@ pub struct CrossValidated {
     pub quality: f64,
     /// Random escalation at the same rate, on the same items.
     pub random_quality: f64,
+    /// The chance that escalating as many items at random does at least as
+    /// well as the held-out routing did: a permutation test over
+    /// [`PERMUTATIONS`] seeded draws. Small means the signal beats random;
+    /// a lift with a large one is noise.
+    #[serde(default)]
+    pub p_value: Option<f64>,
+}
+
+/// Draws for [`CrossValidated::p_value`]: its standard error is at most 0.005.
+pub const PERMUTATIONS: usize = 10_000;
+
+/// One-sided permutation p-value that `m` items escalated at random gain at
+/// least `observed` (gain = strong − fast score), with the usual +1
+/// correction so it is never 0. Seeded: the same items give the same value.
+fn permutation_p_value(gains: &[f64], m: usize, observed: f64) -> f64 {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut order: Vec<usize> = (0..gains.len()).collect();
+    let at_least = (0..PERMUTATIONS)
+        .filter(|_| {
+            // A partial Fisher-Yates shuffle: the first m are a uniform m-subset.
+            for i in 0..m {
+                let j = rng.gen_range(i..order.len());
+                order.swap(i, j);
+            }
+            order[..m].iter().map(|&i| gains[i]).sum::<f64>() >= observed - 1e-9
+        })
+        .count();
+    (at_least + 1) as f64 / (PERMUTATIONS + 1) as f64
 }
 
 /// Held-out quality of calibrating for `target`: folds by index modulo `k`.
@@ -103,20 +132,23 @@ pub struct CrossValidated {
 /// safe choice), which the figures then include.
 pub fn cross_validate(samples: &[Sample], dir: Direction, max_threshold: f64, target: Target, k: usize) -> CrossValidated {
     let k = k.clamp(2, samples.len().max(2));
-    let (mut escalated, mut quality) = (0.0, 0.0);
+    let (mut escalated, mut quality, mut gained) = (0, 0.0, 0.0);
     for fold in 0..k {
         let train: Vec<Sample> = samples.iter().enumerate().filter(|(i, _)| i % k != fold).map(|(_, s)| *s).collect();
         let (_, chosen) = calibrate(&train, dir, max_threshold, target);
         for s in samples.iter().skip(fold).step_by(k) {
             let up = chosen.is_none_or(|p| dir.escalates(s.signal, p.threshold));
-            escalated += f64::from(u8::from(up));
+            escalated += usize::from(up);
             quality += if up { s.strong } else { s.fast };
+            gained += if up { s.strong - s.fast } else { 0.0 };
         }
     }
     let n = samples.len().max(1) as f64;
-    let rate = escalated / n;
+    let rate = escalated as f64 / n;
     let (_, _, random_quality) = baselines(samples, rate);
-    CrossValidated { folds: k, escalation_rate: rate, quality: quality / n, random_quality }
+    let gains: Vec<f64> = samples.iter().map(|s| s.strong - s.fast).collect();
+    let p_value = Some(permutation_p_value(&gains, escalated, gained));
+    CrossValidated { folds: k, escalation_rate: rate, quality: quality / n, random_quality, p_value }
 }
 
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {
@@ -257,10 +289,24 @@ mod tests {
         assert_eq!(cv.folds, 5);
         // The signal separates perfectly, so held-out thresholds still do.
         assert!(cv.quality > 0.97 && cv.quality > cv.random_quality + 0.2, "{cv:?}");
+        assert!(cv.p_value.unwrap() < 0.001, "no random draw comes close: {cv:?}");
         // A signal unrelated to correctness does no better than random.
         let noise: Vec<Sample> = table().iter().enumerate().map(|(i, s)| Sample { signal: -(((i * 37) % 100) as f64) / 50.0, ..*s }).collect();
         let cv = cross_validate(&noise, Direction::Below, 0.0, Target::MaxEscalation(0.5), 5);
         assert!(cv.quality < cv.random_quality + 0.1, "{cv:?}");
+        assert!(cv.p_value.unwrap() > 0.05, "{cv:?}");
+        assert_eq!(cross_validate(&noise, Direction::Below, 0.0, Target::MaxEscalation(0.5), 5), cv, "seeded: the same every time");
+    }
+
+    #[test]
+    fn the_permutation_test_knows_the_extremes() {
+        // Escalating nothing or everything is what random does: p = 1.
+        let gains = [1.0, 0.0, 1.0, 0.0];
+        assert_eq!(permutation_p_value(&gains, 0, 0.0), 1.0);
+        assert_eq!(permutation_p_value(&gains, 4, 2.0), 1.0);
+        // Picking both gains out of four: a random pair does so 1 time in 6.
+        let p = permutation_p_value(&gains, 2, 2.0);
+        assert!((p - 1.0 / 6.0).abs() < 0.02, "{p}");
     }
 
     #[test]
