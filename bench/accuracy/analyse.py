@@ -43,6 +43,9 @@ def wire(capture, requests):
                 first.append(at)
     with open(requests) as f:
         results = sorted((json.loads(line) for line in f), key=lambda r: r["index"])
+    if any(r["ttft_ms"] is None for r in results):
+        print("wire: some requests failed; not paired")
+        return
     if not (len(sent) == len(first) == len(results)):
         print(f"wire: {len(sent)} requests and {len(first)} first chunks captured for {len(results)} results; not paired")
         return

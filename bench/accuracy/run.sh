@@ -59,7 +59,10 @@ if command -v tcpdump >/dev/null && [ "$(id -u)" -eq 0 ]; then
   sleep 1
 fi
 run c1 1 1000 --warmup-s 0.5
-[ -n "$wire" ] && sleep 0.5 && kill "$wire"
+if [ -n "$wire" ]; then
+  sleep 0.5
+  kill "$wire" 2>/dev/null || wire="" # tcpdump could not capture here (no CAP_NET_RAW)
+fi
 # Fifty requests started together against answers of one fixed length stay
 # in lock-step: the mock writes fifty first chunks at one instant and the
 # bench reads fifty at once, for the whole run. Real traffic does not arrive
@@ -77,6 +80,7 @@ mock --ttft-ms 0 --itl-ms 0 --chunks 1
 run whole-5k open:0.2 50000 --no-stream
 run whole-max 64 50000 --no-stream
 kill "${pids[@]}"
+wait 2>/dev/null || true
 pids=()
 mock --ttft-ms 0 --itl-ms 0 --chunks 200
 run stream-50k open:4 2500

@@ -300,7 +300,7 @@ pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, limits: 
     };
     let target = Arc::new(target.clone());
     let start = Instant::now();
-    let in_time = move |at: Instant| duration.is_none_or(|d| at <= start + d);
+    let in_time = move |at: Instant| duration.is_none_or(|d| at.saturating_duration_since(start) <= d);
     let mut results = match load {
         Load::Open { time_scale } => {
             let tasks: Vec<_> = trace
@@ -365,11 +365,16 @@ pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, limits: 
                     async move {
                         if !stagger.is_zero() {
                             tokio::time::sleep(stagger).await;
+                            // A ramp-up may outlast the run.
+                            if !in_time(Instant::now()) {
+                                return None;
+                            }
                         }
-                        send(client, target, r.clone(), i, Clock { scheduled: Instant::now(), run_start: start }).await
+                        Some(send(client, target, r.clone(), i, Clock { scheduled: Instant::now(), run_start: start }).await)
                     }
                 })
                 .buffer_unordered(slots)
+                .filter_map(futures::future::ready)
                 .collect::<Vec<_>>()
                 .await
         }
@@ -469,7 +474,8 @@ pub fn summarize(all: &[RequestResult], duration_s: f64, warmup_ms: f64, slo_ttf
         let reason = e.split(':').next().unwrap_or(e).to_string();
         *failures.entry(reason).or_default() += 1;
     }
-    let good = ok.iter().filter(|r| r.ttft_ms.is_some_and(|t| t <= slo_ttft_ms) && r.tpot_ms().is_none_or(|t| t <= slo_tpot_ms)).count();
+    // A refusal or handoff is quick and meets any SLO; it is no task done.
+    let good = ok.iter().filter(|r| r.succeeded() && r.ttft_ms.is_some_and(|t| t <= slo_ttft_ms) && r.tpot_ms().is_none_or(|t| t <= slo_tpot_ms)).count();
     let tokens: u64 = ok.iter().filter_map(|r| r.output_tokens).map(u64::from).sum();
     let mut sources: Vec<&str> = ok.iter().filter_map(|r| r.tokens_from.as_deref()).collect();
     sources.sort_unstable();
@@ -480,7 +486,7 @@ pub fn summarize(all: &[RequestResult], duration_s: f64, warmup_ms: f64, slo_ttf
         ("tpot", "(e2e - ttft) / (output tokens - 1)"),
         ("e2e", "request sent -> end of stream"),
         ("lag", "actual send time - scheduled arrival (open loop)"),
-        ("goodput", "requests per second meeting ttft <= slo_ttft_ms and tpot <= slo_tpot_ms"),
+        ("goodput", "successful requests (labelled answered, where the server labels) per second meeting ttft <= slo_ttft_ms and tpot <= slo_tpot_ms"),
         (
             "server queue / prefill / decode",
             "the server's own timings, where it reports them: accepted -> first scheduler step, prompt evaluation, first -> last generated token",
@@ -578,6 +584,10 @@ mod tests {
             server_timings: None,
         };
         assert_eq!(r.tpot_ms(), Some(100.0));
+        // Goodput counts tasks done: a quick refusal meets the SLOs but is none.
+        let refused = RequestResult { label: Some("refused".into()), ..r.clone() };
+        let answered = RequestResult { label: Some("answered".into()), ..r.clone() };
+        assert_eq!(summarize(&[r.clone(), answered, refused], 1.0, 0.0, 1e6, 1e6).goodput_per_s, 2.0);
         assert_eq!(RequestResult { output_tokens: Some(1), ..r }.tpot_ms(), None);
     }
 }

@@ -153,6 +153,17 @@ async fn a_duration_limit_stops_sending_and_lets_requests_in_flight_finish() {
     let closed = replay_watched(&trace(), &target(&base, "ok"), Load::Closed { concurrency: 2, ramp_up: Duration::ZERO }, limits, watch).await;
     assert!(closed.len() >= 2 && closed.len() < 10 && closed.iter().all(|r| r.ok()), "{}", closed.len());
     assert_eq!(hits.load(Ordering::SeqCst) - before, closed.len(), "nothing sent that is not in the results");
+    // A ramp-up longer than the run: the starts it would put after the end never go.
+    let ramp_up = Duration::from_millis(200);
+    let ramped = replay_watched(
+        &trace(),
+        &target(&base, "ok"),
+        Load::Closed { concurrency: 4, ramp_up },
+        limits,
+        Arc::new(|_: &switchyard_bench::replay::RequestResult| {}),
+    )
+    .await;
+    assert!(ramped.iter().all(|r| ![1, 2, 3].contains(&r.index)), "{:?}", ramped.iter().map(|r| r.index).collect::<Vec<_>>());
     let unlimited = replay(&trace(), &target(&base, "ok"), Load::Closed { concurrency: 2, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
     assert_eq!(unlimited.len(), 10);
 }

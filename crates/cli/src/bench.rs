@@ -323,12 +323,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let cmd = match cmd {
         BenchCommand::Trace(cmd) => cmd,
         BenchCommand::Mock { port, ttft_ms, itl_ms, chunks, no_usage } => {
-            let delays = switchyard_bench::mock::Delays {
-                ttft: std::time::Duration::from_secs_f64(ttft_ms / 1e3),
-                itl: std::time::Duration::from_secs_f64(itl_ms / 1e3),
-                chunks,
-                usage: !no_usage,
-            };
+            let ms =
+                |v: f64, flag: &str| std::time::Duration::try_from_secs_f64(v / 1e3).map_err(|_| anyhow::anyhow!("{flag}: give milliseconds >= 0, e.g. 50"));
+            let delays = switchyard_bench::mock::Delays { ttft: ms(ttft_ms, "--ttft-ms")?, itl: ms(itl_ms, "--itl-ms")?, chunks, usage: !no_usage };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             return rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
@@ -360,6 +357,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Run { replay, concurrency, time_scale, sessions } => {
             anyhow::ensure!(concurrency.is_some() || replay.ramp_up_s == 0.0, "--ramp-up-s is for a closed loop: give --concurrency too");
+            anyhow::ensure!(time_scale.is_finite() && time_scale >= 0.0, "--time-scale: give a factor >= 0, e.g. 0.5 for twice as fast");
             let load = match (concurrency, sessions) {
                 (Some(c), _) => Load::Closed { concurrency: c, ramp_up: replay.ramp_up()? },
                 (None, true) => Load::Sessions { time_scale },

@@ -190,7 +190,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     );
     if let Some(p) = cv.p_value {
         let verdict = if p < 0.05 { "beats random routing" } else { "not shown to beat random routing (p >= 0.05)" };
-        println!("chance that escalating as many items at random does as well: p = {p:.3} (permutation test, {} draws): {verdict}", calibrate::PERMUTATIONS);
+        println!("chance that escalating as many items at random does as well: p = {p:.4} (permutation test, {} draws): {verdict}", calibrate::PERMUTATIONS);
     }
     if skipped > 0 {
         println!("({skipped} items had no {signal_name} in the fast records and were left out)");

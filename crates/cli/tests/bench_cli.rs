@@ -121,6 +121,10 @@ fn a_sweep_runs_each_concurrency_and_sweeps_compare_level_by_level() {
     assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("1 of the trace's 12"), "{}", String::from_utf8_lossy(&o.stderr));
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("bounded/summary.json")).unwrap()).unwrap();
     assert_eq!((report["summary"]["requests"].as_u64(), report["summary"]["ok"].as_u64()), (Some(1), Some(1)), "{report}");
+    let backwards = switchyard(&["bench", "run", "--trace", &path("t.jsonl"), "--target", &base, "--time-scale=-1", "--out", &path("x")]);
+    assert!(!backwards.status.success() && String::from_utf8_lossy(&backwards.stderr).contains("--time-scale"));
+    let early = switchyard(&["bench", "mock", "--port", "0", "--ttft-ms=-5"]);
+    assert!(!early.status.success() && String::from_utf8_lossy(&early.stderr).contains("--ttft-ms"));
     let open_ramp = switchyard(&["bench", "run", "--trace", &path("t.jsonl"), "--target", &base, "--ramp-up-s", "1", "--out", &path("x")]);
     assert!(!open_ramp.status.success() && String::from_utf8_lossy(&open_ramp.stderr).contains("--ramp-up-s"));
     let zero = switchyard(&["bench", "sweep", "--trace", &path("t.jsonl"), "--target", &base, "--concurrency", "0", "--out", &path("s0")]);
