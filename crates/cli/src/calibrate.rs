@@ -195,6 +195,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     if skipped > 0 {
         println!("({skipped} items had no {signal_name} in the fast records and were left out)");
     }
+    print_slices(&calibrate::slices(&samples, direction, 10), signal_name);
 
     let calibration = Calibration {
         signal: signal_name.to_string(),
@@ -293,6 +294,25 @@ fn rewrite(text: &str, index: usize, rule_id: &str, version: &str, cal: &Calibra
     }
     doc["calibration"][rule_id] = Item::Table(record.as_table().clone());
     Ok(doc.to_string())
+}
+
+/// Where the gains lie along the signal: the table that explains a curve
+/// hugging the random line.
+fn print_slices(slices: &[calibrate::Slice], signal: &str) {
+    let (gained, items) = slices.iter().fold((0.0, 0), |(g, n), s| (g + s.gained - s.lost, n + s.items));
+    println!("\nwhere escalation pays, by {signal} in escalation order (tenths of the items):");
+    println!("{:>10} {:>10} {:>6} {:>7} {:>6} {:>8}", "from", "to", "items", "gained", "lost", "neither");
+    for s in slices {
+        println!("{:>10.4} {:>10.4} {:>6} {:>7.1} {:>6.1} {:>8.1}", s.first, s.last, s.items, s.gained, s.lost, s.neither);
+    }
+    if let Some(first) = slices.first() {
+        let random = gained * first.items as f64 / items.max(1) as f64;
+        println!(
+            "gained: strong right where fast was wrong; lost: the reverse; neither: wrong on both, so escalating costs without gaining. \
+             A random group of {} nets {random:.1}.",
+            first.items
+        );
+    }
 }
 
 fn print_curve(curve: &[CurvePoint]) {

@@ -89,6 +89,20 @@ fn calibrating_a_cascade_writes_a_new_policy_with_threshold_and_curve() {
     assert!(run.status.success(), "{}", text(&run.stderr));
     let stdout = text(&run.stdout);
     assert!(stdout.contains("chosen: threshold") && stdout.contains("random routing") && stdout.contains("held out (5-fold"), "{stdout}");
+    // The tenths in escalation order: in these records the least sure 100
+    // items are the ones the fast route gets wrong.
+    let tenths: Vec<Vec<f64>> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("where escalation pays, by mean_logprob"))
+        .skip(2)
+        .take(10)
+        .map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(tenths.len(), 10, "{stdout}");
+    assert!(tenths.iter().all(|t| t[2] == 20.0), "{tenths:?}");
+    assert!(tenths[0][0] < tenths[9][1], "least sure first: {tenths:?}");
+    let gained: f64 = tenths[..5].iter().map(|t| t[3]).sum();
+    assert_eq!(gained, 90.0, "100 fast failures, 10 of them strong failures too: {tenths:?}");
     let drawn = std::fs::read_to_string(&plot).unwrap();
     assert!(drawn.contains("<polyline") && drawn.contains("chosen: threshold"), "{drawn}");
 

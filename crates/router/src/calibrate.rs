@@ -222,6 +222,48 @@ pub fn baselines(samples: &[Sample], rate: f64) -> (f64, f64, f64) {
     (fast, strong, fast + rate * (strong - fast))
 }
 
+/// One group of items with neighbouring signals, and what escalating them does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slice {
+    /// The signal range, in escalation order (`first` is escalated first).
+    pub first: f64,
+    pub last: f64,
+    pub items: usize,
+    /// Items escalation fixes: the strong route right, the fast one wrong.
+    pub gained: f64,
+    /// Items escalation breaks: the fast route right, the strong one wrong.
+    pub lost: f64,
+    /// Items neither route gets right: escalating them costs without gaining.
+    pub neither: f64,
+}
+
+/// Where escalation pays along the signal: the items in escalation order
+/// (least sure first for [`Direction::Below`], highest score first for
+/// [`Direction::AtOrAbove`]) cut into `n` groups of (nearly) equal size.
+/// A signal worth calibrating puts the gains in the first groups and the
+/// items neither route can do in the last; spread evenly, no threshold on
+/// it beats random escalation. Scores in between 0 and 1 count in part.
+pub fn slices(samples: &[Sample], dir: Direction, n: usize) -> Vec<Slice> {
+    let mut sorted: Vec<Sample> = samples.iter().filter(|s| s.signal.is_finite()).copied().collect();
+    sorted.sort_by(|a, b| match dir {
+        Direction::Below => a.signal.total_cmp(&b.signal),
+        Direction::AtOrAbove => b.signal.total_cmp(&a.signal),
+    });
+    let n = n.clamp(1, sorted.len().max(1));
+    (0..n)
+        .map(|i| &sorted[i * sorted.len() / n..(i + 1) * sorted.len() / n])
+        .filter(|group| !group.is_empty())
+        .map(|group| Slice {
+            first: group[0].signal,
+            last: group[group.len() - 1].signal,
+            items: group.len(),
+            gained: group.iter().map(|s| (s.strong - s.fast).max(0.0)).sum(),
+            lost: group.iter().map(|s| (s.fast - s.strong).max(0.0)).sum(),
+            neither: group.iter().map(|s| (1.0 - s.fast).min(1.0 - s.strong)).sum(),
+        })
+        .collect()
+}
+
 /// Thins a curve to at most `n` points for storage, keeping both ends.
 pub fn thin(curve: &[CurvePoint], n: usize) -> Vec<CurvePoint> {
     if curve.len() <= n || n < 2 {
@@ -307,6 +349,36 @@ mod tests {
         // Picking both gains out of four: a random pair does so 1 time in 6.
         let p = permutation_p_value(&gains, 2, 2.0);
         assert!((p - 1.0 / 6.0).abs() < 0.02, "{p}");
+    }
+
+    #[test]
+    fn slices_show_where_escalation_pays() {
+        // The 30 least sure items neither route gets right, the next 30 only
+        // the strong one, the top 40 both: no threshold skips the first 30.
+        let s: Vec<Sample> = (0..100)
+            .map(|i| {
+                let (fast, strong) = match i {
+                    0..30 => (0.0, 0.0),
+                    30..60 => (0.0, 1.0),
+                    _ => (1.0, 1.0),
+                };
+                Sample { signal: -2.0 + f64::from(i) / 50.0, fast, strong }
+            })
+            .collect();
+        let tenths = slices(&s, Direction::Below, 10);
+        assert_eq!(tenths.len(), 10);
+        assert!(tenths.iter().all(|t| t.items == 10 && t.first <= t.last && t.lost == 0.0));
+        let column = |f: fn(&Slice) -> f64| tenths.iter().map(f).collect::<Vec<_>>();
+        assert_eq!(column(|t| t.neither), [10.0, 10.0, 10.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(column(|t| t.gained), [0.0, 0.0, 0.0, 10.0, 10.0, 10.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!((tenths[0].first, tenths[9].last), (s[0].signal, s[99].signal));
+        // A score escalates from the top down; a fast-only win counts as lost.
+        let scored =
+            [Sample { signal: 0.9, fast: 1.0, strong: 0.0 }, Sample { signal: 0.1, fast: 0.0, strong: 1.0 }, Sample { signal: 0.5, fast: 0.5, strong: 1.0 }];
+        let halves = slices(&scored, Direction::AtOrAbove, 2);
+        assert_eq!(halves.iter().map(|h| (h.items, h.first)).collect::<Vec<_>>(), [(1, 0.9), (2, 0.5)]);
+        assert_eq!((halves[0].lost, halves[1].gained, halves[1].neither), (1.0, 1.5, 0.0));
+        assert!(slices(&[], Direction::Below, 10).is_empty());
     }
 
     #[test]
