@@ -9,6 +9,7 @@
 mod logprobs;
 mod request;
 mod scheduler;
+mod score;
 mod sequence;
 mod settings;
 mod stop;
@@ -30,6 +31,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
 pub use request::{Event, EventStream, GenerateRequest, OutputFormat, Piece, SamplingParams, Summary};
+pub use score::{ScoreError, MAX_SCORED_TOKENS};
 pub use settings::{EngineSettings, Priority};
 pub use tokenizer::Tokenizer;
 

@@ -215,3 +215,38 @@ fn the_vocabulary_alone_counts_what_the_engine_generated() {
     assert!(tokenizer.count("<|im_end|>") > 1);
     assert!(matches!(Tokenizer::load(std::path::Path::new("/nonexistent.gguf")), Err(LoadError::Missing(_))));
 }
+
+#[test]
+fn scoring_an_answer_gives_back_the_logprobs_it_was_generated_with() {
+    let engine = shared();
+    let mut matched = 0;
+    for p in PROMPTS {
+        let req = request(engine, p);
+        let prompt = req.prompt.clone();
+        let out = collect(engine.submit(req).unwrap());
+        let generated: Vec<f64> = out.pieces.iter().map(|p| p.logprob.logprob).collect();
+        let scored = engine.score(&prompt, &out.text).unwrap();
+        assert!(scored.iter().all(|lp| *lp <= 0.0 && lp.is_finite()), "{p}: {scored:?}");
+        // Where the text re-tokenizes as it was generated, the teacher-forced
+        // logprobs are the generated ones (up to a batch's rounding).
+        if scored.len() == generated.len() {
+            let worst = scored.iter().zip(&generated).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(worst < 0.05, "{p}: scored {scored:?} vs generated {generated:?}");
+            matched += 1;
+        }
+    }
+    assert!(matched >= PROMPTS.len() / 2, "only {matched} answers re-tokenized as generated");
+
+    // The model's verdict on answers it did not write.
+    let prompt = engine.chat_prompt(&[("user", "What is the capital of France?")]).unwrap();
+    let mean = |text: &str| {
+        let lp = engine.score(&prompt, text).unwrap();
+        lp.iter().sum::<f64>() / lp.len() as f64
+    };
+    assert!(mean("The capital of France is Paris.") > mean("The capital of France is Cucumber."));
+    assert_eq!(engine.score(&prompt, &"word ".repeat(1000)).unwrap().len(), MAX_SCORED_TOKENS);
+    assert!(matches!(engine.score(&prompt, ""), Err(ScoreError::Empty)));
+    assert!(matches!(engine.score(&[], "Paris"), Err(ScoreError::Empty)));
+    let long = engine.chat_prompt(&[("user", &"please ".repeat(1100))]).unwrap();
+    assert!(matches!(engine.score(&long, "Paris"), Err(ScoreError::ContextExceeded { n_ctx: 1024, .. })), "{:?}", engine.score(&long, "Paris"));
+}
