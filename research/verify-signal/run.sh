@@ -29,10 +29,11 @@ model="$("$bin" models pull qwen2.5-coder-1.5b | tail -1)"
 mkdir -p "$out"
 "$venv/bin/python" research/verify-signal/score.py --model "$model" --dataset datasets/eval/core/v1/items.jsonl --records "$fast" --out "$out/records.jsonl"
 
-# The same cascade rule on each of the two statistics.
-sed 's/signal = "mean"/signal = "window_min"/' config/policy.local.toml > "$out/policy.window.toml"
-for policy in config/policy.local.toml "$out/policy.window.toml"; do
-  echo "== $(grep -o 'signal = "[a-z_]*"' "$policy" | head -1): the strong model's logprob of the fast answer"
+# The cascade rule on each of the two verify signals.
+for signal in verify_mean verify_window_min; do
+  policy="$out/policy.$signal.toml"
+  sed "s/signal = \"mean\"/signal = \"$signal\"/" config/policy.local.toml > "$policy"
+  echo "== $signal: the strong model's logprob of the fast answer"
   "$bin" calibrate --policy "$policy" --rule cascade --records "$out/records.jsonl" "$strong" \
-    --fast route:local-fast --strong route:local-strong --min-retention 0.95 --out "$out/calibrated.toml" | sed -n '/^chosen/,$p'
+    --fast route:local-fast --strong route:local-strong --min-retention 0.95 --out "$out/calibrated.$signal.toml" | sed -n '/^chosen/,$p'
 done

@@ -1,9 +1,11 @@
 """Scores each fast answer under the strong model: the mean and lowest
 8-token-window logprob of the fast route's answer, teacher-forced after the
 item's prompt, on the escalation model. Writes the fast route's eval records
-with those two numbers in place of the fast model's own, so that
-`switchyard calibrate` judges the signal exactly as it judges the built-in
-ones (held-out folds, permutation test, tenths)."""
+with those two numbers as `confidence.verify_mean_logprob` and
+`confidence.verify_min_window_logprob`, which `switchyard calibrate` reads
+for a cascade with `signal = "verify_mean"` or `"verify_window_min"`.
+Python, not the server's `Engine::score`, because `eval run` does not
+record these yet."""
 
 import argparse
 import json
@@ -42,7 +44,7 @@ def main():
             prompt = llm.tokenize(chatml(items[r["item_id"]]["messages"]).encode(), add_bos=False, special=True)[-3000:]
             answer = llm.tokenize(r["output"].encode(), add_bos=False, special=False)[:MAX_ANSWER_TOKENS]
             conf = r.setdefault("confidence", {})
-            conf["mean_logprob"] = conf["min_window_logprob"] = None
+            conf["verify_mean_logprob"] = conf["verify_min_window_logprob"] = None
             if answer:
                 llm.reset()
                 llm.eval(prompt + answer)
@@ -51,8 +53,8 @@ def main():
                 lse = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
                 lp = logits[np.arange(len(answer)), answer] - lse
                 w = min(WINDOW, len(lp))
-                conf["mean_logprob"] = float(lp.mean())
-                conf["min_window_logprob"] = float(min(lp[i : i + w].mean() for i in range(len(lp) - w + 1)))
+                conf["verify_mean_logprob"] = float(lp.mean())
+                conf["verify_min_window_logprob"] = float(min(lp[i : i + w].mean() for i in range(len(lp) - w + 1)))
             out.write(json.dumps(r) + "\n")
             if sys.stderr.isatty():
                 print(f"\rscored {n + 1}/{len(records)}", end="", file=sys.stderr, flush=True)

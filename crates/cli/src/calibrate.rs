@@ -125,6 +125,8 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
             let get = move |c: &RecordConfidence| match signal {
                 Signal::Mean => c.mean_logprob,
                 Signal::WindowMin => c.min_window_logprob,
+                Signal::VerifyMean => c.verify_mean_logprob,
+                Signal::VerifyWindowMin => c.verify_min_window_logprob,
             };
             (Direction::Below, 0.0, signal.as_str(), Box::new(get))
         }

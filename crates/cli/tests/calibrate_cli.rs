@@ -68,7 +68,14 @@ fn write_records(path: &Path) {
             target: "route:local-fast".into(),
             route: Some("local-fast".into()),
             correct: mean > -1.0 && !code,
-            confidence: RecordConfidence { mean_logprob: Some(mean), min_window_logprob: Some(mean - 0.5), prompt_score: Some(0.5), ..base.confidence.clone() },
+            confidence: RecordConfidence {
+                mean_logprob: Some(mean),
+                min_window_logprob: Some(mean - 0.5),
+                // The escalation model's verdict: the same ranking, on another scale.
+                verify_mean_logprob: Some(2.0 * mean),
+                prompt_score: Some(0.5),
+                ..base.confidence.clone()
+            },
             ..base.clone()
         };
         let strong = EvalRecord { target: "route:local-strong".into(), route: Some("local-strong".into()), correct: i % 10 != 0, ..base };
@@ -128,6 +135,28 @@ fn calibrating_a_cascade_writes_a_new_policy_with_threshold_and_curve() {
     let run = calibrate(&records, "code-cascade", &["--min-retention", "0.95"], &again);
     assert!(run.status.success());
     assert_eq!(std::fs::read_to_string(&again).unwrap(), new_text);
+}
+
+#[test]
+fn a_verify_cascade_calibrates_on_the_escalation_models_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("run.jsonl");
+    write_records(&records);
+    let policy = dir.path().join("verify.toml");
+    std::fs::write(&policy, std::fs::read_to_string(EXAMPLE).unwrap().replace("signal = \"mean\"", "signal = \"verify_mean\"")).unwrap();
+    let (plain, verify) = (dir.path().join("plain.toml"), dir.path().join("verified.toml"));
+    assert!(calibrate(&records, "code-cascade", &["--min-retention", "0.95"], &plain).status.success());
+    let mut args = vec!["calibrate", "--policy", policy.to_str().unwrap(), "--rule", "code-cascade", "--records", records.to_str().unwrap()];
+    args.extend(["--fast", "route:local-fast", "--strong", "route:local-strong", "--min-retention", "0.95", "--out", verify.to_str().unwrap()]);
+    let run = switchyard(&args);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(text(&run.stdout).contains("on verify_mean_logprob"), "{}", text(&run.stdout));
+    let cal = |path: &Path| Policy::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap().calibration["code-cascade"].clone();
+    let (plain, verify) = (cal(&plain), cal(&verify));
+    assert_eq!(verify.signal, "verify_mean_logprob");
+    // The same ranking picks the same items, at a threshold on the verifier's scale.
+    assert_eq!((verify.escalation_rate, verify.quality), (plain.escalation_rate, plain.quality));
+    assert!((verify.threshold - 2.0 * plain.threshold).abs() < 1e-9, "{} vs {}", verify.threshold, plain.threshold);
 }
 
 #[test]

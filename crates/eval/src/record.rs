@@ -9,6 +9,13 @@ use switchyard_router::Features;
 pub struct RecordConfidence {
     pub mean_logprob: Option<f64>,
     pub min_window_logprob: Option<f64>,
+    /// The escalation model's logprobs of this answer (the cascade's verify
+    /// signals). `eval run` does not record them yet;
+    /// `research/verify-signal` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_mean_logprob: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_min_window_logprob: Option<f64>,
     /// The policy's prompt-feature score, when the run was given a policy.
     pub prompt_score: Option<f64>,
     pub features: Option<Features>,

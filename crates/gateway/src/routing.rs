@@ -312,7 +312,11 @@ impl Routing {
                 let hold = Hold { ttft: Some(ttft), tokens: hold_tokens, total: Some(Duration::from_millis(r.total_timeout_ms)) };
                 let started = Started::start(engine, params.clone(), hold).await?;
                 if let Some(plan) = judge {
-                    let confidence = Confidence::of(&started.held_logprobs());
+                    let confidence = if plan.signal.verifies() {
+                        self.verify(engines, plan, params, started.held_text()).await
+                    } else {
+                        Confidence::of(&started.held_logprobs())
+                    };
                     let value = confidence.map(|c| c.get(plan.signal));
                     let escalate = value.is_none_or(|v| v < plan.threshold);
                     let check = CascadeCheck {
@@ -328,6 +332,32 @@ impl Routing {
                     }
                 }
                 started.respond(id, &r.model, Some(Duration::from_millis(r.stall_timeout_ms))).await.map(Attempt::Answer)
+            }
+        }
+    }
+
+    /// The escalation model's verdict on a fast answer: its logprobs of the
+    /// held text, teacher-forced after the same messages, on a context of
+    /// its own. `None` (so the answer escalates) when the escalation route
+    /// is not embedded or scoring fails: an answer nobody could check is
+    /// not sent as checked.
+    async fn verify(&self, engines: &BTreeMap<String, Arc<Engine>>, plan: &CascadePlan, params: &ChatParams, text: String) -> Option<Confidence> {
+        let route = self.policy.route(&plan.escalate[0])?;
+        let engine = (route.backend == Backend::Embedded).then(|| engines.get(&route.model)).flatten()?.clone();
+        let messages = params.messages.clone();
+        let scored = tokio::task::spawn_blocking(move || {
+            let messages: Vec<(&str, &str)> = messages.iter().map(|(role, content)| (*role, content.as_str())).collect();
+            let prompt = engine.chat_prompt(&messages).map_err(|e| e.to_string())?;
+            engine.score(&prompt, &text).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match scored {
+            Ok(logprobs) => Confidence::of(&logprobs),
+            Err(e) => {
+                tracing::warn!(route = %route.name, "could not verify the fast answer, so it escalates: {e}");
+                None
             }
         }
     }

@@ -104,6 +104,15 @@ allowed_classes = ["public", "internal", "regulated"]
 ttft_timeout_ms = 30000
 total_timeout_ms = 60000
 
+# The same model again, as the escalation route that verifies "local".
+[[routes]]
+name = "local-verifier"
+backend = "embedded"
+model = "smollm2-135m"
+allowed_classes = ["public", "internal", "regulated"]
+ttft_timeout_ms = 30000
+total_timeout_ms = 60000
+
 [[routes]]
 name = "cloud"
 backend = "upstream"
@@ -227,6 +236,7 @@ malformedme = ["MALFORMEDME"]
 peerme = ["PEERME"]
 unsure = ["UNSURE"]
 sure = ["\\bSURE\\b"]
+verifyme = ["VERIFYME"]
 localme = ["LOCALME"]
 
 [[rules]]
@@ -290,6 +300,12 @@ then = {{ action = "cascade", fast = "local", escalate = "cloud", threshold = -0
 id = "cascade-keeps"
 when = {{ categories = ["sure"] }}
 then = {{ action = "cascade", fast = "local", escalate = "cloud", threshold = -1000.0, hold_tokens = 3 }}
+
+# Scored by the escalation model, and every real score is below -1e-9: escalates.
+[[rules]]
+id = "cascade-verified"
+when = {{ categories = ["verifyme"] }}
+then = {{ action = "cascade", fast = "local", escalate = "local-verifier", signal = "verify_mean", threshold = -0.000000001 }}
 
 [[rules]]
 id = "mirrored"
@@ -589,6 +605,24 @@ async fn the_cascade_escalates_below_its_threshold_and_not_above() {
 }
 
 #[tokio::test]
+async fn a_verify_cascade_judges_the_fast_answer_on_the_escalation_model() {
+    let s = setup().await;
+    let (status, h, body) = s.ask("VERIFYME Write a long story about a dragon who loves books.", json!({"max_tokens": 300})).await;
+    assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "local-verifier"), "{body}");
+    assert!(header(&h, "x-switchyard-reason").contains("cascade: local verify_mean_logprob"), "{h:?}");
+    let rec = s.decision(&h).await;
+    let check = &rec["execution"]["cascade"];
+    assert_eq!((check["escalated"].as_bool(), check["signal"].as_str()), (Some(true), Some("verify_mean_logprob")), "{rec}");
+    assert!(check["value"].as_f64().unwrap() < -1e-9);
+    // The verifier scores at most 256 tokens of the answer; the fast model's
+    // own logprobs would cover all of it. (Same model, greedy: the escalated
+    // answer is the fast one again, so its length is the fast answer's.)
+    let generated = serde_json::from_str::<Value>(&body).unwrap()["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(generated > 256, "the story must outgrow the verifier's window: {generated} tokens");
+    assert_eq!(check["confidence"]["tokens"].as_u64(), Some(switchyard_engine::MAX_SCORED_TOKENS as u64), "{check}");
+}
+
+#[tokio::test]
 async fn a_shadow_copy_is_recorded_and_never_changes_the_answer() {
     let s = setup().await;
     let prompt = "LOCALME What is the capital of France?";
@@ -684,13 +718,13 @@ async fn a_second_switchyard_is_a_real_upstream() {
 
 #[test]
 fn serving_a_policy_loads_each_model_its_routes_name_once() {
-    // `local`, `hasty` and (made embedded here) `peer` all name smollm2-135m, with upstream routes between them.
+    // `local`, `local-verifier`, `hasty` and (made embedded here) `peer` all name smollm2-135m, with upstream routes between them.
     let text = policy("http://127.0.0.1:9", "http://127.0.0.1:9").replace(
         "name = \"peer\"\nbackend = \"upstream\"\nmodel = \"smollm2-135m\"\nurl = \"http://127.0.0.1:9/v1\"",
         "name = \"peer\"\nbackend = \"embedded\"\nmodel = \"smollm2-135m\"",
     );
     let p = Policy::from_toml(&text).unwrap();
-    assert_eq!(p.routes.iter().filter(|r| r.model == "smollm2-135m" && r.backend == switchyard_router::Backend::Embedded).count(), 3);
+    assert_eq!(p.routes.iter().filter(|r| r.model == "smollm2-135m" && r.backend == switchyard_router::Backend::Embedded).count(), 4);
     let cfg = switchyard_gateway::ServeConfig { threads: 2, ctx_size: 1024, parallel: 1, ..Default::default() };
     let engines = switchyard_gateway::load_engines(&cfg, Some(&p), switchyard_models::Progress::Quiet).unwrap();
     assert_eq!(engines.iter().map(|e| e.id().to_string()).collect::<Vec<_>>(), ["smollm2-135m"]);

@@ -31,10 +31,12 @@ impl Confidence {
         Some(Self { mean_logprob: mean(logprobs), min_window_logprob, tokens: logprobs.len() })
     }
 
+    /// The statistic `signal` compares; a verify signal's confidence is
+    /// computed from the escalation model's logprobs, not the fast one's.
     pub fn get(&self, signal: Signal) -> f64 {
         match signal {
-            Signal::Mean => self.mean_logprob,
-            Signal::WindowMin => self.min_window_logprob,
+            Signal::Mean | Signal::VerifyMean => self.mean_logprob,
+            Signal::WindowMin | Signal::VerifyWindowMin => self.min_window_logprob,
         }
     }
 }
@@ -46,6 +48,14 @@ pub enum Signal {
     #[default]
     Mean,
     WindowMin,
+    /// The escalation model's mean logprob of the fast answer, teacher-forced
+    /// after the prompt: its verdict on an answer it did not write. Where it
+    /// would have written the same answer, escalating changes nothing; on
+    /// core@v1 this separates the answers escalation fixes, where the fast
+    /// model's own logprobs do not (docs/eval.md).
+    VerifyMean,
+    /// The same, as the lowest [`CONFIDENCE_WINDOW`]-token window.
+    VerifyWindowMin,
 }
 
 impl Signal {
@@ -53,7 +63,14 @@ impl Signal {
         match self {
             Signal::Mean => "mean_logprob",
             Signal::WindowMin => "min_window_logprob",
+            Signal::VerifyMean => "verify_mean_logprob",
+            Signal::VerifyWindowMin => "verify_min_window_logprob",
         }
+    }
+
+    /// True when the escalation model scores the fast answer.
+    pub fn verifies(self) -> bool {
+        matches!(self, Signal::VerifyMean | Signal::VerifyWindowMin)
     }
 }
 

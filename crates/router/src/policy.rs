@@ -423,13 +423,19 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
                     return Err(invalid(format!("rules[{i}].then.threshold"), "must be between 0 and 1 (a calibrated score)"));
                 }
             }
-            Action::Cascade { fast, escalate, threshold, hold_tokens, .. } => {
+            Action::Cascade { fast, escalate, signal, threshold, hold_tokens } => {
                 check(format!("rules[{i}].then.fast"), fast)?;
                 check(format!("rules[{i}].then.escalate"), escalate)?;
                 if f.routes.iter().any(|r| &r.name == fast && r.backend != Backend::Embedded) {
                     return Err(invalid(
                         format!("rules[{i}].then.fast"),
                         "a cascade's fast route must be an embedded route: its confidence comes from the engine's logprobs",
+                    ));
+                }
+                if signal.verifies() && f.routes.iter().any(|r| &r.name == escalate && r.backend != Backend::Embedded) {
+                    return Err(invalid(
+                        format!("rules[{i}].then.signal"),
+                        "a verify signal is scored by the escalation route's model, so `escalate` must be an embedded route",
                     ));
                 }
                 if threshold.is_nan() || *threshold > 0.0 {

@@ -167,6 +167,10 @@ fn new_policy_keys_are_validated_by_name() {
     assert!(err(&text.replace("fast = \"local-fast\", escalate = \"local-strong\"", "fast = \"cloud\", escalate = \"local-strong\""))
         .contains("must be an embedded route"));
     assert!(err(&text.replace("signal = \"mean\"", "signal = \"median\"")).contains("median"));
+    // A verify signal is scored on the escalation route's model: an upstream cannot.
+    let verify = text.replace("signal = \"mean\"", "signal = \"verify_mean\"");
+    assert!(Policy::from_toml(&verify).is_ok());
+    assert!(err(&verify.replace("escalate = \"local-strong\", signal", "escalate = \"cloud\", signal")).contains("rules[4].then.signal"));
     assert!(err(&format!("{text}\n[calibration.nope]\nsignal = \"x\"\n")).contains("calibration"));
 }
 
