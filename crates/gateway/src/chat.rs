@@ -131,12 +131,12 @@ impl Started {
         Ok(Self { engine, params, held, rest })
     }
 
-    /// The logprobs of the tokens held so far.
-    /// The text of the held tokens.
+    /// The text of the tokens held so far.
     pub fn held_text(&self) -> String {
         self.held.iter().filter_map(|e| if let Event::Token(p) = e { Some(p.text.as_str()) } else { None }).collect()
     }
 
+    /// The logprobs of the tokens held so far.
     pub fn held_logprobs(&self) -> Vec<f64> {
         self.held.iter().filter_map(|e| if let Event::Token(p) = e { Some(p.logprob.logprob) } else { None }).collect()
     }
