@@ -15,7 +15,12 @@ fn switchyard(args: &[&str]) -> Output {
 
 /// `switchyard calibrate` of `rule` on `records`, fast vs strong route, writing `out`.
 fn calibrate(records: &Path, rule: &str, target: &[&str], out: &Path) -> Output {
-    let mut args = vec!["calibrate", "--policy", EXAMPLE, "--rule", rule, "--records", records.to_str().unwrap()];
+    calibrate_policy(Path::new(EXAMPLE), records, rule, target, out)
+}
+
+/// [`calibrate`] of another policy than the example.
+fn calibrate_policy(policy: &Path, records: &Path, rule: &str, target: &[&str], out: &Path) -> Output {
+    let mut args = vec!["calibrate", "--policy", policy.to_str().unwrap(), "--rule", rule, "--records", records.to_str().unwrap()];
     args.extend(["--fast", "route:local-fast", "--strong", "route:local-strong", "--out", out.to_str().unwrap()]);
     args.extend(target);
     switchyard(&args)
@@ -146,9 +151,7 @@ fn a_verify_cascade_calibrates_on_the_escalation_models_scores() {
     std::fs::write(&policy, std::fs::read_to_string(EXAMPLE).unwrap().replace("signal = \"mean\"", "signal = \"verify_mean\"")).unwrap();
     let (plain, verify) = (dir.path().join("plain.toml"), dir.path().join("verified.toml"));
     assert!(calibrate(&records, "code-cascade", &["--min-retention", "0.95"], &plain).status.success());
-    let mut args = vec!["calibrate", "--policy", policy.to_str().unwrap(), "--rule", "code-cascade", "--records", records.to_str().unwrap()];
-    args.extend(["--fast", "route:local-fast", "--strong", "route:local-strong", "--min-retention", "0.95", "--out", verify.to_str().unwrap()]);
-    let run = switchyard(&args);
+    let run = calibrate_policy(&policy, &records, "code-cascade", &["--min-retention", "0.95"], &verify);
     assert!(run.status.success(), "{}", text(&run.stderr));
     assert!(text(&run.stdout).contains("on verify_mean_logprob"), "{}", text(&run.stdout));
     let cal = |path: &Path| Policy::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap().calibration["code-cascade"].clone();

@@ -338,12 +338,15 @@ impl Routing {
 
     /// The escalation model's verdict on a fast answer: its logprobs of the
     /// held text, teacher-forced after the same messages, on a context of
-    /// its own. `None` (so the answer escalates) when the escalation route
-    /// is not embedded or scoring fails: an answer nobody could check is
-    /// not sent as checked.
+    /// its own. `None` (so the answer escalates) when the answer is empty,
+    /// the escalation route is not embedded, or scoring fails: an answer
+    /// nobody could check is not sent as checked.
     async fn verify(&self, engines: &BTreeMap<String, Arc<Engine>>, plan: &CascadePlan, params: &ChatParams, text: String) -> Option<Confidence> {
         let route = self.policy.route(&plan.escalate[0])?;
-        let engine = (route.backend == Backend::Embedded).then(|| engines.get(&route.model)).flatten()?.clone();
+        if route.backend != Backend::Embedded || text.is_empty() {
+            return None;
+        }
+        let engine = engines.get(&route.model)?.clone();
         let messages = params.messages.clone();
         let scored = tokio::task::spawn_blocking(move || {
             let messages: Vec<(&str, &str)> = messages.iter().map(|(role, content)| (*role, content.as_str())).collect();
