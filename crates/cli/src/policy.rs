@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
-use switchyard_router::{classify, decide, Declared, Lane, Policy, RequestFacts};
+use switchyard_router::{classify, decide, decide_forced, DataClass, Declared, Lane, Policy, RequestFacts};
 use switchyard_wire::ChatCompletionRequest;
 
 #[derive(Subcommand, Debug)]
@@ -32,6 +32,14 @@ pub enum RouteCommand {
         /// The workload family the request declared (x-switchyard-family).
         #[arg(long)]
         family: Option<String>,
+        /// The data class the request declared (x-switchyard-data-class):
+        /// public, internal or regulated. Detection can raise it, never lower it.
+        #[arg(long, value_name = "CLASS")]
+        data_class: Option<String>,
+        /// The route the request forced (x-switchyard-force-route), as a
+        /// server started with --allow-force-route would take it.
+        #[arg(long, value_name = "ROUTE")]
+        force_route: Option<String>,
     },
 }
 
@@ -103,7 +111,7 @@ fn diff<T: serde::Serialize>(what: &str, old: &[T], new: &[T], key: impl Fn(&T) 
 }
 
 pub fn run_route(cmd: RouteCommand) -> anyhow::Result<()> {
-    let RouteCommand::Explain { policy, request, lane, family } = cmd;
+    let RouteCommand::Explain { policy, request, lane, family, data_class, force_route } = cmd;
     let policy = load(&policy)?;
     if let Some(f) = family.as_deref().filter(|f| policy.family(f).is_none()) {
         anyhow::bail!("--family {f}: the policy declares no such family");
@@ -116,7 +124,20 @@ pub fn run_route(cmd: RouteCommand) -> anyhow::Result<()> {
         LaneArg::Batch => Lane::Batch,
         LaneArg::Fallback => Lane::Fallback,
     };
-    let decision = decide(&RequestFacts { lane }, &classify(&messages, &Declared { data_class: None, family }, &policy), &policy);
+    let data_class = data_class
+        .map(|c| {
+            serde_json::from_value::<DataClass>(serde_json::Value::String(c.to_ascii_lowercase()))
+                .map_err(|_| anyhow::anyhow!("--data-class {c}: not a data class; use public, internal or regulated"))
+        })
+        .transpose()?;
+    let (facts, classification) = (RequestFacts { lane }, classify(&messages, &Declared { data_class, family }, &policy));
+    let decision = match force_route {
+        None => decide(&facts, &classification, &policy),
+        Some(route) => decide_forced(&facts, &classification, &policy, &route).ok_or_else(|| {
+            let known: Vec<_> = policy.routes.iter().map(|r| r.name.as_str()).collect();
+            anyhow::anyhow!("--force-route {route}: the policy has no such route; it has {}", known.join(", "))
+        })?,
+    };
     println!("{}", serde_json::to_string_pretty(&decision)?);
     Ok(())
 }

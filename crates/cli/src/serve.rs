@@ -53,6 +53,16 @@ pub struct ServeArgs {
     /// Directory for the SQLite database [default: ~/.local/share/switchyard]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Honour the x-switchyard-force-route header (operators, `eval run`
+    /// with route:NAME targets). Off by default: a forced route skips the
+    /// routing rules, though never the safety rules or the data boundary.
+    #[arg(long)]
+    allow_force_route: bool,
+    /// Verify cascades scoring on one model at once; each builds a llama.cpp
+    /// context of its own. Past it, a cascade escalates or answers 429, as
+    /// its rule's `when_verifier_busy` says [default: 2]
+    #[arg(long)]
+    max_verifies: Option<usize>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -71,7 +81,8 @@ impl ServeArgs {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { cfg.$field = v; } )* };
         }
-        set!(host, port, threads, ctx_size, parallel, batch_size, prefill_chunk, max_queue, max_body_bytes);
+        set!(host, port, threads, ctx_size, parallel, batch_size, prefill_chunk, max_queue, max_body_bytes, max_verifies);
+        cfg.allow_force_route |= self.allow_force_route;
         if let Some(p) = self.priority {
             cfg.priority = match p {
                 PriorityArg::Decode => Priority::Decode,

@@ -54,3 +54,31 @@ fn route_explain_replays_a_request_offline() {
     assert_eq!(d["excluded"], serde_json::json!(["cloud"]));
     assert_eq!(run().stdout, out.stdout, "replay gives the same decision");
 }
+
+/// The flags carry what a request's headers would: a declared data class
+/// and a forced route, so `explain` reproduces a header-carrying request.
+#[test]
+fn route_explain_takes_the_routing_headers_as_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let req = dir.path().join("req.json");
+    std::fs::write(&req, r#"{"model": "any", "messages": [{"role": "user", "content": "Summarise the meeting notes."}]}"#).unwrap();
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["route", "explain", "--policy", EXAMPLE, "--request", req.to_str().unwrap()];
+        args.extend(extra);
+        switchyard(&args)
+    };
+    let decision = |out: Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let d = decision(explain(&["--data-class", "regulated"]));
+    assert_eq!((d["data_class"].as_str(), d["rule_id"].as_str()), (Some("regulated"), Some("regulated-stays-local")));
+    let d = decision(explain(&["--force-route", "cloud"]));
+    assert_eq!((d["route"].as_str(), d["rule_id"].as_str()), (Some("cloud"), None));
+    let d = decision(explain(&["--force-route", "cloud", "--data-class", "regulated"]));
+    assert_eq!(d["action"], "refuse", "the data boundary holds for a forced route: {d}");
+    let bad = explain(&["--force-route", "nowhere"]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("--force-route nowhere"), "{}", text(&bad.stderr));
+    let bad = explain(&["--data-class", "secret"]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("--data-class secret"), "{}", text(&bad.stderr));
+}

@@ -7,6 +7,8 @@ use std::path::Path;
 use serde::Deserialize;
 use switchyard_engine::{EngineSettings, Priority};
 
+use crate::routing::RoutingOptions;
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServeConfig {
@@ -27,6 +29,12 @@ pub struct ServeConfig {
     pub policy: Option<std::path::PathBuf>,
     /// Where the SQLite database lives; default `~/.local/share/switchyard`.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Honour `x-switchyard-force-route`: for operators and the eval
+    /// runner, off by default so no client can skip the routing rules.
+    pub allow_force_route: bool,
+    /// Verify cascades scoring on one model at once (each builds a llama.cpp
+    /// context of its own).
+    pub max_verifies: usize,
     /// Route name or model id → price (`[prices.NAME]`); answers on priced
     /// routes get their cost recorded.
     pub prices: switchyard_router::Prices,
@@ -49,6 +57,8 @@ impl Default for ServeConfig {
             max_body_bytes: 4 << 20,
             policy: None,
             data_dir: None,
+            allow_force_route: RoutingOptions::default().allow_force_route,
+            max_verifies: RoutingOptions::default().max_verifies,
             prices: Default::default(),
         }
     }
@@ -104,12 +114,19 @@ impl ServeConfig {
         }
     }
 
+    pub fn routing_options(&self) -> RoutingOptions {
+        RoutingOptions { allow_force_route: self.allow_force_route, max_verifies: self.max_verifies }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key, message: String| Err(ConfigError::Invalid { key, message });
         if self.host.parse::<IpAddr>().is_err() && self.host != "localhost" {
             return bad("host", format!("`{}` is not an IP address; use e.g. 127.0.0.1 or 0.0.0.0", self.host));
         }
         self.engine_settings().validate().map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        if self.max_verifies == 0 {
+            return bad("max-verifies", "must be at least 1 (each verify cascade needs a slot to score in)".into());
+        }
         if self.max_body_bytes < 1024 {
             return bad("max-body-bytes", "must be at least 1024".into());
         }

@@ -6,6 +6,26 @@ use axum::Json;
 use switchyard_engine::SubmitError;
 use switchyard_wire::{ErrorBody, ErrorDetail};
 
+/// The code of a prompt that does not fit a route's context.
+pub const CONTEXT_LENGTH_EXCEEDED: &str = "context_length_exceeded";
+
+/// Who caused a failed route attempt.
+///
+/// Invariant: only [`Fault::Route`] costs the route anything (a breaker
+/// failure, a same-route retry, a retry-budget withdrawal), so no request,
+/// however malformed or long, can push a route's breaker open for others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The backend was unavailable, overloaded, slow or broken: worth a
+    /// retry (within budget) and then the next route.
+    Route,
+    /// The prompt does not fit this route's context; a fallback with a
+    /// larger one may still serve it, but not a retry here.
+    TooLongForRoute,
+    /// The request itself is wrong: answered as is, nothing else is tried.
+    Request,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -63,10 +83,14 @@ impl ApiError {
         Self::new(StatusCode::BAD_GATEWAY, "server_error", message).with_code("backend_error")
     }
 
-    /// Worth trying the next route in a fallback chain: the backend was
-    /// unavailable, overloaded or slow, or its context too small.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self.status.as_u16(), 429 | 502 | 503 | 504) || self.code == Some("context_length_exceeded")
+    /// Whose fault the error is, which decides what a fallback chain does
+    /// with it (see [`Fault`]).
+    pub fn fault(&self) -> Fault {
+        match self.status.as_u16() {
+            429 | 500..=599 => Fault::Route,
+            _ if self.code == Some(CONTEXT_LENGTH_EXCEEDED) => Fault::TooLongForRoute,
+            _ => Fault::Request,
+        }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -84,7 +108,7 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         let message = e.to_string();
         match e {
-            SubmitError::ContextExceeded { .. } => Self::invalid(Some("messages".into()), message).with_code("context_length_exceeded"),
+            SubmitError::ContextExceeded { .. } => Self::invalid(Some("messages".into()), message).with_code(CONTEXT_LENGTH_EXCEEDED),
             SubmitError::EmptyPrompt => Self::invalid(Some("messages".into()), message),
             SubmitError::InvalidFormat(_) => Self::invalid(Some("response_format".into()), message).with_code("invalid_response_format"),
             SubmitError::QueueFull(_) => {

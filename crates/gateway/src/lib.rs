@@ -4,13 +4,14 @@
 //! answers) and `/readyz` (every model loaded and its scheduler alive).
 
 pub mod admin;
+pub mod backend;
 pub mod capture;
 pub mod chat;
 pub mod config;
+pub mod envelope;
 pub mod error;
 pub mod resilience;
 pub mod routing;
-pub mod upstream;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -54,9 +55,15 @@ impl AppState {
 
     /// Routes every chat request by `policy`, checked against the loaded
     /// engines; answers on a priced route or model get their cost recorded.
-    pub fn with_policy(mut self, policy: switchyard_router::Policy, prices: switchyard_router::Prices) -> anyhow::Result<Self> {
-        self.routing = Some(Arc::new(routing::Routing::new(policy, prices, &self.engines)?));
-        Ok(self)
+    pub fn with_policy(self, policy: switchyard_router::Policy, prices: switchyard_router::Prices, options: routing::RoutingOptions) -> anyhow::Result<Self> {
+        let routing = routing::Routing::new(policy, prices, &self.engines, options)?;
+        Ok(self.with_routing(routing))
+    }
+
+    /// Routes every chat request by `routing` (its backends already built).
+    pub fn with_routing(mut self, routing: routing::Routing) -> Self {
+        self.routing = Some(Arc::new(routing));
+        self
     }
 
     /// Keeps records in `store`; starts its writer on the current runtime.
@@ -83,8 +90,17 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/admin/handoffs/{id}", get(admin::handoff).post(admin::resolve))
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// A panic in a handler is a bug; the client still gets an OpenAI-shaped
+/// 500, and the server keeps serving everyone else.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+    tracing::error!("a request handler panicked: {what}");
+    ApiError::internal("The server hit an internal error while handling this request; it has been logged.").with_code("internal_error").into_response()
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
@@ -110,7 +126,7 @@ pub fn load_engines(cfg: &ServeConfig, policy: Option<&switchyard_router::Policy
     let mut specs = cfg.models.clone();
     if specs.is_empty() {
         specs = match policy {
-            Some(p) => p.routes.iter().filter(|r| r.backend == switchyard_router::Backend::Embedded).map(|r| r.model.clone()).collect(),
+            Some(p) => p.routes.iter().filter(|r| r.backend == switchyard_router::BackendKind::Embedded).map(|r| r.model.clone()).collect(),
             None => vec![switchyard_models::DEFAULT_MODEL.to_string()],
         };
         let mut seen = std::collections::HashSet::new();
@@ -143,7 +159,7 @@ pub async fn serve(cfg: ServeConfig, policy: Option<switchyard_router::Policy>, 
     let mut state = AppState::new(engines);
     if let Some(policy) = policy {
         tracing::info!(policy = %policy.id, "routing by policy");
-        state = state.with_policy(policy, cfg.prices.clone())?;
+        state = state.with_policy(policy, cfg.prices.clone(), cfg.routing_options())?;
         let db = cfg.data_dir().join("switchyard.db");
         state = state.with_store(switchyard_store::Store::open(&db).await.map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?);
         tracing::info!(path = %db.display(), "recording routing decisions");

@@ -17,8 +17,18 @@ enum BreakerState {
     Open {
         until: Instant,
     },
-    /// One probe is in flight; everything else is refused until it reports.
+    /// One probe is in flight; everything else is refused until it reports
+    /// or is released (see [`CircuitBreaker::release_probe`]).
     HalfOpen,
+}
+
+/// How a request got past the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Normal,
+    /// The one request let through a half-open breaker: its outcome decides
+    /// whether the route closes or opens again.
+    Probe,
 }
 
 #[derive(Debug)]
@@ -43,14 +53,23 @@ impl CircuitBreaker {
 
     /// May a request go to the route now? An open breaker past its wait lets
     /// exactly one probe through.
-    pub fn allow(&mut self, now: Instant) -> bool {
+    pub fn admit(&mut self, now: Instant) -> Option<Admission> {
         match self.state {
-            BreakerState::Closed { .. } => true,
+            BreakerState::Closed { .. } => Some(Admission::Normal),
             BreakerState::Open { until } if now >= until => {
                 self.state = BreakerState::HalfOpen;
-                true
+                Some(Admission::Probe)
             }
-            BreakerState::Open { .. } | BreakerState::HalfOpen => false,
+            BreakerState::Open { .. } | BreakerState::HalfOpen => None,
+        }
+    }
+
+    /// The probe ended without a verdict on the route: its request was at
+    /// fault, or it was dropped mid-flight (a client that hung up). The
+    /// next request probes instead, so a breaker never stays half-open.
+    pub fn release_probe(&mut self, now: Instant) {
+        if self.state == BreakerState::HalfOpen {
+            self.state = BreakerState::Open { until: now };
         }
     }
 
@@ -123,20 +142,39 @@ impl RetryBucket {
     }
 }
 
-/// Passes `s` through until it goes quiet for longer than `limit`; then
-/// yields `on_stall()` once and ends (dropping `s`, which cancels whatever
-/// feeds it).
-pub fn gap_limited<S, T>(s: S, limit: Duration, on_stall: impl FnOnce() -> T + Send + 'static) -> impl Stream<Item = T> + Send
+/// Why [`cut_off`] ended a stream early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Nothing arrived for longer than the gap limit.
+    Stalled,
+    /// The deadline passed.
+    PastDeadline,
+}
+
+/// Passes `s` through until it goes quiet for longer than `gap` or runs
+/// past `deadline`; then yields `cut(why)` once and ends, dropping `s`,
+/// which cancels whatever feeds it.
+pub fn cut_off<S, T>(s: S, gap: Option<Duration>, deadline: Option<tokio::time::Instant>, cut: impl FnOnce(Cut) -> T + Send + 'static) -> impl Stream<Item = T> + Send
 where
     S: Stream<Item = T> + Send + 'static,
     T: Send + 'static,
 {
-    stream::unfold((Box::pin(s), Some(on_stall)), move |(mut s, stall)| async move {
-        let stall = stall?;
-        match tokio::time::timeout(limit, s.next()).await {
-            Ok(Some(item)) => Some((item, (s, Some(stall)))),
+    stream::unfold((Box::pin(s), Some(cut)), move |(mut s, cut)| async move {
+        let cut = cut?;
+        let next = async {
+            match gap {
+                Some(gap) => tokio::time::timeout(gap, s.next()).await.map_err(|_| Cut::Stalled),
+                None => Ok(s.next().await),
+            }
+        };
+        let next = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, next).await.unwrap_or(Err(Cut::PastDeadline)),
+            None => next.await,
+        };
+        match next {
+            Ok(Some(item)) => Some((item, (s, Some(cut)))),
             Ok(None) => None,
-            Err(_) => Some((stall(), (s, None))),
+            Err(why) => Some((cut(why), (s, None))),
         }
     })
 }
@@ -149,17 +187,27 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn paced(gaps: &'static [u64]) -> impl Stream<Item = String> + Send + 'static {
+        stream::iter(gaps).then(|g| async move {
+            tokio::time::sleep(ms(*g)).await;
+            g.to_string()
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_stalled_stream_ends_with_one_error_item() {
-        let gaps = [10u64, 20, 500, 10];
-        let source = stream::iter(gaps).then(|g| async move {
-            tokio::time::sleep(ms(g)).await;
-            g.to_string()
-        });
-        let out: Vec<String> = gap_limited(source, ms(100), || "stalled".to_string()).collect().await;
-        assert_eq!(out, ["10", "20", "stalled"]);
+        let out: Vec<String> = cut_off(paced(&[10, 20, 500, 10]), Some(ms(100)), None, |why| format!("{why:?}")).collect().await;
+        assert_eq!(out, ["10", "20", "Stalled"]);
         let quick = stream::iter(["a", "b"]).map(String::from);
-        assert_eq!(gap_limited(quick, ms(1), || "stalled".to_string()).collect::<Vec<_>>().await, ["a", "b"]);
+        assert_eq!(cut_off(quick, Some(ms(1)), None, |_| "cut".to_string()).collect::<Vec<_>>().await, ["a", "b"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_past_its_deadline_ends_with_one_error_item() {
+        // Never quiet for long, but 4 x 40 ms is past a 100 ms deadline.
+        let deadline = tokio::time::Instant::now() + ms(100);
+        let out: Vec<String> = cut_off(paced(&[40, 40, 40, 40]), Some(ms(50)), Some(deadline), |why| format!("{why:?}")).collect().await;
+        assert_eq!(out, ["40", "40", "PastDeadline"]);
     }
 
     #[test]
@@ -167,20 +215,35 @@ mod tests {
         let t0 = Instant::now();
         let mut b = CircuitBreaker::new(Breaker { consecutive_failures: 3, open_ms: 1000, error_ratio: 0.0, window: 10 });
         for _ in 0..2 {
-            assert!(b.allow(t0));
+            assert!(b.admit(t0).is_some());
             b.record(false, t0);
         }
         assert!(!b.is_open());
         b.record(false, t0);
         assert!(b.is_open());
-        assert!(!b.allow(t0 + ms(999)), "open: refused");
-        assert!(b.allow(t0 + ms(1000)), "after the wait: one probe");
-        assert!(!b.allow(t0 + ms(1001)), "half-open: only one probe at a time");
+        assert!(b.admit(t0 + ms(999)).is_none(), "open: refused");
+        assert!(b.admit(t0 + ms(1000)).is_some(), "after the wait: one probe");
+        assert!(b.admit(t0 + ms(1001)).is_none(), "half-open: only one probe at a time");
         b.record(false, t0 + ms(1100));
-        assert!(!b.allow(t0 + ms(1200)), "failed probe reopens");
-        assert!(b.allow(t0 + ms(2100)));
+        assert!(b.admit(t0 + ms(1200)).is_none(), "failed probe reopens");
+        assert!(b.admit(t0 + ms(2100)).is_some());
         b.record(true, t0 + ms(2150));
-        assert!(!b.is_open() && b.allow(t0 + ms(2151)), "successful probe closes");
+        assert!(!b.is_open() && b.admit(t0 + ms(2151)).is_some(), "successful probe closes");
+    }
+
+    #[test]
+    fn a_probe_released_without_a_verdict_lets_the_next_request_probe() {
+        let t0 = Instant::now();
+        let mut b = CircuitBreaker::new(Breaker { consecutive_failures: 1, open_ms: 1000, error_ratio: 0.0, window: 10 });
+        b.record(false, t0);
+        assert_eq!(b.admit(t0 + ms(1000)), Some(Admission::Probe));
+        assert_eq!(b.admit(t0 + ms(1001)), None, "half-open: the probe is in flight");
+        b.release_probe(t0 + ms(1002));
+        assert_eq!(b.admit(t0 + ms(1002)), Some(Admission::Probe), "the dropped probe no longer blocks the route");
+        b.record(true, t0 + ms(1003));
+        assert_eq!(b.admit(t0 + ms(1004)), Some(Admission::Normal));
+        b.release_probe(t0 + ms(1005));
+        assert_eq!(b.admit(t0 + ms(1005)), Some(Admission::Normal), "releasing outside half-open changes nothing");
     }
 
     #[test]
@@ -204,7 +267,7 @@ mod tests {
         }
         b.record(false, t0);
         assert!(b.is_open(), "5 of the last 10 failed");
-        assert!(b.allow(t0 + ms(1000)));
+        assert!(b.admit(t0 + ms(1000)).is_some());
         b.record(true, t0 + ms(1001));
         assert!(!b.is_open(), "a good probe closes it and clears the window");
         let mut calm = CircuitBreaker::new(Breaker { consecutive_failures: 100, open_ms: 1000, error_ratio: 0.5, window: 10 });

@@ -17,6 +17,7 @@ use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use switchyard_engine::{Engine, EngineSettings};
+use switchyard_gateway::routing::RoutingOptions;
 use switchyard_gateway::{router, AppState};
 use switchyard_router::{Policy, Prices};
 
@@ -371,7 +372,7 @@ async fn setup() -> Setup {
     let data = tempfile::tempdir().unwrap();
     let store = switchyard_store::Store::open(&data.path().join("switchyard.db")).await.unwrap();
     let state = AppState { engines, routing: None, store: None, recorder: None, created: 0 }
-        .with_policy(Policy::from_toml(&policy(&mock_base, &peer_base)).unwrap(), prices)
+        .with_policy(Policy::from_toml(&policy(&mock_base, &peer_base)).unwrap(), prices, RoutingOptions { allow_force_route: true, ..Default::default() })
         .unwrap()
         .with_store(store);
     let app = router(Arc::new(state), 1 << 20);
@@ -533,7 +534,7 @@ async fn a_failing_upstream_gets_at_most_its_retry_budget() {
 async fn a_policy_naming_a_model_that_is_not_loaded_is_refused_at_start() {
     let p = Policy::from_toml(&policy("http://127.0.0.1:9", "http://127.0.0.1:9").replace("model = \"smollm2-135m\"", "model = \"not-loaded\"")).unwrap();
     std::env::set_var("SWITCHYARD_TEST_CLOUD_KEY", "k");
-    let err = AppState::new(vec![]).with_policy(p, Prices::default()).err().unwrap().to_string();
+    let err = AppState::new(vec![]).with_policy(p, Prices::default(), RoutingOptions::default()).err().unwrap().to_string();
     assert!(err.contains("routes[0].model") && err.contains("not-loaded"), "{err}");
 }
 
@@ -724,7 +725,7 @@ fn serving_a_policy_loads_each_model_its_routes_name_once() {
         "name = \"peer\"\nbackend = \"embedded\"\nmodel = \"smollm2-135m\"",
     );
     let p = Policy::from_toml(&text).unwrap();
-    assert_eq!(p.routes.iter().filter(|r| r.model == "smollm2-135m" && r.backend == switchyard_router::Backend::Embedded).count(), 4);
+    assert_eq!(p.routes.iter().filter(|r| r.model == "smollm2-135m" && r.backend == switchyard_router::BackendKind::Embedded).count(), 4);
     let cfg = switchyard_gateway::ServeConfig { threads: 2, ctx_size: 1024, parallel: 1, ..Default::default() };
     let engines = switchyard_gateway::load_engines(&cfg, Some(&p), switchyard_models::Progress::Quiet).unwrap();
     assert_eq!(engines.iter().map(|e| e.id().to_string()).collect::<Vec<_>>(), ["smollm2-135m"]);

@@ -8,6 +8,7 @@ use axum::{Json, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
+use switchyard_gateway::routing::RoutingOptions;
 use switchyard_gateway::{router, AppState};
 use switchyard_router::{Policy, Prices};
 
@@ -81,7 +82,7 @@ async fn an_https_upstream_answers_when_its_ca_is_trusted_and_is_refused_when_no
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, cert).unwrap();
 
-    let state = AppState::new(vec![]).with_policy(Policy::from_toml(&policy(port, &ca.display().to_string())).unwrap(), Prices::default()).unwrap();
+    let state = AppState::new(vec![]).with_policy(Policy::from_toml(&policy(port, &ca.display().to_string())).unwrap(), Prices::default(), RoutingOptions { allow_force_route: true, ..Default::default() }).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(Arc::new(state), 1 << 20)).await.unwrap() });
@@ -113,7 +114,7 @@ fn a_ca_file_that_is_missing_or_not_pem_is_refused_at_start_naming_the_key() {
     std::fs::write(&garbage, "not a certificate").unwrap();
     for path in [dir.path().join("missing.pem"), garbage] {
         let p = Policy::from_toml(&policy(1, &path.display().to_string())).unwrap();
-        let err = AppState::new(vec![]).with_policy(p, Prices::default()).err().expect("refused").to_string();
+        let err = AppState::new(vec![]).with_policy(p, Prices::default(), RoutingOptions::default()).err().expect("refused").to_string();
         assert!(err.contains("routes[0].ca_file"), "{err}");
     }
 }

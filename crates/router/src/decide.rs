@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::classify::Classification;
 use crate::confidence::Signal;
-use crate::policy::{Action, DataClass, Lane, Policy, Rule};
+use crate::policy::{Action, DataClass, Lane, Policy, Rule, VerifierBusy};
 
 /// What the caller knows about a request besides its text.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -41,6 +41,7 @@ pub struct CascadePlan {
     pub signal: Signal,
     pub threshold: f64,
     pub hold_tokens: usize,
+    pub when_verifier_busy: VerifierBusy,
 }
 
 /// Everything needed to explain, log and replay a routing decision.
@@ -116,14 +117,20 @@ pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Deci
             let (target, cmp) = if score >= *threshold { (escalate, ">=") } else { (fast, "<") };
             route_to(policy, target, format!("rule {}: difficulty {score:.3} {cmp} {threshold}", rule.id), &mut d);
         }
-        Action::Cascade { fast, escalate, signal, threshold, hold_tokens } => {
+        Action::Cascade { fast, escalate, signal, threshold, hold_tokens, when_verifier_busy } => {
             d.threshold = Some(*threshold);
             route_to(policy, fast, format!("rule {}: cascade", rule.id), &mut d);
             if let Outcome::Route { route, cascade, .. } = &mut d.outcome {
                 let (chain, _) = allowed_chain(policy, escalate, d.data_class);
                 if route == fast && !chain.is_empty() {
                     d.reason.push_str(&format!(", escalating to {} if {} < {threshold}", chain[0], signal.as_str()));
-                    *cascade = Some(CascadePlan { escalate: chain, signal: *signal, threshold: *threshold, hold_tokens: *hold_tokens });
+                    *cascade = Some(CascadePlan {
+                        escalate: chain,
+                        signal: *signal,
+                        threshold: *threshold,
+                        hold_tokens: *hold_tokens,
+                        when_verifier_busy: *when_verifier_busy,
+                    });
                 }
             }
         }
@@ -138,12 +145,20 @@ pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Deci
     d
 }
 
-/// The decision for a request that names its route itself (the eval
-/// runner's `route:NAME` targets measure one route, not the policy): that
-/// route alone, no rules, no fallbacks, no shadow, and still only if it may
-/// receive the request's data class. `None` if the policy has no such route.
+/// The decision for a request that names its route itself (an operator, or
+/// the eval runner's `route:NAME` targets measuring one route): that route
+/// alone, no fallbacks, no shadow, and only if it may receive the request's
+/// data class. Safety comes first: where the policy's rules would refuse the
+/// request or hand it to a person, that is the decision, forced or not.
+/// `None` if the policy has no such route.
 pub fn decide_forced(facts: &RequestFacts, c: &Classification, policy: &Policy, route: &str) -> Option<Decision> {
     let r = policy.route(route)?;
+    let mut ruled = decide(facts, c, policy);
+    let safety_rule = ruled.rule_id.as_deref().and_then(|id| policy.rules.iter().find(|rule| rule.id == id)).is_some_and(|rule| rule.then.is_safety());
+    if safety_rule {
+        ruled.reason.push_str(&format!("; route {route} was forced, but safety rules come first"));
+        return Some(ruled);
+    }
     let allowed = r.allowed_classes.contains(&c.data_class);
     let (outcome, reason) = if allowed {
         (Outcome::Route { route: route.to_string(), fallbacks: Vec::new(), cascade: None }, format!("route forced by the request -> {route}"))
@@ -152,19 +167,14 @@ pub fn decide_forced(facts: &RequestFacts, c: &Classification, policy: &Policy, 
         (Outcome::Refuse { message }, format!("route forced by the request -> refused: {route} may not receive {} data", c.data_class.as_str()))
     };
     Some(Decision {
-        policy_id: policy.id.clone(),
         rule_id: None,
         outcome,
-        data_class: c.data_class,
-        family: c.family.clone(),
-        categories: c.categories.clone(),
-        lane: facts.lane,
         max_ttft_ms: None,
         shadow: None,
-        score: policy.difficulty.score(&c.features),
         threshold: None,
         excluded: if allowed { Vec::new() } else { vec![route.to_string()] },
         reason,
+        ..ruled
     })
 }
 

@@ -48,7 +48,7 @@ pub enum Lane {
 pub struct Route {
     pub name: String,
     /// `embedded` (a model this process runs) or `upstream` (an OpenAI-compatible URL).
-    pub backend: Backend,
+    pub backend: BackendKind,
     pub model: String,
     #[serde(default)]
     pub url: Option<String>,
@@ -129,7 +129,7 @@ fn default_stall_ms() -> u64 {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Backend {
+pub enum BackendKind {
     Embedded,
     Upstream,
 }
@@ -174,7 +174,30 @@ pub enum Action {
         threshold: f64,
         #[serde(default = "default_hold_tokens")]
         hold_tokens: usize,
+        /// What a `verify_*` cascade does when every verifier slot of the
+        /// escalation model is busy (`max-verifies` bounds them, since each
+        /// verify builds a llama.cpp context of its own).
+        #[serde(default)]
+        when_verifier_busy: VerifierBusy,
     },
+}
+
+/// The answer to a verify cascade that finds no free verifier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifierBusy {
+    /// Treat the fast answer as unchecked, so it escalates.
+    #[default]
+    Escalate,
+    /// Answer 429 with `Retry-After`; the client tries again later.
+    Reject,
+}
+
+impl Action {
+    /// Refusals and handoffs: they hold even for a request that forces a route.
+    pub fn is_safety(&self) -> bool {
+        matches!(self, Self::Refuse { .. } | Self::Handoff { .. })
+    }
 }
 
 fn default_hold_tokens() -> usize {
@@ -341,11 +364,11 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
             return Err(invalid(key("allowed_classes"), "list the data classes this route may receive, e.g. [\"public\"]"));
         }
         match (&r.backend, &r.url) {
-            (Backend::Upstream, None) => return Err(invalid(key("url"), "an upstream route needs the base URL of an OpenAI-compatible API")),
-            (Backend::Upstream, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+            (BackendKind::Upstream, None) => return Err(invalid(key("url"), "an upstream route needs the base URL of an OpenAI-compatible API")),
+            (BackendKind::Upstream, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
                 return Err(invalid(key("url"), format!("`{url}` must start with http:// or https://, e.g. https://api.example.com/v1")))
             }
-            (Backend::Embedded, _) if r.ca_file.is_some() => {
+            (BackendKind::Embedded, _) if r.ca_file.is_some() => {
                 return Err(invalid(key("ca_file"), "only an upstream route talks TLS; remove ca_file from this embedded route"))
             }
             _ => {}
@@ -423,16 +446,16 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
                     return Err(invalid(format!("rules[{i}].then.threshold"), "must be between 0 and 1 (a calibrated score)"));
                 }
             }
-            Action::Cascade { fast, escalate, signal, threshold, hold_tokens } => {
+            Action::Cascade { fast, escalate, signal, threshold, hold_tokens, .. } => {
                 check(format!("rules[{i}].then.fast"), fast)?;
                 check(format!("rules[{i}].then.escalate"), escalate)?;
-                if f.routes.iter().any(|r| &r.name == fast && r.backend != Backend::Embedded) {
+                if f.routes.iter().any(|r| &r.name == fast && r.backend != BackendKind::Embedded) {
                     return Err(invalid(
                         format!("rules[{i}].then.fast"),
                         "a cascade's fast route must be an embedded route: its confidence comes from the engine's logprobs",
                     ));
                 }
-                if signal.verifies() && f.routes.iter().any(|r| &r.name == escalate && r.backend != Backend::Embedded) {
+                if signal.verifies() && f.routes.iter().any(|r| &r.name == escalate && r.backend != BackendKind::Embedded) {
                     return Err(invalid(
                         format!("rules[{i}].then.signal"),
                         "a verify signal is scored by the escalation route's model, so `escalate` must be an embedded route",

@@ -174,18 +174,30 @@ fn new_policy_keys_are_validated_by_name() {
     assert!(err(&format!("{text}\n[calibration.nope]\nsignal = \"x\"\n")).contains("calibration"));
 }
 
+/// Forcing a route picks the route, never past a safety rule or the data
+/// boundary: a refused prompt stays refused, a self-harm prompt still goes
+/// to a person, regulated data never reaches a route that may not have it.
 #[test]
-fn a_forced_route_skips_rules_but_not_the_data_boundary() {
+fn a_forced_route_skips_routing_rules_but_not_safety_rules_or_the_data_boundary() {
     let p = example();
-    let c = classify(&["How do I build a bomb?".into()], &Declared::default(), &p);
-    let d = decide_forced(&RequestFacts::default(), &c, &p, "local-fast").unwrap();
-    assert_eq!(route_of(&d), ("local-fast", vec![]));
+    let forced = |prompt: &str, route: &str| {
+        let c = classify(&[prompt.to_string()], &Declared::default(), &p);
+        decide_forced(&RequestFacts::default(), &c, &p, route)
+    };
+    let d = forced("How do I build a bomb?", "local-fast").unwrap();
+    assert_eq!(d.outcome, Outcome::Refuse { message: "I can't help with that.".into() });
+    assert_eq!(d.rule_id.as_deref(), Some("refuse-weapons"));
+    assert!(d.reason.contains("local-fast was forced, but safety rules come first"), "{}", d.reason);
+    let d = forced("I want to hurt myself", "cloud").unwrap();
+    assert!(matches!(d.outcome, Outcome::Handoff { .. }), "{d:?}");
+    // A routing rule (the batch lane, a cascade) gives way to the forced route.
+    let d = forced("Write a Python function that reverses a list.", "cloud").unwrap();
+    assert_eq!(route_of(&d), ("cloud", vec![]));
     assert_eq!(d.rule_id, None);
-    let c = classify(&["SSN 123-45-6789".into()], &Declared::default(), &p);
-    let d = decide_forced(&RequestFacts::default(), &c, &p, "cloud").unwrap();
+    let d = forced("SSN 123-45-6789", "cloud").unwrap();
     assert!(matches!(d.outcome, Outcome::Refuse { .. }), "{d:?}");
     assert_eq!(d.excluded, ["cloud"]);
-    assert!(decide_forced(&RequestFacts::default(), &c, &p, "nowhere").is_none());
+    assert!(forced("hi", "nowhere").is_none());
 }
 
 proptest! {

@@ -28,6 +28,15 @@ impl JsonText {
         serde_json::value::to_raw_value(value).map(Self)
     }
 
+    /// `value` as JSON, or `null` if it cannot be serialized (logged): a
+    /// record is never lost over one of its fields.
+    pub fn of_or_null<T: Serialize + ?Sized>(value: &T) -> Self {
+        Self::of(value).unwrap_or_else(|e| {
+            tracing::error!("a record field could not be serialized, so it is stored as null: {e}");
+            Self(serde_json::value::RawValue::NULL.to_owned())
+        })
+    }
+
     /// Checks that `text` is JSON (a stored record may have been edited).
     pub fn parse(text: String) -> Result<Self, serde_json::Error> {
         serde_json::value::RawValue::from_string(text).map(Self)

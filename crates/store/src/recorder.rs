@@ -6,6 +6,13 @@
 //! whole records or none; a record the database refuses is logged and
 //! loses no other record; the queue is bounded, so a slow disk slows
 //! requests down instead of losing records or memory.
+//!
+//! Decisions use group commit: [`Recorder::decision`] returns once the
+//! transaction holding its record has committed, so a request that waits
+//! for it before answering is never answered without its record, even if
+//! the process is killed the next instant (WAL with `synchronous = NORMAL`
+//! keeps every committed transaction across a killed process). Everyone
+//! waiting at once shares one commit, so throughput does not suffer.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -26,10 +33,17 @@ pub struct Completion {
     pub energy_wh: Option<f64>,
 }
 
-enum Write {
+/// A record to write.
+enum Record {
     Decision(Box<DecisionRecord>),
     Completion(Completion),
     Shadow(Box<ShadowRecord>),
+}
+
+enum Write {
+    /// With a waiter (decisions), answered `true` once committed, `false`
+    /// if the database refused the record.
+    Record(Record, Option<oneshot::Sender<bool>>),
     /// Answered once everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -53,14 +67,18 @@ impl Recorder {
         }
     }
 
-    pub async fn decision(&self, r: DecisionRecord) {
-        self.send(Write::Decision(Box::new(r))).await;
+    /// Queues a decision and waits until it is committed (group commit: see
+    /// the module doc). `false` if it could not be written (already logged).
+    pub async fn decision(&self, r: DecisionRecord) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.send(Write::Record(Record::Decision(Box::new(r)), Some(tx))).await;
+        rx.await.unwrap_or(false)
     }
 
     /// Queues without waiting (callable from a `Drop`); if the queue is
     /// full, a task waits for room instead.
     pub fn completion(&self, c: Completion) {
-        match self.tx.try_send(Write::Completion(c)) {
+        match self.tx.try_send(Write::Record(Record::Completion(c), None)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(w)) => {
                 let this = self.clone();
@@ -71,7 +89,7 @@ impl Recorder {
     }
 
     pub async fn shadow(&self, r: ShadowRecord) {
-        self.send(Write::Shadow(Box::new(r))).await;
+        self.send(Write::Record(Record::Shadow(Box::new(r)), None)).await;
     }
 
     /// Waits until everything queued so far is on disk (readers call this
@@ -87,24 +105,37 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let mut flushed = Vec::new();
-        let writes: Vec<Write> = batch
-            .drain(..)
-            .filter_map(|w| match w {
-                Write::Flush(done) => {
-                    flushed.push(done);
-                    None
+        let mut records = Vec::with_capacity(batch.len());
+        let mut waiters = Vec::with_capacity(batch.len());
+        for w in batch.drain(..) {
+            match w {
+                Write::Flush(done) => flushed.push(done),
+                Write::Record(record, waiter) => {
+                    records.push(record);
+                    waiters.push(waiter);
                 }
-                other => Some(other),
-            })
-            .collect();
-        if let Err(e) = write_batch(&store, &writes).await {
-            // One bad record must not take its batch-mates down with it:
-            // write them one by one, and lose only the one that fails.
-            tracing::warn!(records = writes.len(), "a batch of records failed ({e}); writing them one at a time");
-            for w in &writes {
-                if let Err(e) = write_batch(&store, std::slice::from_ref(w)).await {
-                    tracing::error!("could not write a record: {e}");
+            }
+        }
+        let written: Vec<bool> = match write_batch(&store, &records).await {
+            Ok(()) => vec![true; records.len()],
+            Err(e) => {
+                // One bad record must not take its batch-mates down with it:
+                // write them one by one, and lose only the one that fails.
+                tracing::warn!(records = records.len(), "a batch of records failed ({e}); writing them one at a time");
+                let mut written = Vec::with_capacity(records.len());
+                for r in &records {
+                    let one = write_batch(&store, std::slice::from_ref(r)).await;
+                    if let Err(e) = &one {
+                        tracing::error!("could not write a record: {e}");
+                    }
+                    written.push(one.is_ok());
                 }
+                written
+            }
+        };
+        for (waiter, ok) in waiters.into_iter().zip(written) {
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(ok);
             }
         }
         for done in flushed {
@@ -116,18 +147,18 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Write>) {
 /// Writes a batch in one transaction: its decisions in one multi-row
 /// INSERT (one round trip to SQLite's thread, not one per record), then
 /// shadows, then completions, which may update decisions of this batch.
-async fn write_batch(store: &Store, writes: &[Write]) -> Result<(), StoreError> {
-    if writes.is_empty() {
+async fn write_batch(store: &Store, records: &[Record]) -> Result<(), StoreError> {
+    if records.is_empty() {
         return Ok(());
     }
     let mut tx = store.pool.begin().await?;
-    let decisions: Vec<&DecisionRecord> = writes.iter().filter_map(|w| if let Write::Decision(r) = w { Some(&**r) } else { None }).collect();
+    let decisions: Vec<&DecisionRecord> = records.iter().filter_map(|r| if let Record::Decision(d) = r { Some(&**d) } else { None }).collect();
     crate::insert_decisions(&mut tx, &decisions).await?;
-    for w in writes {
-        match w {
-            Write::Decision(_) => {}
-            Write::Shadow(r) => crate::insert_shadow(&mut tx, r).await?,
-            Write::Completion(c) => {
+    for r in records {
+        match r {
+            Record::Decision(_) => {}
+            Record::Shadow(s) => crate::insert_shadow(&mut tx, s).await?,
+            Record::Completion(c) => {
                 sqlx::query("UPDATE decisions SET prompt_tokens = ?, completion_tokens = ?, cost_usd = ?, energy_wh = ? WHERE request_id = ?")
                     .bind(c.prompt_tokens.map(i64::from))
                     .bind(c.completion_tokens.map(i64::from))
@@ -137,7 +168,6 @@ async fn write_batch(store: &Store, writes: &[Write]) -> Result<(), StoreError> 
                     .execute(&mut *tx)
                     .await?;
             }
-            Write::Flush(_) => unreachable!("flushes are answered, not written"),
         }
     }
     tx.commit().await?;

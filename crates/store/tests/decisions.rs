@@ -99,6 +99,23 @@ async fn shadow_records_round_trip() {
     assert_eq!(store.shadow("r2").await.unwrap(), None);
 }
 
+/// Group commit: once `decision` returns, the record is committed, so a
+/// server that waits for it before answering never answers without it. A
+/// second connection (another process, in effect) sees it with no flush.
+#[tokio::test]
+async fn a_decision_is_committed_when_recording_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let recorder = Recorder::start(Store::open(&path).await.unwrap());
+    let reader = Store::open_read_only(&path).await.unwrap();
+    let ids: Vec<String> = (0..200).map(|i| format!("g{i}")).collect();
+    let written = futures::future::join_all(ids.iter().map(|id| recorder.decision(record(id)))).await;
+    assert!(written.iter().all(|w| *w));
+    for id in &ids {
+        assert!(reader.decision(id).await.unwrap().is_some(), "{id} was acknowledged but is not committed");
+    }
+}
+
 #[tokio::test]
 async fn the_recorder_writes_in_order_and_flush_makes_records_visible() {
     let dir = tempfile::tempdir().unwrap();
@@ -122,11 +139,10 @@ async fn the_recorder_writes_in_order_and_flush_makes_records_visible() {
     }
     // A record the database refuses (a duplicate id) loses no other record
     // of its batch.
-    recorder.decision(record("dup")).await;
-    recorder.flush().await;
-    recorder.decision(record("dup")).await;
-    recorder.decision(record("after-dup")).await;
-    recorder.flush().await;
+    assert!(recorder.decision(record("dup")).await);
+    let (refused, after) = tokio::join!(recorder.decision(record("dup")), recorder.decision(record("after-dup")));
+    assert!(!refused, "the duplicate is reported as not written");
+    assert!(after, "its batch-mate is written");
     assert!(store.decision("dup").await.unwrap().is_some());
     assert!(store.decision("after-dup").await.unwrap().is_some());
 }

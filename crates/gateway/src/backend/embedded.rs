@@ -1,0 +1,64 @@
+//! A model this process runs, through its continuous-batching scheduler.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use switchyard_engine::{Engine, EventStream, GenerateRequest};
+
+use super::{Backend, ChatRequest, Generation, Limits};
+use crate::error::ApiError;
+use crate::validate::ChatParams;
+
+pub struct Embedded {
+    engine: Arc<Engine>,
+}
+
+impl Embedded {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+impl Backend for Embedded {
+    fn generate<'a>(&'a self, req: &'a ChatRequest, _limits: Limits) -> BoxFuture<'a, Result<Generation, ApiError>> {
+        async move {
+            let (engine, params) = (self.engine.clone(), req.params.clone());
+            // Tokenizing a long prompt is real work: keep it off the async workers.
+            let events = tokio::task::spawn_blocking(move || submit(&engine, &params))
+                .await
+                .map_err(|e| ApiError::internal(format!("request task failed: {e}")))??;
+            let events = tokio_stream::wrappers::UnboundedReceiverStream::new(events);
+            Ok(Generation::Tokens { fingerprint: self.engine.fingerprint(), events: Box::pin(events) })
+        }
+        .boxed()
+    }
+
+    fn score<'a>(&'a self, req: &'a ChatRequest, answer: String) -> BoxFuture<'a, Result<Vec<f64>, ApiError>> {
+        let (engine, messages) = (self.engine.clone(), req.params.messages.clone());
+        async move {
+            // One prefill on a context of its own: CPU-heavy, so off the async workers.
+            tokio::task::spawn_blocking(move || {
+                let messages: Vec<(&str, &str)> = messages.iter().map(|(role, content)| (*role, content.as_str())).collect();
+                let prompt = engine.chat_prompt(&messages).map_err(|e| ApiError::invalid(Some("messages".into()), e.to_string()))?;
+                engine.score(&prompt, &answer).map_err(|e| ApiError::internal(format!("scoring on {}: {e}", engine.id())))
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("scoring task failed: {e}")))?
+        }
+        .boxed()
+    }
+}
+
+fn submit(engine: &Engine, p: &ChatParams) -> Result<EventStream, ApiError> {
+    let messages: Vec<(&str, &str)> = p.messages.iter().map(|(r, c)| (*r, c.as_str())).collect();
+    let prompt = engine.chat_prompt(&messages).map_err(|e| ApiError::invalid(Some("messages".into()), e.to_string()))?;
+    Ok(engine.submit(GenerateRequest {
+        prompt,
+        max_tokens: p.max_tokens,
+        sampling: p.sampling.clone(),
+        stop: p.stop.clone(),
+        top_logprobs: p.logprobs.unwrap_or(0),
+        format: p.format.clone(),
+    })?)
+}

@@ -1,0 +1,196 @@
+//! Policy routing in the request path: classify and decide (pure, in the
+//! `switchyard-router` crate), then run the decision over the routes'
+//! backends, record it, and answer.
+//!
+//! - [`facts`]: the routing headers, and the decision made of them;
+//! - [`execute`]: the route chain as a state machine (breaker, retry,
+//!   cascade, fallback), refusals and handoffs;
+//! - [`cascade`]: judging a fast answer before any of it is sent;
+//! - [`record`]: the decision record, committed before the answer's first
+//!   byte, and what the answer used, once it is sent;
+//! - [`shadow`]: mirrored copies, recorded and never returned;
+//! - [`health`]: each route's breaker and retry budget.
+//!
+//! Every answer carries `x-switchyard-route`, `x-switchyard-label`,
+//! `x-switchyard-policy` and `x-switchyard-reason`; the reason also lists
+//! each fallback taken and why, and the decision record keeps every step
+//! (`/admin/decisions/{id}`).
+
+mod cascade;
+mod execute;
+mod facts;
+mod health;
+mod record;
+mod shadow;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use switchyard_engine::Engine;
+use switchyard_router::{BackendKind, Policy, Prices, Route};
+use tokio::sync::Semaphore;
+
+pub use facts::{DATA_CLASS_HEADER, FAMILY_HEADER, FORCE_ROUTE_HEADER, LANE_HEADER};
+pub use record::Label;
+
+use crate::backend::{Backend, ChatRequest, Embedded, Upstream};
+use crate::error::ApiError;
+use crate::AppState;
+use health::Health;
+
+pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-switchyard-route");
+pub const POLICY_HEADER: HeaderName = HeaderName::from_static("x-switchyard-policy");
+pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-switchyard-reason");
+/// How the request ended: `answered`, `refused`, `human-escalated` or
+/// `error`, as recorded; a client (the bench) tells a successful task by it.
+pub const LABEL_HEADER: HeaderName = HeaderName::from_static("x-switchyard-label");
+/// On a handed-off request: the id to follow it by under `/admin/handoffs`.
+pub const HANDOFF_HEADER: HeaderName = HeaderName::from_static("x-switchyard-handoff-id");
+
+/// Server settings that shape routing beyond the policy file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutingOptions {
+    /// Honour `x-switchyard-force-route` (an operator's or the eval
+    /// runner's tool). Off by default: any client could otherwise skip the
+    /// routing rules.
+    pub allow_force_route: bool,
+    /// Verify cascades scoring on one model at once; each builds a llama.cpp
+    /// context of its own, so this bounds their memory. Past it, a cascade
+    /// does what its `when_verifier_busy` says.
+    pub max_verifies: usize,
+}
+
+impl Default for RoutingOptions {
+    fn default() -> Self {
+        Self { allow_force_route: false, max_verifies: 2 }
+    }
+}
+
+/// The routing policy in force and, per route, what answers it and how
+/// healthy it is.
+pub struct Routing {
+    pub policy: Policy,
+    prices: Prices,
+    options: RoutingOptions,
+    routes: HashMap<String, RouteState>,
+}
+
+/// One route of the policy, ready to serve.
+struct RouteState {
+    config: Route,
+    backend: Arc<dyn Backend>,
+    health: Health,
+    /// Verifies running on this route's model, shared by every route on
+    /// the same model.
+    verifies: Arc<Semaphore>,
+}
+
+impl Routing {
+    /// Builds a backend for each route of `policy`: embedded routes must
+    /// name a loaded model, upstream keys must be in the environment.
+    pub fn new(policy: Policy, prices: Prices, engines: &BTreeMap<String, Arc<Engine>>, options: RoutingOptions) -> anyhow::Result<Self> {
+        let shared = upstream_client(None)?;
+        let mut backends: HashMap<String, Arc<dyn Backend>> = HashMap::new();
+        for (i, route) in policy.routes.iter().enumerate() {
+            let backend: Arc<dyn Backend> = match (route.backend, &route.url) {
+                (BackendKind::Embedded, _) => match engines.get(&route.model) {
+                    Some(engine) => Arc::new(Embedded::new(engine.clone())),
+                    None => anyhow::bail!(
+                        "policy {}: `routes[{i}].model` = `{}` is not loaded; serve it with --model (loaded: {})",
+                        policy.id,
+                        route.model,
+                        engines.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                },
+                (BackendKind::Upstream, Some(url)) => {
+                    let client = match &route.ca_file {
+                        None => shared.clone(),
+                        Some(path) => std::fs::read(path)
+                            .map_err(anyhow::Error::from)
+                            .and_then(|pem| upstream_client(Some(&pem)))
+                            .map_err(|e| anyhow::anyhow!("policy {}: `routes[{i}].ca_file` {}: {e}", policy.id, path.display()))?,
+                    };
+                    Arc::new(Upstream::new(route, url, client)?)
+                }
+                (BackendKind::Upstream, None) => anyhow::bail!("policy {}: `routes[{i}].url` is missing; an upstream route needs one", policy.id),
+            };
+            backends.insert(route.name.clone(), backend);
+        }
+        Self::with_backends(policy, prices, backends, options)
+    }
+
+    /// Serves `policy` with the given backend for each route (by name):
+    /// how tests put scripted backends behind a real policy.
+    pub fn with_backends(policy: Policy, prices: Prices, mut backends: HashMap<String, Arc<dyn Backend>>, options: RoutingOptions) -> anyhow::Result<Self> {
+        anyhow::ensure!(options.max_verifies > 0, "max-verifies must be at least 1");
+        let now = Instant::now();
+        let mut verifies: HashMap<&str, Arc<Semaphore>> = HashMap::new();
+        let mut routes = HashMap::new();
+        for route in &policy.routes {
+            let backend = backends.remove(&route.name).ok_or_else(|| anyhow::anyhow!("policy {}: route `{}` has no backend", policy.id, route.name))?;
+            let slots = verifies.entry(&route.model).or_insert_with(|| Arc::new(Semaphore::new(options.max_verifies))).clone();
+            routes.insert(route.name.clone(), RouteState { config: route.clone(), backend, health: Health::new(route, now), verifies: slots });
+        }
+        Ok(Self { policy, prices, options, routes })
+    }
+
+    fn route(&self, name: &str) -> Result<&RouteState, ApiError> {
+        self.routes.get(name).ok_or_else(|| ApiError::internal(format!("policy {} names route `{name}`, which it does not declare", self.policy.id)))
+    }
+
+    /// Decides, answers, and records the decision: the record is committed
+    /// before the answer is returned (so before its first byte is sent),
+    /// hence an answered request always has its record.
+    pub async fn serve(self: &Arc<Self>, state: &AppState, req: ChatRequest, headers: &HeaderMap) -> Result<Response, ApiError> {
+        let decision = self.decide(&req, headers)?;
+        // Debug, not info: every decision is recorded in the store anyway,
+        // and a log line per request is a real share of a proxy's CPU.
+        tracing::debug!(request_id = %req.id, policy = %decision.policy_id, rule = ?decision.rule_id, reason = %decision.reason, "routing decision");
+        let began = Instant::now();
+        let shadow = decision.shadow.as_ref().map(|route| self.clone().mirror(state, &req, route, decision.max_ttft_ms));
+        let mut run = execute::Run::new(&decision.reason);
+        let result = self.execute(state, &req, &decision, &mut run).await;
+        let (route, label) = match &result {
+            Ok((_, answered)) => (answered.route(), answered.label()),
+            Err(_) => ("failed".to_string(), Label::Error),
+        };
+        let result = result.map(|(resp, _)| resp);
+        let status = result.as_ref().map_or_else(|e| e.status.as_u16(), |r| r.status().as_u16());
+        if let Some(recorder) = &state.recorder {
+            record::decision(recorder, &req.id, &decision, &run, &route, label, status).await;
+        }
+        let resp = result.unwrap_or_else(IntoResponse::into_response);
+        let resp = self.after_sent(state, resp, &req.id, &route, began, shadow);
+        Ok(self.label(resp, &route, label, &run.reason))
+    }
+
+    fn label(&self, mut resp: Response, route: &str, label: Label, reason: &str) -> Response {
+        let h = resp.headers_mut();
+        for (name, value) in [(ROUTE_HEADER, route), (LABEL_HEADER, label.as_str()), (POLICY_HEADER, self.policy.id.as_str()), (REASON_HEADER, reason)] {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(name, v);
+            }
+        }
+        resp
+    }
+}
+
+/// The HTTP client for upstreams: pooled, TLS with the system's and the
+/// public roots plus `extra_ca` (PEM) if given.
+fn upstream_client(extra_ca: Option<&[u8]>) -> anyhow::Result<reqwest::Client> {
+    // An API upstream that redirects a POST is misconfigured: fail over
+    // instead of following (which also skips reqwest's redirect checks,
+    // a real share of a proxied request's CPU).
+    let mut builder = reqwest::Client::builder().pool_max_idle_per_host(64).redirect(reqwest::redirect::Policy::none());
+    if let Some(pem) = extra_ca {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)?;
+        anyhow::ensure!(!certs.is_empty(), "no PEM certificate in it");
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder.build()?)
+}

@@ -1,0 +1,91 @@
+//! Recording a routed request: its decision, committed before the answer
+//! leaves (group commit, see `switchyard_store::Recorder`), then what the
+//! answer used and cost, and the primary answer a shadow is compared with,
+//! once it has been sent.
+
+use std::time::Instant;
+
+use axum::response::Response;
+use switchyard_router::Decision;
+use switchyard_store::{Completion, DecisionRecord, JsonText, Recorder};
+use tokio::sync::oneshot;
+
+use super::execute::Run;
+use super::Routing;
+use crate::{capture, AppState};
+
+/// How a routed request ended, as recorded and sent in `x-switchyard-label`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Label {
+    Answered,
+    Refused,
+    HumanEscalated,
+    Error,
+}
+
+impl Label {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::Refused => "refused",
+            Self::HumanEscalated => "human-escalated",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Records the decision and waits until it is committed.
+pub async fn decision(recorder: &Recorder, id: &str, decision: &Decision, run: &Run, route: &str, label: Label, status: u16) {
+    let record = DecisionRecord {
+        request_id: id.to_string(),
+        created_ms: unix_ms(),
+        policy_id: decision.policy_id.clone(),
+        rule_id: decision.rule_id.clone(),
+        route: route.to_string(),
+        status,
+        reason: run.reason.clone(),
+        decision: JsonText::of_or_null(decision),
+        label: label.as_str().into(),
+        execution: JsonText::of_or_null(&run.execution),
+        prompt_tokens: None,
+        completion_tokens: None,
+        cost_usd: None,
+        energy_wh: None,
+    };
+    if !recorder.decision(record).await {
+        tracing::error!(request_id = %id, "the decision record was not written; answering anyway");
+    }
+}
+
+impl Routing {
+    /// Once the answer has been sent (or abandoned): records its tokens and
+    /// cost on a priced route, and hands it to the shadow waiting for it.
+    pub(super) fn after_sent(&self, state: &AppState, resp: Response, id: &str, route: &str, began: Instant, shadow: Option<oneshot::Sender<super::shadow::Primary>>) -> Response {
+        let price = self.policy.route(route).and_then(|r| self.prices.for_route(&r.name, &r.model)).cloned();
+        let recorder = state.recorder.clone().filter(|_| price.is_some());
+        if shadow.is_none() && recorder.is_none() {
+            return resp;
+        }
+        let (id, route) = (id.to_string(), route.to_string());
+        capture::tap(resp, move |status, body| {
+            if let Some(recorder) = recorder {
+                let tokens = capture::tokens(&body);
+                let cost = price.zip(tokens).map(|(p, (prompt, completion))| p.cost(prompt, completion, began.elapsed().as_secs_f64() * 1e3));
+                recorder.completion(Completion {
+                    request_id: id,
+                    prompt_tokens: tokens.map(|t| t.0),
+                    completion_tokens: tokens.map(|t| t.1),
+                    cost_usd: cost.map(|c| c.usd),
+                    energy_wh: cost.and_then(|c| c.energy_wh),
+                });
+            }
+            if let Some(primary) = shadow {
+                let _ = primary.send((route, status, body));
+            }
+        })
+    }
+}
+
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
