@@ -6,6 +6,10 @@
 //! admission checks synchronously, so a request that cannot run is refused
 //! before it ever queues.
 
+// A request-path crate: a failure is a typed error, never a panic (tests
+// may unwrap: see clippy.toml).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 mod logprobs;
 mod request;
 mod scheduler;
@@ -86,6 +90,7 @@ pub struct Engine {
     n_ctx_seq: u32,
 }
 
+#[expect(clippy::expect_used, reason = "this OnceLock initialises llama.cpp once; it refuses only a second init")]
 fn backend() -> &'static LlamaBackend {
     static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
     BACKEND.get_or_init(|| {
@@ -107,7 +112,10 @@ impl Engine {
             .map_err(|e| LoadError::Model { path: path.to_path_buf(), reason: e.to_string() })?;
         let model = Arc::new(model);
         // Models without a template (base models) get ChatML, which llama.cpp knows by name.
-        let template = model.chat_template(None).unwrap_or_else(|_| LlamaChatTemplate::new("chatml").expect("no NUL in a literal"));
+        let template = match model.chat_template(None) {
+            Ok(t) => t,
+            Err(_) => LlamaChatTemplate::new("chatml").map_err(|e| LoadError::Model { path: path.to_path_buf(), reason: format!("no chat template: {e}") })?,
+        };
 
         let (jobs, rx) = sync_channel::<Job>(settings.max_queue);
         let alive = Arc::new(AtomicBool::new(true));
@@ -143,7 +151,7 @@ impl Engine {
                     let _ = ready_tx.send(Ok(scheduler.n_ctx_seq()));
                     scheduler.run();
                 })
-                .expect("spawning a thread");
+                .map_err(|e| LoadError::Context { path: path.to_path_buf(), reason: format!("starting the scheduler thread: {e}") })?;
         }
         let n_ctx_seq = ready_rx
             .recv()

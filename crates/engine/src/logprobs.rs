@@ -79,9 +79,9 @@ fn lane_max(xs: &[f32]) -> f32 {
 fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // Cody-Waite split of ln 2, written as the published decimal values.
-    #[allow(clippy::excessive_precision)]
+    #[expect(clippy::excessive_precision, reason = "the constants are written as published")]
     const LN2_HI: f32 = 0.693_145_751_953_125;
-    #[allow(clippy::excessive_precision)]
+    #[expect(clippy::excessive_precision, reason = "the constants are written as published")]
     const LN2_LO: f32 = 1.428_606_765_330_187e-6;
     // 1.5 * 2^23: adding and subtracting rounds to an integer without SSE4.1.
     const ROUND: f32 = 12_582_912.0;

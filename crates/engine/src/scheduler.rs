@@ -91,7 +91,7 @@ impl<'m> Scheduler<'m> {
     /// Moves queued jobs into free slots. Blocks only when nothing is running.
     /// Returns false once the engine is gone and no work remains.
     fn admit(&mut self) -> bool {
-        while !self.free_slots.is_empty() {
+        while let Some(&slot) = self.free_slots.last() {
             let job = if self.active.is_empty() {
                 match self.jobs.recv() {
                     Ok(job) => job,
@@ -106,7 +106,7 @@ impl<'m> Scheduler<'m> {
             if job.events.is_closed() {
                 continue;
             }
-            let slot = self.free_slots.pop().expect("checked non-empty");
+            self.free_slots.pop();
             let at = self.active.partition_point(|s| s.slot < slot);
             self.active.insert(at, Sequence::new(slot, job));
         }
@@ -197,6 +197,7 @@ impl<'m> Scheduler<'m> {
     ///
     /// The budget goes to decodes or prompt chunks first as `priority` says;
     /// the batch itself is then laid out in slot order (see the module doc).
+    #[expect(clippy::expect_used, reason = "the batch holds batch_size tokens and the grants never exceed that budget")]
     fn plan_batch(&mut self) -> Vec<Planned> {
         // Tokens granted to each active sequence this step.
         let mut grant = vec![0usize; self.active.len()];

@@ -49,7 +49,7 @@ impl Engine {
         }
         let runtime = |e: &dyn std::fmt::Display| ScoreError::Runtime(e.to_string());
         let threads = self.settings.effective_threads() as i32;
-        let n_ctx = u32::try_from(n).expect("fits the context, so fits u32");
+        let n_ctx = u32::try_from(n).map_err(|_| ScoreError::ContextExceeded { n_ctx: self.n_ctx_seq, needed: n })?;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(n_ctx)

@@ -5,7 +5,7 @@
 use axum::body::Body;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::stream::{self, StreamExt};
 use serde_json::Value;
@@ -43,13 +43,13 @@ pub fn tap(resp: Response, on_done: impl FnOnce(u16, Bytes) + Send + 'static) ->
         .into_data_stream()
         .map(move |chunk| {
             if let Ok(bytes) = &chunk {
-                let mut c = capture.lock().expect("not poisoned");
+                let mut c = capture.lock().unwrap_or_else(PoisonError::into_inner);
                 let room = CAPTURE_LIMIT.saturating_sub(c.buf.len());
                 c.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
             }
             chunk
         })
-        .chain(stream::once(async move { at_end.lock().expect("not poisoned").finish() }).filter_map(|()| async { None }));
+        .chain(stream::once(async move { at_end.lock().unwrap_or_else(PoisonError::into_inner).finish() }).filter_map(|()| async { None }));
     Response::from_parts(parts, Body::from_stream(body))
 }
 

@@ -3,6 +3,10 @@
 //! `/v1/chat/completions` ([`chat`]), `/v1/models`, `/healthz` (the process
 //! answers) and `/readyz` (every model loaded and its scheduler alive).
 
+// A request-path crate: a failure is a typed error, never a panic (tests
+// may unwrap: see clippy.toml).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod admin;
 pub mod backend;
 pub mod capture;

@@ -48,6 +48,8 @@ fn sample_point(messages: &[String]) -> f64 {
         h.update(m.as_bytes());
         h.update([0]);
     }
-    let bytes: [u8; 8] = h.finalize()[..8].try_into().expect("8 bytes");
+    let digest = h.finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
     (u64::from_be_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -8,6 +8,10 @@
 //! replayed offline (`switchyard route explain`). [`calibrate`] turns eval
 //! results into thresholds, and [`Confidence`] is the cascade's signal.
 
+// A request-path crate: a failure is a typed error, never a panic (tests
+// may unwrap: see clippy.toml).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod calibrate;
 mod classify;
 mod confidence;
