@@ -4,13 +4,18 @@
 //! must deserialize what OpenAI documents and serialize what OpenAI returns.
 //! Nothing here knows about engines or routing. Beside them: the
 //! `x-switchyard-*` header names ([`headers`]), result labels and handoff
-//! statuses ([`labels`]), and Unix time ([`time`]).
+//! statuses ([`labels`]), a lenient reader of any server's answers
+//! ([`reply`]), Unix time ([`time`]), and, with the `client` feature, the
+//! tools' one HTTP client ([`client`]).
 
 pub mod chat;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod error;
 pub mod headers;
 pub mod labels;
 pub mod models;
+pub mod reply;
 pub mod sse;
 pub mod time;
 pub mod timings;
@@ -19,5 +24,6 @@ pub use chat::*;
 pub use error::{ErrorBody, ErrorDetail};
 pub use labels::{HandoffStatus, ResultLabel};
 pub use models::{Model, ModelList};
+pub use reply::ChatReply;
 pub use time::{unix_ms, unix_secs};
 pub use timings::Timings;
