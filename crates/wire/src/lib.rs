@@ -6,7 +6,7 @@
 //! `x-switchyard-*` header names ([`headers`]), result labels and handoff
 //! statuses ([`labels`]), a lenient reader of any server's answers
 //! ([`reply`]), Unix time ([`time`]), and, with the `client` feature, the
-//! tools' one HTTP client ([`client`]).
+//! tools' one HTTP client ([`client`]); with `serve`, serving helpers ([`net`]).
 
 pub mod chat;
 #[cfg(feature = "client")]
@@ -15,6 +15,8 @@ pub mod error;
 pub mod headers;
 pub mod labels;
 pub mod models;
+#[cfg(feature = "serve")]
+pub mod net;
 pub mod reply;
 pub mod sse;
 pub mod time;
