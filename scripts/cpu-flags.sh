@@ -8,12 +8,27 @@
 # is switched on only if /proc/cpuinfo lists it, and AMX stays off. The same
 # variables build the reference llama-server in bench/, so both sides of a
 # comparison get the same kernels.
-has() { grep -qw "$1" /proc/cpuinfo 2>/dev/null; }
-if has avx512f; then
+#
+# The names are the kernel's (arch/x86/include/asm/cpufeatures.h), which are
+# not spelled alike: avx512f, avx512_vnni, avx512vbmi (no underscore, unlike
+# avx512_vbmi2), avx512_bf16, avx_vnni. Each feature is looked up under the
+# kernel's spelling and the other one, whole words only (avx512_vbmi2 is not
+# avx512vbmi). SWITCHYARD_CPUINFO reads another file instead (for tests).
+_switchyard_cpuinfo="${SWITCHYARD_CPUINFO:-/proc/cpuinfo}"
+_switchyard_has() { # any of the names, as a whole word
+  local name
+  for name in "$@"; do
+    grep -qw -- "$name" "$_switchyard_cpuinfo" 2>/dev/null && return 0
+  done
+  return 1
+}
+if _switchyard_has avx512f; then
   export GGML_AVX512=ON
-  has avx512_vnni && export GGML_AVX512_VNNI=ON
-  has avx512_vbmi && export GGML_AVX512_VBMI=ON
-  has avx512_bf16 && export GGML_AVX512_BF16=ON
+  _switchyard_has avx512_vnni avx512vnni && export GGML_AVX512_VNNI=ON
+  _switchyard_has avx512vbmi avx512_vbmi && export GGML_AVX512_VBMI=ON
+  _switchyard_has avx512_bf16 avx512bf16 && export GGML_AVX512_BF16=ON
 fi
-has avx_vnni && export GGML_AVX_VNNI=ON
+_switchyard_has avx_vnni avxvnni && export GGML_AVX_VNNI=ON
+unset -f _switchyard_has
+unset _switchyard_cpuinfo
 true

@@ -23,6 +23,18 @@ def accuracy(*runs):
             print(f"{os.path.basename(run):5} {name:6} {p['count']:>6} {d50:>+8.2f} {d99:>+8.2f}  {met}")
 
 
+def sweep(*pairs):
+    """TTFT measured vs injected, one run per injected delay ("MS:RUN")."""
+    print(f"{'injected':>8} {'n':>5} {'p50':>8} {'p99':>8} {'p50-inj':>8} {'p99-inj':>8}  target (1 / 3 ms)")
+    for pair in pairs:
+        injected, run = pair.split(":", 1)
+        injected = float(injected)
+        p = summary(run)["ttft_ms"]
+        d50, d99 = p["p50"] - injected, p["p99"] - injected
+        met = "met" if abs(d50) <= 1 and abs(d99) <= 3 else "NOT met"
+        print(f"{injected:>8.0f} {p['count']:>5} {p['p50']:>8.2f} {p['p99']:>8.2f} {d50:>+8.2f} {d99:>+8.2f}  {met}")
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
@@ -68,4 +80,4 @@ def overhead(what, *runs):
 
 
 if __name__ == "__main__":
-    {"accuracy": accuracy, "wire": wire, "overhead": overhead}[sys.argv[1]](*sys.argv[2:])
+    {"accuracy": accuracy, "sweep": sweep, "wire": wire, "overhead": overhead}[sys.argv[1]](*sys.argv[2:])

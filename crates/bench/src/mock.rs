@@ -87,8 +87,13 @@ impl PreciseTimer {
     }
 }
 
-/// Serves the mock on `listener` until the process ends.
+/// Serves the mock on `listener` until the process ends, with
+/// `TCP_NODELAY` on every connection as switchyard's gateway has it: without
+/// it, a first chunk on a kept-alive connection waited behind Nagle's
+/// algorithm for the client's delayed ACK of the headers, so any injected
+/// TTFT below ~40 ms read as ~40 ms.
 pub async fn serve(listener: tokio::net::TcpListener, delays: Delays) -> std::io::Result<()> {
+    let listener = switchyard_wire::net::no_delay(listener, |e| eprintln!("mock: could not set TCP_NODELAY: {e}"));
     axum::serve(listener, router(delays)).await
 }
 

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use switchyard_wire::sse::SseDecoder;
+use switchyard_wire::client::{post_chat, Chunk, ReadError};
+use switchyard_wire::ResultLabel;
 
 use crate::trace::{Trace, TraceRequest};
 
@@ -122,7 +123,7 @@ impl RequestResult {
     /// labels its answers, labelled `answered` (a refusal or a handoff to a
     /// human is an answer, not a task done).
     pub fn succeeded(&self) -> bool {
-        self.ok() && self.label.as_deref().is_none_or(|l| l == "answered")
+        self.ok() && self.label.as_deref().is_none_or(|l| l == ResultLabel::Answered.as_str())
     }
 
     pub fn tpot_ms(&self) -> Option<f64> {
@@ -181,67 +182,59 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
     };
     let ms = |t: Instant| t.duration_since(sent).as_secs_f64() * 1e3;
     let run = async {
-        let mut req = client.post(format!("{}/chat/completions", target.base_url.trim_end_matches('/'))).json(&body(r, index, &target.model, target.stream));
-        for (k, v) in &target.headers {
-            req = req.header(k, v);
-        }
-        let resp = req.send().await.map_err(|e| format!("request failed: {e}"))?;
-        out.status = Some(resp.status().as_u16());
-        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        (out.route, out.label) = (header("x-switchyard-route"), header("x-switchyard-label"));
-        if !resp.status().is_success() {
-            return Err(format!("HTTP {}", resp.status()));
+        let body = body(r, index, &target.model, target.stream);
+        let resp = post_chat(client, &target.base_url, &target.headers, &body).await.map_err(|e| format!("request failed: {e}"))?;
+        out.status = Some(resp.status.as_u16());
+        (out.route, out.label) = (resp.switchyard.route.clone(), resp.switchyard.label.clone());
+        if !resp.status.is_success() {
+            return Err(format!("HTTP {}", resp.status));
         }
         if !target.stream {
-            let v: Value = resp.json().await.map_err(|e| format!("malformed answer: {e}"))?;
+            let reply = resp.completion().await.map_err(|e| format!("malformed answer: {e}"))?;
             let now = ms(Instant::now());
             (out.ttft_ms, out.e2e_ms) = (Some(now), Some(now));
-            out.prompt_tokens = v["usage"]["prompt_tokens"].as_u64().map(|n| n as u32);
-            out.server_timings = server_timings(&v);
-            (out.output_tokens, out.tokens_from) = match (v["usage"]["completion_tokens"].as_u64(), &target.tokenizer) {
-                (Some(n), _) => (Some(n as u32), Some("usage".into())),
-                (None, Some(t)) => t.count(v["choices"][0]["message"]["content"].as_str().unwrap_or_default()),
+            let usage = reply.usage.unwrap_or_default();
+            out.prompt_tokens = usage.prompt_tokens;
+            out.server_timings = reply.timings();
+            (out.output_tokens, out.tokens_from) = match (usage.completion_tokens, &target.tokenizer) {
+                (Some(n), _) => (Some(n), Some("usage".into())),
+                (None, Some(t)) => t.count(reply.content().unwrap_or_default()),
                 (None, None) => (None, None),
             };
             return Ok(());
         }
-        let (mut sse, mut last, mut chunks, mut usage, mut done) = (SseDecoder::default(), None::<Instant>, 0u32, None, false);
+        let (mut last, mut chunks, mut usage) = (None::<Instant>, 0u32, None);
         // Kept only when it may be needed: for a tokenizer, if no usage comes.
         let mut text = String::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(bytes) = stream.next().await {
-            let bytes = bytes.map_err(|e| format!("stream broke: {e}"))?;
-            let now = Instant::now();
-            for data in sse.push(&bytes) {
-                if data == "[DONE]" {
-                    done = true;
-                    continue;
+        let mut stream = resp.chunks();
+        while let Some(chunk) = stream.next().await {
+            let Chunk { reply, at: now } = chunk.map_err(|e| match e {
+                ReadError::Broken(e) => format!("stream broke: {e}"),
+                ReadError::Malformed { text, .. } => format!("malformed chunk: {}", text.chars().take(80).collect::<String>()),
+            })?;
+            if let Some(e) = &reply.error {
+                return Err(format!("error event: {}", e.message.as_deref().unwrap_or("unknown")));
+            }
+            if let Some(content) = reply.content().filter(|c| !c.is_empty()) {
+                chunks += 1;
+                if target.tokenizer.is_some() {
+                    text.push_str(content);
                 }
-                let v: Value = serde_json::from_str(&data).map_err(|_| format!("malformed chunk: {}", data.chars().take(80).collect::<String>()))?;
-                if let Some(e) = v.get("error") {
-                    return Err(format!("error event: {}", e["message"].as_str().unwrap_or("unknown")));
+                match last {
+                    None => out.ttft_ms = Some(ms(now)),
+                    Some(prev) => out.itl_ms.push(now.duration_since(prev).as_secs_f64() * 1e3),
                 }
-                if let Some(content) = v["choices"][0]["delta"]["content"].as_str().filter(|c| !c.is_empty()) {
-                    chunks += 1;
-                    if target.tokenizer.is_some() {
-                        text.push_str(content);
-                    }
-                    match last {
-                        None => out.ttft_ms = Some(ms(now)),
-                        Some(prev) => out.itl_ms.push(now.duration_since(prev).as_secs_f64() * 1e3),
-                    }
-                    last = Some(now);
-                }
-                if let Some(t) = server_timings(&v) {
-                    out.server_timings = Some(t);
-                }
-                if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
-                    usage = Some(n as u32);
-                    out.prompt_tokens = v["usage"]["prompt_tokens"].as_u64().map(|n| n as u32);
-                }
+                last = Some(now);
+            }
+            if let Some(t) = reply.timings() {
+                out.server_timings = Some(t);
+            }
+            if let Some(n) = reply.usage.and_then(|u| u.completion_tokens) {
+                usage = Some(n);
+                out.prompt_tokens = reply.usage.and_then(|u| u.prompt_tokens);
             }
         }
-        if !done {
+        if !stream.done() {
             return Err("stream ended without [DONE]".into());
         }
         out.e2e_ms = Some(ms(Instant::now()));
@@ -258,10 +251,6 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
         Err(_) => out.error = Some(format!("timed out after {} s", timeout.as_secs())),
     }
     out
-}
-
-fn server_timings(v: &Value) -> Option<switchyard_wire::Timings> {
-    v.get("timings").filter(|t| !t.is_null()).and_then(|t| serde_json::from_value(t.clone()).ok())
 }
 
 /// How long a replay may take.
@@ -585,8 +574,8 @@ mod tests {
         };
         assert_eq!(r.tpot_ms(), Some(100.0));
         // Goodput counts tasks done: a quick refusal meets the SLOs but is none.
-        let refused = RequestResult { label: Some("refused".into()), ..r.clone() };
-        let answered = RequestResult { label: Some("answered".into()), ..r.clone() };
+        let refused = RequestResult { label: Some(ResultLabel::Refused.to_string()), ..r.clone() };
+        let answered = RequestResult { label: Some(ResultLabel::Answered.to_string()), ..r.clone() };
         assert_eq!(summarize(&[r.clone(), answered, refused], 1.0, 0.0, 1e6, 1e6).goodput_per_s, 2.0);
         assert_eq!(RequestResult { output_tokens: Some(1), ..r }.tpot_ms(), None);
     }

@@ -45,7 +45,7 @@ async fn mock(State(hits): State<Arc<AtomicUsize>>, Json(body): Json<Value>) -> 
     let route = if model == "routed" { "local" } else { "" };
     let mut resp = ([("content-type", "text/event-stream")], Body::from_stream(s)).into_response();
     if !route.is_empty() {
-        resp.headers_mut().insert("x-switchyard-route", route.parse().unwrap());
+        resp.headers_mut().insert(switchyard_wire::headers::ROUTE, route.parse().unwrap());
     }
     resp
 }
@@ -211,6 +211,23 @@ async fn the_delay_mock_answers_after_its_injected_delays() {
         assert!(r.ok() && r.output_tokens == Some(4) && r.itl_ms.is_empty(), "{r:?}");
         assert!(r.ttft_ms == r.e2e_ms && r.e2e_ms.unwrap() >= 35.0, "non-streaming: TTFT is the whole answer: {r:?}");
     }
+}
+
+/// Nagle's algorithm, tested by its effect: on a kept-alive connection the
+/// mock's first chunk follows the response headers by the injected TTFT.
+/// Without `TCP_NODELAY` it waited for the client's delayed ACK of the
+/// headers, so every TTFT under ~40 ms read as ~40 ms.
+#[tokio::test]
+async fn a_short_injected_ttft_reads_as_injected_on_a_pooled_connection() {
+    const TTFT_MS: f64 = 15.0;
+    let base = delay_mock(TTFT_MS as u64, 5, 3).await;
+    // One slot: each request goes on the connection the previous one used.
+    let trace = Scenario::Single { requests: 7, think_ms: 0.0, input_tokens: 8, max_tokens: 3 }.generate(1);
+    let results = replay(&trace, &target(&base, "mock"), Load::Closed { concurrency: 1, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
+    let mut ttfts: Vec<f64> = results.iter().map(|r| r.ttft_ms.unwrap_or_else(|| panic!("{r:?}"))).collect();
+    ttfts.sort_by(f64::total_cmp);
+    let median = ttfts[ttfts.len() / 2];
+    assert!((TTFT_MS..TTFT_MS + 15.0).contains(&median), "median TTFT {median:.1} ms for {TTFT_MS} ms injected: {ttfts:?}");
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use switchyard_bench::cost::{self, Meter, PowerModel, Rapl};
 use switchyard_bench::replay::{replay_watched, summarize, Limits, Load, Percentiles, RequestResult, Target, TokenCounter, Watcher};
 use switchyard_bench::sweep;
 use switchyard_bench::trace::{from_recorded, import_azure, Recorded, Scenario, Trace};
-use switchyard_gateway::routing::{DATA_CLASS_HEADER, FAMILY_HEADER, LANE_HEADER};
+use switchyard_wire::headers;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -197,7 +197,7 @@ pub enum ScenarioArg {
 fn recorded(r: &switchyard_store::DecisionRecord) -> Recorded {
     let decision: serde_json::Value = serde_json::from_str(r.decision.as_str()).unwrap_or_default();
     let mut headers = std::collections::BTreeMap::new();
-    for (field, header, skip) in [("lane", LANE_HEADER, Some("interactive")), ("family", FAMILY_HEADER, None), ("data_class", DATA_CLASS_HEADER, None)] {
+    for (field, header, skip) in [("lane", headers::LANE, Some("interactive")), ("family", headers::FAMILY, None), ("data_class", headers::DATA_CLASS, None)] {
         if let Some(value) = decision[field].as_str().filter(|v| Some(*v) != skip) {
             headers.insert(header.to_string(), value.to_string());
         }

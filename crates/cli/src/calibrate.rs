@@ -285,8 +285,12 @@ fn rewrite(text: &str, index: usize, rule_id: &str, version: &str, cal: &Calibra
     doc["version"] = value(version);
     doc["rules"][index]["then"]["threshold"] = value(cal.threshold);
     if let Some(m) = refit {
-        let table: DocumentMut = toml::to_string(m)?.parse()?;
-        doc["difficulty"] = Item::Table(table.as_table().clone());
+        let mut table = toml::to_string(m)?.parse::<DocumentMut>()?.as_table().clone();
+        // Where the old weights were, else after everything but the calibration (a
+        // table parsed from another document keeps its position there: the top).
+        let old = doc.get("difficulty").and_then(Item::as_table).and_then(toml_edit::Table::position);
+        table.set_position(old.unwrap_or_else(|| last_position(&doc, &["calibration"]).map_or(0, |p| p + 1)));
+        doc["difficulty"] = Item::Table(table);
     }
     let record: DocumentMut = toml::to_string(cal)?.parse()?;
     if !doc.contains_key("calibration") {
@@ -295,7 +299,53 @@ fn rewrite(text: &str, index: usize, rule_id: &str, version: &str, cal: &Calibra
         doc["calibration"] = Item::Table(t);
     }
     doc["calibration"][rule_id] = Item::Table(record.as_table().clone());
+    calibration_last(&mut doc);
     Ok(doc.to_string())
+}
+
+/// Moves every `[calibration…]` table after all the others (routes, rules,
+/// families, difficulty), in the order of its keys: each rule's record, then
+/// its cross-validation, then its curve. toml_edit prints tables by their
+/// position in the document, and a table inserted from another document
+/// keeps its position there, which scattered the curve's points between
+/// `[[routes]]` and `[[rules]]`.
+fn calibration_last(doc: &mut toml_edit::DocumentMut) {
+    use toml_edit::{Item, Table};
+    fn renumber(item: &mut Item, next: &mut usize) {
+        let mut visit = |t: &mut Table| {
+            t.set_position(*next);
+            *next += 1;
+            t.iter_mut().for_each(|(_, i)| renumber(i, next));
+        };
+        match item {
+            Item::Table(t) => visit(t),
+            Item::ArrayOfTables(a) => a.iter_mut().for_each(visit),
+            _ => {}
+        }
+    }
+    let mut next = last_position(doc, &["calibration"]).map_or(0, |p| p + 1);
+    if let Some(calibration) = doc.get_mut("calibration") {
+        renumber(calibration, &mut next);
+    }
+}
+
+/// The largest position of a table in `doc`, but for those under the top-level keys `except`.
+fn last_position(doc: &toml_edit::DocumentMut, except: &[&str]) -> Option<usize> {
+    use toml_edit::{Item, Table};
+    fn positions(item: &Item, out: &mut Vec<usize>) {
+        let mut visit = |t: &Table| {
+            out.extend(t.position());
+            t.iter().for_each(|(_, i)| positions(i, out));
+        };
+        match item {
+            Item::Table(t) => visit(t),
+            Item::ArrayOfTables(a) => a.iter().for_each(visit),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    doc.as_table().iter().filter(|(k, _)| !except.contains(k)).for_each(|(_, i)| positions(i, &mut out));
+    out.into_iter().max()
 }
 
 /// Where the gains lie along the signal: the table that explains a curve

@@ -13,6 +13,7 @@ use switchyard_eval::runner::{self, RunOptions, Target};
 use switchyard_eval::sandbox::Sandbox;
 use switchyard_eval::scorecard::{self, apply_reviews, Review, Scorecard};
 use switchyard_router::Prices;
+use switchyard_wire::{headers, ResultLabel};
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
@@ -108,7 +109,7 @@ fn target(args: &RunArgs) -> Target {
             label: slug(&args.target),
             base_url: args.server.clone(),
             model: "auto".into(),
-            headers: vec![("x-switchyard-force-route".into(), route.to_string())],
+            headers: vec![(headers::FORCE_ROUTE.into(), route.to_string())],
         }
     } else {
         Target { label: slug(&args.target), base_url: args.server.clone(), model: args.target.clone(), headers: Vec::new() }
@@ -255,6 +256,7 @@ fn run_eval(args: RunArgs) -> anyhow::Result<()> {
     std::fs::write(&tmp, lines)?;
     std::fs::rename(&tmp, out.join("records.jsonl"))?;
     let card = scorecard::scorecard(&records);
+    let errors = records.iter().filter(|r| r.label == ResultLabel::Error.as_str()).count();
     let summary = serde_json::json!({
         "dataset": dataset.label(),
         "dataset_sha256": dataset.manifest.files,
@@ -267,13 +269,12 @@ fn run_eval(args: RunArgs) -> anyhow::Result<()> {
         "items": dataset.items.len(),
         "records": records.len(),
         "cached": records.iter().filter(|r| r.cached).count(),
-        "errors": records.iter().filter(|r| r.label == "error").count(),
+        "errors": errors,
         "scorecard": card,
     });
     std::fs::write(out.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
     write_reports(&out, &card)?;
     print_overall(&card);
-    let errors = records.iter().filter(|r| r.label == "error").count();
     if errors > 0 {
         let first = records.iter().find_map(|r| r.error.as_deref()).unwrap_or_default();
         println!("{errors} items failed with errors (first: {first})");

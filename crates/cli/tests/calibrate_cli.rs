@@ -30,6 +30,44 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The table headers of a policy file, in order.
+fn headers(toml: &str) -> Vec<&str> {
+    toml.lines().map(str::trim).filter(|l| l.starts_with('[')).collect()
+}
+
+/// A person reads routes, rules and the rest first, then the calibration
+/// block: for each rule its record, its cross-validation, then its curve,
+/// with nothing in between. Returns the headers before the block.
+fn assert_calibration_last(toml: &str) -> Vec<&str> {
+    let all = headers(toml);
+    let is_calibration = |h: &&str| h.trim_start_matches('[').starts_with("calibration.");
+    let first = all.iter().position(is_calibration).unwrap_or_else(|| panic!("no calibration block: {all:#?}"));
+    let (before, block) = all.split_at(first);
+    assert!(block.iter().all(is_calibration), "a table inside the calibration block: {all:#?}");
+    // Each header as (rule, 0 record | 1 cross-validation | 2 curve point).
+    let parts: Vec<(&str, u8)> = block
+        .iter()
+        .map(|h| {
+            let path = h.trim_matches(|c| c == '[' || c == ']').trim_start_matches("calibration.");
+            match path.rsplit_once('.') {
+                Some((rule, "cross_validated")) => (rule, 1),
+                Some((rule, "curve")) => (rule, 2),
+                _ => (path, 0),
+            }
+        })
+        .collect();
+    for (i, &(rule, part)) in parts.iter().enumerate() {
+        match parts[..i].last() {
+            Some(&(previous, p)) if previous == rule => assert!(part >= p && part > 0, "{rule}: record, cross-validation, curve: {block:#?}"),
+            _ => {
+                assert_eq!(part, 0, "{rule}: its record comes first: {block:#?}");
+                assert!(!parts[..i].iter().any(|(r, _)| *r == rule), "{rule}: its tables together: {block:#?}");
+            }
+        }
+    }
+    before.to_vec()
+}
+
 /// 200 items, as `eval run` writes them (the same `EvalRecord` type, so
 /// the two formats cannot drift apart). The fast route is right exactly
 /// when its mean logprob is above -1 and the prompt is not code; the strong
@@ -132,6 +170,9 @@ fn calibrating_a_cascade_writes_a_new_policy_with_threshold_and_curve() {
     let threshold = serde_json::to_value(&rule.then).unwrap()["threshold"].as_f64().unwrap();
     assert_eq!(threshold, cal.threshold);
     assert!(new_text.contains("# Code questions: answer locally"), "comments survive");
+    let example = std::fs::read_to_string(EXAMPLE).unwrap();
+    assert_eq!(assert_calibration_last(&new_text), headers(&example), "every other table where it was");
+    assert!(headers(&new_text).iter().filter(|h| h.contains("calibration.code-cascade.curve")).count() == cal.curve.len());
     let diff = switchyard(&["policy", "diff", EXAMPLE, out.to_str().unwrap()]);
     assert!(text(&diff.stdout).contains("~ rule code-cascade"), "{}", text(&diff.stdout));
 
@@ -176,6 +217,28 @@ fn calibrating_difficulty_refits_the_prompt_model_on_held_out_folds() {
     assert!(cal.escalation_rate <= 0.6);
     let score = |prompt: &str| p.difficulty.score(&Features::of(&[prompt.to_string()]));
     assert!(score("```\nfn f8() {}\n```") > score("Say hello to 8") + 0.2, "code prompts fail on the fast route: {:?}", p.difficulty);
+    // The refitted weights stay where the old ones were; the calibration block is last.
+    let example = std::fs::read_to_string(EXAMPLE).unwrap();
+    assert_eq!(assert_calibration_last(&std::fs::read_to_string(&out).unwrap()), headers(&example));
+
+    // Calibrating a second rule of a calibrated policy keeps both records, last, one after the other.
+    let twice = dir.path().join("twice.toml");
+    let run = calibrate_policy(&out, &records, "code-cascade", &["--min-retention", "0.95"], &twice);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let twice = std::fs::read_to_string(&twice).unwrap();
+    assert_eq!(assert_calibration_last(&twice), headers(&example));
+    assert_eq!(Policy::from_toml(&twice).unwrap().calibration.keys().collect::<Vec<_>>(), ["code-cascade", "difficulty"]);
+}
+
+#[test]
+fn the_shipped_calibrated_policies_keep_the_calibration_block_last() {
+    for name in ["policy.local.toml", "policy.local-verify.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config").join(name);
+        let toml = std::fs::read_to_string(&path).unwrap();
+        let before = assert_calibration_last(&toml);
+        assert!(before.contains(&"[[routes]]") && before.contains(&"[[rules]]"), "{name}: {before:?}");
+        Policy::from_toml(&toml).unwrap();
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! `switchyard eval` end to end: the real binary serving SmolLM2 on a
-//! loopback port is the target; run, report, review and the compare gate.
+//! loopback port is the target; run, report, review and the compare gate,
+//! whose failure path is tested against a scripted target known to pass.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -7,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use switchyard_wire::ResultLabel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -95,7 +97,7 @@ fn eval_runs_against_a_real_model_then_reports_reviews_and_gates() {
     let records: Vec<Value> = std::fs::read_to_string(out.join("records.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(records.len(), 3);
     for r in &records {
-        assert_ne!(r["label"], "error", "{r}");
+        assert_ne!(r["label"], ResultLabel::Error.as_str(), "{r}");
         assert_eq!(r["model"], "smollm2-135m");
         assert!(r["confidence"]["mean_logprob"].as_f64().unwrap() < 0.0, "the real model's logprobs: {r}");
         assert!(r["usage"]["completion_tokens"].as_u64().unwrap() > 0 && r["ttft_ms"].as_f64().unwrap() > 0.0);
@@ -120,16 +122,75 @@ fn eval_runs_against_a_real_model_then_reports_reviews_and_gates() {
     let passed_by_model = records.iter().filter(|r| r["correct"] == true && r["item_id"] != "s-1").count();
     assert_eq!(all["passed"].as_u64().unwrap() as usize, passed_by_model, "s-1 counts as failed after review");
 
-    // The gate: a run against a dead target is a regression on every slice.
-    let dead = tmp.path().join("dead");
-    let o =
-        run(&["eval", "run", "--dataset", data.to_str().unwrap(), "--target", "http://127.0.0.1:9/v1", "--out", dead.to_str().unwrap(), "--no-cache"], None);
-    assert!(o.status.success(), "a dead target gives error records, not a crashed run: {}", text(&o.stderr));
+    // Compared with itself, nothing regressed (the failure path is tested
+    // below, against a baseline that is known to pass).
     let same = run(&["eval", "compare", out.to_str().unwrap(), out.to_str().unwrap(), "--max-drop", "0.0", "--min-items", "1"], None);
     assert!(same.status.success(), "{}{}", text(&same.stdout), text(&same.stderr));
-    if passed_by_model > 0 {
-        let worse = run(&["eval", "compare", out.to_str().unwrap(), dead.to_str().unwrap(), "--max-drop", "0.05", "--min-items", "1"], None);
-        assert!(!worse.status.success());
-        assert!(text(&worse.stdout).contains("REGRESSION") && text(&worse.stderr).contains("quality dropped"), "{}", text(&worse.stdout));
+}
+
+/// The expected answer to each of [`dataset`]'s questions.
+fn scripted_answer(question: &str) -> &'static str {
+    if question.contains("capital of France") {
+        "Paris"
+    } else if question.contains("banana") {
+        "banana"
+    } else {
+        "Hello!"
     }
+}
+
+/// A scripted OpenAI-compatible target that answers every item of
+/// [`dataset`] right, as a stream; its base URL. Served until the test ends.
+fn scripted_target() -> String {
+    use axum::routing::post;
+    use axum::{Json, Router};
+    async fn answer(Json(body): Json<Value>) -> impl axum::response::IntoResponse {
+        let question = body["messages"][0]["content"].as_str().unwrap_or_default();
+        let chunk = json!({"object": "chat.completion.chunk", "model": "scripted",
+                           "choices": [{"index": 0, "delta": {"role": "assistant", "content": scripted_answer(question)}, "finish_reason": "stop"}]});
+        ([("content-type", "text/event-stream")], format!("data: {chunk}\n\ndata: [DONE]\n\n"))
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, Router::new().route("/v1/chat/completions", post(answer))).await.unwrap();
+        });
+    });
+    base
+}
+
+#[test]
+fn the_gate_fails_a_candidate_that_lost_quality() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("mini/v1");
+    std::fs::create_dir_all(&data).unwrap();
+    dataset(&data);
+    let eval_run = |target: &str, out: &Path| {
+        let o = run(&["eval", "run", "--dataset", data.to_str().unwrap(), "--target", target, "--out", out.to_str().unwrap(), "--no-cache"], None);
+        assert!(o.status.success(), "{target}: a run gives records, not a crash: {}{}", text(&o.stdout), text(&o.stderr));
+        let records: Vec<Value> = std::fs::read_to_string(out.join("records.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        records
+    };
+    // The baseline passes every item, so the candidate has quality to lose.
+    let baseline = tmp.path().join("baseline");
+    let records = eval_run(&scripted_target(), &baseline);
+    assert_eq!(records.len(), 3);
+    assert!(records.iter().all(|r| r["correct"] == true), "the scripted target answers every item right: {records:?}");
+    // The candidate, a dead target, answers nothing: a regression on every slice.
+    let dead = tmp.path().join("dead");
+    let records = eval_run("http://127.0.0.1:9/v1", &dead);
+    assert!(records.iter().all(|r| r["label"] == ResultLabel::Error.as_str()), "{records:?}");
+
+    let worse = run(&["eval", "compare", baseline.to_str().unwrap(), dead.to_str().unwrap(), "--max-drop", "0.05", "--min-items", "1"], None);
+    assert!(!worse.status.success(), "{}", text(&worse.stdout));
+    assert!(text(&worse.stdout).contains("REGRESSION") && text(&worse.stderr).contains("quality dropped"), "{}", text(&worse.stdout));
+    // Below --min-items, a slice is shown but cannot fail the gate.
+    let few = run(&["eval", "compare", baseline.to_str().unwrap(), dead.to_str().unwrap(), "--max-drop", "0.05", "--min-items", "4"], None);
+    assert!(few.status.success() && !text(&few.stdout).contains("REGRESSION"), "{}{}", text(&few.stdout), text(&few.stderr));
+    let same = run(&["eval", "compare", baseline.to_str().unwrap(), baseline.to_str().unwrap(), "--max-drop", "0.0", "--min-items", "1"], None);
+    assert!(same.status.success(), "{}{}", text(&same.stdout), text(&same.stderr));
 }

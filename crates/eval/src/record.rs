@@ -21,6 +21,11 @@ pub struct RecordConfidence {
     pub features: Option<Features>,
 }
 
+/// [`EvalRecord::label`] of an answer the scorer passed.
+pub const PASS: &str = "pass";
+/// [`EvalRecord::label`] of an answer the scorer failed.
+pub const FAIL: &str = "fail";
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RecordUsage {
     pub prompt_tokens: u32,
@@ -45,7 +50,8 @@ pub struct EvalRecord {
     pub output: String,
     pub refusal: Option<String>,
     pub correct: bool,
-    /// `pass`, `fail`, `refused`, `human-escalated` or `error`.
+    /// [`PASS`], [`FAIL`], or the [`ResultLabel`](switchyard_wire::ResultLabel)s
+    /// `refused`, `human-escalated` and `error`.
     pub label: String,
     /// What the scorer checked and why it decided.
     pub scorer: String,

@@ -9,19 +9,23 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use switchyard_router::{Confidence, DifficultyModel, Features, Price};
-use switchyard_wire::sse::SseDecoder;
+use switchyard_wire::client::{post_chat, ReadError};
+use switchyard_wire::headers::ROUTE_HANDOFF;
+use switchyard_wire::reply::ReplyUsage;
+use switchyard_wire::{ChatReply, ResultLabel};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use crate::dataset::{Dataset, Item};
 use crate::expect::{Answer, Judgements, Verdict};
-use crate::record::{EvalRecord, RecordConfidence, RecordUsage};
+use crate::record::{EvalRecord, RecordConfidence, RecordUsage, FAIL, PASS};
 use crate::refusal::is_refusal;
 use crate::sandbox::Sandbox;
 
@@ -147,7 +151,7 @@ async fn one(client: &reqwest::Client, dataset: &Dataset, item: &Item, repeat: u
         output: String::new(),
         refusal: None,
         correct: false,
-        label: "error".into(),
+        label: ResultLabel::Error.to_string(),
         scorer: String::new(),
         expects_refusal: item.expect.wants_refusal(),
         refused: false,
@@ -181,14 +185,14 @@ async fn one(client: &reqwest::Client, dataset: &Dataset, item: &Item, repeat: u
     let confidence = Confidence::of(&reply.logprobs);
     record.refused = is_refusal(&reply.text, reply.refusal.as_deref());
     record.correct = verdict.pass;
-    record.label = if reply.route.as_deref() == Some("handoff") {
-        "human-escalated"
+    record.label = if reply.route.as_deref() == Some(ROUTE_HANDOFF) {
+        ResultLabel::HumanEscalated.as_str()
     } else if record.refused {
-        "refused"
+        ResultLabel::Refused.as_str()
     } else if verdict.pass {
-        "pass"
+        PASS
     } else {
-        "fail"
+        FAIL
     }
     .into();
     record.scorer = verdict.detail;
@@ -225,12 +229,9 @@ async fn grade(client: &reqwest::Client, judge: &Target, item: &Item, answer: &s
             {"role": "user", "content": format!("Question:\n{question}\n\nAnswer:\n{answer}\n\nRubric:\n{rubric}\n\nDoes the answer meet the rubric? Reply PASS or FAIL.")},
         ],
     });
-    let mut req = client.post(format!("{}/chat/completions", judge.base_url.trim_end_matches('/'))).json(&body);
-    for (k, v) in &judge.headers {
-        req = req.header(k, v);
-    }
-    let said = match req.send().await.and_then(reqwest::Response::error_for_status) {
-        Ok(resp) => resp.json::<Value>().await.ok().and_then(|v| v["choices"][0]["message"]["content"].as_str().map(str::to_string)),
+    let said = match post_chat(client, &judge.base_url, &judge.headers, &body).await {
+        Ok(resp) if resp.status.is_success() => resp.completion().await.ok().and_then(|r| r.content().map(str::to_string)),
+        Ok(resp) => return Verdict { pass: false, detail: format!("judge {}: HTTP {}", judge.label, resp.status) },
         Err(e) => return Verdict { pass: false, detail: format!("judge {}: {e}", judge.label) },
     };
     let said = said.unwrap_or_default();
@@ -261,68 +262,53 @@ async fn ask(client: &reqwest::Client, target: &Target, item: &Item, opts: &RunO
     if let Some(seed) = seed {
         body["seed"] = json!(seed);
     }
-    let mut req = client.post(format!("{}/chat/completions", target.base_url.trim_end_matches('/'))).json(&body);
-    for (k, v) in &target.headers {
-        req = req.header(k, v);
-    }
     let began = Instant::now();
-    let resp = req.send().await.map_err(|e| format!("request failed: {e}"))?;
-    let status = resp.status();
-    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let route = header("x-switchyard-route");
+    let resp = post_chat(client, &target.base_url, &target.headers, &body).await.map_err(|e| format!("request failed: {e}"))?;
+    let status = resp.status;
     if !status.is_success() {
-        let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["error"]["message"].as_str().map(str::to_string)).unwrap_or(text);
+        let message = resp.error_message().await;
         return Err(format!("HTTP {status}: {}", message.chars().take(300).collect::<String>()));
     }
-    let mut reply = Reply { route, ..Default::default() };
-    let mut sse = SseDecoder::default();
-    let mut chunks = resp.bytes_stream();
-    let mut done = false;
+    let mut reply = Reply { route: resp.switchyard.route.clone(), ..Default::default() };
+    let mut chunks = resp.chunks();
     while let Some(chunk) = chunks.next().await {
-        for data in sse.push(&chunk.map_err(|e| format!("stream broke: {e}"))?) {
-            if data == "[DONE]" {
-                done = true;
-                continue;
-            }
-            let v: Value = serde_json::from_str(&data).map_err(|e| format!("malformed chunk ({e}): {}", data.chars().take(120).collect::<String>()))?;
-            absorb(&mut reply, &v, &began)?;
-        }
+        let chunk = chunk.map_err(|e| match e {
+            ReadError::Broken(e) => format!("stream broke: {e}"),
+            ReadError::Malformed { text, error } => format!("malformed chunk ({error}): {}", text.chars().take(120).collect::<String>()),
+        })?;
+        absorb(&mut reply, &chunk.reply, chunk.at.duration_since(began))?;
     }
-    if !done {
+    if !chunks.done() {
         // A plain JSON answer (a server that ignores `stream`) is still an answer.
-        let v: Value = serde_json::from_slice(sse.rest()).map_err(|_| "the stream ended without [DONE]".to_string())?;
-        absorb(&mut reply, &v, &began)?;
+        let whole = ChatReply::from_slice(chunks.rest()).map_err(|_| "the stream ended without [DONE]".to_string())?;
+        absorb(&mut reply, &whole, began.elapsed())?;
     }
     reply.total_ms = began.elapsed().as_secs_f64() * 1e3;
     Ok(reply)
 }
 
-/// Folds one chunk (or a whole completion) into the reply.
-fn absorb(reply: &mut Reply, v: &Value, began: &Instant) -> Result<(), String> {
-    if let Some(message) = v.get("error").map(|e| e["message"].as_str().unwrap_or("unknown error").to_string()) {
-        return Err(format!("the target reported an error mid-answer: {message}"));
+/// Folds one chunk (or a whole completion), which arrived `after` the
+/// request was sent, into the reply.
+fn absorb(reply: &mut Reply, r: &ChatReply, after: Duration) -> Result<(), String> {
+    if let Some(e) = &r.error {
+        return Err(format!("the target reported an error mid-answer: {}", e.message.as_deref().unwrap_or("unknown error")));
     }
-    let choice = &v["choices"][0];
-    let part = if choice["delta"].is_object() { &choice["delta"] } else { &choice["message"] };
-    if let Some(text) = part["content"].as_str().filter(|t| !t.is_empty()) {
-        reply.ttft_ms.get_or_insert_with(|| began.elapsed().as_secs_f64() * 1e3);
+    if let Some(text) = r.content().filter(|t| !t.is_empty()) {
+        reply.ttft_ms.get_or_insert(after.as_secs_f64() * 1e3);
         reply.text.push_str(text);
     }
-    if let Some(r) = part["refusal"].as_str() {
-        reply.refusal.get_or_insert_with(String::new).push_str(r);
+    if let Some(refusal) = r.refusal() {
+        reply.refusal.get_or_insert_with(String::new).push_str(refusal);
     }
-    if let Some(lps) = choice["logprobs"]["content"].as_array() {
-        reply.logprobs.extend(lps.iter().filter_map(|t| t["logprob"].as_f64()));
+    reply.logprobs.extend(r.logprobs());
+    if let Some(m) = &r.model {
+        reply.model = Some(m.clone());
     }
-    if let Some(m) = v["model"].as_str() {
-        reply.model = Some(m.to_string());
+    if let Some(ReplyUsage { prompt_tokens: Some(p), completion_tokens: Some(c) }) = r.usage {
+        reply.usage = Some(RecordUsage { prompt_tokens: p, completion_tokens: c });
     }
-    if let (Some(p), Some(c)) = (v["usage"]["prompt_tokens"].as_u64(), v["usage"]["completion_tokens"].as_u64()) {
-        reply.usage = Some(RecordUsage { prompt_tokens: p as u32, completion_tokens: c as u32 });
-    }
-    if v["timings"].is_object() {
-        reply.timings = Some(v["timings"].clone());
+    if let Some(t) = &r.timings {
+        reply.timings = Some(t.clone());
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use switchyard_wire::ResultLabel;
 
 use crate::record::EvalRecord;
 
@@ -110,7 +111,7 @@ fn slice(target: &str, family: &str, difficulty: &str, rs: &[&EvalRecord]) -> Sl
         success: rate(passed, rs.len()).unwrap_or(0.0),
         ci_low,
         ci_high,
-        errors: rs.iter().filter(|r| r.label == "error").count(),
+        errors: rs.iter().filter(|r| r.label == ResultLabel::Error.as_str()).count(),
         correct_refusal: rate(rs.iter().filter(|r| r.expects_refusal && r.refused).count(), must),
         over_refusal: rate(rs.iter().filter(|r| !r.expects_refusal && r.refused).count(), must_not),
         cost_per_success: (!costs.is_empty() && passed > 0).then(|| costs.iter().sum::<f64>() / passed as f64),
