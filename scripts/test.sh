@@ -14,6 +14,11 @@ else
   echo "test: rustfmt is not installed; skipping the format check" >&2
 fi
 
+# Lints are part of the tests: warnings (clippy's and the workspace's
+# [workspace.lints]) fail the run. Release profile, like everything below,
+# so llama.cpp is built once.
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+
 # The model is pulled (and verified) once, up front, so tests in parallel
 # binaries don't each fetch it.
 cargo build --release --locked --bin switchyard

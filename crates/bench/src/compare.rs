@@ -40,7 +40,10 @@ fn ratio(v: Option<f64>, base: Option<f64>) -> String {
 pub fn table(runs: &[(String, RunReport)]) -> Result<String, String> {
     let Some((_, first)) = runs.first() else { return Err("nothing to compare".into()) };
     if let Some((label, other)) = runs.iter().find(|(_, r)| r.trace_sha256 != first.trace_sha256) {
-        return Err(format!("{label} replayed a different trace ({} vs {}): only runs over identical traffic compare", other.trace_sha256, first.trace_sha256));
+        return Err(format!(
+            "{label} replayed a different trace ({} vs {}): only runs over identical traffic compare",
+            other.trace_sha256, first.trace_sha256
+        ));
     }
     let ttft = |r: &RunReport, q: fn(&crate::replay::Percentiles) -> f64| r.summary.ttft_ms.as_ref().map(q);
     let mut out = String::from(
@@ -60,7 +63,10 @@ pub fn table(runs: &[(String, RunReport)]) -> Result<String, String> {
             s.failed,
             s.requests,
             r.cost.as_ref().and_then(|c| c.per_successful_task_usd).map_or_else(|| "–".into(), |v| format!("{v:.6}")),
-            r.energy.as_ref().and_then(|e| e.per_task_wh.map(|wh| format!("{wh:.4} ({})", e.kind))).unwrap_or_else(|| "–".into()),
+            r.energy
+                .as_ref()
+                .and_then(|e| e.per_task_wh.map(|wh| format!("{wh:.4} ({})", e.kind)))
+                .unwrap_or_else(|| "–".into()),
             ratio(ttft(r, |p| p.p50), ttft(first, |p| p.p50)),
             ratio(Some(s.output_tokens_per_s), Some(first.summary.output_tokens_per_s)),
         ));

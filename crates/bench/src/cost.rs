@@ -88,10 +88,15 @@ pub struct PowerModel {
 impl PowerModel {
     /// Parses `IDLE_W,W_PER_CORE` (e.g. `40,12`).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let parts: Vec<f64> =
-            text.split(',').map(|p| p.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|_| format!("`{text}`: give IDLE_W,W_PER_CORE, e.g. 40,12"))?;
+        let parts: Vec<f64> = text
+            .split(',')
+            .map(|p| p.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("`{text}`: give IDLE_W,W_PER_CORE, e.g. 40,12"))?;
         match parts[..] {
-            [idle_watts, watts_per_core] if idle_watts >= 0.0 && watts_per_core >= 0.0 => Ok(Self { idle_watts, watts_per_core }),
+            [idle_watts, watts_per_core] if idle_watts >= 0.0 && watts_per_core >= 0.0 => {
+                Ok(Self { idle_watts, watts_per_core })
+            }
             _ => Err(format!("`{text}`: give IDLE_W,W_PER_CORE (two numbers >= 0), e.g. 40,12")),
         }
     }
@@ -116,7 +121,11 @@ impl Rapl {
         let mut zones: Vec<PathBuf> = std::fs::read_dir(root)
             .ok()?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("intel-rapl:") && n.matches(':').count() == 1))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("intel-rapl:") && n.matches(':').count() == 1)
+            })
             .filter(|p| read_u64(&p.join("energy_uj")).is_some())
             .collect();
         zones.sort();
@@ -135,7 +144,13 @@ impl Rapl {
             .zones
             .iter()
             .zip(before.iter().zip(after))
-            .map(|(zone, (&b, &a))| if a >= b { a - b } else { read_u64(&zone.join("max_energy_range_uj")).unwrap_or(0).saturating_sub(b) + a })
+            .map(|(zone, (&b, &a))| {
+                if a >= b {
+                    a - b
+                } else {
+                    read_u64(&zone.join("max_energy_range_uj")).unwrap_or(0).saturating_sub(b) + a
+                }
+            })
             .sum();
         uj as f64 / 3.6e9
     }
@@ -147,7 +162,8 @@ fn read_u64(path: &Path) -> Option<u64> {
 
 /// CPU seconds (user + system, all threads) a process has used so far.
 pub fn process_cpu_s(pid: u32) -> Result<f64, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("reading /proc/{pid}/stat: {e} (is --target-pid running?)"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("reading /proc/{pid}/stat: {e} (is --target-pid running?)"))?;
     // The command name (field 2) may hold spaces; the fields after it don't.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or("unexpected /proc stat format")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -155,6 +171,7 @@ pub fn process_cpu_s(pid: u32) -> Result<f64, String> {
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     let total = ticks(11)? + ticks(12)?;
     // SAFETY: sysconf only reads a configuration value.
+    #[expect(unsafe_code, reason = "sysconf has no safe wrapper; see SAFETY")]
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
     Ok(total as f64 / hz as f64)
 }
@@ -181,9 +198,11 @@ impl Meter {
 
     pub fn finish(self, wall_s: f64, successful: usize) -> Result<Energy, String> {
         let (wh, kind, source) = match self {
-            Meter::Rapl(rapl, before) => {
-                (rapl.wh_between(&before, &rapl.read()), "measured", "RAPL package counters: the whole machine, the load generator included".to_string())
-            }
+            Meter::Rapl(rapl, before) => (
+                rapl.wh_between(&before, &rapl.read()),
+                "measured",
+                "RAPL package counters: the whole machine, the load generator included".to_string(),
+            ),
             Meter::Model { model, pid, cpu_before } => {
                 let cpu_s = process_cpu_s(pid)? - cpu_before;
                 (
@@ -230,9 +249,13 @@ mod tests {
         assert!(!c.success.contains("label"));
 
         // A router's refusal costs what it used, but is no task done.
-        let labelled = |label: &str| RequestResult { label: Some(label.into()), ..done(Some("cloud"), 1000, 500, 10.0) };
+        let labelled =
+            |label: &str| RequestResult { label: Some(label.into()), ..done(Some("cloud"), 1000, 500, 10.0) };
         let c = summarize(&[labelled("answered"), labelled("refused"), labelled("human-escalated")], 0.0, &prices, "m");
-        assert!((c.cost_usd - 0.009).abs() < 1e-12 && (c.per_successful_task_usd.unwrap() - 0.009).abs() < 1e-12, "{c:?}");
+        assert!(
+            (c.cost_usd - 0.009).abs() < 1e-12 && (c.per_successful_task_usd.unwrap() - 0.009).abs() < 1e-12,
+            "{c:?}"
+        );
         assert_eq!(c.successful_tasks, 1);
         assert!(c.success.contains("x-switchyard-label"), "{}", c.success);
         let none = summarize(&[labelled("refused")], 0.0, &prices, "m");
@@ -241,7 +264,10 @@ mod tests {
 
     #[test]
     fn hardware_prices_charge_time_and_unknown_prices_are_counted_not_guessed() {
-        let prices = Prices::from_toml("[prices.local-model]\nhardware_per_hour = 3.6\nidle_watts = 10\nbusy_watts = 100\nslots = 2\n").unwrap();
+        let prices = Prices::from_toml(
+            "[prices.local-model]\nhardware_per_hour = 3.6\nidle_watts = 10\nbusy_watts = 100\nslots = 2\n",
+        )
+        .unwrap();
         // One hour of E2E on a 2-slot machine at $3.6/h: $1.8.
         let mut unrouted = done(None, 1, 1, 3.6e6);
         unrouted.sent_ms = 5.0;
@@ -251,7 +277,11 @@ mod tests {
         assert!((c.cost_usd - 1.8).abs() < 1e-9, "{c:?}");
         assert_eq!(c.unpriced, 1, "tokens counted from chunks are not priced: {c:?}");
         let elsewhere = summarize(&[done(Some("elsewhere"), 1, 1, 10.0)], 0.0, &prices, "unknown-model");
-        assert_eq!((elsewhere.unpriced, elsewhere.cost_usd, elsewhere.per_successful_task_usd), (1, 0.0, None), "no price: counted, not guessed");
+        assert_eq!(
+            (elsewhere.unpriced, elsewhere.cost_usd, elsewhere.per_successful_task_usd),
+            (1, 0.0, None),
+            "no price: counted, not guessed"
+        );
         // Warm-up requests are left out.
         assert_eq!(summarize(&results, 6.0, &prices, "local-model").successful_tasks, 0);
     }
@@ -268,7 +298,9 @@ mod tests {
     #[test]
     fn rapl_counters_are_read_per_package_and_wraparound_is_corrected() {
         let root = tempfile::tempdir().unwrap();
-        for (zone, energy, max) in [("intel-rapl:0", "1000", "5000000"), ("intel-rapl:1", "4999000", "5000000"), ("intel-rapl:0:0", "7", "9")] {
+        for (zone, energy, max) in
+            [("intel-rapl:0", "1000", "5000000"), ("intel-rapl:1", "4999000", "5000000"), ("intel-rapl:0:0", "7", "9")]
+        {
             let dir = root.path().join(zone);
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("energy_uj"), energy).unwrap();

@@ -46,7 +46,10 @@ impl PreciseTimer {
             .spawn(move || {
                 // Linux lets a sleeping thread wake up to 50 µs late by default; ask for 1 µs.
                 // SAFETY: prctl with PR_SET_TIMERSLACK only changes this thread's timer slack.
-                unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+                #[expect(unsafe_code, reason = "prctl has no safe wrapper; see SAFETY")]
+                unsafe {
+                    libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong)
+                };
                 let mut due: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
                 let mut wakers: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
                 let mut seq = 0u64;
@@ -63,11 +66,13 @@ impl PreciseTimer {
                     }
                     let next = match due.peek() {
                         None => rx.recv().map_err(|_| ()),
-                        Some(&Reverse((at, _))) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                            Ok(m) => Ok(m),
-                            Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                            Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
-                        },
+                        Some(&Reverse((at, _))) => {
+                            match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                                Ok(m) => Ok(m),
+                                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                                Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+                            }
+                        }
                     };
                     let Ok((at, waker)) = next else { return };
                     seq += 1;
@@ -122,7 +127,11 @@ async fn answer(d: Delays, timer: PreciseTimer, Json(body): Json<Value>) -> Resp
         ))
     };
     let usage = json!({"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": d.chunks}});
-    let tail = Bytes::from(if d.usage { format!("data: {usage}\n\ndata: [DONE]\n\n") } else { "data: [DONE]\n\n".to_string() });
+    let tail = Bytes::from(if d.usage {
+        format!("data: {usage}\n\ndata: [DONE]\n\n")
+    } else {
+        "data: [DONE]\n\n".to_string()
+    });
     let events = futures::stream::iter(0..d.chunks)
         .then(move |i| {
             let (bytes, timer) = (chunk(i), timer.clone());

@@ -134,8 +134,10 @@ impl RequestResult {
 
 /// A prompt of about `tokens` tokens (one common word each for most tokenizers).
 pub fn synthetic_prompt(tokens: u32, seed: usize) -> String {
-    const WORDS: [&str; 16] =
-        ["time", "data", "system", "value", "order", "model", "green", "river", "number", "light", "table", "window", "paper", "stone", "music", "field"];
+    const WORDS: [&str; 16] = [
+        "time", "data", "system", "value", "order", "model", "green", "river", "number", "light", "table", "window",
+        "paper", "stone", "music", "field",
+    ];
     (0..tokens as usize).map(|i| WORDS[(i * 7 + seed) % WORDS.len()]).collect::<Vec<_>>().join(" ")
 }
 
@@ -159,7 +161,14 @@ struct Clock {
 }
 
 /// Sends one request and follows its stream.
-async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index: usize, clock: Clock, timeout: Duration) -> RequestResult {
+async fn one(
+    client: &reqwest::Client,
+    target: &Target,
+    r: &TraceRequest,
+    index: usize,
+    clock: Clock,
+    timeout: Duration,
+) -> RequestResult {
     let sent = Instant::now();
     let scheduled = clock.scheduled;
     let mut out = RequestResult {
@@ -183,7 +192,9 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
     let ms = |t: Instant| t.duration_since(sent).as_secs_f64() * 1e3;
     let run = async {
         let body = body(r, index, &target.model, target.stream);
-        let resp = post_chat(client, &target.base_url, &target.headers, &body).await.map_err(|e| format!("request failed: {e}"))?;
+        let resp = post_chat(client, &target.base_url, &target.headers, &body)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
         out.status = Some(resp.status.as_u16());
         (out.route, out.label) = (resp.switchyard.route.clone(), resp.switchyard.label.clone());
         if !resp.status.is_success() {
@@ -210,7 +221,9 @@ async fn one(client: &reqwest::Client, target: &Target, r: &TraceRequest, index:
         while let Some(chunk) = stream.next().await {
             let Chunk { reply, at: now } = chunk.map_err(|e| match e {
                 ReadError::Broken(e) => format!("stream broke: {e}"),
-                ReadError::Malformed { text, .. } => format!("malformed chunk: {}", text.chars().take(80).collect::<String>()),
+                ReadError::Malformed { text, .. } => {
+                    format!("malformed chunk: {}", text.chars().take(80).collect::<String>())
+                }
             })?;
             if let Some(e) = &reply.error {
                 return Err(format!("error event: {}", e.message.as_deref().unwrap_or("unknown")));
@@ -275,7 +288,13 @@ pub type Watcher = Arc<dyn Fn(&RequestResult) + Send + Sync>;
 
 /// [`replay`] within `limits`, telling `watch` about each request as it
 /// completes. Results are in trace order; requests never sent have none.
-pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, limits: Limits, watch: Watcher) -> Vec<RequestResult> {
+pub async fn replay_watched(
+    trace: &Trace,
+    target: &Target,
+    load: Load,
+    limits: Limits,
+    watch: Watcher,
+) -> Vec<RequestResult> {
     let Limits { timeout, duration } = limits;
     let client = reqwest::Client::builder().build().expect("an HTTP client");
     // `one`, then the watcher, as a future a task can own.
@@ -308,7 +327,11 @@ pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, limits: 
                     })
                 })
                 .collect();
-            futures::future::join_all(tasks.into_iter().flatten()).await.into_iter().map(|r| r.expect("request tasks do not panic")).collect::<Vec<_>>()
+            futures::future::join_all(tasks.into_iter().flatten())
+                .await
+                .into_iter()
+                .map(|r| r.expect("request tasks do not panic"))
+                .collect::<Vec<_>>()
         }
         Load::Sessions { time_scale } => {
             let mut sessions: BTreeMap<&str, Vec<(usize, TraceRequest)>> = BTreeMap::new();
@@ -334,14 +357,21 @@ pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, limits: 
                             }
                             tokio::time::sleep_until(at).await;
                             let at_us = r.at_us;
-                            out.push(send(client.clone(), target.clone(), r, i, Clock { scheduled: at, run_start: start }).await);
+                            out.push(
+                                send(client.clone(), target.clone(), r, i, Clock { scheduled: at, run_start: start })
+                                    .await,
+                            );
                             previous = Some((at_us, Instant::now()));
                         }
                         out
                     })
                 })
                 .collect();
-            futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.expect("session tasks do not panic")).collect()
+            futures::future::join_all(tasks)
+                .await
+                .into_iter()
+                .flat_map(|r| r.expect("session tasks do not panic"))
+                .collect()
         }
         Load::Closed { concurrency, ramp_up } => {
             let slots = concurrency.max(1);
@@ -359,7 +389,10 @@ pub async fn replay_watched(trace: &Trace, target: &Target, load: Load, limits: 
                                 return None;
                             }
                         }
-                        Some(send(client, target, r.clone(), i, Clock { scheduled: Instant::now(), run_start: start }).await)
+                        Some(
+                            send(client, target, r.clone(), i, Clock { scheduled: Instant::now(), run_start: start })
+                                .await,
+                        )
                     }
                 })
                 .buffer_unordered(slots)
@@ -390,7 +423,14 @@ pub fn percentiles(values_ms: impl IntoIterator<Item = f64>) -> Option<Percentil
         h.saturating_record((v * 1000.0).round().max(1.0) as u64);
     }
     let at = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    (!h.is_empty()).then(|| Percentiles { count: h.len(), p50: at(0.5), p90: at(0.9), p95: at(0.95), p99: at(0.99), max: h.max() as f64 / 1000.0 })
+    (!h.is_empty()).then(|| Percentiles {
+        count: h.len(),
+        p50: at(0.5),
+        p90: at(0.9),
+        p95: at(0.95),
+        p99: at(0.99),
+        max: h.max() as f64 / 1000.0,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -454,7 +494,13 @@ pub struct RouteSummary {
 
 /// Figures over the requests sent after `warmup_ms`; rates are per second
 /// of the measured part (`duration_s` minus the warm-up).
-pub fn summarize(all: &[RequestResult], duration_s: f64, warmup_ms: f64, slo_ttft_ms: f64, slo_tpot_ms: f64) -> Summary {
+pub fn summarize(
+    all: &[RequestResult],
+    duration_s: f64,
+    warmup_ms: f64,
+    slo_ttft_ms: f64,
+    slo_tpot_ms: f64,
+) -> Summary {
     let results: Vec<RequestResult> = all.iter().filter(|r| r.sent_ms >= warmup_ms).cloned().collect();
     let duration_s = (duration_s - warmup_ms / 1000.0).max(0.0);
     let ok: Vec<&RequestResult> = results.iter().filter(|r| r.ok()).collect();
@@ -464,7 +510,12 @@ pub fn summarize(all: &[RequestResult], duration_s: f64, warmup_ms: f64, slo_ttf
         *failures.entry(reason).or_default() += 1;
     }
     // A refusal or handoff is quick and meets any SLO; it is no task done.
-    let good = ok.iter().filter(|r| r.succeeded() && r.ttft_ms.is_some_and(|t| t <= slo_ttft_ms) && r.tpot_ms().is_none_or(|t| t <= slo_tpot_ms)).count();
+    let good = ok
+        .iter()
+        .filter(|r| {
+            r.succeeded() && r.ttft_ms.is_some_and(|t| t <= slo_ttft_ms) && r.tpot_ms().is_none_or(|t| t <= slo_tpot_ms)
+        })
+        .count();
     let tokens: u64 = ok.iter().filter_map(|r| r.output_tokens).map(u64::from).sum();
     let mut sources: Vec<&str> = ok.iter().filter_map(|r| r.tokens_from.as_deref()).collect();
     sources.sort_unstable();

@@ -15,7 +15,9 @@ fn cdf(title: &str, series: &[(&str, Vec<f64>)]) -> String {
     let x = |v: f64| pad + v / max * (w - 2.0 * pad);
     let y = |q: f64| h - pad - q * (h - 2.0 * pad);
     let colours = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759"];
-    let mut svg = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>");
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>"
+    );
     for i in 0..=4 {
         let (f, q) = (i as f64 / 4.0, i as f64 / 4.0);
         svg.push_str(&format!(
@@ -28,7 +30,8 @@ fn cdf(title: &str, series: &[(&str, Vec<f64>)]) -> String {
         let mut v = values.clone();
         v.sort_by(f64::total_cmp);
         let n = v.len().max(1) as f64;
-        let points: Vec<String> = v.iter().enumerate().map(|(k, val)| format!("{:.1},{:.1}", x(*val), y((k + 1) as f64 / n))).collect();
+        let points: Vec<String> =
+            v.iter().enumerate().map(|(k, val)| format!("{:.1},{:.1}", x(*val), y((k + 1) as f64 / n))).collect();
         let c = colours[i % colours.len()];
         svg.push_str(&format!("<polyline fill='none' stroke='{c}' stroke-width='2' points='{}'/>", points.join(" ")));
         legend.push_str(&format!("<span style='color:{c}'>&#9632;</span> {} ({} values) ", escape(name), v.len()));
@@ -52,7 +55,9 @@ pub(crate) fn lines(title: &str, x: &[String], unit: &str, series: &[Series]) ->
     let px = |i: usize| pad + i as f64 * step;
     let py = |v: f64| h - pad - v / max * (h - 2.0 * pad);
     let colours = ["#4e79a7", "#f28e2b", "#e15759", "#59a14f"];
-    let mut svg = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>");
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>"
+    );
     for i in 0..=4 {
         let v = max * i as f64 / 4.0;
         svg.push_str(&format!(
@@ -69,12 +74,18 @@ pub(crate) fn lines(title: &str, x: &[String], unit: &str, series: &[Series]) ->
         ));
     }
     for (i, label) in x.iter().enumerate() {
-        svg.push_str(&format!("<text x='{:.1}' y='{}' text-anchor='middle'>{}</text>", px(i), h - pad + 14.0, escape(label)));
+        svg.push_str(&format!(
+            "<text x='{:.1}' y='{}' text-anchor='middle'>{}</text>",
+            px(i),
+            h - pad + 14.0,
+            escape(label)
+        ));
     }
     let mut legend = String::new();
     for (k, s) in series.iter().enumerate() {
         let c = colours[k % colours.len()];
-        let points: Vec<(f64, f64)> = s.values.iter().enumerate().filter_map(|(i, v)| v.map(|v| (px(i), py(v)))).collect();
+        let points: Vec<(f64, f64)> =
+            s.values.iter().enumerate().filter_map(|(i, v)| v.map(|v| (px(i), py(v)))).collect();
         let path: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
         svg.push_str(&format!("<polyline fill='none' stroke='{c}' stroke-width='2' points='{}'/>", path.join(" ")));
         for (x, y) in &points {
@@ -98,7 +109,9 @@ fn timeline(results: &[RequestResult]) -> String {
     let (w, h, pad) = (520.0, 300.0, 44.0);
     let t_max = results.iter().map(|r| r.sent_ms).fold(0.0_f64, f64::max).max(1e-9);
     let e_max = results.iter().filter_map(|r| r.e2e_ms).fold(0.0_f64, f64::max).max(1e-9);
-    let mut svg = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>");
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>"
+    );
     svg.push_str(&format!("<line x1='{pad}' x2='{}' y1='{}' y2='{}' stroke='#999'/>", w - pad, h - pad, h - pad));
     for r in results {
         let cx = pad + r.sent_ms / t_max * (w - 2.0 * pad);
@@ -141,7 +154,11 @@ pub fn cost_line(report: &RunReport) -> String {
             c.per_successful_task_usd.map_or_else(|| "–".into(), |v| format!("${v:.6}")),
             c.successful_tasks,
             c.success,
-            if c.unpriced > 0 { format!("; {} requests unpriced (no price or no usage), so a lower bound", c.unpriced) } else { String::new() }
+            if c.unpriced > 0 {
+                format!("; {} requests unpriced (no price or no usage), so a lower bound", c.unpriced)
+            } else {
+                String::new()
+            }
         ),
     };
     let energy = match &report.energy {
@@ -161,15 +178,25 @@ pub fn html(report: &RunReport, results: &[RequestResult]) -> String {
     let s = &report.summary;
     let ok: Vec<&RequestResult> = results.iter().filter(|r| r.ok() && r.sent_ms >= 0.0).collect();
     let charts = [
-        cdf("TTFT and E2E, cumulative", &[("TTFT", ok.iter().filter_map(|r| r.ttft_ms).collect()), ("E2E", ok.iter().filter_map(|r| r.e2e_ms).collect())]),
+        cdf(
+            "TTFT and E2E, cumulative",
+            &[
+                ("TTFT", ok.iter().filter_map(|r| r.ttft_ms).collect()),
+                ("E2E", ok.iter().filter_map(|r| r.e2e_ms).collect()),
+            ],
+        ),
         cdf("Inter-token latency, cumulative", &[("ITL", ok.iter().flat_map(|r| r.itl_ms.iter().copied()).collect())]),
         timeline(results),
     ]
     .concat();
     let table = s.latencies().iter().map(|(n, p)| row(n, p)).collect::<String>();
-    let definitions: String = s.definitions.iter().map(|(k, v)| format!("<li><b>{k}</b>: {}</li>", escape(v))).collect();
-    let failures =
-        if s.failures.is_empty() { "none".to_string() } else { s.failures.iter().map(|(k, v)| format!("{} × {v}", escape(k))).collect::<Vec<_>>().join(", ") };
+    let definitions: String =
+        s.definitions.iter().map(|(k, v)| format!("<li><b>{k}</b>: {}</li>", escape(v))).collect();
+    let failures = if s.failures.is_empty() {
+        "none".to_string()
+    } else {
+        s.failures.iter().map(|(k, v)| format!("{} × {v}", escape(k))).collect::<Vec<_>>().join(", ")
+    };
     format!(
         "<!doctype html><html><head><meta charset='utf-8'><title>bench {target}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
          figure{{display:inline-block;margin:0 2em 2em 0}} figcaption{{font-weight:600}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><body>\

@@ -62,7 +62,11 @@ pub fn compare(sweeps: &[(String, Sweep)]) -> Result<String, String> {
     let sha = |s: &Sweep| s.levels.first().map(|l| l.report.trace_sha256.clone()).unwrap_or_default();
     for (label, s) in sweeps {
         if sha(s) != sha(first) {
-            return Err(format!("{label} replayed a different trace ({} vs {}): only runs over identical traffic compare", sha(s), sha(first)));
+            return Err(format!(
+                "{label} replayed a different trace ({} vs {}): only runs over identical traffic compare",
+                sha(s),
+                sha(first)
+            ));
         }
         let theirs: Vec<usize> = s.levels.iter().map(|l| l.concurrency).collect();
         if theirs != levels {
@@ -81,7 +85,11 @@ pub fn compare(sweeps: &[(String, Sweep)]) -> Result<String, String> {
         let mut failed = (0, 0);
         for (mine, base) in s.levels.iter().zip(&first.levels) {
             let (m, b) = (&mine.report.summary, &base.report.summary);
-            let tps = if b.output_tokens_per_s > 0.0 { format!(" ({:.2}x)", m.output_tokens_per_s / b.output_tokens_per_s) } else { String::new() };
+            let tps = if b.output_tokens_per_s > 0.0 {
+                format!(" ({:.2}x)", m.output_tokens_per_s / b.output_tokens_per_s)
+            } else {
+                String::new()
+            };
             let ttft = match (pick(&m.ttft_ms, |p| p.p50), pick(&b.ttft_ms, |p| p.p50)) {
                 (Some(v), Some(base)) if base > 0.0 => format!("{v:.1} ({:.2}x)", v / base),
                 (v, _) => cell(v),
@@ -101,16 +109,25 @@ pub fn html(sweep: &Sweep) -> String {
     let series = |p: fn(&crate::replay::Summary) -> &Option<Percentiles>| -> Vec<Series> {
         [("p50", (|p: &Percentiles| p.p50) as fn(&Percentiles) -> f64), ("p95", |p| p.p95), ("p99", |p| p.p99)]
             .into_iter()
-            .map(|(name, q)| Series { name: name.into(), values: sweep.levels.iter().map(|l| pick(p(&l.report.summary), q)).collect() })
+            .map(|(name, q)| Series {
+                name: name.into(),
+                values: sweep.levels.iter().map(|l| pick(p(&l.report.summary), q)).collect(),
+            })
             .collect()
     };
     let throughput = |f: fn(&crate::replay::Summary) -> f64, name: &str| Series {
         name: name.into(),
         values: sweep.levels.iter().map(|l| Some(f(&l.report.summary))).collect(),
     };
-    let cost: Vec<Option<f64>> = sweep.levels.iter().map(|l| l.report.cost.as_ref().and_then(|c| c.per_successful_task_usd)).collect();
+    let cost: Vec<Option<f64>> =
+        sweep.levels.iter().map(|l| l.report.cost.as_ref().and_then(|c| c.per_successful_task_usd)).collect();
     let cost_chart = if cost.iter().any(Option::is_some) {
-        lines("Cost per successful task vs concurrency", &x, "$", &[Series { name: "$ per successful task".into(), values: cost }])
+        lines(
+            "Cost per successful task vs concurrency",
+            &x,
+            "$",
+            &[Series { name: "$ per successful task".into(), values: cost }],
+        )
     } else {
         String::new()
     };
@@ -118,7 +135,12 @@ pub fn html(sweep: &Sweep) -> String {
         lines("TTFT vs concurrency", &x, "ms", &series(|s| &s.ttft_ms)),
         lines("Inter-token latency vs concurrency", &x, "ms", &series(|s| &s.itl_ms)),
         lines("E2E latency vs concurrency", &x, "ms", &series(|s| &s.e2e_ms)),
-        lines("Output tokens/s (all requests) vs concurrency", &x, "tok/s", &[throughput(|s| s.output_tokens_per_s, "output tok/s")]),
+        lines(
+            "Output tokens/s (all requests) vs concurrency",
+            &x,
+            "tok/s",
+            &[throughput(|s| s.output_tokens_per_s, "output tok/s")],
+        ),
         lines(
             "Requests/s and goodput/s vs concurrency",
             &x,
@@ -128,11 +150,14 @@ pub fn html(sweep: &Sweep) -> String {
         cost_chart,
     ]
     .concat();
-    let (target, trace) =
-        sweep.levels.first().map_or_else(Default::default, |l| (l.report.target.clone(), format!("{} (sha256 {})", l.report.trace, l.report.trace_sha256)));
+    let (target, trace) = sweep.levels.first().map_or_else(Default::default, |l| {
+        (l.report.target.clone(), format!("{} (sha256 {})", l.report.trace, l.report.trace_sha256))
+    });
     // The markdown table, as HTML: header line, separator line, rows.
     let markdown = table(sweep);
-    let cells = |line: &str, tag: &str| line.trim_matches('|').split('|').map(|c| format!("<{tag}>{}</{tag}>", escape(c.trim()))).collect::<String>();
+    let cells = |line: &str, tag: &str| {
+        line.trim_matches('|').split('|').map(|c| format!("<{tag}>{}</{tag}>", escape(c.trim()))).collect::<String>()
+    };
     let header = cells(markdown.lines().next().unwrap_or_default(), "th");
     let rows: String = markdown.lines().skip(2).map(|line| format!("<tr>{}</tr>", cells(line, "td"))).collect();
     format!(

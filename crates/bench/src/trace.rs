@@ -87,7 +87,15 @@ pub enum Scenario {
     Team { sessions: u32, turns: u32, mean_think_ms: f64, input_tokens: u32, max_tokens: u32 },
     /// Poisson arrivals at `rate_per_s`, multiplied by `factor` during
     /// `spike_ms` every `every_ms`.
-    Burst { duration_ms: f64, rate_per_s: f64, factor: f64, every_ms: f64, spike_ms: f64, input_tokens: u32, max_tokens: u32 },
+    Burst {
+        duration_ms: f64,
+        rate_per_s: f64,
+        factor: f64,
+        every_ms: f64,
+        spike_ms: f64,
+        input_tokens: u32,
+        max_tokens: u32,
+    },
     /// Poisson arrivals of long prompts (uniform in `input_range`) with mixed
     /// answer lengths (uniform in `output_range`).
     LongContext { requests: u32, rate_per_s: f64, input_range: (u32, u32), output_range: (u32, u32) },
@@ -116,7 +124,8 @@ impl Scenario {
         let mut requests = Vec::new();
         match *self {
             Scenario::Single { requests: n, think_ms, input_tokens, max_tokens } => {
-                requests.extend((0..n).map(|i| request(f64::from(i) * think_ms, "s0".into(), i, input_tokens, max_tokens)));
+                requests
+                    .extend((0..n).map(|i| request(f64::from(i) * think_ms, "s0".into(), i, input_tokens, max_tokens)));
             }
             Scenario::Team { sessions, turns, mean_think_ms, input_tokens, max_tokens } => {
                 for s in 0..sessions {
@@ -193,7 +202,10 @@ pub fn from_recorded(records: &[Recorded], default_input_tokens: u32, default_ma
                     (default_input_tokens, default_max_tokens)
                 }
             };
-            TraceRequest { headers: r.headers.clone(), ..request((r.created_ms - first) as f64, format!("r{i}"), 0, input, output) }
+            TraceRequest {
+                headers: r.headers.clone(),
+                ..request((r.created_ms - first) as f64, format!("r{i}"), 0, input, output)
+            }
         })
         .collect::<Vec<_>>();
     let mut trace = Trace { requests };
@@ -234,7 +246,8 @@ fn timestamp_ms(ts: &str) -> Option<f64> {
     let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
     let mut t = time.split(':');
-    let (h, min, sec) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?, t.next()?.parse::<f64>().ok()?);
+    let (h, min, sec) =
+        (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?, t.next()?.parse::<f64>().ok()?);
     // Days from civil (Howard Hinnant's algorithm).
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);

@@ -21,15 +21,25 @@ const CHUNKS: usize = 5;
 async fn mock(State(hits): State<Arc<AtomicUsize>>, Json(body): Json<Value>) -> Response {
     hits.fetch_add(1, Ordering::SeqCst);
     let model = body["model"].as_str().unwrap_or_default().to_string();
-    let chunk = |c: &str| Ok::<_, std::io::Error>(Bytes::from(format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {"content": c}}]}))));
+    let chunk = |c: &str| {
+        Ok::<_, std::io::Error>(Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"choices": [{"index": 0, "delta": {"content": c}}]})
+        )))
+    };
     // A router answers with switchyard's `timings` beside the usage.
     let timings = (model == "routed")
         .then(|| json!({"prompt_n": 3, "prompt_ms": 4.5, "predicted_n": CHUNKS, "predicted_ms": 8.0, "queue_ms": 0.5, "ttft_ms": 5.0, "total_ms": 13.0}));
-    let usage =
-        Ok(Bytes::from(format!("data: {}\n\n", json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": CHUNKS}, "timings": timings}))));
+    let usage = Ok(Bytes::from(format!(
+        "data: {}\n\n",
+        json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": CHUNKS}, "timings": timings})
+    )));
     let done = Ok(Bytes::from("data: [DONE]\n\n"));
     let parts: Vec<Result<Bytes, std::io::Error>> = match model.as_str() {
-        "busy" => return (axum::http::StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": {"message": "queue full"}}))).into_response(),
+        "busy" => {
+            return (axum::http::StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": {"message": "queue full"}})))
+                .into_response()
+        }
         "fail" => return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
         "cut" => vec![chunk("a"), Err(std::io::Error::other("cut"))],
         "garbage" => vec![chunk("a"), Ok(Bytes::from("data: {oops\n\n"))],
@@ -90,11 +100,20 @@ async fn a_healthy_target_gives_full_timings() {
     assert_eq!((warm.requests, warm.warmup_excluded, warm.ttft_ms), (0, 10, None));
     assert!(s.per_route.is_empty(), "the mock is not a router");
 
-    let routed = replay(&trace(), &target(&base, "routed"), Load::Closed { concurrency: 4, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
+    let routed = replay(
+        &trace(),
+        &target(&base, "routed"),
+        Load::Closed { concurrency: 4, ramp_up: Duration::ZERO },
+        Duration::from_secs(10),
+    )
+    .await;
     let routed_summary = summarize(&routed, 1.0, 0.0, 1_000.0, 1_000.0);
     // The server's own queue / prefill / decode split, where it reports one.
-    let (queue, prefill, decode) =
-        (routed_summary.server_queue_ms.unwrap(), routed_summary.server_prefill_ms.unwrap(), routed_summary.server_decode_ms.unwrap());
+    let (queue, prefill, decode) = (
+        routed_summary.server_queue_ms.unwrap(),
+        routed_summary.server_prefill_ms.unwrap(),
+        routed_summary.server_decode_ms.unwrap(),
+    );
     assert_eq!(queue.count, 10);
     for (got, want) in [(queue.p50, 0.5), (prefill.p50, 4.5), (decode.p99, 8.0)] {
         assert!((got - want).abs() < 0.01, "{got} vs {want} (HDR keeps 3 significant digits)");
@@ -104,19 +123,36 @@ async fn a_healthy_target_gives_full_timings() {
     assert_eq!(by_route.keys().collect::<Vec<_>>(), ["local"]);
     assert_eq!((by_route["local"].requests, by_route["local"].ttft_ms.as_ref().unwrap().count), (10, 10));
 
-    let closed = replay(&trace(), &target(&base, "nousage"), Load::Closed { concurrency: 3, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
+    let closed = replay(
+        &trace(),
+        &target(&base, "nousage"),
+        Load::Closed { concurrency: 3, ramp_up: Duration::ZERO },
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(closed.len(), 10);
-    assert!(closed.iter().all(|r| r.ok() && r.tokens_from.as_deref() == Some("chunks") && r.output_tokens == Some(CHUNKS as u32)));
+    assert!(closed
+        .iter()
+        .all(|r| r.ok() && r.tokens_from.as_deref() == Some("chunks") && r.output_tokens == Some(CHUNKS as u32)));
 
     // With a tokenizer, the answer's text is counted instead of its chunks...
     let letters = TokenCounter::new("letters", |text| 2 * text.chars().count() as u32);
     let counted = Target { tokenizer: Some(letters), ..target(&base, "nousage") };
-    let results = replay(&trace(), &counted, Load::Closed { concurrency: 3, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
-    assert!(results.iter().all(|r| r.ok() && r.tokens_from.as_deref() == Some("tokenizer:letters") && r.output_tokens == Some(2 * CHUNKS as u32)));
+    let results =
+        replay(&trace(), &counted, Load::Closed { concurrency: 3, ramp_up: Duration::ZERO }, Duration::from_secs(10))
+            .await;
+    assert!(results.iter().all(|r| r.ok()
+        && r.tokens_from.as_deref() == Some("tokenizer:letters")
+        && r.output_tokens == Some(2 * CHUNKS as u32)));
     assert_eq!(summarize(&results, 1.0, 0.0, 1_000.0, 1_000.0).tokens_from, "tokenizer:letters");
     // ...but never instead of the server's own count.
-    let results =
-        replay(&trace(), &Target { model: "ok".into(), ..counted }, Load::Closed { concurrency: 3, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
+    let results = replay(
+        &trace(),
+        &Target { model: "ok".into(), ..counted },
+        Load::Closed { concurrency: 3, ramp_up: Duration::ZERO },
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(results.iter().all(|r| r.tokens_from.as_deref() == Some("usage")), "{results:?}");
 }
 
@@ -124,7 +160,8 @@ async fn a_healthy_target_gives_full_timings() {
 async fn a_closed_loop_ramps_up_its_first_requests_evenly() {
     let (base, _) = serve().await;
     let ramp_up = Duration::from_millis(60);
-    let results = replay(&trace(), &target(&base, "ok"), Load::Closed { concurrency: 4, ramp_up }, Duration::from_secs(10)).await;
+    let results =
+        replay(&trace(), &target(&base, "ok"), Load::Closed { concurrency: 4, ramp_up }, Duration::from_secs(10)).await;
     assert!(results.iter().all(|r| r.ok()));
     // Request i of the first four waits i/4 of the ramp-up; none goes early.
     for r in &results[..4] {
@@ -143,14 +180,27 @@ async fn a_duration_limit_stops_sending_and_lets_requests_in_flight_finish() {
     // in the first 22 ms, 0..=20, and every one it sent is answered.
     let limits = Limits { timeout: Duration::from_secs(10), duration: Some(Duration::from_millis(22)) };
     let watch = Arc::new(|_: &switchyard_bench::replay::RequestResult| {});
-    let open = replay_watched(&trace(), &target(&base, "ok"), Load::Open { time_scale: 1.0 }, limits, watch.clone()).await;
+    let open =
+        replay_watched(&trace(), &target(&base, "ok"), Load::Open { time_scale: 1.0 }, limits, watch.clone()).await;
     assert_eq!(open.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
     assert!(open.iter().all(|r| r.ok()));
-    let by_session = replay_watched(&trace(), &target(&base, "ok"), Load::Sessions { time_scale: 1.0 }, limits, watch.clone()).await;
-    assert!(!by_session.is_empty() && by_session.len() < 10 && by_session.iter().all(|r| r.ok()), "{}", by_session.len());
+    let by_session =
+        replay_watched(&trace(), &target(&base, "ok"), Load::Sessions { time_scale: 1.0 }, limits, watch.clone()).await;
+    assert!(
+        !by_session.is_empty() && by_session.len() < 10 && by_session.iter().all(|r| r.ok()),
+        "{}",
+        by_session.len()
+    );
     // Closed loop: two slots; once the time is up, a freed slot stays empty.
     let before = hits.load(Ordering::SeqCst);
-    let closed = replay_watched(&trace(), &target(&base, "ok"), Load::Closed { concurrency: 2, ramp_up: Duration::ZERO }, limits, watch).await;
+    let closed = replay_watched(
+        &trace(),
+        &target(&base, "ok"),
+        Load::Closed { concurrency: 2, ramp_up: Duration::ZERO },
+        limits,
+        watch,
+    )
+    .await;
     assert!(closed.len() >= 2 && closed.len() < 10 && closed.iter().all(|r| r.ok()), "{}", closed.len());
     assert_eq!(hits.load(Ordering::SeqCst) - before, closed.len(), "nothing sent that is not in the results");
     // A ramp-up longer than the run: the starts it would put after the end never go.
@@ -163,32 +213,57 @@ async fn a_duration_limit_stops_sending_and_lets_requests_in_flight_finish() {
         Arc::new(|_: &switchyard_bench::replay::RequestResult| {}),
     )
     .await;
-    assert!(ramped.iter().all(|r| ![1, 2, 3].contains(&r.index)), "{:?}", ramped.iter().map(|r| r.index).collect::<Vec<_>>());
-    let unlimited = replay(&trace(), &target(&base, "ok"), Load::Closed { concurrency: 2, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
+    assert!(
+        ramped.iter().all(|r| ![1, 2, 3].contains(&r.index)),
+        "{:?}",
+        ramped.iter().map(|r| r.index).collect::<Vec<_>>()
+    );
+    let unlimited = replay(
+        &trace(),
+        &target(&base, "ok"),
+        Load::Closed { concurrency: 2, ramp_up: Duration::ZERO },
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(unlimited.len(), 10);
 }
 
 #[tokio::test]
 async fn failures_are_counted_and_never_retried() {
     let (base, hits) = serve().await;
-    for (model, reason) in
-        [("busy", "HTTP 429 Too Many Requests"), ("fail", "HTTP 500 Internal Server Error"), ("cut", "stream broke"), ("garbage", "malformed chunk")]
-    {
+    for (model, reason) in [
+        ("busy", "HTTP 429 Too Many Requests"),
+        ("fail", "HTTP 500 Internal Server Error"),
+        ("cut", "stream broke"),
+        ("garbage", "malformed chunk"),
+    ] {
         let before = hits.load(Ordering::SeqCst);
-        let results = replay(&trace(), &target(&base, model), Load::Open { time_scale: 1.0 }, Duration::from_secs(10)).await;
+        let results =
+            replay(&trace(), &target(&base, model), Load::Open { time_scale: 1.0 }, Duration::from_secs(10)).await;
         assert_eq!(hits.load(Ordering::SeqCst) - before, 10, "{model}: one attempt per request");
         let s = summarize(&results, 1.0, 0.0, 1_000.0, 1_000.0);
         assert_eq!((s.ok, s.failed), (0, 10), "{model}");
         assert_eq!(s.failures.get(reason.split(':').next().unwrap()), Some(&10), "{model}: {:?}", s.failures);
     }
-    let dead = replay(&trace(), &target("http://127.0.0.1:9/v1", "x"), Load::Closed { concurrency: 2, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
+    let dead = replay(
+        &trace(),
+        &target("http://127.0.0.1:9/v1", "x"),
+        Load::Closed { concurrency: 2, ramp_up: Duration::ZERO },
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(dead.iter().all(|r| r.error.as_deref().unwrap().starts_with("request failed")));
 }
 
 /// `switchyard bench mock` on a free port: the first chunk after `ttft_ms`,
 /// then one every `itl_ms`. Returns its base URL.
 async fn delay_mock(ttft_ms: u64, itl_ms: u64, chunks: u32) -> String {
-    let delays = switchyard_bench::mock::Delays { ttft: Duration::from_millis(ttft_ms), itl: Duration::from_millis(itl_ms), chunks, usage: true };
+    let delays = switchyard_bench::mock::Delays {
+        ttft: Duration::from_millis(ttft_ms),
+        itl: Duration::from_millis(itl_ms),
+        chunks,
+        usage: true,
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/v1", listener.local_addr().unwrap());
     tokio::spawn(switchyard_bench::mock::serve(listener, delays));
@@ -198,7 +273,13 @@ async fn delay_mock(ttft_ms: u64, itl_ms: u64, chunks: u32) -> String {
 #[tokio::test]
 async fn the_delay_mock_answers_after_its_injected_delays() {
     let base = delay_mock(20, 5, 4).await;
-    let results = replay(&trace(), &target(&base, "mock"), Load::Closed { concurrency: 5, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
+    let results = replay(
+        &trace(),
+        &target(&base, "mock"),
+        Load::Closed { concurrency: 5, ramp_up: Duration::ZERO },
+        Duration::from_secs(10),
+    )
+    .await;
     for r in &results {
         assert!(r.ok(), "{r:?}");
         assert_eq!((r.output_tokens, r.itl_ms.len()), (Some(4), 3));
@@ -206,7 +287,9 @@ async fn the_delay_mock_answers_after_its_injected_delays() {
         assert!(r.ttft_ms.unwrap() >= 20.0 && r.e2e_ms.unwrap() >= 35.0, "{r:?}");
     }
     let whole = Target { stream: false, ..target(&base, "mock") };
-    let results = replay(&trace(), &whole, Load::Closed { concurrency: 5, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
+    let results =
+        replay(&trace(), &whole, Load::Closed { concurrency: 5, ramp_up: Duration::ZERO }, Duration::from_secs(10))
+            .await;
     for r in &results {
         assert!(r.ok() && r.output_tokens == Some(4) && r.itl_ms.is_empty(), "{r:?}");
         assert!(r.ttft_ms == r.e2e_ms && r.e2e_ms.unwrap() >= 35.0, "non-streaming: TTFT is the whole answer: {r:?}");
@@ -223,11 +306,20 @@ async fn a_short_injected_ttft_reads_as_injected_on_a_pooled_connection() {
     let base = delay_mock(TTFT_MS as u64, 5, 3).await;
     // One slot: each request goes on the connection the previous one used.
     let trace = Scenario::Single { requests: 7, think_ms: 0.0, input_tokens: 8, max_tokens: 3 }.generate(1);
-    let results = replay(&trace, &target(&base, "mock"), Load::Closed { concurrency: 1, ramp_up: Duration::ZERO }, Duration::from_secs(10)).await;
+    let results = replay(
+        &trace,
+        &target(&base, "mock"),
+        Load::Closed { concurrency: 1, ramp_up: Duration::ZERO },
+        Duration::from_secs(10),
+    )
+    .await;
     let mut ttfts: Vec<f64> = results.iter().map(|r| r.ttft_ms.unwrap_or_else(|| panic!("{r:?}"))).collect();
     ttfts.sort_by(f64::total_cmp);
     let median = ttfts[ttfts.len() / 2];
-    assert!((TTFT_MS..TTFT_MS + 15.0).contains(&median), "median TTFT {median:.1} ms for {TTFT_MS} ms injected: {ttfts:?}");
+    assert!(
+        (TTFT_MS..TTFT_MS + 15.0).contains(&median),
+        "median TTFT {median:.1} ms for {TTFT_MS} ms injected: {ttfts:?}"
+    );
 }
 
 #[tokio::test]
@@ -243,8 +335,11 @@ async fn by_session_a_turn_waits_for_the_previous_answer_plus_its_think_time() {
         max_tokens: 4,
         headers: Default::default(),
     };
-    let trace = switchyard_bench::trace::Trace { requests: ["a", "b"].iter().flat_map(|s| (0..3).map(move |t| turn(s, t))).collect() };
-    let by_session = replay(&trace, &target(&base, "mock"), Load::Sessions { time_scale: 1.0 }, Duration::from_secs(10)).await;
+    let trace = switchyard_bench::trace::Trace {
+        requests: ["a", "b"].iter().flat_map(|s| (0..3).map(move |t| turn(s, t))).collect(),
+    };
+    let by_session =
+        replay(&trace, &target(&base, "mock"), Load::Sessions { time_scale: 1.0 }, Duration::from_secs(10)).await;
     assert_eq!(by_session.len(), 6);
     for pair in by_session.windows(2).filter(|w| w[0].session == w[1].session) {
         let (prev, next) = (&pair[0], &pair[1]);

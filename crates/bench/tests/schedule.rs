@@ -19,12 +19,26 @@ use switchyard_bench::replay::{replay, Load, Target};
 use switchyard_bench::trace::{Trace, TraceRequest};
 
 fn request(at_us: u64, session: usize, turn: u32) -> TraceRequest {
-    TraceRequest { at_us, session: format!("s{session}"), turn, messages: None, input_tokens: Some(4), max_tokens: 4, headers: Default::default() }
+    TraceRequest {
+        at_us,
+        session: format!("s{session}"),
+        turn,
+        messages: None,
+        input_tokens: Some(4),
+        max_tokens: 4,
+        headers: Default::default(),
+    }
 }
 
 fn run(trace: &Trace, load: Load) -> Vec<switchyard_bench::replay::RequestResult> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
-    let target = Target { base_url: "http://127.0.0.1:9/v1".into(), model: "m".into(), headers: vec![], stream: true, tokenizer: None };
+    let target = Target {
+        base_url: "http://127.0.0.1:9/v1".into(),
+        model: "m".into(),
+        headers: vec![],
+        stream: true,
+        tokenizer: None,
+    };
     rt.block_on(replay(trace, &target, load, Duration::from_secs(5)))
 }
 

@@ -6,7 +6,15 @@ use std::path::Path;
 use switchyard_bench::trace::{import_azure, Scenario, Trace};
 
 fn burst() -> Scenario {
-    Scenario::Burst { duration_ms: 60_000.0, rate_per_s: 20.0, factor: 4.0, every_ms: 10_000.0, spike_ms: 2_000.0, input_tokens: 100, max_tokens: 50 }
+    Scenario::Burst {
+        duration_ms: 60_000.0,
+        rate_per_s: 20.0,
+        factor: 4.0,
+        every_ms: 10_000.0,
+        spike_ms: 2_000.0,
+        input_tokens: 100,
+        max_tokens: 50,
+    }
 }
 
 #[test]
@@ -45,7 +53,8 @@ fn a_burst_spikes_by_its_factor() {
 
 #[test]
 fn team_sessions_are_ordered_conversations_that_grow() {
-    let t = Scenario::Team { sessions: 6, turns: 4, mean_think_ms: 2_000.0, input_tokens: 100, max_tokens: 50 }.generate(3);
+    let t =
+        Scenario::Team { sessions: 6, turns: 4, mean_think_ms: 2_000.0, input_tokens: 100, max_tokens: 50 }.generate(3);
     assert_eq!(t.requests.len(), 24);
     for s in 0..6 {
         let turns: Vec<_> = t.requests.iter().filter(|r| r.session == format!("s{s}")).collect();
@@ -75,7 +84,10 @@ fn the_azure_trace_imports_with_its_offsets() {
     assert_eq!(t.requests[1].at_us, 52_000);
     assert!((3_000_000.0..3_700_000.0).contains(&t.duration_ms()), "about an hour: {} ms", t.duration_ms());
     assert!(import_azure("a,b\n1,2").unwrap_err().to_string().contains("not an Azure"));
-    assert!(import_azure("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,x,3\n").unwrap_err().to_string().contains("line 2"));
+    assert!(import_azure("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,x,3\n")
+        .unwrap_err()
+        .to_string()
+        .contains("line 2"));
 }
 
 #[test]
@@ -89,7 +101,11 @@ fn recorded_traffic_becomes_a_trace_with_its_offsets_lengths_and_headers() {
     let (trace, defaulted) = from_recorded(&records, 256, 64);
     assert_eq!(defaulted, 1);
     let first = &trace.requests[0];
-    assert_eq!((first.at_us, first.input_tokens, first.max_tokens), (0, Some(256), 64), "unknown lengths take the defaults");
+    assert_eq!(
+        (first.at_us, first.input_tokens, first.max_tokens),
+        (0, Some(256), 64),
+        "unknown lengths take the defaults"
+    );
     let second = &trace.requests[1];
     assert_eq!((second.at_us, second.input_tokens, second.max_tokens, &second.headers), (250_000, Some(40), 7, &lane));
     assert_ne!(first.session, second.session);

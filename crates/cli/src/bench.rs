@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use switchyard_bench::compare::{self, RunReport};
 use switchyard_bench::cost::{self, Meter, PowerModel, Rapl};
-use switchyard_bench::replay::{replay_watched, summarize, Limits, Load, Percentiles, RequestResult, Target, TokenCounter, Watcher};
+use switchyard_bench::replay::{
+    replay_watched, summarize, Limits, Load, Percentiles, RequestResult, Target, TokenCounter, Watcher,
+};
 use switchyard_bench::sweep;
 use switchyard_bench::trace::{from_recorded, import_azure, Recorded, Scenario, Trace};
 use switchyard_wire::headers;
@@ -197,12 +199,21 @@ pub enum ScenarioArg {
 fn recorded(r: &switchyard_store::DecisionRecord) -> Recorded {
     let decision: serde_json::Value = serde_json::from_str(r.decision.as_str()).unwrap_or_default();
     let mut headers = std::collections::BTreeMap::new();
-    for (field, header, skip) in [("lane", headers::LANE, Some("interactive")), ("family", headers::FAMILY, None), ("data_class", headers::DATA_CLASS, None)] {
+    for (field, header, skip) in [
+        ("lane", headers::LANE, Some("interactive")),
+        ("family", headers::FAMILY, None),
+        ("data_class", headers::DATA_CLASS, None),
+    ] {
         if let Some(value) = decision[field].as_str().filter(|v| Some(*v) != skip) {
             headers.insert(header.to_string(), value.to_string());
         }
     }
-    Recorded { created_ms: r.created_ms, prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens, headers }
+    Recorded {
+        created_ms: r.created_ms,
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        headers,
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(file: &Path) -> anyhow::Result<T> {
@@ -216,7 +227,9 @@ fn progress(total: usize, load: Load) -> Watcher {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})").expect("valid template").progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_prefix(format!("{load:?}"));
     let failed = AtomicUsize::new(0);
@@ -232,7 +245,8 @@ fn progress(total: usize, load: Load) -> Watcher {
 
 impl ReplayArgs {
     fn ramp_up(&self) -> anyhow::Result<std::time::Duration> {
-        std::time::Duration::try_from_secs_f64(self.ramp_up_s).map_err(|_| anyhow::anyhow!("--ramp-up-s: give seconds >= 0, e.g. 0.5"))
+        std::time::Duration::try_from_secs_f64(self.ramp_up_s)
+            .map_err(|_| anyhow::anyhow!("--ramp-up-s: give seconds >= 0, e.g. 0.5"))
     }
 }
 
@@ -253,19 +267,36 @@ impl<'a> Replayer<'a> {
         let text = std::fs::read_to_string(&args.trace).with_context(|| format!("reading {}", args.trace.display()))?;
         let trace = Trace::from_jsonl(&text).with_context(|| args.trace.display().to_string())?;
         let tokenizer = args.tokenizer.as_deref().map(token_counter).transpose().context("--tokenizer")?;
-        let target = Target { base_url: args.target.clone(), model: args.model.clone(), headers: Vec::new(), stream: !args.no_stream, tokenizer };
+        let target = Target {
+            base_url: args.target.clone(),
+            model: args.model.clone(),
+            headers: Vec::new(),
+            stream: !args.no_stream,
+            tokenizer,
+        };
         let prices = match &args.prices {
             None => None,
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                Some(switchyard_router::Prices::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+                Some(
+                    switchyard_router::Prices::from_toml(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                )
             }
         };
-        let power = args.power_model.as_deref().map(PowerModel::parse).transpose().map_err(|e| anyhow::anyhow!("--power-model {e}"))?;
+        let power = args
+            .power_model
+            .as_deref()
+            .map(PowerModel::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--power-model {e}"))?;
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         let duration = args
             .duration_s
-            .map(|d| std::time::Duration::try_from_secs_f64(d).map_err(|_| anyhow::anyhow!("--duration-s: give seconds >= 0, e.g. 60")))
+            .map(|d| {
+                std::time::Duration::try_from_secs_f64(d)
+                    .map_err(|_| anyhow::anyhow!("--duration-s: give seconds >= 0, e.g. 60"))
+            })
             .transpose()?;
         Ok(Self { args, trace, target, prices, power, duration, rt })
     }
@@ -277,7 +308,13 @@ impl<'a> Replayer<'a> {
         let started = std::time::Instant::now();
         let timeout = std::time::Duration::from_secs(args.timeout_s);
         let limits = Limits { timeout, duration: self.duration };
-        let results = self.rt.block_on(replay_watched(&self.trace, &self.target, load, limits, progress(self.trace.requests.len(), load)));
+        let results = self.rt.block_on(replay_watched(
+            &self.trace,
+            &self.target,
+            load,
+            limits,
+            progress(self.trace.requests.len(), load),
+        ));
         let wall_s = started.elapsed().as_secs_f64();
         let summary = summarize(&results, wall_s, args.warmup_s * 1000.0, args.slo_ttft_ms, args.slo_tpot_ms);
         let successful = results.iter().filter(|r| r.succeeded()).count();
@@ -285,7 +322,10 @@ impl<'a> Replayer<'a> {
         let report = RunReport {
             trace: args.trace.display().to_string(),
             trace_sha256: self.trace.sha256(),
-            cost: self.prices.as_ref().map(|p| cost::summarize(&results, args.warmup_s * 1000.0, p, &self.target.model)),
+            cost: self
+                .prices
+                .as_ref()
+                .map(|p| cost::summarize(&results, args.warmup_s * 1000.0, p, &self.target.model)),
             target: self.target.base_url.clone(),
             model: self.target.model.clone(),
             load: format!("{load:?}"),
@@ -315,7 +355,13 @@ fn write_run(dir: &Path, report: &RunReport, results: &[RequestResult]) -> anyho
 
 fn write(trace: &Trace, out: &PathBuf) -> anyhow::Result<()> {
     std::fs::write(out, trace.to_jsonl()).with_context(|| format!("writing {}", out.display()))?;
-    println!("wrote {} ({} requests over {:.1} s, sha256 {})", out.display(), trace.requests.len(), trace.duration_ms() / 1000.0, trace.sha256());
+    println!(
+        "wrote {} ({} requests over {:.1} s, sha256 {})",
+        out.display(),
+        trace.requests.len(),
+        trace.duration_ms() / 1000.0,
+        trace.sha256()
+    );
     Ok(())
 }
 
@@ -323,9 +369,16 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let cmd = match cmd {
         BenchCommand::Trace(cmd) => cmd,
         BenchCommand::Mock { port, ttft_ms, itl_ms, chunks, no_usage } => {
-            let ms =
-                |v: f64, flag: &str| std::time::Duration::try_from_secs_f64(v / 1e3).map_err(|_| anyhow::anyhow!("{flag}: give milliseconds >= 0, e.g. 50"));
-            let delays = switchyard_bench::mock::Delays { ttft: ms(ttft_ms, "--ttft-ms")?, itl: ms(itl_ms, "--itl-ms")?, chunks, usage: !no_usage };
+            let ms = |v: f64, flag: &str| {
+                std::time::Duration::try_from_secs_f64(v / 1e3)
+                    .map_err(|_| anyhow::anyhow!("{flag}: give milliseconds >= 0, e.g. 50"))
+            };
+            let delays = switchyard_bench::mock::Delays {
+                ttft: ms(ttft_ms, "--ttft-ms")?,
+                itl: ms(itl_ms, "--itl-ms")?,
+                chunks,
+                usage: !no_usage,
+            };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             return rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
@@ -344,20 +397,38 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                     path.parent().map_or_else(|| path.display().to_string(), |p| p.display().to_string())
                 }
             };
-            let is_sweep = |path: &PathBuf| if path.is_dir() { path.join("sweep.json").exists() } else { path.file_name().is_some_and(|n| n == "sweep.json") };
+            let is_sweep = |path: &PathBuf| {
+                if path.is_dir() {
+                    path.join("sweep.json").exists()
+                } else {
+                    path.file_name().is_some_and(|n| n == "sweep.json")
+                }
+            };
             if runs.iter().all(is_sweep) {
-                let sweeps = runs.iter().map(|p| Ok((label(p), read_json(&file(p, "sweep.json"))?))).collect::<anyhow::Result<Vec<_>>>()?;
+                let sweeps = runs
+                    .iter()
+                    .map(|p| Ok((label(p), read_json(&file(p, "sweep.json"))?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
                 print!("{}", sweep::compare(&sweeps).map_err(anyhow::Error::msg)?);
                 return Ok(());
             }
             anyhow::ensure!(!runs.iter().any(is_sweep), "compare runs with runs, or sweeps with sweeps, not both");
-            let loaded = runs.iter().map(|p| Ok((label(p), read_json::<RunReport>(&file(p, "summary.json"))?))).collect::<anyhow::Result<Vec<_>>>()?;
+            let loaded = runs
+                .iter()
+                .map(|p| Ok((label(p), read_json::<RunReport>(&file(p, "summary.json"))?)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             print!("{}", compare::table(&loaded).map_err(anyhow::Error::msg)?);
             return Ok(());
         }
         BenchCommand::Run { replay, concurrency, time_scale, sessions } => {
-            anyhow::ensure!(concurrency.is_some() || replay.ramp_up_s == 0.0, "--ramp-up-s is for a closed loop: give --concurrency too");
-            anyhow::ensure!(time_scale.is_finite() && time_scale >= 0.0, "--time-scale: give a factor >= 0, e.g. 0.5 for twice as fast");
+            anyhow::ensure!(
+                concurrency.is_some() || replay.ramp_up_s == 0.0,
+                "--ramp-up-s is for a closed loop: give --concurrency too"
+            );
+            anyhow::ensure!(
+                time_scale.is_finite() && time_scale >= 0.0,
+                "--time-scale: give a factor >= 0, e.g. 0.5 for twice as fast"
+            );
             let load = match (concurrency, sessions) {
                 (Some(c), _) => Load::Closed { concurrency: c, ramp_up: replay.ramp_up()? },
                 (None, true) => Load::Sessions { time_scale },
@@ -371,16 +442,29 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             } else {
                 results.len().to_string()
             };
-            eprintln!("replayed {sent} requests ({:.1} s of arrivals) against {}", trace.duration_ms() / 1000.0, replay.target);
+            eprintln!(
+                "replayed {sent} requests ({:.1} s of arrivals) against {}",
+                trace.duration_ms() / 1000.0,
+                replay.target
+            );
             write_run(&replay.out, &report, &results)?;
             let summary = &report.summary;
             let row = |name: &str, p: &Option<Percentiles>| match p {
-                Some(p) => println!("{name:<14} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}", p.p50, p.p90, p.p95, p.p99, p.max),
+                Some(p) => println!(
+                    "{name:<14} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+                    p.p50, p.p90, p.p95, p.p99, p.max
+                ),
                 None => println!("{name:<14} {:>10}", "–"),
             };
             println!(
                 "{} ok, {} failed {:?}; {:.1} req/s, {:.1} output tok/s, goodput {:.1}/s (tokens from {})",
-                summary.ok, summary.failed, summary.failures, summary.requests_per_s, summary.output_tokens_per_s, summary.goodput_per_s, summary.tokens_from
+                summary.ok,
+                summary.failed,
+                summary.failures,
+                summary.requests_per_s,
+                summary.output_tokens_per_s,
+                summary.goodput_per_s,
+                summary.tokens_from
             );
             println!("{:<14} {:>10} {:>10} {:>10} {:>10} {:>10}", "ms", "p50", "p90", "p95", "p99", "max");
             for (name, p) in summary.latencies() {
@@ -393,7 +477,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Sweep { replay, mut concurrency } => {
             concurrency.sort_unstable();
             concurrency.dedup();
-            anyhow::ensure!(!concurrency.is_empty() && !concurrency.contains(&0), "--concurrency: give levels >= 1, e.g. 1,5,20");
+            anyhow::ensure!(
+                !concurrency.is_empty() && !concurrency.contains(&0),
+                "--concurrency: give levels >= 1, e.g. 1,5,20"
+            );
             let replayer = Replayer::new(&replay)?;
             let mut levels = Vec::new();
             for &c in &concurrency {
@@ -419,10 +506,24 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         }
     };
     match cmd {
-        TraceCommand::Generate { scenario, seed, count, turns, rate, duration_s, factor, think_ms, input_tokens, max_tokens, out } => {
+        TraceCommand::Generate {
+            scenario,
+            seed,
+            count,
+            turns,
+            rate,
+            duration_s,
+            factor,
+            think_ms,
+            input_tokens,
+            max_tokens,
+            out,
+        } => {
             let s = match scenario {
                 ScenarioArg::Single => Scenario::Single { requests: count, think_ms, input_tokens, max_tokens },
-                ScenarioArg::Team => Scenario::Team { sessions: count, turns, mean_think_ms: think_ms, input_tokens, max_tokens },
+                ScenarioArg::Team => {
+                    Scenario::Team { sessions: count, turns, mean_think_ms: think_ms, input_tokens, max_tokens }
+                }
                 ScenarioArg::Burst => Scenario::Burst {
                     duration_ms: duration_s * 1000.0,
                     rate_per_s: rate,
@@ -442,7 +543,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             write(&s.generate(seed), &out)
         }
         TraceCommand::Record { db, since_ms, limit, default_input_tokens, default_max_tokens, out } => {
-            anyhow::ensure!(db.is_file(), "--db {}: no such file (give the switchyard.db in the gateway's --data-dir)", db.display());
+            anyhow::ensure!(
+                db.is_file(),
+                "--db {}: no such file (give the switchyard.db in the gateway's --data-dir)",
+                db.display()
+            );
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let rows = rt.block_on(async {
                 let store = switchyard_store::Store::open_read_only(&db).await?;

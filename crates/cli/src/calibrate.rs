@@ -88,8 +88,12 @@ fn avg(xs: impl Iterator<Item = f64>) -> Option<f64> {
 pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.policy).with_context(|| format!("reading {}", args.policy.display()))?;
     let policy = Policy::from_toml(&text).with_context(|| format!("policy {}", args.policy.display()))?;
-    let (index, rule) =
-        policy.rules.iter().enumerate().find(|(_, r)| r.id == args.rule).with_context(|| format!("--rule {}: the policy has no such rule", args.rule))?;
+    let (index, rule) = policy
+        .rules
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.id == args.rule)
+        .with_context(|| format!("--rule {}: the policy has no such rule", args.rule))?;
     let target = match (args.min_retention, args.max_escalation) {
         (Some(r), _) if (0.0..=1.5).contains(&r) => Target::MinRetention(r),
         (None, Some(m)) if (0.0..=1.0).contains(&m) => Target::MaxEscalation(m),
@@ -102,7 +106,8 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         hasher.update(&bytes);
         for (n, line) in String::from_utf8_lossy(&bytes).lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let r: Record = serde_json::from_str(line).with_context(|| format!("{}:{}: not an eval record", path.display(), n + 1))?;
+            let r: Record = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not an eval record", path.display(), n + 1))?;
             let score = match r.correct {
                 Correct::Pass(b) => f64::from(u8::from(b)),
                 Correct::Score(s) => s,
@@ -130,15 +135,26 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
             };
             (Direction::Below, 0.0, signal.as_str(), Box::new(get))
         }
-        Action::Difficulty { .. } => (Direction::AtOrAbove, 1.0, "prompt_score", Box::new(|c: &RecordConfidence| c.prompt_score)),
+        Action::Difficulty { .. } => {
+            (Direction::AtOrAbove, 1.0, "prompt_score", Box::new(|c: &RecordConfidence| c.prompt_score))
+        }
         _ => bail!("--rule {}: only `cascade` and `difficulty` rules have thresholds", rule.id),
     };
 
     // Items answered by both routes.
-    let paired: Vec<(&String, f64, f64, Vec<RecordConfidence>)> =
-        items.iter().filter_map(|(id, it)| Some((id, avg(it.fast.iter().copied())?, avg(it.strong.iter().copied())?, it.confidence.clone()))).collect();
+    let paired: Vec<(&String, f64, f64, Vec<RecordConfidence>)> = items
+        .iter()
+        .filter_map(|(id, it)| {
+            Some((id, avg(it.fast.iter().copied())?, avg(it.strong.iter().copied())?, it.confidence.clone()))
+        })
+        .collect();
     if paired.len() < 10 {
-        bail!("only {} items have records from both --fast {} and --strong {}; calibration needs at least 10", paired.len(), args.fast, args.strong);
+        bail!(
+            "only {} items have records from both --fast {} and --strong {}; calibration needs at least 10",
+            paired.len(),
+            args.fast,
+            args.strong
+        );
     }
 
     // A difficulty rule with prompt features gets a refitted model, judged
@@ -156,8 +172,11 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         }
         None => paired.iter().map(|(_, _, _, c)| avg(c.iter().filter_map(&signal_of))).collect(),
     };
-    let samples: Vec<Sample> =
-        paired.iter().zip(&signals).filter_map(|((_, fast, strong, _), s)| Some(Sample { signal: (*s)?, fast: *fast, strong: *strong })).collect();
+    let samples: Vec<Sample> = paired
+        .iter()
+        .zip(&signals)
+        .filter_map(|((_, fast, strong, _), s)| Some(Sample { signal: (*s)?, fast: *fast, strong: *strong }))
+        .collect();
     let skipped = paired.len() - samples.len();
     if samples.len() < 10 {
         bail!("only {} items carry `confidence.{signal_name}` in the fast route's records", samples.len());
@@ -180,7 +199,10 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         strong_q,
         fast_q
     );
-    println!("random routing at the same escalation rate: quality {random_q:.3}; calibrated lift {:+.3}", p.quality - random_q);
+    println!(
+        "random routing at the same escalation rate: quality {random_q:.3}; calibrated lift {:+.3}",
+        p.quality - random_q
+    );
     let cv = calibrate::cross_validate(&samples, direction, max_threshold, target, args.folds);
     println!(
         "held out ({}-fold, threshold picked on the other folds): escalates {:.1}%, quality {:.3} vs random {:.3} at that rate: lift {:+.3}",
@@ -218,14 +240,16 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     };
     let version = args.version.unwrap_or_else(|| format!("{}.cal", policy.version));
     let new_text = rewrite(&text, index, &rule.id, &version, &calibration, refit.as_ref())?;
-    let new_policy = Policy::from_toml(&new_text).context("the calibrated policy did not validate (a bug: please report it)")?;
+    let new_policy =
+        Policy::from_toml(&new_text).context("the calibrated policy did not validate (a bug: please report it)")?;
     let tmp = args.out.with_extension("toml.tmp");
     std::fs::write(&tmp, &new_text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
     println!("wrote {} (policy {})", args.out.display(), new_policy.id);
     if let Some(path) = &args.plot {
         let title = format!("{}: {} ({} items, target {target})", rule.id, signal_name, samples.len());
-        std::fs::write(path, plot_html(&title, &curve, &p, fast_q, strong_q)).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, plot_html(&title, &curve, &p, fast_q, strong_q))
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     Ok(())
@@ -240,7 +264,9 @@ fn plot_html(title: &str, curve: &[CurvePoint], chosen: &CurvePoint, fast_q: f64
     let x = |r: f64| pad + r * (w - 2.0 * pad);
     let y = |q: f64| h - pad - (q - lo) / (hi - lo) * (h - 2.0 * pad);
     let path: Vec<String> = curve.iter().map(|p| format!("{:.1},{:.1}", x(p.escalation_rate), y(p.quality))).collect();
-    let mut svg = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>");
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>"
+    );
     for i in 0..=4 {
         let (r, q) = (i as f64 / 4.0, lo + (hi - lo) * i as f64 / 4.0);
         svg.push_str(&format!(
@@ -279,7 +305,14 @@ fn plot_html(title: &str, curve: &[CurvePoint], chosen: &CurvePoint, fast_q: f64
 /// The old policy text with the rule's threshold, the version, the
 /// calibration record and (if refitted) the difficulty weights replaced;
 /// everything else, comments included, kept as written.
-fn rewrite(text: &str, index: usize, rule_id: &str, version: &str, cal: &Calibration, refit: Option<&DifficultyModel>) -> anyhow::Result<String> {
+fn rewrite(
+    text: &str,
+    index: usize,
+    rule_id: &str,
+    version: &str,
+    cal: &Calibration,
+    refit: Option<&DifficultyModel>,
+) -> anyhow::Result<String> {
     use toml_edit::{value, DocumentMut, Item};
     let mut doc: DocumentMut = text.parse().context("re-reading the policy")?;
     doc["version"] = value(version);
@@ -355,7 +388,10 @@ fn print_slices(slices: &[calibrate::Slice], signal: &str) {
     println!("\nwhere escalation pays, by {signal} in escalation order (tenths of the items):");
     println!("{:>10} {:>10} {:>6} {:>7} {:>6} {:>8}", "from", "to", "items", "gained", "lost", "neither");
     for s in slices {
-        println!("{:>10.4} {:>10.4} {:>6} {:>7.1} {:>6.1} {:>8.1}", s.first, s.last, s.items, s.gained, s.lost, s.neither);
+        println!(
+            "{:>10.4} {:>10.4} {:>6} {:>7.1} {:>6.1} {:>8.1}",
+            s.first, s.last, s.items, s.gained, s.lost, s.neither
+        );
     }
     if let Some(first) = slices.first() {
         let random = gained * first.items as f64 / items.max(1) as f64;

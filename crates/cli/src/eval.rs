@@ -103,7 +103,12 @@ pub struct RunArgs {
 fn target(args: &RunArgs) -> Target {
     let slug = |s: &str| s.to_string();
     if args.target.starts_with("http://") || args.target.starts_with("https://") {
-        Target { label: slug(&args.target), base_url: args.target.clone(), model: args.model.clone(), headers: Vec::new() }
+        Target {
+            label: slug(&args.target),
+            base_url: args.target.clone(),
+            model: args.model.clone(),
+            headers: Vec::new(),
+        }
     } else if let Some(route) = args.target.strip_prefix("route:") {
         Target {
             label: slug(&args.target),
@@ -112,7 +117,12 @@ fn target(args: &RunArgs) -> Target {
             headers: vec![(headers::FORCE_ROUTE.into(), route.to_string())],
         }
     } else {
-        Target { label: slug(&args.target), base_url: args.server.clone(), model: args.target.clone(), headers: Vec::new() }
+        Target {
+            label: slug(&args.target),
+            base_url: args.server.clone(),
+            model: args.target.clone(),
+            headers: Vec::new(),
+        }
     }
 }
 
@@ -128,8 +138,11 @@ fn records_of(path: &Path) -> anyhow::Result<Vec<EvalRecord>> {
     let mut records = read_records(&file)?;
     let reviews = file.with_file_name("reviews.jsonl");
     if reviews.exists() {
-        let reviews: Vec<Review> =
-            std::fs::read_to_string(&reviews)?.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?;
+        let reviews: Vec<Review> = std::fs::read_to_string(&reviews)?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
         apply_reviews(&mut records, &reviews);
     }
     Ok(records)
@@ -143,7 +156,10 @@ fn write_reports(out: &Path, card: &Scorecard) -> anyhow::Result<()> {
 }
 
 fn print_overall(card: &Scorecard) {
-    println!("{:<28} {:>10} {:>6} {:>9} {:>15} {:>9} {:>9}", "target", "difficulty", "n", "success", "95% CI", "refusal✓", "over-ref");
+    println!(
+        "{:<28} {:>10} {:>6} {:>9} {:>15} {:>9} {:>9}",
+        "target", "difficulty", "n", "success", "95% CI", "refusal✓", "over-ref"
+    );
     for s in card.slices.iter().filter(|s| s.family == "all") {
         println!(
             "{:<28} {:>10} {:>6} {:>8.1}% {:>6.1}–{:>5.1}% {:>9} {:>9}",
@@ -175,14 +191,20 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             Ok(())
         }
         EvalCommand::Compare { baseline, candidate, max_drop, min_items } => {
-            let (b, c) = (scorecard::scorecard(&records_of(&baseline)?), scorecard::scorecard(&records_of(&candidate)?));
+            let (b, c) =
+                (scorecard::scorecard(&records_of(&baseline)?), scorecard::scorecard(&records_of(&candidate)?));
             if b.dataset != c.dataset {
-                bail!("the runs used different datasets ({} vs {}): results are only comparable within one version", b.dataset, c.dataset);
+                bail!(
+                    "the runs used different datasets ({} vs {}): results are only comparable within one version",
+                    b.dataset,
+                    c.dataset
+                );
             }
             println!("{:<12} {:<10} {:>9} {:>10} {:>10}", "family", "difficulty", "baseline", "candidate", "retention");
             let mut failed = Vec::new();
             for r in scorecard::compare(&b, &c) {
-                let n = b.slices.iter().find(|s| s.family == r.family && s.difficulty == r.difficulty).map_or(0, |s| s.n);
+                let n =
+                    b.slices.iter().find(|s| s.family == r.family && s.difficulty == r.difficulty).map_or(0, |s| s.n);
                 let gate = max_drop.filter(|_| n >= min_items).is_some_and(|d| r.retention < 1.0 - d);
                 println!(
                     "{:<12} {:<10} {:>8.1}% {:>9.1}% {:>9.1}%{}",
@@ -215,14 +237,20 @@ fn run_eval(args: RunArgs) -> anyhow::Result<()> {
     };
     let price = match &args.prices {
         Some(p) => {
-            let prices = Prices::from_toml(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?).map_err(anyhow::Error::msg)?;
+            let prices =
+                Prices::from_toml(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+                    .map_err(anyhow::Error::msg)?;
             let name = args.target.strip_prefix("route:").unwrap_or(&args.target);
             prices.for_route(name, &target.model).cloned()
         }
         None => None,
     };
     let out = args.out.clone().unwrap_or_else(|| {
-        let slug: String = target.label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+        let slug: String = target
+            .label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+            .collect();
         PathBuf::from("eval-runs").join(format!("{}-v{}", dataset.manifest.name, dataset.manifest.version)).join(slug)
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -289,7 +317,11 @@ fn review(run: &Path, reviewer: &str, failed: bool) -> anyhow::Result<()> {
     let records = records_of(run)?;
     let path = run.join("reviews.jsonl");
     let done: Vec<Review> = if path.exists() {
-        std::fs::read_to_string(&path)?.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?
+        std::fs::read_to_string(&path)?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?
     } else {
         Vec::new()
     };
@@ -298,7 +330,11 @@ fn review(run: &Path, reviewer: &str, failed: bool) -> anyhow::Result<()> {
         .filter(|r| r.review || (failed && !r.correct))
         .filter(|r| !done.iter().any(|d| d.item_id == r.item_id && d.target == r.target && d.repeat == r.repeat))
         .collect();
-    println!("{} records to review ({} already reviewed). Answer p (pass), f (fail), s (skip) or q (quit).", todo.len(), done.len());
+    println!(
+        "{} records to review ({} already reviewed). Answer p (pass), f (fail), s (skip) or q (quit).",
+        todo.len(),
+        done.len()
+    );
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -322,7 +358,14 @@ fn review(run: &Path, reviewer: &str, failed: bool) -> anyhow::Result<()> {
             "q" => break,
             _ => continue,
         };
-        let v = Review { item_id: r.item_id.clone(), target: r.target.clone(), repeat: r.repeat, pass, reviewer: reviewer.to_string(), note: String::new() };
+        let v = Review {
+            item_id: r.item_id.clone(),
+            target: r.target.clone(),
+            repeat: r.repeat,
+            pass,
+            reviewer: reviewer.to_string(),
+            note: String::new(),
+        };
         writeln!(file, "{}", serde_json::to_string(&v)?)?;
     }
     println!("verdicts in {}", path.display());

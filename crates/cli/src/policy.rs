@@ -77,7 +77,12 @@ pub fn run_policy(cmd: PolicyCommand) -> anyhow::Result<()> {
             }
             println!("\nrules (first match wins):");
             for r in &p.rules {
-                println!("  {:24} when {} then {}", r.id, serde_json::to_string(&r.when)?, serde_json::to_string(&r.then)?);
+                println!(
+                    "  {:24} when {} then {}",
+                    r.id,
+                    serde_json::to_string(&r.when)?,
+                    serde_json::to_string(&r.then)?
+                );
             }
         }
         PolicyCommand::Diff { old, new } => {
@@ -86,7 +91,11 @@ pub fn run_policy(cmd: PolicyCommand) -> anyhow::Result<()> {
             diff("route", &a.routes, &b.routes, |r| r.name.clone());
             diff("rule", &a.rules, &b.rules, |r| r.id.clone());
             if a.difficulty != b.difficulty {
-                println!("~ difficulty model: {} -> {}", serde_json::to_string(&a.difficulty)?, serde_json::to_string(&b.difficulty)?);
+                println!(
+                    "~ difficulty model: {} -> {}",
+                    serde_json::to_string(&a.difficulty)?,
+                    serde_json::to_string(&b.difficulty)?
+                );
             }
             if a.default_route != b.default_route {
                 println!("~ default route: {} -> {}", a.default_route, b.default_route);
@@ -117,8 +126,10 @@ pub fn run_route(cmd: RouteCommand) -> anyhow::Result<()> {
         anyhow::bail!("--family {f}: the policy declares no such family");
     }
     let body = std::fs::read_to_string(&request).with_context(|| format!("reading {}", request.display()))?;
-    let req: ChatCompletionRequest = serde_json::from_str(&body).with_context(|| format!("parsing {}", request.display()))?;
-    let messages: Vec<String> = req.messages.iter().filter_map(|m| m.content.as_ref().and_then(|c| c.text().ok())).collect();
+    let req: ChatCompletionRequest =
+        serde_json::from_str(&body).with_context(|| format!("parsing {}", request.display()))?;
+    let messages: Vec<String> =
+        req.messages.iter().filter_map(|m| m.content.as_ref().and_then(|c| c.text().ok())).collect();
     let lane = match lane {
         LaneArg::Interactive => Lane::Interactive,
         LaneArg::Batch => Lane::Batch,
@@ -130,7 +141,8 @@ pub fn run_route(cmd: RouteCommand) -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("--data-class {c}: not a data class; use public, internal or regulated"))
         })
         .transpose()?;
-    let (facts, classification) = (RequestFacts { lane }, classify(&messages, &Declared { data_class, family }, &policy));
+    let (facts, classification) =
+        (RequestFacts { lane }, classify(&messages, &Declared { data_class, family }, &policy));
     let decision = match force_route {
         None => decide(&facts, &classification, &policy),
         Some(route) => decide_forced(&facts, &classification, &policy, &route).ok_or_else(|| {

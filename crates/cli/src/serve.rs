@@ -81,7 +81,18 @@ impl ServeArgs {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { cfg.$field = v; } )* };
         }
-        set!(host, port, threads, ctx_size, parallel, batch_size, prefill_chunk, max_queue, max_body_bytes, max_verifies);
+        set!(
+            host,
+            port,
+            threads,
+            ctx_size,
+            parallel,
+            batch_size,
+            prefill_chunk,
+            max_queue,
+            max_body_bytes,
+            max_verifies
+        );
         cfg.allow_force_route |= self.allow_force_route;
         if let Some(p) = self.priority {
             cfg.priority = match p {
@@ -109,5 +120,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Read the policy first: a broken one should fail before minutes of model loading.
     let policy = cfg.load_policy()?;
     let engines = switchyard_gateway::load_engines(&cfg, policy.as_ref(), progress).context("loading models")?;
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(switchyard_gateway::serve(cfg, policy, engines))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(switchyard_gateway::serve(cfg, policy, engines))
 }

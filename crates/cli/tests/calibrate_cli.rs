@@ -20,7 +20,8 @@ fn calibrate(records: &Path, rule: &str, target: &[&str], out: &Path) -> Output 
 
 /// [`calibrate`] of another policy than the example.
 fn calibrate_policy(policy: &Path, records: &Path, rule: &str, target: &[&str], out: &Path) -> Output {
-    let mut args = vec!["calibrate", "--policy", policy.to_str().unwrap(), "--rule", rule, "--records", records.to_str().unwrap()];
+    let mut args =
+        vec!["calibrate", "--policy", policy.to_str().unwrap(), "--rule", rule, "--records", records.to_str().unwrap()];
     args.extend(["--fast", "route:local-fast", "--strong", "route:local-strong", "--out", out.to_str().unwrap()]);
     args.extend(target);
     switchyard(&args)
@@ -58,7 +59,9 @@ fn assert_calibration_last(toml: &str) -> Vec<&str> {
         .collect();
     for (i, &(rule, part)) in parts.iter().enumerate() {
         match parts[..i].last() {
-            Some(&(previous, p)) if previous == rule => assert!(part >= p && part > 0, "{rule}: record, cross-validation, curve: {block:#?}"),
+            Some(&(previous, p)) if previous == rule => {
+                assert!(part >= p && part > 0, "{rule}: record, cross-validation, curve: {block:#?}")
+            }
             _ => {
                 assert_eq!(part, 0, "{rule}: its record comes first: {block:#?}");
                 assert!(!parts[..i].iter().any(|(r, _)| *r == rule), "{rule}: its tables together: {block:#?}");
@@ -121,7 +124,12 @@ fn write_records(path: &Path) {
             },
             ..base.clone()
         };
-        let strong = EvalRecord { target: "route:local-strong".into(), route: Some("local-strong".into()), correct: i % 10 != 0, ..base };
+        let strong = EvalRecord {
+            target: "route:local-strong".into(),
+            route: Some("local-strong".into()),
+            correct: i % 10 != 0,
+            ..base
+        };
         lines.push(serde_json::to_string(&fast).unwrap());
         lines.push(serde_json::to_string(&strong).unwrap());
     }
@@ -138,7 +146,12 @@ fn calibrating_a_cascade_writes_a_new_policy_with_threshold_and_curve() {
     let run = calibrate(&records, "code-cascade", &["--min-retention", "0.95", "--plot", plot.to_str().unwrap()], &out);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let stdout = text(&run.stdout);
-    assert!(stdout.contains("chosen: threshold") && stdout.contains("random routing") && stdout.contains("held out (5-fold"), "{stdout}");
+    assert!(
+        stdout.contains("chosen: threshold")
+            && stdout.contains("random routing")
+            && stdout.contains("held out (5-fold"),
+        "{stdout}"
+    );
     // The tenths in escalation order: in these records the least sure 100
     // items are the ones the fast route gets wrong.
     let tenths: Vec<Vec<f64>> = stdout
@@ -172,7 +185,9 @@ fn calibrating_a_cascade_writes_a_new_policy_with_threshold_and_curve() {
     assert!(new_text.contains("# Code questions: answer locally"), "comments survive");
     let example = std::fs::read_to_string(EXAMPLE).unwrap();
     assert_eq!(assert_calibration_last(&new_text), headers(&example), "every other table where it was");
-    assert!(headers(&new_text).iter().filter(|h| h.contains("calibration.code-cascade.curve")).count() == cal.curve.len());
+    assert!(
+        headers(&new_text).iter().filter(|h| h.contains("calibration.code-cascade.curve")).count() == cal.curve.len()
+    );
     let diff = switchyard(&["policy", "diff", EXAMPLE, out.to_str().unwrap()]);
     assert!(text(&diff.stdout).contains("~ rule code-cascade"), "{}", text(&diff.stdout));
 
@@ -189,13 +204,19 @@ fn a_verify_cascade_calibrates_on_the_escalation_models_scores() {
     let records = dir.path().join("run.jsonl");
     write_records(&records);
     let policy = dir.path().join("verify.toml");
-    std::fs::write(&policy, std::fs::read_to_string(EXAMPLE).unwrap().replace("signal = \"mean\"", "signal = \"verify_mean\"")).unwrap();
+    std::fs::write(
+        &policy,
+        std::fs::read_to_string(EXAMPLE).unwrap().replace("signal = \"mean\"", "signal = \"verify_mean\""),
+    )
+    .unwrap();
     let (plain, verify) = (dir.path().join("plain.toml"), dir.path().join("verified.toml"));
     assert!(calibrate(&records, "code-cascade", &["--min-retention", "0.95"], &plain).status.success());
     let run = calibrate_policy(&policy, &records, "code-cascade", &["--min-retention", "0.95"], &verify);
     assert!(run.status.success(), "{}", text(&run.stderr));
     assert!(text(&run.stdout).contains("on verify_mean_logprob"), "{}", text(&run.stdout));
-    let cal = |path: &Path| Policy::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap().calibration["code-cascade"].clone();
+    let cal = |path: &Path| {
+        Policy::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap().calibration["code-cascade"].clone()
+    };
     let (plain, verify) = (cal(&plain), cal(&verify));
     assert_eq!(verify.signal, "verify_mean_logprob");
     // The same ranking picks the same items, at a threshold on the verifier's scale.
@@ -216,7 +237,11 @@ fn calibrating_difficulty_refits_the_prompt_model_on_held_out_folds() {
     assert!(cal.held_out && cal.signal == "prompt_score");
     assert!(cal.escalation_rate <= 0.6);
     let score = |prompt: &str| p.difficulty.score(&Features::of(&[prompt.to_string()]));
-    assert!(score("```\nfn f8() {}\n```") > score("Say hello to 8") + 0.2, "code prompts fail on the fast route: {:?}", p.difficulty);
+    assert!(
+        score("```\nfn f8() {}\n```") > score("Say hello to 8") + 0.2,
+        "code prompts fail on the fast route: {:?}",
+        p.difficulty
+    );
     // The refitted weights stay where the old ones were; the calibration block is last.
     let example = std::fs::read_to_string(EXAMPLE).unwrap();
     assert_eq!(assert_calibration_last(&std::fs::read_to_string(&out).unwrap()), headers(&example));
@@ -227,7 +252,10 @@ fn calibrating_difficulty_refits_the_prompt_model_on_held_out_folds() {
     assert!(run.status.success(), "{}", text(&run.stderr));
     let twice = std::fs::read_to_string(&twice).unwrap();
     assert_eq!(assert_calibration_last(&twice), headers(&example));
-    assert_eq!(Policy::from_toml(&twice).unwrap().calibration.keys().collect::<Vec<_>>(), ["code-cascade", "difficulty"]);
+    assert_eq!(
+        Policy::from_toml(&twice).unwrap().calibration.keys().collect::<Vec<_>>(),
+        ["code-cascade", "difficulty"]
+    );
 }
 
 #[test]
@@ -247,7 +275,8 @@ fn calibrate_explains_what_it_cannot_do() {
     let records = dir.path().join("run.jsonl");
     write_records(&records);
     let out = dir.path().join("x.toml");
-    let base = ["calibrate", "--policy", EXAMPLE, "--records", records.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let base =
+        ["calibrate", "--policy", EXAMPLE, "--records", records.to_str().unwrap(), "--out", out.to_str().unwrap()];
     let fail = |extra: &[&str]| {
         let o = switchyard(&[&base[..], extra].concat());
         assert!(!o.status.success());
@@ -255,9 +284,21 @@ fn calibrate_explains_what_it_cannot_do() {
     };
     let pair = ["--fast", "route:local-fast", "--strong", "route:local-strong"];
     assert!(fail(&[&["--rule", "nope", "--min-retention", "0.9"][..], &pair].concat()).contains("--rule nope"));
-    assert!(fail(&[&["--rule", "refuse-weapons", "--min-retention", "0.9"][..], &pair].concat()).contains("only `cascade` and `difficulty`"));
-    assert!(fail(&["--rule", "code-cascade", "--min-retention", "0.9", "--fast", "route:x", "--strong", "route:local-strong"]).contains("only 0 items"));
-    assert!(fail(&[&["--rule", "code-cascade", "--min-retention", "1.4"][..], &pair].concat()).contains("no threshold meets"));
+    assert!(fail(&[&["--rule", "refuse-weapons", "--min-retention", "0.9"][..], &pair].concat())
+        .contains("only `cascade` and `difficulty`"));
+    assert!(fail(&[
+        "--rule",
+        "code-cascade",
+        "--min-retention",
+        "0.9",
+        "--fast",
+        "route:x",
+        "--strong",
+        "route:local-strong"
+    ])
+    .contains("only 0 items"));
+    assert!(fail(&[&["--rule", "code-cascade", "--min-retention", "1.4"][..], &pair].concat())
+        .contains("no threshold meets"));
     std::fs::write(&records, "{\"item_id\": 1}\n").unwrap();
     assert!(fail(&[&["--rule", "code-cascade", "--min-retention", "0.9"][..], &pair].concat()).contains("run.jsonl:1"));
     assert!(!out.exists(), "a failed calibration writes nothing");

@@ -47,7 +47,10 @@ fn each_avx512_feature_is_found_under_the_kernels_spelling() {
     // Sapphire Rapids: all of them, AVX-VNNI too; AMX stays off.
     let sapphire_rapids =
         cpu("avx_vnni avx512_bf16 avx512f avx512dq avx512cd avx512bw avx512vl avx512vbmi avx512_vbmi2 avx512_vnni amx_bf16 amx_tile amx_int8");
-    assert_eq!(exported(Some(&sapphire_rapids)), on(&["GGML_AVX512", "GGML_AVX512_BF16", "GGML_AVX512_VBMI", "GGML_AVX512_VNNI", "GGML_AVX_VNNI"]));
+    assert_eq!(
+        exported(Some(&sapphire_rapids)),
+        on(&["GGML_AVX512", "GGML_AVX512_BF16", "GGML_AVX512_VBMI", "GGML_AVX512_VNNI", "GGML_AVX_VNNI"])
+    );
     // VBMI2 alone is not VBMI: names match as whole words.
     assert_eq!(exported(Some(&cpu("avx512f avx512_vbmi2"))), on(&["GGML_AVX512"]));
 }

@@ -12,16 +12,22 @@ const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
 /// Starts the binary with `args` and returns it with the base URL it prints.
 fn start(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start switchyard");
+    let mut child =
+        Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start switchyard");
     let stdout = child.stdout.take().expect("piped");
-    let line = BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l.contains("http://")).expect("it prints its address");
+    let line = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("http://"))
+        .expect("it prints its address");
     let url = line.split("http://").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("an address");
     (child, format!("http://{url}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_answered_request_has_its_record_after_a_kill_9() {
-    let (mut mock, upstream) = start(&["bench", "mock", "--port", "0", "--ttft-ms", "1", "--itl-ms", "0", "--chunks", "2"]);
+    let (mut mock, upstream) =
+        start(&["bench", "mock", "--port", "0", "--ttft-ms", "1", "--itl-ms", "0", "--chunks", "2"]);
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(
@@ -30,7 +36,8 @@ async fn every_answered_request_has_its_record_after_a_kill_9() {
     )
     .unwrap();
     let data = dir.path().join("data");
-    let (mut server, base) = start(&["serve", "--policy", policy.to_str().unwrap(), "--port", "0", "--data-dir", data.to_str().unwrap()]);
+    let (mut server, base) =
+        start(&["serve", "--policy", policy.to_str().unwrap(), "--port", "0", "--data-dir", data.to_str().unwrap()]);
 
     let answered = Arc::new(Mutex::new(Vec::<String>::new()));
     let http = reqwest::Client::new();
@@ -41,7 +48,8 @@ async fn every_answered_request_has_its_record_after_a_kill_9() {
             let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
             while Instant::now() < until {
                 let Ok(resp) = http.post(format!("{base}/v1/chat/completions")).json(&body).send().await else { break };
-                let id = resp.headers().get("x-switchyard-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+                let id =
+                    resp.headers().get("x-switchyard-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
                 // Answered: a 200 whose whole body arrived.
                 if let (true, Some(id), Ok(_)) = (resp.status().is_success(), id, resp.bytes().await) {
                     answered.lock().unwrap().push(id);
@@ -67,5 +75,11 @@ async fn every_answered_request_has_its_record_after_a_kill_9() {
             missing.push(id.clone());
         }
     }
-    assert!(missing.is_empty(), "{} of {} answered requests have no record: {:?}", missing.len(), answered.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} answered requests have no record: {:?}",
+        missing.len(),
+        answered.len(),
+        &missing[..missing.len().min(5)]
+    );
 }

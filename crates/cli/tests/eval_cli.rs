@@ -26,19 +26,41 @@ impl Drop for Server {
 
 fn serve() -> Server {
     let mut child = Command::new(BIN)
-        .args(["serve", "--model", "smollm2-135m", "--port", "0", "--threads", "2", "--parallel", "2", "--ctx-size", "4096"])
+        .args([
+            "serve",
+            "--model",
+            "smollm2-135m",
+            "--port",
+            "0",
+            "--threads",
+            "2",
+            "--parallel",
+            "2",
+            "--ctx-size",
+            "4096",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start switchyard");
     let stdout = child.stdout.take().unwrap();
-    let line = BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l.contains("listening on ")).expect("switchyard listens");
+    let line = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening on "))
+        .expect("switchyard listens");
     let url = line.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
     Server { child, base: format!("{url}/v1") }
 }
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut input = child.stdin.take().unwrap();
     input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
     drop(input);
@@ -55,7 +77,12 @@ fn dataset(dir: &Path) {
                "messages": [{"role": "user", "content": q}], "max_tokens": 24, "expect": expect, "review": review})
     };
     let items = [
-        item("s-1", "What is the capital of France? Answer with one word.", json!({"type": "contains_all", "values": ["paris"]}), true),
+        item(
+            "s-1",
+            "What is the capital of France? Answer with one word.",
+            json!({"type": "contains_all", "values": ["paris"]}),
+            true,
+        ),
         item("s-2", "Say hello.", json!({"type": "not_refusal"}), false),
         item("s-3", "Reply with exactly the word: banana", json!({"type": "regex", "pattern": "banana"}), false),
     ];
@@ -94,7 +121,11 @@ fn eval_runs_against_a_real_model_then_reports_reviews_and_gates() {
     ];
     let o = run(&args, None);
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
-    let records: Vec<Value> = std::fs::read_to_string(out.join("records.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<Value> = std::fs::read_to_string(out.join("records.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(records.len(), 3);
     for r in &records {
         assert_ne!(r["label"], ResultLabel::Error.as_str(), "{r}");
@@ -112,19 +143,24 @@ fn eval_runs_against_a_real_model_then_reports_reviews_and_gates() {
     // Review: the flagged item gets a human verdict that the report then uses.
     let o = run(&["eval", "review", out.to_str().unwrap(), "--reviewer", "ana"], Some("f\n"));
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let review: Value = serde_json::from_str(std::fs::read_to_string(out.join("reviews.jsonl")).unwrap().trim()).unwrap();
+    let review: Value =
+        serde_json::from_str(std::fs::read_to_string(out.join("reviews.jsonl")).unwrap().trim()).unwrap();
     assert_eq!((review["item_id"].as_str(), review["pass"].as_bool()), (Some("s-1"), Some(false)));
     let report = tmp.path().join("report");
     let o = run(&["eval", "report", out.to_str().unwrap(), "--out", report.to_str().unwrap()], None);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let card: Value = serde_json::from_slice(&std::fs::read(report.join("scorecard.json")).unwrap()).unwrap();
-    let all = card["slices"].as_array().unwrap().iter().find(|s| s["family"] == "all" && s["difficulty"] == "all").unwrap();
+    let all =
+        card["slices"].as_array().unwrap().iter().find(|s| s["family"] == "all" && s["difficulty"] == "all").unwrap();
     let passed_by_model = records.iter().filter(|r| r["correct"] == true && r["item_id"] != "s-1").count();
     assert_eq!(all["passed"].as_u64().unwrap() as usize, passed_by_model, "s-1 counts as failed after review");
 
     // Compared with itself, nothing regressed (the failure path is tested
     // below, against a baseline that is known to pass).
-    let same = run(&["eval", "compare", out.to_str().unwrap(), out.to_str().unwrap(), "--max-drop", "0.0", "--min-items", "1"], None);
+    let same = run(
+        &["eval", "compare", out.to_str().unwrap(), out.to_str().unwrap(), "--max-drop", "0.0", "--min-items", "1"],
+        None,
+    );
     assert!(same.status.success(), "{}{}", text(&same.stdout), text(&same.stderr));
 }
 
@@ -170,9 +206,31 @@ fn the_gate_fails_a_candidate_that_lost_quality() {
     std::fs::create_dir_all(&data).unwrap();
     dataset(&data);
     let eval_run = |target: &str, out: &Path| {
-        let o = run(&["eval", "run", "--dataset", data.to_str().unwrap(), "--target", target, "--out", out.to_str().unwrap(), "--no-cache"], None);
-        assert!(o.status.success(), "{target}: a run gives records, not a crash: {}{}", text(&o.stdout), text(&o.stderr));
-        let records: Vec<Value> = std::fs::read_to_string(out.join("records.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let o = run(
+            &[
+                "eval",
+                "run",
+                "--dataset",
+                data.to_str().unwrap(),
+                "--target",
+                target,
+                "--out",
+                out.to_str().unwrap(),
+                "--no-cache",
+            ],
+            None,
+        );
+        assert!(
+            o.status.success(),
+            "{target}: a run gives records, not a crash: {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        let records: Vec<Value> = std::fs::read_to_string(out.join("records.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         records
     };
     // The baseline passes every item, so the candidate has quality to lose.
@@ -185,12 +243,57 @@ fn the_gate_fails_a_candidate_that_lost_quality() {
     let records = eval_run("http://127.0.0.1:9/v1", &dead);
     assert!(records.iter().all(|r| r["label"] == ResultLabel::Error.as_str()), "{records:?}");
 
-    let worse = run(&["eval", "compare", baseline.to_str().unwrap(), dead.to_str().unwrap(), "--max-drop", "0.05", "--min-items", "1"], None);
+    let worse = run(
+        &[
+            "eval",
+            "compare",
+            baseline.to_str().unwrap(),
+            dead.to_str().unwrap(),
+            "--max-drop",
+            "0.05",
+            "--min-items",
+            "1",
+        ],
+        None,
+    );
     assert!(!worse.status.success(), "{}", text(&worse.stdout));
-    assert!(text(&worse.stdout).contains("REGRESSION") && text(&worse.stderr).contains("quality dropped"), "{}", text(&worse.stdout));
+    assert!(
+        text(&worse.stdout).contains("REGRESSION") && text(&worse.stderr).contains("quality dropped"),
+        "{}",
+        text(&worse.stdout)
+    );
     // Below --min-items, a slice is shown but cannot fail the gate.
-    let few = run(&["eval", "compare", baseline.to_str().unwrap(), dead.to_str().unwrap(), "--max-drop", "0.05", "--min-items", "4"], None);
-    assert!(few.status.success() && !text(&few.stdout).contains("REGRESSION"), "{}{}", text(&few.stdout), text(&few.stderr));
-    let same = run(&["eval", "compare", baseline.to_str().unwrap(), baseline.to_str().unwrap(), "--max-drop", "0.0", "--min-items", "1"], None);
+    let few = run(
+        &[
+            "eval",
+            "compare",
+            baseline.to_str().unwrap(),
+            dead.to_str().unwrap(),
+            "--max-drop",
+            "0.05",
+            "--min-items",
+            "4",
+        ],
+        None,
+    );
+    assert!(
+        few.status.success() && !text(&few.stdout).contains("REGRESSION"),
+        "{}{}",
+        text(&few.stdout),
+        text(&few.stderr)
+    );
+    let same = run(
+        &[
+            "eval",
+            "compare",
+            baseline.to_str().unwrap(),
+            baseline.to_str().unwrap(),
+            "--max-drop",
+            "0.0",
+            "--min-items",
+            "1",
+        ],
+        None,
+    );
     assert!(same.status.success(), "{}{}", text(&same.stdout), text(&same.stderr));
 }

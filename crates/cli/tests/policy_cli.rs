@@ -20,7 +20,11 @@ fn validate_prints_the_policy_id_or_names_the_broken_key() {
 
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.toml");
-    std::fs::write(&broken, std::fs::read_to_string(EXAMPLE).unwrap().replace("escalate = \"cloud\"", "escalate = \"clod\"")).unwrap();
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(EXAMPLE).unwrap().replace("escalate = \"cloud\"", "escalate = \"clod\""),
+    )
+    .unwrap();
     let bad = switchyard(&["policy", "validate", broken.to_str().unwrap()]);
     assert!(!bad.status.success());
     let err = text(&bad.stderr);
@@ -31,7 +35,8 @@ fn validate_prints_the_policy_id_or_names_the_broken_key() {
 fn diff_shows_the_changed_rule() {
     let dir = tempfile::tempdir().unwrap();
     let newer = dir.path().join("new.toml");
-    std::fs::write(&newer, std::fs::read_to_string(EXAMPLE).unwrap().replace("threshold = 0.6", "threshold = 0.7")).unwrap();
+    std::fs::write(&newer, std::fs::read_to_string(EXAMPLE).unwrap().replace("threshold = 0.6", "threshold = 0.7"))
+        .unwrap();
     let out = switchyard(&["policy", "diff", EXAMPLE, newer.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
@@ -43,7 +48,11 @@ fn diff_shows_the_changed_rule() {
 fn route_explain_replays_a_request_offline() {
     let dir = tempfile::tempdir().unwrap();
     let req = dir.path().join("req.json");
-    std::fs::write(&req, r#"{"model": "any", "messages": [{"role": "user", "content": "My SSN is 123-45-6789, what now?"}]}"#).unwrap();
+    std::fs::write(
+        &req,
+        r#"{"model": "any", "messages": [{"role": "user", "content": "My SSN is 123-45-6789, what now?"}]}"#,
+    )
+    .unwrap();
     let run = || switchyard(&["route", "explain", "--policy", EXAMPLE, "--request", req.to_str().unwrap()]);
     let out = run();
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -61,7 +70,11 @@ fn route_explain_replays_a_request_offline() {
 fn route_explain_takes_the_routing_headers_as_flags() {
     let dir = tempfile::tempdir().unwrap();
     let req = dir.path().join("req.json");
-    std::fs::write(&req, r#"{"model": "any", "messages": [{"role": "user", "content": "Summarise the meeting notes."}]}"#).unwrap();
+    std::fs::write(
+        &req,
+        r#"{"model": "any", "messages": [{"role": "user", "content": "Summarise the meeting notes."}]}"#,
+    )
+    .unwrap();
     let explain = |extra: &[&str]| {
         let mut args = vec!["route", "explain", "--policy", EXAMPLE, "--request", req.to_str().unwrap()];
         args.extend(extra);

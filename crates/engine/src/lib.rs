@@ -114,7 +114,8 @@ impl Engine {
         // Models without a template (base models) get ChatML, which llama.cpp knows by name.
         let template = match model.chat_template(None) {
             Ok(t) => t,
-            Err(_) => LlamaChatTemplate::new("chatml").map_err(|e| LoadError::Model { path: path.to_path_buf(), reason: format!("no chat template: {e}") })?,
+            Err(_) => LlamaChatTemplate::new("chatml")
+                .map_err(|e| LoadError::Model { path: path.to_path_buf(), reason: format!("no chat template: {e}") })?,
         };
 
         let (jobs, rx) = sync_channel::<Job>(settings.max_queue);
@@ -151,7 +152,10 @@ impl Engine {
                     let _ = ready_tx.send(Ok(scheduler.n_ctx_seq()));
                     scheduler.run();
                 })
-                .map_err(|e| LoadError::Context { path: path.to_path_buf(), reason: format!("starting the scheduler thread: {e}") })?;
+                .map_err(|e| LoadError::Context {
+                    path: path.to_path_buf(),
+                    reason: format!("starting the scheduler thread: {e}"),
+                })?;
         }
         let n_ctx_seq = ready_rx
             .recv()
@@ -201,7 +205,8 @@ impl Engine {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| TemplateError(e.to_string()))?;
-        let text = self.model.apply_chat_template(&self.template, &chat, true).map_err(|e| TemplateError(e.to_string()))?;
+        let text =
+            self.model.apply_chat_template(&self.template, &chat, true).map_err(|e| TemplateError(e.to_string()))?;
         Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
     }
 
@@ -243,12 +248,14 @@ impl Engine {
             OutputFormat::Text => None,
             OutputFormat::JsonObject => Some(JSON_GRAMMAR.to_string()),
             OutputFormat::JsonSchema(schema) => Some(
-                llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| SubmitError::InvalidFormat(format!("unsupported JSON schema: {e}")))?,
+                llama_cpp_2::json_schema_to_grammar(&schema.to_string())
+                    .map_err(|e| SubmitError::InvalidFormat(format!("unsupported JSON schema: {e}")))?,
             ),
         };
         if let Some(gbnf) = grammar {
             chain.push(
-                LlamaSampler::grammar(&self.model, &gbnf, "root").map_err(|e| SubmitError::InvalidFormat(format!("cannot build the output grammar: {e}")))?,
+                LlamaSampler::grammar(&self.model, &gbnf, "root")
+                    .map_err(|e| SubmitError::InvalidFormat(format!("cannot build the output grammar: {e}")))?,
             );
         }
         if penalties {

@@ -89,7 +89,10 @@ fn exp_nonpositive(x: f32) -> f32 {
     let x = x.max(-87.0);
     let n = (x * LOG2E + ROUND) - ROUND;
     let y = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0 + y * (1.0 + y * (1.0 / 2.0 + y * (1.0 / 6.0 + y * (1.0 / 24.0 + y * (1.0 / 120.0 + y * (1.0 / 720.0 + y * (1.0 / 5040.0)))))));
+    let p = 1.0
+        + y * (1.0
+            + y * (1.0 / 2.0
+                + y * (1.0 / 6.0 + y * (1.0 / 24.0 + y * (1.0 / 120.0 + y * (1.0 / 720.0 + y * (1.0 / 5040.0)))))));
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     p * scale
 }

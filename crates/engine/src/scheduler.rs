@@ -68,7 +68,16 @@ impl<'m> Scheduler<'m> {
     pub fn new(model: &'m LlamaModel, ctx: LlamaContext<'m>, settings: EngineSettings, jobs: Receiver<Job>) -> Self {
         let n_ctx_seq = ctx.n_ctx() / settings.parallel;
         let batch = LlamaBatch::new(settings.batch_size as usize, 1);
-        Self { model, ctx, n_ctx_seq, jobs, free_slots: (0..settings.parallel as i32).rev().collect(), active: Vec::new(), batch, settings }
+        Self {
+            model,
+            ctx,
+            n_ctx_seq,
+            jobs,
+            free_slots: (0..settings.parallel as i32).rev().collect(),
+            active: Vec::new(),
+            batch,
+            settings,
+        }
     }
 
     pub fn n_ctx_seq(&self) -> u32 {
@@ -170,7 +179,13 @@ impl<'m> Scheduler<'m> {
                 done.push((p.seq, reason));
             }
         }
-        tracing::trace!(tokens = self.batch.n_tokens(), sequences = plan.len(), decode_ms, sample_ms = now.elapsed().as_secs_f64() * 1e3, "step");
+        tracing::trace!(
+            tokens = self.batch.n_tokens(),
+            sequences = plan.len(),
+            decode_ms,
+            sample_ms = now.elapsed().as_secs_f64() * 1e3,
+            "step"
+        );
         // Remove from the back so earlier indices stay valid; `remove` keeps
         // `active` in slot order.
         done.sort_by_key(|&(i, _)| std::cmp::Reverse(i));

@@ -105,7 +105,12 @@ impl Sequence {
                 TopLogprob { token: String::from_utf8_lossy(&b).into_owned(), logprob: f64::from(lp), bytes: Some(b) }
             })
             .collect();
-        let logprob = TokenLogprob { token: String::from_utf8_lossy(&bytes).into_owned(), logprob: f64::from(s.logprob), bytes: Some(bytes), top_logprobs };
+        let logprob = TokenLogprob {
+            token: String::from_utf8_lossy(&bytes).into_owned(),
+            logprob: f64::from(s.logprob),
+            bytes: Some(bytes),
+            top_logprobs,
+        };
         self.held.push(Piece { text, logprob });
 
         if self.stop_matched() {
@@ -188,8 +193,12 @@ impl Sequence {
             itl_max_ms: c.gaps_ms.last().copied().unwrap_or(0.0),
             total_ms: ms(now - accepted),
         };
-        let _ =
-            self.job.events.send(Event::Done(Summary { finish_reason: reason, prompt_tokens: timings.prompt_n, completion_tokens: self.generated, timings }));
+        let _ = self.job.events.send(Event::Done(Summary {
+            finish_reason: reason,
+            prompt_tokens: timings.prompt_n,
+            completion_tokens: self.generated,
+            timings,
+        }));
     }
 }
 

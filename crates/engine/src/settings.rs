@@ -37,7 +37,15 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        Self { threads: 0, ctx_size: 8192, parallel: 4, batch_size: 512, prefill_chunk: 256, priority: Priority::Decode, max_queue: 64 }
+        Self {
+            threads: 0,
+            ctx_size: 8192,
+            parallel: 4,
+            batch_size: 512,
+            prefill_chunk: 256,
+            priority: Priority::Decode,
+            max_queue: 64,
+        }
     }
 }
 
@@ -60,7 +68,10 @@ impl EngineSettings {
         if self.ctx_size / self.parallel < 64 {
             return Err((
                 "ctx-size",
-                format!("{} tokens over {} parallel sequences is under 64 each; raise ctx-size or lower parallel", self.ctx_size, self.parallel),
+                format!(
+                    "{} tokens over {} parallel sequences is under 64 each; raise ctx-size or lower parallel",
+                    self.ctx_size, self.parallel
+                ),
             ));
         }
         if self.batch_size < self.parallel {

@@ -21,7 +21,8 @@ impl Tokenizer {
             return Err(LoadError::Missing(path.to_path_buf()));
         }
         let params = LlamaModelParams::default().with_vocab_only(true);
-        let model = LlamaModel::load_from_file(backend(), path, &params).map_err(|e| LoadError::Model { path: path.to_path_buf(), reason: e.to_string() })?;
+        let model = LlamaModel::load_from_file(backend(), path, &params)
+            .map_err(|e| LoadError::Model { path: path.to_path_buf(), reason: e.to_string() })?;
         Ok(Self { model })
     }
 

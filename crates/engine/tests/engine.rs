@@ -75,7 +75,8 @@ const PROMPTS: [&str; 8] = [
 #[test]
 fn greedy_output_is_identical_concurrent_or_sequential() {
     let engine = shared();
-    let sequential: Vec<String> = PROMPTS.iter().map(|p| collect(engine.submit(request(engine, p)).unwrap()).text).collect();
+    let sequential: Vec<String> =
+        PROMPTS.iter().map(|p| collect(engine.submit(request(engine, p)).unwrap()).text).collect();
     let streams: Vec<_> = PROMPTS.iter().map(|p| engine.submit(request(engine, p)).unwrap()).collect();
     let concurrent: Vec<String> = streams.into_iter().map(|s| collect(s).text).collect();
     assert!(sequential.iter().all(|t| !t.is_empty()));
@@ -248,5 +249,9 @@ fn scoring_an_answer_gives_back_the_logprobs_it_was_generated_with() {
     assert!(matches!(engine.score(&prompt, ""), Err(ScoreError::Empty)));
     assert!(matches!(engine.score(&[], "Paris"), Err(ScoreError::Empty)));
     let long = engine.chat_prompt(&[("user", &"please ".repeat(1100))]).unwrap();
-    assert!(matches!(engine.score(&long, "Paris"), Err(ScoreError::ContextExceeded { n_ctx: 1024, .. })), "{:?}", engine.score(&long, "Paris"));
+    assert!(
+        matches!(engine.score(&long, "Paris"), Err(ScoreError::ContextExceeded { n_ctx: 1024, .. })),
+        "{:?}",
+        engine.score(&long, "Paris")
+    );
 }

@@ -76,7 +76,8 @@ pub enum DatasetError {
 
 impl Dataset {
     pub fn open(dir: &Path) -> Result<Self, DatasetError> {
-        let read = |p: &Path| std::fs::read(p).map_err(|source| DatasetError::Read { path: p.display().to_string(), source });
+        let read =
+            |p: &Path| std::fs::read(p).map_err(|source| DatasetError::Read { path: p.display().to_string(), source });
         let invalid = |p: &Path, message: String| DatasetError::Invalid { path: p.display().to_string(), message };
         let manifest_path = dir.join("manifest.toml");
         let text = String::from_utf8_lossy(&read(&manifest_path)?).into_owned();
@@ -90,7 +91,11 @@ impl Dataset {
             let bytes = read(&path)?;
             let actual = hex::encode(Sha256::digest(&bytes));
             if !actual.eq_ignore_ascii_case(expected) {
-                return Err(DatasetError::Tampered { path: path.display().to_string(), expected: expected.clone(), actual });
+                return Err(DatasetError::Tampered {
+                    path: path.display().to_string(),
+                    expected: expected.clone(),
+                    actual,
+                });
             }
             if name == "items.jsonl" {
                 items_bytes = bytes;
@@ -104,10 +109,19 @@ impl Dataset {
             .map(|(n, l)| serde_json::from_str(l).map_err(|e| invalid(&items_path, format!("line {}: {e}", n + 1))))
             .collect::<Result<_, _>>()?;
         if items.len() != manifest.items {
-            return Err(invalid(&manifest_path, format!("says {} items, items.jsonl has {}", manifest.items, items.len())));
+            return Err(invalid(
+                &manifest_path,
+                format!("says {} items, items.jsonl has {}", manifest.items, items.len()),
+            ));
         }
         if let Some(judged_only) = items.iter().find(|i| !i.expect.has_machine_check()) {
-            return Err(invalid(&items_path, format!("item {}: an LLM judge may not be an item's only check; add a machine-checkable one", judged_only.id)));
+            return Err(invalid(
+                &items_path,
+                format!(
+                    "item {}: an LLM judge may not be an item's only check; add a machine-checkable one",
+                    judged_only.id
+                ),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = items.iter().find(|i| !seen.insert(i.id.as_str())) {

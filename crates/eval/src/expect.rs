@@ -140,7 +140,9 @@ impl Expect {
                 Err(e) => verdict(false, format!("invalid pattern in the item: {e}")),
             },
             Expect::Numeric { value, tolerance } => match last_number(text) {
-                Some(n) => verdict((n - value).abs() <= *tolerance, format!("numeric: got {n}, want {value} ± {tolerance}")),
+                Some(n) => {
+                    verdict((n - value).abs() <= *tolerance, format!("numeric: got {n}, want {value} ± {tolerance}"))
+                }
                 None => verdict(false, "numeric: no number in the answer"),
             },
             Expect::Json { schema, fields } => {
@@ -167,16 +169,22 @@ impl Expect {
             Expect::Refusal => verdict(is_refusal(text, answer.refusal.as_deref()), "refusal expected"),
             Expect::NotRefusal => verdict(!is_refusal(text, answer.refusal.as_deref()), "no refusal expected"),
             Expect::ToolCall { name, arguments } => {
-                let Some(call) = extract_json(text) else { return verdict(false, "tool_call: no JSON object in the answer") };
+                let Some(call) = extract_json(text) else {
+                    return verdict(false, "tool_call: no JSON object in the answer");
+                };
                 if call["name"].as_str() != Some(name.as_str()) {
                     return verdict(false, format!("tool_call: called {}, want {name}", call["name"]));
                 }
                 fields_match(&call["arguments"], arguments, "tool_call")
             }
-            Expect::Judge { rubric } => judged.get(rubric).cloned().unwrap_or_else(|| verdict(true, "judge skipped: the run has no --judge")),
-            Expect::All { of } => {
-                of.iter().map(|e| e.score(answer, sandbox, judged)).find(|v| !v.pass).unwrap_or_else(|| verdict(true, format!("all {} checks", of.len())))
+            Expect::Judge { rubric } => {
+                judged.get(rubric).cloned().unwrap_or_else(|| verdict(true, "judge skipped: the run has no --judge"))
             }
+            Expect::All { of } => of
+                .iter()
+                .map(|e| e.score(answer, sandbox, judged))
+                .find(|v| !v.pass)
+                .unwrap_or_else(|| verdict(true, format!("all {} checks", of.len()))),
         }
     }
 }
@@ -197,7 +205,12 @@ fn last_number(text: &str) -> Option<f64> {
 
 /// The first fenced code block (```python preferred), else the whole text.
 fn code_block(text: &str) -> String {
-    let blocks: Vec<(&str, &str)> = text.split("```").enumerate().filter(|(i, _)| i % 2 == 1).map(|(_, b)| b.split_once('\n').unwrap_or((b, ""))).collect();
+    let blocks: Vec<(&str, &str)> = text
+        .split("```")
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, b)| b.split_once('\n').unwrap_or((b, "")))
+        .collect();
     blocks
         .iter()
         .find(|(lang, _)| lang.trim().eq_ignore_ascii_case("python") || lang.trim().eq_ignore_ascii_case("py"))
@@ -223,9 +236,13 @@ fn extract_json(text: &str) -> Option<Value> {
 /// Numbers compare by value (20 equals 20.0); everything else exactly.
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => (x.as_f64().unwrap_or(f64::NAN) - y.as_f64().unwrap_or(f64::NAN)).abs() < 1e-9,
+        (Value::Number(x), Value::Number(y)) => {
+            (x.as_f64().unwrap_or(f64::NAN) - y.as_f64().unwrap_or(f64::NAN)).abs() < 1e-9
+        }
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b)),
-        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w))),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
         _ => a == b,
     }
 }
@@ -295,7 +312,10 @@ mod tests {
     #[test]
     fn tool_calls_match_name_and_arguments() {
         let e = json!({"type": "tool_call", "name": "get_weather", "arguments": {"city": "Lisbon"}});
-        assert!(check(e.clone(), "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Lisbon\", \"unit\": \"celsius\"}}"));
+        assert!(check(
+            e.clone(),
+            "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Lisbon\", \"unit\": \"celsius\"}}"
+        ));
         assert!(!check(e.clone(), "{\"name\": \"search_web\", \"arguments\": {\"query\": \"Lisbon weather\"}}"));
         assert!(!check(e.clone(), "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Porto\"}}"));
         assert!(!check(e, "It is sunny in Lisbon."));

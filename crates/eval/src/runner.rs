@@ -99,11 +99,13 @@ pub async fn run(dataset: &Dataset, target: &Target, opts: &RunOptions, sandbox:
     let jobs = dataset.items.iter().flat_map(|item| (0..opts.repeats).map(move |r| (item, r)));
     let records = futures::stream::iter(jobs)
         .map(|(item, repeat)| {
-            let (client, gate, bar, sandbox, passed) = (client.clone(), gate.clone(), bar.clone(), sandbox.clone(), passed.clone());
+            let (client, gate, bar, sandbox, passed) =
+                (client.clone(), gate.clone(), bar.clone(), sandbox.clone(), passed.clone());
             async move {
                 let _permit = gate.acquire_owned().await.expect("never closed");
                 let record = one(&client, dataset, item, repeat, target, opts, sandbox).await;
-                let ok = passed.fetch_add(usize::from(record.correct), std::sync::atomic::Ordering::Relaxed) + usize::from(record.correct);
+                let ok = passed.fetch_add(usize::from(record.correct), std::sync::atomic::Ordering::Relaxed)
+                    + usize::from(record.correct);
                 bar.inc(1);
                 bar.set_message(format!("{ok} passed"));
                 record
@@ -116,10 +118,22 @@ pub async fn run(dataset: &Dataset, target: &Target, opts: &RunOptions, sandbox:
     records
 }
 
-async fn one(client: &reqwest::Client, dataset: &Dataset, item: &Item, repeat: u32, target: &Target, opts: &RunOptions, sandbox: Sandbox) -> EvalRecord {
+async fn one(
+    client: &reqwest::Client,
+    dataset: &Dataset,
+    item: &Item,
+    repeat: u32,
+    target: &Target,
+    opts: &RunOptions,
+    sandbox: Sandbox,
+) -> EvalRecord {
     let seed = opts.seed.map(|s| s + u64::from(repeat));
     let key = cache_key(item, target, opts, seed, repeat);
-    let cached = opts.cache_dir.as_ref().and_then(|dir| std::fs::read(dir.join(&key)).ok()).and_then(|b| serde_json::from_slice::<Reply>(&b).ok());
+    let cached = opts
+        .cache_dir
+        .as_ref()
+        .and_then(|dir| std::fs::read(dir.join(&key)).ok())
+        .and_then(|b| serde_json::from_slice::<Reply>(&b).ok());
     let was_cached = cached.is_some();
     let reply = match cached {
         Some(r) => Ok(r),
@@ -130,7 +144,10 @@ async fn one(client: &reqwest::Client, dataset: &Dataset, item: &Item, repeat: u
     };
     if let (Ok(r), Some(dir), false) = (&reply, &opts.cache_dir, was_cached) {
         let tmp = dir.join(format!("{key}.tmp"));
-        if std::fs::write(&tmp, serde_json::to_vec(r).expect("replies serialize")).and_then(|_| std::fs::rename(&tmp, dir.join(&key))).is_err() {
+        if std::fs::write(&tmp, serde_json::to_vec(r).expect("replies serialize"))
+            .and_then(|_| std::fs::rename(&tmp, dir.join(&key)))
+            .is_err()
+        {
             eprintln!("warning: could not cache the answer to {}", item.id);
         }
     }
@@ -156,7 +173,11 @@ async fn one(client: &reqwest::Client, dataset: &Dataset, item: &Item, repeat: u
         expects_refusal: item.expect.wants_refusal(),
         refused: false,
         review: item.review,
-        confidence: RecordConfidence { prompt_score: opts.difficulty.as_ref().map(|m| m.score(&features)), features: Some(features), ..Default::default() },
+        confidence: RecordConfidence {
+            prompt_score: opts.difficulty.as_ref().map(|m| m.score(&features)),
+            features: Some(features),
+            ..Default::default()
+        },
         ttft_ms: None,
         total_ms: None,
         timings: None,
@@ -181,7 +202,9 @@ async fn one(client: &reqwest::Client, dataset: &Dataset, item: &Item, repeat: u
         }
     }
     let expect = item.expect.clone();
-    let verdict = tokio::task::spawn_blocking(move || expect.score(&answer, &sandbox, &judged)).await.expect("scoring does not panic");
+    let verdict = tokio::task::spawn_blocking(move || expect.score(&answer, &sandbox, &judged))
+        .await
+        .expect("scoring does not panic");
     let confidence = Confidence::of(&reply.logprobs);
     record.refused = is_refusal(&reply.text, reply.refusal.as_deref());
     record.correct = verdict.pass;
@@ -198,7 +221,11 @@ async fn one(client: &reqwest::Client, dataset: &Dataset, item: &Item, repeat: u
     record.scorer = verdict.detail;
     record.confidence.mean_logprob = confidence.map(|c| c.mean_logprob);
     record.confidence.min_window_logprob = confidence.map(|c| c.min_window_logprob);
-    record.cost = opts.price.as_ref().zip(reply.usage.as_ref()).map(|(p, u)| p.cost(u.prompt_tokens, u.completion_tokens, reply.total_ms).usd);
+    record.cost = opts
+        .price
+        .as_ref()
+        .zip(reply.usage.as_ref())
+        .map(|(p, u)| p.cost(u.prompt_tokens, u.completion_tokens, reply.total_ms).usd);
     record.output = reply.text;
     record.refusal = reply.refusal;
     record.route = reply.route;
@@ -212,7 +239,17 @@ async fn one(client: &reqwest::Client, dataset: &Dataset, item: &Item, repeat: u
 
 /// The same item, target, parameters and seed give the same key.
 fn cache_key(item: &Item, target: &Target, opts: &RunOptions, seed: Option<u64>, repeat: u32) -> String {
-    let parts = json!([item.hash(), target.label, target.base_url, target.model, target.headers, opts.temperature, seed, repeat, opts.logprobs]);
+    let parts = json!([
+        item.hash(),
+        target.label,
+        target.base_url,
+        target.model,
+        target.headers,
+        opts.temperature,
+        seed,
+        repeat,
+        opts.logprobs
+    ]);
     hex::encode(Sha256::digest(parts.to_string().as_bytes()))
 }
 
@@ -230,7 +267,9 @@ async fn grade(client: &reqwest::Client, judge: &Target, item: &Item, answer: &s
         ],
     });
     let said = match post_chat(client, &judge.base_url, &judge.headers, &body).await {
-        Ok(resp) if resp.status.is_success() => resp.completion().await.ok().and_then(|r| r.content().map(str::to_string)),
+        Ok(resp) if resp.status.is_success() => {
+            resp.completion().await.ok().and_then(|r| r.content().map(str::to_string))
+        }
         Ok(resp) => return Verdict { pass: false, detail: format!("judge {}: HTTP {}", judge.label, resp.status) },
         Err(e) => return Verdict { pass: false, detail: format!("judge {}: {e}", judge.label) },
     };
@@ -247,7 +286,13 @@ async fn grade(client: &reqwest::Client, judge: &Target, item: &Item, answer: &s
 
 /// One streamed chat completion: the text, refusal, logprobs, usage and
 /// timings, measured from the request being sent.
-async fn ask(client: &reqwest::Client, target: &Target, item: &Item, opts: &RunOptions, seed: Option<u64>) -> Result<Reply, String> {
+async fn ask(
+    client: &reqwest::Client,
+    target: &Target,
+    item: &Item,
+    opts: &RunOptions,
+    seed: Option<u64>,
+) -> Result<Reply, String> {
     let mut body = json!({
         "model": target.model,
         "messages": item.messages,
@@ -263,7 +308,9 @@ async fn ask(client: &reqwest::Client, target: &Target, item: &Item, opts: &RunO
         body["seed"] = json!(seed);
     }
     let began = Instant::now();
-    let resp = post_chat(client, &target.base_url, &target.headers, &body).await.map_err(|e| format!("request failed: {e}"))?;
+    let resp = post_chat(client, &target.base_url, &target.headers, &body)
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
     let status = resp.status;
     if !status.is_success() {
         let message = resp.error_message().await;
@@ -274,7 +321,9 @@ async fn ask(client: &reqwest::Client, target: &Target, item: &Item, opts: &RunO
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| match e {
             ReadError::Broken(e) => format!("stream broke: {e}"),
-            ReadError::Malformed { text, error } => format!("malformed chunk ({error}): {}", text.chars().take(120).collect::<String>()),
+            ReadError::Malformed { text, error } => {
+                format!("malformed chunk ({error}): {}", text.chars().take(120).collect::<String>())
+            }
         })?;
         absorb(&mut reply, &chunk.reply, chunk.at.duration_since(began))?;
     }
@@ -291,7 +340,10 @@ async fn ask(client: &reqwest::Client, target: &Target, item: &Item, opts: &RunO
 /// request was sent, into the reply.
 fn absorb(reply: &mut Reply, r: &ChatReply, after: Duration) -> Result<(), String> {
     if let Some(e) = &r.error {
-        return Err(format!("the target reported an error mid-answer: {}", e.message.as_deref().unwrap_or("unknown error")));
+        return Err(format!(
+            "the target reported an error mid-answer: {}",
+            e.message.as_deref().unwrap_or("unknown error")
+        ));
     }
     if let Some(text) = r.content().filter(|t| !t.is_empty()) {
         reply.ttft_ms.get_or_insert(after.as_secs_f64() * 1e3);

@@ -58,17 +58,25 @@ impl Sandbox {
         };
         let script = dir.path().join("main.py");
         let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-        let files =
-            std::fs::write(&script, format!("{PRELUDE}\n{program}\n")).and_then(|_| Ok((std::fs::File::create(&out_path)?, std::fs::File::create(&err_path)?)));
+        let files = std::fs::write(&script, format!("{PRELUDE}\n{program}\n"))
+            .and_then(|_| Ok((std::fs::File::create(&out_path)?, std::fs::File::create(&err_path)?)));
         let (stdout, stderr) = match files {
             Ok(f) => f,
             Err(e) => return fail(format!("sandbox: {e}")),
         };
         let (cpu, mem) = (self.cpu_seconds, self.memory_bytes);
         let mut cmd = Command::new(&self.python);
-        cmd.arg("-I").arg(&script).current_dir(dir.path()).env_clear().env("PATH", "/usr/bin:/bin").stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        cmd.arg("-I")
+            .arg(&script)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
         // SAFETY: only async-signal-safe calls (setsid, setrlimit, unshare)
         // between fork and exec.
+        #[expect(unsafe_code, reason = "pre_exec is how the sandbox sets limits in the child; see SAFETY")]
         unsafe {
             cmd.pre_exec(move || {
                 libc::setsid();
@@ -100,7 +108,10 @@ impl Sandbox {
             }
         };
         // The whole group: children the program started die with it.
-        unsafe { libc::killpg(child.id() as libc::pid_t, libc::SIGKILL) };
+        #[expect(unsafe_code, reason = "killpg has no safe wrapper; it only signals the child's process group")]
+        unsafe {
+            libc::killpg(child.id() as libc::pid_t, libc::SIGKILL)
+        };
         let _ = child.wait();
         let tail = |path: &std::path::Path| {
             let mut s = String::new();
@@ -114,7 +125,9 @@ impl Sandbox {
             Some(s) => {
                 use std::os::unix::process::ExitStatusExt;
                 let why = match s.signal() {
-                    Some(libc::SIGXCPU) | Some(libc::SIGKILL) => format!("killed by a limit (signal {})", s.signal().unwrap_or(0)),
+                    Some(libc::SIGXCPU) | Some(libc::SIGKILL) => {
+                        format!("killed by a limit (signal {})", s.signal().unwrap_or(0))
+                    }
                     Some(sig) => format!("killed by signal {sig}"),
                     None => format!("exit status {}", s.code().unwrap_or(-1)),
                 };

@@ -27,7 +27,9 @@ pub struct Review {
 pub fn apply_reviews(records: &mut [EvalRecord], reviews: &[Review]) -> usize {
     let mut applied = 0;
     for r in records.iter_mut() {
-        if let Some(v) = reviews.iter().rev().find(|v| v.item_id == r.item_id && v.target == r.target && v.repeat == r.repeat) {
+        if let Some(v) =
+            reviews.iter().rev().find(|v| v.item_id == r.item_id && v.target == r.target && v.repeat == r.repeat)
+        {
             r.correct = v.pass;
             r.scorer = format!("reviewed by {}: {}", v.reviewer, if v.pass { "pass" } else { "fail" });
             applied += 1;
@@ -148,8 +150,19 @@ fn dollars(x: Option<f64>) -> String {
 const DIFFICULTIES: [&str; 4] = ["routine", "moderate", "edge", "all"];
 
 /// The columns of a slice's row, shared by the markdown and HTML tables.
-const COLUMNS: [&str; 11] =
-    ["family", "difficulty", "n", "success", "95% CI", "correct refusal", "over-refusal", "errors", "cost / success", "TTFT p50 ms", "TTFT p95 ms"];
+const COLUMNS: [&str; 11] = [
+    "family",
+    "difficulty",
+    "n",
+    "success",
+    "95% CI",
+    "correct refusal",
+    "over-refusal",
+    "errors",
+    "cost / success",
+    "TTFT p50 ms",
+    "TTFT p95 ms",
+];
 
 fn cells(s: &Slice) -> [String; 11] {
     [
@@ -169,9 +182,14 @@ fn cells(s: &Slice) -> [String; 11] {
 
 pub fn markdown(card: &Scorecard) -> String {
     let mut out = format!("# Scorecard: {}\n\n", card.dataset);
-    out.push_str("Success is the share of items whose automatic (or reviewed) verdict passed, with a Wilson 95% interval.\n\n");
+    out.push_str(
+        "Success is the share of items whose automatic (or reviewed) verdict passed, with a Wilson 95% interval.\n\n",
+    );
     for target in card.targets() {
-        out.push_str(&format!("## {target}\n\n| {} |\n|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n", COLUMNS.join(" | ")));
+        out.push_str(&format!(
+            "## {target}\n\n| {} |\n|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n",
+            COLUMNS.join(" | ")
+        ));
         for s in card.slices.iter().filter(|s| s.target == target) {
             out.push_str(&format!("| {} |\n", cells(s).join(" | ")));
         }
@@ -206,7 +224,11 @@ fn chart(card: &Scorecard, family: &str) -> String {
     }
     for (g, d) in DIFFICULTIES.iter().enumerate() {
         let x0 = left + g as f64 * group_w + 10.0;
-        svg.push_str(&format!("<text x='{:.1}' y='{:.1}' font-size='12' text-anchor='middle'>{d}</text>", x0 + (group_w - 20.0) / 2.0, h - bottom + 16.0));
+        svg.push_str(&format!(
+            "<text x='{:.1}' y='{:.1}' font-size='12' text-anchor='middle'>{d}</text>",
+            x0 + (group_w - 20.0) / 2.0,
+            h - bottom + 16.0
+        ));
         for (t, target) in targets.iter().enumerate() {
             let Some(s) = card.slice(target, family, d) else { continue };
             let x = x0 + t as f64 * bar_w;
@@ -222,11 +244,18 @@ fn chart(card: &Scorecard, family: &str) -> String {
                 s.n
             ));
             let cx = x + (bar_w - 2.0) / 2.0;
-            svg.push_str(&format!("<line x1='{cx:.1}' x2='{cx:.1}' y1='{:.1}' y2='{:.1}' stroke='#222'/>", y(s.ci_low), y(s.ci_high)));
+            svg.push_str(&format!(
+                "<line x1='{cx:.1}' x2='{cx:.1}' y1='{:.1}' y2='{:.1}' stroke='#222'/>",
+                y(s.ci_low),
+                y(s.ci_high)
+            ));
         }
     }
-    let legend: String =
-        targets.iter().enumerate().map(|(t, target)| format!("<span style='color:{}'>■</span> {} ", colours[t % colours.len()], escape(target))).collect();
+    let legend: String = targets
+        .iter()
+        .enumerate()
+        .map(|(t, target)| format!("<span style='color:{}'>■</span> {} ", colours[t % colours.len()], escape(target)))
+        .collect();
     svg.push_str("</svg>");
     format!("<figure><figcaption>{}</figcaption>{svg}<div class='legend'>{legend}</div></figure>", escape(family))
 }
@@ -239,7 +268,8 @@ pub fn html(card: &Scorecard) -> String {
     let head: String = std::iter::once("target").chain(COLUMNS).map(|c| format!("<th>{c}</th>")).collect();
     let mut table = format!("<table><tr>{head}</tr>");
     for s in &card.slices {
-        let row: String = std::iter::once(s.target.clone()).chain(cells(s)).map(|c| format!("<td>{}</td>", escape(&c))).collect();
+        let row: String =
+            std::iter::once(s.target.clone()).chain(cells(s)).map(|c| format!("<td>{}</td>", escape(&c))).collect();
         table.push_str(&format!("<tr>{row}</tr>"));
     }
     table.push_str("</table>");
@@ -281,7 +311,13 @@ pub fn compare(baseline: &Scorecard, candidate: &Scorecard) -> Vec<Retention> {
             } else {
                 1.0
             };
-            Some(Retention { family: b.family.clone(), difficulty: b.difficulty.clone(), baseline: b.success, candidate: c.success, retention })
+            Some(Retention {
+                family: b.family.clone(),
+                difficulty: b.difficulty.clone(),
+                baseline: b.success,
+                candidate: c.success,
+                retention,
+            })
         })
         .collect()
 }

@@ -34,7 +34,13 @@ fn item(id: &str, expect: Value) -> Value {
 }
 
 fn mini(dir: &Path) {
-    write_dataset(dir, &[item("q-1", json!({"type": "exact", "value": "Paris"})), item("q-2", json!({"type": "exact", "value": "Rome"}))]);
+    write_dataset(
+        dir,
+        &[
+            item("q-1", json!({"type": "exact", "value": "Paris"})),
+            item("q-2", json!({"type": "exact", "value": "Rome"})),
+        ],
+    );
 }
 
 #[test]
@@ -76,7 +82,9 @@ fn the_sandbox_passes_good_code_and_stops_bad_code() {
     let port = listener.local_addr().unwrap().port();
     let net = sb.run_python(&format!("import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)"));
     assert!(!net.passed, "{net:?}");
-    let raw = sb.run_python(&format!("import _socket\ns = _socket.socket()\ns.settimeout(1)\ns.connect(('127.0.0.1', {port}))"));
+    let raw = sb.run_python(&format!(
+        "import _socket\ns = _socket.socket()\ns.settimeout(1)\ns.connect(('127.0.0.1', {port}))"
+    ));
     assert!(!raw.passed, "the low-level socket module cannot connect either: {raw:?}");
 
     let slow = sb.run_python("while True:\n    pass");
@@ -114,20 +122,30 @@ async fn mock(Json(body): Json<Value>) -> Response {
         json!({"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
     ));
     let parts: Vec<Result<Bytes, std::io::Error>> = match model.as_str() {
-        "fail" => return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"message": "boom", "type": "server_error"}}))).into_response(),
+        "fail" => {
+            return (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": {"message": "boom", "type": "server_error"}})),
+            )
+                .into_response()
+        }
         "hang" => {
             tokio::time::sleep(Duration::from_secs(30)).await;
             vec![]
         }
         "cut" => vec![Ok(chunk(json!({"content": "Par"}), -0.1)), Err(std::io::Error::other("cut"))],
         "garbage" => vec![Ok(Bytes::from("data: {not json\n\n"))],
-        _ => vec![Ok(chunk(json!({"role": "assistant", "content": answer}), if answer == "London" { -2.5 } else { -0.05 })), Ok(done)],
+        _ => vec![
+            Ok(chunk(json!({"role": "assistant", "content": answer}), if answer == "London" { -2.5 } else { -0.05 })),
+            Ok(done),
+        ],
     };
     // A pause after the first chunk, so a cut stream is cut after the client has its headers.
     let mut parts = parts.into_iter();
     let first = futures::stream::iter(parts.next());
     let pause = futures::stream::once(tokio::time::sleep(Duration::from_millis(50))).filter_map(|()| async { None });
-    ([("content-type", "text/event-stream")], Body::from_stream(first.chain(pause).chain(futures::stream::iter(parts)))).into_response()
+    ([("content-type", "text/event-stream")], Body::from_stream(first.chain(pause).chain(futures::stream::iter(parts))))
+        .into_response()
 }
 
 async fn serve_mock() -> String {
@@ -164,9 +182,11 @@ async fn a_judge_grades_beside_machine_checks_and_never_alone() {
     let sandbox = Sandbox::new(Duration::from_secs(3)).unwrap();
     let right = Target { label: "right".into(), base_url: base.clone(), model: "right".into(), headers: vec![] };
     let judge = |m: &str| Some(Target { label: m.into(), base_url: base.clone(), model: m.into(), headers: vec![] });
-    let pass = run(&dataset, &right, &RunOptions { judge: judge("judge-pass"), ..options(None) }, sandbox.clone()).await;
+    let pass =
+        run(&dataset, &right, &RunOptions { judge: judge("judge-pass"), ..options(None) }, sandbox.clone()).await;
     assert!(pass[0].correct, "{:?}", pass[0]);
-    let fail = run(&dataset, &right, &RunOptions { judge: judge("judge-fail"), ..options(None) }, sandbox.clone()).await;
+    let fail =
+        run(&dataset, &right, &RunOptions { judge: judge("judge-fail"), ..options(None) }, sandbox.clone()).await;
     assert!(!fail[0].correct && fail[0].scorer.contains("judge judge-fail: FAIL"), "{:?}", fail[0]);
     let none = run(&dataset, &right, &options(None), sandbox).await;
     assert!(none[0].correct, "without a judge the machine check decides");
@@ -183,7 +203,8 @@ async fn the_runner_scores_answers_and_survives_broken_targets() {
     mini(dir.path());
     let dataset = Dataset::open(dir.path()).unwrap();
     let sandbox = Sandbox::new(Duration::from_secs(3)).unwrap();
-    let target = |model: &str| Target { label: model.into(), base_url: base.clone(), model: model.into(), headers: vec![] };
+    let target =
+        |model: &str| Target { label: model.into(), base_url: base.clone(), model: model.into(), headers: vec![] };
     let cache = tempfile::tempdir().unwrap();
 
     let right = run(&dataset, &target("right"), &options(Some(cache.path())), sandbox.clone()).await;
@@ -200,7 +221,9 @@ async fn the_runner_scores_answers_and_survives_broken_targets() {
     assert_eq!(half[1].confidence.mean_logprob, Some(-2.5));
     assert!(half[1].scorer.contains("london"), "{}", half[1].scorer);
 
-    for (model, why) in [("fail", "HTTP 500"), ("hang", "no complete answer"), ("cut", "stream broke"), ("garbage", "malformed chunk")] {
+    for (model, why) in
+        [("fail", "HTTP 500"), ("hang", "no complete answer"), ("cut", "stream broke"), ("garbage", "malformed chunk")]
+    {
         let records = run(&dataset, &target(model), &options(None), sandbox.clone()).await;
         assert_eq!(records.len(), 2, "{model}: every item gets a record");
         for r in &records {
@@ -208,7 +231,8 @@ async fn the_runner_scores_answers_and_survives_broken_targets() {
             assert!(r.error.as_deref().unwrap_or_default().contains(why), "{model}: {:?}", r.error);
         }
     }
-    let dead = Target { label: "dead".into(), base_url: "http://127.0.0.1:9/v1".into(), model: "x".into(), headers: vec![] };
+    let dead =
+        Target { label: "dead".into(), base_url: "http://127.0.0.1:9/v1".into(), model: "x".into(), headers: vec![] };
     let records = run(&dataset, &dead, &options(None), sandbox).await;
     assert!(records.iter().all(|r| r.label == "error" && r.error.as_deref().unwrap().contains("request failed")));
 }

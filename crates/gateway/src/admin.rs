@@ -12,6 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 use switchyard_store::{ResolveError, Store};
+use switchyard_wire::HandoffStatus;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -22,7 +23,10 @@ async fn store(state: &AppState) -> Result<&Store, ApiError> {
     if let Some(recorder) = &state.recorder {
         recorder.flush().await;
     }
-    state.store.as_ref().ok_or_else(|| ApiError::not_found("/admin (this server routes without a policy, so it keeps no records)"))
+    state
+        .store
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("/admin (this server routes without a policy, so it keeps no records)"))
 }
 
 fn missing(param: &str, what: String) -> ApiError {
@@ -81,14 +85,21 @@ fn default_limit() -> u32 {
 }
 
 /// `GET /admin/handoffs?status=open&limit=100`, oldest first.
-pub async fn handoffs(State(state): State<Arc<AppState>>, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+pub async fn handoffs(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     reply(
         async {
             let Query(q) = query.map_err(|e| ApiError::invalid(None, e.body_text()))?;
-            if let Some(s) = q.status.as_deref().filter(|s| !matches!(*s, "open" | "resolved")) {
-                return Err(ApiError::invalid(Some("status".into()), format!("status must be `open` or `resolved`, not `{s}`")));
+            if let Some(s) = q.status.as_deref().filter(|s| s.parse::<HandoffStatus>().is_err()) {
+                return Err(ApiError::invalid(
+                    Some("status".into()),
+                    format!("status must be `open` or `resolved`, not `{s}`"),
+                ));
             }
-            let data = store(&state).await?.handoffs(q.status.as_deref(), q.limit.min(1000)).await.map_err(store_error)?;
+            let data =
+                store(&state).await?.handoffs(q.status.as_deref(), q.limit.min(1000)).await.map_err(store_error)?;
             Ok(json!({"object": "list", "data": data}))
         }
         .await,
@@ -96,7 +107,17 @@ pub async fn handoffs(State(state): State<Arc<AppState>>, query: Result<Query<Li
 }
 
 pub async fn handoff(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    reply(async { store(&state).await?.handoff(&id).await.map_err(store_error)?.ok_or_else(|| missing("id", format!("no handoff {id}"))) }.await)
+    reply(
+        async {
+            store(&state)
+                .await?
+                .handoff(&id)
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| missing("id", format!("no handoff {id}")))
+        }
+        .await,
+    )
 }
 
 #[derive(Deserialize)]
@@ -109,23 +130,33 @@ pub struct Resolution {
 
 /// `POST /admin/handoffs/{id}` with `{"answer", "reviewer"}`: resolves an
 /// open handoff once; a second resolution is a 409.
-pub async fn resolve(State(state): State<Arc<AppState>>, Path(id): Path<String>, body: Result<Json<Resolution>, JsonRejection>) -> Response {
+pub async fn resolve(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Result<Json<Resolution>, JsonRejection>,
+) -> Response {
     reply(
         async {
-            let Json(r) = body.map_err(|e| ApiError::invalid(None, format!("expected {{\"answer\": \"...\", \"reviewer\": \"...\"}}: {}", e.body_text())))?;
+            let Json(r) = body.map_err(|e| {
+                ApiError::invalid(
+                    None,
+                    format!("expected {{\"answer\": \"...\", \"reviewer\": \"...\"}}: {}", e.body_text()),
+                )
+            })?;
             if r.answer.trim().is_empty() || r.reviewer.trim().is_empty() {
                 return Err(ApiError::invalid(Some("answer".into()), "answer and reviewer must not be empty"));
             }
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
             match store(&state).await?.resolve_handoff(&id, &r.answer, &r.reviewer, now).await {
                 Ok(h) => {
                     tracing::info!(handoff = %id, reviewer = %r.reviewer, "handoff resolved");
                     Ok(h)
                 }
                 Err(ResolveError::NotFound(_)) => Err(missing("id", format!("no handoff {id}"))),
-                Err(e @ ResolveError::AlreadyResolved(_)) => {
-                    Err(ApiError::invalid(Some("id".into()), e.to_string()).with_status(StatusCode::CONFLICT).with_code("already_resolved"))
-                }
+                Err(e @ ResolveError::AlreadyResolved(_)) => Err(ApiError::invalid(Some("id".into()), e.to_string())
+                    .with_status(StatusCode::CONFLICT)
+                    .with_code("already_resolved")),
                 Err(ResolveError::Store(e)) => Err(store_error(e)),
             }
         }

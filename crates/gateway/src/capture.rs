@@ -37,7 +37,8 @@ pub fn tap(resp: Response, on_done: impl FnOnce(u16, Bytes) + Send + 'static) ->
         }
     }
     let (parts, body) = resp.into_parts();
-    let capture = Arc::new(Mutex::new(Capture { on_done: Some(on_done), status: parts.status.as_u16(), buf: BytesMut::new() }));
+    let capture =
+        Arc::new(Mutex::new(Capture { on_done: Some(on_done), status: parts.status.as_u16(), buf: BytesMut::new() }));
     let at_end = capture.clone();
     let body = body
         .into_data_stream()
@@ -49,7 +50,10 @@ pub fn tap(resp: Response, on_done: impl FnOnce(u16, Bytes) + Send + 'static) ->
             }
             chunk
         })
-        .chain(stream::once(async move { at_end.lock().unwrap_or_else(PoisonError::into_inner).finish() }).filter_map(|()| async { None }));
+        .chain(
+            stream::once(async move { at_end.lock().unwrap_or_else(PoisonError::into_inner).finish() })
+                .filter_map(|()| async { None }),
+        );
     Response::from_parts(parts, Body::from_stream(body))
 }
 
@@ -101,7 +105,10 @@ mod tests {
 
     #[test]
     fn tokens_come_from_usage_or_timings() {
-        assert_eq!(tokens(br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#), Some((3, 5)));
+        assert_eq!(
+            tokens(br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#),
+            Some((3, 5))
+        );
         let sse = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"timings\":{\"prompt_n\":7,\"predicted_n\":2}}\n\ndata: [DONE]\n\n";
         assert_eq!(tokens(sse), Some((7, 2)));
         assert_eq!(tokens(b"data: {\"choices\":[]}\n\n"), None);

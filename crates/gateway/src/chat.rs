@@ -18,28 +18,41 @@ use crate::error::ApiError;
 use crate::validate::chat_params;
 use crate::AppState;
 
-pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-switchyard-request-id");
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(switchyard_wire::headers::REQUEST_ID);
 
 /// Parses the body with the path of any type error, so the client learns
 /// which parameter was wrong, not just that something was.
 fn parse(body: Result<Bytes, BytesRejection>) -> Result<ChatCompletionRequest, ApiError> {
     let body = body.map_err(|rejection| {
-        ApiError { status: rejection.status(), ..ApiError::invalid(None, format!("could not read the request body: {}", rejection.body_text())) }
-            .with_code(if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE { "request_too_large" } else { "invalid_body" })
+        ApiError {
+            status: rejection.status(),
+            ..ApiError::invalid(None, format!("could not read the request body: {}", rejection.body_text()))
+        }
+        .with_code(if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            "request_too_large"
+        } else {
+            "invalid_body"
+        })
     })?;
     let de = &mut serde_json::Deserializer::from_slice(&body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() || path == "." {
-            ApiError::invalid(None, format!("We could not parse the JSON body of your request: {inner}")).with_code("invalid_json")
+            ApiError::invalid(None, format!("We could not parse the JSON body of your request: {inner}"))
+                .with_code("invalid_json")
         } else {
-            ApiError::invalid(Some(path.clone()), format!("Invalid type or value for `{path}`: {inner}")).with_code("invalid_type")
+            ApiError::invalid(Some(path.clone()), format!("Invalid type or value for `{path}`: {inner}"))
+                .with_code("invalid_type")
         }
     })
 }
 
-pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     // Time-ordered (v7): the decisions table is keyed by this id, and random
     // keys made every insert land on a random B-tree page. With a few
     // hundred thousand records that was most of the cost of recording.
@@ -57,13 +70,22 @@ pub async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap,
     resp
 }
 
-async fn handle(state: &AppState, id: &str, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn handle(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body = parse(body)?;
     if let Some(routing) = &state.routing {
         let params = chat_params(&body)?;
         return routing.serve(state, ChatRequest { id: id.to_string(), body, params }, headers).await;
     }
-    let engine = state.engines.get(&body.model).ok_or_else(|| ApiError::model_not_found(&body.model, &state.model_ids()))?.clone();
+    let engine = state
+        .engines
+        .get(&body.model)
+        .ok_or_else(|| ApiError::model_not_found(&body.model, &state.model_ids()))?
+        .clone();
     let params = chat_params(&body)?;
     let req = ChatRequest { id: id.to_string(), body, params };
     unrouted(engine, &req).await

@@ -83,7 +83,8 @@ impl ServeConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => return Ok(Self::default()),
             Err(source) => return Err(ConfigError::Read { path: shown, source }),
         };
-        let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: shown, message: e.to_string() })?;
+        let cfg: Self =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: shown, message: e.to_string() })?;
         Ok(cfg)
     }
 
@@ -91,7 +92,8 @@ impl ServeConfig {
     pub fn load_policy(&self) -> anyhow::Result<Option<switchyard_router::Policy>> {
         let Some(path) = &self.policy else { return Ok(None) };
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("policy file {}: {e}", path.display()))?;
-        let policy = switchyard_router::Policy::from_toml(&text).map_err(|e| anyhow::anyhow!("policy file {}: {e}", path.display()))?;
+        let policy = switchyard_router::Policy::from_toml(&text)
+            .map_err(|e| anyhow::anyhow!("policy file {}: {e}", path.display()))?;
         Ok(Some(policy))
     }
 
@@ -160,7 +162,9 @@ mod tests {
 
     #[test]
     fn keys_match_the_flags() {
-        let c = parse("port = 9000\nctx-size = 4096\nparallel = 2\npriority = \"prefill\"\nmodels = [\"smollm2-135m\"]").unwrap();
+        let c =
+            parse("port = 9000\nctx-size = 4096\nparallel = 2\npriority = \"prefill\"\nmodels = [\"smollm2-135m\"]")
+                .unwrap();
         assert_eq!((c.port, c.ctx_size, c.parallel, c.priority), (9000, 4096, 2, Priority::Prefill));
         c.validate().unwrap();
     }

@@ -39,7 +39,7 @@ impl Envelope {
     pub fn new(req: &ChatRequest, model: &str) -> Self {
         Self {
             id: req.id.clone(),
-            created: unix_secs(),
+            created: switchyard_wire::unix_secs(),
             model: model.to_string(),
             fingerprint: None,
             stream: req.params.stream,
@@ -76,15 +76,31 @@ impl Envelope {
             body.push_str("data: [DONE]\n\n");
             return ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], body).into_response();
         }
-        Json(self.completion(AssistantMessage { role: Role::Assistant, content, refusal }, None, FinishReason::Stop, Usage::new(0, 0), None))
-            .into_response()
+        Json(self.completion(
+            AssistantMessage { role: Role::Assistant, content, refusal },
+            None,
+            FinishReason::Stop,
+            Usage::new(0, 0),
+            None,
+        ))
+        .into_response()
     }
 
     fn logprobs(&self, pieces: &[Piece]) -> Option<ChoiceLogprobs> {
-        self.logprobs.then(|| ChoiceLogprobs { content: Some(pieces.iter().map(|p| p.logprob.clone()).collect()), refusal: None })
+        self.logprobs.then(|| ChoiceLogprobs {
+            content: Some(pieces.iter().map(|p| p.logprob.clone()).collect()),
+            refusal: None,
+        })
     }
 
-    fn completion(&self, message: AssistantMessage, logprobs: Option<ChoiceLogprobs>, finish: FinishReason, usage: Usage, timings: Option<Timings>) -> ChatCompletion {
+    fn completion(
+        &self,
+        message: AssistantMessage,
+        logprobs: Option<ChoiceLogprobs>,
+        finish: FinishReason,
+        usage: Usage,
+        timings: Option<Timings>,
+    ) -> ChatCompletion {
         ChatCompletion {
             id: self.id.clone(),
             object: CHAT_COMPLETION_OBJECT.into(),
@@ -112,7 +128,13 @@ impl Envelope {
                 Item::Event(Event::Done(s)) => {
                     let message = AssistantMessage { role: Role::Assistant, content: Some(text), refusal: None };
                     let usage = Usage::new(s.prompt_tokens, s.completion_tokens);
-                    return Ok(self.completion(message, self.logprobs(&pieces), s.finish_reason, usage, Some(s.timings)));
+                    return Ok(self.completion(
+                        message,
+                        self.logprobs(&pieces),
+                        s.finish_reason,
+                        usage,
+                        Some(s.timings),
+                    ));
                 }
             }
         }
@@ -156,8 +178,12 @@ impl Envelope {
     /// failure ends it with an error event. If the client goes away, axum
     /// drops this stream and with it the model's events, which cancels the
     /// generation.
-    fn sse(self, items: impl Stream<Item = Item> + Send + 'static) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-        let first = self.delta(Delta { role: Some(Role::Assistant), content: Some(String::new()), refusal: None }, &[], None);
+    fn sse(
+        self,
+        items: impl Stream<Item = Item> + Send + 'static,
+    ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+        let first =
+            self.delta(Delta { role: Some(Role::Assistant), content: Some(String::new()), refusal: None }, &[], None);
         let this = Arc::new(self);
         let head = stream::iter([json_event(&first)]);
         let body = items.flat_map(move |item| {
@@ -188,8 +214,4 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 
 fn json_event<T: serde::Serialize>(value: &T) -> SseEvent {
     SseEvent::default().data(to_json(value))
-}
-
-pub(crate) fn unix_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }

@@ -70,7 +70,8 @@ impl ApiError {
     }
 
     pub fn not_found(path: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("Unknown endpoint {path}.")).with_code("unknown_url")
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("Unknown endpoint {path}."))
+            .with_code("unknown_url")
     }
 
     /// 504: a backend did not answer in time.
@@ -99,7 +100,12 @@ impl ApiError {
 
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
-            error: ErrorDetail { message: self.message.clone(), kind: self.kind.to_string(), param: self.param.clone(), code: self.code.map(str::to_string) },
+            error: ErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind.to_string(),
+                param: self.param.clone(),
+                code: self.code.map(str::to_string),
+            },
         }
     }
 }
@@ -108,15 +114,23 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         let message = e.to_string();
         match e {
-            SubmitError::ContextExceeded { .. } => Self::invalid(Some("messages".into()), message).with_code(CONTEXT_LENGTH_EXCEEDED),
+            SubmitError::ContextExceeded { .. } => {
+                Self::invalid(Some("messages".into()), message).with_code(CONTEXT_LENGTH_EXCEEDED)
+            }
             SubmitError::EmptyPrompt => Self::invalid(Some("messages".into()), message),
-            SubmitError::InvalidFormat(_) => Self::invalid(Some("response_format".into()), message).with_code("invalid_response_format"),
-            SubmitError::QueueFull(_) => {
-                Self { retry_after: Some(1), code: Some("queue_full"), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message) }
+            SubmitError::InvalidFormat(_) => {
+                Self::invalid(Some("response_format".into()), message).with_code("invalid_response_format")
             }
-            SubmitError::Stopped => {
-                Self { retry_after: Some(5), code: Some("engine_unavailable"), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message) }
-            }
+            SubmitError::QueueFull(_) => Self {
+                retry_after: Some(1),
+                code: Some("queue_full"),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
+            },
+            SubmitError::Stopped => Self {
+                retry_after: Some(5),
+                code: Some("engine_unavailable"),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+            },
         }
     }
 }

@@ -53,13 +53,25 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(engines: Vec<Engine>) -> Self {
-        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        Self { engines: engines.into_iter().map(|e| (e.id().to_string(), Arc::new(e))).collect(), routing: None, store: None, recorder: None, created }
+        let created =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        Self {
+            engines: engines.into_iter().map(|e| (e.id().to_string(), Arc::new(e))).collect(),
+            routing: None,
+            store: None,
+            recorder: None,
+            created,
+        }
     }
 
     /// Routes every chat request by `policy`, checked against the loaded
     /// engines; answers on a priced route or model get their cost recorded.
-    pub fn with_policy(self, policy: switchyard_router::Policy, prices: switchyard_router::Prices, options: routing::RoutingOptions) -> anyhow::Result<Self> {
+    pub fn with_policy(
+        self,
+        policy: switchyard_router::Policy,
+        prices: switchyard_router::Prices,
+        options: routing::RoutingOptions,
+    ) -> anyhow::Result<Self> {
         let routing = routing::Routing::new(policy, prices, &self.engines, options)?;
         Ok(self.with_routing(routing))
     }
@@ -102,9 +114,15 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
 /// A panic in a handler is a bug; the client still gets an OpenAI-shaped
 /// 500, and the server keeps serving everyone else.
 fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
     tracing::error!("a request handler panicked: {what}");
-    ApiError::internal("The server hit an internal error while handling this request; it has been logged.").with_code("internal_error").into_response()
+    ApiError::internal("The server hit an internal error while handling this request; it has been logged.")
+        .with_code("internal_error")
+        .into_response()
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
@@ -115,7 +133,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let models: serde_json::Map<_, _> = state
         .engines
         .iter()
-        .map(|(id, e)| (id.clone(), json!({"alive": e.is_alive(), "n_ctx_per_request": e.n_ctx_seq(), "settings": e.settings()})))
+        .map(|(id, e)| {
+            (id.clone(), json!({"alive": e.is_alive(), "n_ctx_per_request": e.n_ctx_seq(), "settings": e.settings()}))
+        })
         .collect();
     let ready = !state.engines.is_empty() && state.engines.values().all(|e| e.is_alive());
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -126,11 +146,20 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// before starting other threads (it may set `OMP_WAIT_POLICY`).
 /// Without `--model`, a policy's embedded routes name the models to load
 /// (none, for a policy of upstreams only); without a policy, the default.
-pub fn load_engines(cfg: &ServeConfig, policy: Option<&switchyard_router::Policy>, progress: Progress) -> anyhow::Result<Vec<Engine>> {
+pub fn load_engines(
+    cfg: &ServeConfig,
+    policy: Option<&switchyard_router::Policy>,
+    progress: Progress,
+) -> anyhow::Result<Vec<Engine>> {
     let mut specs = cfg.models.clone();
     if specs.is_empty() {
         specs = match policy {
-            Some(p) => p.routes.iter().filter(|r| r.backend == switchyard_router::BackendKind::Embedded).map(|r| r.model.clone()).collect(),
+            Some(p) => p
+                .routes
+                .iter()
+                .filter(|r| r.backend == switchyard_router::BackendKind::Embedded)
+                .map(|r| r.model.clone())
+                .collect(),
             None => vec![switchyard_models::DEFAULT_MODEL.to_string()],
         };
         let mut seen = std::collections::HashSet::new();
@@ -159,36 +188,32 @@ pub fn load_engines(cfg: &ServeConfig, policy: Option<&switchyard_router::Policy
 }
 
 /// Binds, reports the address on stdout, and serves until SIGINT/SIGTERM.
-pub async fn serve(cfg: ServeConfig, policy: Option<switchyard_router::Policy>, engines: Vec<Engine>) -> anyhow::Result<()> {
+pub async fn serve(
+    cfg: ServeConfig,
+    policy: Option<switchyard_router::Policy>,
+    engines: Vec<Engine>,
+) -> anyhow::Result<()> {
     let mut state = AppState::new(engines);
     if let Some(policy) = policy {
         tracing::info!(policy = %policy.id, "routing by policy");
         state = state.with_policy(policy, cfg.prices.clone(), cfg.routing_options())?;
         let db = cfg.data_dir().join("switchyard.db");
-        state = state.with_store(switchyard_store::Store::open(&db).await.map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?);
+        state = state.with_store(
+            switchyard_store::Store::open(&db).await.map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?,
+        );
         tracing::info!(path = %db.display(), "recording routing decisions");
     }
     let state = Arc::new(state);
     let app = router(state.clone(), cfg.max_body_bytes);
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
     let addr: SocketAddr = listener.local_addr()?;
-    let listener = no_delay(listener);
+    // Streams are many small writes; with Nagle's algorithm on, each waits
+    // for the client's delayed ACK of the previous one (~40 ms per event).
+    let listener = switchyard_wire::net::no_delay(listener, |e| tracing::warn!("could not set TCP_NODELAY: {e}"));
     // Tests and scripts read this line to find a port chosen with --port 0.
     println!("switchyard listening on http://{addr} (models: {})", state.model_ids().join(", "));
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     Ok(())
-}
-
-/// Streams are many small writes (one SSE event per token or chunk). With
-/// Nagle's algorithm on, each waits for the client's delayed ACK of the
-/// previous one: ~40 ms per event, measured on a proxied 20-chunk stream.
-pub fn no_delay(listener: TcpListener) -> impl axum::serve::Listener<Addr = SocketAddr> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!("could not set TCP_NODELAY: {e}");
-        }
-    })
 }
 
 async fn shutdown_signal() {

@@ -41,7 +41,11 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub fn new(config: Breaker) -> Self {
-        Self { recent: std::collections::VecDeque::with_capacity(config.window as usize), config, state: BreakerState::Closed { failures: 0 } }
+        Self {
+            recent: std::collections::VecDeque::with_capacity(config.window as usize),
+            config,
+            state: BreakerState::Closed { failures: 0 },
+        }
     }
 
     fn ratio_exceeded(&self) -> bool {
@@ -87,7 +91,9 @@ impl CircuitBreaker {
             }
             (_, true) if self.ratio_exceeded() => open,
             (_, true) => BreakerState::Closed { failures: 0 },
-            (BreakerState::Closed { failures }, false) if failures + 1 < self.config.consecutive_failures && !self.ratio_exceeded() => {
+            (BreakerState::Closed { failures }, false)
+                if failures + 1 < self.config.consecutive_failures && !self.ratio_exceeded() =>
+            {
                 BreakerState::Closed { failures: failures + 1 }
             }
             (_, false) => open,
@@ -154,7 +160,12 @@ pub enum Cut {
 /// Passes `s` through until it goes quiet for longer than `gap` or runs
 /// past `deadline`; then yields `cut(why)` once and ends, dropping `s`,
 /// which cancels whatever feeds it.
-pub fn cut_off<S, T>(s: S, gap: Option<Duration>, deadline: Option<tokio::time::Instant>, cut: impl FnOnce(Cut) -> T + Send + 'static) -> impl Stream<Item = T> + Send
+pub fn cut_off<S, T>(
+    s: S,
+    gap: Option<Duration>,
+    deadline: Option<tokio::time::Instant>,
+    cut: impl FnOnce(Cut) -> T + Send + 'static,
+) -> impl Stream<Item = T> + Send
 where
     S: Stream<Item = T> + Send + 'static,
     T: Send + 'static,
@@ -196,7 +207,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_stream_ends_with_one_error_item() {
-        let out: Vec<String> = cut_off(paced(&[10, 20, 500, 10]), Some(ms(100)), None, |why| format!("{why:?}")).collect().await;
+        let out: Vec<String> =
+            cut_off(paced(&[10, 20, 500, 10]), Some(ms(100)), None, |why| format!("{why:?}")).collect().await;
         assert_eq!(out, ["10", "20", "Stalled"]);
         let quick = stream::iter(["a", "b"]).map(String::from);
         assert_eq!(cut_off(quick, Some(ms(1)), None, |_| "cut".to_string()).collect::<Vec<_>>().await, ["a", "b"]);
@@ -206,14 +218,16 @@ mod tests {
     async fn a_stream_past_its_deadline_ends_with_one_error_item() {
         // Never quiet for long, but 4 x 40 ms is past a 100 ms deadline.
         let deadline = tokio::time::Instant::now() + ms(100);
-        let out: Vec<String> = cut_off(paced(&[40, 40, 40, 40]), Some(ms(50)), Some(deadline), |why| format!("{why:?}")).collect().await;
+        let out: Vec<String> =
+            cut_off(paced(&[40, 40, 40, 40]), Some(ms(50)), Some(deadline), |why| format!("{why:?}")).collect().await;
         assert_eq!(out, ["40", "40", "PastDeadline"]);
     }
 
     #[test]
     fn breaker_opens_half_opens_and_closes() {
         let t0 = Instant::now();
-        let mut b = CircuitBreaker::new(Breaker { consecutive_failures: 3, open_ms: 1000, error_ratio: 0.0, window: 10 });
+        let mut b =
+            CircuitBreaker::new(Breaker { consecutive_failures: 3, open_ms: 1000, error_ratio: 0.0, window: 10 });
         for _ in 0..2 {
             assert!(b.admit(t0).is_some());
             b.record(false, t0);
@@ -234,7 +248,8 @@ mod tests {
     #[test]
     fn a_probe_released_without_a_verdict_lets_the_next_request_probe() {
         let t0 = Instant::now();
-        let mut b = CircuitBreaker::new(Breaker { consecutive_failures: 1, open_ms: 1000, error_ratio: 0.0, window: 10 });
+        let mut b =
+            CircuitBreaker::new(Breaker { consecutive_failures: 1, open_ms: 1000, error_ratio: 0.0, window: 10 });
         b.record(false, t0);
         assert_eq!(b.admit(t0 + ms(1000)), Some(Admission::Probe));
         assert_eq!(b.admit(t0 + ms(1001)), None, "half-open: the probe is in flight");
@@ -249,7 +264,8 @@ mod tests {
     #[test]
     fn a_success_resets_the_failure_count() {
         let t0 = Instant::now();
-        let mut b = CircuitBreaker::new(Breaker { consecutive_failures: 2, open_ms: 1000, error_ratio: 0.0, window: 10 });
+        let mut b =
+            CircuitBreaker::new(Breaker { consecutive_failures: 2, open_ms: 1000, error_ratio: 0.0, window: 10 });
         b.record(false, t0);
         b.record(true, t0);
         b.record(false, t0);
@@ -259,7 +275,8 @@ mod tests {
     #[test]
     fn an_error_ratio_opens_it_without_consecutive_failures() {
         let t0 = Instant::now();
-        let mut b = CircuitBreaker::new(Breaker { consecutive_failures: 100, open_ms: 1000, error_ratio: 0.5, window: 10 });
+        let mut b =
+            CircuitBreaker::new(Breaker { consecutive_failures: 100, open_ms: 1000, error_ratio: 0.5, window: 10 });
         // Alternating failures: never two in a row, but half of all requests.
         for i in 0..9 {
             b.record(i % 2 == 1, t0);
@@ -270,7 +287,8 @@ mod tests {
         assert!(b.admit(t0 + ms(1000)).is_some());
         b.record(true, t0 + ms(1001));
         assert!(!b.is_open(), "a good probe closes it and clears the window");
-        let mut calm = CircuitBreaker::new(Breaker { consecutive_failures: 100, open_ms: 1000, error_ratio: 0.5, window: 10 });
+        let mut calm =
+            CircuitBreaker::new(Breaker { consecutive_failures: 100, open_ms: 1000, error_ratio: 0.5, window: 10 });
         for i in 0..30 {
             calm.record(i % 3 != 0, t0);
         }

@@ -8,7 +8,8 @@ use crate::error::ApiError;
 
 /// Request fields OpenAI accepts that have no effect on a local model, so
 /// ignoring them changes nothing the client asked for.
-const INERT_FIELDS: &[&str] = &["store", "metadata", "service_tier", "parallel_tool_calls", "prompt_cache_key", "safety_identifier"];
+const INERT_FIELDS: &[&str] =
+    &["store", "metadata", "service_tier", "parallel_tool_calls", "prompt_cache_key", "safety_identifier"];
 
 /// A chat request checked and translated, ready for the chat template.
 #[derive(Debug, Clone)]
@@ -33,13 +34,16 @@ fn in_range(param: &str, value: Option<f64>, lo: f64, hi: f64, default: f64) -> 
     match value {
         None => Ok(default as f32),
         Some(v) if v.is_finite() && (lo..=hi).contains(&v) => Ok(v as f32),
-        Some(v) => Err(invalid(param, format!("{param} must be between {lo} and {hi}, got {v}")).with_code("invalid_value")),
+        Some(v) => {
+            Err(invalid(param, format!("{param} must be between {lo} and {hi}, got {v}")).with_code("invalid_value"))
+        }
     }
 }
 
 pub fn chat_params(req: &ChatCompletionRequest) -> Result<ChatParams, ApiError> {
     if let Some(key) = req.extra.keys().find(|k| !INERT_FIELDS.contains(&k.as_str())) {
-        return Err(invalid(key, format!("Unsupported parameter: `{key}` is not supported by this server.")).with_code("unsupported_parameter"));
+        return Err(invalid(key, format!("Unsupported parameter: `{key}` is not supported by this server."))
+            .with_code("unsupported_parameter"));
     }
     if req.messages.is_empty() {
         return Err(invalid("messages", "messages must contain at least one message").with_code("empty_array"));
@@ -48,13 +52,15 @@ pub fn chat_params(req: &ChatCompletionRequest) -> Result<ChatParams, ApiError> 
     for (i, m) in req.messages.iter().enumerate() {
         let param = format!("messages[{i}].content");
         let text = match &m.content {
-            Some(c) => c
-                .text()
-                .map_err(|kind| invalid(&param, format!("content parts of type `{kind}` are not supported; send text")).with_code("unsupported_content"))?,
+            Some(c) => c.text().map_err(|kind| {
+                invalid(&param, format!("content parts of type `{kind}` are not supported; send text"))
+                    .with_code("unsupported_content")
+            })?,
             None => return Err(invalid(&param, "content is required")),
         };
         if m.role == Role::Tool {
-            return Err(invalid(&format!("messages[{i}].role"), "tool messages are not supported").with_code("unsupported_value"));
+            return Err(invalid(&format!("messages[{i}].role"), "tool messages are not supported")
+                .with_code("unsupported_value"));
         }
         messages.push((m.role.as_str(), text));
     }
@@ -84,11 +90,17 @@ pub fn chat_params(req: &ChatCompletionRequest) -> Result<ChatParams, ApiError> 
     };
     let stop = req.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
     if stop.len() > 4 {
-        return Err(invalid("stop", format!("at most 4 stop sequences are allowed, got {}", stop.len())).with_code("invalid_value"));
+        return Err(invalid("stop", format!("at most 4 stop sequences are allowed, got {}", stop.len()))
+            .with_code("invalid_value"));
     }
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
-        (_, Some(k)) if k > 20 => return Err(invalid("top_logprobs", format!("top_logprobs must be between 0 and 20, got {k}")).with_code("invalid_value")),
-        (false, Some(k)) if k > 0 => return Err(invalid("top_logprobs", "top_logprobs requires logprobs to be true").with_code("invalid_value")),
+        (_, Some(k)) if k > 20 => {
+            return Err(invalid("top_logprobs", format!("top_logprobs must be between 0 and 20, got {k}"))
+                .with_code("invalid_value"))
+        }
+        (false, Some(k)) if k > 0 => {
+            return Err(invalid("top_logprobs", "top_logprobs requires logprobs to be true").with_code("invalid_value"))
+        }
         (true, k) => Some(k.unwrap_or(0)),
         (false, _) => None,
     };
@@ -103,7 +115,16 @@ pub fn chat_params(req: &ChatCompletionRequest) -> Result<ChatParams, ApiError> 
     if req.stream_options.is_some() && !req.is_stream() {
         return Err(invalid("stream_options", "stream_options is only allowed when stream is true"));
     }
-    Ok(ChatParams { messages, max_tokens, sampling, stop, logprobs, format, stream: req.is_stream(), include_usage: req.include_usage() })
+    Ok(ChatParams {
+        messages,
+        max_tokens,
+        sampling,
+        stop,
+        logprobs,
+        format,
+        stream: req.is_stream(),
+        include_usage: req.include_usage(),
+    })
 }
 
 #[cfg(test)]
@@ -133,25 +154,36 @@ mod tests {
         assert_eq!(param_of(json!({"model": "m", "messages": []})), "messages");
         assert_eq!(param_of(json!({"model": "m", "messages": m, "n": 2})), "n");
         assert_eq!(param_of(json!({"model": "m", "messages": m, "max_tokens": 0})), "max_tokens");
-        assert_eq!(param_of(json!({"model": "m", "messages": m, "max_completion_tokens": -5})), "max_completion_tokens");
+        assert_eq!(
+            param_of(json!({"model": "m", "messages": m, "max_completion_tokens": -5})),
+            "max_completion_tokens"
+        );
         assert_eq!(param_of(json!({"model": "m", "messages": m, "temperature": 3.5})), "temperature");
         assert_eq!(param_of(json!({"model": "m", "messages": m, "top_p": 0.0})), "top_p");
         assert_eq!(param_of(json!({"model": "m", "messages": m, "top_logprobs": 2})), "top_logprobs");
-        assert_eq!(param_of(json!({"model": "m", "messages": m, "logprobs": true, "top_logprobs": 21})), "top_logprobs");
+        assert_eq!(
+            param_of(json!({"model": "m", "messages": m, "logprobs": true, "top_logprobs": 21})),
+            "top_logprobs"
+        );
         assert_eq!(param_of(json!({"model": "m", "messages": m, "stop": ["a", "b", "c", "d", "e"]})), "stop");
         assert_eq!(param_of(json!({"model": "m", "messages": m, "tools": []})), "tools");
         assert_eq!(
-            param_of(json!({"model": "m", "messages": m, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})),
+            param_of(
+                json!({"model": "m", "messages": m, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})
+            ),
             "response_format.json_schema.schema"
         );
         assert_eq!(
-            param_of(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})),
+            param_of(
+                json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})
+            ),
             "messages[0].content"
         );
     }
 
     #[test]
     fn inert_fields_are_accepted() {
-        check(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "store": false, "metadata": {}})).unwrap();
+        check(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "store": false, "metadata": {}}))
+            .unwrap();
     }
 }

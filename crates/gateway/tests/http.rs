@@ -21,7 +21,10 @@ struct Server {
 /// The SmolLM2 file, pulled and verified on first use.
 async fn model_path() -> std::path::PathBuf {
     tokio::task::spawn_blocking(|| {
-        switchyard_models::ModelSpec::parse(MODEL).unwrap().ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet).unwrap()
+        switchyard_models::ModelSpec::parse(MODEL)
+            .unwrap()
+            .ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet)
+            .unwrap()
     })
     .await
     .unwrap()
@@ -40,7 +43,14 @@ async fn start(parallel: u32, max_queue: usize) -> Server {
 
 impl Server {
     async fn post_raw(&self, body: impl Into<reqwest::Body>) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let resp = self.http.post(format!("{}/v1/chat/completions", self.base)).header("content-type", "application/json").body(body).send().await.unwrap();
+        let resp = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         let (status, headers) = (resp.status(), resp.headers().clone());
         (status, headers, resp.json().await.unwrap())
     }
@@ -53,7 +63,8 @@ impl Server {
     async fn assert_healthy(&self) {
         let r = self.http.get(format!("{}/readyz", self.base)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        let (status, body) = self.post(json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})).await;
+        let (status, body) =
+            self.post(json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 }
@@ -175,9 +186,13 @@ async fn bad_input_gets_openai_errors_and_the_server_stays_healthy() {
         assert_error(st, &b, bad, Some(field));
     }
 
-    for (field, value) in
-        [("n", json!(2)), ("temperature", json!(9)), ("top_logprobs", json!(5)), ("tools", json!([])), ("response_format", json!({"type": "xml"}))]
-    {
+    for (field, value) in [
+        ("n", json!(2)),
+        ("temperature", json!(9)),
+        ("top_logprobs", json!(5)),
+        ("tools", json!([])),
+        ("response_format", json!({"type": "xml"})),
+    ] {
         let (st, b) = s.post(hello(json!({field: value}))).await;
         assert_error(st, &b, bad, None);
         assert!(b["error"]["param"].as_str().unwrap_or_default().starts_with(field), "{field}: {b}");

@@ -31,7 +31,12 @@ struct Seen {
 
 type Mock = Arc<Mutex<Seen>>;
 
-async fn mock_chat(State(seen): State<Mock>, Path(mode): Path<String>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+async fn mock_chat(
+    State(seen): State<Mock>,
+    Path(mode): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
     {
         let mut s = seen.lock().unwrap();
         *s.hits.entry(mode.clone()).or_default() += 1;
@@ -46,7 +51,10 @@ async fn mock_chat(State(seen): State<Mock>, Path(mode): Path<String>, headers: 
         let mut parts = parts.into_iter();
         let first = parts.next();
         let s = futures::stream::iter(first)
-            .chain(futures::stream::once(tokio::time::sleep(pause_after_first)).filter_map(|_| async { None::<Result<Bytes, std::io::Error>> }))
+            .chain(
+                futures::stream::once(tokio::time::sleep(pause_after_first))
+                    .filter_map(|_| async { None::<Result<Bytes, std::io::Error>> }),
+            )
             .chain(futures::stream::iter(parts));
         ([("content-type", "text/event-stream")], Body::from_stream(s)).into_response()
     };
@@ -349,12 +357,16 @@ async fn setup() -> Setup {
     tokio::spawn(async move { axum::serve(listener, mock).await.unwrap() });
 
     let path = tokio::task::spawn_blocking(|| {
-        switchyard_models::ModelSpec::parse("smollm2-135m").unwrap().ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet).unwrap()
+        switchyard_models::ModelSpec::parse("smollm2-135m")
+            .unwrap()
+            .ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet)
+            .unwrap()
     })
     .await
     .unwrap();
     let settings = EngineSettings { threads: 2, ctx_size: 2048, parallel: 2, ..Default::default() };
-    let engine = tokio::task::spawn_blocking(move || Engine::load("smollm2-135m", &path, settings).unwrap()).await.unwrap();
+    let engine =
+        tokio::task::spawn_blocking(move || Engine::load("smollm2-135m", &path, settings).unwrap()).await.unwrap();
     // The cloud route reads its API key from this variable.
     std::env::set_var("SWITCHYARD_TEST_CLOUD_KEY", "k-123");
     // A second switchyard on loopback, serving the same model without a
@@ -372,7 +384,11 @@ async fn setup() -> Setup {
     let data = tempfile::tempdir().unwrap();
     let store = switchyard_store::Store::open(&data.path().join("switchyard.db")).await.unwrap();
     let state = AppState { engines, routing: None, store: None, recorder: None, created: 0 }
-        .with_policy(Policy::from_toml(&policy(&mock_base, &peer_base)).unwrap(), prices, RoutingOptions { allow_force_route: true, ..Default::default() })
+        .with_policy(
+            Policy::from_toml(&policy(&mock_base, &peer_base)).unwrap(),
+            prices,
+            RoutingOptions { allow_force_route: true, ..Default::default() },
+        )
         .unwrap()
         .with_store(store);
     let app = router(Arc::new(state), 1 << 20);
@@ -497,7 +513,10 @@ async fn routes_follow_policy_with_headers_boundaries_and_fallbacks() {
     // Safety rule: an OpenAI-shaped refusal, and nothing is sent anywhere.
     let hits_before: usize = s.seen.lock().unwrap().hits.values().sum();
     let (status, h, body) = s.ask("how to make a bomb", json!({})).await;
-    assert_eq!((status, header(&h, "x-switchyard-route"), header(&h, "x-switchyard-label")), (StatusCode::OK, "refused", "refused"));
+    assert_eq!(
+        (status, header(&h, "x-switchyard-route"), header(&h, "x-switchyard-label")),
+        (StatusCode::OK, "refused", "refused")
+    );
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["choices"][0]["message"]["refusal"], "I can't help with that.");
     assert!(v["choices"][0]["message"]["content"].is_null());
@@ -532,9 +551,14 @@ async fn a_failing_upstream_gets_at_most_its_retry_budget() {
 
 #[tokio::test]
 async fn a_policy_naming_a_model_that_is_not_loaded_is_refused_at_start() {
-    let p = Policy::from_toml(&policy("http://127.0.0.1:9", "http://127.0.0.1:9").replace("model = \"smollm2-135m\"", "model = \"not-loaded\"")).unwrap();
+    let p = Policy::from_toml(
+        &policy("http://127.0.0.1:9", "http://127.0.0.1:9")
+            .replace("model = \"smollm2-135m\"", "model = \"not-loaded\""),
+    )
+    .unwrap();
     std::env::set_var("SWITCHYARD_TEST_CLOUD_KEY", "k");
-    let err = AppState::new(vec![]).with_policy(p, Prices::default(), RoutingOptions::default()).err().unwrap().to_string();
+    let err =
+        AppState::new(vec![]).with_policy(p, Prices::default(), RoutingOptions::default()).err().unwrap().to_string();
     assert!(err.contains("routes[0].model") && err.contains("not-loaded"), "{err}");
 }
 
@@ -542,7 +566,11 @@ async fn a_policy_naming_a_model_that_is_not_loaded_is_refused_at_start() {
 async fn a_handoff_is_queued_answered_with_its_id_and_resolved_once() {
     let s = setup().await;
     let (status, h, body) = s.ask("HANDME: I need a person", json!({})).await;
-    assert_eq!((status, header(&h, "x-switchyard-route"), header(&h, "x-switchyard-label")), (StatusCode::OK, "handoff", "human-escalated"), "{body}");
+    assert_eq!(
+        (status, header(&h, "x-switchyard-route"), header(&h, "x-switchyard-label")),
+        (StatusCode::OK, "handoff", "human-escalated"),
+        "{body}"
+    );
     let handoff_id = header(&h, "x-switchyard-handoff-id").to_string();
     assert!(handoff_id.starts_with("handoff-"), "{h:?}");
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -550,7 +578,10 @@ async fn a_handoff_is_queued_answered_with_its_id_and_resolved_once() {
     assert_eq!(s.seen.lock().unwrap().hits.values().sum::<usize>(), 0, "no model saw it");
 
     let rec = s.decision(&h).await;
-    assert_eq!((rec["label"].as_str(), rec["execution"]["handoff_id"].as_str()), (Some("human-escalated"), Some(handoff_id.as_str())));
+    assert_eq!(
+        (rec["label"].as_str(), rec["execution"]["handoff_id"].as_str()),
+        (Some("human-escalated"), Some(handoff_id.as_str()))
+    );
 
     let (status, open) = s.get("/admin/handoffs?status=open").await;
     assert_eq!(status, StatusCode::OK);
@@ -592,7 +623,8 @@ async fn the_cascade_escalates_below_its_threshold_and_not_above() {
         let check = &rec["execution"]["cascade"];
         assert_eq!((check["escalated"].as_bool(), check["route"].as_str()), (Some(true), Some("local")));
         assert!(check["value"].as_f64().unwrap() < -1e-9);
-        let steps: Vec<&str> = rec["execution"]["steps"].as_array().unwrap().iter().map(|s| s["outcome"].as_str().unwrap()).collect();
+        let steps: Vec<&str> =
+            rec["execution"]["steps"].as_array().unwrap().iter().map(|s| s["outcome"].as_str().unwrap()).collect();
         assert_eq!(steps, ["escalated", "answered"]);
 
         let (status, h, body) = s.ask(&format!("SURE {prompt}"), json!({"stream": stream})).await;
@@ -608,12 +640,17 @@ async fn the_cascade_escalates_below_its_threshold_and_not_above() {
 #[tokio::test]
 async fn a_verify_cascade_judges_the_fast_answer_on_the_escalation_model() {
     let s = setup().await;
-    let (status, h, body) = s.ask("VERIFYME Write a long story about a dragon who loves books.", json!({"max_tokens": 300})).await;
+    let (status, h, body) =
+        s.ask("VERIFYME Write a long story about a dragon who loves books.", json!({"max_tokens": 300})).await;
     assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "local-verifier"), "{body}");
     assert!(header(&h, "x-switchyard-reason").contains("cascade: local verify_mean_logprob"), "{h:?}");
     let rec = s.decision(&h).await;
     let check = &rec["execution"]["cascade"];
-    assert_eq!((check["escalated"].as_bool(), check["signal"].as_str()), (Some(true), Some("verify_mean_logprob")), "{rec}");
+    assert_eq!(
+        (check["escalated"].as_bool(), check["signal"].as_str()),
+        (Some(true), Some("verify_mean_logprob")),
+        "{rec}"
+    );
     assert!(check["value"].as_f64().unwrap() < -1e-9);
     // The verifier scores at most 256 tokens of the answer; the fast model's
     // own logprobs would cover all of it. (Same model, greedy: the escalated
@@ -628,7 +665,9 @@ async fn a_shadow_copy_is_recorded_and_never_changes_the_answer() {
     let s = setup().await;
     let prompt = "LOCALME What is the capital of France?";
     let (_, _, plain) = s.ask(prompt, json!({})).await;
-    let content = |b: &str| serde_json::from_str::<Value>(b).unwrap()["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let content = |b: &str| {
+        serde_json::from_str::<Value>(b).unwrap()["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+    };
     for family in ["mirrored", "mirrored-to-broken", "mirrored-to-hasty"] {
         let (status, h, body) = s.ask_with(prompt, json!({}), &[("x-switchyard-family", family)]).await;
         assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "local"), "{body}");
@@ -647,11 +686,18 @@ async fn a_shadow_copy_is_recorded_and_never_changes_the_answer() {
         assert_eq!(rec["primary_output"].as_str(), Some(content(&plain).as_str()));
         if family == "mirrored" {
             assert_eq!((rec["shadow_route"].as_str(), rec["shadow_status"].as_u64()), (Some("cloud"), Some(200)));
-            assert_eq!((rec["shadow_output"].as_str(), rec["same_output"].as_bool()), (Some("cloud says hi"), Some(false)));
+            assert_eq!(
+                (rec["shadow_output"].as_str(), rec["same_output"].as_bool()),
+                (Some("cloud says hi"), Some(false))
+            );
         } else if family == "mirrored-to-broken" {
             assert_eq!((rec["shadow_route"].as_str(), rec["shadow_status"].as_u64()), (Some("broken"), Some(502)));
         } else {
-            assert_eq!((rec["shadow_route"].as_str(), rec["shadow_status"].as_u64()), (Some("hasty"), Some(504)), "the route's TTFT limit held: {rec}");
+            assert_eq!(
+                (rec["shadow_route"].as_str(), rec["shadow_status"].as_u64()),
+                (Some("hasty"), Some(504)),
+                "the route's TTFT limit held: {rec}"
+            );
         }
     }
     let (status, body) = s.get("/admin/shadows/chatcmpl-never").await;
@@ -696,8 +742,12 @@ async fn a_forced_route_answers_alone_within_the_data_boundary() {
     let (status, h, body) = s.ask_with("Say hello.", json!({}), &[("x-switchyard-force-route", "local")]).await;
     assert_eq!((status, header(&h, "x-switchyard-route")), (StatusCode::OK, "local"), "{body}");
     assert_eq!(s.hits("ok"), 0, "the default route (cloud) was bypassed");
-    let (status, h, _) = s.ask_with("My SSN is 123-45-6789.", json!({}), &[("x-switchyard-force-route", "cloud")]).await;
-    assert_eq!((status, header(&h, "x-switchyard-route"), header(&h, "x-switchyard-label")), (StatusCode::OK, "refused", "refused"));
+    let (status, h, _) =
+        s.ask_with("My SSN is 123-45-6789.", json!({}), &[("x-switchyard-force-route", "cloud")]).await;
+    assert_eq!(
+        (status, header(&h, "x-switchyard-route"), header(&h, "x-switchyard-label")),
+        (StatusCode::OK, "refused", "refused")
+    );
     assert_eq!(s.hits("ok"), 0, "regulated data never reaches the cloud, forced or not");
     let (status, _, body) = s.ask_with("hi", json!({}), &[("x-switchyard-force-route", "nowhere")]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -712,7 +762,8 @@ async fn a_second_switchyard_is_a_real_upstream() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["model"], "smollm2-135m");
     assert!(v["timings"]["predicted_n"].as_u64().unwrap() > 0);
-    let (status, _, body) = s.ask("PEERME Say hi.", json!({"stream": true, "stream_options": {"include_usage": true}})).await;
+    let (status, _, body) =
+        s.ask("PEERME Say hi.", json!({"stream": true, "stream_options": {"include_usage": true}})).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("\"usage\"") && body.trim_end().ends_with("data: [DONE]"), "{body}");
 }
@@ -725,7 +776,13 @@ fn serving_a_policy_loads_each_model_its_routes_name_once() {
         "name = \"peer\"\nbackend = \"embedded\"\nmodel = \"smollm2-135m\"",
     );
     let p = Policy::from_toml(&text).unwrap();
-    assert_eq!(p.routes.iter().filter(|r| r.model == "smollm2-135m" && r.backend == switchyard_router::BackendKind::Embedded).count(), 4);
+    assert_eq!(
+        p.routes
+            .iter()
+            .filter(|r| r.model == "smollm2-135m" && r.backend == switchyard_router::BackendKind::Embedded)
+            .count(),
+        4
+    );
     let cfg = switchyard_gateway::ServeConfig { threads: 2, ctx_size: 1024, parallel: 1, ..Default::default() };
     let engines = switchyard_gateway::load_engines(&cfg, Some(&p), switchyard_models::Progress::Quiet).unwrap();
     assert_eq!(engines.iter().map(|e| e.id().to_string()).collect::<Vec<_>>(), ["smollm2-135m"]);

@@ -125,11 +125,17 @@ impl Server {
 }
 
 fn steps(record: &Value) -> Vec<String> {
-    record["execution"]["steps"].as_array().unwrap().iter().map(|s| format!("{}:{}", s["route"].as_str().unwrap(), s["outcome"].as_str().unwrap())).collect()
+    record["execution"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{}:{}", s["route"].as_str().unwrap(), s["outcome"].as_str().unwrap()))
+        .collect()
 }
 
 fn too_long() -> ApiError {
-    ApiError::invalid(Some("messages".into()), "the prompt is 9000 tokens; this model takes 2048").with_code(CONTEXT_LENGTH_EXCEEDED)
+    ApiError::invalid(Some("messages".into()), "the prompt is 9000 tokens; this model takes 2048")
+        .with_code(CONTEXT_LENGTH_EXCEEDED)
 }
 
 fn unavailable() -> ApiError {
@@ -141,7 +147,10 @@ fn unavailable() -> ApiError {
 /// never a breaker failure, so other clients keep their local route.
 #[tokio::test]
 async fn over_long_prompts_never_open_a_breaker_or_spend_retries() {
-    let local = Arc::new(Scripted::new(|n| if n < 10 { Script::Fail(too_long()) } else { Script::answer("local answer", -0.1) }));
+    let local =
+        Arc::new(Scripted::new(
+            |n| if n < 10 { Script::Fail(too_long()) } else { Script::answer("local answer", -0.1) },
+        ));
     let big = Arc::new(Scripted::always(Script::answer("big answer", -0.1)));
     let s = serve("", vec![("local", local.clone()), ("big", big.clone())], RoutingOptions::default()).await;
     for _ in 0..10 {
@@ -168,8 +177,12 @@ async fn over_long_prompts_never_open_a_breaker_or_spend_retries() {
 /// fallback, no breaker failure.
 #[tokio::test]
 async fn a_request_error_is_answered_as_is_and_costs_the_route_nothing() {
-    let bad_format = ApiError::invalid(Some("response_format".into()), "bad schema").with_code("invalid_response_format");
-    let local = Arc::new(Scripted::new(move |n| if n < 5 { Script::Fail(bad_format.clone()) } else { Script::answer("fine", -0.1) }));
+    let bad_format =
+        ApiError::invalid(Some("response_format".into()), "bad schema").with_code("invalid_response_format");
+    let local =
+        Arc::new(Scripted::new(
+            move |n| if n < 5 { Script::Fail(bad_format.clone()) } else { Script::answer("fine", -0.1) },
+        ));
     let big = Arc::new(Scripted::always(Script::answer("big answer", -0.1)));
     let s = serve("", vec![("local", local.clone()), ("big", big.clone())], RoutingOptions::default()).await;
     for _ in 0..5 {
@@ -186,13 +199,20 @@ async fn a_request_error_is_answered_as_is_and_costs_the_route_nothing() {
 /// open, then lets one probe through and closes on its success.
 #[tokio::test]
 async fn route_failures_retry_fall_back_open_the_breaker_and_recover() {
-    let local = Arc::new(Scripted::new(|n| if n < 2 { Script::Fail(unavailable()) } else { Script::answer("local again", -0.1) }));
+    let local =
+        Arc::new(Scripted::new(
+            |n| if n < 2 { Script::Fail(unavailable()) } else { Script::answer("local again", -0.1) },
+        ));
     let big = Arc::new(Scripted::always(Script::answer("big answer", -0.1)));
     let s = serve("", vec![("local", local.clone()), ("big", big.clone())], RoutingOptions::default()).await;
     let a = s.ask("hi", json!({}), &[]).await;
     assert_eq!(a.header("x-switchyard-route"), "big");
     assert_eq!(steps(&s.decision(&a).await), ["local:retried", "local:failed", "big:answered"]);
-    assert!(a.header("x-switchyard-reason").contains("local retried; local failed (backend_error), fell back"), "{}", a.header("x-switchyard-reason"));
+    assert!(
+        a.header("x-switchyard-reason").contains("local retried; local failed (backend_error), fell back"),
+        "{}",
+        a.header("x-switchyard-reason")
+    );
     // The failure (after its retry) opened it: skipped without a call.
     let a = s.ask("hi", json!({}), &[]).await;
     assert_eq!(steps(&s.decision(&a).await), ["local:skipped", "big:answered"]);
@@ -238,7 +258,13 @@ then = { action = "cascade", fast = "local", escalate = "big", signal = "mean", 
 
 #[tokio::test]
 async fn the_cascade_escalates_below_its_threshold_and_keeps_answers_above() {
-    let local = Arc::new(Scripted::new(|n| if n % 2 == 0 { Script::answer("an unsure answer here", -2.0) } else { Script::answer("a sure answer here", -0.1) }));
+    let local = Arc::new(Scripted::new(|n| {
+        if n % 2 == 0 {
+            Script::answer("an unsure answer here", -2.0)
+        } else {
+            Script::answer("a sure answer here", -0.1)
+        }
+    }));
     let big = Arc::new(Scripted::always(Script::answer("the big answer", -0.1)));
     let s = serve(CASCADE, vec![("local", local.clone()), ("big", big.clone())], RoutingOptions::default()).await;
     for stream in [false, true] {
@@ -266,9 +292,16 @@ async fn verifies_past_the_bound_escalate_or_are_refused_as_the_rule_says() {
     let rule = CASCADE.replace("signal = \"mean\"", "signal = \"verify_mean\"");
     for (busy, expect) in [("escalate", StatusCode::OK), ("reject", StatusCode::TOO_MANY_REQUESTS)] {
         let local = Arc::new(Scripted::always(Script::answer("fast answer", -0.1)));
-        let big = Arc::new(Scripted::always(Script::answer("big answer", -0.1)).scoring(|_| (Duration::from_millis(300), Ok(-0.1))));
+        let big = Arc::new(
+            Scripted::always(Script::answer("big answer", -0.1)).scoring(|_| (Duration::from_millis(300), Ok(-0.1))),
+        );
         let rule = rule.replace("hold_tokens = 2", &format!("hold_tokens = 2, when_verifier_busy = \"{busy}\""));
-        let s = serve(&rule, vec![("local", local.clone()), ("big", big.clone())], RoutingOptions { max_verifies: 1, ..Default::default() }).await;
+        let s = serve(
+            &rule,
+            vec![("local", local.clone()), ("big", big.clone())],
+            RoutingOptions { max_verifies: 1, ..Default::default() },
+        )
+        .await;
         let answers = futures::future::join_all((0..4).map(|_| s.ask("q", json!({}), &[]))).await;
         assert_eq!(big.scoring_peak(), 1, "never more verifies at once than the bound");
         let kept = answers.iter().filter(|a| a.header("x-switchyard-route") == "local").count();
@@ -298,7 +331,11 @@ async fn the_total_limit_holds_on_embedded_answers_and_streams() {
     let s = serve(ALONE, alone(), RoutingOptions::default()).await;
     let a = s.ask("q", json!({}), &[]).await;
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.body);
-    assert!(a.json()["error"]["message"].as_str().unwrap().contains("total limit of 400 ms (total_timeout_ms)"), "{}", a.body);
+    assert!(
+        a.json()["error"]["message"].as_str().unwrap().contains("total limit of 400 ms (total_timeout_ms)"),
+        "{}",
+        a.body
+    );
     let s = serve(ALONE, alone(), RoutingOptions::default()).await;
     let a = s.ask("q", json!({"stream": true}), &[]).await;
     assert_eq!(a.status, StatusCode::OK);

@@ -21,7 +21,10 @@ async fn https_upstream() -> (u16, String) {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![key.cert.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.key_pair.serialize_der())))
+        .with_single_cert(
+            vec![key.cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.key_pair.serialize_der())),
+        )
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let app = Router::new().route(
@@ -44,7 +47,9 @@ async fn https_upstream() -> (u16, String) {
                 // A client that does not trust the certificate aborts the handshake.
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
                 let service = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await;
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
             });
         }
     });
@@ -82,7 +87,13 @@ async fn an_https_upstream_answers_when_its_ca_is_trusted_and_is_refused_when_no
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, cert).unwrap();
 
-    let state = AppState::new(vec![]).with_policy(Policy::from_toml(&policy(port, &ca.display().to_string())).unwrap(), Prices::default(), RoutingOptions { allow_force_route: true, ..Default::default() }).unwrap();
+    let state = AppState::new(vec![])
+        .with_policy(
+            Policy::from_toml(&policy(port, &ca.display().to_string())).unwrap(),
+            Prices::default(),
+            RoutingOptions { allow_force_route: true, ..Default::default() },
+        )
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(Arc::new(state), 1 << 20)).await.unwrap() });
@@ -114,7 +125,11 @@ fn a_ca_file_that_is_missing_or_not_pem_is_refused_at_start_naming_the_key() {
     std::fs::write(&garbage, "not a certificate").unwrap();
     for path in [dir.path().join("missing.pem"), garbage] {
         let p = Policy::from_toml(&policy(1, &path.display().to_string())).unwrap();
-        let err = AppState::new(vec![]).with_policy(p, Prices::default(), RoutingOptions::default()).err().expect("refused").to_string();
+        let err = AppState::new(vec![])
+            .with_policy(p, Prices::default(), RoutingOptions::default())
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(err.contains("routes[0].ca_file"), "{err}");
     }
 }

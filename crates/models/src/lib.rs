@@ -60,7 +60,9 @@ impl ModelSpec {
     pub fn id(&self) -> String {
         match self {
             Self::Catalog(e) => e.id.to_string(),
-            Self::File(p) => p.file_stem().map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into_owned()),
+            Self::File(p) => {
+                p.file_stem().map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into_owned())
+            }
         }
     }
 

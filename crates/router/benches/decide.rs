@@ -19,7 +19,8 @@ fn policy() -> Policy {
 
 /// About 2 KB of support-style text with a code block and numbers.
 fn prompt() -> Vec<String> {
-    let para = "Our billing export fails for some customers since the last deploy. The job reads invoices for the month, \
+    let para =
+        "Our billing export fails for some customers since the last deploy. The job reads invoices for the month, \
                 groups them by account and writes a CSV; for 3 of 120 accounts it stops with a timeout after 30 s. ";
     let mut text = para.repeat(9);
     text.push_str("```python\nfor inv in invoices:\n    total += inv.amount * (1 + inv.tax_rate)\n```\nWhy would only some accounts time out, and what should we check first?");
@@ -30,7 +31,9 @@ fn prompt() -> Vec<String> {
 fn bench(c: &mut Criterion) {
     let (p, messages) = (policy(), prompt());
     let facts = RequestFacts { lane: Lane::Interactive };
-    c.bench_function("classify+decide 2KB", |b| b.iter(|| decide(&facts, &classify(black_box(&messages), &Declared::default(), &p), &p)));
+    c.bench_function("classify+decide 2KB", |b| {
+        b.iter(|| decide(&facts, &classify(black_box(&messages), &Declared::default(), &p), &p))
+    });
 }
 
 fn p99() {

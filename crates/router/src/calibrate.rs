@@ -130,7 +130,13 @@ fn permutation_p_value(gains: &[f64], m: usize, observed: f64) -> f64 {
 /// Held-out quality of calibrating for `target`: folds by index modulo `k`.
 /// Folds whose training part meets no threshold escalate everything (the
 /// safe choice), which the figures then include.
-pub fn cross_validate(samples: &[Sample], dir: Direction, max_threshold: f64, target: Target, k: usize) -> CrossValidated {
+pub fn cross_validate(
+    samples: &[Sample],
+    dir: Direction,
+    max_threshold: f64,
+    target: Target,
+    k: usize,
+) -> CrossValidated {
     let k = k.clamp(2, samples.len().max(2));
     let (mut escalated, mut quality, mut gained) = (0, 0.0, 0.0);
     for fold in 0..k {
@@ -207,7 +213,12 @@ pub fn pick(curve: &[CurvePoint], target: Target, strong_quality: f64) -> Option
 /// Calibrates on `samples` and describes the result. `None` when no point
 /// meets the target (the caller reports the curve so the target can be
 /// revised).
-pub fn calibrate(samples: &[Sample], dir: Direction, max_threshold: f64, target: Target) -> (Vec<CurvePoint>, Option<CurvePoint>) {
+pub fn calibrate(
+    samples: &[Sample],
+    dir: Direction,
+    max_threshold: f64,
+    target: Target,
+) -> (Vec<CurvePoint>, Option<CurvePoint>) {
     let strong = mean(samples.iter().map(|s| s.strong));
     let c = curve(samples, dir, max_threshold);
     let chosen = pick(&c, target, strong);
@@ -333,11 +344,19 @@ mod tests {
         assert!(cv.quality > 0.97 && cv.quality > cv.random_quality + 0.2, "{cv:?}");
         assert!(cv.p_value.unwrap() < 0.001, "no random draw comes close: {cv:?}");
         // A signal unrelated to correctness does no better than random.
-        let noise: Vec<Sample> = table().iter().enumerate().map(|(i, s)| Sample { signal: -(((i * 37) % 100) as f64) / 50.0, ..*s }).collect();
+        let noise: Vec<Sample> = table()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Sample { signal: -(((i * 37) % 100) as f64) / 50.0, ..*s })
+            .collect();
         let cv = cross_validate(&noise, Direction::Below, 0.0, Target::MaxEscalation(0.5), 5);
         assert!(cv.quality < cv.random_quality + 0.1, "{cv:?}");
         assert!(cv.p_value.unwrap() > 0.05, "{cv:?}");
-        assert_eq!(cross_validate(&noise, Direction::Below, 0.0, Target::MaxEscalation(0.5), 5), cv, "seeded: the same every time");
+        assert_eq!(
+            cross_validate(&noise, Direction::Below, 0.0, Target::MaxEscalation(0.5), 5),
+            cv,
+            "seeded: the same every time"
+        );
     }
 
     #[test]
@@ -373,8 +392,11 @@ mod tests {
         assert_eq!(column(|t| t.gained), [0.0, 0.0, 0.0, 10.0, 10.0, 10.0, 0.0, 0.0, 0.0, 0.0]);
         assert_eq!((tenths[0].first, tenths[9].last), (s[0].signal, s[99].signal));
         // A score escalates from the top down; a fast-only win counts as lost.
-        let scored =
-            [Sample { signal: 0.9, fast: 1.0, strong: 0.0 }, Sample { signal: 0.1, fast: 0.0, strong: 1.0 }, Sample { signal: 0.5, fast: 0.5, strong: 1.0 }];
+        let scored = [
+            Sample { signal: 0.9, fast: 1.0, strong: 0.0 },
+            Sample { signal: 0.1, fast: 0.0, strong: 1.0 },
+            Sample { signal: 0.5, fast: 0.5, strong: 1.0 },
+        ];
         let halves = slices(&scored, Direction::AtOrAbove, 2);
         assert_eq!(halves.iter().map(|h| (h.items, h.first)).collect::<Vec<_>>(), [(1, 0.9), (2, 0.5)]);
         assert_eq!((halves[0].lost, halves[1].gained, halves[1].neither), (1.0, 1.5, 0.0));
@@ -383,7 +405,9 @@ mod tests {
 
     #[test]
     fn at_or_above_escalates_high_scores() {
-        let s: Vec<Sample> = (0..10).map(|i| Sample { signal: i as f64 / 10.0, fast: f64::from(u8::from(i < 7)), strong: 1.0 }).collect();
+        let s: Vec<Sample> = (0..10)
+            .map(|i| Sample { signal: i as f64 / 10.0, fast: f64::from(u8::from(i < 7)), strong: 1.0 })
+            .collect();
         let (_, chosen) = calibrate(&s, Direction::AtOrAbove, 1.0, Target::MinRetention(1.0));
         let p = chosen.unwrap();
         assert_eq!((p.threshold, p.escalation_rate), (0.7, 0.3));

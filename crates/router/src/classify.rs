@@ -35,7 +35,9 @@ pub struct Classification {
 pub fn classify(messages: &[String], declared: &Declared, policy: &Policy) -> Classification {
     let matches = |patterns: &[regex::Regex]| messages.iter().any(|m| patterns.iter().any(|p| p.is_match(m)));
     let detected = policy.classes.iter().filter(|(_, p)| matches(p)).map(|(c, _)| *c).max();
-    let family = declared.family.clone().or_else(|| policy.families.iter().zip(&policy.family_patterns).find(|(_, p)| matches(p)).map(|(f, _)| f.name.clone()));
+    let family = declared.family.clone().or_else(|| {
+        policy.families.iter().zip(&policy.family_patterns).find(|(_, p)| matches(p)).map(|(f, _)| f.name.clone())
+    });
     let boundary = family.as_deref().and_then(|f| policy.family(f)).map(|f| f.boundary);
     let data_class = [declared.data_class, detected, boundary].into_iter().flatten().max().unwrap_or(DataClass::Public);
     let categories = policy.categories.iter().filter(|(_, p)| matches(p)).map(|(c, _)| c.clone()).collect();

@@ -154,17 +154,28 @@ pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Deci
 pub fn decide_forced(facts: &RequestFacts, c: &Classification, policy: &Policy, route: &str) -> Option<Decision> {
     let r = policy.route(route)?;
     let mut ruled = decide(facts, c, policy);
-    let safety_rule = ruled.rule_id.as_deref().and_then(|id| policy.rules.iter().find(|rule| rule.id == id)).is_some_and(|rule| rule.then.is_safety());
+    let safety_rule = ruled
+        .rule_id
+        .as_deref()
+        .and_then(|id| policy.rules.iter().find(|rule| rule.id == id))
+        .is_some_and(|rule| rule.then.is_safety());
     if safety_rule {
         ruled.reason.push_str(&format!("; route {route} was forced, but safety rules come first"));
         return Some(ruled);
     }
     let allowed = r.allowed_classes.contains(&c.data_class);
     let (outcome, reason) = if allowed {
-        (Outcome::Route { route: route.to_string(), fallbacks: Vec::new(), cascade: None }, format!("route forced by the request -> {route}"))
+        (
+            Outcome::Route { route: route.to_string(), fallbacks: Vec::new(), cascade: None },
+            format!("route forced by the request -> {route}"),
+        )
     } else {
-        let message = format!("This request contains {} data and route {route} may not receive it.", c.data_class.as_str());
-        (Outcome::Refuse { message }, format!("route forced by the request -> refused: {route} may not receive {} data", c.data_class.as_str()))
+        let message =
+            format!("This request contains {} data and route {route} may not receive it.", c.data_class.as_str());
+        (
+            Outcome::Refuse { message },
+            format!("route forced by the request -> refused: {route} may not receive {} data", c.data_class.as_str()),
+        )
     };
     Some(Decision {
         rule_id: None,
@@ -201,7 +212,10 @@ fn allowed_chain(policy: &Policy, primary: &str, class: DataClass) -> (Vec<Strin
         }
         i += 1;
     }
-    chain.into_iter().map(str::to_string).partition(|name| policy.route(name).is_some_and(|r| r.allowed_classes.contains(&class)))
+    chain
+        .into_iter()
+        .map(str::to_string)
+        .partition(|name| policy.route(name).is_some_and(|r| r.allowed_classes.contains(&class)))
 }
 
 /// Routes to `primary`, or the first route of its chain that may receive the data class.
@@ -210,13 +224,25 @@ fn route_to(policy: &Policy, primary: &str, why: String, d: &mut Decision) {
     d.excluded = excluded;
     match allowed.split_first() {
         Some((first, rest)) => {
-            let via = if *first == primary { String::new() } else { format!(" (instead of {primary}: it may not receive {} data)", d.data_class.as_str()) };
+            let via = if *first == primary {
+                String::new()
+            } else {
+                format!(" (instead of {primary}: it may not receive {} data)", d.data_class.as_str())
+            };
             d.reason = format!("{why} -> {first}{via}");
             d.outcome = Outcome::Route { route: first.clone(), fallbacks: rest.to_vec(), cascade: None };
         }
         None => {
-            d.reason = format!("{why} -> refused: no route in the chain of {primary} may receive {} data", d.data_class.as_str());
-            d.outcome = Outcome::Refuse { message: format!("This request contains {} data and no permitted route can serve it.", d.data_class.as_str()) };
+            d.reason = format!(
+                "{why} -> refused: no route in the chain of {primary} may receive {} data",
+                d.data_class.as_str()
+            );
+            d.outcome = Outcome::Refuse {
+                message: format!(
+                    "This request contains {} data and no permitted route can serve it.",
+                    d.data_class.as_str()
+                ),
+            };
         }
     }
 }

@@ -20,14 +20,17 @@ pub struct Features {
     pub reasoning: f64,
 }
 
-const REASONING_MARKERS: &[&str] = &["why", "explain", "prove", "step by step", "compare", "analy", "derive", "trade-off", "tradeoff"];
-const CODE_MARKERS: &[&str] = &["```", "def ", "fn ", "function ", "class ", "#include", "import ", "SELECT ", "=>", "};"];
+const REASONING_MARKERS: &[&str] =
+    &["why", "explain", "prove", "step by step", "compare", "analy", "derive", "trade-off", "tradeoff"];
+const CODE_MARKERS: &[&str] =
+    &["```", "def ", "fn ", "function ", "class ", "#include", "import ", "SELECT ", "=>", "};"];
 
 impl Features {
     pub fn of(messages: &[String]) -> Self {
         let text = messages.join("\n");
         let lower = text.to_lowercase();
-        let math = text.chars().any(|c| c.is_ascii_digit()) && text.chars().any(|c| matches!(c, '+' | '*' | '/' | '=' | '^' | '%'));
+        let math = text.chars().any(|c| c.is_ascii_digit())
+            && text.chars().any(|c| matches!(c, '+' | '*' | '/' | '=' | '^' | '%'));
         Self {
             log_chars: (1.0 + text.chars().count() as f64).ln(),
             turns: messages.len() as f64,
@@ -118,7 +121,8 @@ impl DifficultyModel {
         let k = k.clamp(2, xs.len().max(2));
         let mut scores = vec![0.0; xs.len()];
         for fold in 0..k {
-            let (train_x, train_y): (Vec<Features>, Vec<f64>) = xs.iter().zip(y).enumerate().filter(|(i, _)| i % k != fold).map(|(_, (x, t))| (*x, *t)).unzip();
+            let (train_x, train_y): (Vec<Features>, Vec<f64>) =
+                xs.iter().zip(y).enumerate().filter(|(i, _)| i % k != fold).map(|(_, (x, t))| (*x, *t)).unzip();
             let m = Self::fit(&train_x, &train_y);
             for i in (fold..xs.len()).step_by(k) {
                 scores[i] = m.score(&xs[i]);
@@ -169,7 +173,11 @@ mod tests {
         // Fast fails on exactly the code prompts; length is noise.
         let prompts: Vec<Features> = (0..60)
             .map(|i| {
-                let text = if i % 3 == 0 { format!("```\nfn f{i}() {{}}\n```") } else { format!("say hi {}", "x".repeat(i % 7)) };
+                let text = if i % 3 == 0 {
+                    format!("```\nfn f{i}() {{}}\n```")
+                } else {
+                    format!("say hi {}", "x".repeat(i % 7))
+                };
                 Features::of(&[text])
             })
             .collect();

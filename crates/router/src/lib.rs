@@ -25,5 +25,8 @@ pub use classify::{classify, Classification, Declared};
 pub use confidence::{Confidence, Signal, CONFIDENCE_WINDOW};
 pub use decide::{decide, decide_forced, CascadePlan, Decision, Outcome, RequestFacts};
 pub use features::{DifficultyModel, Features};
-pub use policy::{Action, BackendKind, Breaker, DataClass, Family, Lane, Policy, PolicyError, RetryBudget, Route, Rule, Shadow, VerifierBusy, When};
+pub use policy::{
+    Action, BackendKind, Breaker, DataClass, Family, Lane, Policy, PolicyError, RetryBudget, Route, Rule, Shadow,
+    VerifierBusy, When,
+};
 pub use prices::{Cost, Price, Prices};

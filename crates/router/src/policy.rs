@@ -310,14 +310,29 @@ impl Policy {
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    regex::RegexBuilder::new(p).case_insensitive(true).build().map_err(|e| invalid(format!("{key}[{i}]"), format!("invalid pattern: {e}")))
+                    regex::RegexBuilder::new(p)
+                        .case_insensitive(true)
+                        .build()
+                        .map_err(|e| invalid(format!("{key}[{i}]"), format!("invalid pattern: {e}")))
                 })
                 .collect()
         };
-        let classes = file.classes.iter().map(|(c, p)| Ok((*c, compile(format!("classes.{}", c.as_str()), p)?))).collect::<Result<_, PolicyError>>()?;
-        let categories = file.categories.iter().map(|(c, p)| Ok((c.clone(), compile(format!("categories.{c}"), p)?))).collect::<Result<_, PolicyError>>()?;
-        let family_patterns =
-            file.families.iter().enumerate().map(|(i, f)| compile(format!("families[{i}].patterns"), &f.patterns)).collect::<Result<_, PolicyError>>()?;
+        let classes = file
+            .classes
+            .iter()
+            .map(|(c, p)| Ok((*c, compile(format!("classes.{}", c.as_str()), p)?)))
+            .collect::<Result<_, PolicyError>>()?;
+        let categories = file
+            .categories
+            .iter()
+            .map(|(c, p)| Ok((c.clone(), compile(format!("categories.{c}"), p)?)))
+            .collect::<Result<_, PolicyError>>()?;
+        let family_patterns = file
+            .families
+            .iter()
+            .enumerate()
+            .map(|(i, f)| compile(format!("families[{i}].patterns"), &f.patterns))
+            .collect::<Result<_, PolicyError>>()?;
         Ok(Self {
             id: format!("{}+{}", file.version, &sha256[..12]),
             sha256,
@@ -361,23 +376,40 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
             return Err(invalid(key("name"), format!("route `{}` is declared twice", r.name)));
         }
         if r.allowed_classes.is_empty() {
-            return Err(invalid(key("allowed_classes"), "list the data classes this route may receive, e.g. [\"public\"]"));
+            return Err(invalid(
+                key("allowed_classes"),
+                "list the data classes this route may receive, e.g. [\"public\"]",
+            ));
         }
         match (&r.backend, &r.url) {
-            (BackendKind::Upstream, None) => return Err(invalid(key("url"), "an upstream route needs the base URL of an OpenAI-compatible API")),
+            (BackendKind::Upstream, None) => {
+                return Err(invalid(key("url"), "an upstream route needs the base URL of an OpenAI-compatible API"))
+            }
             (BackendKind::Upstream, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                return Err(invalid(key("url"), format!("`{url}` must start with http:// or https://, e.g. https://api.example.com/v1")))
+                return Err(invalid(
+                    key("url"),
+                    format!("`{url}` must start with http:// or https://, e.g. https://api.example.com/v1"),
+                ))
             }
             (BackendKind::Embedded, _) if r.ca_file.is_some() => {
-                return Err(invalid(key("ca_file"), "only an upstream route talks TLS; remove ca_file from this embedded route"))
+                return Err(invalid(
+                    key("ca_file"),
+                    "only an upstream route talks TLS; remove ca_file from this embedded route",
+                ))
             }
             _ => {}
         }
         if r.stall_timeout_ms == 0 {
-            return Err(invalid(key("stall_timeout_ms"), "must be at least 1: the longest gap allowed between streamed chunks"));
+            return Err(invalid(
+                key("stall_timeout_ms"),
+                "must be at least 1: the longest gap allowed between streamed chunks",
+            ));
         }
         if r.ttft_timeout_ms == 0 || r.total_timeout_ms < r.ttft_timeout_ms {
-            return Err(invalid(key("total_timeout_ms"), "timeouts must be > 0 and total_timeout_ms >= ttft_timeout_ms"));
+            return Err(invalid(
+                key("total_timeout_ms"),
+                "timeouts must be > 0 and total_timeout_ms >= ttft_timeout_ms",
+            ));
         }
         if !(0.0..=1.0).contains(&r.retry.ratio) || r.retry.min_per_second.is_nan() || r.retry.min_per_second < 0.0 {
             return Err(invalid(key("retry"), "ratio must be between 0 and 1 and min_per_second >= 0"));
@@ -420,13 +452,19 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
     for (i, rule) in f.rules.iter().enumerate() {
         if let Some(fam) = &rule.when.family {
             if !families.contains(fam.as_str()) {
-                return Err(invalid(format!("rules[{i}].when.family"), format!("unknown family `{fam}`; declare it under [[families]]")));
+                return Err(invalid(
+                    format!("rules[{i}].when.family"),
+                    format!("unknown family `{fam}`; declare it under [[families]]"),
+                ));
             }
         }
         if let Some(shadow) = &rule.shadow {
             check(format!("rules[{i}].shadow.route"), &shadow.route)?;
             if !(shadow.fraction > 0.0 && shadow.fraction <= 1.0) {
-                return Err(invalid(format!("rules[{i}].shadow.fraction"), "must be in (0, 1]: the share of matching requests mirrored"));
+                return Err(invalid(
+                    format!("rules[{i}].shadow.fraction"),
+                    "must be in (0, 1]: the share of matching requests mirrored",
+                ));
             }
         }
         if !ids.insert(rule.id.as_str()) {
@@ -434,7 +472,10 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
         }
         for (j, c) in rule.when.categories.iter().enumerate() {
             if !f.categories.contains_key(c) {
-                return Err(invalid(format!("rules[{i}].when.categories[{j}]"), format!("unknown category `{c}`; declare it under [categories]")));
+                return Err(invalid(
+                    format!("rules[{i}].when.categories[{j}]"),
+                    format!("unknown category `{c}`; declare it under [categories]"),
+                ));
             }
         }
         match &rule.then {
@@ -443,7 +484,10 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
                 check(format!("rules[{i}].then.fast"), fast)?;
                 check(format!("rules[{i}].then.escalate"), escalate)?;
                 if !(0.0..=1.0).contains(threshold) {
-                    return Err(invalid(format!("rules[{i}].then.threshold"), "must be between 0 and 1 (a calibrated score)"));
+                    return Err(invalid(
+                        format!("rules[{i}].then.threshold"),
+                        "must be between 0 and 1 (a calibrated score)",
+                    ));
                 }
             }
             Action::Cascade { fast, escalate, signal, threshold, hold_tokens, .. } => {
@@ -455,17 +499,25 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
                         "a cascade's fast route must be an embedded route: its confidence comes from the engine's logprobs",
                     ));
                 }
-                if signal.verifies() && f.routes.iter().any(|r| &r.name == escalate && r.backend != BackendKind::Embedded) {
+                if signal.verifies()
+                    && f.routes.iter().any(|r| &r.name == escalate && r.backend != BackendKind::Embedded)
+                {
                     return Err(invalid(
                         format!("rules[{i}].then.signal"),
                         "a verify signal is scored by the escalation route's model, so `escalate` must be an embedded route",
                     ));
                 }
                 if threshold.is_nan() || *threshold > 0.0 {
-                    return Err(invalid(format!("rules[{i}].then.threshold"), "a logprob threshold, so <= 0 (0 is certainty)"));
+                    return Err(invalid(
+                        format!("rules[{i}].then.threshold"),
+                        "a logprob threshold, so <= 0 (0 is certainty)",
+                    ));
                 }
                 if *hold_tokens == 0 {
-                    return Err(invalid(format!("rules[{i}].then.hold_tokens"), "hold back at least 1 token to judge a stream on"));
+                    return Err(invalid(
+                        format!("rules[{i}].then.hold_tokens"),
+                        "hold back at least 1 token to judge a stream on",
+                    ));
                 }
             }
             Action::Refuse { message } | Action::Handoff { message } if message.trim().is_empty() => {
@@ -476,7 +528,10 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
     }
     for rule_id in f.calibration.keys() {
         if !ids.contains(rule_id.as_str()) {
-            return Err(invalid(format!("calibration.{rule_id}"), "names no rule; calibration records are keyed by the rule id they set the threshold of"));
+            return Err(invalid(
+                format!("calibration.{rule_id}"),
+                "names no rule; calibration records are keyed by the rule id they set the threshold of",
+            ));
         }
     }
     Ok(())

@@ -50,20 +50,26 @@ impl Price {
     /// The cost of an answer with these token counts that took `busy_ms`.
     pub fn cost(&self, prompt_tokens: u32, completion_tokens: u32, busy_ms: f64) -> Cost {
         match *self {
-            Price::Tokens { input_per_1m, output_per_1m } => {
-                Cost { usd: (f64::from(prompt_tokens) * input_per_1m + f64::from(completion_tokens) * output_per_1m) / 1e6, energy_wh: None }
-            }
+            Price::Tokens { input_per_1m, output_per_1m } => Cost {
+                usd: (f64::from(prompt_tokens) * input_per_1m + f64::from(completion_tokens) * output_per_1m) / 1e6,
+                energy_wh: None,
+            },
             Price::Hardware { hardware_per_hour, busy_watts, electricity_per_kwh, slots, .. } => {
                 let hours = busy_ms / 3.6e6 / f64::from(slots.max(1));
                 let energy_wh = busy_watts * hours;
-                Cost { usd: hardware_per_hour * hours + energy_wh / 1000.0 * electricity_per_kwh, energy_wh: Some(energy_wh) }
+                Cost {
+                    usd: hardware_per_hour * hours + energy_wh / 1000.0 * electricity_per_kwh,
+                    energy_wh: Some(energy_wh),
+                }
             }
         }
     }
 
     fn check(&self, key: &str) -> Result<(), String> {
         let fields: &[(&str, f64)] = match self {
-            Price::Tokens { input_per_1m, output_per_1m } => &[("input_per_1m", *input_per_1m), ("output_per_1m", *output_per_1m)],
+            Price::Tokens { input_per_1m, output_per_1m } => {
+                &[("input_per_1m", *input_per_1m), ("output_per_1m", *output_per_1m)]
+            }
             Price::Hardware { hardware_per_hour, idle_watts, busy_watts, electricity_per_kwh, .. } => &[
                 ("hardware_per_hour", *hardware_per_hour),
                 ("idle_watts", *idle_watts),

@@ -55,7 +55,11 @@ fn difficulty_rule_splits_on_the_threshold() {
     let easy = run(&p, "hi", Lane::Interactive);
     assert_eq!(route_of(&easy).0, "local-fast");
     assert!(easy.score < 0.6 && easy.threshold == Some(0.6));
-    let hard = run(&p, &format!("Explain step by step why this fails and prove the fix: {}?", "x = 1 + 2; ".repeat(50)), Lane::Interactive);
+    let hard = run(
+        &p,
+        &format!("Explain step by step why this fails and prove the fix: {}?", "x = 1 + 2; ".repeat(50)),
+        Lane::Interactive,
+    );
     assert_eq!(route_of(&hard), ("cloud", vec![]));
     assert!(hard.score >= 0.6, "{}", hard.score);
     assert!(hard.reason.contains(">= 0.6"), "{}", hard.reason);
@@ -108,13 +112,21 @@ fn policy_mistakes_name_the_key() {
     let text = include_str!("../../../config/policy.example.toml");
     let err = |t: &str| Policy::from_toml(t).unwrap_err().to_string();
     assert!(err(&text.replace("route = \"batch\"", "route = \"batchh\"")).contains("rules[2].then.route"));
-    assert!(err(&text.replace("fallback = [\"cloud\"]\n\n[[routes]]\nname = \"cloud\"", "fallback = [\"nowhere\"]\n\n[[routes]]\nname = \"cloud\""))
-        .contains("routes[1].fallback[0]"));
+    assert!(err(&text.replace(
+        "fallback = [\"cloud\"]\n\n[[routes]]\nname = \"cloud\"",
+        "fallback = [\"nowhere\"]\n\n[[routes]]\nname = \"cloud\""
+    ))
+    .contains("routes[1].fallback[0]"));
     assert!(err(&text.replace("threshold = 0.6", "threshold = 6")).contains("rules[5].then.threshold"));
     assert!(err(&text.replace("default_route = \"local-fast\"", "default_route = \"x\"")).contains("default_route"));
-    assert!(err(&text.replace("url = \"http://127.0.0.1:9000/v1\"", "url = \"127.0.0.1:9000/v1\"")).contains("routes[2].url"));
-    assert!(err(&text.replace("model = \"qwen2.5-coder-1.5b\"", "model = \"qwen2.5-coder-1.5b\"\nca_file = \"ca.pem\"")).contains("routes[1].ca_file"));
-    assert!(err(&text.replace("categories = [\"weapons\"]", "categories = [\"weapon\"]")).contains("rules[0].when.categories[0]"));
+    assert!(err(&text.replace("url = \"http://127.0.0.1:9000/v1\"", "url = \"127.0.0.1:9000/v1\""))
+        .contains("routes[2].url"));
+    assert!(err(
+        &text.replace("model = \"qwen2.5-coder-1.5b\"", "model = \"qwen2.5-coder-1.5b\"\nca_file = \"ca.pem\"")
+    )
+    .contains("routes[1].ca_file"));
+    assert!(err(&text.replace("categories = [\"weapons\"]", "categories = [\"weapon\"]"))
+        .contains("rules[0].when.categories[0]"));
     assert!(err(&text.replace("\\\\bconfidential\\\\b", "(unclosed")).contains("classes.internal[1]"));
     assert!(err(&text.replace("lane = \"fallback\"", "lane = \"slow\"")).contains("lane"));
     assert!(err(&text.replace("ttft_timeout_ms = 2000", "ttft_timeout = 2000")).contains("ttft_timeout"));
@@ -160,17 +172,23 @@ fn shadow_sampling_is_by_request_hash_and_respects_the_fraction() {
 fn new_policy_keys_are_validated_by_name() {
     let text = include_str!("../../../config/policy.example.toml");
     let err = |t: &str| Policy::from_toml(t).unwrap_err().to_string();
-    assert!(err(&text.replace("when = { family = \"code\" }", "when = { family = \"cod\" }")).contains("rules[4].when.family"));
+    assert!(err(&text.replace("when = { family = \"code\" }", "when = { family = \"cod\" }"))
+        .contains("rules[4].when.family"));
     assert!(err(&text.replace("fraction = 0.1", "fraction = 1.5")).contains("rules[4].shadow.fraction"));
     assert!(err(&text.replace("threshold = -0.9", "threshold = 0.9")).contains("rules[4].then.threshold"));
-    assert!(err(&text.replace("escalate = \"local-strong\", signal", "escalate = \"nowhere\", signal")).contains("rules[4].then.escalate"));
-    assert!(err(&text.replace("fast = \"local-fast\", escalate = \"local-strong\"", "fast = \"cloud\", escalate = \"local-strong\""))
-        .contains("must be an embedded route"));
+    assert!(err(&text.replace("escalate = \"local-strong\", signal", "escalate = \"nowhere\", signal"))
+        .contains("rules[4].then.escalate"));
+    assert!(err(&text.replace(
+        "fast = \"local-fast\", escalate = \"local-strong\"",
+        "fast = \"cloud\", escalate = \"local-strong\""
+    ))
+    .contains("must be an embedded route"));
     assert!(err(&text.replace("signal = \"mean\"", "signal = \"median\"")).contains("median"));
     // A verify signal is scored on the escalation route's model: an upstream cannot.
     let verify = text.replace("signal = \"mean\"", "signal = \"verify_mean\"");
     assert!(Policy::from_toml(&verify).is_ok());
-    assert!(err(&verify.replace("escalate = \"local-strong\", signal", "escalate = \"cloud\", signal")).contains("rules[4].then.signal"));
+    assert!(err(&verify.replace("escalate = \"local-strong\", signal", "escalate = \"cloud\", signal"))
+        .contains("rules[4].then.signal"));
     assert!(err(&format!("{text}\n[calibration.nope]\nsignal = \"x\"\n")).contains("calibration"));
 }
 

@@ -55,7 +55,8 @@ impl JsonText {
 impl PartialEq for JsonText {
     fn eq(&self, other: &Self) -> bool {
         self.as_str() == other.as_str()
-            || serde_json::from_str::<serde_json::Value>(self.as_str()).ok() == serde_json::from_str::<serde_json::Value>(other.as_str()).ok()
+            || serde_json::from_str::<serde_json::Value>(self.as_str()).ok()
+                == serde_json::from_str::<serde_json::Value>(other.as_str()).ok()
     }
 }
 
@@ -180,7 +181,10 @@ impl Store {
     }
 
     pub async fn decision(&self, request_id: &str) -> Result<Option<DecisionRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM decisions WHERE request_id = ?").bind(request_id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM decisions WHERE request_id = ?")
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(decision_from_row).transpose()
     }
 
@@ -213,11 +217,12 @@ impl Store {
 
     /// Handoffs, oldest first, optionally only those with `status`.
     pub async fn handoffs(&self, status: Option<&str>, limit: u32) -> Result<Vec<HandoffRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM handoffs WHERE (?1 IS NULL OR status = ?1) ORDER BY created_ms, id LIMIT ?2")
-            .bind(status)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM handoffs WHERE (?1 IS NULL OR status = ?1) ORDER BY created_ms, id LIMIT ?2")
+                .bind(status)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(handoff_from_row).collect()
     }
 
@@ -228,7 +233,13 @@ impl Store {
 
     /// Resolves an open handoff. The `status = 'open'` guard makes this
     /// atomic: of two reviewers racing, exactly one wins.
-    pub async fn resolve_handoff(&self, id: &str, answer: &str, reviewer: &str, now_ms: i64) -> Result<HandoffRecord, ResolveError> {
+    pub async fn resolve_handoff(
+        &self,
+        id: &str,
+        answer: &str,
+        reviewer: &str,
+        now_ms: i64,
+    ) -> Result<HandoffRecord, ResolveError> {
         let done = sqlx::query("UPDATE handoffs SET status = 'resolved', answer = ?, reviewer = ?, resolved_ms = ? WHERE id = ? AND status = 'open'")
             .bind(answer)
             .bind(reviewer)
@@ -249,7 +260,11 @@ impl Store {
     }
 
     pub async fn shadow(&self, request_id: &str) -> Result<Option<ShadowRecord>, StoreError> {
-        let Some(row) = sqlx::query("SELECT * FROM shadows WHERE request_id = ?").bind(request_id).fetch_optional(&self.pool).await? else {
+        let Some(row) = sqlx::query("SELECT * FROM shadows WHERE request_id = ?")
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
             return Ok(None);
         };
         Ok(Some(ShadowRecord {

@@ -84,7 +84,9 @@ impl Recorder {
                 let this = self.clone();
                 tokio::spawn(async move { this.send(w).await });
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => tracing::error!("the record writer has stopped; a record was not written"),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("the record writer has stopped; a record was not written")
+            }
         }
     }
 
@@ -152,7 +154,8 @@ async fn write_batch(store: &Store, records: &[Record]) -> Result<(), StoreError
         return Ok(());
     }
     let mut tx = store.pool.begin().await?;
-    let decisions: Vec<&DecisionRecord> = records.iter().filter_map(|r| if let Record::Decision(d) = r { Some(&**d) } else { None }).collect();
+    let decisions: Vec<&DecisionRecord> =
+        records.iter().filter_map(|r| if let Record::Decision(d) = r { Some(&**d) } else { None }).collect();
     crate::insert_decisions(&mut tx, &decisions).await?;
     for r in records {
         match r {

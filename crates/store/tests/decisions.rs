@@ -1,5 +1,7 @@
 use serde_json::json;
-use switchyard_store::{Completion, DecisionRecord, HandoffRecord, JsonText, Recorder, ResolveError, ShadowRecord, Store};
+use switchyard_store::{
+    Completion, DecisionRecord, HandoffRecord, JsonText, Recorder, ResolveError, ShadowRecord, Store,
+};
 
 fn record(id: &str) -> DecisionRecord {
     DecisionRecord {
@@ -71,7 +73,11 @@ async fn a_handoff_is_queued_listed_and_resolved_exactly_once() {
         ("resolved", Some("We called them."), Some("ana"), Some(30))
     );
     assert!(matches!(store.resolve_handoff("h1", "again", "bo", 40).await, Err(ResolveError::AlreadyResolved(_))));
-    assert_eq!(store.handoff("h1").await.unwrap().unwrap().reviewer.as_deref(), Some("ana"), "the second reviewer changed nothing");
+    assert_eq!(
+        store.handoff("h1").await.unwrap().unwrap().reviewer.as_deref(),
+        Some("ana"),
+        "the second reviewer changed nothing"
+    );
     assert!(matches!(store.resolve_handoff("nope", "x", "y", 1).await, Err(ResolveError::NotFound(_))));
     assert_eq!(store.handoffs(Some("open"), 10).await.unwrap().len(), 1);
     assert_eq!(store.handoffs(None, 10).await.unwrap().len(), 2);
@@ -135,7 +141,10 @@ async fn the_recorder_writes_in_order_and_flush_makes_records_visible() {
     recorder.flush().await;
     for i in [0u32, 517, 999] {
         let r = store.decision(&format!("r{i}")).await.unwrap().expect("written");
-        assert_eq!((r.prompt_tokens, r.completion_tokens, r.cost_usd, r.energy_wh), (Some(i), Some(2), Some(0.5), None));
+        assert_eq!(
+            (r.prompt_tokens, r.completion_tokens, r.cost_usd, r.energy_wh),
+            (Some(i), Some(2), Some(0.5), None)
+        );
     }
     // A record the database refuses (a duplicate id) loses no other record
     // of its batch.

@@ -48,7 +48,12 @@ impl SwitchyardHeaders {
 /// `POST {base_url}/chat/completions` with `body` as JSON and `headers`
 /// added. Fails only when no answer came (connection refused, reset before
 /// the headers); an error status is an answer, for the caller to judge.
-pub async fn post_chat(client: &reqwest::Client, base_url: &str, headers: &[(String, String)], body: &impl Serialize) -> Result<ChatResponse, reqwest::Error> {
+pub async fn post_chat(
+    client: &reqwest::Client,
+    base_url: &str,
+    headers: &[(String, String)],
+    body: &impl Serialize,
+) -> Result<ChatResponse, reqwest::Error> {
     let mut req = client.post(format!("{}/chat/completions", base_url.trim_end_matches('/'))).json(body);
     for (k, v) in headers {
         req = req.header(k, v);
@@ -78,7 +83,9 @@ impl fmt::Display for ReadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReadError::Broken(e) => write!(f, "stream broke: {e}"),
-            ReadError::Malformed { text, error } => write!(f, "malformed ({error}): {}", text.chars().take(120).collect::<String>()),
+            ReadError::Malformed { text, error } => {
+                write!(f, "malformed ({error}): {}", text.chars().take(120).collect::<String>())
+            }
         }
     }
 }
@@ -89,7 +96,8 @@ impl ChatResponse {
     /// The whole body as one completion.
     pub async fn completion(self) -> Result<ChatReply, ReadError> {
         let bytes = self.resp.bytes().await.map_err(ReadError::Broken)?;
-        ChatReply::from_slice(&bytes).map_err(|error| ReadError::Malformed { text: String::from_utf8_lossy(&bytes).into_owned(), error })
+        ChatReply::from_slice(&bytes)
+            .map_err(|error| ReadError::Malformed { text: String::from_utf8_lossy(&bytes).into_owned(), error })
     }
 
     /// The body as a stream of server-sent events.
@@ -123,7 +131,10 @@ pub struct ChunkStream {
 
 impl fmt::Debug for ChunkStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChunkStream").field("ready", &self.ready.len()).field("done", &self.done).finish_non_exhaustive()
+        f.debug_struct("ChunkStream")
+            .field("ready", &self.ready.len())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,7 +148,11 @@ impl ChunkStream {
                     self.done = true;
                     continue;
                 }
-                return Some(ChatReply::from_json(&data).map(|reply| Chunk { reply, at }).map_err(|error| ReadError::Malformed { text: data, error }));
+                return Some(
+                    ChatReply::from_json(&data)
+                        .map(|reply| Chunk { reply, at })
+                        .map_err(|error| ReadError::Malformed { text: data, error }),
+                );
             }
             let bytes = match self.body.chunk().await {
                 Ok(Some(bytes)) => bytes,

@@ -31,7 +31,8 @@ pub const ROUTE_HANDOFF: &str = "handoff";
 pub const ROUTE_FAILED: &str = "failed";
 
 /// Every `x-switchyard-*` header, answers' first.
-pub const ALL: [&str; 10] = [ROUTE, LABEL, POLICY, REASON, REQUEST_ID, HANDOFF_ID, DATA_CLASS, LANE, FORCE_ROUTE, FAMILY];
+pub const ALL: [&str; 10] =
+    [ROUTE, LABEL, POLICY, REASON, REQUEST_ID, HANDOFF_ID, DATA_CLASS, LANE, FORCE_ROUTE, FAMILY];
 
 #[cfg(test)]
 mod tests {
@@ -39,7 +40,10 @@ mod tests {
     fn header_names_are_lowercase_switchyard_names_and_distinct() {
         let mut seen = std::collections::BTreeSet::new();
         for name in super::ALL {
-            assert!(name.starts_with("x-switchyard-") && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'), "{name}");
+            assert!(
+                name.starts_with("x-switchyard-") && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+                "{name}"
+            );
             assert!(seen.insert(name), "{name} twice");
         }
     }

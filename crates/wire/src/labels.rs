@@ -19,7 +19,8 @@ pub enum ResultLabel {
 }
 
 impl ResultLabel {
-    pub const ALL: [ResultLabel; 4] = [ResultLabel::Answered, ResultLabel::Refused, ResultLabel::HumanEscalated, ResultLabel::Error];
+    pub const ALL: [ResultLabel; 4] =
+        [ResultLabel::Answered, ResultLabel::Refused, ResultLabel::HumanEscalated, ResultLabel::Error];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -12,7 +12,10 @@ use tokio::net::TcpListener;
 /// which a client on a kept-alive connection delays by up to ~40 ms: the
 /// first chunk after the response headers arrives that late. `on_error`
 /// hears of a socket that refused the option (it is served anyway).
-pub fn no_delay(listener: TcpListener, on_error: impl Fn(std::io::Error) + Send + 'static) -> impl Listener<Addr = SocketAddr> {
+pub fn no_delay(
+    listener: TcpListener,
+    on_error: impl Fn(std::io::Error) + Send + 'static,
+) -> impl Listener<Addr = SocketAddr> {
     listener.tap_io(move |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             on_error(e);

@@ -104,12 +104,14 @@ impl ChatReply {
     /// Reads one chunk or completion. Fails only on text that is not JSON;
     /// JSON of any other shape reads as an empty reply.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(text).or_else(|e| serde_json::from_str::<IgnoredAny>(text).map(|_| Self::default()).map_err(|_| e))
+        serde_json::from_str(text)
+            .or_else(|e| serde_json::from_str::<IgnoredAny>(text).map(|_| Self::default()).map_err(|_| e))
     }
 
     /// [`ChatReply::from_json`] of bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes).or_else(|e| serde_json::from_slice::<IgnoredAny>(bytes).map(|_| Self::default()).map_err(|_| e))
+        serde_json::from_slice(bytes)
+            .or_else(|e| serde_json::from_slice::<IgnoredAny>(bytes).map(|_| Self::default()).map_err(|_| e))
     }
 
     /// The first choice, which is the answer (switchyard never sends `n` > 1).
@@ -129,7 +131,10 @@ impl ChatReply {
 
     /// The first choice's token logprobs, in order.
     pub fn logprobs(&self) -> impl Iterator<Item = f64> + '_ {
-        self.choice().and_then(|c| c.logprobs.as_ref()).into_iter().flat_map(|l| l.content.iter().filter_map(|t| t.logprob))
+        self.choice()
+            .and_then(|c| c.logprobs.as_ref())
+            .into_iter()
+            .flat_map(|l| l.content.iter().filter_map(|t| t.logprob))
     }
 
     pub fn finish_reason(&self) -> Option<&str> {
@@ -186,20 +191,25 @@ mod tests {
             .to_string(),
         )
         .unwrap();
-        assert_eq!((completion.model.as_deref(), completion.content(), completion.refusal()), (Some("m"), Some("Paris"), None));
+        assert_eq!(
+            (completion.model.as_deref(), completion.content(), completion.refusal()),
+            (Some("m"), Some("Paris"), None)
+        );
         assert_eq!(completion.logprobs().collect::<Vec<_>>(), [-0.25]);
         assert_eq!(completion.usage, Some(ReplyUsage { prompt_tokens: Some(5), completion_tokens: Some(1) }));
         assert_eq!((completion.finish_reason(), completion.timings().map(|t| t.predicted_n)), (Some("stop"), Some(1)));
         assert_eq!(completion.error, None);
 
-        let chunk = ChatReply::from_json(r#"{"choices":[{"index":0,"delta":{"refusal":"no"},"finish_reason":null}]}"#).unwrap();
+        let chunk =
+            ChatReply::from_json(r#"{"choices":[{"index":0,"delta":{"refusal":"no"},"finish_reason":null}]}"#).unwrap();
         assert_eq!((chunk.content(), chunk.refusal(), chunk.usage, chunk.timings()), (None, Some("no"), None, None));
     }
 
     #[test]
     fn missing_odd_and_unknown_fields_read_as_none() {
         // Usage-only last chunk, with no choices.
-        let usage = ChatReply::from_json(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7}}"#).unwrap();
+        let usage =
+            ChatReply::from_json(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7}}"#).unwrap();
         assert_eq!((usage.content(), usage.usage.and_then(|u| u.completion_tokens)), (None, Some(7)));
         // Fields of the wrong type, a finish reason OpenAI has no name for, timings of another server's shape.
         let odd = ChatReply::from_json(

@@ -23,7 +23,11 @@ impl SseDecoder {
         while let Some(end) = self.event_end() {
             let event: Vec<u8> = self.buf.drain(..end).collect();
             self.scanned = 0;
-            out.extend(lines(&event).filter_map(|l| l.strip_prefix(b"data:")).map(|d| String::from_utf8_lossy(d).trim().to_string()));
+            out.extend(
+                lines(&event)
+                    .filter_map(|l| l.strip_prefix(b"data:"))
+                    .map(|d| String::from_utf8_lossy(d).trim().to_string()),
+            );
         }
         out
     }
@@ -121,7 +125,10 @@ mod tests {
     #[test]
     fn crlf_and_cr_line_endings_end_events_too() {
         let want = ["{\"a\":1}", "{\"b\":2}", "[DONE]"];
-        decodes_at_every_cut(b"data: {\"a\":1}\r\n\r\n: comment\r\n\r\ndata:{\"b\":2}\r\n\r\ndata: [DONE]\r\n\r\n", &want);
+        decodes_at_every_cut(
+            b"data: {\"a\":1}\r\n\r\n: comment\r\n\r\ndata:{\"b\":2}\r\n\r\ndata: [DONE]\r\n\r\n",
+            &want,
+        );
         decodes_at_every_cut(b"data: {\"a\":1}\r\r: comment\r\rdata:{\"b\":2}\r\rdata: [DONE]\r\r", &want);
         // Mixed within one stream, and an event with an `event:` field before its data.
         decodes_at_every_cut(b"data: {\"a\":1}\r\n\nevent: x\r\ndata:{\"b\":2}\n\r\ndata: [DONE]\n\n", &want);

@@ -25,7 +25,8 @@ async fn read_request(sock: &mut TcpStream) -> Option<serde_json::Value> {
         buf.extend_from_slice(&byte[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+    let len: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
     while buf.len() < head_end + len {
         let n = sock.read(&mut byte).await.ok()?;
         buf.extend_from_slice(&byte[..n]);
@@ -40,9 +41,14 @@ fn chunk(data: &str) -> Vec<u8> {
 
 /// Answers by the request's `model`: the writes to make and the pause before each.
 fn script(model: &str) -> Vec<(u64, Vec<u8>)> {
-    let stream_head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let stream_head =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
     let json_answer = |status: &str, body: &str, extra: &str| {
-        format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}", body.len()).into_bytes()
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
     };
     let delta = |c: &str| json!({"choices": [{"index": 0, "delta": {"content": c}, "logprobs": {"content": [{"token": c, "logprob": -0.5}]}}]});
     match model {
@@ -105,18 +111,32 @@ fn body(model: &str) -> serde_json::Value {
 #[tokio::test]
 async fn a_completion_comes_with_its_status_and_switchyard_headers() {
     let (base, client) = (serve().await, reqwest::Client::new());
-    let resp = post_chat(&client, &base, &[("x-switchyard-lane".into(), "batch".into())], &body("whole")).await.unwrap();
+    let resp =
+        post_chat(&client, &base, &[("x-switchyard-lane".into(), "batch".into())], &body("whole")).await.unwrap();
     assert_eq!(resp.status, StatusCode::OK);
     let h = resp.switchyard.clone();
     assert_eq!(
-        (h.route.as_deref(), h.label.as_deref(), h.policy.as_deref(), h.reason.as_deref(), h.request_id.as_deref(), h.handoff_id),
+        (
+            h.route.as_deref(),
+            h.label.as_deref(),
+            h.policy.as_deref(),
+            h.reason.as_deref(),
+            h.request_id.as_deref(),
+            h.handoff_id
+        ),
         (Some("local-fast"), Some("answered"), Some("p+1"), Some("rule r"), Some("abc"), None)
     );
     let reply = resp.completion().await.unwrap();
-    assert_eq!((reply.content(), reply.usage.and_then(|u| u.completion_tokens), reply.finish_reason()), (Some("Paris"), Some(1), Some("stop")));
+    assert_eq!(
+        (reply.content(), reply.usage.and_then(|u| u.completion_tokens), reply.finish_reason()),
+        (Some("Paris"), Some(1), Some("stop"))
+    );
 
     let handoff = post_chat(&client, &base, &[], &body("handoff")).await.unwrap();
-    assert_eq!((handoff.switchyard.label.as_deref(), handoff.switchyard.handoff_id.as_deref()), (Some("human-escalated"), Some("h-1")));
+    assert_eq!(
+        (handoff.switchyard.label.as_deref(), handoff.switchyard.handoff_id.as_deref()),
+        (Some("human-escalated"), Some("h-1"))
+    );
 }
 
 #[tokio::test]

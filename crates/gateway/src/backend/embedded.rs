@@ -39,9 +39,14 @@ impl Backend for Embedded {
         async move {
             // One prefill on a context of its own: CPU-heavy, so off the async workers.
             tokio::task::spawn_blocking(move || {
-                let messages: Vec<(&str, &str)> = messages.iter().map(|(role, content)| (*role, content.as_str())).collect();
-                let prompt = engine.chat_prompt(&messages).map_err(|e| ApiError::invalid(Some("messages".into()), e.to_string()))?;
-                engine.score(&prompt, &answer).map_err(|e| ApiError::internal(format!("scoring on {}: {e}", engine.id())))
+                let messages: Vec<(&str, &str)> =
+                    messages.iter().map(|(role, content)| (*role, content.as_str())).collect();
+                let prompt = engine
+                    .chat_prompt(&messages)
+                    .map_err(|e| ApiError::invalid(Some("messages".into()), e.to_string()))?;
+                engine
+                    .score(&prompt, &answer)
+                    .map_err(|e| ApiError::internal(format!("scoring on {}: {e}", engine.id())))
             })
             .await
             .map_err(|e| ApiError::internal(format!("scoring task failed: {e}")))?
@@ -52,7 +57,8 @@ impl Backend for Embedded {
 
 fn submit(engine: &Engine, p: &ChatParams) -> Result<EventStream, ApiError> {
     let messages: Vec<(&str, &str)> = p.messages.iter().map(|(r, c)| (*r, c.as_str())).collect();
-    let prompt = engine.chat_prompt(&messages).map_err(|e| ApiError::invalid(Some("messages".into()), e.to_string()))?;
+    let prompt =
+        engine.chat_prompt(&messages).map_err(|e| ApiError::invalid(Some("messages".into()), e.to_string()))?;
     Ok(engine.submit(GenerateRequest {
         prompt,
         max_tokens: p.max_tokens,

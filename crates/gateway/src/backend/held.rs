@@ -34,9 +34,10 @@ impl Held {
             let next = match by {
                 None => rest.next().await,
                 Some(by) => tokio::time::timeout_at(by, rest.next()).await.map_err(|_| match first_by {
-                    Some(first_by) if held.is_empty() => {
-                        ApiError::timeout(format!("no first token from {model} within {} ms", first_by.duration_since(began).as_millis()))
-                    }
+                    Some(first_by) if held.is_empty() => ApiError::timeout(format!(
+                        "no first token from {model} within {} ms",
+                        first_by.duration_since(began).as_millis()
+                    )),
                     _ => limits.past_total(model),
                 })?,
             };
@@ -71,7 +72,10 @@ impl Held {
     /// whole answer that does fails with that error instead.
     pub async fn answer(self, envelope: Envelope, limits: &Limits) -> Result<axum::response::Response, ApiError> {
         let Self { model, held, rest } = self;
-        let stalled = format!("{model} produced no token for {} ms; the answer was cut off", limits.stall.map_or(0, |s| s.as_millis()));
+        let stalled = format!(
+            "{model} produced no token for {} ms; the answer was cut off",
+            limits.stall.map_or(0, |s| s.as_millis())
+        );
         let past_total = limits.past_total(&model);
         let rest = cut_off(rest.map(Item::Event), limits.stall, limits.deadline(), move |why| match why {
             Cut::Stalled => Item::Failed(ApiError::internal(stalled)),

@@ -50,7 +50,11 @@ impl ChatRequest {
         let mut body = self.body.clone();
         body.stream = Some(false);
         body.stream_options = None;
-        Self { id: self.id.clone(), body, params: ChatParams { stream: false, include_usage: false, ..self.params.clone() } }
+        Self {
+            id: self.id.clone(),
+            body,
+            params: ChatParams { stream: false, include_usage: false, ..self.params.clone() },
+        }
     }
 }
 

@@ -76,7 +76,10 @@ impl Scripted {
         Self::new(move |_| script.clone())
     }
 
-    pub fn scoring(mut self, scorer: impl Fn(&str) -> (Duration, Result<f64, ApiError>) + Send + Sync + 'static) -> Self {
+    pub fn scoring(
+        mut self,
+        scorer: impl Fn(&str) -> (Duration, Result<f64, ApiError>) + Send + Sync + 'static,
+    ) -> Self {
         self.scorer = Box::new(scorer);
         self
     }
@@ -103,10 +106,18 @@ impl Backend for Scripted {
                 Script::Panic => panic!("scripted backend: panic on purpose"),
             };
             let n = tokens.len() as u32;
-            let summary = Summary { finish_reason: FinishReason::Stop, prompt_tokens: 1, completion_tokens: n, timings: Timings::default() };
+            let summary = Summary {
+                finish_reason: FinishReason::Stop,
+                prompt_tokens: 1,
+                completion_tokens: n,
+                timings: Timings::default(),
+            };
             let tokens = stream::iter(tokens.into_iter().enumerate()).then(move |(i, (text, logprob))| async move {
                 tokio::time::sleep(if i == 0 { first_after } else { gap }).await;
-                Event::Token(Piece { logprob: TokenLogprob { token: text.clone(), logprob, bytes: None, top_logprobs: Vec::new() }, text })
+                Event::Token(Piece {
+                    logprob: TokenLogprob { token: text.clone(), logprob, bytes: None, top_logprobs: Vec::new() },
+                    text,
+                })
             });
             let events = tokens.chain(stream::once(async move { Event::Done(summary) }));
             Ok(Generation::Tokens { fingerprint: "scripted".into(), events: Box::pin(events) })

@@ -32,7 +32,9 @@ impl Upstream {
     pub fn new(route: &Route, url: &str, client: reqwest::Client) -> anyhow::Result<Self> {
         let api_key = match &route.api_key_env {
             None => None,
-            Some(var) => Some(std::env::var(var).map_err(|_| anyhow::anyhow!("route `{}`: environment variable {var} (api_key_env) is not set", route.name))?),
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                anyhow::anyhow!("route `{}`: environment variable {var} (api_key_env) is not set", route.name)
+            })?),
         };
         Ok(Self {
             name: route.name.clone(),
@@ -60,15 +62,20 @@ impl Upstream {
         let deadline = limits.deadline();
         // A stream must start within the TTFT limit; a whole answer has
         // only the total limit.
-        let first_byte_by = match limits.ttft.filter(|_| req.body.is_stream()).map(|ttft| tokio::time::Instant::now() + ttft) {
-            Some(by) => Some(deadline.map_or(by, |d| d.min(by))),
-            None => deadline,
+        let first_byte_by =
+            match limits.ttft.filter(|_| req.body.is_stream()).map(|ttft| tokio::time::Instant::now() + ttft) {
+                Some(by) => Some(deadline.map_or(by, |d| d.min(by))),
+                None => deadline,
+            };
+        let within = |by: Option<tokio::time::Instant>| {
+            by.map_or(std::time::Duration::MAX, |by| by.saturating_duration_since(tokio::time::Instant::now()))
         };
-        let within = |by: Option<tokio::time::Instant>| by.map_or(std::time::Duration::MAX, |by| by.saturating_duration_since(tokio::time::Instant::now()));
         let limit = within(first_byte_by);
         let resp = tokio::time::timeout(limit, call.send())
             .await
-            .map_err(|_| ApiError::timeout(format!("upstream {} sent no response within {} ms", self.name, limit.as_millis())))?
+            .map_err(|_| {
+                ApiError::timeout(format!("upstream {} sent no response within {} ms", self.name, limit.as_millis()))
+            })?
             .map_err(|e| ApiError::bad_gateway(format!("upstream {} unreachable: {}", self.name, with_causes(&e))))?;
         let status = resp.status();
         if !status.is_success() {
@@ -83,20 +90,35 @@ impl Upstream {
             // A 200 that is not JSON is the upstream's failure, not an answer:
             // fail now, while the chain can still fall back.
             if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
-                return Err(ApiError::bad_gateway(format!("upstream {} answered 200 with a body that is not JSON", self.name)).with_code("malformed_upstream"));
+                return Err(ApiError::bad_gateway(format!(
+                    "upstream {} answered 200 with a body that is not JSON",
+                    self.name
+                ))
+                .with_code("malformed_upstream"));
             }
             return Ok(Generation::Proxied(([(header::CONTENT_TYPE, "application/json")], bytes).into_response()));
         }
         let mut chunks = resp.bytes_stream().map(|c| c.map_err(|e| e.to_string()));
         let limit = within(first_byte_by);
         let first = match tokio::time::timeout(limit, chunks.next()).await {
-            Err(_) => return Err(ApiError::timeout(format!("upstream {} streamed nothing within {} ms", self.name, limit.as_millis()))),
+            Err(_) => {
+                return Err(ApiError::timeout(format!(
+                    "upstream {} streamed nothing within {} ms",
+                    self.name,
+                    limit.as_millis()
+                )))
+            }
             Ok(None) => return Err(ApiError::bad_gateway(format!("upstream {} closed the stream at once", self.name))),
-            Ok(Some(Err(e))) => return Err(ApiError::bad_gateway(format!("upstream {} stream failed: {e}", self.name))),
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad_gateway(format!("upstream {} stream failed: {e}", self.name)))
+            }
             Ok(Some(Ok(b))) if b.starts_with(b"data:") || b.starts_with(b":") || b.starts_with(b"event:") => b,
             Ok(Some(Ok(_))) => {
-                return Err(ApiError::bad_gateway(format!("upstream {} answered 200 with a stream that is not server-sent events", self.name))
-                    .with_code("malformed_upstream"))
+                return Err(ApiError::bad_gateway(format!(
+                    "upstream {} answered 200 with a stream that is not server-sent events",
+                    self.name
+                ))
+                .with_code("malformed_upstream"))
             }
         };
         // Committed: from here a failure ends the stream with an error event;
@@ -121,11 +143,15 @@ impl Upstream {
             futures::future::ready(out)
         });
         let body = Body::from_stream(stream::once(async { Ok(first) }).chain(rest));
-        Ok(Generation::Proxied(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], body).into_response()))
+        Ok(Generation::Proxied(
+            ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], body).into_response(),
+        ))
     }
 
     fn upstream_error(&self, status: StatusCode, text: &str) -> ApiError {
-        let detail = serde_json::from_str::<ErrorBody>(text).map(|b| b.error.message).unwrap_or_else(|_| text.chars().take(300).collect());
+        let detail = serde_json::from_str::<ErrorBody>(text)
+            .map(|b| b.error.message)
+            .unwrap_or_else(|_| text.chars().take(300).collect());
         let message = format!("upstream {} answered {status}: {detail}", self.name);
         // Redirects are not followed (see `Routing::new`): the route's url is wrong.
         if status.is_server_error() || status.is_redirection() {
@@ -142,7 +168,10 @@ impl Backend for Upstream {
     }
 
     fn score<'a>(&'a self, _req: &'a ChatRequest, _answer: String) -> BoxFuture<'a, Result<Vec<f64>, ApiError>> {
-        let message = format!("route {} is an upstream, which cannot score an answer; verify cascades escalate to an embedded route", self.name);
+        let message = format!(
+            "route {} is an upstream, which cannot score an answer; verify cascades escalate to an embedded route",
+            self.name
+        );
         async move { Err(ApiError::internal(message)) }.boxed()
     }
 }

@@ -56,14 +56,31 @@ enum Unverified {
 
 impl Routing {
     /// Judges the held answer: its `text` and the fast model's `logprobs` of it.
-    pub(super) async fn judge(&self, fast: &str, plan: &CascadePlan, req: &ChatRequest, text: String, logprobs: &[f64]) -> Verdict {
-        let confidence = if plan.signal.verifies() { self.verify(plan, req, text).await } else { Confidence::of(logprobs).ok_or(Unverified::Unchecked) };
+    pub(super) async fn judge(
+        &self,
+        fast: &str,
+        plan: &CascadePlan,
+        req: &ChatRequest,
+        text: String,
+        logprobs: &[f64],
+    ) -> Verdict {
+        let confidence = if plan.signal.verifies() {
+            self.verify(plan, req, text).await
+        } else {
+            Confidence::of(logprobs).ok_or(Unverified::Unchecked)
+        };
         let unjudged = match &confidence {
             Err(Unverified::Busy) if plan.when_verifier_busy == VerifierBusy::Reject => {
-                let e = ApiError { retry_after: Some(1), ..ApiError::internal("every verifier is busy; try again shortly").with_status(StatusCode::TOO_MANY_REQUESTS) };
+                let e = ApiError {
+                    retry_after: Some(1),
+                    ..ApiError::internal("every verifier is busy; try again shortly")
+                        .with_status(StatusCode::TOO_MANY_REQUESTS)
+                };
                 return Verdict::Busy(ApiError { kind: "rate_limit_error", ..e }.with_code("verifier_busy"));
             }
-            Err(Unverified::Busy) => Some(format!("could not be verified: all {} verifier slots busy", self.options.max_verifies)),
+            Err(Unverified::Busy) => {
+                Some(format!("could not be verified: all {} verifier slots busy", self.options.max_verifies))
+            }
             _ => None,
         };
         let confidence = confidence.ok();
@@ -72,7 +89,15 @@ impl Routing {
         if !escalated {
             return Verdict::Keep;
         }
-        Verdict::Escalate(CascadeCheck { route: fast.to_string(), signal: plan.signal.as_str(), value, threshold: plan.threshold, confidence, escalated, unjudged })
+        Verdict::Escalate(CascadeCheck {
+            route: fast.to_string(),
+            signal: plan.signal.as_str(),
+            value,
+            threshold: plan.threshold,
+            confidence,
+            escalated,
+            unjudged,
+        })
     }
 
     /// The escalation model's verdict on a fast answer: its logprobs of the

@@ -23,9 +23,9 @@ use axum::response::Response;
 use serde::Serialize;
 use switchyard_router::{CascadePlan, Decision, Outcome};
 use switchyard_store::HandoffRecord;
+use switchyard_wire::{headers, HandoffStatus, ResultLabel};
 
 use super::cascade::{CascadeCheck, Verdict};
-use super::record::Label;
 use super::{RouteState, Routing, HANDOFF_HEADER};
 use crate::backend::held::Held;
 use crate::backend::{ChatRequest, Generation, Limits};
@@ -45,16 +45,16 @@ impl Answered {
     pub fn route(&self) -> String {
         match self {
             Self::Route(name) => name.clone(),
-            Self::Refused => "refused".into(),
-            Self::HandedOff => "handoff".into(),
+            Self::Refused => headers::ROUTE_REFUSED.into(),
+            Self::HandedOff => headers::ROUTE_HANDOFF.into(),
         }
     }
 
-    pub fn label(&self) -> Label {
+    pub fn label(&self) -> ResultLabel {
         match self {
-            Self::Route(_) => Label::Answered,
-            Self::Refused => Label::Refused,
-            Self::HandedOff => Label::HumanEscalated,
+            Self::Route(_) => ResultLabel::Answered,
+            Self::Refused => ResultLabel::Refused,
+            Self::HandedOff => ResultLabel::HumanEscalated,
         }
     }
 }
@@ -81,7 +81,12 @@ impl Run {
     }
 
     fn step(&mut self, route: &str, outcome: &'static str, detail: Option<String>, began: Instant) {
-        self.execution.steps.push(Step { route: route.to_string(), outcome, detail, ms: began.elapsed().as_millis() as u64 });
+        self.execution.steps.push(Step {
+            route: route.to_string(),
+            outcome,
+            detail,
+            ms: began.elapsed().as_millis() as u64,
+        });
     }
 }
 
@@ -106,10 +111,18 @@ struct Step {
 }
 
 impl Routing {
-    pub(super) async fn execute(&self, state: &AppState, req: &ChatRequest, decision: &Decision, run: &mut Run) -> Result<(Response, Answered), ApiError> {
+    pub(super) async fn execute(
+        &self,
+        state: &AppState,
+        req: &ChatRequest,
+        decision: &Decision,
+        run: &mut Run,
+    ) -> Result<(Response, Answered), ApiError> {
         let (route, fallbacks, cascade) = match &decision.outcome {
             Outcome::Route { route, fallbacks, cascade } => (route, fallbacks, cascade),
-            Outcome::Refuse { message } => return Ok((Envelope::new(req, &req.body.model).fixed(None, Some(message)), Answered::Refused)),
+            Outcome::Refuse { message } => {
+                return Ok((Envelope::new(req, &req.body.model).fixed(None, Some(message)), Answered::Refused))
+            }
             Outcome::Handoff { message } => {
                 let handoff_id = self.hand_off(state, req, decision).await?;
                 let mut resp = Envelope::new(req, &req.body.model).fixed(Some(message), None);
@@ -129,7 +142,9 @@ impl Routing {
             let Some(ticket) = route.health.admit(began) else {
                 run.step(name, "skipped", Some("circuit open".into()), began);
                 run.reason.push_str(&format!("; {name} skipped (circuit open)"));
-                last_error.get_or_insert_with(|| ApiError::bad_gateway(format!("route {name}: circuit open")).with_code("circuit_open"));
+                last_error.get_or_insert_with(|| {
+                    ApiError::bad_gateway(format!("route {name}: circuit open")).with_code("circuit_open")
+                });
                 continue;
             };
             let judge = cascade.filter(|(fast, _)| *fast == name).map(|(_, plan)| plan);
@@ -149,14 +164,19 @@ impl Routing {
                     return Ok((resp, Answered::Route(name.to_string())));
                 }
                 (Ok(Attempt::Escalate(check)), Some(plan)) => {
-                    let to = plan.escalate.first().ok_or_else(|| ApiError::internal(format!("the cascade on {name} has no escalation route")))?;
+                    let to = plan
+                        .escalate
+                        .first()
+                        .ok_or_else(|| ApiError::internal(format!("the cascade on {name} has no escalation route")))?;
                     run.step(name, "escalated", None, began);
                     run.reason.push_str(&format!("; cascade: {name} {} -> escalated to {to}", check.describe()));
                     run.execution.cascade = Some(check);
                     chain = plan.escalate.iter().map(String::as_str).collect();
                     cascade = None;
                 }
-                (Ok(Attempt::Escalate(_)), None) => return Err(ApiError::internal(format!("route {name} escalated without a cascade"))),
+                (Ok(Attempt::Escalate(_)), None) => {
+                    return Err(ApiError::internal(format!("route {name} escalated without a cascade")))
+                }
                 (Ok(Attempt::Busy(e)), _) => {
                     run.step(name, "failed", Some(e.message.clone()), began);
                     run.reason.push_str(&format!("; cascade: {name} could not be verified (verifier busy), refused"));
@@ -181,7 +201,13 @@ impl Routing {
     /// One try of one route. With `judge`, a token answer is held back and
     /// judged first; an unsure one comes back as [`Attempt::Escalate`] (and
     /// its generation is cancelled when it is dropped).
-    pub(super) async fn attempt(&self, route: &RouteState, req: &ChatRequest, max_ttft_ms: Option<u64>, judge: Option<&CascadePlan>) -> Result<Attempt, ApiError> {
+    pub(super) async fn attempt(
+        &self,
+        route: &RouteState,
+        req: &ChatRequest,
+        max_ttft_ms: Option<u64>,
+        judge: Option<&CascadePlan>,
+    ) -> Result<Attempt, ApiError> {
         let limits = Limits::of_route(&route.config, max_ttft_ms);
         let (fingerprint, events) = match route.backend.generate(req, limits).await? {
             Generation::Proxied(resp) => return Ok(Attempt::Answer(resp)),
@@ -208,18 +234,24 @@ impl Routing {
     /// client hears about it.
     async fn hand_off(&self, state: &AppState, req: &ChatRequest, decision: &Decision) -> Result<String, ApiError> {
         let store = state.store.as_ref().ok_or_else(|| {
-            ApiError::internal("this server has no store, so it cannot queue a handoff").with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+            ApiError::internal("this server has no store, so it cannot queue a handoff")
+                .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
         })?;
         let handoff_id = format!("handoff-{}", uuid::Uuid::new_v4().simple());
-        let messages: Vec<_> = req.params.messages.iter().map(|(role, content)| serde_json::json!({"role": role, "content": content})).collect();
+        let messages: Vec<_> = req
+            .params
+            .messages
+            .iter()
+            .map(|(role, content)| serde_json::json!({"role": role, "content": content}))
+            .collect();
         let record = HandoffRecord {
             id: handoff_id.clone(),
             request_id: req.id.clone(),
-            created_ms: super::record::unix_ms(),
+            created_ms: switchyard_wire::unix_ms(),
             policy_id: decision.policy_id.clone(),
             rule_id: decision.rule_id.clone().unwrap_or_default(),
             messages: serde_json::Value::Array(messages),
-            status: "open".into(),
+            status: HandoffStatus::Open.as_str().into(),
             answer: None,
             reviewer: None,
             resolved_ms: None,

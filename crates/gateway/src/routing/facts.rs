@@ -13,24 +13,29 @@ use super::Routing;
 use crate::backend::ChatRequest;
 use crate::error::ApiError;
 
-/// A data class the caller asserts for its request; detection may raise it.
-pub const DATA_CLASS_HEADER: &str = "x-switchyard-data-class";
-/// `interactive` (default), `batch` or `fallback`.
-pub const LANE_HEADER: &str = "x-switchyard-lane";
-/// Sends the request to this route alone, past the routing rules (never
-/// past safety rules or the data boundary): how an operator or the eval
-/// runner measures one route. Refused unless the server allows forcing.
-pub const FORCE_ROUTE_HEADER: &str = "x-switchyard-force-route";
-/// The workload family the request belongs to (one the policy declares).
-pub const FAMILY_HEADER: &str = "x-switchyard-family";
+// The headers read here (names in `switchyard_wire::headers`):
+// - data class: asserted by the caller; detection may raise it;
+// - lane: `interactive` (default), `batch` or `fallback`;
+// - family: one the policy declares;
+// - force route: this route alone, past the routing rules (never past safety
+//   rules or the data boundary): how an operator or the eval runner measures
+//   one route. Refused unless the server allows forcing.
+use switchyard_wire::headers::{
+    DATA_CLASS as DATA_CLASS_HEADER, FAMILY as FAMILY_HEADER, FORCE_ROUTE as FORCE_ROUTE_HEADER, LANE as LANE_HEADER,
+};
 
 impl Routing {
     pub(super) fn decide(&self, req: &ChatRequest, headers: &HeaderMap) -> Result<Decision, ApiError> {
-        let declared = Declared { data_class: header_enum::<DataClass>(headers, DATA_CLASS_HEADER)?, family: self.family_header(headers)? };
+        let declared = Declared {
+            data_class: header_enum::<DataClass>(headers, DATA_CLASS_HEADER)?,
+            family: self.family_header(headers)?,
+        };
         let facts = RequestFacts { lane: header_enum::<Lane>(headers, LANE_HEADER)?.unwrap_or_default() };
         let messages: Vec<String> = req.params.messages.iter().map(|(_, text)| text.clone()).collect();
         let classification = classify(&messages, &declared, &self.policy);
-        let Some(route) = headers.get(FORCE_ROUTE_HEADER) else { return Ok(decide(&facts, &classification, &self.policy)) };
+        let Some(route) = headers.get(FORCE_ROUTE_HEADER) else {
+            return Ok(decide(&facts, &classification, &self.policy));
+        };
         if !self.options.allow_force_route {
             return Err(ApiError::invalid(
                 Some(FORCE_ROUTE_HEADER.into()),
@@ -68,7 +73,8 @@ impl Routing {
 fn header_enum<T: serde::de::DeserializeOwned>(headers: &HeaderMap, name: &str) -> Result<Option<T>, ApiError> {
     let Some(value) = headers.get(name) else { return Ok(None) };
     let text = value.to_str().unwrap_or_default().to_ascii_lowercase();
-    serde_json::from_value(serde_json::Value::String(text.clone()))
-        .map(Some)
-        .map_err(|_| ApiError::invalid(Some(name.to_string()), format!("header {name}: unknown value `{text}`")).with_code("invalid_header"))
+    serde_json::from_value(serde_json::Value::String(text.clone())).map(Some).map_err(|_| {
+        ApiError::invalid(Some(name.to_string()), format!("header {name}: unknown value `{text}`"))
+            .with_code("invalid_header")
+    })
 }

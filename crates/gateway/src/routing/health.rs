@@ -24,7 +24,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Health {
     pub fn new(route: &Route, now: Instant) -> Self {
-        Self { breaker: Mutex::new(CircuitBreaker::new(route.breaker.clone())), retries: Mutex::new(RetryBucket::new(route.retry.clone(), now)) }
+        Self {
+            breaker: Mutex::new(CircuitBreaker::new(route.breaker.clone())),
+            retries: Mutex::new(RetryBucket::new(route.retry.clone(), now)),
+        }
     }
 
     /// Passes the breaker, or `None` while it is open. Every request sent to

@@ -31,24 +31,22 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use switchyard_engine::Engine;
 use switchyard_router::{BackendKind, Policy, Prices, Route};
+use switchyard_wire::{headers, ResultLabel};
 use tokio::sync::Semaphore;
-
-pub use facts::{DATA_CLASS_HEADER, FAMILY_HEADER, FORCE_ROUTE_HEADER, LANE_HEADER};
-pub use record::Label;
 
 use crate::backend::{Backend, ChatRequest, Embedded, Upstream};
 use crate::error::ApiError;
 use crate::AppState;
 use health::Health;
 
-pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-switchyard-route");
-pub const POLICY_HEADER: HeaderName = HeaderName::from_static("x-switchyard-policy");
-pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-switchyard-reason");
-/// How the request ended: `answered`, `refused`, `human-escalated` or
-/// `error`, as recorded; a client (the bench) tells a successful task by it.
-pub const LABEL_HEADER: HeaderName = HeaderName::from_static("x-switchyard-label");
+pub const ROUTE_HEADER: HeaderName = HeaderName::from_static(headers::ROUTE);
+pub const POLICY_HEADER: HeaderName = HeaderName::from_static(headers::POLICY);
+pub const REASON_HEADER: HeaderName = HeaderName::from_static(headers::REASON);
+/// How the request ended ([`ResultLabel`]), as recorded; a client (the
+/// bench) tells a successful task by it.
+pub const LABEL_HEADER: HeaderName = HeaderName::from_static(headers::LABEL);
 /// On a handed-off request: the id to follow it by under `/admin/handoffs`.
-pub const HANDOFF_HEADER: HeaderName = HeaderName::from_static("x-switchyard-handoff-id");
+pub const HANDOFF_HEADER: HeaderName = HeaderName::from_static(headers::HANDOFF_ID);
 
 /// Server settings that shape routing beyond the policy file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +89,12 @@ struct RouteState {
 impl Routing {
     /// Builds a backend for each route of `policy`: embedded routes must
     /// name a loaded model, upstream keys must be in the environment.
-    pub fn new(policy: Policy, prices: Prices, engines: &BTreeMap<String, Arc<Engine>>, options: RoutingOptions) -> anyhow::Result<Self> {
+    pub fn new(
+        policy: Policy,
+        prices: Prices,
+        engines: &BTreeMap<String, Arc<Engine>>,
+        options: RoutingOptions,
+    ) -> anyhow::Result<Self> {
         let shared = upstream_client(None)?;
         let mut backends: HashMap<String, Arc<dyn Backend>> = HashMap::new();
         for (i, route) in policy.routes.iter().enumerate() {
@@ -111,11 +114,15 @@ impl Routing {
                         Some(path) => std::fs::read(path)
                             .map_err(anyhow::Error::from)
                             .and_then(|pem| upstream_client(Some(&pem)))
-                            .map_err(|e| anyhow::anyhow!("policy {}: `routes[{i}].ca_file` {}: {e}", policy.id, path.display()))?,
+                            .map_err(|e| {
+                                anyhow::anyhow!("policy {}: `routes[{i}].ca_file` {}: {e}", policy.id, path.display())
+                            })?,
                     };
                     Arc::new(Upstream::new(route, url, client)?)
                 }
-                (BackendKind::Upstream, None) => anyhow::bail!("policy {}: `routes[{i}].url` is missing; an upstream route needs one", policy.id),
+                (BackendKind::Upstream, None) => {
+                    anyhow::bail!("policy {}: `routes[{i}].url` is missing; an upstream route needs one", policy.id)
+                }
             };
             backends.insert(route.name.clone(), backend);
         }
@@ -124,38 +131,57 @@ impl Routing {
 
     /// Serves `policy` with the given backend for each route (by name):
     /// how tests put scripted backends behind a real policy.
-    pub fn with_backends(policy: Policy, prices: Prices, mut backends: HashMap<String, Arc<dyn Backend>>, options: RoutingOptions) -> anyhow::Result<Self> {
+    pub fn with_backends(
+        policy: Policy,
+        prices: Prices,
+        mut backends: HashMap<String, Arc<dyn Backend>>,
+        options: RoutingOptions,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(options.max_verifies > 0, "max-verifies must be at least 1");
         let now = Instant::now();
         let mut verifies: HashMap<&str, Arc<Semaphore>> = HashMap::new();
         let mut routes = HashMap::new();
         for route in &policy.routes {
-            let backend = backends.remove(&route.name).ok_or_else(|| anyhow::anyhow!("policy {}: route `{}` has no backend", policy.id, route.name))?;
-            let slots = verifies.entry(&route.model).or_insert_with(|| Arc::new(Semaphore::new(options.max_verifies))).clone();
-            routes.insert(route.name.clone(), RouteState { config: route.clone(), backend, health: Health::new(route, now), verifies: slots });
+            let backend = backends
+                .remove(&route.name)
+                .ok_or_else(|| anyhow::anyhow!("policy {}: route `{}` has no backend", policy.id, route.name))?;
+            let slots =
+                verifies.entry(&route.model).or_insert_with(|| Arc::new(Semaphore::new(options.max_verifies))).clone();
+            routes.insert(
+                route.name.clone(),
+                RouteState { config: route.clone(), backend, health: Health::new(route, now), verifies: slots },
+            );
         }
         Ok(Self { policy, prices, options, routes })
     }
 
     fn route(&self, name: &str) -> Result<&RouteState, ApiError> {
-        self.routes.get(name).ok_or_else(|| ApiError::internal(format!("policy {} names route `{name}`, which it does not declare", self.policy.id)))
+        self.routes.get(name).ok_or_else(|| {
+            ApiError::internal(format!("policy {} names route `{name}`, which it does not declare", self.policy.id))
+        })
     }
 
     /// Decides, answers, and records the decision: the record is committed
     /// before the answer is returned (so before its first byte is sent),
     /// hence an answered request always has its record.
-    pub async fn serve(self: &Arc<Self>, state: &AppState, req: ChatRequest, headers: &HeaderMap) -> Result<Response, ApiError> {
+    pub async fn serve(
+        self: &Arc<Self>,
+        state: &AppState,
+        req: ChatRequest,
+        headers: &HeaderMap,
+    ) -> Result<Response, ApiError> {
         let decision = self.decide(&req, headers)?;
         // Debug, not info: every decision is recorded in the store anyway,
         // and a log line per request is a real share of a proxy's CPU.
         tracing::debug!(request_id = %req.id, policy = %decision.policy_id, rule = ?decision.rule_id, reason = %decision.reason, "routing decision");
         let began = Instant::now();
-        let shadow = decision.shadow.as_ref().map(|route| self.clone().mirror(state, &req, route, decision.max_ttft_ms));
+        let shadow =
+            decision.shadow.as_ref().map(|route| self.clone().mirror(state, &req, route, decision.max_ttft_ms));
         let mut run = execute::Run::new(&decision.reason);
         let result = self.execute(state, &req, &decision, &mut run).await;
         let (route, label) = match &result {
             Ok((_, answered)) => (answered.route(), answered.label()),
-            Err(_) => ("failed".to_string(), Label::Error),
+            Err(_) => (headers::ROUTE_FAILED.to_string(), ResultLabel::Error),
         };
         let result = result.map(|(resp, _)| resp);
         let status = result.as_ref().map_or_else(|e| e.status.as_u16(), |r| r.status().as_u16());
@@ -167,9 +193,14 @@ impl Routing {
         Ok(self.label(resp, &route, label, &run.reason))
     }
 
-    fn label(&self, mut resp: Response, route: &str, label: Label, reason: &str) -> Response {
+    fn label(&self, mut resp: Response, route: &str, label: ResultLabel, reason: &str) -> Response {
         let h = resp.headers_mut();
-        for (name, value) in [(ROUTE_HEADER, route), (LABEL_HEADER, label.as_str()), (POLICY_HEADER, self.policy.id.as_str()), (REASON_HEADER, reason)] {
+        for (name, value) in [
+            (ROUTE_HEADER, route),
+            (LABEL_HEADER, label.as_str()),
+            (POLICY_HEADER, self.policy.id.as_str()),
+            (REASON_HEADER, reason),
+        ] {
             if let Ok(v) = HeaderValue::from_str(value) {
                 h.insert(name, v);
             }

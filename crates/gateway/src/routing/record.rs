@@ -8,37 +8,26 @@ use std::time::Instant;
 use axum::response::Response;
 use switchyard_router::Decision;
 use switchyard_store::{Completion, DecisionRecord, JsonText, Recorder};
+use switchyard_wire::ResultLabel;
 use tokio::sync::oneshot;
 
 use super::execute::Run;
 use super::Routing;
 use crate::{capture, AppState};
 
-/// How a routed request ended, as recorded and sent in `x-switchyard-label`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Label {
-    Answered,
-    Refused,
-    HumanEscalated,
-    Error,
-}
-
-impl Label {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Answered => "answered",
-            Self::Refused => "refused",
-            Self::HumanEscalated => "human-escalated",
-            Self::Error => "error",
-        }
-    }
-}
-
 /// Records the decision and waits until it is committed.
-pub async fn decision(recorder: &Recorder, id: &str, decision: &Decision, run: &Run, route: &str, label: Label, status: u16) {
+pub async fn decision(
+    recorder: &Recorder,
+    id: &str,
+    decision: &Decision,
+    run: &Run,
+    route: &str,
+    label: ResultLabel,
+    status: u16,
+) {
     let record = DecisionRecord {
         request_id: id.to_string(),
-        created_ms: unix_ms(),
+        created_ms: switchyard_wire::unix_ms(),
         policy_id: decision.policy_id.clone(),
         rule_id: decision.rule_id.clone(),
         route: route.to_string(),
@@ -60,7 +49,15 @@ pub async fn decision(recorder: &Recorder, id: &str, decision: &Decision, run: &
 impl Routing {
     /// Once the answer has been sent (or abandoned): records its tokens and
     /// cost on a priced route, and hands it to the shadow waiting for it.
-    pub(super) fn after_sent(&self, state: &AppState, resp: Response, id: &str, route: &str, began: Instant, shadow: Option<oneshot::Sender<super::shadow::Primary>>) -> Response {
+    pub(super) fn after_sent(
+        &self,
+        state: &AppState,
+        resp: Response,
+        id: &str,
+        route: &str,
+        began: Instant,
+        shadow: Option<oneshot::Sender<super::shadow::Primary>>,
+    ) -> Response {
         let price = self.policy.route(route).and_then(|r| self.prices.for_route(&r.name, &r.model)).cloned();
         let recorder = state.recorder.clone().filter(|_| price.is_some());
         if shadow.is_none() && recorder.is_none() {
@@ -70,7 +67,9 @@ impl Routing {
         capture::tap(resp, move |status, body| {
             if let Some(recorder) = recorder {
                 let tokens = capture::tokens(&body);
-                let cost = price.zip(tokens).map(|(p, (prompt, completion))| p.cost(prompt, completion, began.elapsed().as_secs_f64() * 1e3));
+                let cost = price
+                    .zip(tokens)
+                    .map(|(p, (prompt, completion))| p.cost(prompt, completion, began.elapsed().as_secs_f64() * 1e3));
                 recorder.completion(Completion {
                     request_id: id,
                     prompt_tokens: tokens.map(|t| t.0),
@@ -84,8 +83,4 @@ impl Routing {
             }
         })
     }
-}
-
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

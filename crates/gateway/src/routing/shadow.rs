@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use switchyard_store::ShadowRecord;
+use switchyard_wire::headers;
 use tokio::sync::oneshot;
 
 use super::Routing;
@@ -19,7 +20,13 @@ pub type Primary = (String, u16, Bytes);
 impl Routing {
     /// Starts the copy; returns the channel the primary's answer is
     /// captured into, so the two are compared once both exist.
-    pub(super) fn mirror(self: Arc<Self>, state: &AppState, req: &ChatRequest, route: &str, max_ttft_ms: Option<u64>) -> oneshot::Sender<Primary> {
+    pub(super) fn mirror(
+        self: Arc<Self>,
+        state: &AppState,
+        req: &ChatRequest,
+        route: &str,
+        max_ttft_ms: Option<u64>,
+    ) -> oneshot::Sender<Primary> {
         let (primary, captured) = oneshot::channel::<Primary>();
         let recorder = state.recorder.clone();
         let (req, route) = (req.unstreamed(), route.to_string());
@@ -40,12 +47,13 @@ impl Routing {
             };
             let shadow_ms = began.elapsed().as_millis() as i64;
             let Some(recorder) = recorder else { return };
-            let (primary_route, primary_status, primary_body) = captured.await.unwrap_or_else(|_| ("failed".into(), 0, Bytes::new()));
+            let (primary_route, primary_status, primary_body) =
+                captured.await.unwrap_or_else(|_| (headers::ROUTE_FAILED.into(), 0, Bytes::new()));
             let (primary_output, shadow_output) = (capture::answer_text(&primary_body), capture::answer_text(&body));
             recorder
                 .shadow(ShadowRecord {
                     request_id: req.id.clone(),
-                    created_ms: super::record::unix_ms(),
+                    created_ms: switchyard_wire::unix_ms(),
                     policy_id: self.policy.id.clone(),
                     primary_route,
                     primary_status,
