@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures::stream::{self, StreamExt};
 use serde_json::Value;
 use switchyard_wire::sse::SseDecoder;
+use switchyard_wire::ChatReply;
 
 /// Bytes of an answer kept for reading; the rest still reaches the client.
 pub const CAPTURE_LIMIT: usize = 256 * 1024;
@@ -57,36 +58,33 @@ pub fn tap(resp: Response, on_done: impl FnOnce(u16, Bytes) + Send + 'static) ->
     Response::from_parts(parts, Body::from_stream(body))
 }
 
-/// The JSON objects of a body: the body itself, or each `data:` event of a stream.
-fn objects(body: &[u8]) -> Vec<Value> {
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        return vec![v];
+/// What a body says, read leniently: the body itself, or each `data:`
+/// event of a stream (`[DONE]` and anything else that is not JSON skipped).
+fn replies(body: &[u8]) -> Vec<ChatReply> {
+    if let Ok(whole) = ChatReply::from_slice(body) {
+        return vec![whole];
     }
-    SseDecoder::default().push(body).iter().filter_map(|d| serde_json::from_str(d).ok()).collect()
+    SseDecoder::default().push(body).iter().filter_map(|d| ChatReply::from_json(d).ok()).collect()
 }
 
 /// Prompt and completion tokens, from `usage` (any server) or `timings`
 /// (switchyard and llama-server put them on the last chunk even without
 /// `include_usage`).
 pub fn tokens(body: &[u8]) -> Option<(u32, u32)> {
-    let n = |v: &Value| v.as_u64().map(|n| n as u32);
-    objects(body).iter().rev().find_map(|o| {
-        let (u, t) = (&o["usage"], &o["timings"]);
-        n(&u["prompt_tokens"]).zip(n(&u["completion_tokens"])).or_else(|| n(&t["prompt_n"]).zip(n(&t["predicted_n"])))
+    let n = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+    replies(body).iter().rev().find_map(|r| {
+        let usage = r.usage.as_ref().and_then(|u| u.prompt_tokens.zip(u.completion_tokens));
+        usage.or_else(|| r.timings.as_ref().and_then(|t| n(&t["prompt_n"]).zip(n(&t["predicted_n"]))))
     })
 }
 
 /// The assistant's text in a chat completion (JSON) or a stream of chunks
-/// (SSE); `None` if the body holds neither.
+/// (SSE): content, or a refusal; `None` if the body holds neither.
 pub fn answer_text(body: &[u8]) -> Option<String> {
-    let text = |m: &Value| m["content"].as_str().or_else(|| m["refusal"].as_str()).map(str::to_string);
-    let objects = objects(body);
-    if let [whole] = &objects[..] {
-        if whole["object"] != "chat.completion.chunk" {
-            return text(&whole["choices"][0]["message"]);
-        }
-    }
-    objects.iter().filter_map(|c| text(&c["choices"][0]["delta"])).reduce(|a, b| a + &b)
+    replies(body)
+        .iter()
+        .filter_map(|r| r.choice().and_then(|c| c.part()).and_then(|p| p.content.clone().or_else(|| p.refusal.clone())))
+        .reduce(|a, b| a + &b)
 }
 
 #[cfg(test)]

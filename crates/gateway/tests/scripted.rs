@@ -377,3 +377,63 @@ async fn a_panicking_backend_gets_a_500_and_the_server_keeps_serving() {
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.body.contains("still here"));
 }
+
+/// The same total limit on an upstream: a whole answer whose headers come
+/// in time but whose body does not fails with a 504 (the headers and the
+/// body no longer get a limit each); a stream is cut with an error event.
+#[tokio::test]
+async fn the_total_limit_holds_on_upstream_answers_and_streams() {
+    use axum::response::IntoResponse;
+    async fn slow(axum::Json(body): axum::Json<Value>) -> axum::response::Response {
+        // Headers after 250 ms, then the body 250 ms later (or, streaming, a chunk every 50 ms for 1 s).
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let stream = body["stream"] == true;
+        let chunks = futures::stream::iter(0..20).then(move |i| async move {
+            tokio::time::sleep(Duration::from_millis(if stream { 50 } else { 250 })).await;
+            let text = if stream {
+                format!("data: {}\n\n", json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": format!("w{i} ")}}]}))
+            } else if i == 0 {
+                json!({"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "late"}}]}).to_string()
+            } else {
+                String::new()
+            };
+            Ok::<_, std::io::Error>(bytes::Bytes::from(text))
+        });
+        let chunks = chunks.take(if stream { 20 } else { 1 });
+        let kind = if stream { "text/event-stream" } else { "application/json" };
+        ([("content-type", kind)], axum::body::Body::from_stream(chunks)).into_response()
+    }
+    use futures::StreamExt;
+    let mock = axum::Router::new().route("/v1/chat/completions", axum::routing::post(slow));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, mock).await.unwrap() });
+    let policy = format!(
+        "version = \"up.1\"\ndefault_route = \"up\"\n[[routes]]\nname = \"up\"\nbackend = \"upstream\"\nmodel = \"m\"\nurl = \"{upstream}\"\n\
+         allowed_classes = [\"public\", \"internal\", \"regulated\"]\nttft_timeout_ms = 400\ntotal_timeout_ms = 400\n\
+         retry = {{ ratio = 0.0, min_per_second = 0.0 }}\nbreaker = {{ consecutive_failures = 100 }}\n"
+    );
+    let routing = Routing::new(
+        Policy::from_toml(&policy).unwrap(),
+        Prices::default(),
+        &Default::default(),
+        RoutingOptions::default(),
+    )
+    .unwrap();
+    let state = AppState::new(vec![]).with_routing(routing);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = Server {
+        base: format!("http://{}", listener.local_addr().unwrap()),
+        http: reqwest::Client::new(),
+        _data: tempfile::tempdir().unwrap(),
+    };
+    tokio::spawn(async move { axum::serve(listener, router(Arc::new(state), 1 << 20)).await.unwrap() });
+
+    let a = s.ask("q", json!({}), &[]).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.body);
+    assert!(a.body.contains("total limit of 400 ms (total_timeout_ms)"), "{}", a.body);
+    let a = s.ask("q", json!({"stream": true}), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.body.contains("w0 ") && a.body.contains("total limit of 400 ms (total_timeout_ms)"), "{}", a.body);
+    assert!(!a.body.contains("w19"), "the stream was cut off: {}", a.body);
+}

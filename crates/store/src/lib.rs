@@ -16,7 +16,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection};
+use sqlx::{FromRow, SqliteConnection};
 
 pub use recorder::{Completion, Recorder};
 
@@ -51,6 +51,16 @@ impl JsonText {
     }
 }
 
+/// How a stored column becomes a `JsonText`: checked, since a stored record
+/// may have been edited.
+impl TryFrom<String> for JsonText {
+    type Error = serde_json::Error;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::parse(text)
+    }
+}
+
 /// Equal when the documents are equal, whatever their spacing.
 impl PartialEq for JsonText {
     fn eq(&self, other: &Self) -> bool {
@@ -66,12 +76,12 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("migrating the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("stored decision is not valid JSON: {0}")]
+    #[error("a record's JSON: {0}")]
     Corrupt(#[from] serde_json::Error),
 }
 
 /// How a routed request was decided and how it ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
 pub struct DecisionRecord {
     pub request_id: String,
     pub created_ms: i64,
@@ -84,11 +94,13 @@ pub struct DecisionRecord {
     /// The decision's reason plus every fallback and retry taken.
     pub reason: String,
     /// The full decision (scores, thresholds, data class, chain, exclusions).
+    #[sqlx(try_from = "String")]
     pub decision: JsonText,
     /// How it ended: `answered`, `refused`, `human-escalated` or `error`.
     pub label: String,
     /// What running the decision did: every route tried and how it went,
     /// retries, the cascade's confidence.
+    #[sqlx(try_from = "String")]
     pub execution: JsonText,
     /// Filled in after the answer was sent (see [`Completion`]).
     #[serde(default)]
@@ -102,7 +114,7 @@ pub struct DecisionRecord {
 }
 
 /// A request a policy handed to a human; resolved once, by a reviewer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
 pub struct HandoffRecord {
     pub id: String,
     pub request_id: String,
@@ -110,6 +122,7 @@ pub struct HandoffRecord {
     pub policy_id: String,
     pub rule_id: String,
     /// The conversation as the client sent it (`[{role, content}]`).
+    #[sqlx(json)]
     pub messages: serde_json::Value,
     /// `open` or `resolved`.
     pub status: String,
@@ -119,7 +132,7 @@ pub struct HandoffRecord {
 }
 
 /// A shadow route's answer recorded beside the primary's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
 pub struct ShadowRecord {
     pub request_id: String,
     pub created_ms: i64,
@@ -181,22 +194,15 @@ impl Store {
     }
 
     pub async fn decision(&self, request_id: &str) -> Result<Option<DecisionRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM decisions WHERE request_id = ?")
-            .bind(request_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(decision_from_row).transpose()
+        let q = sqlx::query_as("SELECT * FROM decisions WHERE request_id = ?");
+        Ok(q.bind(request_id).fetch_optional(&self.pool).await?)
     }
 
     /// Decisions recorded at or after `since_ms` (Unix ms), oldest first, at
     /// most `limit`: the traffic `bench trace record` turns into a trace.
     pub async fn decisions_since(&self, since_ms: i64, limit: i64) -> Result<Vec<DecisionRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM decisions WHERE created_ms >= ? ORDER BY created_ms, rowid LIMIT ?")
-            .bind(since_ms)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(decision_from_row).collect()
+        let q = sqlx::query_as("SELECT * FROM decisions WHERE created_ms >= ? ORDER BY created_ms, rowid LIMIT ?");
+        Ok(q.bind(since_ms).bind(limit).fetch_all(&self.pool).await?)
     }
 
     pub async fn enqueue_handoff(&self, h: &HandoffRecord) -> Result<(), StoreError> {
@@ -217,18 +223,13 @@ impl Store {
 
     /// Handoffs, oldest first, optionally only those with `status`.
     pub async fn handoffs(&self, status: Option<&str>, limit: u32) -> Result<Vec<HandoffRecord>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM handoffs WHERE (?1 IS NULL OR status = ?1) ORDER BY created_ms, id LIMIT ?2")
-                .bind(status)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter().map(handoff_from_row).collect()
+        let q =
+            sqlx::query_as("SELECT * FROM handoffs WHERE (?1 IS NULL OR status = ?1) ORDER BY created_ms, id LIMIT ?2");
+        Ok(q.bind(status).bind(i64::from(limit)).fetch_all(&self.pool).await?)
     }
 
     pub async fn handoff(&self, id: &str) -> Result<Option<HandoffRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM handoffs WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
-        row.as_ref().map(handoff_from_row).transpose()
+        Ok(sqlx::query_as("SELECT * FROM handoffs WHERE id = ?").bind(id).fetch_optional(&self.pool).await?)
     }
 
     /// Resolves an open handoff. The `status = 'open'` guard makes this
@@ -260,61 +261,11 @@ impl Store {
     }
 
     pub async fn shadow(&self, request_id: &str) -> Result<Option<ShadowRecord>, StoreError> {
-        let Some(row) = sqlx::query("SELECT * FROM shadows WHERE request_id = ?")
+        Ok(sqlx::query_as("SELECT * FROM shadows WHERE request_id = ?")
             .bind(request_id)
             .fetch_optional(&self.pool)
-            .await?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(ShadowRecord {
-            request_id: row.try_get("request_id")?,
-            created_ms: row.try_get("created_ms")?,
-            policy_id: row.try_get("policy_id")?,
-            primary_route: row.try_get("primary_route")?,
-            primary_status: row.try_get::<i64, _>("primary_status")? as u16,
-            primary_output: row.try_get("primary_output")?,
-            shadow_route: row.try_get("shadow_route")?,
-            shadow_status: row.try_get::<i64, _>("shadow_status")? as u16,
-            shadow_output: row.try_get("shadow_output")?,
-            shadow_ms: row.try_get("shadow_ms")?,
-            same_output: row.try_get("same_output")?,
-        }))
+            .await?)
     }
-}
-
-fn handoff_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HandoffRecord, StoreError> {
-    Ok(HandoffRecord {
-        id: row.try_get("id")?,
-        request_id: row.try_get("request_id")?,
-        created_ms: row.try_get("created_ms")?,
-        policy_id: row.try_get("policy_id")?,
-        rule_id: row.try_get("rule_id")?,
-        messages: serde_json::from_str(&row.try_get::<String, _>("messages")?)?,
-        status: row.try_get("status")?,
-        answer: row.try_get("answer")?,
-        reviewer: row.try_get("reviewer")?,
-        resolved_ms: row.try_get("resolved_ms")?,
-    })
-}
-
-fn decision_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DecisionRecord, StoreError> {
-    Ok(DecisionRecord {
-        request_id: row.try_get("request_id")?,
-        created_ms: row.try_get("created_ms")?,
-        policy_id: row.try_get("policy_id")?,
-        rule_id: row.try_get("rule_id")?,
-        route: row.try_get("route")?,
-        status: row.try_get::<i64, _>("status")? as u16,
-        reason: row.try_get("reason")?,
-        decision: JsonText::parse(row.try_get("decision")?)?,
-        label: row.try_get("label")?,
-        execution: JsonText::parse(row.try_get("execution")?)?,
-        prompt_tokens: row.try_get::<Option<i64>, _>("prompt_tokens")?.map(|n| n as u32),
-        completion_tokens: row.try_get::<Option<i64>, _>("completion_tokens")?.map(|n| n as u32),
-        cost_usd: row.try_get("cost_usd")?,
-        energy_wh: row.try_get("energy_wh")?,
-    })
 }
 
 const DECISION_COLUMNS: &str = "INSERT INTO decisions (request_id, created_ms, policy_id, rule_id, route, status, reason, decision, label, execution,
