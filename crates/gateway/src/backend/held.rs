@@ -10,6 +10,12 @@ use crate::envelope::{Envelope, Item};
 use crate::error::ApiError;
 use crate::resilience::{cut_off, Cut};
 
+/// The tokens held so far: their text and the model's logprob of each.
+pub struct Sample {
+    pub text: String,
+    pub logprobs: Vec<f64>,
+}
+
 pub struct Held {
     /// Who makes the tokens, for messages.
     model: String,
@@ -52,18 +58,13 @@ impl Held {
         Ok(Self { model: model.to_string(), held, rest })
     }
 
-    /// The text of the tokens held so far.
-    pub fn text(&self) -> String {
-        self.tokens().map(|p| p.text.as_str()).collect()
-    }
-
-    /// The logprobs of the tokens held so far.
-    pub fn logprobs(&self) -> Vec<f64> {
-        self.tokens().map(|p| p.logprob.logprob).collect()
-    }
-
-    fn tokens(&self) -> impl Iterator<Item = &switchyard_engine::Piece> {
-        self.held.iter().filter_map(|e| if let Event::Token(p) = e { Some(p) } else { None })
+    /// What has been held so far, for a cascade to judge.
+    pub fn sample(&self) -> Sample {
+        let tokens = || self.held.iter().filter_map(|e| if let Event::Token(p) = e { Some(p) } else { None });
+        Sample {
+            text: tokens().map(|p| p.text.as_str()).collect(),
+            logprobs: tokens().map(|p| p.logprob.logprob).collect(),
+        }
     }
 
     /// Commits to the answer: held events first, then the rest as it comes,

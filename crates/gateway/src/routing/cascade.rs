@@ -7,6 +7,7 @@ use serde::Serialize;
 use switchyard_router::{CascadePlan, Confidence, VerifierBusy};
 
 use super::Routing;
+use crate::backend::held::Sample;
 use crate::backend::ChatRequest;
 use crate::error::ApiError;
 
@@ -55,19 +56,12 @@ enum Unverified {
 }
 
 impl Routing {
-    /// Judges the held answer: its `text` and the fast model's `logprobs` of it.
-    pub(super) async fn judge(
-        &self,
-        fast: &str,
-        plan: &CascadePlan,
-        req: &ChatRequest,
-        text: String,
-        logprobs: &[f64],
-    ) -> Verdict {
+    /// Judges the held answer.
+    pub(super) async fn judge(&self, fast: &str, plan: &CascadePlan, req: &ChatRequest, held: Sample) -> Verdict {
         let confidence = if plan.signal.verifies() {
-            self.verify(plan, req, text).await
+            self.verify(plan, req, held.text).await
         } else {
-            Confidence::of(logprobs).ok_or(Unverified::Unchecked)
+            Confidence::of(&held.logprobs).ok_or(Unverified::Unchecked)
         };
         let unjudged = match &confidence {
             Err(Unverified::Busy) if plan.when_verifier_busy == VerifierBusy::Reject => {

@@ -73,11 +73,13 @@ pub(super) enum Attempt {
 pub struct Run {
     pub reason: String,
     pub execution: Execution,
+    /// When the request began to run (what a priced answer's time is counted from).
+    pub began: Instant,
 }
 
 impl Run {
     pub fn new(reason: &str) -> Self {
-        Self { reason: reason.to_string(), execution: Execution::default() }
+        Self { reason: reason.to_string(), execution: Execution::default(), began: Instant::now() }
     }
 
     fn step(&mut self, route: &str, outcome: &'static str, detail: Option<String>, began: Instant) {
@@ -118,20 +120,8 @@ impl Routing {
         decision: &Decision,
         run: &mut Run,
     ) -> Result<(Response, Answered), ApiError> {
-        let (route, fallbacks, cascade) = match &decision.outcome {
-            Outcome::Route { route, fallbacks, cascade } => (route, fallbacks, cascade),
-            Outcome::Refuse { message } => {
-                return Ok((Envelope::new(req, &req.body.model).fixed(None, Some(message)), Answered::Refused))
-            }
-            Outcome::Handoff { message } => {
-                let handoff_id = self.hand_off(state, req, decision).await?;
-                let mut resp = Envelope::new(req, &req.body.model).fixed(Some(message), None);
-                if let Ok(value) = HeaderValue::from_str(&handoff_id) {
-                    resp.headers_mut().insert(HANDOFF_HEADER, value);
-                }
-                run.execution.handoff_id = Some(handoff_id);
-                return Ok((resp, Answered::HandedOff));
-            }
+        let Outcome::Route { route, fallbacks, cascade } = &decision.outcome else {
+            return self.answer_fixed(state, req, decision, run).await;
         };
         let mut chain: VecDeque<&str> = std::iter::once(route).chain(fallbacks).map(String::as_str).collect();
         let mut cascade = cascade.as_ref().map(|plan| (route.as_str(), plan));
@@ -198,6 +188,30 @@ impl Routing {
         Err(ApiError { message: format!("every route failed: {}. Last error: {}", run.reason, e.message), ..e })
     }
 
+    /// A refusal, or a handoff notice once the request is queued for a person.
+    async fn answer_fixed(
+        &self,
+        state: &AppState,
+        req: &ChatRequest,
+        decision: &Decision,
+        run: &mut Run,
+    ) -> Result<(Response, Answered), ApiError> {
+        let envelope = Envelope::new(req, &req.body.model);
+        match &decision.outcome {
+            Outcome::Refuse { message } => Ok((envelope.fixed(None, Some(message)), Answered::Refused)),
+            Outcome::Handoff { message } => {
+                let handoff_id = self.hand_off(state, req, decision).await?;
+                let mut resp = envelope.fixed(Some(message), None);
+                if let Ok(value) = HeaderValue::from_str(&handoff_id) {
+                    resp.headers_mut().insert(HANDOFF_HEADER, value);
+                }
+                run.execution.handoff_id = Some(handoff_id);
+                Ok((resp, Answered::HandedOff))
+            }
+            Outcome::Route { .. } => Err(ApiError::internal("a routed decision has no fixed answer")),
+        }
+    }
+
     /// One try of one route. With `judge`, a token answer is held back and
     /// judged first; an unsure one comes back as [`Attempt::Escalate`] (and
     /// its generation is cancelled when it is dropped).
@@ -220,7 +234,7 @@ impl Routing {
         };
         let held = Held::take(&route.config.model, events, &limits, hold_tokens).await?;
         if let Some(plan) = judge {
-            match self.judge(&route.config.name, plan, req, held.text(), &held.logprobs()).await {
+            match self.judge(&route.config.name, plan, req, held.sample()).await {
                 Verdict::Keep => {}
                 Verdict::Escalate(check) => return Ok(Attempt::Escalate(check)),
                 Verdict::Busy(e) => return Ok(Attempt::Busy(e)),

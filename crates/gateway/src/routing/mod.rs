@@ -31,7 +31,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use switchyard_engine::Engine;
 use switchyard_router::{BackendKind, Policy, Prices, Route};
-use switchyard_wire::{headers, ResultLabel};
+use switchyard_wire::headers;
 use tokio::sync::Semaphore;
 
 use crate::backend::{Backend, ChatRequest, Embedded, Upstream};
@@ -174,30 +174,24 @@ impl Routing {
         // Debug, not info: every decision is recorded in the store anyway,
         // and a log line per request is a real share of a proxy's CPU.
         tracing::debug!(request_id = %req.id, policy = %decision.policy_id, rule = ?decision.rule_id, reason = %decision.reason, "routing decision");
-        let began = Instant::now();
         let shadow =
             decision.shadow.as_ref().map(|route| self.clone().mirror(state, &req, route, decision.max_ttft_ms));
         let mut run = execute::Run::new(&decision.reason);
         let result = self.execute(state, &req, &decision, &mut run).await;
-        let (route, label) = match &result {
-            Ok((_, answered)) => (answered.route(), answered.label()),
-            Err(_) => (headers::ROUTE_FAILED.to_string(), ResultLabel::Error),
-        };
-        let result = result.map(|(resp, _)| resp);
-        let status = result.as_ref().map_or_else(|e| e.status.as_u16(), |r| r.status().as_u16());
+        let ending = record::Ending::of(&req.id, &result);
         if let Some(recorder) = &state.recorder {
-            record::decision(recorder, &req.id, &decision, &run, &route, label, status).await;
+            record::decision(recorder, &decision, &run, &ending).await;
         }
-        let resp = result.unwrap_or_else(IntoResponse::into_response);
-        let resp = self.after_sent(state, resp, &req.id, &route, began, shadow);
-        Ok(self.label(resp, &route, label, &run.reason))
+        let resp = result.map_or_else(IntoResponse::into_response, |(resp, _)| resp);
+        let resp = self.after_sent(state, resp, &ending, &run, shadow);
+        Ok(self.label(resp, &ending, &run.reason))
     }
 
-    fn label(&self, mut resp: Response, route: &str, label: ResultLabel, reason: &str) -> Response {
+    fn label(&self, mut resp: Response, ending: &record::Ending, reason: &str) -> Response {
         let h = resp.headers_mut();
         for (name, value) in [
-            (ROUTE_HEADER, route),
-            (LABEL_HEADER, label.as_str()),
+            (ROUTE_HEADER, ending.route.as_str()),
+            (LABEL_HEADER, ending.label.as_str()),
             (POLICY_HEADER, self.policy.id.as_str()),
             (REASON_HEADER, reason),
         ] {

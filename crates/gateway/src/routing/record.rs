@@ -3,38 +3,50 @@
 //! answer used and cost, and the primary answer a shadow is compared with,
 //! once it has been sent.
 
-use std::time::Instant;
-
 use axum::response::Response;
 use switchyard_router::Decision;
 use switchyard_store::{Completion, DecisionRecord, JsonText, Recorder};
-use switchyard_wire::ResultLabel;
+use switchyard_wire::{headers, ResultLabel};
 use tokio::sync::oneshot;
 
-use super::execute::Run;
+use super::execute::{Answered, Run};
 use super::Routing;
+use crate::error::ApiError;
 use crate::{capture, AppState};
 
+/// How a routed request ended: what its record and its headers say.
+pub struct Ending {
+    pub request_id: String,
+    /// The route that answered, or `refused`, `handoff` or `failed`.
+    pub route: String,
+    pub label: ResultLabel,
+    /// The HTTP status the client gets.
+    pub status: u16,
+}
+
+impl Ending {
+    pub fn of(request_id: &str, result: &Result<(Response, Answered), ApiError>) -> Self {
+        let (route, label, status) = match result {
+            Ok((resp, answered)) => (answered.route(), answered.label(), resp.status().as_u16()),
+            Err(e) => (headers::ROUTE_FAILED.to_string(), ResultLabel::Error, e.status.as_u16()),
+        };
+        Self { request_id: request_id.to_string(), route, label, status }
+    }
+}
+
 /// Records the decision and waits until it is committed.
-pub async fn decision(
-    recorder: &Recorder,
-    id: &str,
-    decision: &Decision,
-    run: &Run,
-    route: &str,
-    label: ResultLabel,
-    status: u16,
-) {
+pub async fn decision(recorder: &Recorder, decision: &Decision, run: &Run, ending: &Ending) {
+    let id = &ending.request_id;
     let record = DecisionRecord {
-        request_id: id.to_string(),
+        request_id: id.clone(),
         created_ms: switchyard_wire::unix_ms(),
         policy_id: decision.policy_id.clone(),
         rule_id: decision.rule_id.clone(),
-        route: route.to_string(),
-        status,
+        route: ending.route.clone(),
+        status: ending.status,
         reason: run.reason.clone(),
         decision: JsonText::of_or_null(decision),
-        label: label.as_str().into(),
+        label: ending.label.as_str().into(),
         execution: JsonText::of_or_null(&run.execution),
         prompt_tokens: None,
         completion_tokens: None,
@@ -53,17 +65,16 @@ impl Routing {
         &self,
         state: &AppState,
         resp: Response,
-        id: &str,
-        route: &str,
-        began: Instant,
+        ending: &Ending,
+        run: &Run,
         shadow: Option<oneshot::Sender<super::shadow::Primary>>,
     ) -> Response {
-        let price = self.policy.route(route).and_then(|r| self.prices.for_route(&r.name, &r.model)).cloned();
+        let (id, route, began) = (ending.request_id.clone(), ending.route.clone(), run.began);
+        let price = self.policy.route(&route).and_then(|r| self.prices.for_route(&r.name, &r.model)).cloned();
         let recorder = state.recorder.clone().filter(|_| price.is_some());
         if shadow.is_none() && recorder.is_none() {
             return resp;
         }
-        let (id, route) = (id.to_string(), route.to_string());
         capture::tap(resp, move |status, body| {
             if let Some(recorder) = recorder {
                 let tokens = capture::tokens(&body);
