@@ -42,7 +42,7 @@ async fn every_answered_request_has_its_record_after_a_kill_9() {
     let answered = Arc::new(Mutex::new(Vec::<String>::new()));
     let http = reqwest::Client::new();
     let until = Instant::now() + Duration::from_millis(1500);
-    let clients = (0..16).map(|_| {
+    let clients = (0..concurrency()).map(|_| {
         let (http, base, answered) = (http.clone(), base.clone(), answered.clone());
         tokio::spawn(async move {
             let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
@@ -67,6 +67,8 @@ async fn every_answered_request_has_its_record_after_a_kill_9() {
     let _ = mock.wait();
 
     let answered = answered.lock().unwrap().clone();
+    // Throughput under group commit, for comparison with a server that only queues its records.
+    eprintln!("durability: {} clients, {} requests answered in the 1 s before the kill", concurrency(), answered.len());
     assert!(answered.len() > 100, "the load ran: {} answered", answered.len());
     let store = switchyard_store::Store::open_read_only(&data.join("switchyard.db")).await.unwrap();
     let mut missing = Vec::new();
@@ -82,4 +84,10 @@ async fn every_answered_request_has_its_record_after_a_kill_9() {
         answered.len(),
         &missing[..missing.len().min(5)]
     );
+}
+
+/// Clients sending at once: 16, or `SWITCHYARD_DURABILITY_CLIENTS` (to
+/// measure the cost of group commit at other concurrencies).
+fn concurrency() -> usize {
+    std::env::var("SWITCHYARD_DURABILITY_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(16)
 }
