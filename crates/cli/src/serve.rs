@@ -79,23 +79,13 @@ impl ServeArgs {
         };
         let mut cfg = ServeConfig::load(&path, must_exist)?;
         macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = self.$field { cfg.$field = v; } )* };
+            ($into:expr => $($field:ident),*) => { $( if let Some(v) = self.$field { $into.$field = v; } )* };
         }
-        set!(
-            host,
-            port,
-            threads,
-            ctx_size,
-            parallel,
-            batch_size,
-            prefill_chunk,
-            max_queue,
-            max_body_bytes,
-            max_verifies
-        );
+        set!(cfg => host, port, max_body_bytes, max_verifies);
+        set!(cfg.engine => threads, ctx_size, parallel, batch_size, prefill_chunk, max_queue);
         cfg.allow_force_route |= self.allow_force_route;
         if let Some(p) = self.priority {
-            cfg.priority = match p {
+            cfg.engine.priority = match p {
                 PriorityArg::Decode => Priority::Decode,
                 PriorityArg::Prefill => Priority::Prefill,
             };

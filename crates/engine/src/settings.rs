@@ -13,9 +13,12 @@ pub enum Priority {
     Prefill,
 }
 
-/// Engine settings. Defaults suit a small CPU machine (2 cores, a few GiB).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// Engine settings: the one declaration of them. `switchyard.toml` reads
+/// them under these (kebab-case) keys, beside the server's own; the `serve`
+/// flags of the same names override them. Defaults suit a small CPU machine
+/// (2 cores, a few GiB).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct EngineSettings {
     /// Threads for decode and prompt evaluation. 0 = physical cores.
     /// More threads than cores makes llama.cpp about 3x slower.

@@ -146,9 +146,7 @@ pub async fn resolve(
             if r.answer.trim().is_empty() || r.reviewer.trim().is_empty() {
                 return Err(ApiError::invalid(Some("answer".into()), "answer and reviewer must not be empty"));
             }
-            let now =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-            match store(&state).await?.resolve_handoff(&id, &r.answer, &r.reviewer, now).await {
+            match store(&state).await?.resolve_handoff(&id, &r.answer, &r.reviewer, switchyard_wire::unix_ms()).await {
                 Ok(h) => {
                     tracing::info!(handoff = %id, reviewer = %r.reviewer, "handoff resolved");
                     Ok(h)

@@ -5,10 +5,12 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use serde::Deserialize;
-use switchyard_engine::{EngineSettings, Priority};
+use switchyard_engine::EngineSettings;
 
 use crate::routing::RoutingOptions;
 
+/// One flat table of keys: the server's own, and the engine's, which are
+/// declared once, in [`EngineSettings`] (see [`ServeConfig::parse`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServeConfig {
@@ -16,13 +18,10 @@ pub struct ServeConfig {
     pub port: u16,
     /// Catalog ids or GGUF paths; empty means the default model.
     pub models: Vec<String>,
-    pub threads: usize,
-    pub ctx_size: u32,
-    pub parallel: u32,
-    pub batch_size: u32,
-    pub prefill_chunk: u32,
-    pub priority: Priority,
-    pub max_queue: usize,
+    /// `threads`, `ctx-size`, `parallel`, `batch-size`, `prefill-chunk`,
+    /// `priority`, `max-queue`: declared once, in the engine.
+    #[serde(skip)]
+    pub engine: EngineSettings,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Routing policy file; without one, `model` picks a loaded engine.
@@ -42,18 +41,11 @@ pub struct ServeConfig {
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        let e = EngineSettings::default();
         Self {
             host: "127.0.0.1".into(),
             port: 8080,
             models: Vec::new(),
-            threads: e.threads,
-            ctx_size: e.ctx_size,
-            parallel: e.parallel,
-            batch_size: e.batch_size,
-            prefill_chunk: e.prefill_chunk,
-            priority: e.priority,
-            max_queue: e.max_queue,
+            engine: EngineSettings::default(),
             max_body_bytes: 4 << 20,
             policy: None,
             data_dir: None,
@@ -83,9 +75,29 @@ impl ServeConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => return Ok(Self::default()),
             Err(source) => return Err(ConfigError::Read { path: shown, source }),
         };
-        let cfg: Self =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: shown, message: e.to_string() })?;
-        Ok(cfg)
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path: shown, message })
+    }
+
+    /// Reads a config file's text. The engine's keys are split off by name
+    /// (the names [`EngineSettings`] serializes with) and read by it; the
+    /// rest by this struct. Both refuse a key they do not know, so a typo is
+    /// named, never ignored. (serde's `flatten` would accept any key.)
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut server: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let engine_keys = toml::Table::try_from(EngineSettings::default()).map_err(|e| e.to_string())?;
+        let engine: toml::Table = engine_keys.keys().filter_map(|k| server.remove(k).map(|v| (k.clone(), v))).collect();
+        let engine = EngineSettings::deserialize(engine).map_err(|e| e.to_string())?;
+        let cfg = Self::deserialize(server).map_err(|e| {
+            let message = e.to_string().trim_end().to_string();
+            match message.contains("unknown field") {
+                true => format!(
+                    "{message}, or an engine key: {}",
+                    engine_keys.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                false => message,
+            }
+        })?;
+        Ok(Self { engine, ..cfg })
     }
 
     /// The routing policy file, read and validated, if one is configured.
@@ -104,18 +116,6 @@ impl ServeConfig {
         })
     }
 
-    pub fn engine_settings(&self) -> EngineSettings {
-        EngineSettings {
-            threads: self.threads,
-            ctx_size: self.ctx_size,
-            parallel: self.parallel,
-            batch_size: self.batch_size,
-            prefill_chunk: self.prefill_chunk,
-            priority: self.priority,
-            max_queue: self.max_queue,
-        }
-    }
-
     pub fn routing_options(&self) -> RoutingOptions {
         RoutingOptions { allow_force_route: self.allow_force_route, max_verifies: self.max_verifies }
     }
@@ -125,7 +125,7 @@ impl ServeConfig {
         if self.host.parse::<IpAddr>().is_err() && self.host != "localhost" {
             return bad("host", format!("`{}` is not an IP address; use e.g. 127.0.0.1 or 0.0.0.0", self.host));
         }
-        self.engine_settings().validate().map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        self.engine.validate().map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         if self.max_verifies == 0 {
             return bad("max-verifies", "must be at least 1 (each verify cascade needs a slot to score in)".into());
         }
@@ -140,9 +140,10 @@ impl ServeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_engine::Priority;
 
     fn parse(s: &str) -> Result<ServeConfig, String> {
-        toml::from_str::<ServeConfig>(s).map_err(|e| e.to_string())
+        ServeConfig::parse(s)
     }
 
     #[test]
@@ -165,7 +166,10 @@ mod tests {
         let c =
             parse("port = 9000\nctx-size = 4096\nparallel = 2\npriority = \"prefill\"\nmodels = [\"smollm2-135m\"]")
                 .unwrap();
-        assert_eq!((c.port, c.ctx_size, c.parallel, c.priority), (9000, 4096, 2, Priority::Prefill));
+        assert_eq!(
+            (c.port, c.engine.ctx_size, c.engine.parallel, c.engine.priority),
+            (9000, 4096, 2, Priority::Prefill)
+        );
         c.validate().unwrap();
     }
 
@@ -173,11 +177,13 @@ mod tests {
     fn unknown_key_is_named() {
         let e = parse("ctx_size = 4096").unwrap_err();
         assert!(e.contains("ctx_size") && e.contains("ctx-size"), "{e}");
+        let e = parse("port = 9000\nmax-verfies = 3").unwrap_err();
+        assert!(e.contains("max-verfies"), "a server key misspelt is named too: {e}");
     }
 
     #[test]
     fn bad_values_name_the_key() {
-        let c = ServeConfig { parallel: 0, ..Default::default() };
+        let c = ServeConfig { engine: EngineSettings { parallel: 0, ..Default::default() }, ..Default::default() };
         assert!(c.validate().unwrap_err().to_string().contains("`parallel`"));
         let c = ServeConfig { host: "my host".into(), ..Default::default() };
         assert!(c.validate().unwrap_err().to_string().contains("`host`"));

@@ -53,8 +53,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(engines: Vec<Engine>) -> Self {
-        let created =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let created = switchyard_wire::unix_secs();
         Self {
             engines: engines.into_iter().map(|e| (e.id().to_string(), Arc::new(e))).collect(),
             routing: None,
@@ -182,7 +181,7 @@ pub fn load_engines(
             anyhow::bail!("model `{id}` is listed twice; each model id must be unique");
         }
         let path = spec.ensure(&cache, progress)?;
-        engines.push(Engine::load(&id, &path, cfg.engine_settings())?);
+        engines.push(Engine::load(&id, &path, cfg.engine.clone())?);
     }
     Ok(engines)
 }

@@ -783,7 +783,8 @@ fn serving_a_policy_loads_each_model_its_routes_name_once() {
             .count(),
         4
     );
-    let cfg = switchyard_gateway::ServeConfig { threads: 2, ctx_size: 1024, parallel: 1, ..Default::default() };
+    let engine = switchyard_engine::EngineSettings { threads: 2, ctx_size: 1024, parallel: 1, ..Default::default() };
+    let cfg = switchyard_gateway::ServeConfig { engine, ..Default::default() };
     let engines = switchyard_gateway::load_engines(&cfg, Some(&p), switchyard_models::Progress::Quiet).unwrap();
     assert_eq!(engines.iter().map(|e| e.id().to_string()).collect::<Vec<_>>(), ["smollm2-135m"]);
 }
