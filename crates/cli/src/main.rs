@@ -3,6 +3,7 @@
 mod bench;
 mod calibrate;
 mod eval;
+mod keys;
 mod models;
 mod policy;
 mod serve;
@@ -30,6 +31,9 @@ struct Cli {
 enum Command {
     /// Serve the OpenAI-compatible API (pulls the default model on first run).
     Serve(serve::ServeArgs),
+    /// API keys: create (shown once), list, revoke, rotate; offline, in the data dir.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// List, fetch and verify models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -61,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve::run(args),
+        Command::Keys(cmd) => keys::run(cmd),
         Command::Models(cmd) => models::run(cmd),
         Command::Policy(cmd) => policy::run_policy(cmd),
         Command::Route(cmd) => policy::run_route(cmd),

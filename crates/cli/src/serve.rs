@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// routing rules, though never the safety rules or the data boundary.
     #[arg(long)]
     allow_force_route: bool,
+    /// Serve a non-loopback --host with no API keys, open to anyone who can
+    /// reach it. Without this, such a server refuses to start; create a key
+    /// first (`switchyard keys create`).
+    #[arg(long)]
+    allow_unauthenticated: bool,
     /// Verify cascades scoring on one model at once; each builds a llama.cpp
     /// context of its own. Past it, a cascade escalates or answers 429, as
     /// its rule's `when_verifier_busy` says [default: 2]
@@ -84,6 +89,7 @@ impl ServeArgs {
         set!(cfg => host, port, max_body_bytes, max_verifies);
         set!(cfg.engine => threads, ctx_size, parallel, batch_size, prefill_chunk, max_queue);
         cfg.allow_force_route |= self.allow_force_route;
+        cfg.allow_unauthenticated |= self.allow_unauthenticated;
         if let Some(p) = self.priority {
             cfg.engine.priority = match p {
                 PriorityArg::Decode => Priority::Decode,

@@ -434,6 +434,7 @@ fn recorded_traffic_is_turned_into_a_trace_that_keeps_its_routing_headers() {
         decision: JsonText::of(&decision).unwrap(),
         label: switchyard_wire::ResultLabel::Answered.to_string(),
         execution: JsonText::of(&serde_json::json!({})).unwrap(),
+        tenant: None,
         prompt_tokens: tokens.map(|t| t.0),
         completion_tokens: tokens.map(|t| t.1),
         cost_usd: None,

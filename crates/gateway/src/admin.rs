@@ -1,6 +1,8 @@
 //! `/admin`: routing decisions, the human handoff queue, shadow
-//! comparisons. (Unauthenticated for now: bind to loopback; role-based
-//! admin keys come with governance.)
+//! comparisons, API keys. Every endpoint checks the caller's role
+//! ([`Caller`], set by `auth::authenticate`): no key → 401, a role without
+//! the permission → 403. A tenant reads its own decisions only; another
+//! tenant's look absent (404), so ids cannot be probed.
 
 use std::sync::Arc;
 
@@ -8,14 +10,16 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 use switchyard_store::{ResolveError, Store};
 use switchyard_wire::HandoffStatus;
 
+use crate::auth::{issue, Caller, KeySpec};
 use crate::error::ApiError;
 use crate::AppState;
+use switchyard_auth::Permission;
 
 /// The store, once every record queued so far is written: a client that
 /// just got an answer can read its record.
@@ -43,14 +47,21 @@ fn reply<T: serde::Serialize>(r: Result<T, ApiError>) -> Response {
 
 /// The recorded routing decision for a request id (from its
 /// `x-switchyard-request-id` header).
-pub async fn decision(State(state): State<Arc<AppState>>, Path(request_id): Path<String>) -> Response {
+pub async fn decision(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(request_id): Path<String>,
+) -> Response {
     reply(
         async {
+            // Every role reads all decisions but a tenant, which reads its own.
+            let all = caller.may(Permission::ReadAllDecisions);
             store(&state)
                 .await?
                 .decision(&request_id)
                 .await
                 .map_err(store_error)?
+                .filter(|d| all || d.tenant.as_deref() == caller.tenant())
                 .ok_or_else(|| missing("request_id", format!("no decision recorded for {request_id}")))
         }
         .await,
@@ -58,9 +69,14 @@ pub async fn decision(State(state): State<Arc<AppState>>, Path(request_id): Path
 }
 
 /// The shadow comparison recorded for a request id, if it was mirrored.
-pub async fn shadow(State(state): State<Arc<AppState>>, Path(request_id): Path<String>) -> Response {
+pub async fn shadow(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(request_id): Path<String>,
+) -> Response {
     reply(
         async {
+            caller.require(Permission::ReadAllDecisions, "read shadow comparisons")?;
             store(&state)
                 .await?
                 .shadow(&request_id)
@@ -87,10 +103,12 @@ fn default_limit() -> u32 {
 /// `GET /admin/handoffs?status=open&limit=100`, oldest first.
 pub async fn handoffs(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     reply(
         async {
+            caller.require(Permission::ReadAllHandoffs, "read the handoff queue")?;
             let Query(q) = query.map_err(|e| ApiError::invalid(None, e.body_text()))?;
             if let Some(s) = q.status.as_deref().filter(|s| s.parse::<HandoffStatus>().is_err()) {
                 return Err(ApiError::invalid(
@@ -106,9 +124,14 @@ pub async fn handoffs(
     )
 }
 
-pub async fn handoff(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub async fn handoff(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
     reply(
         async {
+            caller.require(Permission::ReadAllHandoffs, "read the handoff queue")?;
             store(&state)
                 .await?
                 .handoff(&id)
@@ -132,11 +155,13 @@ pub struct Resolution {
 /// open handoff once; a second resolution is a 409.
 pub async fn resolve(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Result<Json<Resolution>, JsonRejection>,
 ) -> Response {
     reply(
         async {
+            caller.require(Permission::ResolveHandoffs, "resolve handoffs")?;
             let Json(r) = body.map_err(|e| {
                 ApiError::invalid(
                     None,
@@ -160,4 +185,71 @@ pub async fn resolve(
         }
         .await,
     )
+}
+
+/// `GET /admin/keys`: every key, revoked ones too, never a secret or hash.
+pub async fn keys(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>) -> Response {
+    reply(
+        async {
+            caller.require(Permission::ManageKeys, "manage API keys")?;
+            let data = store(&state).await?.keys().await.map_err(store_error)?;
+            Ok(json!({"object": "list", "data": data}))
+        }
+        .await,
+    )
+}
+
+/// `POST /admin/keys` with a [`KeySpec`]: the new key, shown this once.
+pub async fn create_key(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<KeySpec>, JsonRejection>,
+) -> Response {
+    reply(
+        async {
+            caller.require(Permission::ManageKeys, "manage API keys")?;
+            let Json(spec) = body.map_err(|e| {
+                ApiError::invalid(
+                    None,
+                    format!("expected {{\"tenant\": \"...\", \"role\": \"...\"}}: {}", e.body_text()),
+                )
+            })?;
+            let (record, key) = issue(&spec, switchyard_wire::unix_ms())?;
+            store(&state).await?.create_key(&record).await.map_err(store_error)?;
+            reload_keys(&state).await?;
+            tracing::info!(key_id = %record.id, tenant = %record.tenant, role = %record.role, "API key created");
+            let mut shown = serde_json::to_value(&record).map_err(store_error)?;
+            shown["key"] = json!(key);
+            Ok(shown)
+        }
+        .await,
+    )
+}
+
+/// `DELETE /admin/keys/{id}`: revokes the key on this server at once, and
+/// on others sharing the store within a second.
+pub async fn revoke_key(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    reply(
+        async {
+            caller.require(Permission::ManageKeys, "manage API keys")?;
+            if !store(&state).await?.revoke_key(&id, switchyard_wire::unix_ms()).await.map_err(store_error)? {
+                return Err(missing("id", format!("no active key {id}")));
+            }
+            reload_keys(&state).await?;
+            tracing::info!(key_id = %id, "API key revoked");
+            Ok(json!({"id": id, "revoked": true}))
+        }
+        .await,
+    )
+}
+
+async fn reload_keys(state: &AppState) -> Result<(), ApiError> {
+    match &state.keys {
+        Some(keys) => keys.reload().await.map_err(store_error),
+        None => Ok(()),
+    }
 }

@@ -7,10 +7,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
+use switchyard_auth::Permission;
 use switchyard_engine::Engine;
 use switchyard_wire::ChatCompletionRequest;
 
+use crate::auth::Caller;
 use crate::backend::held::Held;
 use crate::backend::{Backend, ChatRequest, Embedded, Generation, Limits};
 use crate::envelope::Envelope;
@@ -50,6 +53,7 @@ fn parse(body: Result<Bytes, BytesRejection>) -> Result<ChatCompletionRequest, A
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -57,7 +61,7 @@ pub async fn completions(
     // keys made every insert land on a random B-tree page. With a few
     // hundred thousand records that was most of the cost of recording.
     let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
-    let mut resp = match handle(&state, &id, &headers, body).await {
+    let mut resp = match handle(&state, &caller, &id, &headers, body).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::info!(request_id = %id, status = %e.status, code = ?e.code, "request refused: {}", e.message);
@@ -72,14 +76,16 @@ pub async fn completions(
 
 async fn handle(
     state: &AppState,
+    caller: &Caller,
     id: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require(Permission::Infer, "ask for completions")?;
     let body = parse(body)?;
     if let Some(routing) = &state.routing {
         let params = chat_params(&body)?;
-        return routing.serve(state, ChatRequest { id: id.to_string(), body, params }, headers).await;
+        return routing.serve(state, caller, ChatRequest { id: id.to_string(), body, params }, headers).await;
     }
     let engine = state
         .engines

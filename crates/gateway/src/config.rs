@@ -31,6 +31,9 @@ pub struct ServeConfig {
     /// Honour `x-switchyard-force-route`: for operators and the eval
     /// runner, off by default so no client can skip the routing rules.
     pub allow_force_route: bool,
+    /// Serve a non-loopback address with no API keys (open to anyone who
+    /// reaches it). Off: such a server refuses to start.
+    pub allow_unauthenticated: bool,
     /// Verify cascades scoring on one model at once (each builds a llama.cpp
     /// context of its own).
     pub max_verifies: usize,
@@ -51,6 +54,7 @@ impl Default for ServeConfig {
             data_dir: None,
             allow_force_route: RoutingOptions::default().allow_force_route,
             max_verifies: RoutingOptions::default().max_verifies,
+            allow_unauthenticated: false,
             prices: Default::default(),
         }
     }

@@ -8,6 +8,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod admin;
+pub mod auth;
 pub mod backend;
 pub mod capture;
 pub mod chat;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub store: Option<switchyard_store::Store>,
     /// Writes records off the request path, in batches.
     pub recorder: Option<switchyard_store::Recorder>,
+    /// API keys; `None`: no key store, so the server is open.
+    pub keys: Option<Arc<auth::Keys>>,
     /// Unix time the models were loaded, reported as `created`.
     pub created: i64,
 }
@@ -59,6 +62,7 @@ impl AppState {
             routing: None,
             store: None,
             recorder: None,
+            keys: None,
             created,
         }
     }
@@ -88,6 +92,13 @@ impl AppState {
         self
     }
 
+    /// Checks every `/v1` and `/admin` request against `keys` (none active:
+    /// open).
+    pub fn with_keys(mut self, keys: Arc<auth::Keys>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
     pub fn model_ids(&self) -> Vec<String> {
         self.engines.keys().cloned().collect()
     }
@@ -97,12 +108,16 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(models))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
         .route("/admin/decisions/{request_id}", get(admin::decision))
         .route("/admin/shadows/{request_id}", get(admin::shadow))
         .route("/admin/handoffs", get(admin::handoffs))
         .route("/admin/handoffs/{id}", get(admin::handoff).post(admin::resolve))
+        .route("/admin/keys", get(admin::keys).post(admin::create_key))
+        .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        // Probes answer anyone: they say nothing but "up" and "ready".
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
@@ -193,16 +208,19 @@ pub async fn serve(
     engines: Vec<Engine>,
 ) -> anyhow::Result<()> {
     let mut state = AppState::new(engines);
+    let db = cfg.data_dir().join("switchyard.db");
+    let store =
+        switchyard_store::Store::open(&db).await.map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?;
+    let keys = auth::Keys::load(store.clone()).await.map_err(|e| anyhow::anyhow!("reading API keys: {e}"))?;
+    check_exposure(&cfg, &keys)?;
+    keys.watch();
+    state = state.with_keys(keys);
     if let Some(policy) = policy {
         tracing::info!(policy = %policy.id, "routing by policy");
         state = state.with_policy(policy, cfg.prices.clone(), cfg.routing_options())?;
-        let db = cfg.data_dir().join("switchyard.db");
-        state = state.with_store(
-            switchyard_store::Store::open(&db).await.map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?,
-        );
         tracing::info!(path = %db.display(), "recording routing decisions");
     }
-    let state = Arc::new(state);
+    let state = Arc::new(state.with_store(store));
     let app = router(state.clone(), cfg.max_body_bytes);
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
     let addr: SocketAddr = listener.local_addr()?;
@@ -212,6 +230,26 @@ pub async fn serve(
     // Tests and scripts read this line to find a port chosen with --port 0.
     println!("switchyard listening on http://{addr} (models: {})", state.model_ids().join(", "));
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Without keys the server is open to whoever reaches it: fine on loopback
+/// (a fresh machine, the README's commands), refused on any other address
+/// unless the operator says so.
+fn check_exposure(cfg: &ServeConfig, keys: &auth::Keys) -> anyhow::Result<()> {
+    if !keys.is_open() {
+        tracing::info!("API keys are required (see `switchyard keys list`)");
+        return Ok(());
+    }
+    let loopback = cfg.host == "localhost" || cfg.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    anyhow::ensure!(
+        loopback || cfg.allow_unauthenticated,
+        "refusing to serve on {} with no API keys: anyone who can reach it could use it. Create one first \
+         (`switchyard keys create --tenant NAME --role admin`), or pass --allow-unauthenticated (config key \
+         allow-unauthenticated) to serve it open",
+        cfg.host
+    );
+    tracing::warn!(host = %cfg.host, "no API keys exist, so this server is open: create one with `switchyard keys create`");
     Ok(())
 }
 

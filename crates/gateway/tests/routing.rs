@@ -383,7 +383,7 @@ async fn setup() -> Setup {
     .unwrap();
     let data = tempfile::tempdir().unwrap();
     let store = switchyard_store::Store::open(&data.path().join("switchyard.db")).await.unwrap();
-    let state = AppState { engines, routing: None, store: None, recorder: None, created: 0 }
+    let state = AppState { engines, routing: None, store: None, recorder: None, keys: None, created: 0 }
         .with_policy(
             Policy::from_toml(&policy(&mock_base, &peer_base)).unwrap(),
             prices,

@@ -102,6 +102,9 @@ pub struct DecisionRecord {
     /// retries, the cascade's confidence.
     #[sqlx(try_from = "String")]
     pub execution: JsonText,
+    /// The calling key's tenant; `None` when the server has no keys.
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// Filled in after the answer was sent (see [`Completion`]).
     #[serde(default)]
     pub prompt_tokens: Option<u32>,
@@ -111,6 +114,29 @@ pub struct DecisionRecord {
     pub cost_usd: Option<f64>,
     #[serde(default)]
     pub energy_wh: Option<f64>,
+}
+
+/// An API key as stored: never its secret, only the secret's hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
+pub struct KeyRecord {
+    /// The public id (`sy-<id>_…`).
+    pub id: String,
+    /// SHA-256 of the secret, hex. Never serialized out.
+    #[serde(skip_serializing, default)]
+    pub hash: String,
+    pub tenant: String,
+    /// `admin`, `operator`, `auditor` or `tenant`.
+    pub role: String,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+    pub lane: Option<String>,
+    pub data_class_floor: Option<String>,
+    /// Routes the key may force (empty: any its role may).
+    #[sqlx(json)]
+    pub routes: Vec<String>,
+    /// Families the key may declare (empty: any).
+    #[sqlx(json)]
+    pub families: Vec<String>,
 }
 
 /// A request a policy handed to a human; resolved once, by a reviewer.
@@ -256,6 +282,40 @@ impl Store {
         }
     }
 
+    pub async fn create_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, hash, tenant, role, created_ms, lane, data_class_floor, routes, families)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&k.id)
+        .bind(&k.hash)
+        .bind(&k.tenant)
+        .bind(&k.role)
+        .bind(k.created_ms)
+        .bind(&k.lane)
+        .bind(&k.data_class_floor)
+        .bind(serde_json::to_string(&k.routes)?)
+        .bind(serde_json::to_string(&k.families)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every key, revoked ones included, oldest first.
+    pub async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM api_keys ORDER BY created_ms, id").fetch_all(&self.pool).await?)
+    }
+
+    /// Revokes a key; `false` if there is no such key or it was revoked already.
+    pub async fn revoke_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE api_keys SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn record_shadow(&self, s: &ShadowRecord) -> Result<(), StoreError> {
         insert_shadow(&mut *self.pool.acquire().await?, s).await
     }
@@ -268,12 +328,12 @@ impl Store {
     }
 }
 
-const DECISION_COLUMNS: &str = "INSERT INTO decisions (request_id, created_ms, policy_id, rule_id, route, status, reason, decision, label, execution,
+const DECISION_COLUMNS: &str = "INSERT INTO decisions (request_id, created_ms, policy_id, rule_id, route, status, reason, decision, label, execution, tenant,
                                                    prompt_tokens, completion_tokens, cost_usd, energy_wh) ";
 
 /// Rows per INSERT: only these sizes, so each statement is prepared once
 /// and then reused from sqlx's cache (a statement per batch length was
-/// re-parsed by SQLite on every batch). 14 × 64 bound values is well under
+/// re-parsed by SQLite on every batch). 15 × 64 bound values is well under
 /// SQLite's limit.
 const ROWS_PER_INSERT: [usize; 3] = [64, 8, 1];
 
@@ -297,6 +357,7 @@ async fn insert_decisions(conn: &mut SqliteConnection, records: &[&DecisionRecor
                 .push_bind(r.decision.as_str().to_owned())
                 .push_bind(r.label.clone())
                 .push_bind(r.execution.as_str().to_owned())
+                .push_bind(r.tenant.clone())
                 .push_bind(r.prompt_tokens.map(i64::from))
                 .push_bind(r.completion_tokens.map(i64::from))
                 .push_bind(r.cost_usd)

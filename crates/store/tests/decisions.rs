@@ -15,6 +15,7 @@ fn record(id: &str) -> DecisionRecord {
         decision: JsonText::of(&json!({"score": 0.2, "threshold": 0.6})).unwrap(),
         label: "answered".into(),
         execution: JsonText::of(&json!({"steps": [{"route": "local", "outcome": "ok"}]})).unwrap(),
+        tenant: Some("acme".into()),
         prompt_tokens: None,
         completion_tokens: None,
         cost_usd: None,
@@ -154,4 +155,31 @@ async fn the_recorder_writes_in_order_and_flush_makes_records_visible() {
     assert!(after, "its batch-mate is written");
     assert!(store.decision("dup").await.unwrap().is_some());
     assert!(store.decision("after-dup").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn keys_are_stored_as_hashes_listed_and_revoked_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+    let key = switchyard_store::KeyRecord {
+        id: "0a1b2c3d".into(),
+        hash: "ab".repeat(32),
+        tenant: "acme".into(),
+        role: "tenant".into(),
+        created_ms: 1,
+        revoked_ms: None,
+        lane: Some("batch".into()),
+        data_class_floor: Some("regulated".into()),
+        routes: vec!["local".into()],
+        families: vec![],
+    };
+    store.create_key(&key).await.unwrap();
+    assert!(store.create_key(&key).await.is_err(), "ids are unique");
+    assert_eq!(store.keys().await.unwrap(), std::slice::from_ref(&key));
+    let listed = serde_json::to_value(&store.keys().await.unwrap()[0]).unwrap();
+    assert!(listed.get("hash").is_none(), "a listing never carries the hash: {listed}");
+    assert!(store.revoke_key("0a1b2c3d", 5).await.unwrap());
+    assert!(!store.revoke_key("0a1b2c3d", 6).await.unwrap(), "revoked once");
+    assert!(!store.revoke_key("nope", 6).await.unwrap());
+    assert_eq!(store.keys().await.unwrap()[0].revoked_ms, Some(5));
 }

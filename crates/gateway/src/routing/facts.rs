@@ -7,9 +7,11 @@
 //! server allows it) and still yields to safety rules and the data boundary.
 
 use axum::http::{HeaderMap, StatusCode};
+use switchyard_auth::Permission;
 use switchyard_router::{classify, decide, decide_forced, DataClass, Decision, Declared, Lane, RequestFacts};
 
 use super::Routing;
+use crate::auth::{forbidden, Caller};
 use crate::backend::ChatRequest;
 use crate::error::ApiError;
 
@@ -25,26 +27,68 @@ use switchyard_wire::headers::{
 };
 
 impl Routing {
-    pub(super) fn decide(&self, req: &ChatRequest, headers: &HeaderMap) -> Result<Decision, ApiError> {
-        let declared = Declared {
-            data_class: header_enum::<DataClass>(headers, DATA_CLASS_HEADER)?,
-            family: self.family_header(headers)?,
+    /// The decision for `req`, from its text, its headers and who sent it.
+    /// A key's lane, data-class floor, families and routes bound what its
+    /// headers may ask for: a header outside them is a 403 naming it.
+    pub(super) fn decide(&self, req: &ChatRequest, headers: &HeaderMap, caller: &Caller) -> Result<Decision, ApiError> {
+        let key = match caller {
+            Caller::Key(k) => Some(k.as_ref()),
+            Caller::Open => None,
         };
-        let facts = RequestFacts { lane: header_enum::<Lane>(headers, LANE_HEADER)?.unwrap_or_default() };
+        let asked_class = header_enum::<DataClass>(headers, DATA_CLASS_HEADER)?;
+        let floor = key.and_then(|k| k.floor);
+        if let (Some(asked), Some(floor)) = (asked_class, floor) {
+            if asked < floor {
+                return Err(narrowing(
+                    DATA_CLASS_HEADER,
+                    format!("`{}` is below this key's floor `{}`", asked.as_str(), floor.as_str()),
+                ));
+            }
+        }
+        let family = self.family_header(headers)?;
+        if let (Some(f), Some(k)) = (&family, key) {
+            if !k.families.is_empty() && !k.families.contains(f) {
+                return Err(narrowing(
+                    FAMILY_HEADER,
+                    format!("this key may declare {}, not `{f}`", k.families.join(", ")),
+                ));
+            }
+        }
+        let lane = match (header_enum::<Lane>(headers, LANE_HEADER)?, key.and_then(|k| k.lane)) {
+            (Some(asked), Some(own)) if asked != own => {
+                return Err(narrowing(LANE_HEADER, format!("this key's requests go in the `{}` lane", lane_name(own))));
+            }
+            (asked, own) => asked.or(own).unwrap_or_default(),
+        };
+        let declared = Declared { data_class: asked_class.max(floor), family };
+        let facts = RequestFacts { lane };
         let messages: Vec<String> = req.params.messages.iter().map(|(_, text)| text.clone()).collect();
         let classification = classify(&messages, &declared, &self.policy);
         let Some(route) = headers.get(FORCE_ROUTE_HEADER) else {
             return Ok(decide(&facts, &classification, &self.policy));
         };
-        if !self.options.allow_force_route {
-            return Err(ApiError::invalid(
-                Some(FORCE_ROUTE_HEADER.into()),
-                format!("header {FORCE_ROUTE_HEADER}: forcing a route is turned off on this server; an operator can allow it with allow-force-route"),
-            )
-            .with_status(StatusCode::FORBIDDEN)
-            .with_code("force_route_not_allowed"));
-        }
         let route = route.to_str().unwrap_or_default();
+        match key {
+            None if !self.options.allow_force_route => {
+                return Err(ApiError::invalid(
+                    Some(FORCE_ROUTE_HEADER.into()),
+                    format!("header {FORCE_ROUTE_HEADER}: forcing a route is turned off on this server; an operator can allow it with allow-force-route"),
+                )
+                .with_status(StatusCode::FORBIDDEN)
+                .with_code("force_route_not_allowed"));
+            }
+            Some(k) if !k.role.may(Permission::ForceRoute) => {
+                let why = format!("forcing a route needs the operator or admin role; this key is {}", k.role.as_str());
+                return Err(narrowing(FORCE_ROUTE_HEADER, why));
+            }
+            Some(k) if !k.routes.is_empty() && !k.routes.iter().any(|r| r == route) => {
+                return Err(narrowing(
+                    FORCE_ROUTE_HEADER,
+                    format!("this key may force {}, not `{route}`", k.routes.join(", ")),
+                ));
+            }
+            _ => {}
+        }
         decide_forced(&facts, &classification, &self.policy, route).ok_or_else(|| {
             let known: Vec<_> = self.policy.routes.iter().map(|r| r.name.as_str()).collect();
             ApiError::invalid(
@@ -68,6 +112,15 @@ impl Routing {
         }
         Ok(Some(name.to_string()))
     }
+}
+
+/// A header asking for more than the caller's key allows.
+fn narrowing(header: &str, why: String) -> ApiError {
+    ApiError { param: Some(header.to_string()), ..forbidden(format!("header {header}: {why}")) }
+}
+
+fn lane_name(lane: Lane) -> String {
+    serde_json::to_value(lane).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 fn header_enum<T: serde::de::DeserializeOwned>(headers: &HeaderMap, name: &str) -> Result<Option<T>, ApiError> {

@@ -34,6 +34,7 @@ use switchyard_router::{BackendKind, Policy, Prices, Route};
 use switchyard_wire::headers;
 use tokio::sync::Semaphore;
 
+use crate::auth::Caller;
 use crate::backend::{Backend, ChatRequest, Embedded, Upstream};
 use crate::error::ApiError;
 use crate::AppState;
@@ -167,10 +168,11 @@ impl Routing {
     pub async fn serve(
         self: &Arc<Self>,
         state: &AppState,
+        caller: &Caller,
         req: ChatRequest,
         headers: &HeaderMap,
     ) -> Result<Response, ApiError> {
-        let decision = self.decide(&req, headers)?;
+        let decision = self.decide(&req, headers, caller)?;
         // Debug, not info: every decision is recorded in the store anyway,
         // and a log line per request is a real share of a proxy's CPU.
         tracing::debug!(request_id = %req.id, policy = %decision.policy_id, rule = ?decision.rule_id, reason = %decision.reason, "routing decision");
@@ -178,7 +180,7 @@ impl Routing {
             decision.shadow.as_ref().map(|route| self.clone().mirror(state, &req, route, decision.max_ttft_ms));
         let mut run = execute::Run::new(&decision.reason);
         let result = self.execute(state, &req, &decision, &mut run).await;
-        let ending = record::Ending::of(&req.id, &result);
+        let ending = record::Ending::of(&req.id, caller.tenant(), &result);
         if let Some(recorder) = &state.recorder {
             record::decision(recorder, &decision, &run, &ending).await;
         }

@@ -17,6 +17,8 @@ use crate::{capture, AppState};
 /// How a routed request ended: what its record and its headers say.
 pub struct Ending {
     pub request_id: String,
+    /// The calling key's tenant (`None` on an open server).
+    pub tenant: Option<String>,
     /// The route that answered, or `refused`, `handoff` or `failed`.
     pub route: String,
     pub label: ResultLabel,
@@ -25,12 +27,12 @@ pub struct Ending {
 }
 
 impl Ending {
-    pub fn of(request_id: &str, result: &Result<(Response, Answered), ApiError>) -> Self {
+    pub fn of(request_id: &str, tenant: Option<&str>, result: &Result<(Response, Answered), ApiError>) -> Self {
         let (route, label, status) = match result {
             Ok((resp, answered)) => (answered.route(), answered.label(), resp.status().as_u16()),
             Err(e) => (headers::ROUTE_FAILED.to_string(), ResultLabel::Error, e.status.as_u16()),
         };
-        Self { request_id: request_id.to_string(), route, label, status }
+        Self { request_id: request_id.to_string(), tenant: tenant.map(str::to_string), route, label, status }
     }
 }
 
@@ -48,6 +50,7 @@ pub async fn decision(recorder: &Recorder, decision: &Decision, run: &Run, endin
         decision: JsonText::of_or_null(decision),
         label: ending.label.as_str().into(),
         execution: JsonText::of_or_null(&run.execution),
+        tenant: ending.tenant.clone(),
         prompt_tokens: None,
         completion_tokens: None,
         cost_usd: None,

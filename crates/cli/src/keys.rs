@@ -1,0 +1,146 @@
+//! `switchyard keys`: API keys in the data dir's store, offline. The first
+//! admin key is made here; later ones here or with `POST /admin/keys`. A
+//! running server sees a change within a second.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use switchyard_gateway::auth::{issue, KeySpec};
+use switchyard_gateway::ServeConfig;
+use switchyard_store::{KeyRecord, Store};
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make a key and print it, once: only its hash is kept.
+    Create {
+        /// The tenant the key belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// admin (everything), operator (routes, forcing a route, handoffs),
+        /// auditor (reads decisions), or tenant (inference, its own decisions).
+        #[arg(long)]
+        role: String,
+        /// The lane of the key's requests (interactive, batch, fallback);
+        /// a header may not ask for another.
+        #[arg(long)]
+        lane: Option<String>,
+        /// The least data class of the key's requests (public, internal,
+        /// regulated), whatever the prompt says.
+        #[arg(long, value_name = "CLASS")]
+        data_class_floor: Option<String>,
+        /// A route the key may force (repeat); none: any its role may.
+        #[arg(long = "route", value_name = "ROUTE")]
+        routes: Vec<String>,
+        /// A family the key may declare (repeat); none: any.
+        #[arg(long = "family", value_name = "FAMILY")]
+        families: Vec<String>,
+        #[command(flatten)]
+        at: DataDir,
+    },
+    /// List keys (ids, tenants, roles, bounds; never a secret).
+    List {
+        #[command(flatten)]
+        at: DataDir,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        at: DataDir,
+    },
+    /// Replace a key: a new one with the same tenant, role and bounds, printed
+    /// once; the old one revoked.
+    Rotate {
+        id: String,
+        #[command(flatten)]
+        at: DataDir,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DataDir {
+    /// The server's data directory [default: data-dir from ./switchyard.toml, else ~/.local/share/switchyard]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataDir {
+    async fn open(&self) -> anyhow::Result<Store> {
+        let dir = match &self.data_dir {
+            Some(dir) => dir.clone(),
+            None => ServeConfig::load(std::path::Path::new("switchyard.toml"), false)?.data_dir(),
+        };
+        let db = dir.join("switchyard.db");
+        Store::open(&db).await.with_context(|| format!("opening {}", db.display()))
+    }
+}
+
+pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run_async(cmd))
+}
+
+async fn run_async(cmd: KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Create { tenant, role, lane, data_class_floor, routes, families, at } => {
+            let spec = KeySpec { tenant, role, lane, data_class_floor, routes, families };
+            create(&at.open().await?, &spec).await
+        }
+        KeysCommand::List { at } => {
+            let keys = at.open().await?.keys().await?;
+            println!("{:<10} {:<16} {:<9} {:<12} {:<10} bounds", "id", "tenant", "role", "lane", "status");
+            for k in &keys {
+                let status = if k.revoked_ms.is_some() { "revoked" } else { "active" };
+                let bounds = [
+                    k.data_class_floor.as_ref().map(|c| format!("floor={c}")),
+                    (!k.routes.is_empty()).then(|| format!("routes={}", k.routes.join(","))),
+                    (!k.families.is_empty()).then(|| format!("families={}", k.families.join(","))),
+                ];
+                let bounds: Vec<String> = bounds.into_iter().flatten().collect();
+                let lane = k.lane.as_deref().unwrap_or("-");
+                println!(
+                    "{:<10} {:<16} {:<9} {:<12} {:<10} {}",
+                    k.id,
+                    k.tenant,
+                    k.role,
+                    lane,
+                    status,
+                    bounds.join(" ")
+                );
+            }
+            eprintln!("{} keys", keys.len());
+            Ok(())
+        }
+        KeysCommand::Revoke { id, at } => {
+            anyhow::ensure!(at.open().await?.revoke_key(&id, switchyard_wire::unix_ms()).await?, "no active key {id}");
+            println!("revoked {id}");
+            Ok(())
+        }
+        KeysCommand::Rotate { id, at } => {
+            let store = at.open().await?;
+            let old = store.keys().await?.into_iter().find(|k| k.id == id && k.revoked_ms.is_none());
+            let old: KeyRecord = old.with_context(|| format!("no active key {id}"))?;
+            let spec = KeySpec {
+                tenant: old.tenant,
+                role: old.role,
+                lane: old.lane,
+                data_class_floor: old.data_class_floor,
+                routes: old.routes,
+                families: old.families,
+            };
+            create(&store, &spec).await?;
+            store.revoke_key(&id, switchyard_wire::unix_ms()).await?;
+            eprintln!("revoked {id}");
+            Ok(())
+        }
+    }
+}
+
+async fn create(store: &Store, spec: &KeySpec) -> anyhow::Result<()> {
+    let (record, key) = issue(spec, switchyard_wire::unix_ms())
+        .map_err(|e| anyhow::anyhow!("--{}: {}", e.param.unwrap_or_default().replace('_', "-"), e.message))?;
+    store.create_key(&record).await?;
+    eprintln!("key {} for tenant {} (role {}); it is shown this once, keep it:", record.id, record.tenant, record.role);
+    println!("{key}");
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! Keys and roles over real HTTP, with scripted backends (no model) and a
+//! real SQLite store: who may call what, and headers that try to widen a key.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use switchyard_gateway::auth::{issue, KeySpec, Keys};
+use switchyard_gateway::backend::scripted::{Script, Scripted};
+use switchyard_gateway::backend::Backend;
+use switchyard_gateway::routing::{Routing, RoutingOptions};
+use switchyard_gateway::{router, AppState};
+use switchyard_router::{Policy, Prices};
+use switchyard_store::Store;
+
+const POLICY: &str = r#"
+version = "auth.1"
+default_route = "local"
+
+[[routes]]
+name = "local"
+backend = "embedded"
+model = "m"
+allowed_classes = ["public", "internal", "regulated"]
+
+[[routes]]
+name = "cloud"
+backend = "embedded"
+model = "c"
+allowed_classes = ["public", "internal"]
+
+[[families]]
+name = "code"
+patterns = ['(?i)python']
+
+[[families]]
+name = "support"
+patterns = ['(?i)refund']
+"#;
+
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    store: Store,
+    _data: tempfile::TempDir,
+}
+
+async fn serve() -> Server {
+    let mut backends: HashMap<String, Arc<dyn Backend>> = HashMap::new();
+    backends.insert("local".into(), Arc::new(Scripted::always(Script::answer("local answer", -0.1))));
+    backends.insert("cloud".into(), Arc::new(Scripted::always(Script::answer("cloud answer", -0.1))));
+    let routing = Routing::with_backends(
+        Policy::from_toml(POLICY).unwrap(),
+        Prices::default(),
+        backends,
+        RoutingOptions::default(),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let store = Store::open(&data.path().join("s.db")).await.unwrap();
+    let keys = Keys::load(store.clone()).await.unwrap();
+    keys.watch();
+    let state = AppState::new(vec![]).with_routing(routing).with_store(store.clone()).with_keys(keys);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(Arc::new(state), 1 << 20)).await.unwrap() });
+    Server { base, http: reqwest::Client::new(), store, _data: data }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Server {
+    /// A key made straight in the store, as `switchyard keys create` does.
+    async fn key(&self, spec: KeySpec) -> String {
+        let (record, key) = issue(&spec, 1).unwrap();
+        self.store.create_key(&record).await.unwrap();
+        key
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Reply {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        Reply { status, headers, body: resp.json().await.unwrap_or(Value::Null) }
+    }
+
+    async fn chat(&self, key: Option<&str>, prompt: &str, headers: &[(&str, &str)]) -> Reply {
+        let body = json!({"model": "auto", "messages": [{"role": "user", "content": prompt}]});
+        self.send(reqwest::Method::POST, "/v1/chat/completions", key, headers, Some(body)).await
+    }
+
+    async fn get(&self, path: &str, key: Option<&str>) -> Reply {
+        self.send(reqwest::Method::GET, path, key, &[], None).await
+    }
+}
+
+fn spec(tenant: &str, role: &str) -> KeySpec {
+    KeySpec { tenant: tenant.into(), role: role.into(), ..Default::default() }
+}
+
+fn request_id(r: &Reply) -> String {
+    r.headers["x-switchyard-request-id"].to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn an_open_server_serves_without_keys_but_never_hands_out_keys() {
+    let s = serve().await;
+    let r = s.chat(None, "hi", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r =
+        s.send(reqwest::Method::POST, "/admin/keys", None, &[], Some(json!({"tenant": "x", "role": "admin"}))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "the first key is made offline: {}", r.body);
+    let r = s.chat(None, "hi", &[("x-switchyard-force-route", "cloud")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "forcing stays off on an open server by default");
+}
+
+#[tokio::test]
+async fn once_a_key_exists_every_request_needs_a_valid_one() {
+    let s = serve().await;
+    let admin = s.key(spec("ops", "admin")).await;
+    s.get("/healthz", None).await; // probes stay open
+                                   // A key made by another process (here: straight in the store) counts within a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    let r = s.chat(None, "hi", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert_eq!(
+        (r.body["error"]["type"].as_str(), r.body["error"]["code"].as_str()),
+        (Some("authentication_error"), Some("invalid_api_key"))
+    );
+    let (id, secret) = switchyard_auth::parse(&admin).unwrap();
+    let flipped: String = secret
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 10 {
+                if c == '0' {
+                    '1'
+                } else {
+                    '0'
+                }
+            } else {
+                c
+            }
+        })
+        .collect();
+    let unknown_id = format!("sy-{}_{secret}", if id.starts_with('0') { "10000000" } else { "00000000" });
+    for bad in [format!("sy-{id}_{flipped}"), unknown_id, "sk-not-ours".into(), admin[..admin.len() - 2].to_string()] {
+        let r = s.chat(Some(&bad), "hi", &[]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{bad}: {}", r.body);
+        assert!(!r.body.to_string().contains(secret), "an error never echoes a secret");
+    }
+    assert_eq!(s.get("/healthz", None).await.status, StatusCode::OK);
+    assert_eq!(s.chat(Some(&admin), "hi", &[]).await.status, StatusCode::OK);
+
+    // Made and revoked over the admin API: it works at once, then it stops at once.
+    let made = s
+        .send(
+            reqwest::Method::POST,
+            "/admin/keys",
+            Some(&admin),
+            &[],
+            Some(json!({"tenant": "acme", "role": "tenant"})),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::OK, "{}", made.body);
+    let key = made.body["key"].as_str().unwrap().to_string();
+    assert!(made.body.get("hash").is_none());
+    assert_eq!(s.chat(Some(&key), "hi", &[]).await.status, StatusCode::OK);
+    let listed = s.get("/admin/keys", Some(&admin)).await;
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 2);
+    assert!(!listed.body.to_string().contains(&key[12..]), "a listing has no secrets");
+    let gone = s
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/admin/keys/{}", made.body["id"].as_str().unwrap()),
+            Some(&admin),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::OK, "{}", gone.body);
+    assert_eq!(s.chat(Some(&key), "hi", &[]).await.status, StatusCode::UNAUTHORIZED);
+    let bad = s
+        .send(reqwest::Method::POST, "/admin/keys", Some(&admin), &[], Some(json!({"tenant": "x", "role": "root"})))
+        .await;
+    assert_eq!((bad.status, bad.body["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("role")));
+}
+
+#[tokio::test]
+async fn each_role_reaches_exactly_its_endpoints_and_tenants_see_only_their_own() {
+    let s = serve().await;
+    let keys: Vec<(&str, String)> = vec![
+        ("admin", s.key(spec("ops", "admin")).await),
+        ("operator", s.key(spec("ops", "operator")).await),
+        ("auditor", s.key(spec("audit", "auditor")).await),
+        ("tenant", s.key(spec("acme", "tenant")).await),
+    ];
+    let other = s.key(spec("globex", "tenant")).await;
+    let keys_of = |role: &str| keys.iter().find(|(r, _)| *r == role).unwrap().1.clone();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    let asked = s.chat(Some(&keys_of("tenant")), "hi", &[]).await;
+    assert_eq!(asked.status, StatusCode::OK);
+    let decision = format!("/admin/decisions/{}", request_id(&asked));
+    let resolve = json!({"answer": "a", "reviewer": "r"});
+    for (role, key) in &keys {
+        let can = |roles: &[&str]| if roles.contains(role) { "ok" } else { "forbidden" };
+        let code = |status: StatusCode| if status == StatusCode::FORBIDDEN { "forbidden" } else { "ok" };
+        let chat = s.chat(Some(key), "hi", &[]).await.status;
+        assert_eq!(code(chat), can(&["admin", "operator", "tenant"]), "{role} chat");
+        assert_eq!(code(s.get("/admin/keys", Some(key)).await.status), can(&["admin"]), "{role} keys");
+        assert_eq!(
+            code(s.get("/admin/handoffs", Some(key)).await.status),
+            can(&["admin", "operator"]),
+            "{role} handoffs"
+        );
+        let r =
+            s.send(reqwest::Method::POST, "/admin/handoffs/none", Some(key), &[], Some(resolve.clone())).await.status;
+        assert_eq!(code(r), can(&["admin", "operator"]), "{role} resolve");
+        assert_eq!(s.get(&decision, Some(key)).await.status, StatusCode::OK, "{role} reads acme's decision");
+    }
+    let record = s.get(&decision, Some(&keys_of("auditor"))).await.body;
+    assert_eq!(record["tenant"], "acme", "{record}");
+    assert_eq!(
+        s.get(&decision, Some(&other)).await.status,
+        StatusCode::NOT_FOUND,
+        "another tenant's decision looks absent"
+    );
+    assert_eq!(s.get(&decision, None).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn headers_can_narrow_a_key_but_never_widen_it() {
+    let s = serve().await;
+    let bounded = KeySpec {
+        lane: Some("batch".into()),
+        data_class_floor: Some("internal".into()),
+        families: vec!["code".into()],
+        ..spec("acme", "tenant")
+    };
+    let tenant = s.key(bounded).await;
+    let operator = s.key(KeySpec { routes: vec!["local".into()], ..spec("ops", "operator") }).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    let refused = |r: &Reply, header: &str| {
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+        assert_eq!(r.body["error"]["param"].as_str(), Some(header), "{}", r.body);
+    };
+    refused(&s.chat(Some(&tenant), "hi", &[("x-switchyard-data-class", "public")]).await, "x-switchyard-data-class");
+    refused(&s.chat(Some(&tenant), "hi", &[("x-switchyard-lane", "interactive")]).await, "x-switchyard-lane");
+    refused(&s.chat(Some(&tenant), "hi", &[("x-switchyard-family", "support")]).await, "x-switchyard-family");
+    refused(&s.chat(Some(&tenant), "hi", &[("x-switchyard-force-route", "local")]).await, "x-switchyard-force-route");
+    refused(&s.chat(Some(&operator), "hi", &[("x-switchyard-force-route", "cloud")]).await, "x-switchyard-force-route");
+
+    // Within its bounds: the floor and the lane apply without any header.
+    let ok =
+        s.chat(Some(&tenant), "hi", &[("x-switchyard-data-class", "regulated"), ("x-switchyard-family", "code")]).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    let plain = s.chat(Some(&tenant), "hi", &[]).await;
+    let admin = s.key(spec("ops", "admin")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let record = s.get(&format!("/admin/decisions/{}", request_id(&plain)), Some(&admin)).await.body;
+    assert_eq!(
+        (record["decision"]["data_class"].as_str(), record["decision"]["lane"].as_str()),
+        (Some("internal"), Some("batch")),
+        "{record}"
+    );
+    // An operator forces a route without the server-wide switch, within its routes.
+    let forced = s.chat(Some(&operator), "hi", &[("x-switchyard-force-route", "local")]).await;
+    assert_eq!((forced.status, forced.headers["x-switchyard-route"].to_str().unwrap()), (StatusCode::OK, "local"));
+}
