@@ -77,7 +77,10 @@ impl Caller {
         match self {
             _ if self.may(p) => Ok(()),
             Caller::Key(k) => Err(forbidden(format!("a key with role {} may not {what}", k.role.as_str()))),
-            Caller::Open => Err(forbidden(format!("this server does not allow anyone to {what}"))),
+            Caller::Open => Err(forbidden(format!(
+                "this server has no API keys, so nobody may {what} over HTTP; make the first key offline with \
+                 `switchyard keys create --tenant NAME --role admin`"
+            ))),
         }
     }
 }
