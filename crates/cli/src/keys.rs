@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use switchyard_gateway::auth::{issue, KeySpec};
 use switchyard_gateway::ServeConfig;
-use switchyard_store::{KeyRecord, Store};
+use switchyard_store::{KeyLimits, KeyRecord, Store};
 
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
@@ -35,6 +35,12 @@ pub enum KeysCommand {
         /// A family the key may declare (repeat); none: any.
         #[arg(long = "family", value_name = "FAMILY")]
         families: Vec<String>,
+        /// Requests per minute (a burst of as many); none: no limit.
+        #[arg(long, value_name = "N")]
+        requests_per_minute: Option<u32>,
+        /// Requests in flight at once (a stream counts until it ends); none: no limit.
+        #[arg(long, value_name = "N")]
+        concurrent: Option<u32>,
         #[command(flatten)]
         at: DataDir,
     },
@@ -82,8 +88,19 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
 
 async fn run_async(cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
-        KeysCommand::Create { tenant, role, lane, data_class_floor, routes, families, at } => {
-            let spec = KeySpec { tenant, role, lane, data_class_floor, routes, families };
+        KeysCommand::Create {
+            tenant,
+            role,
+            lane,
+            data_class_floor,
+            routes,
+            families,
+            requests_per_minute,
+            concurrent,
+            at,
+        } => {
+            let limits = KeyLimits { requests_per_minute, concurrent };
+            let spec = KeySpec { tenant, role, lane, data_class_floor, routes, families, limits };
             create(&at.open().await?, &spec).await
         }
         KeysCommand::List { at } => {
@@ -95,6 +112,8 @@ async fn run_async(cmd: KeysCommand) -> anyhow::Result<()> {
                     k.data_class_floor.as_ref().map(|c| format!("floor={c}")),
                     (!k.routes.is_empty()).then(|| format!("routes={}", k.routes.join(","))),
                     (!k.families.is_empty()).then(|| format!("families={}", k.families.join(","))),
+                    k.limits.requests_per_minute.map(|n| format!("rpm={n}")),
+                    k.limits.concurrent.map(|n| format!("concurrent={n}")),
                 ];
                 let bounds: Vec<String> = bounds.into_iter().flatten().collect();
                 let lane = k.lane.as_deref().unwrap_or("-");
@@ -127,6 +146,7 @@ async fn run_async(cmd: KeysCommand) -> anyhow::Result<()> {
                 data_class_floor: old.data_class_floor,
                 routes: old.routes,
                 families: old.families,
+                limits: old.limits,
             };
             create(&store, &spec).await?;
             store.revoke_key(&id, switchyard_wire::unix_ms()).await?;

@@ -24,7 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use switchyard_auth::{Permission, Role};
 use switchyard_router::{DataClass, Lane};
-use switchyard_store::{KeyRecord, Store};
+use switchyard_store::{KeyLimits, KeyRecord, Store};
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -43,6 +43,7 @@ pub struct Principal {
     pub routes: Vec<String>,
     /// Families the key may declare; empty: any.
     pub families: Vec<String>,
+    pub limits: KeyLimits,
 }
 
 /// Who is calling.
@@ -182,6 +183,8 @@ pub struct KeySpec {
     pub routes: Vec<String>,
     #[serde(default)]
     pub families: Vec<String>,
+    #[serde(default)]
+    pub limits: KeyLimits,
 }
 
 /// Makes a key for `spec`: the record to store and the key to show once.
@@ -189,6 +192,9 @@ pub struct KeySpec {
 pub fn issue(spec: &KeySpec, now_ms: i64) -> Result<(KeyRecord, String), ApiError> {
     let invalid =
         |param: &str, message: String| ApiError::invalid(Some(param.to_string()), message).with_code("invalid_value");
+    if [spec.limits.requests_per_minute, spec.limits.concurrent].contains(&Some(0)) {
+        return Err(invalid("limits", "a limit of 0 would refuse every request; leave it out for no limit".into()));
+    }
     if spec.tenant.trim().is_empty() {
         return Err(invalid("tenant", "a key belongs to a tenant: name it".into()));
     }
@@ -211,6 +217,7 @@ pub fn issue(spec: &KeySpec, now_ms: i64) -> Result<(KeyRecord, String), ApiErro
         data_class_floor: spec.data_class_floor.clone(),
         routes: spec.routes.clone(),
         families: spec.families.clone(),
+        limits: spec.limits,
     };
     Ok((record, new.key))
 }
@@ -227,6 +234,7 @@ fn principal(k: &KeyRecord) -> Result<Principal, ApiError> {
         floor: k.data_class_floor.as_deref().map(word).transpose().map_err(|_| bad("data class floor"))?,
         routes: k.routes.clone(),
         families: k.families.clone(),
+        limits: k.limits,
     })
 }
 

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
+use futures::StreamExt;
 use switchyard_auth::Permission;
 use switchyard_engine::Engine;
 use switchyard_wire::ChatCompletionRequest;
@@ -61,11 +62,33 @@ pub async fn completions(
     // keys made every insert land on a random B-tree page. With a few
     // hundred thousand records that was most of the cost of recording.
     let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
-    let mut resp = match handle(&state, &caller, &id, &headers, body).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            tracing::info!(request_id = %id, status = %e.status, code = ?e.code, "request refused: {}", e.message);
-            e.into_response()
+    let mut resp = match state.limiter.admit(&caller, std::time::Instant::now()) {
+        Err(refused) => {
+            let mut resp = refused.error.into_response();
+            resp.headers_mut().extend(refused.headers);
+            resp
+        }
+        Ok(admitted) => {
+            let resp = match handle(&state, &caller, &id, &headers, body).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    tracing::info!(request_id = %id, status = %e.status, code = ?e.code, "request refused: {}", e.message);
+                    e.into_response()
+                }
+            };
+            let (mut parts, body) = resp.into_parts();
+            parts.headers.extend(admitted.headers);
+            match admitted.slot {
+                None => Response::from_parts(parts, body),
+                // The request is in flight until its body has been sent or dropped.
+                Some(slot) => {
+                    let body = body.into_data_stream().map(move |chunk| {
+                        let _in_flight = &slot;
+                        chunk
+                    });
+                    Response::from_parts(parts, axum::body::Body::from_stream(body))
+                }
+            }
         }
     };
     if let Ok(value) = HeaderValue::from_str(&id) {

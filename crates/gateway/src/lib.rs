@@ -15,6 +15,7 @@ pub mod chat;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod limits;
 pub mod resilience;
 pub mod routing;
 pub mod validate;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub recorder: Option<switchyard_store::Recorder>,
     /// API keys; `None`: no key store, so the server is open.
     pub keys: Option<Arc<auth::Keys>>,
+    /// Each key's request rate and requests in flight.
+    pub limiter: limits::Limiter,
     /// Unix time the models were loaded, reported as `created`.
     pub created: i64,
 }
@@ -63,6 +66,7 @@ impl AppState {
             store: None,
             recorder: None,
             keys: None,
+            limiter: limits::Limiter::default(),
             created,
         }
     }

@@ -48,7 +48,10 @@ struct Server {
 
 async fn serve() -> Server {
     let mut backends: HashMap<String, Arc<dyn Backend>> = HashMap::new();
-    backends.insert("local".into(), Arc::new(Scripted::always(Script::answer("local answer", -0.1))));
+    // Paced, so a stream stays in flight for a while (3 tokens, 100 ms apart).
+    let paced = Script::answer("the local answer", -0.1)
+        .paced(std::time::Duration::ZERO, std::time::Duration::from_millis(100));
+    backends.insert("local".into(), Arc::new(Scripted::always(paced)));
     backends.insert("cloud".into(), Arc::new(Scripted::always(Script::answer("cloud answer", -0.1))));
     let routing = Routing::with_backends(
         Policy::from_toml(POLICY).unwrap(),
@@ -290,4 +293,58 @@ async fn headers_can_narrow_a_key_but_never_widen_it() {
     // An operator forces a route without the server-wide switch, within its routes.
     let forced = s.chat(Some(&operator), "hi", &[("x-switchyard-force-route", "local")]).await;
     assert_eq!((forced.status, forced.headers["x-switchyard-route"].to_str().unwrap()), (StatusCode::OK, "local"));
+}
+
+/// Over its requests per minute, a key gets 429 with `Retry-After` and
+/// OpenAI's rate-limit headers; over its requests in flight, too, until a
+/// stream ends. Other keys are untouched.
+#[tokio::test]
+async fn a_key_over_its_limits_gets_429_with_rate_limit_headers_and_others_do_not() {
+    let s = serve().await;
+    let limited = |rpm, concurrent| KeySpec {
+        limits: switchyard_store::KeyLimits { requests_per_minute: rpm, concurrent },
+        ..spec("acme", "tenant")
+    };
+    let slow = s.key(limited(Some(3), None)).await;
+    let narrow = s.key(limited(None, Some(1))).await;
+    let free = s.key(spec("globex", "tenant")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let header = |r: &Reply, name: &str| r.headers.get(name).map(|v| v.to_str().unwrap().to_string());
+
+    for left in ["2", "1", "0"] {
+        let r = s.chat(Some(&slow), "hi", &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(header(&r, "x-ratelimit-limit-requests").as_deref(), Some("3"));
+        assert_eq!(header(&r, "x-ratelimit-remaining-requests").as_deref(), Some(left));
+    }
+    let r = s.chat(Some(&slow), "hi", &[]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert_eq!(
+        (r.body["error"]["type"].as_str(), r.body["error"]["code"].as_str()),
+        (Some("rate_limit_error"), Some("rate_limit_exceeded"))
+    );
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("20"), "one request every 20 s at 3 a minute");
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests").as_deref(), Some("0"));
+    assert_eq!(s.chat(Some(&free), "hi", &[]).await.status, StatusCode::OK, "another key is untouched");
+
+    // One stream in flight holds the key's only place until it ends.
+    let body = json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let first =
+        s.http.post(format!("{}/v1/chat/completions", s.base)).bearer_auth(&narrow).json(&body).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = s.chat(Some(&narrow), "hi", &[]).await;
+    assert_eq!((second.status, header(&second, "retry-after").as_deref()), (StatusCode::TOO_MANY_REQUESTS, Some("1")));
+    let text = first.text().await.unwrap();
+    assert!(text.trim_end().ends_with("[DONE]"), "{text}");
+    assert_eq!(
+        s.chat(Some(&narrow), "hi", &[]).await.status,
+        StatusCode::OK,
+        "the place is free once the stream ended"
+    );
+    // A client that hangs up frees it too.
+    let gone =
+        s.http.post(format!("{}/v1/chat/completions", s.base)).bearer_auth(&narrow).json(&body).send().await.unwrap();
+    drop(gone);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(s.chat(Some(&narrow), "hi", &[]).await.status, StatusCode::OK, "a dropped stream frees its place");
 }

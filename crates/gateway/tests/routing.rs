@@ -383,14 +383,22 @@ async fn setup() -> Setup {
     .unwrap();
     let data = tempfile::tempdir().unwrap();
     let store = switchyard_store::Store::open(&data.path().join("switchyard.db")).await.unwrap();
-    let state = AppState { engines, routing: None, store: None, recorder: None, keys: None, created: 0 }
-        .with_policy(
-            Policy::from_toml(&policy(&mock_base, &peer_base)).unwrap(),
-            prices,
-            RoutingOptions { allow_force_route: true, ..Default::default() },
-        )
-        .unwrap()
-        .with_store(store);
+    let state = AppState {
+        engines,
+        routing: None,
+        store: None,
+        recorder: None,
+        keys: None,
+        limiter: Default::default(),
+        created: 0,
+    }
+    .with_policy(
+        Policy::from_toml(&policy(&mock_base, &peer_base)).unwrap(),
+        prices,
+        RoutingOptions { allow_force_route: true, ..Default::default() },
+    )
+    .unwrap()
+    .with_store(store);
     let app = router(Arc::new(state), 1 << 20);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -137,6 +137,19 @@ pub struct KeyRecord {
     /// Families the key may declare (empty: any).
     #[sqlx(json)]
     pub families: Vec<String>,
+    #[sqlx(json)]
+    #[serde(default)]
+    pub limits: KeyLimits,
+}
+
+/// A key's rate limits; `None`: no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyLimits {
+    /// Requests per minute, with a burst of as many.
+    pub requests_per_minute: Option<u32>,
+    /// Requests in flight at once (a stream counts until it ends).
+    pub concurrent: Option<u32>,
 }
 
 /// A request a policy handed to a human; resolved once, by a reviewer.
@@ -284,8 +297,8 @@ impl Store {
 
     pub async fn create_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_keys (id, hash, tenant, role, created_ms, lane, data_class_floor, routes, families)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, hash, tenant, role, created_ms, lane, data_class_floor, routes, families, limits)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&k.id)
         .bind(&k.hash)
@@ -296,6 +309,7 @@ impl Store {
         .bind(&k.data_class_floor)
         .bind(serde_json::to_string(&k.routes)?)
         .bind(serde_json::to_string(&k.families)?)
+        .bind(serde_json::to_string(&k.limits)?)
         .execute(&self.pool)
         .await?;
         Ok(())

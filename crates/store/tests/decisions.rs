@@ -172,6 +172,7 @@ async fn keys_are_stored_as_hashes_listed_and_revoked_once() {
         data_class_floor: Some("regulated".into()),
         routes: vec!["local".into()],
         families: vec![],
+        limits: switchyard_store::KeyLimits { requests_per_minute: Some(60), concurrent: None },
     };
     store.create_key(&key).await.unwrap();
     assert!(store.create_key(&key).await.is_err(), "ids are unique");
