@@ -7,13 +7,14 @@ import threading
 import pytest
 
 MODEL = "smollm2-135m"
+BINARY = os.environ.get("SWITCHYARD_BIN", "target/release/switchyard")
 
 
-@pytest.fixture(scope="session")
-def server():
-    binary = os.environ.get("SWITCHYARD_BIN", "target/release/switchyard")
+def start(data_dir, *extra):
+    """Starts `switchyard serve` with its own data dir; returns (process, base URL)."""
     proc = subprocess.Popen(
-        [binary, "serve", "--model", MODEL, "--port", "0", "--threads", "2", "--parallel", "4", "--ctx-size", "4096"],
+        [BINARY, "serve", "--model", MODEL, "--port", "0", "--threads", "2", "--parallel", "4", "--ctx-size", "4096",
+         "--data-dir", str(data_dir), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -29,9 +30,19 @@ def server():
     # Keep draining the pipes so the server never blocks on a full one.
     for pipe in (proc.stdout, proc.stderr):
         threading.Thread(target=lambda p=pipe: [None for _ in p], daemon=True).start()
-    yield base
+    return proc, base
+
+
+def stop(proc):
     proc.terminate()
     try:
         assert proc.wait(timeout=30) == 0, "server did not shut down cleanly"
     finally:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    proc, base = start(tmp_path_factory.mktemp("data"))
+    yield base
+    stop(proc)
