@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use switchyard_engine::Priority;
+use switchyard_gateway::limits::FailMode;
 use switchyard_gateway::ServeConfig;
 use switchyard_models::Progress;
 
@@ -63,11 +64,25 @@ pub struct ServeArgs {
     /// first (`switchyard keys create`).
     #[arg(long)]
     allow_unauthenticated: bool,
+    /// Share keys' per-minute rate limits through this Redis (redis://host:port/db)
+    /// with every replica that uses it. Without it, limits count per process.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// When Redis cannot be reached: open (admit, and say so in a header) or
+    /// closed (503) [default: open]
+    #[arg(long, value_enum)]
+    redis_fail: Option<FailArg>,
     /// Verify cascades scoring on one model at once; each builds a llama.cpp
     /// context of its own. Past it, a cascade escalates or answers 429, as
     /// its rule's `when_verifier_busy` says [default: 2]
     #[arg(long)]
     max_verifies: Option<usize>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum FailArg {
+    Open,
+    Closed,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -90,6 +105,15 @@ impl ServeArgs {
         set!(cfg.engine => threads, ctx_size, parallel, batch_size, prefill_chunk, max_queue);
         cfg.allow_force_route |= self.allow_force_route;
         cfg.allow_unauthenticated |= self.allow_unauthenticated;
+        if self.redis.is_some() {
+            cfg.redis = self.redis;
+        }
+        if let Some(fail) = self.redis_fail {
+            cfg.redis_fail = match fail {
+                FailArg::Open => FailMode::Open,
+                FailArg::Closed => FailMode::Closed,
+            };
+        }
         if let Some(p) = self.priority {
             cfg.engine.priority = match p {
                 PriorityArg::Decode => Priority::Decode,

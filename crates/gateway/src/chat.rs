@@ -62,7 +62,7 @@ pub async fn completions(
     // keys made every insert land on a random B-tree page. With a few
     // hundred thousand records that was most of the cost of recording.
     let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
-    let mut resp = match state.limiter.admit(&caller, std::time::Instant::now()) {
+    let mut resp = match state.limiter.admit(&caller, std::time::Instant::now()).await {
         Err(refused) => {
             let mut resp = refused.error.into_response();
             resp.headers_mut().extend(refused.headers);

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 use switchyard_engine::EngineSettings;
 
+use crate::limits::FailMode;
 use crate::routing::RoutingOptions;
 
 /// One flat table of keys: the server's own, and the engine's, which are
@@ -31,6 +32,11 @@ pub struct ServeConfig {
     /// Honour `x-switchyard-force-route`: for operators and the eval
     /// runner, off by default so no client can skip the routing rules.
     pub allow_force_route: bool,
+    /// Redis URL (`redis://host:port/db`): keys' per-minute limits are
+    /// shared by every replica using it. Without it, they count per process.
+    pub redis: Option<String>,
+    /// When Redis cannot be reached: `open` (admit) or `closed` (503).
+    pub redis_fail: FailMode,
     /// Serve a non-loopback address with no API keys (open to anyone who
     /// reaches it). Off: such a server refuses to start.
     pub allow_unauthenticated: bool,
@@ -55,6 +61,8 @@ impl Default for ServeConfig {
             allow_force_route: RoutingOptions::default().allow_force_route,
             max_verifies: RoutingOptions::default().max_verifies,
             allow_unauthenticated: false,
+            redis: None,
+            redis_fail: FailMode::default(),
             prices: Default::default(),
         }
     }

@@ -96,6 +96,12 @@ impl AppState {
         self
     }
 
+    /// Counts each key's requests with `limiter` (e.g. one shared in Redis).
+    pub fn with_limiter(mut self, limiter: limits::Limiter) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
     /// Checks every `/v1` and `/admin` request against `keys` (none active:
     /// open).
     pub fn with_keys(mut self, keys: Arc<auth::Keys>) -> Self {
@@ -219,6 +225,14 @@ pub async fn serve(
     check_exposure(&cfg, &keys)?;
     keys.watch();
     state = state.with_keys(keys);
+    if let Some(url) = &cfg.redis {
+        // The URL may hold a password: it is never printed.
+        let limiter = limits::Limiter::shared(url, "switchyard:rate:", cfg.redis_fail)
+            .await
+            .map_err(|e| anyhow::anyhow!("`redis`: cannot reach the Redis server it names: {e}"))?;
+        tracing::info!(fail = ?cfg.redis_fail, "rate limits shared through Redis");
+        state = state.with_limiter(limiter);
+    }
     if let Some(policy) = policy {
         tracing::info!(policy = %policy.id, "routing by policy");
         state = state.with_policy(policy, cfg.prices.clone(), cfg.routing_options())?;

@@ -1,0 +1,168 @@
+//! Keys' per-minute limits shared by two replicas through a real Redis
+//! (127.0.0.1:6379), and what a replica does when its Redis goes away.
+//! Each test uses its own Redis key prefix, so tests can run at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use switchyard_gateway::auth::{issue, KeySpec, Keys};
+use switchyard_gateway::backend::scripted::{Script, Scripted};
+use switchyard_gateway::backend::Backend;
+use switchyard_gateway::limits::{FailMode, Limiter};
+use switchyard_gateway::routing::{Routing, RoutingOptions};
+use switchyard_gateway::{router, AppState};
+use switchyard_router::{Policy, Prices};
+use switchyard_store::{KeyLimits, Store};
+
+const POLICY: &str = "version = \"r.1\"\ndefault_route = \"local\"\n[[routes]]\nname = \"local\"\nbackend = \"embedded\"\nmodel = \"m\"\nallowed_classes = [\"public\"]\n";
+
+/// A replica: its own server and limiter, the store (the same SQLite file) shared.
+async fn replica(db: &std::path::Path, limiter: Limiter) -> String {
+    let mut backends: HashMap<String, Arc<dyn Backend>> = HashMap::new();
+    backends.insert("local".into(), Arc::new(Scripted::always(Script::answer("ok", -0.1))));
+    let routing = Routing::with_backends(
+        Policy::from_toml(POLICY).unwrap(),
+        Prices::default(),
+        backends,
+        RoutingOptions::default(),
+    )
+    .unwrap();
+    let store = Store::open(db).await.unwrap();
+    let keys = Keys::load(store.clone()).await.unwrap();
+    let state = AppState::new(vec![]).with_routing(routing).with_store(store).with_keys(keys).with_limiter(limiter);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(Arc::new(state), 1 << 20)).await.unwrap() });
+    base
+}
+
+async fn key(db: &std::path::Path, requests_per_minute: u32) -> String {
+    let spec = KeySpec {
+        tenant: "acme".into(),
+        role: "tenant".into(),
+        limits: KeyLimits { requests_per_minute: Some(requests_per_minute), concurrent: None },
+        ..Default::default()
+    };
+    let (record, key) = issue(&spec, 1).unwrap();
+    Store::open(db).await.unwrap().create_key(&record).await.unwrap();
+    key
+}
+
+async fn ask(base: &str, key: &str) -> reqwest::Response {
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn prefix() -> String {
+    format!("switchyard-test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn two_replicas_sharing_redis_share_a_keys_limit() {
+    let url = "redis://127.0.0.1:6379";
+    let prefix = prefix();
+    let (Ok(a), Ok(b)) =
+        (Limiter::shared(url, &prefix, FailMode::Closed).await, Limiter::shared(url, &prefix, FailMode::Closed).await)
+    else {
+        eprintln!("skipped: no Redis at {url}");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let key = key(&db, 3).await;
+    let (a, b) = (replica(&db, a).await, replica(&db, b).await);
+    let remaining = |r: &reqwest::Response| r.headers()["x-ratelimit-remaining-requests"].to_str().unwrap().to_string();
+    let r = ask(&a, &key).await;
+    assert_eq!((r.status(), remaining(&r)), (StatusCode::OK, "2".into()));
+    let r = ask(&b, &key).await;
+    assert_eq!((r.status(), remaining(&r)), (StatusCode::OK, "1".into()), "the other replica counts the same schedule");
+    assert_eq!(ask(&a, &key).await.status(), StatusCode::OK);
+    for base in [&a, &b] {
+        let r = ask(base, &key).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "3 a minute across both replicas");
+        assert_eq!(r.headers()["retry-after"], "20");
+    }
+}
+
+/// A throwaway Redis on a free loopback port, killed on drop.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Option<Self> {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..50 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Self { port, child: Some(child) });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn without_redis_a_replica_fails_open_or_closed_as_configured_and_recovers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let Some(mut redis) = OwnRedis::start(port) else {
+        eprintln!("skipped: no redis-server binary to start a Redis of this test's own");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let key = key(&db, 100).await;
+    let open = replica(&db, Limiter::shared(&url, &prefix(), FailMode::Open).await.unwrap()).await;
+    let closed = replica(&db, Limiter::shared(&url, &prefix(), FailMode::Closed).await.unwrap()).await;
+    assert_eq!(ask(&open, &key).await.status(), StatusCode::OK);
+    assert_eq!(ask(&closed, &key).await.status(), StatusCode::OK);
+
+    redis.stop();
+    let r = ask(&open, &key).await;
+    assert_eq!(r.status(), StatusCode::OK, "fail open admits");
+    assert_eq!(r.headers()["x-switchyard-ratelimit"], "unavailable; fail-open");
+    let r = ask(&closed, &key).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "fail closed refuses");
+    assert_eq!(r.headers()["x-switchyard-ratelimit"], "unavailable; fail-closed");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limiter_unavailable");
+
+    let _back = OwnRedis::start(port).expect("the same port again");
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..50 {
+        status = ask(&closed, &key).await.status();
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, StatusCode::OK, "the closed replica admits again once Redis is back");
+}
