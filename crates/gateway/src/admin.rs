@@ -19,7 +19,7 @@ use switchyard_wire::HandoffStatus;
 use crate::auth::{issue, Caller, KeySpec};
 use crate::error::ApiError;
 use crate::AppState;
-use switchyard_auth::Permission;
+use switchyard_auth::{Permission, Role};
 
 /// The store, once every record queued so far is written: a client that
 /// just got an answer can read its record.
@@ -108,7 +108,7 @@ pub async fn handoffs(
 ) -> Response {
     reply(
         async {
-            caller.require(Permission::ReadAllHandoffs, "read the handoff queue")?;
+            let only = handoff_scope(&caller)?;
             let Query(q) = query.map_err(|e| ApiError::invalid(None, e.body_text()))?;
             if let Some(s) = q.status.as_deref().filter(|s| s.parse::<HandoffStatus>().is_err()) {
                 return Err(ApiError::invalid(
@@ -116,8 +116,8 @@ pub async fn handoffs(
                     format!("status must be `open` or `resolved`, not `{s}`"),
                 ));
             }
-            let data =
-                store(&state).await?.handoffs(q.status.as_deref(), q.limit.min(1000)).await.map_err(store_error)?;
+            let data = store(&state).await?.handoffs(q.status.as_deref(), only, q.limit.min(1000)).await;
+            let data = data.map_err(store_error)?;
             Ok(json!({"object": "list", "data": data}))
         }
         .await,
@@ -131,16 +131,28 @@ pub async fn handoff(
 ) -> Response {
     reply(
         async {
-            caller.require(Permission::ReadAllHandoffs, "read the handoff queue")?;
+            let only = handoff_scope(&caller)?;
             store(&state)
                 .await?
                 .handoff(&id)
                 .await
                 .map_err(store_error)?
+                .filter(|h| only.is_none() || h.tenant.as_deref() == only)
                 .ok_or_else(|| missing("id", format!("no handoff {id}")))
         }
         .await,
     )
+}
+
+/// Whose handoffs the caller may read: `None` for all (admin, operator, an
+/// open server), its own tenant's for a tenant key; an auditor none, since
+/// handoffs hold conversations.
+fn handoff_scope(caller: &Caller) -> Result<Option<&str>, ApiError> {
+    match caller {
+        _ if caller.may(Permission::ReadAllHandoffs) => Ok(None),
+        Caller::Key(k) if k.role == Role::Tenant => Ok(Some(&k.tenant)),
+        _ => caller.require(Permission::ReadAllHandoffs, "read the handoff queue").map(|()| None),
+    }
 }
 
 #[derive(Deserialize)]

@@ -37,6 +37,14 @@ patterns = ['(?i)python']
 [[families]]
 name = "support"
 patterns = ['(?i)refund']
+
+[categories]
+self_harm = ['(?i)hurt myself']
+
+[[rules]]
+id = "handoff-self-harm"
+when = { categories = ["self_harm"] }
+then = { action = "handoff", message = "A person will get back to you." }
 "#;
 
 struct Server {
@@ -234,11 +242,8 @@ async fn each_role_reaches_exactly_its_endpoints_and_tenants_see_only_their_own(
         let chat = s.chat(Some(key), "hi", &[]).await.status;
         assert_eq!(code(chat), can(&["admin", "operator", "tenant"]), "{role} chat");
         assert_eq!(code(s.get("/admin/keys", Some(key)).await.status), can(&["admin"]), "{role} keys");
-        assert_eq!(
-            code(s.get("/admin/handoffs", Some(key)).await.status),
-            can(&["admin", "operator"]),
-            "{role} handoffs"
-        );
+        let queue = s.get("/admin/handoffs", Some(key)).await.status;
+        assert_eq!(code(queue), can(&["admin", "operator", "tenant"]), "{role} handoffs (a tenant: its own)");
         let r =
             s.send(reqwest::Method::POST, "/admin/handoffs/none", Some(key), &[], Some(resolve.clone())).await.status;
         assert_eq!(code(r), can(&["admin", "operator"]), "{role} resolve");
@@ -252,6 +257,24 @@ async fn each_role_reaches_exactly_its_endpoints_and_tenants_see_only_their_own(
         "another tenant's decision looks absent"
     );
     assert_eq!(s.get(&decision, None).await.status, StatusCode::UNAUTHORIZED);
+
+    // Handoffs: a tenant follows its own, never another's, and cannot resolve them.
+    let handed = s.chat(Some(&keys_of("tenant")), "I want to hurt myself", &[]).await;
+    let id = handed.headers["x-switchyard-handoff-id"].to_str().unwrap().to_string();
+    for (key, seen) in [(keys_of("tenant"), 1), (other.clone(), 0), (keys_of("operator"), 1)] {
+        let listed = s.get("/admin/handoffs", Some(&key)).await.body;
+        assert_eq!(listed["data"].as_array().unwrap().len(), seen, "{listed}");
+    }
+    let path = format!("/admin/handoffs/{id}");
+    assert_eq!(s.get(&path, Some(&keys_of("tenant"))).await.body["tenant"], "acme");
+    assert_eq!(s.get(&path, Some(&other)).await.status, StatusCode::NOT_FOUND, "another tenant's handoff looks absent");
+    assert_eq!(
+        s.get(&path, Some(&keys_of("auditor"))).await.status,
+        StatusCode::FORBIDDEN,
+        "handoffs hold conversations"
+    );
+    let r = s.send(reqwest::Method::POST, &path, Some(&keys_of("tenant")), &[], Some(resolve.clone())).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]

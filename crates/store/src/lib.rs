@@ -168,6 +168,9 @@ pub struct HandoffRecord {
     pub answer: Option<String>,
     pub reviewer: Option<String>,
     pub resolved_ms: Option<i64>,
+    /// The asking key's tenant; `None` when the server has no keys.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// A shadow route's answer recorded beside the primary's.
@@ -246,8 +249,8 @@ impl Store {
 
     pub async fn enqueue_handoff(&self, h: &HandoffRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO handoffs (id, request_id, created_ms, policy_id, rule_id, messages, status)
-             VALUES (?, ?, ?, ?, ?, ?, 'open')",
+            "INSERT INTO handoffs (id, request_id, created_ms, policy_id, rule_id, messages, status, tenant)
+             VALUES (?, ?, ?, ?, ?, ?, 'open', ?)",
         )
         .bind(&h.id)
         .bind(&h.request_id)
@@ -255,16 +258,25 @@ impl Store {
         .bind(&h.policy_id)
         .bind(&h.rule_id)
         .bind(serde_json::to_string(&h.messages)?)
+        .bind(&h.tenant)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Handoffs, oldest first, optionally only those with `status`.
-    pub async fn handoffs(&self, status: Option<&str>, limit: u32) -> Result<Vec<HandoffRecord>, StoreError> {
-        let q =
-            sqlx::query_as("SELECT * FROM handoffs WHERE (?1 IS NULL OR status = ?1) ORDER BY created_ms, id LIMIT ?2");
-        Ok(q.bind(status).bind(i64::from(limit)).fetch_all(&self.pool).await?)
+    /// Handoffs, oldest first, optionally only those with `status`, and
+    /// only `tenant`'s where one is given.
+    pub async fn handoffs(
+        &self,
+        status: Option<&str>,
+        tenant: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<HandoffRecord>, StoreError> {
+        let q = sqlx::query_as(
+            "SELECT * FROM handoffs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR tenant = ?2)
+             ORDER BY created_ms, id LIMIT ?3",
+        );
+        Ok(q.bind(status).bind(tenant).bind(i64::from(limit)).fetch_all(&self.pool).await?)
     }
 
     pub async fn handoff(&self, id: &str) -> Result<Option<HandoffRecord>, StoreError> {

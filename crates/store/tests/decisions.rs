@@ -56,6 +56,7 @@ fn handoff(id: &str, created_ms: i64) -> HandoffRecord {
         answer: None,
         reviewer: None,
         resolved_ms: None,
+        tenant: Some(if id == "h1" { "acme" } else { "globex" }.into()),
     }
 }
 
@@ -65,7 +66,7 @@ async fn a_handoff_is_queued_listed_and_resolved_exactly_once() {
     let store = Store::open(&dir.path().join("s.db")).await.unwrap();
     store.enqueue_handoff(&handoff("h2", 20)).await.unwrap();
     store.enqueue_handoff(&handoff("h1", 10)).await.unwrap();
-    let open = store.handoffs(Some("open"), 10).await.unwrap();
+    let open = store.handoffs(Some("open"), None, 10).await.unwrap();
     assert_eq!(open.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["h1", "h2"], "oldest first");
 
     let done = store.resolve_handoff("h1", "We called them.", "ana", 30).await.unwrap();
@@ -80,8 +81,10 @@ async fn a_handoff_is_queued_listed_and_resolved_exactly_once() {
         "the second reviewer changed nothing"
     );
     assert!(matches!(store.resolve_handoff("nope", "x", "y", 1).await, Err(ResolveError::NotFound(_))));
-    assert_eq!(store.handoffs(Some("open"), 10).await.unwrap().len(), 1);
-    assert_eq!(store.handoffs(None, 10).await.unwrap().len(), 2);
+    assert_eq!(store.handoffs(Some("open"), None, 10).await.unwrap().len(), 1);
+    assert_eq!(store.handoffs(None, None, 10).await.unwrap().len(), 2);
+    let acme = store.handoffs(None, Some("acme"), 10).await.unwrap();
+    assert_eq!(acme.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["h1"], "one tenant's only");
 }
 
 #[tokio::test]

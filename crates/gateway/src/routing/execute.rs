@@ -75,11 +75,14 @@ pub struct Run {
     pub execution: Execution,
     /// When the request began to run (what a priced answer's time is counted from).
     pub began: Instant,
+    /// The caller's tenant, for a handoff's record.
+    pub tenant: Option<String>,
 }
 
 impl Run {
-    pub fn new(reason: &str) -> Self {
-        Self { reason: reason.to_string(), execution: Execution::default(), began: Instant::now() }
+    pub fn new(reason: &str, tenant: Option<&str>) -> Self {
+        let tenant = tenant.map(str::to_string);
+        Self { reason: reason.to_string(), execution: Execution::default(), began: Instant::now(), tenant }
     }
 
     fn step(&mut self, route: &str, outcome: &'static str, detail: Option<String>, began: Instant) {
@@ -200,7 +203,7 @@ impl Routing {
         match &decision.outcome {
             Outcome::Refuse { message } => Ok((envelope.fixed(None, Some(message)), Answered::Refused)),
             Outcome::Handoff { message } => {
-                let handoff_id = self.hand_off(state, req, decision).await?;
+                let handoff_id = self.hand_off(state, req, decision, run.tenant.clone()).await?;
                 let mut resp = envelope.fixed(Some(message), None);
                 if let Ok(value) = HeaderValue::from_str(&handoff_id) {
                     resp.headers_mut().insert(HANDOFF_HEADER, value);
@@ -246,7 +249,13 @@ impl Routing {
 
     /// Queues the request for a human; the record is durable before the
     /// client hears about it.
-    async fn hand_off(&self, state: &AppState, req: &ChatRequest, decision: &Decision) -> Result<String, ApiError> {
+    async fn hand_off(
+        &self,
+        state: &AppState,
+        req: &ChatRequest,
+        decision: &Decision,
+        tenant: Option<String>,
+    ) -> Result<String, ApiError> {
         let store = state.store.as_ref().ok_or_else(|| {
             ApiError::internal("this server has no store, so it cannot queue a handoff")
                 .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
@@ -269,6 +278,7 @@ impl Routing {
             answer: None,
             reviewer: None,
             resolved_ms: None,
+            tenant,
         };
         store.enqueue_handoff(&record).await.map_err(|e| ApiError::internal(format!("queueing the handoff: {e}")))?;
         tracing::info!(request_id = %req.id, handoff = %handoff_id, "handed to a human");

@@ -178,7 +178,7 @@ impl Routing {
         tracing::debug!(request_id = %req.id, policy = %decision.policy_id, rule = ?decision.rule_id, reason = %decision.reason, "routing decision");
         let shadow =
             decision.shadow.as_ref().map(|route| self.clone().mirror(state, &req, route, decision.max_ttft_ms));
-        let mut run = execute::Run::new(&decision.reason);
+        let mut run = execute::Run::new(&decision.reason, caller.tenant());
         let result = self.execute(state, &req, &decision, &mut run).await;
         let ending = record::Ending::of(&req.id, caller.tenant(), &result);
         if let Some(recorder) = &state.recorder {
