@@ -136,10 +136,7 @@ pub fn run_route(cmd: RouteCommand) -> anyhow::Result<()> {
         LaneArg::Fallback => Lane::Fallback,
     };
     let data_class = data_class
-        .map(|c| {
-            serde_json::from_value::<DataClass>(serde_json::Value::String(c.to_ascii_lowercase()))
-                .map_err(|_| anyhow::anyhow!("--data-class {c}: not a data class; use public, internal or regulated"))
-        })
+        .map(|c| c.to_ascii_lowercase().parse::<DataClass>().map_err(|e| anyhow::anyhow!("--data-class {c}: {e}")))
         .transpose()?;
     let (facts, classification) =
         (RequestFacts { lane }, classify(&messages, &Declared { data_class, family }, &policy));

@@ -203,8 +203,13 @@ pub fn issue(spec: &KeySpec, now_ms: i64) -> Result<(KeyRecord, String), ApiErro
         Some(t) if !ok(t) => Err(invalid(param, format!("unknown {param} `{t}`; use one of {known}"))),
         _ => Ok(()),
     };
-    check("lane", &spec.lane, |t| word::<Lane>(t).is_ok(), "interactive, batch, fallback")?;
-    check("data_class_floor", &spec.data_class_floor, |t| word::<DataClass>(t).is_ok(), "public, internal, regulated")?;
+    check("lane", &spec.lane, |t| t.parse::<Lane>().is_ok(), "interactive, batch, fallback")?;
+    check(
+        "data_class_floor",
+        &spec.data_class_floor,
+        |t| t.parse::<DataClass>().is_ok(),
+        "public, internal, regulated",
+    )?;
     let new = switchyard_auth::generate().map_err(|e| ApiError::internal(format!("no randomness for a key: {e}")))?;
     let record = KeyRecord {
         id: new.id,
@@ -230,17 +235,17 @@ fn principal(k: &KeyRecord) -> Result<Principal, ApiError> {
         key_id: k.id.clone(),
         tenant: k.tenant.clone(),
         role: k.role.parse().map_err(|_| bad("role"))?,
-        lane: k.lane.as_deref().map(word).transpose().map_err(|_| bad("lane"))?,
-        floor: k.data_class_floor.as_deref().map(word).transpose().map_err(|_| bad("data class floor"))?,
+        lane: k.lane.as_deref().map(str::parse::<Lane>).transpose().map_err(|_| bad("lane"))?,
+        floor: k
+            .data_class_floor
+            .as_deref()
+            .map(str::parse::<DataClass>)
+            .transpose()
+            .map_err(|_| bad("data class floor"))?,
         routes: k.routes.clone(),
         families: k.families.clone(),
         limits: k.limits,
     })
-}
-
-/// One of the router's lowercase enums, from its word.
-fn word<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_json::Error> {
-    serde_json::from_value(serde_json::Value::String(text.to_string()))
 }
 
 /// Middleware: puts the [`Caller`] in the request's extensions, or answers

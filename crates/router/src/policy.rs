@@ -25,6 +25,8 @@ pub enum DataClass {
 }
 
 impl DataClass {
+    pub const ALL: [DataClass; 3] = [DataClass::Public, DataClass::Internal, DataClass::Regulated];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DataClass::Public => "public",
@@ -42,6 +44,36 @@ pub enum Lane {
     Batch,
     Fallback,
 }
+
+impl Lane {
+    pub const ALL: [Lane; 3] = [Lane::Interactive, Lane::Batch, Lane::Fallback];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Interactive => "interactive",
+            Lane::Batch => "batch",
+            Lane::Fallback => "fallback",
+        }
+    }
+}
+
+/// Reads the words `as_str` writes (what headers, flags and stored keys
+/// carry); the error lists them.
+macro_rules! from_word {
+    ($($t:ty: $what:literal),*) => {$(
+        impl std::str::FromStr for $t {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
+                    let known: Vec<_> = Self::ALL.iter().map(|v| v.as_str()).collect();
+                    format!("unknown {} `{s}`; use one of {}", $what, known.join(", "))
+                })
+            }
+        }
+    )*};
+}
+from_word!(DataClass: "data class", Lane: "lane");
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -56,7 +56,7 @@ impl Routing {
         }
         let lane = match (header_enum::<Lane>(headers, LANE_HEADER)?, key.and_then(|k| k.lane)) {
             (Some(asked), Some(own)) if asked != own => {
-                return Err(narrowing(LANE_HEADER, format!("this key's requests go in the `{}` lane", lane_name(own))));
+                return Err(narrowing(LANE_HEADER, format!("this key's requests go in the `{}` lane", own.as_str())));
             }
             (asked, own) => asked.or(own).unwrap_or_default(),
         };
@@ -119,14 +119,10 @@ fn narrowing(header: &str, why: String) -> ApiError {
     ApiError { param: Some(header.to_string()), ..forbidden(format!("header {header}: {why}")) }
 }
 
-fn lane_name(lane: Lane) -> String {
-    serde_json::to_value(lane).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}
-
-fn header_enum<T: serde::de::DeserializeOwned>(headers: &HeaderMap, name: &str) -> Result<Option<T>, ApiError> {
+fn header_enum<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Result<Option<T>, ApiError> {
     let Some(value) = headers.get(name) else { return Ok(None) };
     let text = value.to_str().unwrap_or_default().to_ascii_lowercase();
-    serde_json::from_value(serde_json::Value::String(text.clone())).map(Some).map_err(|_| {
+    text.parse().map(Some).map_err(|_| {
         ApiError::invalid(Some(name.to_string()), format!("header {name}: unknown value `{text}`"))
             .with_code("invalid_header")
     })
