@@ -1,6 +1,8 @@
 //! Keys and roles over real HTTP, with scripted backends (no model) and a
 //! real SQLite store: who may call what, and headers that try to widen a key.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -10,7 +12,7 @@ use switchyard_gateway::auth::{issue, KeySpec, Keys};
 use switchyard_gateway::backend::scripted::{Script, Scripted};
 use switchyard_gateway::backend::Backend;
 use switchyard_gateway::routing::{Routing, RoutingOptions};
-use switchyard_gateway::{router, AppState};
+use switchyard_gateway::AppState;
 use switchyard_router::{Policy, Prices};
 use switchyard_store::Store;
 
@@ -73,9 +75,7 @@ async fn serve() -> Server {
     let keys = Keys::load(store.clone()).await.unwrap();
     keys.watch();
     let state = AppState::new(vec![]).with_routing(routing).with_store(store.clone()).with_keys(keys);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(Arc::new(state), 1 << 20)).await.unwrap() });
+    let base = common::listen(state).await;
     Server { base, http: reqwest::Client::new(), store, _data: data }
 }
 

@@ -3,6 +3,8 @@
 //! and panics, each in milliseconds. The same paths run against a real
 //! model in `routing.rs`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use switchyard_gateway::backend::scripted::{Script, Scripted};
 use switchyard_gateway::backend::Backend;
 use switchyard_gateway::error::{ApiError, CONTEXT_LENGTH_EXCEEDED};
 use switchyard_gateway::routing::{Routing, RoutingOptions};
-use switchyard_gateway::{router, AppState};
+use switchyard_gateway::AppState;
 use switchyard_router::{Policy, Prices};
 
 const ROUTES: &str = r#"
@@ -84,9 +86,7 @@ async fn serve(rules: &str, backends: Vec<(&str, Arc<Scripted>)>, options: Routi
     let store = switchyard_store::Store::open(&data.path().join("s.db")).await.unwrap();
     let routing = Routing::with_backends(policy, Prices::default(), map, options).unwrap();
     let state = AppState::new(vec![]).with_routing(routing).with_store(store);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(Arc::new(state), 1 << 20)).await.unwrap() });
+    let base = common::listen(state).await;
     Server { base, http: reqwest::Client::new(), _data: data }
 }
 
@@ -421,13 +421,8 @@ async fn the_total_limit_holds_on_upstream_answers_and_streams() {
     )
     .unwrap();
     let state = AppState::new(vec![]).with_routing(routing);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let s = Server {
-        base: format!("http://{}", listener.local_addr().unwrap()),
-        http: reqwest::Client::new(),
-        _data: tempfile::tempdir().unwrap(),
-    };
-    tokio::spawn(async move { axum::serve(listener, router(Arc::new(state), 1 << 20)).await.unwrap() });
+    let s =
+        Server { base: common::listen(state).await, http: reqwest::Client::new(), _data: tempfile::tempdir().unwrap() };
 
     let a = s.ask("q", json!({}), &[]).await;
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.body);

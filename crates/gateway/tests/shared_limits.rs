@@ -2,6 +2,8 @@
 //! (127.0.0.1:6379), and what a replica does when its Redis goes away.
 //! Each test uses its own Redis key prefix, so tests can run at once.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use switchyard_gateway::backend::scripted::{Script, Scripted};
 use switchyard_gateway::backend::Backend;
 use switchyard_gateway::limits::{FailMode, Limiter};
 use switchyard_gateway::routing::{Routing, RoutingOptions};
-use switchyard_gateway::{router, AppState};
+use switchyard_gateway::AppState;
 use switchyard_router::{Policy, Prices};
 use switchyard_store::{KeyLimits, Store};
 
@@ -33,10 +35,7 @@ async fn replica(db: &std::path::Path, limiter: Limiter) -> String {
     let store = Store::open(db).await.unwrap();
     let keys = Keys::load(store.clone()).await.unwrap();
     let state = AppState::new(vec![]).with_routing(routing).with_store(store).with_keys(keys).with_limiter(limiter);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(Arc::new(state), 1 << 20)).await.unwrap() });
-    base
+    common::listen(state).await
 }
 
 async fn key(db: &std::path::Path, requests_per_minute: u32) -> String {
