@@ -3,26 +3,12 @@
 //! first byte (group commit). Run as the real binary, under load, then
 //! `kill -9` (SIGKILL: no shutdown code runs).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-/// Starts the binary with `args` and returns it with the base URL it prints.
-fn start(args: &[&str]) -> (Child, String) {
-    let mut child =
-        Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start switchyard");
-    let stdout = child.stdout.take().expect("piped");
-    let line = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.contains("http://"))
-        .expect("it prints its address");
-    let url = line.split("http://").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("an address");
-    (child, format!("http://{url}"))
-}
+use common::start;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_answered_request_has_its_record_after_a_kill_9() {

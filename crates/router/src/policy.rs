@@ -84,6 +84,12 @@ pub struct Route {
     pub model: String,
     #[serde(default)]
     pub url: Option<String>,
+    /// Instead of `url`: several base URLs serving the same model (engine
+    /// nodes: other switchyard servers, vLLM, llama-server). The route
+    /// sends each request to the one with the fewest in flight, and takes
+    /// one out while its own breaker is open.
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// Environment variable holding the upstream's API key; never the key itself.
     #[serde(default)]
     pub api_key_env: Option<String>,
@@ -110,6 +116,13 @@ pub struct Route {
     pub retry: RetryBudget,
     #[serde(default)]
     pub breaker: Breaker,
+}
+
+impl Route {
+    /// The base URLs of an upstream route: its `url`, or its `urls`.
+    pub fn upstream_urls(&self) -> Vec<&str> {
+        self.url.iter().chain(&self.urls).map(String::as_str).collect()
+    }
 }
 
 /// Retries of this route allowed as a fraction of its traffic, so an outage
@@ -413,15 +426,26 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
                 "list the data classes this route may receive, e.g. [\"public\"]",
             ));
         }
-        match (&r.backend, &r.url) {
-            (BackendKind::Upstream, None) => {
+        let field = if r.urls.is_empty() { "url" } else { "urls" };
+        match (&r.backend, r.upstream_urls().as_slice()) {
+            (BackendKind::Upstream, []) => {
                 return Err(invalid(key("url"), "an upstream route needs the base URL of an OpenAI-compatible API"))
             }
-            (BackendKind::Upstream, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+            (BackendKind::Upstream, _) if r.url.is_some() && !r.urls.is_empty() => {
+                return Err(invalid(key("urls"), "give either `url` (one backend) or `urls` (several), not both"))
+            }
+            (BackendKind::Upstream, urls)
+                if urls.iter().any(|u| !(u.starts_with("http://") || u.starts_with("https://"))) =>
+            {
+                let url =
+                    urls.iter().find(|u| !(u.starts_with("http://") || u.starts_with("https://"))).map_or("", |u| u);
                 return Err(invalid(
-                    key("url"),
+                    key(field),
                     format!("`{url}` must start with http:// or https://, e.g. https://api.example.com/v1"),
-                ))
+                ));
+            }
+            (BackendKind::Embedded, [_, ..]) => {
+                return Err(invalid(key(field), "an embedded route runs a model in this process; remove its url"))
             }
             (BackendKind::Embedded, _) if r.ca_file.is_some() => {
                 return Err(invalid(

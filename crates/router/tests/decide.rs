@@ -121,6 +121,13 @@ fn policy_mistakes_name_the_key() {
     assert!(err(&text.replace("default_route = \"local-fast\"", "default_route = \"x\"")).contains("default_route"));
     assert!(err(&text.replace("url = \"http://127.0.0.1:9000/v1\"", "url = \"127.0.0.1:9000/v1\""))
         .contains("routes[2].url"));
+    let several = "urls = [\"http://127.0.0.1:9000/v1\", \"http://127.0.0.1:9001/v1\"]";
+    let pool = Policy::from_toml(&text.replace("url = \"http://127.0.0.1:9000/v1\"", several)).unwrap();
+    assert_eq!(pool.route("cloud").unwrap().upstream_urls().len(), 2);
+    assert!(err(&text.replace("url = \"http://127.0.0.1:9000/v1\"", "urls = [\"http://a/v1\", \"b/v1\"]"))
+        .contains("routes[2].urls"));
+    assert!(err(&text.replace("url = \"http://127.0.0.1:9000/v1\"", &format!("url = \"http://a/v1\"\n{several}")))
+        .contains("not both"));
     assert!(err(
         &text.replace("model = \"qwen2.5-coder-1.5b\"", "model = \"qwen2.5-coder-1.5b\"\nca_file = \"ca.pem\"")
     )

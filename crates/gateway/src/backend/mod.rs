@@ -1,5 +1,6 @@
 //! Where a route's answer comes from: a model this process runs
-//! ([`Embedded`]), any OpenAI-compatible API ([`Upstream`]), or, in tests, a
+//! ([`Embedded`]), any OpenAI-compatible API ([`Upstream`]), several of
+//! those balanced ([`Pool`]), or, in tests, a
 //! script (`Scripted`, with the `scripted` feature). [`crate::routing`] owns
 //! one backend per route and never looks behind this trait; the unrouted
 //! path drives an [`Embedded`] backend the same way.
@@ -10,6 +11,7 @@
 
 mod embedded;
 pub mod held;
+pub mod pool;
 #[cfg(feature = "scripted")]
 pub mod scripted;
 mod upstream;
@@ -26,6 +28,7 @@ use switchyard_wire::ChatCompletionRequest;
 use tokio::time::Instant;
 
 pub use embedded::Embedded;
+pub use pool::Pool;
 pub use upstream::Upstream;
 
 use crate::error::ApiError;

@@ -19,7 +19,6 @@
 mod cascade;
 mod execute;
 mod facts;
-mod health;
 mod record;
 mod shadow;
 
@@ -35,10 +34,10 @@ use switchyard_wire::headers;
 use tokio::sync::Semaphore;
 
 use crate::auth::Caller;
-use crate::backend::{Backend, ChatRequest, Embedded, Upstream};
+use crate::backend::{Backend, ChatRequest, Embedded, Pool, Upstream};
 use crate::error::ApiError;
+use crate::resilience::health::Health;
 use crate::AppState;
-use health::Health;
 
 pub const ROUTE_HEADER: HeaderName = HeaderName::from_static(headers::ROUTE);
 pub const POLICY_HEADER: HeaderName = HeaderName::from_static(headers::POLICY);
@@ -99,7 +98,7 @@ impl Routing {
         let shared = upstream_client(None)?;
         let mut backends: HashMap<String, Arc<dyn Backend>> = HashMap::new();
         for (i, route) in policy.routes.iter().enumerate() {
-            let backend: Arc<dyn Backend> = match (route.backend, &route.url) {
+            let backend: Arc<dyn Backend> = match (route.backend, route.upstream_urls().as_slice()) {
                 (BackendKind::Embedded, _) => match engines.get(&route.model) {
                     Some(engine) => Arc::new(Embedded::new(engine.clone())),
                     None => anyhow::bail!(
@@ -109,7 +108,7 @@ impl Routing {
                         engines.keys().cloned().collect::<Vec<_>>().join(", ")
                     ),
                 },
-                (BackendKind::Upstream, Some(url)) => {
+                (BackendKind::Upstream, urls @ [_, ..]) => {
                     let client = match &route.ca_file {
                         None => shared.clone(),
                         Some(path) => std::fs::read(path)
@@ -119,9 +118,12 @@ impl Routing {
                                 anyhow::anyhow!("policy {}: `routes[{i}].ca_file` {}: {e}", policy.id, path.display())
                             })?,
                     };
-                    Arc::new(Upstream::new(route, url, client)?)
+                    match urls {
+                        [url] => Arc::new(Upstream::new(route, url, client)?),
+                        urls => Arc::new(Pool::new(route, urls, &client)?),
+                    }
                 }
-                (BackendKind::Upstream, None) => {
+                (BackendKind::Upstream, []) => {
                     anyhow::bail!("policy {}: `routes[{i}].url` is missing; an upstream route needs one", policy.id)
                 }
             };

@@ -1,4 +1,4 @@
-//! A route's health as this process sees it: its circuit breaker and retry
+//! A route's (or one backend's) health as this process sees it: its circuit breaker and retry
 //! budget, and the one way a request passes the breaker, a [`Ticket`].
 //! Process-local: each replica judges the routes it talks to.
 

@@ -1,7 +1,10 @@
 //! Per-route circuit breaker and retry budget, and the stalled-stream guard.
+//! [`health`] puts a breaker and a budget together for a route or a backend.
 //!
 //! The breaker and the budget take the current time as an argument instead
 //! of reading a clock, so their state machines are tested on a fake clock.
+
+pub mod health;
 
 use std::time::{Duration, Instant};
 
