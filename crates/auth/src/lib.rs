@@ -66,7 +66,7 @@ pub enum Role {
     Admin,
     /// Routes, models, policy, forcing a route; reads decisions and handoffs.
     Operator,
-    /// Reads decisions (no payloads); changes nothing.
+    /// Reads decisions (no payloads) and the audit trail; changes nothing.
     Auditor,
     /// Inference, and its own tenant's decisions and handoffs.
     Tenant,
@@ -87,6 +87,10 @@ pub enum Permission {
     ResolveHandoffs,
     /// Create, list, revoke and rotate keys.
     ManageKeys,
+    /// Set tenants' limits.
+    ManageTenants,
+    /// Read the audit trail.
+    ReadAudit,
 }
 
 impl Role {
@@ -106,7 +110,7 @@ impl Role {
         match self {
             Role::Admin => true,
             Role::Operator => matches!(p, Infer | ForceRoute | ReadAllDecisions | ReadAllHandoffs | ResolveHandoffs),
-            Role::Auditor => matches!(p, ReadAllDecisions),
+            Role::Auditor => matches!(p, ReadAllDecisions | ReadAudit),
             Role::Tenant => matches!(p, Infer),
         }
     }
@@ -158,6 +162,8 @@ mod tests {
         assert!(Role::Operator.may(ForceRoute) && !Role::Tenant.may(ForceRoute) && !Role::Auditor.may(ForceRoute));
         assert!(Role::Auditor.may(ReadAllDecisions) && !Role::Auditor.may(ReadAllHandoffs));
         assert!(Role::ALL.iter().all(|r| r.may(ManageKeys) == (*r == Role::Admin)));
+        assert!(Role::ALL.iter().all(|r| r.may(ManageTenants) == (*r == Role::Admin)));
+        assert!(Role::ALL.iter().all(|r| r.may(ReadAudit) == matches!(r, Role::Admin | Role::Auditor)));
         assert_eq!("operator".parse::<Role>(), Ok(Role::Operator));
         assert!("root".parse::<Role>().unwrap_err().contains("admin, operator, auditor, tenant"));
     }

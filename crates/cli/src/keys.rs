@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use switchyard_gateway::auth::{issue, KeySpec};
 use switchyard_gateway::ServeConfig;
-use switchyard_store::{KeyLimits, KeyRecord, Store};
+use switchyard_store::{AuditRecord, KeyRecord, Limits, Store};
 
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
@@ -35,12 +35,8 @@ pub enum KeysCommand {
         /// A family the key may declare (repeat); none: any.
         #[arg(long = "family", value_name = "FAMILY")]
         families: Vec<String>,
-        /// Requests per minute (a burst of as many); none: no limit.
-        #[arg(long, value_name = "N")]
-        requests_per_minute: Option<u32>,
-        /// Requests in flight at once (a stream counts until it ends); none: no limit.
-        #[arg(long, value_name = "N")]
-        concurrent: Option<u32>,
+        #[command(flatten)]
+        limits: LimitArgs,
         #[command(flatten)]
         at: DataDir,
     },
@@ -64,6 +60,71 @@ pub enum KeysCommand {
     },
 }
 
+/// Limits of a key or a tenant; each left out is no limit.
+#[derive(clap::Args, Debug)]
+pub struct LimitArgs {
+    /// Requests per minute (a burst of as many).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    requests_per_minute: Option<u32>,
+    /// Prompt and completion tokens per minute (a burst of as many).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    tokens_per_minute: Option<u64>,
+    /// Prompt and completion tokens per UTC day.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    tokens_per_day: Option<u64>,
+    /// Dollars per UTC day, at the answering route's [prices].
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    cost_per_day_usd: Option<f64>,
+    /// Requests in flight at once (a stream counts until it ends).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    concurrent: Option<u32>,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        let limits = Limits {
+            requests_per_minute: self.requests_per_minute,
+            tokens_per_minute: self.tokens_per_minute,
+            tokens_per_day: self.tokens_per_day,
+            cost_per_day_usd: self.cost_per_day_usd,
+            concurrent: self.concurrent,
+        };
+        match limits.invalid() {
+            Some(key) => anyhow::bail!("--{} must be above 0; leave it out for no limit", key.replace('_', "-")),
+            None => Ok(limits),
+        }
+    }
+}
+
+/// Limits as `name=value` words, for listings.
+pub fn describe(l: &Limits) -> Vec<String> {
+    [
+        l.requests_per_minute.map(|n| format!("rpm={n}")),
+        l.tokens_per_minute.map(|n| format!("tpm={n}")),
+        l.tokens_per_day.map(|n| format!("tokens/day={n}")),
+        l.cost_per_day_usd.map(|n| format!("usd/day={n}")),
+        l.concurrent.map(|n| format!("concurrent={n}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Records a change made from the command line in the audit trail.
+pub async fn audit(store: &Store, action: &str, tenant: Option<&str>, detail: String) -> anyhow::Result<()> {
+    let line = AuditRecord {
+        id: 0,
+        created_ms: switchyard_wire::unix_ms(),
+        key_id: None,
+        tenant: tenant.map(str::to_string),
+        action: action.to_string(),
+        outcome: "done".into(),
+        status: 200,
+        detail: format!("{detail} (from the command line)"),
+    };
+    Ok(store.record_audit(&line).await?)
+}
+
 #[derive(clap::Args, Debug)]
 pub struct DataDir {
     /// The server's data directory [default: data-dir from ./switchyard.toml, else ~/.local/share/switchyard]
@@ -72,7 +133,7 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    async fn open(&self) -> anyhow::Result<Store> {
+    pub async fn open(&self) -> anyhow::Result<Store> {
         let dir = match &self.data_dir {
             Some(dir) => dir.clone(),
             None => ServeConfig::load(std::path::Path::new("switchyard.toml"), false)?.data_dir(),
@@ -88,18 +149,8 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
 
 async fn run_async(cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
-        KeysCommand::Create {
-            tenant,
-            role,
-            lane,
-            data_class_floor,
-            routes,
-            families,
-            requests_per_minute,
-            concurrent,
-            at,
-        } => {
-            let limits = KeyLimits { requests_per_minute, concurrent };
+        KeysCommand::Create { tenant, role, lane, data_class_floor, routes, families, limits, at } => {
+            let limits = limits.limits()?;
             let spec = KeySpec { tenant, role, lane, data_class_floor, routes, families, limits };
             create(&at.open().await?, &spec).await
         }
@@ -112,10 +163,8 @@ async fn run_async(cmd: KeysCommand) -> anyhow::Result<()> {
                     k.data_class_floor.as_ref().map(|c| format!("floor={c}")),
                     (!k.routes.is_empty()).then(|| format!("routes={}", k.routes.join(","))),
                     (!k.families.is_empty()).then(|| format!("families={}", k.families.join(","))),
-                    k.limits.requests_per_minute.map(|n| format!("rpm={n}")),
-                    k.limits.concurrent.map(|n| format!("concurrent={n}")),
                 ];
-                let bounds: Vec<String> = bounds.into_iter().flatten().collect();
+                let bounds: Vec<String> = bounds.into_iter().flatten().chain(describe(&k.limits)).collect();
                 let lane = k.lane.as_deref().unwrap_or("-");
                 println!(
                     "{:<10} {:<16} {:<9} {:<12} {:<10} {}",
@@ -131,7 +180,9 @@ async fn run_async(cmd: KeysCommand) -> anyhow::Result<()> {
             Ok(())
         }
         KeysCommand::Revoke { id, at } => {
-            anyhow::ensure!(at.open().await?.revoke_key(&id, switchyard_wire::unix_ms()).await?, "no active key {id}");
+            let store = at.open().await?;
+            anyhow::ensure!(store.revoke_key(&id, switchyard_wire::unix_ms()).await?, "no active key {id}");
+            audit(&store, "keys.revoke", None, format!("key {id}")).await?;
             println!("revoked {id}");
             Ok(())
         }
@@ -150,6 +201,7 @@ async fn run_async(cmd: KeysCommand) -> anyhow::Result<()> {
             };
             create(&store, &spec).await?;
             store.revoke_key(&id, switchyard_wire::unix_ms()).await?;
+            audit(&store, "keys.revoke", None, format!("key {id}, rotated")).await?;
             eprintln!("revoked {id}");
             Ok(())
         }
@@ -157,9 +209,13 @@ async fn run_async(cmd: KeysCommand) -> anyhow::Result<()> {
 }
 
 async fn create(store: &Store, spec: &KeySpec) -> anyhow::Result<()> {
-    let (record, key) = issue(spec, switchyard_wire::unix_ms())
-        .map_err(|e| anyhow::anyhow!("--{}: {}", e.param.unwrap_or_default().replace('_', "-"), e.message))?;
+    let (record, key) = issue(spec, switchyard_wire::unix_ms()).map_err(|e| {
+        let param = e.param.unwrap_or_default();
+        anyhow::anyhow!("--{}: {}", param.trim_start_matches("limits.").replace('_', "-"), e.message)
+    })?;
     store.create_key(&record).await?;
+    let what = format!("key {} for tenant {} with role {}", record.id, record.tenant, record.role);
+    audit(store, "keys.create", Some(&record.tenant), what).await?;
     eprintln!("key {} for tenant {} (role {}); it is shown this once, keep it:", record.id, record.tenant, record.role);
     println!("{key}");
     Ok(())

@@ -7,6 +7,7 @@ mod keys;
 mod models;
 mod policy;
 mod serve;
+mod tenants;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,9 @@ enum Command {
     /// API keys: create (shown once), list, revoke, rotate; offline, in the data dir.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Tenants: limits shared by all of a tenant's keys; offline, in the data dir.
+    #[command(subcommand)]
+    Tenants(tenants::TenantsCommand),
     /// List, fetch and verify models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -66,6 +70,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve::run(args),
         Command::Keys(cmd) => keys::run(cmd),
+        Command::Tenants(cmd) => tenants::run(cmd),
         Command::Models(cmd) => models::run(cmd),
         Command::Policy(cmd) => policy::run_policy(cmd),
         Command::Route(cmd) => policy::run_route(cmd),

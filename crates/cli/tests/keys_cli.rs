@@ -88,3 +88,44 @@ fn an_open_server_refuses_a_non_loopback_address() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("--allow-unauthenticated"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn tenants_and_key_limits_are_set_offline_and_bad_limits_name_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let set = switchyard(&[
+        "tenants",
+        "set",
+        "acme",
+        "--tokens-per-day",
+        "5000",
+        "--cost-per-day-usd",
+        "2.5",
+        "--data-dir",
+        data,
+    ]);
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    assert_eq!(text(&set.stdout).trim(), "acme: tokens/day=5000 usd/day=2.5");
+    let listed = text(&switchyard(&["tenants", "list", "--data-dir", data]).stdout);
+    assert!(listed.contains("acme") && listed.contains("tokens/day=5000"), "{listed}");
+    for (flag, value) in [("--tokens-per-minute", "0"), ("--cost-per-day-usd", "-1"), ("--requests-per-minute", "-1")] {
+        let bad =
+            switchyard(&["keys", "create", "--tenant", "acme", "--role", "tenant", flag, value, "--data-dir", data]);
+        assert!(!bad.status.success() && text(&bad.stderr).contains(flag), "{flag}: {}", text(&bad.stderr));
+    }
+    let made = switchyard(&[
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--role",
+        "tenant",
+        "--tokens-per-minute",
+        "900",
+        "--data-dir",
+        data,
+    ]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let keys = text(&switchyard(&["keys", "list", "--data-dir", data]).stdout);
+    assert!(keys.contains("tpm=900"), "{keys}");
+}

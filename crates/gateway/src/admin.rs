@@ -1,5 +1,5 @@
 //! `/admin`: routing decisions, the human handoff queue, shadow
-//! comparisons, API keys. Every endpoint checks the caller's role
+//! comparisons, API keys, tenants, the audit trail. Every endpoint checks the caller's role
 //! ([`Caller`], set by `auth::authenticate`): no key → 401, a role without
 //! the permission → 403. A tenant reads its own decisions only; another
 //! tenant's look absent (404), so ids cannot be probed.
@@ -13,9 +13,10 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
-use switchyard_store::{ResolveError, Store};
+use switchyard_store::{Limits, ResolveError, Store};
 use switchyard_wire::HandoffStatus;
 
+use crate::audit;
 use crate::auth::{issue, Caller, KeySpec};
 use crate::error::ApiError;
 use crate::AppState;
@@ -230,6 +231,8 @@ pub async fn create_key(
             store(&state).await?.create_key(&record).await.map_err(store_error)?;
             reload_keys(&state).await?;
             tracing::info!(key_id = %record.id, tenant = %record.tenant, role = %record.role, "API key created");
+            let what = format!("key {} for tenant {} with role {}", record.id, record.tenant, record.role);
+            audit::done(&state, &caller, "keys.create", what);
             let mut shown = serde_json::to_value(&record).map_err(store_error)?;
             shown["key"] = json!(key);
             Ok(shown)
@@ -253,6 +256,7 @@ pub async fn revoke_key(
             }
             reload_keys(&state).await?;
             tracing::info!(key_id = %id, "API key revoked");
+            audit::done(&state, &caller, "keys.revoke", format!("key {id}"));
             Ok(json!({"id": id, "revoked": true}))
         }
         .await,
@@ -264,4 +268,86 @@ async fn reload_keys(state: &AppState) -> Result<(), ApiError> {
         Some(keys) => keys.reload().await.map_err(store_error),
         None => Ok(()),
     }
+}
+
+/// `GET /admin/tenants`: every tenant with limits set.
+pub async fn tenants(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>) -> Response {
+    reply(
+        async {
+            caller.require(Permission::ManageTenants, "manage tenants")?;
+            let data = store(&state).await?.tenants().await.map_err(store_error)?;
+            Ok(json!({"object": "list", "data": data}))
+        }
+        .await,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    #[serde(default)]
+    limits: Limits,
+}
+
+/// `PUT /admin/tenants/{name}` with `{"limits": {...}}`: sets the limits
+/// all the tenant's keys share (replacing any before), on this server at
+/// once and on others sharing the store within a second.
+pub async fn put_tenant(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Result<Json<TenantSpec>, JsonRejection>,
+) -> Response {
+    reply(
+        async {
+            caller.require(Permission::ManageTenants, "manage tenants")?;
+            let Json(spec) = body.map_err(|e| {
+                ApiError::invalid(None, format!("expected {{\"limits\": {{...}}}}: {}", e.body_text()))
+                    .with_code("invalid_value")
+            })?;
+            if let Some(key) = spec.limits.invalid() {
+                let message = format!("`{key}` must be above 0; leave it out for no limit");
+                return Err(ApiError::invalid(Some(format!("limits.{key}")), message).with_code("invalid_value"));
+            }
+            let tenant = store(&state)
+                .await?
+                .put_tenant(&name, &spec.limits, switchyard_wire::unix_ms())
+                .await
+                .map_err(store_error)?;
+            reload_keys(&state).await?;
+            let limits = serde_json::to_string(&tenant.limits).map_err(store_error)?;
+            tracing::info!(tenant = %name, %limits, "tenant limits set");
+            audit::done(&state, &caller, "tenants.put", format!("tenant {name} limits {limits}"));
+            Ok(tenant)
+        }
+        .await,
+    )
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    /// Lines after this id (for paging).
+    #[serde(default)]
+    after: i64,
+    tenant: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: u32,
+}
+
+/// `GET /admin/audit?after=0&tenant=acme&limit=100`, oldest first.
+pub async fn audit(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    reply(
+        async {
+            caller.require(Permission::ReadAudit, "read the audit trail")?;
+            let Query(q) = query.map_err(|e| ApiError::invalid(None, e.body_text()))?;
+            let data = store(&state).await?.audit(q.after, q.tenant.as_deref(), q.limit.min(1000)).await;
+            let dropped = state.recorder.as_ref().map_or(0, |r| r.audit_dropped());
+            Ok(json!({"object": "list", "data": data.map_err(store_error)?, "dropped_since_start": dropped}))
+        }
+        .await,
+    )
 }

@@ -24,8 +24,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use switchyard_auth::{Permission, Role};
 use switchyard_router::{DataClass, Lane};
-use switchyard_store::{KeyLimits, KeyRecord, Store};
+use switchyard_store::{KeyRecord, Limits, Store};
 
+use crate::audit::Actor;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -43,7 +44,9 @@ pub struct Principal {
     pub routes: Vec<String>,
     /// Families the key may declare; empty: any.
     pub families: Vec<String>,
-    pub limits: KeyLimits,
+    pub limits: Limits,
+    /// The tenant's limits, shared by all its keys.
+    pub tenant_limits: Limits,
 }
 
 /// Who is calling.
@@ -104,11 +107,13 @@ pub struct Keys {
     active: RwLock<Arc<Active>>,
 }
 
-/// The active keys by id, and whether any key (revoked too) exists.
+/// The active keys by id, whether any key (revoked too) exists, and the
+/// tenants' limits.
 #[derive(Default)]
 struct Active {
     by_id: HashMap<String, KeyRecord>,
     any: bool,
+    tenants: HashMap<String, Limits>,
 }
 
 impl Keys {
@@ -137,7 +142,9 @@ impl Keys {
         let keys = self.store.keys().await?;
         let any = !keys.is_empty();
         let by_id = keys.into_iter().filter(|k| k.revoked_ms.is_none()).map(|k| (k.id.clone(), k)).collect();
-        *self.active.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Active { by_id, any });
+        let tenants = self.store.tenants().await?.into_iter().map(|t| (t.name, t.limits)).collect();
+        *self.active.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(Active { by_id, any, tenants });
         Ok(())
     }
 
@@ -165,7 +172,8 @@ impl Keys {
         let record = active.by_id.get(id);
         let matches = switchyard_auth::verify(secret, record.map_or(NO_HASH, |k| k.hash.as_str()));
         let record = record.filter(|_| matches).ok_or_else(invalid)?;
-        principal(record).map(|p| Caller::Key(Arc::new(p)))
+        let tenant_limits = active.tenants.get(&record.tenant).copied().unwrap_or_default();
+        principal(record, tenant_limits).map(|p| Caller::Key(Arc::new(p)))
     }
 }
 
@@ -184,7 +192,7 @@ pub struct KeySpec {
     #[serde(default)]
     pub families: Vec<String>,
     #[serde(default)]
-    pub limits: KeyLimits,
+    pub limits: Limits,
 }
 
 /// Makes a key for `spec`: the record to store and the key to show once.
@@ -192,8 +200,8 @@ pub struct KeySpec {
 pub fn issue(spec: &KeySpec, now_ms: i64) -> Result<(KeyRecord, String), ApiError> {
     let invalid =
         |param: &str, message: String| ApiError::invalid(Some(param.to_string()), message).with_code("invalid_value");
-    if [spec.limits.requests_per_minute, spec.limits.concurrent].contains(&Some(0)) {
-        return Err(invalid("limits", "a limit of 0 would refuse every request; leave it out for no limit".into()));
+    if let Some(name) = spec.limits.invalid() {
+        return Err(invalid(&format!("limits.{name}"), format!("`{name}` must be above 0; leave it out for no limit")));
     }
     if spec.tenant.trim().is_empty() {
         return Err(invalid("tenant", "a key belongs to a tenant: name it".into()));
@@ -229,7 +237,7 @@ pub fn issue(spec: &KeySpec, now_ms: i64) -> Result<(KeyRecord, String), ApiErro
 
 /// A stored key's attributes, typed. A stored value this build does not
 /// know (a role from a newer version) refuses the key rather than guess.
-fn principal(k: &KeyRecord) -> Result<Principal, ApiError> {
+fn principal(k: &KeyRecord, tenant_limits: Limits) -> Result<Principal, ApiError> {
     let bad = |what: &str| ApiError::internal(format!("stored key {} has an unknown {what}", k.id));
     Ok(Principal {
         key_id: k.id.clone(),
@@ -245,6 +253,7 @@ fn principal(k: &KeyRecord) -> Result<Principal, ApiError> {
         routes: k.routes.clone(),
         families: k.families.clone(),
         limits: k.limits,
+        tenant_limits,
     })
 }
 
@@ -258,13 +267,19 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match keys.authenticate(header) {
         Ok(caller) => {
+            let actor = Actor::from(&caller);
             req.extensions_mut().insert(caller);
-            next.run(req).await
+            let mut resp = next.run(req).await;
+            resp.extensions_mut().insert(actor);
+            resp
         }
         Err(e) => {
             let id = header.and_then(|h| h.strip_prefix("Bearer ")).and_then(switchyard_auth::parse).map(|(id, _)| id);
             tracing::warn!(path = %req.uri().path(), key_id = ?id, "request refused: {}", e.message);
-            e.into_response()
+            let mut resp = e.into_response();
+            // The id a caller claims is public; recorded, so guessing shows.
+            resp.extensions_mut().insert(Actor { key_id: id.map(str::to_string), tenant: None });
+            resp
         }
     }
 }

@@ -71,11 +71,14 @@ fn replies(body: &[u8]) -> Vec<ChatReply> {
 /// (switchyard and llama-server put them on the last chunk even without
 /// `include_usage`).
 pub fn tokens(body: &[u8]) -> Option<(u32, u32)> {
+    replies(body).iter().rev().find_map(usage)
+}
+
+/// Prompt and completion tokens one reply (or chunk) states, if any.
+pub fn usage(r: &ChatReply) -> Option<(u32, u32)> {
     let n = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
-    replies(body).iter().rev().find_map(|r| {
-        let usage = r.usage.as_ref().and_then(|u| u.prompt_tokens.zip(u.completion_tokens));
-        usage.or_else(|| r.timings.as_ref().and_then(|t| n(&t["prompt_n"]).zip(n(&t["predicted_n"]))))
-    })
+    let usage = r.usage.as_ref().and_then(|u| u.prompt_tokens.zip(u.completion_tokens));
+    usage.or_else(|| r.timings.as_ref().and_then(|t| n(&t["prompt_n"]).zip(n(&t["predicted_n"]))))
 }
 
 /// The assistant's text in a chat completion (JSON) or a stream of chunks

@@ -19,6 +19,7 @@ use crate::backend::held::Held;
 use crate::backend::{Backend, ChatRequest, Embedded, Generation, Limits};
 use crate::envelope::Envelope;
 use crate::error::ApiError;
+use crate::limits::Admitted;
 use crate::validate::chat_params;
 use crate::AppState;
 
@@ -62,13 +63,9 @@ pub async fn completions(
     // keys made every insert land on a random B-tree page. With a few
     // hundred thousand records that was most of the cost of recording.
     let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
-    let mut resp = match state.limiter.admit(&caller, std::time::Instant::now()).await {
-        Err(refused) => {
-            let mut resp = refused.error.into_response();
-            resp.headers_mut().extend(refused.headers);
-            resp
-        }
-        Ok(admitted) => {
+    let mut resp = match admit(&state, &caller, body).await {
+        Err(resp) => resp,
+        Ok((admitted, body)) => {
             let resp = match handle(&state, &caller, &id, &headers, body).await {
                 Ok(resp) => resp,
                 Err(e) => {
@@ -76,18 +73,22 @@ pub async fn completions(
                     e.into_response()
                 }
             };
+            let resp = match admitted.meter {
+                Some(meter) => meter.wrap(resp),
+                None => resp,
+            };
             let (mut parts, body) = resp.into_parts();
             parts.headers.extend(admitted.headers);
-            match admitted.slot {
-                None => Response::from_parts(parts, body),
+            if admitted.slots.is_empty() {
+                Response::from_parts(parts, body)
+            } else {
                 // The request is in flight until its body has been sent or dropped.
-                Some(slot) => {
-                    let body = body.into_data_stream().map(move |chunk| {
-                        let _in_flight = &slot;
-                        chunk
-                    });
-                    Response::from_parts(parts, axum::body::Body::from_stream(body))
-                }
+                let slots = admitted.slots;
+                let body = body.into_data_stream().map(move |chunk| {
+                    let _in_flight = &slots;
+                    chunk
+                });
+                Response::from_parts(parts, axum::body::Body::from_stream(body))
             }
         }
     };
@@ -97,15 +98,45 @@ pub async fn completions(
     resp
 }
 
+/// Checks that the caller may ask, parses the request and counts it
+/// against the caller's limits. A request that cannot be parsed is refused
+/// before it is counted.
+async fn admit(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Admitted, ChatCompletionRequest), Response> {
+    let refuse = |e: ApiError| {
+        tracing::info!(status = %e.status, code = ?e.code, "request refused: {}", e.message);
+        e.into_response()
+    };
+    caller.require(Permission::Infer, "ask for completions").map_err(refuse)?;
+    let body = parse(body).map_err(refuse)?;
+    match state.limiter.admit(caller, prompt_estimate(&body)).await {
+        Ok(admitted) => Ok((admitted, body)),
+        Err(refused) => {
+            let mut resp = refused.error.into_response();
+            resp.headers_mut().extend(refused.headers);
+            Err(resp)
+        }
+    }
+}
+
+/// About how many tokens the prompt is, before a tokenizer has seen it: a
+/// token per 4 bytes of text and 4 per message. Limits charge this at
+/// admission; the answer's `usage` corrects it.
+fn prompt_estimate(body: &ChatCompletionRequest) -> u64 {
+    let text = |m: &switchyard_wire::ChatMessage| m.content.as_ref().and_then(|c| c.text().ok()).map_or(0, |t| t.len());
+    body.messages.iter().map(|m| 4 + text(m) as u64 / 4).sum()
+}
+
 async fn handle(
     state: &AppState,
     caller: &Caller,
     id: &str,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: ChatCompletionRequest,
 ) -> Result<Response, ApiError> {
-    caller.require(Permission::Infer, "ask for completions")?;
-    let body = parse(body)?;
     if let Some(routing) = &state.routing {
         let params = chat_params(&body)?;
         return routing.serve(state, caller, ChatRequest { id: id.to_string(), body, params }, headers).await;

@@ -135,12 +135,19 @@ impl From<SubmitError> for ApiError {
     }
 }
 
+/// Why a response is an error, as its body says: carried on the response
+/// so layers outside the handler (the audit trail) need not parse it.
+#[derive(Debug, Clone)]
+pub struct Refusal(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, Json(self.body())).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        // For the audit trail, which records refusals from the response.
+        resp.extensions_mut().insert(Refusal(self.message));
         resp
     }
 }

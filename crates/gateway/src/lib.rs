@@ -8,6 +8,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod capture;
@@ -52,7 +53,7 @@ pub struct AppState {
     /// API keys; `None`: no key store, so the server is open.
     pub keys: Option<Arc<auth::Keys>>,
     /// Each key's request rate and requests in flight.
-    pub limiter: limits::Limiter,
+    pub limiter: Arc<limits::Limiter>,
     /// Unix time the models were loaded, reported as `created`.
     pub created: i64,
 }
@@ -66,7 +67,7 @@ impl AppState {
             store: None,
             recorder: None,
             keys: None,
-            limiter: limits::Limiter::default(),
+            limiter: Arc::default(),
             created,
         }
     }
@@ -98,7 +99,7 @@ impl AppState {
 
     /// Counts each key's requests with `limiter` (e.g. one shared in Redis).
     pub fn with_limiter(mut self, limiter: limits::Limiter) -> Self {
-        self.limiter = limiter;
+        self.limiter = Arc::new(limiter);
         self
     }
 
@@ -124,7 +125,11 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/admin/handoffs/{id}", get(admin::handoff).post(admin::resolve))
         .route("/admin/keys", get(admin::keys).post(admin::create_key))
         .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
+        .route("/admin/tenants", get(admin::tenants))
+        .route("/admin/tenants/{name}", axum::routing::put(admin::put_tenant))
+        .route("/admin/audit", get(admin::audit))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::refusals))
         // Probes answer anyone: they say nothing but "up" and "ready".
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))

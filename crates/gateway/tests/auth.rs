@@ -1,5 +1,6 @@
-//! Keys and roles over real HTTP, with scripted backends (no model) and a
-//! real SQLite store: who may call what, and headers that try to widen a key.
+//! Keys, roles and limits over real HTTP, with scripted backends (no model)
+//! and a real SQLite store: who may call what, headers that try to widen a
+//! key, quotas per key and per tenant, and the audit trail of refusals.
 
 mod common;
 
@@ -32,6 +33,12 @@ backend = "embedded"
 model = "c"
 allowed_classes = ["public", "internal"]
 
+[[routes]]
+name = "long"
+backend = "embedded"
+model = "l"
+allowed_classes = ["public", "internal"]
+
 [[families]]
 name = "code"
 patterns = ['(?i)python']
@@ -49,6 +56,8 @@ when = { categories = ["self_harm"] }
 then = { action = "handoff", message = "A person will get back to you." }
 "#;
 
+const LONG_GAP: std::time::Duration = std::time::Duration::from_millis(50);
+
 struct Server {
     base: String,
     http: reqwest::Client,
@@ -63,13 +72,14 @@ async fn serve() -> Server {
         .paced(std::time::Duration::ZERO, std::time::Duration::from_millis(100));
     backends.insert("local".into(), Arc::new(Scripted::always(paced)));
     backends.insert("cloud".into(), Arc::new(Scripted::always(Script::answer("cloud answer", -0.1))));
-    let routing = Routing::with_backends(
-        Policy::from_toml(POLICY).unwrap(),
-        Prices::default(),
-        backends,
-        RoutingOptions::default(),
-    )
-    .unwrap();
+    // A long answer, 50 ms a token, for streams cut short.
+    let long = Script::answer(&"word ".repeat(40), -0.1).paced(std::time::Duration::ZERO, LONG_GAP);
+    backends.insert("long".into(), Arc::new(Scripted::always(long)));
+    // A dollar a token on the cloud route, so budgets run out in a few requests.
+    let prices = Prices::from_toml("[prices.cloud]\ninput_per_1m = 1e6\noutput_per_1m = 1e6\n").unwrap();
+    let routing =
+        Routing::with_backends(Policy::from_toml(POLICY).unwrap(), prices, backends, RoutingOptions::default())
+            .unwrap();
     let data = tempfile::tempdir().unwrap();
     let store = Store::open(&data.path().join("s.db")).await.unwrap();
     let keys = Keys::load(store.clone()).await.unwrap();
@@ -325,7 +335,7 @@ async fn headers_can_narrow_a_key_but_never_widen_it() {
 async fn a_key_over_its_limits_gets_429_with_rate_limit_headers_and_others_do_not() {
     let s = serve().await;
     let limited = |rpm, concurrent| KeySpec {
-        limits: switchyard_store::KeyLimits { requests_per_minute: rpm, concurrent },
+        limits: switchyard_store::Limits { requests_per_minute: rpm, concurrent, ..Default::default() },
         ..spec("acme", "tenant")
     };
     let slow = s.key(limited(Some(3), None)).await;
@@ -370,4 +380,178 @@ async fn a_key_over_its_limits_gets_429_with_rate_limit_headers_and_others_do_no
     drop(gone);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(s.chat(Some(&narrow), "hi", &[]).await.status, StatusCode::OK, "a dropped stream frees its place");
+}
+
+fn header(r: &Reply, name: &str) -> Option<String> {
+    r.headers.get(name).map(|v| v.to_str().unwrap().to_string())
+}
+
+/// How many "hi" requests (4 tokens each: the estimate, and what the
+/// scripted answer's usage says) `key` gets before a 429.
+async fn requests_until_refused(s: &Server, key: &str) -> usize {
+    for n in 0..100 {
+        let r = s.chat(Some(key), "hi", &[]).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            return n;
+        }
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    panic!("never refused");
+}
+
+/// Tokens: the prompt is charged at admission, completion tokens as they
+/// stream; a stream cut short is charged what it produced, a whole one its
+/// usage. Per minute, the answers carry OpenAI's `-tokens` headers.
+#[tokio::test]
+async fn tokens_are_charged_as_produced_and_a_cut_stream_only_for_what_it_produced() {
+    let s = serve().await;
+    let limited = |limits| KeySpec { limits, ..spec("ops", "operator") };
+    let per_day = switchyard_store::Limits { tokens_per_day: Some(100), ..Default::default() };
+    let (cut, whole) = (s.key(limited(per_day)).await, s.key(limited(per_day)).await);
+    let per_minute =
+        s.key(limited(switchyard_store::Limits { tokens_per_minute: Some(60), ..Default::default() })).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    let long = json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let send_long = |key: &str| {
+        s.http
+            .post(format!("{}/v1/chat/completions", s.base))
+            .bearer_auth(key)
+            .header("x-switchyard-force-route", "long")
+            .json(&long)
+            .send()
+    };
+    // Read a few tokens, then hang up.
+    let mut stream = send_long(&cut).await.unwrap();
+    let mut seen = 0;
+    while seen < 5 {
+        let chunk = stream.chunk().await.unwrap().unwrap();
+        seen += String::from_utf8_lossy(&chunk).matches("word").count();
+    }
+    drop(stream);
+    let text = send_long(&whole).await.unwrap().text().await.unwrap();
+    assert_eq!(text.matches("word").count(), 40);
+    tokio::time::sleep(LONG_GAP * 4).await;
+    // The cut stream cost its 4-token prompt estimate and the 5 to 8 tokens
+    // sent before the server saw the client go: (100 - 9..16) / 4 requests.
+    let after_cut = requests_until_refused(&s, &cut).await;
+    assert!((21..=22).contains(&after_cut), "{after_cut} requests after the cut stream");
+    // The whole one its 40 completion tokens: (100 - 40..44) / 4.
+    let after_whole = requests_until_refused(&s, &whole).await;
+    assert!((14..=15).contains(&after_whole), "{after_whole} requests after the whole stream");
+    let refused = s.chat(Some(&whole), "hi", &[]).await;
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("100 tokens per day"), "{}", refused.body);
+    let wait: u64 = header(&refused, "retry-after").unwrap().parse().unwrap();
+    assert!(wait <= 86_400, "until midnight UTC: {wait}");
+
+    let first = s.chat(Some(&per_minute), "hi", &[]).await;
+    assert_eq!(header(&first, "x-ratelimit-limit-tokens").as_deref(), Some("60"));
+    assert_eq!(header(&first, "x-ratelimit-remaining-tokens").as_deref(), Some("56"));
+    let second = s.chat(Some(&per_minute), "hi", &[]).await;
+    assert_eq!(header(&second, "x-ratelimit-remaining-tokens").as_deref(), Some("52"));
+    let big = s.chat(Some(&per_minute), &"many words here ".repeat(60), &[]).await;
+    assert_eq!(big.status, StatusCode::TOO_MANY_REQUESTS, "{}", big.body);
+    assert!(big.body["error"]["message"].as_str().unwrap().contains("prompt tokens are more than"), "{}", big.body);
+}
+
+/// A tenant's limits hold for all its keys together; a day's budget in
+/// dollars runs out at the answering route's prices.
+#[tokio::test]
+async fn tenant_limits_are_shared_by_its_keys_and_budgets_follow_route_prices() {
+    let s = serve().await;
+    let admin = s.key(spec("ops", "admin")).await;
+    let (a, b) = (s.key(spec("acme", "tenant")).await, s.key(spec("acme", "tenant")).await);
+    let other = s.key(spec("globex", "tenant")).await;
+    let server = &s;
+    let put = |who: &str, limits: Value| {
+        let (admin, path) = (admin.clone(), format!("/admin/tenants/{who}"));
+        async move { server.send(reqwest::Method::PUT, &path, Some(&admin), &[], Some(json!({"limits": limits}))).await }
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = put("acme", json!({"requests_per_minute": 3})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let bad = put("acme", json!({"tokens_per_day": 0})).await;
+    assert_eq!(
+        (bad.status, bad.body["error"]["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("limits.tokens_per_day"))
+    );
+    let bad = put("acme", json!({"requests_per_minute": -1})).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    let r = s.send(reqwest::Method::PUT, "/admin/tenants/acme", Some(&a), &[], Some(json!({"limits": {}}))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "a tenant does not set its own limits");
+
+    for key in [&a, &b, &a] {
+        assert_eq!(s.chat(Some(key), "hi", &[]).await.status, StatusCode::OK);
+    }
+    let r = s.chat(Some(&b), "hi", &[]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("tenant acme"), "{}", r.body);
+    assert_eq!(s.chat(Some(&other), "hi", &[]).await.status, StatusCode::OK, "another tenant is untouched");
+
+    // $1 a token on the cloud route: a 1-token prompt and a 2-token answer
+    // cost $3, so a $5 day admits two requests.
+    let budget = KeySpec {
+        limits: switchyard_store::Limits { cost_per_day_usd: Some(5.0), ..Default::default() },
+        ..spec("ops", "operator")
+    };
+    let spender = s.key(budget).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for _ in 0..2 {
+        let r = s.chat(Some(&spender), "hi", &[("x-switchyard-force-route", "cloud")]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = s.chat(Some(&spender), "hi", &[("x-switchyard-force-route", "cloud")]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("budget of $5"), "{}", r.body);
+}
+
+/// Every refusal (401, 403, 429) and every change to keys and tenants is
+/// in the audit trail, which auditors and admins read and tenants do not.
+#[tokio::test]
+async fn refusals_and_changes_are_in_the_audit_trail() {
+    let s = serve().await;
+    let admin = s.key(spec("ops", "admin")).await;
+    let auditor = s.key(spec("audit", "auditor")).await;
+    let tenant = s
+        .key(KeySpec {
+            limits: switchyard_store::Limits { requests_per_minute: Some(1), ..Default::default() },
+            ..spec("acme", "tenant")
+        })
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    let (id, _) = switchyard_auth::parse(&tenant).unwrap();
+    let guessed = format!("sy-{id}_{}", "0".repeat(64));
+    assert_eq!(s.chat(Some(&guessed), "hi", &[]).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.get("/admin/keys", Some(&tenant)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(s.chat(Some(&tenant), "hi", &[]).await.status, StatusCode::OK);
+    assert_eq!(s.chat(Some(&tenant), "hi", &[]).await.status, StatusCode::TOO_MANY_REQUESTS);
+    let r = s.send(reqwest::Method::PUT, "/admin/tenants/acme", Some(&admin), &[], Some(json!({"limits": {}}))).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    assert_eq!(s.get("/admin/audit", Some(&tenant)).await.status, StatusCode::FORBIDDEN);
+    let trail = s.get("/admin/audit", Some(&auditor)).await.body;
+    let lines: Vec<(String, String, u64, String)> = trail["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap_or("-").to_string();
+            (s("action"), s("key_id"), l["status"].as_u64().unwrap(), s("tenant"))
+        })
+        .collect();
+    let chat = "POST /v1/chat/completions".to_string();
+    let expected = [
+        (chat.clone(), id.to_string(), 401, "-".to_string()),
+        ("GET /admin/keys".into(), id.to_string(), 403, "acme".into()),
+        (chat, id.to_string(), 429, "acme".into()),
+    ];
+    for line in &expected {
+        assert!(lines.contains(line), "{line:?} in {lines:?}");
+    }
+    assert!(lines.iter().any(|l| l.0 == "tenants.put" && l.2 == 200), "{lines:?}");
+    assert!(!trail.to_string().contains(&"0".repeat(64)), "never a presented secret");
+    // The tenant's refused read of the trail is in it too.
+    assert!(lines.iter().any(|l| l.0 == "GET /admin/audit" && l.2 == 403), "{lines:?}");
 }

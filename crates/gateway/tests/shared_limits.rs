@@ -1,4 +1,4 @@
-//! Keys' per-minute limits shared by two replicas through a real Redis
+//! Keys' and tenants' limits shared by two replicas through a real Redis
 //! (127.0.0.1:6379), and what a replica does when its Redis goes away.
 //! Each test uses its own Redis key prefix, so tests can run at once.
 
@@ -17,7 +17,7 @@ use switchyard_gateway::limits::{FailMode, Limiter};
 use switchyard_gateway::routing::{Routing, RoutingOptions};
 use switchyard_gateway::AppState;
 use switchyard_router::{Policy, Prices};
-use switchyard_store::{KeyLimits, Store};
+use switchyard_store::{Limits, Store};
 
 const POLICY: &str = "version = \"r.1\"\ndefault_route = \"local\"\n[[routes]]\nname = \"local\"\nbackend = \"embedded\"\nmodel = \"m\"\nallowed_classes = [\"public\"]\n";
 
@@ -39,12 +39,11 @@ async fn replica(db: &std::path::Path, limiter: Limiter) -> String {
 }
 
 async fn key(db: &std::path::Path, requests_per_minute: u32) -> String {
-    let spec = KeySpec {
-        tenant: "acme".into(),
-        role: "tenant".into(),
-        limits: KeyLimits { requests_per_minute: Some(requests_per_minute), concurrent: None },
-        ..Default::default()
-    };
+    key_with(db, Limits { requests_per_minute: Some(requests_per_minute), ..Limits::default() }).await
+}
+
+async fn key_with(db: &std::path::Path, limits: Limits) -> String {
+    let spec = KeySpec { tenant: "acme".into(), role: "tenant".into(), limits, ..Default::default() };
     let (record, key) = issue(&spec, 1).unwrap();
     Store::open(db).await.unwrap().create_key(&record).await.unwrap();
     key
@@ -90,6 +89,37 @@ async fn two_replicas_sharing_redis_share_a_keys_limit() {
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "3 a minute across both replicas");
         assert_eq!(r.headers()["retry-after"], "20");
     }
+}
+
+/// A tenant's day of tokens, shared by its keys on two replicas: each
+/// request is charged its prompt estimate (4) at admission and corrected to
+/// its usage (2) by a later charge, which reaches Redis within a flush.
+#[tokio::test]
+async fn a_tenants_tokens_are_counted_across_replicas_including_later_charges() {
+    let url = "redis://127.0.0.1:6379";
+    let prefix = prefix();
+    let (Ok(a), Ok(b)) =
+        (Limiter::shared(url, &prefix, FailMode::Closed).await, Limiter::shared(url, &prefix, FailMode::Closed).await)
+    else {
+        eprintln!("skipped: no Redis at {url}");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let (one, two) = (key_with(&db, Limits::default()).await, key_with(&db, Limits::default()).await);
+    let day = Limits { tokens_per_day: Some(10), ..Limits::default() };
+    Store::open(&db).await.unwrap().put_tenant("acme", &day, 1).await.unwrap();
+    let (a, b) = (replica(&db, a).await, replica(&db, b).await);
+    // 0 → 2 → 4 → 6 → 8 tokens used; then 8 + 4 > 10.
+    for (i, (base, key)) in [(&a, &one), (&b, &two), (&a, &two), (&b, &one)].into_iter().enumerate() {
+        let r = ask(base, key).await;
+        assert_eq!(r.status(), StatusCode::OK, "request {i}: {}", r.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let r = ask(&a, &one).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("tenant acme: more than 10 tokens per day"), "{body}");
 }
 
 /// A throwaway Redis on a free loopback port, killed on drop.

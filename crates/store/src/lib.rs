@@ -1,6 +1,6 @@
 //! Durable records on SQLite (one file in the data dir), through sqlx so the
 //! same queries can later run on PostgreSQL: routing decisions, the human
-//! handoff queue, shadow comparisons.
+//! handoff queue, shadow comparisons, API keys and tenants, the audit trail.
 //!
 //! Invariant: a record is written in one statement, so a crash leaves it
 //! either whole or absent, never half-written.
@@ -139,17 +139,75 @@ pub struct KeyRecord {
     pub families: Vec<String>,
     #[sqlx(json)]
     #[serde(default)]
-    pub limits: KeyLimits,
+    pub limits: Limits,
 }
 
-/// A key's rate limits; `None`: no limit of that kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A key's or a tenant's limits; `None`: no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct KeyLimits {
+pub struct Limits {
     /// Requests per minute, with a burst of as many.
     pub requests_per_minute: Option<u32>,
+    /// Prompt and completion tokens per minute, with a burst of as many.
+    pub tokens_per_minute: Option<u64>,
+    /// Prompt and completion tokens per UTC day.
+    pub tokens_per_day: Option<u64>,
+    /// Dollars per UTC day, at the answering route's `[prices]`.
+    pub cost_per_day_usd: Option<f64>,
     /// Requests in flight at once (a stream counts until it ends).
     pub concurrent: Option<u32>,
+}
+
+impl Limits {
+    /// The first limit that could never admit anything (zero, negative or
+    /// not a number), by its name: a config or API error to report.
+    pub fn invalid(&self) -> Option<&'static str> {
+        let zero_u = |v: Option<u64>| v == Some(0);
+        if zero_u(self.requests_per_minute.map(u64::from)) {
+            Some("requests_per_minute")
+        } else if zero_u(self.tokens_per_minute) {
+            Some("tokens_per_minute")
+        } else if zero_u(self.tokens_per_day) {
+            Some("tokens_per_day")
+        } else if self.cost_per_day_usd.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+            Some("cost_per_day_usd")
+        } else if zero_u(self.concurrent.map(u64::from)) {
+            Some("concurrent")
+        } else {
+            None
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A tenant: limits shared by all its keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
+pub struct TenantRecord {
+    pub name: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    #[sqlx(json)]
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// One line of the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
+pub struct AuditRecord {
+    /// Assigned by the store, in the order lines were written.
+    #[serde(default)]
+    pub id: i64,
+    pub created_ms: i64,
+    pub key_id: Option<String>,
+    pub tenant: Option<String>,
+    pub action: String,
+    /// `refused` or `done`.
+    pub outcome: String,
+    pub status: u16,
+    pub detail: String,
 }
 
 /// A request a policy handed to a human; resolved once, by a reviewer.
@@ -342,6 +400,32 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    pub async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM tenants ORDER BY name").fetch_all(&self.pool).await?)
+    }
+
+    /// Creates the tenant or replaces its limits.
+    pub async fn put_tenant(&self, name: &str, limits: &Limits, now_ms: i64) -> Result<TenantRecord, StoreError> {
+        let q = sqlx::query_as(
+            "INSERT INTO tenants (name, created_ms, updated_ms, limits) VALUES (?1, ?2, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET limits = excluded.limits, updated_ms = excluded.updated_ms
+             RETURNING *",
+        );
+        Ok(q.bind(name).bind(now_ms).bind(serde_json::to_string(limits)?).fetch_one(&self.pool).await?)
+    }
+
+    pub async fn record_audit(&self, a: &AuditRecord) -> Result<(), StoreError> {
+        insert_audit(&mut *self.pool.acquire().await?, a).await
+    }
+
+    /// Audit lines with an id above `after`, oldest first, at most `limit`,
+    /// only `tenant`'s where one is given.
+    pub async fn audit(&self, after: i64, tenant: Option<&str>, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let q =
+            sqlx::query_as("SELECT * FROM audit WHERE id > ?1 AND (?2 IS NULL OR tenant = ?2) ORDER BY id LIMIT ?3");
+        Ok(q.bind(after).bind(tenant).bind(i64::from(limit)).fetch_all(&self.pool).await?)
+    }
+
     pub async fn record_shadow(&self, s: &ShadowRecord) -> Result<(), StoreError> {
         insert_shadow(&mut *self.pool.acquire().await?, s).await
     }
@@ -391,6 +475,22 @@ async fn insert_decisions(conn: &mut SqliteConnection, records: &[&DecisionRecor
         });
         q.build().execute(&mut *conn).await?;
     }
+    Ok(())
+}
+
+async fn insert_audit(conn: &mut SqliteConnection, a: &AuditRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit (created_ms, key_id, tenant, action, outcome, status, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(a.created_ms)
+    .bind(&a.key_id)
+    .bind(&a.tenant)
+    .bind(&a.action)
+    .bind(&a.outcome)
+    .bind(i64::from(a.status))
+    .bind(&a.detail)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -14,9 +14,12 @@
 //! keeps every committed transaction across a killed process). Everyone
 //! waiting at once shares one commit, so throughput does not suffer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{DecisionRecord, ShadowRecord, Store, StoreError};
+use crate::{AuditRecord, DecisionRecord, ShadowRecord, Store, StoreError};
 
 /// Records queued before the writer catches up; beyond this, queuing waits.
 const QUEUE: usize = 16 * 1024;
@@ -38,6 +41,7 @@ enum Record {
     Decision(Box<DecisionRecord>),
     Completion(Completion),
     Shadow(Box<ShadowRecord>),
+    Audit(Box<AuditRecord>),
 }
 
 enum Write {
@@ -51,6 +55,7 @@ enum Write {
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Write>,
+    audit_dropped: Arc<AtomicU64>,
 }
 
 impl Recorder {
@@ -58,7 +63,7 @@ impl Recorder {
     pub fn start(store: Store) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write_loop(store, rx));
-        Self { tx }
+        Self { tx, audit_dropped: Arc::default() }
     }
 
     async fn send(&self, w: Write) {
@@ -88,6 +93,31 @@ impl Recorder {
                 tracing::error!("the record writer has stopped; a record was not written")
             }
         }
+    }
+
+    /// Queues an audit line without waiting. Refusals come at the rate
+    /// clients send them, so a full queue does not grow a task per line:
+    /// the line is dropped and counted ([`Recorder::audit_dropped`]).
+    pub fn audit(&self, a: AuditRecord) {
+        match self.tx.try_send(Write::Record(Record::Audit(Box::new(a)), None)) {
+            Ok(()) => {}
+            Err(e) => {
+                let dropped = self.audit_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::error!(
+                    dropped,
+                    "an audit line was not written: the record queue is {}",
+                    match e {
+                        mpsc::error::TrySendError::Full(_) => "full",
+                        mpsc::error::TrySendError::Closed(_) => "closed",
+                    }
+                );
+            }
+        }
+    }
+
+    /// Audit lines dropped since start because the queue was full or closed.
+    pub fn audit_dropped(&self) -> u64 {
+        self.audit_dropped.load(Ordering::Relaxed)
     }
 
     pub async fn shadow(&self, r: ShadowRecord) {
@@ -161,6 +191,7 @@ async fn write_batch(store: &Store, records: &[Record]) -> Result<(), StoreError
         match r {
             Record::Decision(_) => {}
             Record::Shadow(s) => crate::insert_shadow(&mut tx, s).await?,
+            Record::Audit(a) => crate::insert_audit(&mut tx, a).await?,
             Record::Completion(c) => {
                 sqlx::query("UPDATE decisions SET prompt_tokens = ?, completion_tokens = ?, cost_usd = ?, energy_wh = ? WHERE request_id = ?")
                     .bind(c.prompt_tokens.map(i64::from))

@@ -175,7 +175,7 @@ async fn keys_are_stored_as_hashes_listed_and_revoked_once() {
         data_class_floor: Some("regulated".into()),
         routes: vec!["local".into()],
         families: vec![],
-        limits: switchyard_store::KeyLimits { requests_per_minute: Some(60), concurrent: None },
+        limits: switchyard_store::Limits { requests_per_minute: Some(60), ..Default::default() },
     };
     store.create_key(&key).await.unwrap();
     assert!(store.create_key(&key).await.is_err(), "ids are unique");

@@ -110,7 +110,7 @@ impl Backend for Scripted {
                 finish_reason: FinishReason::Stop,
                 prompt_tokens: 1,
                 completion_tokens: n,
-                timings: Timings::default(),
+                timings: Timings { prompt_n: 1, predicted_n: n, ..Timings::default() },
             };
             let tokens = stream::iter(tokens.into_iter().enumerate()).then(move |(i, (text, logprob))| async move {
                 tokio::time::sleep(if i == 0 { first_after } else { gap }).await;

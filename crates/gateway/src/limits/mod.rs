@@ -1,17 +1,28 @@
-//! Per-key rate limits: requests per minute (GCRA, a burst of a minute's
-//! worth) and requests in flight. Over a limit: 429 with `Retry-After` and
-//! OpenAI's `x-ratelimit-*-requests` headers, so the official clients back
-//! off by themselves.
+//! Limits per key and per tenant: requests and tokens per minute (GCRA, a
+//! burst of a minute's worth), tokens and dollars per UTC day, requests in
+//! flight. Over a limit: 429 with `Retry-After` and OpenAI's
+//! `x-ratelimit-*-requests` / `-tokens` headers, so the official clients
+//! back off by themselves.
 //!
-//! The per-minute schedule lives in this process, or (`redis`) in Redis,
-//! where one atomic script per request checks and advances it on Redis's
-//! own clock, so every replica sharing that Redis shares the limit. When
-//! Redis cannot be reached, `redis-fail` decides: `open` admits (and says
-//! so in `x-switchyard-ratelimit`), `closed` answers 503. Requests in flight
-//! are counted per process.
+//! A request counts against its key's limits and its tenant's (the tenant's
+//! are shared by all its keys). Prompt tokens are charged at admission (an
+//! estimate from the text, corrected by the answer's `usage`), completion
+//! tokens as they stream ([`meter`]), and the answer's cost at the route's
+//! `[prices]` when it ends; a stream cut short is charged what it produced.
 //!
-//! Invariant: a refused request changes no state (it does not push the
-//! key's schedule further out), so retrying after `Retry-After` succeeds.
+//! The counters live in this process ([`local`]) or in Redis ([`shared`]),
+//! where every replica using that Redis shares them. When Redis cannot be
+//! reached, `redis-fail` decides: `open` admits (and says so in
+//! `x-switchyard-ratelimit`), `closed` answers 503. Requests in flight are
+//! counted per process.
+//!
+//! Invariant: a refused request changes no counter (it does not push a
+//! schedule further out), so retrying after `Retry-After` succeeds.
+
+mod ledger;
+mod local;
+pub mod meter;
+mod shared;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,38 +30,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use switchyard_store::Limits;
 
-use crate::auth::{Caller, Principal};
+use crate::auth::Caller;
 use crate::error::ApiError;
+use ledger::{Verdict, Window};
 
-const MINUTE: Duration = Duration::from_secs(60);
-const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
-const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
-const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
 const DEGRADED: HeaderName = HeaderName::from_static("x-switchyard-ratelimit");
-
-/// GCRA on Redis's clock, in µs. KEYS[1]: the key's theoretical arrival
-/// time; ARGV: the interval and the window (a minute). Returns {admitted,
-/// ahead, backlog}: how far the schedule would be ahead of now with this
-/// request, and how far it was without it.
-const GCRA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local ahead = tat + interval - now
-if ahead > window then return {0, ahead, tat - now} end
-redis.call('SET', KEYS[1], tat + interval, 'PX', math.floor(ahead / 1000) + 1)
-return {1, ahead, tat - now}
-";
-
-#[derive(Default)]
-pub struct Limiter {
-    keys: Mutex<HashMap<String, KeyState>>,
-    shared: Option<Shared>,
-}
 
 /// What a shared limiter does when Redis cannot be reached.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -63,26 +49,26 @@ pub enum FailMode {
     Closed,
 }
 
-/// The per-minute schedules in Redis.
-struct Shared {
-    conn: redis::aio::ConnectionManager,
-    prefix: String,
-    fail: FailMode,
-    script: redis::Script,
+/// Whose limits a request counts against: `key:<id>` or `tenant:<name>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subject {
+    pub id: String,
+    pub limits: Limits,
 }
 
 #[derive(Default)]
-struct KeyState {
-    /// GCRA's theoretical arrival time of the next request (local schedules).
-    tat: Option<Instant>,
-    in_flight: Arc<AtomicU32>,
+pub struct Limiter {
+    local: local::Accounts,
+    shared: Option<shared::Shared>,
+    in_flight: Mutex<HashMap<String, Arc<AtomicU32>>>,
 }
 
-/// A request let through: the headers to answer with, and its place among
-/// the key's requests in flight, held until the answer's body is dropped.
+/// A request let through: the headers to answer with, its places among
+/// its subjects' requests in flight, and what to charge its answer to.
 pub struct Admitted {
     pub headers: HeaderMap,
-    pub slot: Option<Slot>,
+    pub slots: Vec<Slot>,
+    pub meter: Option<meter::Meter>,
 }
 
 /// One request in flight; dropping it frees the place.
@@ -101,160 +87,162 @@ pub struct Refused {
 }
 
 impl Limiter {
-    /// Per-minute schedules in the Redis at `url`, under `prefix`; connected
-    /// here, so a wrong address fails at start.
+    /// Counters in the Redis at `url`, under `prefix`; connected here, so a
+    /// wrong address fails at start.
     pub async fn shared(url: &str, prefix: &str, fail: FailMode) -> Result<Self, redis::RedisError> {
-        let conn = redis::Client::open(url)?.get_connection_manager().await?;
-        let shared = Shared { conn, prefix: prefix.to_string(), fail, script: redis::Script::new(GCRA) };
-        Ok(Self { keys: Mutex::default(), shared: Some(shared) })
+        let shared = shared::Shared::connect(url, prefix, fail).await?;
+        Ok(Self { shared: Some(shared), ..Self::default() })
     }
 
-    pub async fn admit(&self, caller: &Caller, now: Instant) -> Result<Admitted, Box<Refused>> {
-        let Caller::Key(key) = caller else { return Ok(Admitted { headers: HeaderMap::new(), slot: None }) };
+    /// Admits a request from `caller` whose prompt is about `tokens` tokens,
+    /// charging it to every subject, or refuses it and charges nothing.
+    pub async fn admit(self: &Arc<Self>, caller: &Caller, tokens: u64) -> Result<Admitted, Box<Refused>> {
+        let subjects = subjects(caller);
+        if subjects.is_empty() {
+            return Ok(Admitted { headers: HeaderMap::new(), slots: Vec::new(), meter: None });
+        }
         let mut headers = HeaderMap::new();
-        if let Some(limit) = key.limits.requests_per_minute {
-            let rate = match &self.shared {
-                None => Some(self.local_rate(&key.key_id, limit, now)),
-                Some(shared) => shared.rate(key, limit, &mut headers).await?,
-            };
-            if let Some(rate) = rate {
-                rate.headers(&mut headers);
-                if let Some(wait) = rate.wait {
-                    return Err(refused(key, format!("more than {limit} requests per minute"), wait, headers));
+        let (today, until_midnight) = ledger::day(switchyard_wire::unix_ms());
+        let judge = |standings: &[ledger::Standing]| {
+            let verdicts: Vec<Verdict> = subjects
+                .iter()
+                .zip(standings)
+                .map(|(s, st)| ledger::verdict(&s.limits, st, tokens, until_midnight))
+                .collect();
+            (verdicts.iter().all(|v| v.refusal.is_none()), verdicts)
+        };
+        let counted = match &self.shared {
+            None => Some(self.local.check(&subjects, tokens, Instant::now(), today, judge)),
+            Some(shared) => match shared.check(&subjects, tokens, today).await {
+                // Redis decided, atomically; the verdicts only explain it.
+                Ok((admitted, standings)) => {
+                    let (_, mut verdicts) = judge(&standings);
+                    if !admitted && verdicts.iter().all(|v| v.refusal.is_none()) {
+                        if let Some(v) = verdicts.first_mut() {
+                            v.refusal = Some(("a limit was reached".into(), Duration::from_secs(1)));
+                        }
+                    }
+                    Some(verdicts)
                 }
+                Err(e) => {
+                    unreachable_redis(shared.fail, caller, &e, &mut headers)?;
+                    None
+                }
+            },
+        };
+        if let Some(verdicts) = &counted {
+            write_headers(verdicts, &mut headers);
+            if let Some((subject, (why, wait))) =
+                subjects.iter().zip(verdicts).find_map(|(s, v)| v.refusal.clone().map(|r| (s, r)))
+            {
+                return Err(refused(caller, subject, why, wait, headers));
             }
         }
-        let slot = match key.limits.concurrent {
-            None => None,
-            Some(most) => {
-                let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-                let in_flight = keys.entry(key.key_id.clone()).or_default().in_flight.clone();
-                drop(keys);
-                if in_flight.fetch_add(1, Ordering::SeqCst) >= most {
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
-                    return Err(refused(
-                        key,
-                        format!("more than {most} requests at once"),
-                        Duration::from_secs(1),
-                        headers,
-                    ));
-                }
-                Some(Slot(in_flight))
+        let slots = self.take_slots(caller, &subjects, &headers)?;
+        let meter = meter::Meter::new(self.clone(), subjects, tokens);
+        Ok(Admitted { headers, slots, meter: Some(meter) })
+    }
+
+    /// A place among each subject's requests in flight, or a refusal.
+    fn take_slots(
+        &self,
+        caller: &Caller,
+        subjects: &[Subject],
+        headers: &HeaderMap,
+    ) -> Result<Vec<Slot>, Box<Refused>> {
+        let mut slots = Vec::new();
+        for s in subjects {
+            let Some(most) = s.limits.concurrent else { continue };
+            let counter = {
+                let mut map = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+                map.entry(s.id.clone()).or_default().clone()
+            };
+            if counter.fetch_add(1, Ordering::SeqCst) >= most {
+                counter.fetch_sub(1, Ordering::SeqCst);
+                // Places taken for earlier subjects are freed as `slots` drops.
+                let why = format!("more than {most} requests at once");
+                return Err(refused(caller, s, why, Duration::from_secs(1), headers.clone()));
+            }
+            slots.push(Slot(counter));
+        }
+        Ok(slots)
+    }
+
+    /// Charges `tokens` more (negative: refunds) and `cost_usd` to `subjects`.
+    fn charge(&self, subjects: &[Subject], tokens: i64, cost_usd: f64) {
+        if tokens == 0 && cost_usd <= 0.0 {
+            return;
+        }
+        let (today, _) = ledger::day(switchyard_wire::unix_ms());
+        match &self.shared {
+            None => self.local.charge(subjects, tokens, cost_usd, Instant::now(), today),
+            Some(shared) => shared.charge(subjects, tokens, cost_usd, today),
+        }
+    }
+}
+
+/// The caller's key and tenant, where either has a limit.
+fn subjects(caller: &Caller) -> Vec<Subject> {
+    let Caller::Key(key) = caller else { return Vec::new() };
+    let key_subject = Subject { id: format!("key:{}", key.key_id), limits: key.limits };
+    let tenant_subject = Subject { id: format!("tenant:{}", key.tenant), limits: key.tenant_limits };
+    [key_subject, tenant_subject].into_iter().filter(|s| !s.limits.is_empty()).collect()
+}
+
+/// The tightest per-minute windows of all subjects, as OpenAI's headers.
+fn write_headers(verdicts: &[Verdict], h: &mut HeaderMap) {
+    let tightest = |pick: fn(&Verdict) -> Option<Window>| {
+        verdicts.iter().filter_map(pick).min_by_key(|w| (w.wait.is_none(), w.remaining))
+    };
+    for (kind, window) in [("requests", tightest(|v| v.requests)), ("tokens", tightest(|v| v.tokens))] {
+        let Some(w) = window else { continue };
+        let mut put = |name: String, value: String| {
+            if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+                h.insert(n, v);
             }
         };
-        Ok(Admitted { headers, slot })
-    }
-
-    /// One GCRA step on this process's schedule for the key, advanced if admitted.
-    fn local_rate(&self, key_id: &str, limit: u32, now: Instant) -> Rate {
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        let state = keys.entry(key_id.to_string()).or_default();
-        let tat = state.tat.map_or(now, |t| t.max(now));
-        let rate = Rate::of(limit, tat.saturating_duration_since(now));
-        if rate.wait.is_none() {
-            state.tat = Some(tat + MINUTE / limit);
-        }
-        rate
+        put(format!("x-ratelimit-limit-{kind}"), w.limit.to_string());
+        put(format!("x-ratelimit-remaining-{kind}"), w.remaining.to_string());
+        put(format!("x-ratelimit-reset-{kind}"), format!("{:.3}s", w.reset.as_secs_f64()));
     }
 }
 
-impl Shared {
-    /// One GCRA step on the key's schedule in Redis. `Ok(None)`: Redis is
-    /// unreachable and the limiter fails open (noted in `headers`).
-    async fn rate(&self, key: &Principal, limit: u32, headers: &mut HeaderMap) -> Result<Option<Rate>, Box<Refused>> {
-        let mut conn = self.conn.clone();
-        let reply: Result<(u8, i64, i64), _> = self
-            .script
-            .key(format!("{}{}", self.prefix, key.key_id))
-            .arg((MINUTE / limit).as_micros() as i64)
-            .arg(MINUTE.as_micros() as i64)
-            .invoke_async(&mut conn)
-            .await;
-        match reply {
-            Ok((_, _, backlog)) => Ok(Some(Rate::of(limit, Duration::from_micros(backlog.max(0) as u64)))),
-            Err(e) if self.fail == FailMode::Open => {
-                tracing::warn!(key_id = %key.key_id, "rate limiter unreachable, admitting (redis-fail = open): {e}");
-                headers.insert(DEGRADED, HeaderValue::from_static("unavailable; fail-open"));
-                Ok(None)
-            }
-            Err(e) => {
-                tracing::warn!(key_id = %key.key_id, "rate limiter unreachable, refusing (redis-fail = closed): {e}");
-                headers.insert(DEGRADED, HeaderValue::from_static("unavailable; fail-closed"));
-                let error = ApiError {
-                    retry_after: Some(1),
-                    ..ApiError::internal("the rate limiter is unreachable; try again shortly")
-                }
-                .with_status(StatusCode::SERVICE_UNAVAILABLE)
-                .with_code("rate_limiter_unavailable");
-                Err(Box::new(Refused { error, headers: std::mem::take(headers) }))
-            }
-        }
+/// Redis is unreachable: `Ok` (noted in `headers`) when failing open.
+fn unreachable_redis(
+    fail: FailMode,
+    caller: &Caller,
+    e: &redis::RedisError,
+    headers: &mut HeaderMap,
+) -> Result<(), Box<Refused>> {
+    let key_id = match caller {
+        Caller::Key(k) => k.key_id.as_str(),
+        Caller::Open => "",
+    };
+    if fail == FailMode::Open {
+        tracing::warn!(key_id, "rate limiter unreachable, admitting (redis-fail = open): {e}");
+        headers.insert(DEGRADED, HeaderValue::from_static("unavailable; fail-open"));
+        return Ok(());
     }
+    tracing::warn!(key_id, "rate limiter unreachable, refusing (redis-fail = closed): {e}");
+    headers.insert(DEGRADED, HeaderValue::from_static("unavailable; fail-closed"));
+    let error =
+        ApiError { retry_after: Some(1), ..ApiError::internal("the rate limiter is unreachable; try again shortly") }
+            .with_status(StatusCode::SERVICE_UNAVAILABLE)
+            .with_code("rate_limiter_unavailable");
+    Err(Box::new(Refused { error, headers: std::mem::take(headers) }))
 }
 
-/// One GCRA step for `limit` per minute (burst `limit`), given how far the
-/// key's schedule is ahead of now: the same arithmetic the Redis script does.
-struct Rate {
-    limit: u32,
-    /// `Some`: refused, and how long until a request would pass.
-    wait: Option<Duration>,
-    remaining: u32,
-    /// Until the key's allowance is whole again.
-    reset: Duration,
-}
-
-impl Rate {
-    fn of(limit: u32, backlog: Duration) -> Self {
-        let interval = MINUTE / limit;
-        let ahead = backlog + interval;
-        if ahead > MINUTE {
-            return Self { limit, wait: Some(ahead - MINUTE), remaining: 0, reset: backlog };
-        }
-        let remaining = ((MINUTE - ahead).as_nanos() / interval.as_nanos()) as u32;
-        Self { limit, wait: None, remaining, reset: ahead }
-    }
-
-    fn headers(&self, h: &mut HeaderMap) {
-        h.insert(LIMIT, HeaderValue::from(self.limit));
-        h.insert(REMAINING, HeaderValue::from(self.remaining));
-        if let Ok(v) = HeaderValue::from_str(&format!("{:.3}s", self.reset.as_secs_f64())) {
-            h.insert(RESET, v);
-        }
-    }
-}
-
-fn refused(key: &Principal, what: String, wait: Duration, headers: HeaderMap) -> Box<Refused> {
+fn refused(caller: &Caller, subject: &Subject, what: String, wait: Duration, headers: HeaderMap) -> Box<Refused> {
     let secs = wait.as_secs_f64().ceil().max(1.0) as u32;
-    tracing::info!(key_id = %key.key_id, tenant = %key.tenant, "rate limited: {what}");
+    let tenant = caller.tenant().unwrap_or_default();
+    tracing::info!(subject = %subject.id, tenant, "rate limited: {what}");
+    let whose = subject.id.replacen(':', " ", 1);
     let error = ApiError {
         kind: "rate_limit_error",
         retry_after: Some(secs),
-        ..ApiError::invalid(None, format!("Rate limit reached for key {}: {what}. Try again in {secs} s.", key.key_id))
+        ..ApiError::invalid(None, format!("Rate limit reached for {whose}: {what}. Try again in {secs} s."))
     }
     .with_status(StatusCode::TOO_MANY_REQUESTS)
     .with_code("rate_limit_exceeded");
     Box::new(Refused { error, headers })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gcra_allows_a_burst_of_the_limit_then_one_per_interval() {
-        let limiter = Limiter::default();
-        let t0 = Instant::now();
-        for i in 0..6 {
-            let r = limiter.local_rate("k", 6, t0);
-            assert!(r.wait.is_none(), "request {i} of the burst");
-            assert_eq!(r.remaining, 5 - i);
-        }
-        assert_eq!(limiter.local_rate("k", 6, t0).wait, Some(Duration::from_secs(10)), "then one every 10 s");
-        assert_eq!(limiter.local_rate("k", 6, t0).wait, Some(Duration::from_secs(10)), "a refusal moves nothing");
-        let r = limiter.local_rate("k", 6, t0 + Duration::from_secs(10));
-        assert!(r.wait.is_none() && r.remaining == 0);
-        let r = limiter.local_rate("k", 6, t0 + Duration::from_secs(120));
-        assert!(r.wait.is_none() && r.remaining == 5, "a quiet period refills, up to the burst");
-        assert!(limiter.local_rate("other", 6, t0).wait.is_none(), "keys are apart");
-    }
 }

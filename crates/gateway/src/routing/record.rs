@@ -67,13 +67,16 @@ impl Routing {
     pub(super) fn after_sent(
         &self,
         state: &AppState,
-        resp: Response,
+        mut resp: Response,
         ending: &Ending,
         run: &Run,
         shadow: Option<oneshot::Sender<super::shadow::Primary>>,
     ) -> Response {
         let (id, route, began) = (ending.request_id.clone(), ending.route.clone(), run.began);
         let price = self.policy.route(&route).and_then(|r| self.prices.for_route(&r.name, &r.model)).cloned();
+        if let Some(p) = &price {
+            resp.extensions_mut().insert(crate::limits::meter::Priced(p.clone()));
+        }
         let recorder = state.recorder.clone().filter(|_| price.is_some());
         if shadow.is_none() && recorder.is_none() {
             return resp;

@@ -1,0 +1,129 @@
+//! Charging an answer as it is sent: each streamed chunk with text is a
+//! completion token, charged when it passes; when the answer ends (or the
+//! client leaves), the answer's `usage` corrects the prompt estimate and
+//! the count, and its cost at the route's price is charged. A stream cut
+//! short has no `usage`: it is charged the estimate and what it produced.
+//! An answer that failed without `usage` gives the estimate back.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::Response;
+use bytes::BytesMut;
+use futures::StreamExt;
+use switchyard_router::Price;
+use switchyard_wire::sse::SseDecoder;
+use switchyard_wire::ChatReply;
+
+use super::{Limiter, Subject};
+use crate::capture::{self, CAPTURE_LIMIT};
+
+/// The price of the route that answered, put on the response by routing.
+#[derive(Debug, Clone)]
+pub struct Priced(pub Price);
+
+/// What to charge an admitted request's answer to.
+pub struct Meter {
+    limiter: Arc<Limiter>,
+    subjects: Vec<Subject>,
+    /// Prompt tokens charged at admission.
+    estimate: u64,
+    began: Instant,
+}
+
+impl Meter {
+    pub(super) fn new(limiter: Arc<Limiter>, subjects: Vec<Subject>, estimate: u64) -> Self {
+        Self { limiter, subjects, estimate, began: Instant::now() }
+    }
+
+    /// Wraps `resp`'s body so it is charged as it is sent.
+    pub fn wrap(self, resp: Response) -> Response {
+        let price = resp.extensions().get::<Priced>().map(|p| p.0.clone());
+        let stream = resp.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let (parts, body) = resp.into_parts();
+        let mut counting = Counting {
+            meter: self,
+            price,
+            failed: !parts.status.is_success(),
+            sse: stream.then(SseDecoder::default),
+            whole: BytesMut::new(),
+            produced: 0,
+            usage: None,
+        };
+        let body = body.into_data_stream().map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                counting.saw(bytes);
+            }
+            chunk
+        });
+        Response::from_parts(parts, Body::from_stream(body))
+    }
+}
+
+/// An answer being charged; the final charge is made when it is dropped,
+/// which happens whether the body ended or the client left.
+struct Counting {
+    meter: Meter,
+    price: Option<Price>,
+    failed: bool,
+    /// For streams; JSON answers are read whole at the end instead.
+    sse: Option<SseDecoder>,
+    whole: BytesMut,
+    /// Completion tokens charged so far.
+    produced: u64,
+    /// Prompt and completion tokens as the answer reported them.
+    usage: Option<(u32, u32)>,
+}
+
+impl Counting {
+    fn saw(&mut self, bytes: &[u8]) {
+        let Some(sse) = &mut self.sse else {
+            let room = CAPTURE_LIMIT.saturating_sub(self.whole.len());
+            self.whole.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            return;
+        };
+        let mut tokens = 0;
+        for data in sse.push(bytes) {
+            let Ok(reply) = ChatReply::from_json(&data) else { continue };
+            if reply.content().is_some_and(|c| !c.is_empty()) || reply.refusal().is_some_and(|r| !r.is_empty()) {
+                tokens += 1;
+            }
+            if let Some(usage) = capture::usage(&reply) {
+                self.usage = Some(usage);
+            }
+        }
+        if tokens > 0 {
+            self.produced += tokens;
+            self.meter.limiter.charge(&self.meter.subjects, tokens as i64, 0.0);
+        }
+    }
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        if self.sse.is_none() {
+            self.usage = capture::tokens(&self.whole);
+        }
+        let estimate = i64::try_from(self.meter.estimate).unwrap_or(i64::MAX);
+        let produced = i64::try_from(self.produced).unwrap_or(i64::MAX);
+        let (tokens, cost) = match self.usage {
+            Some((prompt, completion)) => {
+                // Never less than was visibly streamed, whatever the answer claims.
+                let completion = completion.max(u32::try_from(produced).unwrap_or(u32::MAX));
+                let busy_ms = self.meter.began.elapsed().as_secs_f64() * 1e3;
+                let cost = self.price.as_ref().map_or(0.0, |p| p.cost(prompt, completion, busy_ms).usd);
+                (i64::from(prompt) - estimate + i64::from(completion) - produced, cost)
+            }
+            None if self.failed && produced == 0 => (-estimate, 0.0),
+            None => {
+                let busy_ms = self.meter.began.elapsed().as_secs_f64() * 1e3;
+                let (prompt, completion) =
+                    (u32::try_from(estimate).unwrap_or(u32::MAX), u32::try_from(produced).unwrap_or(u32::MAX));
+                (0, self.price.as_ref().map_or(0.0, |p| p.cost(prompt, completion, busy_ms).usd))
+            }
+        };
+        self.meter.limiter.charge(&self.meter.subjects, tokens, cost);
+    }
+}
