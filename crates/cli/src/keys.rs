@@ -18,7 +18,8 @@ pub enum KeysCommand {
         #[arg(long)]
         tenant: String,
         /// admin (everything), operator (routes, forcing a route, handoffs),
-        /// auditor (reads decisions), or tenant (inference, its own decisions).
+        /// auditor (reads decisions and the audit trail), or tenant
+        /// (inference, its own decisions and handoffs).
         #[arg(long)]
         role: String,
         /// The lane of the key's requests (interactive, batch, fallback);
@@ -110,13 +111,14 @@ pub fn describe(l: &Limits) -> Vec<String> {
     .collect()
 }
 
-/// Records a change made from the command line in the audit trail.
-pub async fn audit(store: &Store, action: &str, tenant: Option<&str>, detail: String) -> anyhow::Result<()> {
+/// Records a change made from the command line in the audit trail. Like
+/// every audit line, its key and tenant are the actor's: here, none.
+pub async fn audit(store: &Store, action: &str, detail: String) -> anyhow::Result<()> {
     let line = AuditRecord {
         id: 0,
         created_ms: switchyard_wire::unix_ms(),
         key_id: None,
-        tenant: tenant.map(str::to_string),
+        tenant: None,
         action: action.to_string(),
         outcome: "done".into(),
         status: 200,
@@ -130,16 +132,22 @@ pub struct DataDir {
     /// The server's data directory [default: data-dir from ./switchyard.toml, else ~/.local/share/switchyard]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// The server's database instead (postgres://… in shared mode) [default: database from ./switchyard.toml]
+    #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
+    database: Option<String>,
 }
 
 impl DataDir {
     pub async fn open(&self) -> anyhow::Result<Store> {
-        let dir = match &self.data_dir {
-            Some(dir) => dir.clone(),
-            None => ServeConfig::load(std::path::Path::new("switchyard.toml"), false)?.data_dir(),
-        };
-        let db = dir.join("switchyard.db");
-        Store::open(&db).await.with_context(|| format!("opening {}", db.display()))
+        let mut cfg = ServeConfig::load(std::path::Path::new("switchyard.toml"), false)?;
+        if let Some(dir) = &self.data_dir {
+            cfg.data_dir = Some(dir.clone());
+            cfg.database = None;
+        }
+        if let Some(url) = &self.database {
+            cfg.database = Some(url.clone());
+        }
+        cfg.open_store().await
     }
 }
 
@@ -182,7 +190,7 @@ async fn run_async(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Revoke { id, at } => {
             let store = at.open().await?;
             anyhow::ensure!(store.revoke_key(&id, switchyard_wire::unix_ms()).await?, "no active key {id}");
-            audit(&store, "keys.revoke", None, format!("key {id}")).await?;
+            audit(&store, "keys.revoke", format!("key {id}")).await?;
             println!("revoked {id}");
             Ok(())
         }
@@ -201,7 +209,7 @@ async fn run_async(cmd: KeysCommand) -> anyhow::Result<()> {
             };
             create(&store, &spec).await?;
             store.revoke_key(&id, switchyard_wire::unix_ms()).await?;
-            audit(&store, "keys.revoke", None, format!("key {id}, rotated")).await?;
+            audit(&store, "keys.revoke", format!("key {id}, rotated")).await?;
             eprintln!("revoked {id}");
             Ok(())
         }
@@ -215,7 +223,7 @@ async fn create(store: &Store, spec: &KeySpec) -> anyhow::Result<()> {
     })?;
     store.create_key(&record).await?;
     let what = format!("key {} for tenant {} with role {}", record.id, record.tenant, record.role);
-    audit(store, "keys.create", Some(&record.tenant), what).await?;
+    audit(store, "keys.create", what).await?;
     eprintln!("key {} for tenant {} (role {}); it is shown this once, keep it:", record.id, record.tenant, record.role);
     println!("{key}");
     Ok(())

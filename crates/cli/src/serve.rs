@@ -64,7 +64,12 @@ pub struct ServeArgs {
     /// first (`switchyard keys create`).
     #[arg(long)]
     allow_unauthenticated: bool,
-    /// Share keys' per-minute rate limits through this Redis (redis://host:port/db)
+    /// Keep decisions, handoffs, shadows, keys, tenants and the audit trail
+    /// in this database instead of SQLite in the data dir: postgres://…
+    /// (shared by every replica that uses it) or sqlite://FILE
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// Share keys' and tenants' limits through this Redis (redis://host:port/db)
     /// with every replica that uses it. Without it, limits count per process.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
@@ -107,6 +112,9 @@ impl ServeArgs {
         cfg.allow_unauthenticated |= self.allow_unauthenticated;
         if self.redis.is_some() {
             cfg.redis = self.redis;
+        }
+        if self.database.is_some() {
+            cfg.database = self.database;
         }
         if let Some(fail) = self.redis_fail {
             cfg.redis_fail = match fail {

@@ -32,7 +32,7 @@ pub fn run(cmd: TenantsCommand) -> anyhow::Result<()> {
                 let store = at.open().await?;
                 let tenant = store.put_tenant(&name, &limits, switchyard_wire::unix_ms()).await?;
                 let words = describe(&tenant.limits).join(" ");
-                audit(&store, "tenants.put", Some(&name), format!("tenant {name} limits {words}")).await?;
+                audit(&store, "tenants.put", format!("tenant {name} limits {words}")).await?;
                 println!("{name}: {}", if words.is_empty() { "no limits".into() } else { words });
                 Ok(())
             }

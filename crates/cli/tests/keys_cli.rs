@@ -128,4 +128,12 @@ fn tenants_and_key_limits_are_set_offline_and_bad_limits_name_the_flag() {
     assert!(made.status.success(), "{}", text(&made.stderr));
     let keys = text(&switchyard(&["keys", "list", "--data-dir", data]).stdout);
     assert!(keys.contains("tpm=900"), "{keys}");
+
+    // A database that cannot be reached fails at start, naming the setting and not the URL's password.
+    let nowhere = "postgres://me:s3cret@127.0.0.1:1/nope";
+    for args in [&["keys", "list", "--database", nowhere][..], &["serve", "--database", nowhere, "--port", "0"][..]] {
+        let out = switchyard(args);
+        let err = text(&out.stderr);
+        assert!(!out.status.success() && err.contains("`database`") && !err.contains("s3cret"), "{args:?}: {err}");
+    }
 }

@@ -31,7 +31,7 @@ async fn store(state: &AppState) -> Result<&Store, ApiError> {
     state
         .store
         .as_ref()
-        .ok_or_else(|| ApiError::not_found("/admin (this server routes without a policy, so it keeps no records)"))
+        .ok_or_else(|| ApiError::not_found("/admin (this server was started without a store, so it keeps no records)"))
 }
 
 fn missing(param: &str, what: String) -> ApiError {

@@ -1,6 +1,8 @@
-//! The audit trail: every request refused for who sent it (401, 403, 429)
-//! and every change to keys and tenants, with the key id and tenant, never
-//! a secret. Lines are queued to the store's writer off the request path.
+//! The audit trail: every request refused with 401, 403 or 429 (a busy
+//! server's 429s included: they are refusals a caller saw) and every change
+//! to keys and tenants. A line's key id and tenant are the actor's (the
+//! caller's), never a secret; what was changed is in its detail. Lines are
+//! queued to the store's writer off the request path.
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! Who is calling, and what they may do.
 //!
 //! Keys live in the store (made by `switchyard keys create` or `POST
-//! /admin/keys`); each server keeps a copy in memory, reloaded every second,
+//! /admin/keys`); each server keeps a copy in memory, reloaded twice a second,
 //! so a key made or revoked by another process counts within a second.
 //!
 //! Invariants:
@@ -63,8 +63,9 @@ impl Caller {
     pub fn may(&self, p: Permission) -> bool {
         match self {
             // The first key is made offline (`switchyard keys create`):
-            // whoever reaches an open server must not get to make one.
-            Caller::Open => p != Permission::ManageKeys,
+            // whoever reaches an open server must not get to make one, nor
+            // set the limits that will hold once keys exist.
+            Caller::Open => !matches!(p, Permission::ManageKeys | Permission::ManageTenants),
             Caller::Key(k) => k.role.may(p),
         }
     }
@@ -123,11 +124,13 @@ impl Keys {
         Ok(keys)
     }
 
-    /// Rereads the keys once a second, for as long as the server runs.
+    /// Rereads the keys and tenants twice a second, for as long as the
+    /// server runs: a change made through another replica (or the CLI)
+    /// counts here within a second, reread included.
     pub fn watch(self: &Arc<Self>) {
         let keys = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tick.tick().await;
                 let Some(keys) = keys.upgrade() else { return };

@@ -29,10 +29,13 @@ pub struct ServeConfig {
     pub policy: Option<std::path::PathBuf>,
     /// Where the SQLite database lives; default `~/.local/share/switchyard`.
     pub data_dir: Option<std::path::PathBuf>,
+    /// The store's database instead of SQLite in the data dir:
+    /// `postgres://…` (shared by replicas) or `sqlite://FILE`.
+    pub database: Option<String>,
     /// Honour `x-switchyard-force-route`: for operators and the eval
     /// runner, off by default so no client can skip the routing rules.
     pub allow_force_route: bool,
-    /// Redis URL (`redis://host:port/db`): keys' per-minute limits are
+    /// Redis URL (`redis://host:port/db`): keys' and tenants' limits are
     /// shared by every replica using it. Without it, they count per process.
     pub redis: Option<String>,
     /// When Redis cannot be reached: `open` (admit) or `closed` (503).
@@ -58,6 +61,7 @@ impl Default for ServeConfig {
             max_body_bytes: 4 << 20,
             policy: None,
             data_dir: None,
+            database: None,
             allow_force_route: RoutingOptions::default().allow_force_route,
             max_verifies: RoutingOptions::default().max_verifies,
             allow_unauthenticated: false,
@@ -128,6 +132,20 @@ impl ServeConfig {
         })
     }
 
+    /// Opens the store: `database`, else SQLite in the data dir. The
+    /// database URL may hold a password, so an error names the key, not it.
+    pub async fn open_store(&self) -> anyhow::Result<switchyard_store::Store> {
+        match &self.database {
+            Some(url) => switchyard_store::Store::connect(url)
+                .await
+                .map_err(|e| anyhow::anyhow!("`database`: cannot open the database it names: {e}")),
+            None => {
+                let db = self.data_dir().join("switchyard.db");
+                switchyard_store::Store::open(&db).await.map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))
+            }
+        }
+    }
+
     pub fn routing_options(&self) -> RoutingOptions {
         RoutingOptions { allow_force_route: self.allow_force_route, max_verifies: self.max_verifies }
     }
@@ -145,6 +163,12 @@ impl ServeConfig {
             return bad("max-body-bytes", "must be at least 1024".into());
         }
         self.prices.validate().map_err(|message| ConfigError::Invalid { key: "prices", message })?;
+        if let Some(url) = &self.database {
+            let known = ["postgres://", "postgresql://", "sqlite://"];
+            if !known.iter().any(|k| url.starts_with(k)) {
+                return bad("database", "must start with postgres:// (shared mode) or sqlite:// (a file)".into());
+            }
+        }
         Ok(())
     }
 }
@@ -200,5 +224,8 @@ mod tests {
         let c = ServeConfig { host: "my host".into(), ..Default::default() };
         assert!(c.validate().unwrap_err().to_string().contains("`host`"));
         assert!(parse("port = \"eighty\"").unwrap_err().contains("port"));
+        let c = parse("database = \"mysql://db/x\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("`database`"));
+        parse("database = \"postgres://127.0.0.1:5432/test\"").unwrap().validate().unwrap();
     }
 }

@@ -52,7 +52,7 @@ pub struct AppState {
     pub recorder: Option<switchyard_store::Recorder>,
     /// API keys; `None`: no key store, so the server is open.
     pub keys: Option<Arc<auth::Keys>>,
-    /// Each key's request rate and requests in flight.
+    /// Keys' and tenants' limits and quotas (see [`limits`]).
     pub limiter: Arc<limits::Limiter>,
     /// Unix time the models were loaded, reported as `created`.
     pub created: i64,
@@ -223,9 +223,7 @@ pub async fn serve(
     engines: Vec<Engine>,
 ) -> anyhow::Result<()> {
     let mut state = AppState::new(engines);
-    let db = cfg.data_dir().join("switchyard.db");
-    let store =
-        switchyard_store::Store::open(&db).await.map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?;
+    let store = cfg.open_store().await?;
     let keys = auth::Keys::load(store.clone()).await.map_err(|e| anyhow::anyhow!("reading API keys: {e}"))?;
     check_exposure(&cfg, &keys)?;
     keys.watch();
@@ -241,7 +239,10 @@ pub async fn serve(
     if let Some(policy) = policy {
         tracing::info!(policy = %policy.id, "routing by policy");
         state = state.with_policy(policy, cfg.prices.clone(), cfg.routing_options())?;
-        tracing::info!(path = %db.display(), "recording routing decisions");
+        match &cfg.database {
+            Some(_) => tracing::info!("recording routing decisions in the shared database"),
+            None => tracing::info!(dir = %cfg.data_dir().display(), "recording routing decisions"),
+        }
     }
     let state = Arc::new(state.with_store(store));
     let app = router(state.clone(), cfg.max_body_bytes);

@@ -450,8 +450,10 @@ async fn tokens_are_charged_as_produced_and_a_cut_stream_only_for_what_it_produc
     let second = s.chat(Some(&per_minute), "hi", &[]).await;
     assert_eq!(header(&second, "x-ratelimit-remaining-tokens").as_deref(), Some("52"));
     let big = s.chat(Some(&per_minute), &"many words here ".repeat(60), &[]).await;
-    assert_eq!(big.status, StatusCode::TOO_MANY_REQUESTS, "{}", big.body);
+    assert_eq!(big.status, StatusCode::BAD_REQUEST, "no wait would let it through: {}", big.body);
     assert!(big.body["error"]["message"].as_str().unwrap().contains("prompt tokens are more than"), "{}", big.body);
+    let after = s.chat(Some(&per_minute), "hi", &[]).await;
+    assert_eq!(header(&after, "x-ratelimit-remaining-tokens").as_deref(), Some("48"), "the refusal charged nothing");
 }
 
 /// A tenant's limits hold for all its keys together; a day's budget in

@@ -1,6 +1,8 @@
-//! Keys' and tenants' limits shared by two replicas through a real Redis
-//! (127.0.0.1:6379), and what a replica does when its Redis goes away.
-//! Each test uses its own Redis key prefix, so tests can run at once.
+//! Replicas sharing state: keys' and tenants' limits through a real Redis
+//! (127.0.0.1:6379), and what a replica does when its Redis goes away;
+//! keys and records through a real PostgreSQL (127.0.0.1:5432). Each test
+//! uses its own Redis key prefix and PostgreSQL schema, so tests can run at
+//! once.
 
 mod common;
 
@@ -23,6 +25,10 @@ const POLICY: &str = "version = \"r.1\"\ndefault_route = \"local\"\n[[routes]]\n
 
 /// A replica: its own server and limiter, the store (the same SQLite file) shared.
 async fn replica(db: &std::path::Path, limiter: Limiter) -> String {
+    replica_on(Store::open(db).await.unwrap(), limiter).await
+}
+
+async fn replica_on(store: Store, limiter: Limiter) -> String {
     let mut backends: HashMap<String, Arc<dyn Backend>> = HashMap::new();
     backends.insert("local".into(), Arc::new(Scripted::always(Script::answer("ok", -0.1))));
     let routing = Routing::with_backends(
@@ -32,8 +38,8 @@ async fn replica(db: &std::path::Path, limiter: Limiter) -> String {
         RoutingOptions::default(),
     )
     .unwrap();
-    let store = Store::open(db).await.unwrap();
     let keys = Keys::load(store.clone()).await.unwrap();
+    keys.watch();
     let state = AppState::new(vec![]).with_routing(routing).with_store(store).with_keys(keys).with_limiter(limiter);
     common::listen(state).await
 }
@@ -194,4 +200,52 @@ async fn without_redis_a_replica_fails_open_or_closed_as_configured_and_recovers
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(status, StatusCode::OK, "the closed replica admits again once Redis is back");
+}
+
+/// Two replicas on one PostgreSQL: a key made through one serves on the
+/// other, a revocation on one is refused by the other within a second, and
+/// each replica's decisions are readable from the other.
+#[tokio::test]
+async fn replicas_sharing_postgres_share_keys_revocations_and_records() {
+    let Some(url) = switchyard_store::testing::fresh_postgres().await else { return };
+    let store = Store::connect(&url).await.unwrap();
+    let admin = KeySpec { tenant: "ops".into(), role: "admin".into(), ..Default::default() };
+    let (record, admin) = issue(&admin, 1).unwrap();
+    store.create_key(&record).await.unwrap();
+    let a = replica_on(store, Limiter::default()).await;
+    let b = replica_on(Store::connect(&url).await.unwrap(), Limiter::default()).await;
+    let http = reqwest::Client::new();
+    let made: serde_json::Value = http
+        .post(format!("{a}/admin/keys"))
+        .bearer_auth(&admin)
+        .json(&json!({"tenant": "acme", "role": "tenant"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["key"].as_str().unwrap().to_string();
+    let mut on_b = ask(&b, &key).await;
+    for _ in 0..20 {
+        if on_b.status() == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        on_b = ask(&b, &key).await;
+    }
+    assert_eq!(on_b.status(), StatusCode::OK, "a key made on one replica serves on the other");
+    let request_id = on_b.headers()["x-switchyard-request-id"].to_str().unwrap().to_string();
+    let seen = http.get(format!("{a}/admin/decisions/{request_id}")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(seen.status(), StatusCode::OK, "b's decision is read through a");
+
+    let revoked = http.delete(format!("{a}/admin/keys/{}", made["id"].as_str().unwrap())).bearer_auth(&admin).send();
+    assert_eq!(revoked.await.unwrap().status(), StatusCode::OK);
+    let at = std::time::Instant::now();
+    while ask(&b, &key).await.status() == StatusCode::OK {
+        assert!(at.elapsed() < Duration::from_millis(1500), "b still serves a key revoked on a");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("revocation reached the other replica in {} ms", at.elapsed().as_millis());
+    assert!(at.elapsed() <= Duration::from_secs(1));
 }

@@ -1,6 +1,9 @@
-//! Durable records on SQLite (one file in the data dir), through sqlx so the
-//! same queries can later run on PostgreSQL: routing decisions, the human
-//! handoff queue, shadow comparisons, API keys and tenants, the audit trail.
+//! Durable records: routing decisions, the human handoff queue, shadow
+//! comparisons, API keys and tenants, the audit trail. On SQLite (one file
+//! in the data dir, the embedded default) or PostgreSQL (shared by
+//! replicas), through sqlx's `Any` driver: one set of queries, written with
+//! `$N` parameters (both databases read them), and one migration directory
+//! per database under `migrations/`.
 //!
 //! Invariant: a record is written in one statement, so a crash leaves it
 //! either whole or absent, never half-written.
@@ -10,13 +13,14 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod recorder;
+mod rows;
 
 use std::path::Path;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, SqliteConnection};
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::{AnyConnection, AnyPool};
 
 pub use recorder::{Completion, Recorder};
 
@@ -51,16 +55,6 @@ impl JsonText {
     }
 }
 
-/// How a stored column becomes a `JsonText`: checked, since a stored record
-/// may have been edited.
-impl TryFrom<String> for JsonText {
-    type Error = serde_json::Error;
-
-    fn try_from(text: String) -> Result<Self, Self::Error> {
-        Self::parse(text)
-    }
-}
-
 /// Equal when the documents are equal, whatever their spacing.
 impl PartialEq for JsonText {
     fn eq(&self, other: &Self) -> bool {
@@ -81,7 +75,7 @@ pub enum StoreError {
 }
 
 /// How a routed request was decided and how it ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRecord {
     pub request_id: String,
     pub created_ms: i64,
@@ -94,13 +88,11 @@ pub struct DecisionRecord {
     /// The decision's reason plus every fallback and retry taken.
     pub reason: String,
     /// The full decision (scores, thresholds, data class, chain, exclusions).
-    #[sqlx(try_from = "String")]
     pub decision: JsonText,
     /// How it ended: `answered`, `refused`, `human-escalated` or `error`.
     pub label: String,
     /// What running the decision did: every route tried and how it went,
     /// retries, the cascade's confidence.
-    #[sqlx(try_from = "String")]
     pub execution: JsonText,
     /// The calling key's tenant; `None` when the server has no keys.
     #[serde(default)]
@@ -117,7 +109,7 @@ pub struct DecisionRecord {
 }
 
 /// An API key as stored: never its secret, only the secret's hash.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyRecord {
     /// The public id (`sy-<id>_…`).
     pub id: String,
@@ -132,12 +124,9 @@ pub struct KeyRecord {
     pub lane: Option<String>,
     pub data_class_floor: Option<String>,
     /// Routes the key may force (empty: any its role may).
-    #[sqlx(json)]
     pub routes: Vec<String>,
     /// Families the key may declare (empty: any).
-    #[sqlx(json)]
     pub families: Vec<String>,
-    #[sqlx(json)]
     #[serde(default)]
     pub limits: Limits,
 }
@@ -184,18 +173,17 @@ impl Limits {
 }
 
 /// A tenant: limits shared by all its keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TenantRecord {
     pub name: String,
     pub created_ms: i64,
     pub updated_ms: i64,
-    #[sqlx(json)]
     #[serde(default)]
     pub limits: Limits,
 }
 
 /// One line of the audit trail.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// Assigned by the store, in the order lines were written.
     #[serde(default)]
@@ -211,7 +199,7 @@ pub struct AuditRecord {
 }
 
 /// A request a policy handed to a human; resolved once, by a reviewer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HandoffRecord {
     pub id: String,
     pub request_id: String,
@@ -219,7 +207,6 @@ pub struct HandoffRecord {
     pub policy_id: String,
     pub rule_id: String,
     /// The conversation as the client sent it (`[{role, content}]`).
-    #[sqlx(json)]
     pub messages: serde_json::Value,
     /// `open` or `resolved`.
     pub status: String,
@@ -232,7 +219,7 @@ pub struct HandoffRecord {
 }
 
 /// A shadow route's answer recorded beside the primary's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShadowRecord {
     pub request_id: String,
     pub created_ms: i64,
@@ -260,32 +247,67 @@ pub enum ResolveError {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+}
+
+static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Which database a URL names, by its scheme.
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 impl Store {
-    /// Opens (creating if needed) the database file and applies migrations.
+    /// Opens (creating if needed) the SQLite database file and applies migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
         }
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // With WAL, NORMAL never corrupts the database; a power cut may
-            // lose the last transactions. FULL would fsync every batch.
-            .synchronous(SqliteSynchronous::Normal);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        Self::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    /// Connects to `sqlite://FILE` or `postgres://…` and applies that
+    /// database's migrations (on PostgreSQL under an advisory lock, so
+    /// replicas starting together migrate once).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let postgres = is_postgres(url);
+        let pool = AnyPoolOptions::new()
+            .max_connections(if postgres { 8 } else { 4 })
+            // A database that cannot be reached fails start-up in seconds,
+            // not after the pool's default half minute of retries.
+            .acquire_timeout(std::time::Duration::from_secs(if postgres { 5 } else { 30 }))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if !postgres {
+                        // With WAL, NORMAL never corrupts the database; a power
+                        // cut may lose the last transactions. FULL would fsync
+                        // every batch.
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        if postgres {
+            POSTGRES.run(&pool).await?;
+        } else {
+            // Persistent in the file: readers never block the writer.
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            SQLITE.run(&pool).await?;
+        }
         Ok(Self { pool })
     }
 
-    /// Opens an existing database to read: no migrations, no writes, so a
-    /// tool reading a gateway's records (`bench trace record`) never changes
-    /// them, whatever version wrote them.
+    /// Opens an existing SQLite database to read: no migrations, no writes,
+    /// so a tool reading a gateway's records (`bench trace record`) never
+    /// changes them, whatever version wrote them.
     pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?.read_only(true);
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=ro", path.display());
+        let pool = AnyPoolOptions::new().max_connections(1).connect(&url).await?;
         Ok(Self { pool })
     }
 
@@ -294,21 +316,22 @@ impl Store {
     }
 
     pub async fn decision(&self, request_id: &str) -> Result<Option<DecisionRecord>, StoreError> {
-        let q = sqlx::query_as("SELECT * FROM decisions WHERE request_id = ?");
-        Ok(q.bind(request_id).fetch_optional(&self.pool).await?)
+        let row = sqlx::query("SELECT * FROM decisions WHERE request_id = $1").bind(request_id);
+        row.fetch_optional(&self.pool).await?.map(|r| rows::decision(&r)).transpose()
     }
 
     /// Decisions recorded at or after `since_ms` (Unix ms), oldest first, at
     /// most `limit`: the traffic `bench trace record` turns into a trace.
     pub async fn decisions_since(&self, since_ms: i64, limit: i64) -> Result<Vec<DecisionRecord>, StoreError> {
-        let q = sqlx::query_as("SELECT * FROM decisions WHERE created_ms >= ? ORDER BY created_ms, rowid LIMIT ?");
-        Ok(q.bind(since_ms).bind(limit).fetch_all(&self.pool).await?)
+        // Request ids are time-ordered (UUIDv7), so they break ties in arrival order.
+        let q = sqlx::query("SELECT * FROM decisions WHERE created_ms >= $1 ORDER BY created_ms, request_id LIMIT $2");
+        q.bind(since_ms).bind(limit).fetch_all(&self.pool).await?.iter().map(rows::decision).collect()
     }
 
     pub async fn enqueue_handoff(&self, h: &HandoffRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO handoffs (id, request_id, created_ms, policy_id, rule_id, messages, status, tenant)
-             VALUES (?, ?, ?, ?, ?, ?, 'open', ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7)",
         )
         .bind(&h.id)
         .bind(&h.request_id)
@@ -330,15 +353,17 @@ impl Store {
         tenant: Option<&str>,
         limit: u32,
     ) -> Result<Vec<HandoffRecord>, StoreError> {
-        let q = sqlx::query_as(
-            "SELECT * FROM handoffs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR tenant = ?2)
-             ORDER BY created_ms, id LIMIT ?3",
+        let q = sqlx::query(
+            "SELECT * FROM handoffs WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR tenant = $2)
+             ORDER BY created_ms, id LIMIT $3",
         );
-        Ok(q.bind(status).bind(tenant).bind(i64::from(limit)).fetch_all(&self.pool).await?)
+        let found = q.bind(status).bind(tenant).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        found.iter().map(rows::handoff).collect()
     }
 
     pub async fn handoff(&self, id: &str) -> Result<Option<HandoffRecord>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM handoffs WHERE id = ?").bind(id).fetch_optional(&self.pool).await?)
+        let q = sqlx::query("SELECT * FROM handoffs WHERE id = $1").bind(id);
+        q.fetch_optional(&self.pool).await?.map(|r| rows::handoff(&r)).transpose()
     }
 
     /// Resolves an open handoff. The `status = 'open'` guard makes this
@@ -350,14 +375,17 @@ impl Store {
         reviewer: &str,
         now_ms: i64,
     ) -> Result<HandoffRecord, ResolveError> {
-        let done = sqlx::query("UPDATE handoffs SET status = 'resolved', answer = ?, reviewer = ?, resolved_ms = ? WHERE id = ? AND status = 'open'")
-            .bind(answer)
-            .bind(reviewer)
-            .bind(now_ms)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::from)?;
+        let done = sqlx::query(
+            "UPDATE handoffs SET status = 'resolved', answer = $1, reviewer = $2, resolved_ms = $3
+             WHERE id = $4 AND status = 'open'",
+        )
+        .bind(answer)
+        .bind(reviewer)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from)?;
         match self.handoff(id).await? {
             None => Err(ResolveError::NotFound(id.to_string())),
             Some(_) if done.rows_affected() == 0 => Err(ResolveError::AlreadyResolved(id.to_string())),
@@ -368,7 +396,7 @@ impl Store {
     pub async fn create_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO api_keys (id, hash, tenant, role, created_ms, lane, data_class_floor, routes, families, limits)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&k.id)
         .bind(&k.hash)
@@ -387,12 +415,13 @@ impl Store {
 
     /// Every key, revoked ones included, oldest first.
     pub async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM api_keys ORDER BY created_ms, id").fetch_all(&self.pool).await?)
+        let found = sqlx::query("SELECT * FROM api_keys ORDER BY created_ms, id").fetch_all(&self.pool).await?;
+        found.iter().map(rows::key).collect()
     }
 
     /// Revokes a key; `false` if there is no such key or it was revoked already.
     pub async fn revoke_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE api_keys SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL")
+        let done = sqlx::query("UPDATE api_keys SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL")
             .bind(now_ms)
             .bind(id)
             .execute(&self.pool)
@@ -401,17 +430,18 @@ impl Store {
     }
 
     pub async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM tenants ORDER BY name").fetch_all(&self.pool).await?)
+        let found = sqlx::query("SELECT * FROM tenants ORDER BY name").fetch_all(&self.pool).await?;
+        found.iter().map(rows::tenant).collect()
     }
 
     /// Creates the tenant or replaces its limits.
     pub async fn put_tenant(&self, name: &str, limits: &Limits, now_ms: i64) -> Result<TenantRecord, StoreError> {
-        let q = sqlx::query_as(
-            "INSERT INTO tenants (name, created_ms, updated_ms, limits) VALUES (?1, ?2, ?2, ?3)
+        let q = sqlx::query(
+            "INSERT INTO tenants (name, created_ms, updated_ms, limits) VALUES ($1, $2, $2, $3)
              ON CONFLICT (name) DO UPDATE SET limits = excluded.limits, updated_ms = excluded.updated_ms
              RETURNING *",
         );
-        Ok(q.bind(name).bind(now_ms).bind(serde_json::to_string(limits)?).fetch_one(&self.pool).await?)
+        rows::tenant(&q.bind(name).bind(now_ms).bind(serde_json::to_string(limits)?).fetch_one(&self.pool).await?)
     }
 
     pub async fn record_audit(&self, a: &AuditRecord) -> Result<(), StoreError> {
@@ -421,9 +451,9 @@ impl Store {
     /// Audit lines with an id above `after`, oldest first, at most `limit`,
     /// only `tenant`'s where one is given.
     pub async fn audit(&self, after: i64, tenant: Option<&str>, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let q =
-            sqlx::query_as("SELECT * FROM audit WHERE id > ?1 AND (?2 IS NULL OR tenant = ?2) ORDER BY id LIMIT ?3");
-        Ok(q.bind(after).bind(tenant).bind(i64::from(limit)).fetch_all(&self.pool).await?)
+        let q = sqlx::query("SELECT * FROM audit WHERE id > $1 AND ($2 IS NULL OR tenant = $2) ORDER BY id LIMIT $3");
+        let found = q.bind(after).bind(tenant).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        found.iter().map(rows::audit).collect()
     }
 
     pub async fn record_shadow(&self, s: &ShadowRecord) -> Result<(), StoreError> {
@@ -431,56 +461,90 @@ impl Store {
     }
 
     pub async fn shadow(&self, request_id: &str) -> Result<Option<ShadowRecord>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM shadows WHERE request_id = ?")
-            .bind(request_id)
-            .fetch_optional(&self.pool)
-            .await?)
+        let q = sqlx::query("SELECT * FROM shadows WHERE request_id = $1").bind(request_id);
+        q.fetch_optional(&self.pool).await?.map(|r| rows::shadow(&r)).transpose()
     }
 }
 
-const DECISION_COLUMNS: &str = "INSERT INTO decisions (request_id, created_ms, policy_id, rule_id, route, status, reason, decision, label, execution, tenant,
-                                                   prompt_tokens, completion_tokens, cost_usd, energy_wh) ";
+const DECISION_COLUMNS: [&str; 15] = [
+    "request_id",
+    "created_ms",
+    "policy_id",
+    "rule_id",
+    "route",
+    "status",
+    "reason",
+    "decision",
+    "label",
+    "execution",
+    "tenant",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "energy_wh",
+];
 
 /// Rows per INSERT: only these sizes, so each statement is prepared once
 /// and then reused from sqlx's cache (a statement per batch length was
 /// re-parsed by SQLite on every batch). 15 × 64 bound values is well under
-/// SQLite's limit.
+/// either database's limit.
 const ROWS_PER_INSERT: [usize; 3] = [64, 8, 1];
 
+/// `INSERT INTO decisions … VALUES ($1, …), …` for `rows` rows, made once per size.
+fn insert_decisions_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        ROWS_PER_INSERT.map(|n| {
+            let width = DECISION_COLUMNS.len();
+            let values: Vec<String> = (0..n)
+                .map(|r| {
+                    let params: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+                    format!("({})", params.join(", "))
+                })
+                .collect();
+            format!("INSERT INTO decisions ({}) VALUES {}", DECISION_COLUMNS.join(", "), values.join(", "))
+        })
+    });
+    let i = ROWS_PER_INSERT.iter().position(|&n| n == rows).unwrap_or(ROWS_PER_INSERT.len() - 1);
+    all[i].as_str()
+}
+
 /// Inserts `records` with as few multi-row statements as the sizes allow.
-async fn insert_decisions(conn: &mut SqliteConnection, records: &[&DecisionRecord]) -> Result<(), StoreError> {
+async fn insert_decisions(conn: &mut AnyConnection, records: &[&DecisionRecord]) -> Result<(), StoreError> {
     let mut rest = records;
     while !rest.is_empty() {
         // The sizes end with 1, so some size always fits a non-empty rest.
         let rows = ROWS_PER_INSERT.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
         let (chunk, tail) = rest.split_at(rows);
         rest = tail;
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(DECISION_COLUMNS);
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.request_id.clone())
-                .push_bind(r.created_ms)
-                .push_bind(r.policy_id.clone())
-                .push_bind(r.rule_id.clone())
-                .push_bind(r.route.clone())
-                .push_bind(i64::from(r.status))
-                .push_bind(r.reason.clone())
-                .push_bind(r.decision.as_str().to_owned())
-                .push_bind(r.label.clone())
-                .push_bind(r.execution.as_str().to_owned())
-                .push_bind(r.tenant.clone())
-                .push_bind(r.prompt_tokens.map(i64::from))
-                .push_bind(r.completion_tokens.map(i64::from))
-                .push_bind(r.cost_usd)
-                .push_bind(r.energy_wh);
-        });
-        q.build().execute(&mut *conn).await?;
+        let mut q = sqlx::query(insert_decisions_sql(rows));
+        for r in chunk {
+            q = q
+                .bind(r.request_id.clone())
+                .bind(r.created_ms)
+                .bind(r.policy_id.clone())
+                .bind(r.rule_id.clone())
+                .bind(r.route.clone())
+                .bind(i64::from(r.status))
+                .bind(r.reason.clone())
+                .bind(r.decision.as_str().to_owned())
+                .bind(r.label.clone())
+                .bind(r.execution.as_str().to_owned())
+                .bind(r.tenant.clone())
+                .bind(r.prompt_tokens.map(i64::from))
+                .bind(r.completion_tokens.map(i64::from))
+                .bind(r.cost_usd)
+                .bind(r.energy_wh);
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-async fn insert_audit(conn: &mut SqliteConnection, a: &AuditRecord) -> Result<(), StoreError> {
+async fn insert_audit(conn: &mut AnyConnection, a: &AuditRecord) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO audit (created_ms, key_id, tenant, action, outcome, status, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit (created_ms, key_id, tenant, action, outcome, status, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(a.created_ms)
     .bind(&a.key_id)
@@ -494,11 +558,11 @@ async fn insert_audit(conn: &mut SqliteConnection, a: &AuditRecord) -> Result<()
     Ok(())
 }
 
-async fn insert_shadow(conn: &mut SqliteConnection, s: &ShadowRecord) -> Result<(), StoreError> {
+async fn insert_shadow(conn: &mut AnyConnection, s: &ShadowRecord) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO shadows (request_id, created_ms, policy_id, primary_route, primary_status, primary_output,
                               shadow_route, shadow_status, shadow_output, shadow_ms, same_output)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&s.request_id)
     .bind(s.created_ms)
@@ -514,4 +578,37 @@ async fn insert_shadow(conn: &mut SqliteConnection, s: &ShadowRecord) -> Result<
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// For tests: PostgreSQL schemas of their own, so tests running at once on
+/// one server never see each other's rows.
+#[cfg(feature = "testing")]
+pub mod testing {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// The server tests use: `SWITCHYARD_TEST_POSTGRES`, else the one these
+    /// machines run (127.0.0.1:5432, trust auth, database `test`).
+    pub fn postgres_url() -> String {
+        std::env::var("SWITCHYARD_TEST_POSTGRES").unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into())
+    }
+
+    /// Creates a new, empty schema and returns a URL whose connections use
+    /// it; `None` (and a message saying so) when no server answers.
+    pub async fn fresh_postgres() -> Option<String> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        sqlx::any::install_default_drivers();
+        let url = postgres_url();
+        let pool = match sqlx::AnyPool::connect(&url).await {
+            Ok(pool) => pool,
+            Err(e) => {
+                eprintln!("skipped the PostgreSQL half: no server at {url} ({e})");
+                return None;
+            }
+        };
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let schema = format!("t_{}_{}_{}", std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed));
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.ok()?;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        Some(format!("{url}{sep}options=-csearch_path%3D{schema}"))
+    }
 }

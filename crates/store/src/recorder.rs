@@ -5,7 +5,9 @@
 //! precedes its decision); a batch is one transaction, so a crash leaves
 //! whole records or none; a record the database refuses is logged and
 //! loses no other record; the queue is bounded, so a slow disk slows
-//! requests down instead of losing records or memory.
+//! requests down instead of losing records or memory. Audit lines are the
+//! exception: they come at the rate clients are refused, so a full queue
+//! drops them, and counts each one ([`Recorder::audit_dropped`]).
 //!
 //! Decisions use group commit: [`Recorder::decision`] returns once the
 //! transaction holding its record has committed, so a request that waits
@@ -177,7 +179,7 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Write>) {
 }
 
 /// Writes a batch in one transaction: its decisions in one multi-row
-/// INSERT (one round trip to SQLite's thread, not one per record), then
+/// INSERT (one round trip to the database, not one per record), then
 /// shadows, then completions, which may update decisions of this batch.
 async fn write_batch(store: &Store, records: &[Record]) -> Result<(), StoreError> {
     if records.is_empty() {
@@ -193,14 +195,17 @@ async fn write_batch(store: &Store, records: &[Record]) -> Result<(), StoreError
             Record::Shadow(s) => crate::insert_shadow(&mut tx, s).await?,
             Record::Audit(a) => crate::insert_audit(&mut tx, a).await?,
             Record::Completion(c) => {
-                sqlx::query("UPDATE decisions SET prompt_tokens = ?, completion_tokens = ?, cost_usd = ?, energy_wh = ? WHERE request_id = ?")
-                    .bind(c.prompt_tokens.map(i64::from))
-                    .bind(c.completion_tokens.map(i64::from))
-                    .bind(c.cost_usd)
-                    .bind(c.energy_wh)
-                    .bind(&c.request_id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE decisions SET prompt_tokens = $1, completion_tokens = $2, cost_usd = $3, energy_wh = $4
+                     WHERE request_id = $5",
+                )
+                .bind(c.prompt_tokens.map(i64::from))
+                .bind(c.completion_tokens.map(i64::from))
+                .bind(c.cost_usd)
+                .bind(c.energy_wh)
+                .bind(&c.request_id)
+                .execute(&mut *tx)
+                .await?;
             }
         }
     }

@@ -1,3 +1,5 @@
+mod common;
+
 use serde_json::json;
 use switchyard_store::{
     Completion, DecisionRecord, HandoffRecord, JsonText, Recorder, ResolveError, ShadowRecord, Store,
@@ -62,51 +64,55 @@ fn handoff(id: &str, created_ms: i64) -> HandoffRecord {
 
 #[tokio::test]
 async fn a_handoff_is_queued_listed_and_resolved_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).await.unwrap();
-    store.enqueue_handoff(&handoff("h2", 20)).await.unwrap();
-    store.enqueue_handoff(&handoff("h1", 10)).await.unwrap();
-    let open = store.handoffs(Some("open"), None, 10).await.unwrap();
-    assert_eq!(open.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["h1", "h2"], "oldest first");
+    for db in common::databases().await {
+        let store = db.store.clone();
+        eprintln!("on {}", db.name);
+        store.enqueue_handoff(&handoff("h2", 20)).await.unwrap();
+        store.enqueue_handoff(&handoff("h1", 10)).await.unwrap();
+        let open = store.handoffs(Some("open"), None, 10).await.unwrap();
+        assert_eq!(open.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["h1", "h2"], "oldest first");
 
-    let done = store.resolve_handoff("h1", "We called them.", "ana", 30).await.unwrap();
-    assert_eq!(
-        (done.status.as_str(), done.answer.as_deref(), done.reviewer.as_deref(), done.resolved_ms),
-        ("resolved", Some("We called them."), Some("ana"), Some(30))
-    );
-    assert!(matches!(store.resolve_handoff("h1", "again", "bo", 40).await, Err(ResolveError::AlreadyResolved(_))));
-    assert_eq!(
-        store.handoff("h1").await.unwrap().unwrap().reviewer.as_deref(),
-        Some("ana"),
-        "the second reviewer changed nothing"
-    );
-    assert!(matches!(store.resolve_handoff("nope", "x", "y", 1).await, Err(ResolveError::NotFound(_))));
-    assert_eq!(store.handoffs(Some("open"), None, 10).await.unwrap().len(), 1);
-    assert_eq!(store.handoffs(None, None, 10).await.unwrap().len(), 2);
-    let acme = store.handoffs(None, Some("acme"), 10).await.unwrap();
-    assert_eq!(acme.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["h1"], "one tenant's only");
+        let done = store.resolve_handoff("h1", "We called them.", "ana", 30).await.unwrap();
+        assert_eq!(
+            (done.status.as_str(), done.answer.as_deref(), done.reviewer.as_deref(), done.resolved_ms),
+            ("resolved", Some("We called them."), Some("ana"), Some(30))
+        );
+        assert!(matches!(store.resolve_handoff("h1", "again", "bo", 40).await, Err(ResolveError::AlreadyResolved(_))));
+        assert_eq!(
+            store.handoff("h1").await.unwrap().unwrap().reviewer.as_deref(),
+            Some("ana"),
+            "the second reviewer changed nothing"
+        );
+        assert!(matches!(store.resolve_handoff("nope", "x", "y", 1).await, Err(ResolveError::NotFound(_))));
+        assert_eq!(store.handoffs(Some("open"), None, 10).await.unwrap().len(), 1);
+        assert_eq!(store.handoffs(None, None, 10).await.unwrap().len(), 2);
+        let acme = store.handoffs(None, Some("acme"), 10).await.unwrap();
+        assert_eq!(acme.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["h1"], "one tenant's only");
+    }
 }
 
 #[tokio::test]
 async fn shadow_records_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).await.unwrap();
-    let s = ShadowRecord {
-        request_id: "r1".into(),
-        created_ms: 5,
-        policy_id: "p+abc".into(),
-        primary_route: "local".into(),
-        primary_status: 200,
-        primary_output: Some("4".into()),
-        shadow_route: "candidate".into(),
-        shadow_status: 502,
-        shadow_output: None,
-        shadow_ms: 12,
-        same_output: false,
-    };
-    store.record_shadow(&s).await.unwrap();
-    assert_eq!(store.shadow("r1").await.unwrap(), Some(s));
-    assert_eq!(store.shadow("r2").await.unwrap(), None);
+    for db in common::databases().await {
+        let store = db.store.clone();
+        eprintln!("on {}", db.name);
+        let s = ShadowRecord {
+            request_id: "r1".into(),
+            created_ms: 5,
+            policy_id: "p+abc".into(),
+            primary_route: "local".into(),
+            primary_status: 200,
+            primary_output: Some("4".into()),
+            shadow_route: "candidate".into(),
+            shadow_status: 502,
+            shadow_output: None,
+            shadow_ms: 12,
+            same_output: false,
+        };
+        store.record_shadow(&s).await.unwrap();
+        assert_eq!(store.shadow("r1").await.unwrap(), Some(s));
+        assert_eq!(store.shadow("r2").await.unwrap(), None);
+    }
 }
 
 /// Group commit: once `decision` returns, the record is committed, so a
@@ -114,76 +120,121 @@ async fn shadow_records_round_trip() {
 /// second connection (another process, in effect) sees it with no flush.
 #[tokio::test]
 async fn a_decision_is_committed_when_recording_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.db");
-    let recorder = Recorder::start(Store::open(&path).await.unwrap());
-    let reader = Store::open_read_only(&path).await.unwrap();
-    let ids: Vec<String> = (0..200).map(|i| format!("g{i}")).collect();
-    let written = futures::future::join_all(ids.iter().map(|id| recorder.decision(record(id)))).await;
-    assert!(written.iter().all(|w| *w));
-    for id in &ids {
-        assert!(reader.decision(id).await.unwrap().is_some(), "{id} was acknowledged but is not committed");
+    for db in common::databases().await {
+        let recorder = Recorder::start(db.store.clone());
+        let reader = db.another().await;
+        let ids: Vec<String> = (0..200).map(|i| format!("g{i}")).collect();
+        let written = futures::future::join_all(ids.iter().map(|id| recorder.decision(record(id)))).await;
+        assert!(written.iter().all(|w| *w));
+        for id in &ids {
+            assert!(
+                reader.decision(id).await.unwrap().is_some(),
+                "{}: {id} was acknowledged but not committed",
+                db.name
+            );
+        }
     }
 }
 
 #[tokio::test]
 async fn the_recorder_writes_in_order_and_flush_makes_records_visible() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).await.unwrap();
-    let recorder = Recorder::start(store.clone());
-    for i in 0..1000 {
-        recorder.decision(record(&format!("r{i}"))).await;
-        // Queued right behind its decision, as the gateway does once the answer is sent.
-        recorder.completion(Completion {
-            request_id: format!("r{i}"),
-            prompt_tokens: Some(i),
-            completion_tokens: Some(2),
-            cost_usd: Some(0.5),
-            energy_wh: None,
-        });
+    for db in common::databases().await {
+        let store = db.store.clone();
+        eprintln!("on {}", db.name);
+        let recorder = Recorder::start(store.clone());
+        for i in 0..1000 {
+            recorder.decision(record(&format!("r{i}"))).await;
+            // Queued right behind its decision, as the gateway does once the answer is sent.
+            recorder.completion(Completion {
+                request_id: format!("r{i}"),
+                prompt_tokens: Some(i),
+                completion_tokens: Some(2),
+                cost_usd: Some(0.5),
+                energy_wh: None,
+            });
+        }
+        recorder.flush().await;
+        for i in [0u32, 517, 999] {
+            let r = store.decision(&format!("r{i}")).await.unwrap().expect("written");
+            assert_eq!(
+                (r.prompt_tokens, r.completion_tokens, r.cost_usd, r.energy_wh),
+                (Some(i), Some(2), Some(0.5), None)
+            );
+        }
+        // A record the database refuses (a duplicate id) loses no other record
+        // of its batch.
+        assert!(recorder.decision(record("dup")).await);
+        let (refused, after) = tokio::join!(recorder.decision(record("dup")), recorder.decision(record("after-dup")));
+        assert!(!refused, "the duplicate is reported as not written");
+        assert!(after, "its batch-mate is written");
+        assert!(store.decision("dup").await.unwrap().is_some());
+        assert!(store.decision("after-dup").await.unwrap().is_some());
     }
-    recorder.flush().await;
-    for i in [0u32, 517, 999] {
-        let r = store.decision(&format!("r{i}")).await.unwrap().expect("written");
-        assert_eq!(
-            (r.prompt_tokens, r.completion_tokens, r.cost_usd, r.energy_wh),
-            (Some(i), Some(2), Some(0.5), None)
-        );
-    }
-    // A record the database refuses (a duplicate id) loses no other record
-    // of its batch.
-    assert!(recorder.decision(record("dup")).await);
-    let (refused, after) = tokio::join!(recorder.decision(record("dup")), recorder.decision(record("after-dup")));
-    assert!(!refused, "the duplicate is reported as not written");
-    assert!(after, "its batch-mate is written");
-    assert!(store.decision("dup").await.unwrap().is_some());
-    assert!(store.decision("after-dup").await.unwrap().is_some());
 }
 
 #[tokio::test]
 async fn keys_are_stored_as_hashes_listed_and_revoked_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).await.unwrap();
-    let key = switchyard_store::KeyRecord {
-        id: "0a1b2c3d".into(),
-        hash: "ab".repeat(32),
-        tenant: "acme".into(),
-        role: "tenant".into(),
-        created_ms: 1,
-        revoked_ms: None,
-        lane: Some("batch".into()),
-        data_class_floor: Some("regulated".into()),
-        routes: vec!["local".into()],
-        families: vec![],
-        limits: switchyard_store::Limits { requests_per_minute: Some(60), ..Default::default() },
-    };
-    store.create_key(&key).await.unwrap();
-    assert!(store.create_key(&key).await.is_err(), "ids are unique");
-    assert_eq!(store.keys().await.unwrap(), std::slice::from_ref(&key));
-    let listed = serde_json::to_value(&store.keys().await.unwrap()[0]).unwrap();
-    assert!(listed.get("hash").is_none(), "a listing never carries the hash: {listed}");
-    assert!(store.revoke_key("0a1b2c3d", 5).await.unwrap());
-    assert!(!store.revoke_key("0a1b2c3d", 6).await.unwrap(), "revoked once");
-    assert!(!store.revoke_key("nope", 6).await.unwrap());
-    assert_eq!(store.keys().await.unwrap()[0].revoked_ms, Some(5));
+    for db in common::databases().await {
+        let store = db.store.clone();
+        eprintln!("on {}", db.name);
+        let key = switchyard_store::KeyRecord {
+            id: "0a1b2c3d".into(),
+            hash: "ab".repeat(32),
+            tenant: "acme".into(),
+            role: "tenant".into(),
+            created_ms: 1,
+            revoked_ms: None,
+            lane: Some("batch".into()),
+            data_class_floor: Some("regulated".into()),
+            routes: vec!["local".into()],
+            families: vec![],
+            limits: switchyard_store::Limits { requests_per_minute: Some(60), ..Default::default() },
+        };
+        store.create_key(&key).await.unwrap();
+        assert!(store.create_key(&key).await.is_err(), "ids are unique");
+        assert_eq!(store.keys().await.unwrap(), std::slice::from_ref(&key));
+        let listed = serde_json::to_value(&store.keys().await.unwrap()[0]).unwrap();
+        assert!(listed.get("hash").is_none(), "a listing never carries the hash: {listed}");
+        assert!(store.revoke_key("0a1b2c3d", 5).await.unwrap());
+        assert!(!store.revoke_key("0a1b2c3d", 6).await.unwrap(), "revoked once");
+        assert!(!store.revoke_key("nope", 6).await.unwrap());
+        assert_eq!(store.keys().await.unwrap()[0].revoked_ms, Some(5));
+    }
+}
+
+#[tokio::test]
+async fn tenants_and_the_audit_trail_round_trip() {
+    for db in common::databases().await {
+        let store = db.store.clone();
+        let limits =
+            switchyard_store::Limits { tokens_per_day: Some(5000), cost_per_day_usd: Some(2.5), ..Default::default() };
+        let made = store.put_tenant("acme", &limits, 10).await.unwrap();
+        assert_eq!((made.created_ms, made.updated_ms, made.limits), (10, 10, limits));
+        let changed = store.put_tenant("acme", &switchyard_store::Limits::default(), 20).await.unwrap();
+        assert_eq!((changed.created_ms, changed.updated_ms), (10, 20), "{}: replaced, not added", db.name);
+        assert_eq!(store.tenants().await.unwrap(), [changed]);
+
+        let line = |tenant: &str, status: u16| switchyard_store::AuditRecord {
+            id: 0,
+            created_ms: 1,
+            key_id: Some("0a1b2c3d".into()),
+            tenant: Some(tenant.into()),
+            action: "POST /v1/chat/completions".into(),
+            outcome: "refused".into(),
+            status,
+            detail: "why".into(),
+        };
+        let recorder = Recorder::start(store.clone());
+        recorder.audit(line("acme", 429));
+        recorder.audit(line("globex", 403));
+        recorder.flush().await;
+        store.record_audit(&line("acme", 401)).await.unwrap();
+        let all = store.audit(0, None, 10).await.unwrap();
+        assert_eq!(all.iter().map(|a| a.status).collect::<Vec<_>>(), [429, 403, 401], "{}: in order", db.name);
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+        let acme = store.audit(0, Some("acme"), 10).await.unwrap();
+        assert_eq!(acme.len(), 2);
+        assert_eq!(store.audit(all[1].id, None, 10).await.unwrap().len(), 1, "paged by id");
+        assert_eq!(recorder.audit_dropped(), 0);
+    }
 }

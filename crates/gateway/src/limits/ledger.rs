@@ -72,12 +72,7 @@ pub fn verdict(limits: &Limits, standing: &Standing, tokens: u64, until_midnight
     let refusal = if let Some(w) = requests.filter(|w| w.wait.is_some()) {
         Some((format!("more than {} requests per minute", w.limit), w.wait.unwrap_or_default()))
     } else if let Some(w) = per_min.filter(|w| w.wait.is_some()) {
-        let why = if tokens > w.limit {
-            format!("this request's ~{tokens} prompt tokens are more than its {} tokens per minute", w.limit)
-        } else {
-            format!("more than {} tokens per minute", w.limit)
-        };
-        Some((why, w.wait.unwrap_or_default()))
+        Some((format!("more than {} tokens per minute", w.limit), w.wait.unwrap_or_default()))
     } else if let Some(l) = limits.tokens_per_day.filter(|&l| standing.day_tokens.saturating_add(tokens) > l) {
         Some((format!("more than {l} tokens per day (UTC)"), until_midnight))
     } else {
@@ -87,6 +82,18 @@ pub fn verdict(limits: &Limits, standing: &Standing, tokens: u64, until_midnight
             .map(|l| (format!("the day's budget of ${l} is spent (UTC)"), until_midnight))
     };
     Verdict { requests, tokens: per_min, refusal }
+}
+
+/// Why a request of `tokens` prompt tokens could never pass `limits`,
+/// however long it waited.
+pub fn never_fits(limits: &Limits, tokens: u64) -> Option<String> {
+    let over = |limit: Option<u64>| limit.filter(|&l| tokens > l);
+    if let Some(l) = over(limits.tokens_per_minute) {
+        Some(format!("its ~{tokens} prompt tokens are more than the {l} tokens per minute allowed"))
+    } else {
+        over(limits.tokens_per_day)
+            .map(|l| format!("its ~{tokens} prompt tokens are more than the {l} tokens per day allowed"))
+    }
 }
 
 /// The day number (days since the Unix epoch, UTC) and the time left in it.
@@ -131,8 +138,9 @@ mod tests {
         assert!(r.0.contains("100 tokens per day") && r.1 == midnight, "{r:?}");
         let spent = Standing { day_cost_usd: 1.0, ..ok };
         assert!(verdict(&limits, &spent, 1, midnight).refusal.unwrap().0.contains("budget of $1"));
-        let huge = Limits { tokens_per_minute: Some(10), ..Limits::default() };
-        assert!(verdict(&huge, &Standing::default(), 11, midnight).refusal.unwrap().0.contains("~11 prompt tokens"));
+        let small = Limits { tokens_per_minute: Some(10), ..Limits::default() };
+        assert!(never_fits(&small, 11).unwrap().contains("~11 prompt tokens"));
+        assert_eq!(never_fits(&small, 10), None);
     }
 
     #[test]

@@ -101,6 +101,14 @@ impl Limiter {
         if subjects.is_empty() {
             return Ok(Admitted { headers: HeaderMap::new(), slots: Vec::new(), meter: None });
         }
+        if let Some((subject, why)) =
+            subjects.iter().find_map(|s| ledger::never_fits(&s.limits, tokens).map(|w| (s, w)))
+        {
+            return Err(too_large(subject, why));
+        }
+        // Places in flight first: if a counter then refuses, dropping them
+        // frees them, and no counter has been charged.
+        let slots = self.take_slots(caller, &subjects)?;
         let mut headers = HeaderMap::new();
         let (today, until_midnight) = ledger::day(switchyard_wire::unix_ms());
         let judge = |standings: &[ledger::Standing]| {
@@ -138,18 +146,12 @@ impl Limiter {
                 return Err(refused(caller, subject, why, wait, headers));
             }
         }
-        let slots = self.take_slots(caller, &subjects, &headers)?;
         let meter = meter::Meter::new(self.clone(), subjects, tokens);
         Ok(Admitted { headers, slots, meter: Some(meter) })
     }
 
     /// A place among each subject's requests in flight, or a refusal.
-    fn take_slots(
-        &self,
-        caller: &Caller,
-        subjects: &[Subject],
-        headers: &HeaderMap,
-    ) -> Result<Vec<Slot>, Box<Refused>> {
+    fn take_slots(&self, caller: &Caller, subjects: &[Subject]) -> Result<Vec<Slot>, Box<Refused>> {
         let mut slots = Vec::new();
         for s in subjects {
             let Some(most) = s.limits.concurrent else { continue };
@@ -161,7 +163,7 @@ impl Limiter {
                 counter.fetch_sub(1, Ordering::SeqCst);
                 // Places taken for earlier subjects are freed as `slots` drops.
                 let why = format!("more than {most} requests at once");
-                return Err(refused(caller, s, why, Duration::from_secs(1), headers.clone()));
+                return Err(refused(caller, s, why, Duration::from_secs(1), HeaderMap::new()));
             }
             slots.push(Slot(counter));
         }
@@ -230,6 +232,15 @@ fn unreachable_redis(
             .with_status(StatusCode::SERVICE_UNAVAILABLE)
             .with_code("rate_limiter_unavailable");
     Err(Box::new(Refused { error, headers: std::mem::take(headers) }))
+}
+
+/// A request no wait would let through: a 400, so clients do not retry it.
+fn too_large(subject: &Subject, why: String) -> Box<Refused> {
+    let whose = subject.id.replacen(':', " ", 1);
+    tracing::info!(subject = %subject.id, "refused, over a limit by itself: {why}");
+    let error = ApiError::invalid(Some("messages".into()), format!("Request too large for {whose}: {why}."))
+        .with_code("request_over_limit");
+    Box::new(Refused { error, headers: HeaderMap::new() })
 }
 
 fn refused(caller: &Caller, subject: &Subject, what: String, wait: Duration, headers: HeaderMap) -> Box<Refused> {
