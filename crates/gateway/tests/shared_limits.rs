@@ -249,3 +249,67 @@ async fn replicas_sharing_postgres_share_keys_revocations_and_records() {
     eprintln!("revocation reached the other replica in {} ms", at.elapsed().as_millis());
     assert!(at.elapsed() <= Duration::from_secs(1));
 }
+
+/// Three replicas sharing one Redis, offered three times a key's 600
+/// requests a minute for 30 s, admit what the limit allows in total: GCRA
+/// with a burst of a minute's worth, so once the burst is spent, one
+/// request per 100 ms across all replicas, 300 in 30 s, within 1%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_offered_three_times_the_limit_admit_the_limit_within_one_percent() {
+    let url = "redis://127.0.0.1:6379";
+    let prefix = prefix();
+    let mut limiters = Vec::new();
+    for _ in 0..3 {
+        match Limiter::shared(url, &prefix, FailMode::Closed).await {
+            Ok(l) => limiters.push(l),
+            Err(_) => {
+                eprintln!("skipped: no Redis at {url}");
+                return;
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let key = key(&db, 600).await;
+    let mut replicas = Vec::new();
+    for limiter in limiters {
+        replicas.push(replica(&db, limiter).await);
+    }
+    // Spend the burst, so the run measures the steady rate.
+    let (mut burst, spending) = (0, std::time::Instant::now());
+    while ask(&replicas[burst % 3], &key).await.status() == StatusCode::OK {
+        burst += 1;
+    }
+    // A minute's worth, plus what refilled (one per 100 ms) while it was spent.
+    let refilled = (spending.elapsed().as_secs_f64() * 10.0).ceil() as usize;
+    assert!((600..=600 + refilled).contains(&burst), "burst {burst}, refilled up to {refilled}");
+
+    let run = Duration::from_secs(30);
+    let began = tokio::time::Instant::now();
+    let clients = replicas.iter().map(|base| {
+        let (base, key) = (base.clone(), key.clone());
+        tokio::spawn(async move {
+            // 10 a second at each replica: 30 a second in all, three times the limit.
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let (mut offered, mut admitted) = (0, 0);
+            while began.elapsed() < run {
+                tick.tick().await;
+                offered += 1;
+                let status = ask(&base, &key).await.status();
+                assert!([StatusCode::OK, StatusCode::TOO_MANY_REQUESTS].contains(&status), "{status}");
+                admitted += usize::from(status == StatusCode::OK);
+            }
+            (offered, admitted)
+        })
+    });
+    let (mut offered, mut admitted) = (0, 0);
+    for c in futures::future::join_all(clients).await {
+        let (o, a) = c.unwrap();
+        offered += o;
+        admitted += a;
+    }
+    let expected = run.as_secs_f64() * 600.0 / 60.0;
+    eprintln!("3 replicas, {} s: offered {offered}, admitted {admitted}, expected {expected}", run.as_secs());
+    assert!(offered as f64 >= 2.5 * expected, "the load was about three times the limit: {offered}");
+    assert!((admitted as f64 - expected).abs() <= expected * 0.01, "admitted {admitted}, expected {expected} ± 1%");
+}
