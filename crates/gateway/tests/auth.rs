@@ -152,6 +152,8 @@ async fn an_open_server_serves_without_keys_but_never_hands_out_keys() {
     let r =
         s.send(reqwest::Method::POST, "/admin/keys", None, &[], Some(json!({"tenant": "x", "role": "admin"}))).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "the first key is made offline: {}", r.body);
+    let r = s.send(reqwest::Method::PUT, "/admin/tenants/acme", None, &[], Some(json!({"limits": {}}))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "nor the limits that will hold once keys exist: {}", r.body);
     let r = s.chat(None, "hi", &[("x-switchyard-force-route", "cloud")]).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "forcing stays off on an open server by default");
 }

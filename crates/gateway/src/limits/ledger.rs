@@ -35,9 +35,10 @@ pub struct Window {
     pub wait: Option<Duration>,
 }
 
-/// The gap GCRA keeps between units at `limit` per minute.
+/// The gap GCRA keeps between units at `limit` per minute: at least a
+/// nanosecond, so a limit above 60 billion a minute acts as 60 billion.
 pub fn interval(limit: u64) -> Duration {
-    Duration::from_nanos((MINUTE.as_nanos() / u128::from(limit.max(1))) as u64)
+    Duration::from_nanos(((MINUTE.as_nanos() / u128::from(limit.max(1))) as u64).max(1))
 }
 
 /// GCRA with a burst of a minute's worth: `units` more at `limit` per
@@ -117,6 +118,13 @@ mod tests {
         }
         assert_eq!(per_minute(6, 1, backlog).wait, Some(Duration::from_secs(10)), "then one every 10 s");
         assert_eq!(per_minute(6, 1, backlog - Duration::from_secs(10)).wait, None);
+    }
+
+    #[test]
+    fn a_limit_too_large_to_reach_still_counts() {
+        let w = per_minute(1_000_000_000_000, 1000, Duration::ZERO);
+        assert_eq!(w.wait, None);
+        assert!(interval(1_000_000_000_000) > Duration::ZERO);
     }
 
     #[test]

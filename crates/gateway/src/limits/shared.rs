@@ -104,13 +104,20 @@ pub struct Shared {
 /// Charges for one subject and day not yet sent.
 #[derive(Default)]
 struct Pending {
-    token_interval_us: i64,
+    token_interval_us: f64,
     tokens: i64,
     cost_micro_usd: i64,
 }
 
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A GCRA interval for the scripts, in µs with its fraction: a limit of
+/// more than 60 million a minute has a gap under a microsecond, and a
+/// whole number would round it to 0, which the scripts read as no limit.
+fn interval_us(limit: u64) -> f64 {
+    ledger::interval(limit).as_nanos() as f64 / 1e3
 }
 
 impl Shared {
@@ -146,8 +153,8 @@ impl Shared {
                 .key(self.key(s, "tokens"))
                 .key(self.key(s, &format!("day:{today}:tokens")))
                 .key(self.key(s, &format!("day:{today}:micro_usd")))
-                .arg(l.requests_per_minute.map_or(0, |r| micros(ledger::interval(u64::from(r)))))
-                .arg(l.tokens_per_minute.map_or(0, |t| micros(ledger::interval(t))))
+                .arg(l.requests_per_minute.map_or(0.0, |r| interval_us(u64::from(r))))
+                .arg(l.tokens_per_minute.map_or(0.0, interval_us))
                 .arg(tokens)
                 .arg(l.tokens_per_day.unwrap_or(0))
                 .arg(l.cost_per_day_usd.map_or(0, |c| (c * 1e6).ceil() as i64));
@@ -174,7 +181,7 @@ impl Shared {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         for s in subjects {
             let p = pending.entry((s.id.clone(), today)).or_default();
-            p.token_interval_us = s.limits.tokens_per_minute.map_or(0, |t| micros(ledger::interval(t)));
+            p.token_interval_us = s.limits.tokens_per_minute.map_or(0.0, interval_us);
             p.tokens += tokens;
             p.cost_micro_usd += (cost_usd * 1e6).round() as i64;
         }
