@@ -86,12 +86,13 @@ impl Counting {
         };
         let mut tokens = 0;
         for data in sse.push(bytes) {
-            let Ok(reply) = ChatReply::from_json(&data) else { continue };
-            if reply.content().is_some_and(|c| !c.is_empty()) || reply.refusal().is_some_and(|r| !r.is_empty()) {
-                tokens += 1;
-            }
-            if let Some(usage) = capture::usage(&reply) {
-                self.usage = Some(usage);
+            tokens += u64::from(has_text(&data));
+            // Only the chunks that can carry counts are parsed: parsing every
+            // chunk cost several microseconds each, per token streamed.
+            if data.contains("\"usage\"") || data.contains("\"timings\"") {
+                if let Some(usage) = ChatReply::from_json(&data).ok().as_ref().and_then(capture::usage) {
+                    self.usage = Some(usage);
+                }
             }
         }
         if tokens > 0 {
@@ -125,5 +126,35 @@ impl Drop for Counting {
             }
         };
         self.meter.limiter.charge(&self.meter.subjects, tokens, cost);
+    }
+}
+
+/// Does a chunk's JSON carry text (`"content"` or `"refusal"` with a
+/// non-empty string)? A scan, not a parse: the count it feeds is corrected
+/// by the answer's `usage` at the end.
+fn has_text(data: &str) -> bool {
+    ["\"content\"", "\"refusal\""].iter().any(|field| {
+        data.match_indices(field).any(|(at, f)| {
+            let rest = data[at + f.len()..].trim_start();
+            rest.strip_prefix(':').is_some_and(|v| {
+                let v = v.trim_start();
+                v.starts_with('"') && !v.starts_with("\"\"")
+            })
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_text;
+
+    #[test]
+    fn text_is_found_without_parsing() {
+        assert!(has_text(r#"{"choices":[{"delta":{"content":"hi"}}]}"#));
+        assert!(has_text(r#"{"choices":[{"delta":{"content": "hi"}}]}"#), "spaces after the colon");
+        assert!(has_text(r#"{"choices":[{"delta":{"refusal":"no"}}]}"#));
+        assert!(!has_text(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#), "empty");
+        assert!(!has_text(r#"{"choices":[{"delta":{"content":null}}]}"#), "null");
+        assert!(!has_text(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#));
     }
 }
