@@ -18,6 +18,10 @@ use switchyard_wire::sse::SseDecoder;
 use switchyard_wire::ChatReply;
 
 use super::{Limiter, Subject};
+
+/// Completion tokens counted before they are charged: at most this many
+/// are uncounted by other requests while a stream runs.
+const CHARGE_EVERY: u64 = 8;
 use crate::capture::{self, CAPTURE_LIMIT};
 
 /// The price of the route that answered, put on the response by routing.
@@ -50,6 +54,7 @@ impl Meter {
             sse: stream.then(SseDecoder::default),
             whole: BytesMut::new(),
             produced: 0,
+            charged: 0,
             usage: None,
         };
         let body = body.into_data_stream().map(move |chunk| {
@@ -71,8 +76,9 @@ struct Counting {
     /// For streams; JSON answers are read whole at the end instead.
     sse: Option<SseDecoder>,
     whole: BytesMut,
-    /// Completion tokens charged so far.
+    /// Completion tokens seen so far, and charged so far.
     produced: u64,
+    charged: u64,
     /// Prompt and completion tokens as the answer reported them.
     usage: Option<(u32, u32)>,
 }
@@ -95,9 +101,12 @@ impl Counting {
                 }
             }
         }
-        if tokens > 0 {
-            self.produced += tokens;
-            self.meter.limiter.charge(&self.meter.subjects, tokens as i64, 0.0);
+        self.produced += tokens;
+        // Charged a few at a time: each charge takes the limiter's lock.
+        let uncharged = self.produced - self.charged;
+        if uncharged >= CHARGE_EVERY {
+            self.charged = self.produced;
+            self.meter.limiter.charge(&self.meter.subjects, uncharged as i64, 0.0);
         }
     }
 }
@@ -109,20 +118,22 @@ impl Drop for Counting {
         }
         let estimate = i64::try_from(self.meter.estimate).unwrap_or(i64::MAX);
         let produced = i64::try_from(self.produced).unwrap_or(i64::MAX);
+        // What was seen but not yet charged is charged with the rest.
+        let charged = i64::try_from(self.charged).unwrap_or(i64::MAX);
         let (tokens, cost) = match self.usage {
             Some((prompt, completion)) => {
                 // Never less than was visibly streamed, whatever the answer claims.
                 let completion = completion.max(u32::try_from(produced).unwrap_or(u32::MAX));
                 let busy_ms = self.meter.began.elapsed().as_secs_f64() * 1e3;
                 let cost = self.price.as_ref().map_or(0.0, |p| p.cost(prompt, completion, busy_ms).usd);
-                (i64::from(prompt) - estimate + i64::from(completion) - produced, cost)
+                (i64::from(prompt) - estimate + i64::from(completion) - charged, cost)
             }
             None if self.failed && produced == 0 => (-estimate, 0.0),
             None => {
                 let busy_ms = self.meter.began.elapsed().as_secs_f64() * 1e3;
                 let (prompt, completion) =
                     (u32::try_from(estimate).unwrap_or(u32::MAX), u32::try_from(produced).unwrap_or(u32::MAX));
-                (0, self.price.as_ref().map_or(0.0, |p| p.cost(prompt, completion, busy_ms).usd))
+                (produced - charged, self.price.as_ref().map_or(0.0, |p| p.cost(prompt, completion, busy_ms).usd))
             }
         };
         self.meter.limiter.charge(&self.meter.subjects, tokens, cost);
