@@ -21,7 +21,7 @@ mod tokenizer;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -79,8 +79,28 @@ pub enum SubmitError {
 pub struct TemplateError(String);
 
 /// A loaded model and the handle to its scheduler. Cheap to share behind an `Arc`.
+/// How busy an engine is, as its scheduler last saw: for metrics.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Requests accepted and not yet in a slot.
+    queued: AtomicUsize,
+    /// Sequences in slots (prefilling or decoding).
+    active: AtomicUsize,
+}
+
+impl Load {
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
 pub struct Engine {
     id: String,
+    load: Arc<Load>,
     path: PathBuf,
     model: Arc<LlamaModel>,
     template: LlamaChatTemplate,
@@ -119,6 +139,7 @@ impl Engine {
         };
 
         let (jobs, rx) = sync_channel::<Job>(settings.max_queue);
+        let load = Arc::new(Load::default());
         let alive = Arc::new(AtomicBool::new(true));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u32, String>>();
         let threads = settings.effective_threads() as i32;
@@ -136,6 +157,7 @@ impl Engine {
         {
             let model = Arc::clone(&model);
             let alive = AliveGuard(Arc::clone(&alive));
+            let sched_load = Arc::clone(&load);
             let settings = settings.clone();
             std::thread::Builder::new()
                 .name(format!("sched-{id}"))
@@ -148,7 +170,7 @@ impl Engine {
                             return;
                         }
                     };
-                    let scheduler = Scheduler::new(&model, ctx, settings.clone(), rx);
+                    let scheduler = Scheduler::new(&model, ctx, settings.clone(), rx, sched_load);
                     let _ = ready_tx.send(Ok(scheduler.n_ctx_seq()));
                     scheduler.run();
                 })
@@ -163,7 +185,21 @@ impl Engine {
             .and_then(|r| r)
             .map_err(|reason| LoadError::Context { path: path.to_path_buf(), reason })?;
         tracing::info!(model = id, path = %path.display(), threads, n_ctx_seq, parallel = settings.parallel, "model loaded");
-        Ok(Self { id: id.to_string(), path: path.to_path_buf(), model, template, jobs, alive, settings, n_ctx_seq })
+        Ok(Self {
+            id: id.to_string(),
+            load,
+            path: path.to_path_buf(),
+            model,
+            template,
+            jobs,
+            alive,
+            settings,
+            n_ctx_seq,
+        })
+    }
+
+    pub fn busy(&self) -> &Load {
+        &self.load
     }
 
     pub fn id(&self) -> &str {
@@ -229,10 +265,17 @@ impl Engine {
         let sampler = self.sampler(&req)?;
         let (events, stream) = mpsc::unbounded_channel();
         let job = Job { req, max_tokens, sampler, events, accepted: Instant::now() };
+        // Counted before it is sent, so the scheduler never takes it first.
+        self.load.queued.fetch_add(1, Ordering::Relaxed);
         match self.jobs.try_send(job) {
             Ok(()) => Ok(stream),
-            Err(TrySendError::Full(_)) => Err(SubmitError::QueueFull(self.settings.max_queue)),
-            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+            Err(e) => {
+                self.load.queued.fetch_sub(1, Ordering::Relaxed);
+                match e {
+                    TrySendError::Full(_) => Err(SubmitError::QueueFull(self.settings.max_queue)),
+                    TrySendError::Disconnected(_) => Err(SubmitError::Stopped),
+                }
+            }
         }
     }
 

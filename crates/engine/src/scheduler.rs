@@ -44,6 +44,7 @@ pub(crate) struct Scheduler<'m> {
     free_slots: Vec<i32>,
     active: Vec<Sequence>,
     batch: LlamaBatch<'static>,
+    load: Arc<crate::Load>,
 }
 
 /// Why a token is in the batch, and where to find its logits.
@@ -65,7 +66,13 @@ impl Drop for AliveGuard {
 }
 
 impl<'m> Scheduler<'m> {
-    pub fn new(model: &'m LlamaModel, ctx: LlamaContext<'m>, settings: EngineSettings, jobs: Receiver<Job>) -> Self {
+    pub fn new(
+        model: &'m LlamaModel,
+        ctx: LlamaContext<'m>,
+        settings: EngineSettings,
+        jobs: Receiver<Job>,
+        load: Arc<crate::Load>,
+    ) -> Self {
         let n_ctx_seq = ctx.n_ctx() / settings.parallel;
         let batch = LlamaBatch::new(settings.batch_size as usize, 1);
         Self {
@@ -77,6 +84,7 @@ impl<'m> Scheduler<'m> {
             active: Vec::new(),
             batch,
             settings,
+            load,
         }
     }
 
@@ -91,8 +99,11 @@ impl<'m> Scheduler<'m> {
                 return;
             }
             self.drop_abandoned();
+            self.load.active.store(self.active.len(), Ordering::Relaxed);
             if !self.active.is_empty() {
                 self.step();
+                // Before `admit` may block for a job with nothing running.
+                self.load.active.store(self.active.len(), Ordering::Relaxed);
             }
         }
     }
@@ -112,6 +123,7 @@ impl<'m> Scheduler<'m> {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             };
+            self.load.queued.fetch_sub(1, Ordering::Relaxed);
             if job.events.is_closed() {
                 continue;
             }

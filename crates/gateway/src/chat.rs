@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use switchyard_auth::Permission;
 use switchyard_engine::Engine;
-use switchyard_wire::ChatCompletionRequest;
+use switchyard_wire::{ChatCompletionRequest, ResultLabel};
 
 use crate::auth::Caller;
 use crate::backend::held::Held;
@@ -63,6 +63,7 @@ pub async fn completions(
     // keys made every insert land on a random B-tree page. With a few
     // hundred thousand records that was most of the cost of recording.
     let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
+    let began = std::time::Instant::now();
     let mut resp = match admit(&state, &caller, body).await {
         Err(resp) => resp,
         Ok((admitted, body)) => {
@@ -95,7 +96,23 @@ pub async fn completions(
     if let Ok(value) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
-    resp
+    let (route, label) = outcome(&resp);
+    crate::observe::chat(resp, route, label, began)
+}
+
+/// The route and result label a response went out with: routing's headers,
+/// or for an answer without routing (or refused before it), its model or
+/// `none`, and a label from its status.
+fn outcome(resp: &Response) -> (String, &'static str) {
+    let header = |name: &HeaderName| resp.headers().get(name).and_then(|v| v.to_str().ok());
+    let route = header(&crate::routing::ROUTE_HEADER).unwrap_or("none").to_string();
+    let label = match header(&crate::routing::LABEL_HEADER).and_then(|l| l.parse::<ResultLabel>().ok()) {
+        Some(label) => label.as_str(),
+        None if resp.status().is_success() => ResultLabel::Answered.as_str(),
+        None if resp.status().is_client_error() => ResultLabel::Refused.as_str(),
+        None => ResultLabel::Error.as_str(),
+    };
+    (route, label)
 }
 
 /// Checks that the caller may ask, parses the request and counts it
@@ -113,8 +130,14 @@ async fn admit(
     caller.require(Permission::Infer, "ask for completions").map_err(refuse)?;
     let body = parse(body).map_err(refuse)?;
     match state.limiter.admit(caller, prompt_estimate(&body)).await {
-        Ok(admitted) => Ok((admitted, body)),
+        Ok(admitted) => {
+            if admitted.meter.is_some() {
+                metrics::counter!("switchyard_limiter_decisions_total", "decision" => "admitted").increment(1);
+            }
+            Ok((admitted, body))
+        }
         Err(refused) => {
+            metrics::counter!("switchyard_limiter_decisions_total", "decision" => "refused").increment(1);
             let mut resp = refused.error.into_response();
             resp.headers_mut().extend(refused.headers);
             Err(resp)

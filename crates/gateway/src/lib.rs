@@ -17,6 +17,7 @@ pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod limits;
+pub mod observe;
 pub mod resilience;
 pub mod routing;
 pub mod validate;
@@ -116,6 +117,8 @@ impl AppState {
 }
 
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    // Before any request: what is recorded before the recorder exists is lost.
+    observe::handle();
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(models))
@@ -133,6 +136,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         // Probes answer anyone: they say nothing but "up" and "ready".
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(observe::render))
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))

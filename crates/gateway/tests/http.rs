@@ -275,3 +275,50 @@ async fn several_models_each_with_its_own_scheduler() {
     assert_eq!((a.1["model"].as_str(), b.1["model"].as_str()), (Some("fast"), Some("strong")));
     assert!(a.1["system_fingerprint"].as_str().unwrap().contains("fast"));
 }
+
+/// `/metrics` shows each engine's slots, sequences running and requests
+/// waiting, as they are when scraped.
+#[tokio::test]
+async fn metrics_show_an_engines_running_and_waiting_requests() {
+    let s = start(1, 4).await;
+    let gauge = |text: &str, name: &str| -> f64 {
+        let prefix = format!("{name}{{model=\"{MODEL}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
+    };
+    let scrape = || async { s.http.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap() };
+    let long = hello(
+        json!({"stream": true, "max_tokens": 400, "messages": [{"role": "user", "content": "Write a long story."}]}),
+    );
+    let resp = s.http.post(format!("{}/v1/chat/completions", s.base)).json(&long).send().await.unwrap();
+    let mut running = resp.bytes_stream();
+    running.next().await.unwrap().unwrap();
+    let waiting = tokio::spawn({
+        let (http, base) = (s.http.clone(), s.base.clone());
+        async move { http.post(format!("{base}/v1/chat/completions")).json(&hello(json!({"max_tokens": 4}))).send().await }
+    });
+    // The first chunk (the role) may leave before the story has a slot: wait for both.
+    let mut text = scrape().await;
+    for _ in 0..250 {
+        let active = gauge(&text, "switchyard_engine_active_sequences");
+        if active == 1.0 && gauge(&text, "switchyard_engine_queued_requests") == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = scrape().await;
+    }
+    assert_eq!(gauge(&text, "switchyard_engine_slots"), 1.0, "{text}");
+    assert_eq!(gauge(&text, "switchyard_engine_active_sequences"), 1.0, "{text}");
+    assert_eq!(gauge(&text, "switchyard_engine_queued_requests"), 1.0, "{text}");
+    drop(running);
+    assert_eq!(waiting.await.unwrap().unwrap().status(), StatusCode::OK);
+    let mut idle = scrape().await;
+    for _ in 0..250 {
+        if gauge(&idle, "switchyard_engine_active_sequences") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        idle = scrape().await;
+    }
+    assert_eq!(gauge(&idle, "switchyard_engine_active_sequences"), 0.0, "{idle}");
+    assert_eq!(gauge(&idle, "switchyard_engine_queued_requests"), 0.0, "{idle}");
+}

@@ -66,20 +66,30 @@ async fn ask(base: &str, key: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// `N` replicas' limiters on the Redis at 127.0.0.1:6379, under one key
+/// prefix of their own (failing closed); `None` (said so) without a Redis.
+async fn shared_limiters<const N: usize>() -> Option<[Limiter; N]> {
+    let (url, prefix) = ("redis://127.0.0.1:6379", prefix());
+    let mut limiters = Vec::new();
+    for _ in 0..N {
+        match Limiter::shared(url, &prefix, FailMode::Closed).await {
+            Ok(l) => limiters.push(l),
+            Err(e) => {
+                eprintln!("skipped: no Redis at {url} ({e})");
+                return None;
+            }
+        }
+    }
+    limiters.try_into().ok()
+}
+
 fn prefix() -> String {
     format!("switchyard-test:{}:", uuid::Uuid::new_v4().simple())
 }
 
 #[tokio::test]
 async fn two_replicas_sharing_redis_share_a_keys_limit() {
-    let url = "redis://127.0.0.1:6379";
-    let prefix = prefix();
-    let (Ok(a), Ok(b)) =
-        (Limiter::shared(url, &prefix, FailMode::Closed).await, Limiter::shared(url, &prefix, FailMode::Closed).await)
-    else {
-        eprintln!("skipped: no Redis at {url}");
-        return;
-    };
+    let Some([a, b]) = shared_limiters().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
     let key = key(&db, 3).await;
@@ -102,14 +112,7 @@ async fn two_replicas_sharing_redis_share_a_keys_limit() {
 /// its usage (2) by a later charge, which reaches Redis within a flush.
 #[tokio::test]
 async fn a_tenants_tokens_are_counted_across_replicas_including_later_charges() {
-    let url = "redis://127.0.0.1:6379";
-    let prefix = prefix();
-    let (Ok(a), Ok(b)) =
-        (Limiter::shared(url, &prefix, FailMode::Closed).await, Limiter::shared(url, &prefix, FailMode::Closed).await)
-    else {
-        eprintln!("skipped: no Redis at {url}");
-        return;
-    };
+    let Some([a, b]) = shared_limiters().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
     let (one, two) = (key_with(&db, Limits::default()).await, key_with(&db, Limits::default()).await);
@@ -256,18 +259,7 @@ async fn replicas_sharing_postgres_share_keys_revocations_and_records() {
 /// request per 100 ms across all replicas, 300 in 30 s, within 1%.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_offered_three_times_the_limit_admit_the_limit_within_one_percent() {
-    let url = "redis://127.0.0.1:6379";
-    let prefix = prefix();
-    let mut limiters = Vec::new();
-    for _ in 0..3 {
-        match Limiter::shared(url, &prefix, FailMode::Closed).await {
-            Ok(l) => limiters.push(l),
-            Err(_) => {
-                eprintln!("skipped: no Redis at {url}");
-                return;
-            }
-        }
-    }
+    let Some(limiters) = shared_limiters::<3>().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
     let key = key(&db, 600).await;

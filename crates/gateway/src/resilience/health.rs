@@ -30,6 +30,11 @@ impl Health {
         }
     }
 
+    /// Is the breaker open (or half-open, probing)?
+    pub fn is_open(&self) -> bool {
+        lock(&self.breaker).is_open()
+    }
+
     /// Passes the breaker, or `None` while it is open. Every request sent to
     /// the route deposits into its retry budget.
     pub fn admit(&self, now: Instant) -> Option<Ticket<'_>> {

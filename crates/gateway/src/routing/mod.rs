@@ -158,6 +158,11 @@ impl Routing {
         Ok(Self { policy, prices, options, routes })
     }
 
+    /// Each route's name and whether its breaker is open now.
+    pub fn breakers(&self) -> impl Iterator<Item = (String, bool)> + '_ {
+        self.routes.iter().map(|(name, r)| (name.clone(), r.health.is_open()))
+    }
+
     fn route(&self, name: &str) -> Result<&RouteState, ApiError> {
         self.routes.get(name).ok_or_else(|| {
             ApiError::internal(format!("policy {} names route `{name}`, which it does not declare", self.policy.id))
