@@ -1,5 +1,6 @@
 //! The audit trail: every request refused with 401, 403 or 429 (a busy
-//! server's 429s included: they are refusals a caller saw) and every change
+//! server's 429s included: they are refusals a caller saw), or with the 400
+//! of a prompt over a token limit by itself, and every change
 //! to keys and tenants. A line's key id and tenant are the actor's (the
 //! caller's), never a secret; what was changed is in its detail. Lines are
 //! queued to the store's writer off the request path.
@@ -38,9 +39,13 @@ pub async fn refusals(State(state): State<Arc<AppState>>, req: Request, next: Ne
     let action = format!("{} {}", req.method(), req.uri().path());
     let resp = next.run(req).await;
     let status = resp.status();
-    if [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN, StatusCode::TOO_MANY_REQUESTS].contains(&status) {
+    let refusal = resp.extensions().get::<Refusal>();
+    // A 400 for a prompt over a token limit by itself is a limit's refusal too.
+    let over_limit = refusal.is_some_and(|r| r.code == Some(crate::limits::OVER_LIMIT));
+    if over_limit || [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN, StatusCode::TOO_MANY_REQUESTS].contains(&status)
+    {
         let actor = resp.extensions().get::<Actor>().cloned().unwrap_or_default();
-        let why = resp.extensions().get::<Refusal>().map_or_else(String::new, |r| r.0.clone());
+        let why = refusal.map_or_else(String::new, |r| r.message.clone());
         write(&state, actor, action, "refused", status, why);
     }
     resp

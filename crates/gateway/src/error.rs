@@ -138,7 +138,10 @@ impl From<SubmitError> for ApiError {
 /// Why a response is an error, as its body says: carried on the response
 /// so layers outside the handler (the audit trail) need not parse it.
 #[derive(Debug, Clone)]
-pub struct Refusal(pub String);
+pub struct Refusal {
+    pub message: String,
+    pub code: Option<&'static str>,
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -147,7 +150,7 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         // For the audit trail, which records refusals from the response.
-        resp.extensions_mut().insert(Refusal(self.message));
+        resp.extensions_mut().insert(Refusal { message: self.message, code: self.code });
         resp
     }
 }

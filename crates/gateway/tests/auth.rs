@@ -531,6 +531,15 @@ async fn refusals_and_changes_are_in_the_audit_trail() {
     assert_eq!(s.get("/admin/keys", Some(&tenant)).await.status, StatusCode::FORBIDDEN);
     assert_eq!(s.chat(Some(&tenant), "hi", &[]).await.status, StatusCode::OK);
     assert_eq!(s.chat(Some(&tenant), "hi", &[]).await.status, StatusCode::TOO_MANY_REQUESTS);
+    let small = KeySpec {
+        limits: switchyard_store::Limits { tokens_per_minute: Some(10), ..Default::default() },
+        ..spec("acme", "tenant")
+    };
+    let small = s.key(small).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (small_id, _) = switchyard_auth::parse(&small).unwrap();
+    let big = s.chat(Some(&small), &"many words here ".repeat(10), &[]).await;
+    assert_eq!(big.status, StatusCode::BAD_REQUEST);
     let r = s.send(reqwest::Method::PUT, "/admin/tenants/acme", Some(&admin), &[], Some(json!({"limits": {}}))).await;
     assert_eq!(r.status, StatusCode::OK);
 
@@ -555,6 +564,7 @@ async fn refusals_and_changes_are_in_the_audit_trail() {
         assert!(lines.contains(line), "{line:?} in {lines:?}");
     }
     assert!(lines.iter().any(|l| l.0 == "tenants.put" && l.2 == 200), "{lines:?}");
+    assert!(lines.iter().any(|l| l.1 == small_id && l.2 == 400), "a prompt over a limit by itself: {lines:?}");
     assert!(!trail.to_string().contains(&"0".repeat(64)), "never a presented secret");
     // The tenant's refused read of the trail is in it too.
     assert!(lines.iter().any(|l| l.0 == "GET /admin/audit" && l.2 == 403), "{lines:?}");

@@ -37,6 +37,8 @@ use crate::error::ApiError;
 use ledger::{Verdict, Window};
 
 const DEGRADED: HeaderName = HeaderName::from_static("x-switchyard-ratelimit");
+/// The code of the 400 for a prompt over a token limit by itself.
+pub const OVER_LIMIT: &str = "request_over_limit";
 
 /// What a shared limiter does when Redis cannot be reached.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -239,7 +241,7 @@ fn too_large(subject: &Subject, why: String) -> Box<Refused> {
     let whose = subject.id.replacen(':', " ", 1);
     tracing::info!(subject = %subject.id, "refused, over a limit by itself: {why}");
     let error = ApiError::invalid(Some("messages".into()), format!("Request too large for {whose}: {why}."))
-        .with_code("request_over_limit");
+        .with_code(OVER_LIMIT);
     Box::new(Refused { error, headers: HeaderMap::new() })
 }
 
