@@ -147,6 +147,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let progress = Progress::for_stderr();
     // Read the policy first: a broken one should fail before minutes of model loading.
     let policy = cfg.load_policy()?;
+    cfg.check_database_reachable()?;
     let engines = switchyard_gateway::load_engines(&cfg, policy.as_ref(), progress).context("loading models")?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -146,6 +146,27 @@ impl ServeConfig {
         }
     }
 
+    /// Whether a PostgreSQL `database` answers on its port at all: checked
+    /// before models load (minutes), so a wrong address fails at once.
+    /// The full connection is made by [`ServeConfig::open_store`].
+    pub fn check_database_reachable(&self) -> anyhow::Result<()> {
+        let Some(url) = self.database.as_deref().filter(|u| u.starts_with("postgres")) else { return Ok(()) };
+        let unreachable = |why: String| anyhow::anyhow!("`database`: cannot reach the server it names: {why}");
+        let parsed = reqwest::Url::parse(url).map_err(|e| unreachable(e.to_string()))?;
+        let host = parsed.host_str().unwrap_or("localhost");
+        let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host, parsed.port().unwrap_or(5432)))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let timeout = std::time::Duration::from_secs(3);
+        let mut last = String::from("no address");
+        for addr in addrs {
+            match std::net::TcpStream::connect_timeout(&addr, timeout) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(unreachable(last))
+    }
+
     pub fn routing_options(&self) -> RoutingOptions {
         RoutingOptions { allow_force_route: self.allow_force_route, max_verifies: self.max_verifies }
     }
