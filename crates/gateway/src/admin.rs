@@ -17,7 +17,7 @@ use switchyard_store::{Limits, ResolveError, Store};
 use switchyard_wire::HandoffStatus;
 
 use crate::audit;
-use crate::auth::{issue, Caller, KeySpec};
+use crate::auth::{check_limits, issue, Caller, KeySpec};
 use crate::error::ApiError;
 use crate::AppState;
 use switchyard_auth::{Permission, Role};
@@ -305,10 +305,7 @@ pub async fn put_tenant(
                 ApiError::invalid(None, format!("expected {{\"limits\": {{...}}}}: {}", e.body_text()))
                     .with_code("invalid_value")
             })?;
-            if let Some(key) = spec.limits.invalid() {
-                let message = format!("`{key}` must be above 0; leave it out for no limit");
-                return Err(ApiError::invalid(Some(format!("limits.{key}")), message).with_code("invalid_value"));
-            }
+            check_limits(&spec.limits)?;
             let tenant = store(&state)
                 .await?
                 .put_tenant(&name, &spec.limits, switchyard_wire::unix_ms())

@@ -198,14 +198,25 @@ pub struct KeySpec {
     pub limits: Limits,
 }
 
+/// A 400 naming the first limit that could never admit anything (a key's
+/// or a tenant's), as `limits.<name>`.
+pub fn check_limits(limits: &Limits) -> Result<(), ApiError> {
+    match limits.invalid() {
+        None => Ok(()),
+        Some(name) => Err(ApiError::invalid(
+            Some(format!("limits.{name}")),
+            format!("`{name}` must be above 0; leave it out for no limit"),
+        )
+        .with_code("invalid_value")),
+    }
+}
+
 /// Makes a key for `spec`: the record to store and the key to show once.
 /// Every attribute is checked first, so a bad one is a 400 naming it.
 pub fn issue(spec: &KeySpec, now_ms: i64) -> Result<(KeyRecord, String), ApiError> {
     let invalid =
         |param: &str, message: String| ApiError::invalid(Some(param.to_string()), message).with_code("invalid_value");
-    if let Some(name) = spec.limits.invalid() {
-        return Err(invalid(&format!("limits.{name}"), format!("`{name}` must be above 0; leave it out for no limit")));
-    }
+    check_limits(&spec.limits)?;
     if spec.tenant.trim().is_empty() {
         return Err(invalid("tenant", "a key belongs to a tenant: name it".into()));
     }

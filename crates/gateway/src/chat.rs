@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
-use futures::StreamExt;
 use switchyard_auth::Permission;
 use switchyard_engine::Engine;
 use switchyard_wire::{ChatCompletionRequest, ResultLabel};
@@ -74,23 +73,12 @@ pub async fn completions(
                     e.into_response()
                 }
             };
-            let resp = match admitted.meter {
+            let mut resp = match admitted.meter {
                 Some(meter) => meter.wrap(resp),
                 None => resp,
             };
-            let (mut parts, body) = resp.into_parts();
-            parts.headers.extend(admitted.headers);
-            if admitted.slots.is_empty() {
-                Response::from_parts(parts, body)
-            } else {
-                // The request is in flight until its body has been sent or dropped.
-                let slots = admitted.slots;
-                let body = body.into_data_stream().map(move |chunk| {
-                    let _in_flight = &slots;
-                    chunk
-                });
-                Response::from_parts(parts, axum::body::Body::from_stream(body))
-            }
+            resp.headers_mut().extend(admitted.headers);
+            resp
         }
     };
     if let Ok(value) = HeaderValue::from_str(&id) {

@@ -17,7 +17,7 @@ use switchyard_router::Price;
 use switchyard_wire::sse::SseDecoder;
 use switchyard_wire::ChatReply;
 
-use super::{Limiter, Subject};
+use super::{Limiter, Slot, Subject};
 
 /// Completion tokens counted before they are charged: at most this many
 /// are uncounted by other requests while a stream runs.
@@ -35,14 +35,17 @@ pub struct Meter {
     /// Prompt tokens charged at admission.
     estimate: u64,
     began: Instant,
+    /// The request's places in flight, held until the answer is sent or dropped.
+    _slots: Vec<Slot>,
 }
 
 impl Meter {
-    pub(super) fn new(limiter: Arc<Limiter>, subjects: Vec<Subject>, estimate: u64) -> Self {
-        Self { limiter, subjects, estimate, began: Instant::now() }
+    pub(super) fn new(limiter: Arc<Limiter>, subjects: Vec<Subject>, estimate: u64, slots: Vec<Slot>) -> Self {
+        Self { limiter, subjects, estimate, began: Instant::now(), _slots: slots }
     }
 
-    /// Wraps `resp`'s body so it is charged as it is sent.
+    /// Wraps `resp`'s body so it is charged as it is sent, and holds the
+    /// request's places in flight until the body is sent or dropped.
     pub fn wrap(self, resp: Response) -> Response {
         let price = resp.extensions().get::<Priced>().map(|p| p.0.clone());
         let stream = resp.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
@@ -120,22 +123,20 @@ impl Drop for Counting {
         let produced = i64::try_from(self.produced).unwrap_or(i64::MAX);
         // What was seen but not yet charged is charged with the rest.
         let charged = i64::try_from(self.charged).unwrap_or(i64::MAX);
-        let (tokens, cost) = match self.usage {
-            Some((prompt, completion)) => {
-                // Never less than was visibly streamed, whatever the answer claims.
-                let completion = completion.max(u32::try_from(produced).unwrap_or(u32::MAX));
-                let busy_ms = self.meter.began.elapsed().as_secs_f64() * 1e3;
-                let cost = self.price.as_ref().map_or(0.0, |p| p.cost(prompt, completion, busy_ms).usd);
-                (i64::from(prompt) - estimate + i64::from(completion) - charged, cost)
-            }
-            None if self.failed && produced == 0 => (-estimate, 0.0),
-            None => {
-                let busy_ms = self.meter.began.elapsed().as_secs_f64() * 1e3;
-                let (prompt, completion) =
-                    (u32::try_from(estimate).unwrap_or(u32::MAX), u32::try_from(produced).unwrap_or(u32::MAX));
-                (produced - charged, self.price.as_ref().map_or(0.0, |p| p.cost(prompt, completion, busy_ms).usd))
-            }
+        if self.usage.is_none() && self.failed && produced == 0 {
+            self.meter.limiter.charge(&self.meter.subjects, -estimate, 0.0);
+            return;
+        }
+        let as_u32 = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+        // Never less than was visibly streamed, whatever the answer claims;
+        // without `usage`, the estimate and what was streamed.
+        let (prompt, completion) = match self.usage {
+            Some((prompt, completion)) => (prompt, completion.max(as_u32(produced))),
+            None => (as_u32(estimate), as_u32(produced)),
         };
+        let busy_ms = self.meter.began.elapsed().as_secs_f64() * 1e3;
+        let cost = self.price.as_ref().map_or(0.0, |p| p.cost(prompt, completion, busy_ms).usd);
+        let tokens = i64::from(prompt) - estimate + i64::from(completion) - charged;
         self.meter.limiter.charge(&self.meter.subjects, tokens, cost);
     }
 }

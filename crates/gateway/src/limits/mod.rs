@@ -65,11 +65,10 @@ pub struct Limiter {
     in_flight: Mutex<HashMap<String, Arc<AtomicU32>>>,
 }
 
-/// A request let through: the headers to answer with, its places among
-/// its subjects' requests in flight, and what to charge its answer to.
+/// A request let through: the headers to answer with, and what to charge
+/// its answer to (which also holds its places in flight).
 pub struct Admitted {
     pub headers: HeaderMap,
-    pub slots: Vec<Slot>,
     pub meter: Option<meter::Meter>,
 }
 
@@ -101,7 +100,7 @@ impl Limiter {
     pub async fn admit(self: &Arc<Self>, caller: &Caller, tokens: u64) -> Result<Admitted, Box<Refused>> {
         let subjects = subjects(caller);
         if subjects.is_empty() {
-            return Ok(Admitted { headers: HeaderMap::new(), slots: Vec::new(), meter: None });
+            return Ok(Admitted { headers: HeaderMap::new(), meter: None });
         }
         if let Some((subject, why)) =
             subjects.iter().find_map(|s| ledger::never_fits(&s.limits, tokens).map(|w| (s, w)))
@@ -148,8 +147,8 @@ impl Limiter {
                 return Err(refused(caller, subject, why, wait, headers));
             }
         }
-        let meter = meter::Meter::new(self.clone(), subjects, tokens);
-        Ok(Admitted { headers, slots, meter: Some(meter) })
+        let meter = meter::Meter::new(self.clone(), subjects, tokens, slots);
+        Ok(Admitted { headers, meter: Some(meter) })
     }
 
     /// A place among each subject's requests in flight, or a refusal.
