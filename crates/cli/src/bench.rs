@@ -210,8 +210,8 @@ fn recorded(r: &switchyard_store::DecisionRecord) -> Recorded {
     }
     Recorded {
         created_ms: r.created_ms,
-        prompt_tokens: r.prompt_tokens,
-        completion_tokens: r.completion_tokens,
+        prompt_tokens: r.measured.prompt_tokens,
+        completion_tokens: r.measured.completion_tokens,
         headers,
     }
 }
@@ -351,6 +351,25 @@ fn write_run(dir: &Path, report: &RunReport, results: &[RequestResult]) -> anyho
     std::fs::write(dir.join("summary.json"), serde_json::to_vec_pretty(report)?)?;
     std::fs::write(dir.join("report.html"), switchyard_bench::report::html(report, results))?;
     Ok(())
+}
+
+/// Writes recorded requests as a trace; those without token counts get
+/// the given lengths (and a line saying how many did).
+pub fn write_recorded(
+    rows: &[switchyard_store::DecisionRecord],
+    default_input_tokens: u32,
+    default_max_tokens: u32,
+    out: &PathBuf,
+) -> anyhow::Result<()> {
+    let records: Vec<Recorded> = rows.iter().map(recorded).collect();
+    let (trace, defaulted) = from_recorded(&records, default_input_tokens, default_max_tokens);
+    if defaulted > 0 {
+        eprintln!(
+            "{defaulted} of {} requests had no token counts: given {default_input_tokens} in / {default_max_tokens} out",
+            records.len()
+        );
+    }
+    write(&trace, out)
 }
 
 fn write(trace: &Trace, out: &PathBuf) -> anyhow::Result<()> {
@@ -554,15 +573,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 store.decisions_since(since_ms, limit).await
             });
             let rows = rows.map_err(|e| anyhow::anyhow!("reading {}: {e}", db.display()))?;
-            let records: Vec<Recorded> = rows.iter().map(recorded).collect();
-            let (trace, defaulted) = from_recorded(&records, default_input_tokens, default_max_tokens);
-            if defaulted > 0 {
-                eprintln!(
-                    "{defaulted} of {} requests had no token counts (unpriced routes): given {default_input_tokens} in / {default_max_tokens} out",
-                    records.len()
-                );
-            }
-            write(&trace, &out)
+            write_recorded(&rows, default_input_tokens, default_max_tokens, &out)
         }
         TraceCommand::Import { azure, limit, out } => {
             let csv = std::fs::read_to_string(&azure).with_context(|| format!("reading {}", azure.display()))?;

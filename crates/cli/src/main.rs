@@ -7,6 +7,7 @@ mod keys;
 mod models;
 mod policy;
 mod serve;
+mod telemetry;
 mod tenants;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,9 @@ enum Command {
     /// Tenants: limits shared by all of a tenant's keys; offline, in the data dir.
     #[command(subcommand)]
     Tenants(tenants::TenantsCommand),
+    /// Per-request telemetry: query, export (JSON lines, CSV, a bench trace).
+    #[command(subcommand)]
+    Telemetry(telemetry::TelemetryCommand),
     /// List, fetch and verify models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Keys(cmd) => keys::run(cmd),
         Command::Tenants(cmd) => tenants::run(cmd),
+        Command::Telemetry(cmd) => telemetry::run(cmd),
         Command::Models(cmd) => models::run(cmd),
         Command::Policy(cmd) => policy::run_policy(cmd),
         Command::Route(cmd) => policy::run_route(cmd),

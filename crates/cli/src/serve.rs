@@ -82,6 +82,14 @@ pub struct ServeArgs {
     /// its rule's `when_verifier_busy` says [default: 2]
     #[arg(long)]
     max_verifies: Option<usize>,
+    /// This replica's name in every request's record [default: HOSTNAME:PORT]
+    #[arg(long, value_name = "NAME")]
+    node_id: Option<String>,
+    /// Keep no per-request telemetry (the measured part of each record, the
+    /// records of unrouted and refused requests) and no request metrics.
+    /// Routing decisions are recorded still: routing promises them.
+    #[arg(long)]
+    no_telemetry: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -116,6 +124,10 @@ impl ServeArgs {
         if self.database.is_some() {
             cfg.database = self.database;
         }
+        if self.node_id.is_some() {
+            cfg.node_id = self.node_id;
+        }
+        cfg.telemetry &= !self.no_telemetry;
         if let Some(fail) = self.redis_fail {
             cfg.redis_fail = match fail {
                 FailArg::Open => FailMode::Open,

@@ -435,10 +435,19 @@ fn recorded_traffic_is_turned_into_a_trace_that_keeps_its_routing_headers() {
         label: switchyard_wire::ResultLabel::Answered.to_string(),
         execution: JsonText::of(&serde_json::json!({})).unwrap(),
         tenant: None,
-        prompt_tokens: tokens.map(|t| t.0),
-        completion_tokens: tokens.map(|t| t.1),
-        cost_usd: None,
-        energy_wh: None,
+        model: None,
+        runtime: None,
+        node: None,
+        stream: false,
+        retries: 0,
+        fallbacks: 0,
+        cascade: None,
+        measured: switchyard_store::Measured {
+            prompt_tokens: tokens.map(|t| t.0),
+            completion_tokens: tokens.map(|t| t.1),
+            ..Default::default()
+        },
+        measured_ms: None,
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
         let store = Store::open(&db).await.unwrap();

@@ -190,6 +190,7 @@ impl Sequence {
             queue_ms: ms(first_step - accepted),
             ttft_ms: c.first_token.map_or(0.0, |t| ms(t - accepted)),
             itl_p50_ms: c.gaps_ms.get(c.gaps_ms.len() / 2).copied().unwrap_or(0.0),
+            itl_p99_ms: c.gaps_ms.get((c.gaps_ms.len().saturating_sub(1)) * 99 / 100).copied().unwrap_or(0.0),
             itl_max_ms: c.gaps_ms.last().copied().unwrap_or(0.0),
             total_ms: ms(now - accepted),
         };

@@ -1,9 +1,10 @@
 //! `/admin`: routing decisions, the human handoff queue, shadow
-//! comparisons, API keys, tenants, the audit trail. Every endpoint checks the caller's role
+//! comparisons, per-request telemetry, API keys, tenants, the audit trail. Every endpoint checks the caller's role
 //! ([`Caller`], set by `auth::authenticate`): no key → 401, a role without
 //! the permission → 403. A tenant reads its own decisions only; another
 //! tenant's look absent (404), so ids cannot be probed.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -19,6 +20,7 @@ use switchyard_wire::HandoffStatus;
 use crate::audit;
 use crate::auth::{check_limits, issue, Caller, KeySpec};
 use crate::error::ApiError;
+use crate::observe::export;
 use crate::AppState;
 use switchyard_auth::{Permission, Role};
 
@@ -342,9 +344,72 @@ pub async fn audit(
             caller.require(Permission::ReadAudit, "read the audit trail")?;
             let Query(q) = query.map_err(|e| ApiError::invalid(None, e.body_text()))?;
             let data = store(&state).await?.audit(q.after, q.tenant.as_deref(), q.limit.min(1000)).await;
-            let dropped = state.recorder.as_ref().map_or(0, |r| r.audit_dropped());
+            let dropped = state.recorder.as_ref().map_or(0, |r| r.dropped().audit.load(Ordering::Relaxed));
             Ok(json!({"object": "list", "data": data.map_err(store_error)?, "dropped_since_start": dropped}))
         }
         .await,
     )
+}
+
+/// Written out, not a flattened `TelemetryFilter`: query strings are text,
+/// and serde's flatten would not read a number out of one.
+#[derive(Deserialize)]
+pub struct TelemetryQuery {
+    #[serde(default)]
+    since_ms: i64,
+    until_ms: Option<i64>,
+    route: Option<String>,
+    tenant: Option<String>,
+    label: Option<String>,
+    status: Option<u16>,
+    #[serde(default = "default_limit")]
+    limit: u32,
+    /// `json` (default: a list object), `jsonl` or `csv`.
+    format: Option<String>,
+}
+
+/// `GET /admin/telemetry?since_ms=&until_ms=&route=&tenant=&label=&status=&limit=&format=`:
+/// one record per request, oldest first. A tenant reads its own only.
+pub async fn telemetry(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<TelemetryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let result = async {
+        let Query(q) = query.map_err(|e| ApiError::invalid(None, e.body_text()))?;
+        let mut filter = switchyard_store::TelemetryFilter {
+            since_ms: q.since_ms,
+            until_ms: q.until_ms,
+            route: q.route,
+            tenant: q.tenant,
+            label: q.label,
+            status: q.status,
+            limit: q.limit.min(10_000),
+        };
+        if !caller.may(Permission::ReadAllDecisions) {
+            filter.tenant = Some(caller.tenant().unwrap_or_default().to_string());
+        }
+        let format = match q.format.as_deref() {
+            None | Some("json") => None,
+            Some("jsonl") => Some(export::Format::Jsonl),
+            Some("csv") => Some(export::Format::Csv),
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    Some("format".into()),
+                    format!("unknown format `{other}`: json, jsonl or csv"),
+                ))
+            }
+        };
+        let records = store(&state).await?.telemetry(&filter).await.map_err(store_error)?;
+        let dropped = state.recorder.as_ref().map_or(0, |r| r.dropped().telemetry.load(Ordering::Relaxed));
+        Ok(match format {
+            None => Json(json!({"object": "list", "data": records, "dropped_since_start": dropped})).into_response(),
+            Some(f) => {
+                let kind = if f == export::Format::Csv { "text/csv" } else { "application/x-ndjson" };
+                ([(axum::http::header::CONTENT_TYPE, kind)], export::render(&records, f)).into_response()
+            }
+        })
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
 }

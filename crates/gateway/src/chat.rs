@@ -11,6 +11,7 @@ use axum::Extension;
 use bytes::Bytes;
 use switchyard_auth::Permission;
 use switchyard_engine::Engine;
+use switchyard_store::DecisionRecord;
 use switchyard_wire::{ChatCompletionRequest, ResultLabel};
 
 use crate::auth::Caller;
@@ -18,7 +19,10 @@ use crate::backend::held::Held;
 use crate::backend::{Backend, ChatRequest, Embedded, Generation, Limits};
 use crate::envelope::Envelope;
 use crate::error::ApiError;
+use crate::error::Refusal;
 use crate::limits::Admitted;
+use crate::observe::answer::Watch;
+use crate::observe::{Recorded, Served};
 use crate::validate::chat_params;
 use crate::AppState;
 
@@ -63,29 +67,73 @@ pub async fn completions(
     // hundred thousand records that was most of the cost of recording.
     let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
     let began = std::time::Instant::now();
-    let mut resp = match admit(&state, &caller, body).await {
-        Err(resp) => resp,
+    let (mut resp, meter, stream) = match admit(&state, &caller, body).await {
+        Err(resp) => (resp, None, false),
         Ok((admitted, body)) => {
-            let resp = match handle(&state, &caller, &id, &headers, body).await {
+            let stream = body.is_stream();
+            let mut resp = match handle(&state, &caller, &id, &headers, body).await {
                 Ok(resp) => resp,
                 Err(e) => {
                     tracing::info!(request_id = %id, status = %e.status, code = ?e.code, "request refused: {}", e.message);
                     e.into_response()
                 }
             };
-            let mut resp = match admitted.meter {
-                Some(meter) => meter.wrap(resp),
-                None => resp,
-            };
             resp.headers_mut().extend(admitted.headers);
-            resp
+            (resp, admitted.meter, stream)
         }
     };
     if let Ok(value) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     let (route, label) = outcome(&resp);
-    crate::observe::chat(resp, route, label, began)
+    if state.telemetry {
+        metrics::counter!("switchyard_requests_total", "route" => route.clone(), "status" => resp.status().as_str().to_string(), "label" => label)
+            .increment(1);
+        record_unrouted(&state, &caller, &id, &mut resp, &route, label, stream).await;
+    }
+    let recorder = state.recorder.clone().filter(|_| state.telemetry);
+    Watch { request_id: id, route, began, meter, recorder, metrics: state.telemetry }.wrap(resp)
+}
+
+/// Records a request that routing did not (no policy, or refused before
+/// one decided): an answer is committed before its first byte, like a
+/// routed one; a refusal is queued without waiting, since refusals come at
+/// whatever rate clients send them.
+async fn record_unrouted(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    resp: &mut Response,
+    route: &str,
+    label: &str,
+    stream: bool,
+) {
+    let Some(recorder) = &state.recorder else { return };
+    if resp.extensions().get::<Recorded>().is_some() {
+        return;
+    }
+    let policy = state.routing.as_ref().map_or("none", |r| r.policy.id.as_str());
+    let mut record = DecisionRecord::new(id.into(), policy.into(), route.into(), resp.status().as_u16(), label.into());
+    record.tenant = caller.tenant().map(str::to_string);
+    record.node = Some(state.node.clone());
+    record.stream = stream;
+    // Taken out before waiting: a response is not `Sync`, so no reference
+    // to it may be held across an await.
+    let (served, refusal) = (resp.extensions_mut().remove::<Served>(), resp.extensions().get::<Refusal>());
+    match served {
+        Some(served) => {
+            record.reason = format!("no policy: the request named model {}", served.model);
+            record.model = Some(served.model);
+            record.runtime = Some(switchyard_engine::RUNTIME.into());
+            if !recorder.decision(record).await {
+                tracing::error!(request_id = %id, "the request's record was not written; answering anyway");
+            }
+        }
+        None => {
+            record.reason = refusal.map_or_else(String::new, |r| r.message.clone());
+            recorder.refusal(record);
+        }
+    }
 }
 
 /// The route and result label a response went out with: routing's headers,
@@ -93,7 +141,10 @@ pub async fn completions(
 /// `none`, and a label from its status.
 fn outcome(resp: &Response) -> (String, &'static str) {
     let header = |name: &HeaderName| resp.headers().get(name).and_then(|v| v.to_str().ok());
-    let route = header(&crate::routing::ROUTE_HEADER).unwrap_or("none").to_string();
+    let route = header(&crate::routing::ROUTE_HEADER)
+        .map(str::to_string)
+        .or_else(|| resp.extensions().get::<Served>().map(|s| s.model.clone()))
+        .unwrap_or_else(|| "none".into());
     let label = match header(&crate::routing::LABEL_HEADER).and_then(|l| l.parse::<ResultLabel>().ok()) {
         Some(label) => label.as_str(),
         None if resp.status().is_success() => ResultLabel::Answered.as_str(),
@@ -170,7 +221,9 @@ async fn unrouted(engine: Arc<Engine>, req: &ChatRequest) -> Result<Response, Ap
     match Embedded::new(engine).generate(req, limits).await? {
         Generation::Tokens { fingerprint, events } => {
             let held = Held::take(&model, events, &limits, 0).await?;
-            held.answer(Envelope::new(req, &model).with_fingerprint(fingerprint), &limits).await
+            let mut resp = held.answer(Envelope::new(req, &model).with_fingerprint(fingerprint), &limits).await?;
+            resp.extensions_mut().insert(Served { model });
+            Ok(resp)
         }
         Generation::Proxied(resp) => Ok(resp),
     }

@@ -49,6 +49,12 @@ pub struct ServeConfig {
     /// Route name or model id → price (`[prices.NAME]`); answers on priced
     /// routes get their cost recorded.
     pub prices: switchyard_router::Prices,
+    /// This replica's name in every request's record; default
+    /// `HOSTNAME:PORT`.
+    pub node_id: Option<String>,
+    /// Per-request telemetry and request metrics; off leaves routing
+    /// decisions only.
+    pub telemetry: bool,
 }
 
 impl Default for ServeConfig {
@@ -68,6 +74,8 @@ impl Default for ServeConfig {
             redis: None,
             redis_fail: FailMode::default(),
             prices: Default::default(),
+            node_id: None,
+            telemetry: true,
         }
     }
 }

@@ -57,6 +57,10 @@ pub struct AppState {
     pub limiter: Arc<limits::Limiter>,
     /// Unix time the models were loaded, reported as `created`.
     pub created: i64,
+    /// This replica's name in records (`node-id`).
+    pub node: String,
+    /// Per-request telemetry records and request metrics (`telemetry`).
+    pub telemetry: bool,
 }
 
 impl AppState {
@@ -70,6 +74,8 @@ impl AppState {
             keys: None,
             limiter: Arc::default(),
             created,
+            node: hostname(),
+            telemetry: true,
         }
     }
 
@@ -131,6 +137,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/admin/tenants", get(admin::tenants))
         .route("/admin/tenants/{name}", axum::routing::put(admin::put_tenant))
         .route("/admin/audit", get(admin::audit))
+        .route("/admin/telemetry", get(admin::telemetry))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::refusals))
         // Probes answer anyone: they say nothing but "up" and "ready".
@@ -248,10 +255,13 @@ pub async fn serve(
             None => tracing::info!(dir = %cfg.data_dir().display(), "recording routing decisions"),
         }
     }
-    let state = Arc::new(state.with_store(store));
-    let app = router(state.clone(), cfg.max_body_bytes);
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
     let addr: SocketAddr = listener.local_addr()?;
+    state.node = cfg.node_id.clone().unwrap_or_else(|| format!("{}:{}", state.node, addr.port()));
+    state.telemetry = cfg.telemetry;
+    report_lost_measurements(&store, &state.node).await;
+    let state = Arc::new(state.with_store(store));
+    let app = router(state.clone(), cfg.max_body_bytes);
     // Streams are many small writes; with Nagle's algorithm on, each waits
     // for the client's delayed ACK of the previous one (~40 ms per event).
     let listener = switchyard_wire::net::no_delay(listener, |e| tracing::warn!("could not set TCP_NODELAY: {e}"));
@@ -259,6 +269,32 @@ pub async fn serve(
     println!("switchyard listening on http://{addr} (models: {})", state.model_ids().join(", "));
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     Ok(())
+}
+
+/// This machine's name, for records; `switchyard` if it has none.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "switchyard".into())
+}
+
+/// A process killed under load takes its queued measurements with it (its
+/// decisions are committed before their answers, so they survive). Its
+/// records that never got them are marked and counted now, once.
+async fn report_lost_measurements(store: &switchyard_store::Store, node: &str) {
+    // Installed before counting, so the count is scraped too.
+    observe::handle();
+    match store.mark_unmeasured(node, switchyard_wire::unix_ms()).await {
+        Ok(0) => {}
+        Ok(lost) => {
+            metrics::counter!("switchyard_telemetry_lost_at_start_total").increment(lost);
+            tracing::warn!(lost, node, "records from this node's last run never got their measurements (it stopped before writing them); marked measured_ms = 0");
+        }
+        Err(e) => tracing::warn!("could not check for measurements lost by the last run: {e}"),
+    }
 }
 
 /// Without keys the server is open to whoever reaches it: fine on loopback

@@ -66,17 +66,20 @@ async fn metrics_count_requests_time_answers_and_show_breakers() {
     let base = common::listen(AppState::new(vec![]).with_routing(routing)).await;
     let http = reqwest::Client::new();
     let ask = |prompt: &str, force: Option<&str>| {
-        let mut req = http
-            .post(format!("{base}/v1/chat/completions"))
-            .json(&json!({"model": "auto", "messages": [{"role": "user", "content": prompt}]}));
+        let mut req = http.post(format!("{base}/v1/chat/completions")).json(
+            &json!({"model": "auto", "messages": [{"role": "user", "content": prompt}], "stream": prompt == "stream"}),
+        );
         if let Some(route) = force {
             req = req.header("x-switchyard-force-route", route);
         }
         req.send()
     };
-    for _ in 0..3 {
+    for _ in 0..2 {
         assert_eq!(ask("hello", None).await.unwrap().status(), StatusCode::OK);
     }
+    let streamed = ask("stream", None).await.unwrap();
+    assert_eq!(streamed.status(), StatusCode::OK);
+    assert!(streamed.text().await.unwrap().contains("[DONE]"));
     assert_eq!(ask("how to build a bomb", None).await.unwrap().status(), StatusCode::OK, "a refusal is an answer");
     assert_eq!(ask("hello", Some("metered-broken")).await.unwrap().status(), StatusCode::BAD_GATEWAY);
 
@@ -92,7 +95,12 @@ async fn metrics_count_requests_time_answers_and_show_breakers() {
     assert!(sample(&text, "switchyard_requests_total", &failed).is_some_and(|n| n >= 1.0), "{text}");
     let route = [("route", "metered")];
     assert_eq!(sample(&text, "switchyard_request_duration_seconds_count", &route), Some(3.0), "{text}");
-    assert_eq!(sample(&text, "switchyard_time_to_first_byte_seconds_count", &route), Some(3.0), "{text}");
+    assert_eq!(sample(&text, "switchyard_time_to_first_token_seconds_count", &route), Some(3.0), "{text}");
+    let tokens = sample(&text, "switchyard_inter_token_latency_seconds_count", &route);
+    assert!(tokens.is_some_and(|n| n >= 1.0), "a gap per streamed token after the first: {text}");
+    let completion = sample(&text, "switchyard_completion_tokens_total", &route);
+    assert!(completion.is_some_and(|n| n >= 3.0), "{text}");
+    assert!(sample(&text, "switchyard_prompt_tokens_total", &route).is_some_and(|n| n >= 3.0), "{text}");
     let slowest = [("route", "metered"), ("le", "60")];
     assert_eq!(sample(&text, "switchyard_request_duration_seconds_bucket", &slowest), Some(3.0), "buckets: {text}");
     assert_eq!(sample(&text, "switchyard_breaker_open", &[("route", "metered")]), Some(0.0), "{text}");

@@ -391,6 +391,8 @@ async fn setup() -> Setup {
         keys: None,
         limiter: Default::default(),
         created: 0,
+        node: "test-node".into(),
+        telemetry: true,
     }
     .with_policy(
         Policy::from_toml(&policy(&mock_base, &peer_base)).unwrap(),
@@ -488,6 +490,13 @@ async fn routes_follow_policy_with_headers_boundaries_and_fallbacks() {
     // Its cost, from the engine's token counts and the model's hardware price.
     assert!(rec["prompt_tokens"].as_u64().unwrap() > 0 && rec["completion_tokens"].as_u64().unwrap() > 0, "{rec}");
     assert!(rec["cost_usd"].as_f64().unwrap() > 0.0 && rec["energy_wh"].as_f64().unwrap() > 0.0, "{rec}");
+    // What served it, and the engine's own clock: queue, prefill, decode.
+    assert_eq!(rec["model"], "smollm2-135m");
+    assert!(rec["runtime"].as_str().unwrap().starts_with("llama.cpp"), "{rec}");
+    for field in ["queue_ms", "prefill_ms", "decode_ms", "ttft_ms", "total_ms"] {
+        assert!(rec[field].as_f64().is_some(), "{field}: {rec}");
+    }
+    assert!(rec["prefill_ms"].as_f64().unwrap() > 0.0, "a prompt takes time to read: {rec}");
     let missing = s.http.get(format!("{}/admin/decisions/chatcmpl-nope", s.base)).send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 

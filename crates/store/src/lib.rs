@@ -22,7 +22,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 use sqlx::{AnyConnection, AnyPool};
 
-pub use recorder::{Completion, Recorder};
+pub use recorder::{Dropped, Recorder};
 
 /// A JSON document kept as its text: serialized once where it is made
 /// (the request path) and stored as is, yet shown as nested JSON (not a
@@ -74,7 +74,29 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
 }
 
-/// How a routed request was decided and how it ended.
+/// Which records [`Store::telemetry`] returns; `None` matches any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TelemetryFilter {
+    /// Unix ms, inclusive.
+    pub since_ms: i64,
+    /// Unix ms, exclusive.
+    pub until_ms: Option<i64>,
+    pub route: Option<String>,
+    pub tenant: Option<String>,
+    pub label: Option<String>,
+    pub status: Option<u16>,
+    pub limit: u32,
+}
+
+impl Default for TelemetryFilter {
+    fn default() -> Self {
+        Self { since_ms: 0, until_ms: None, route: None, tenant: None, label: None, status: None, limit: 1000 }
+    }
+}
+
+/// One chat request: how it was decided (by a policy, or by the `model`
+/// it named), how it ended, and what it measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRecord {
     pub request_id: String,
@@ -97,15 +119,85 @@ pub struct DecisionRecord {
     /// The calling key's tenant; `None` when the server has no keys.
     #[serde(default)]
     pub tenant: Option<String>,
-    /// Filled in after the answer was sent (see [`Completion`]).
+    /// The model that answered (`None` if none did).
     #[serde(default)]
+    pub model: Option<String>,
+    /// What ran it: the embedded llama.cpp build, or `upstream`.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// The switchyard replica that served it (`node-id`).
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub stream: bool,
+    /// Attempts repeated on the same route.
+    #[serde(default)]
+    pub retries: u32,
+    /// Routes given up on (failed or skipped) before the one that answered.
+    #[serde(default)]
+    pub fallbacks: u32,
+    /// `kept` or `escalated` where a cascade judged the fast answer.
+    #[serde(default)]
+    pub cascade: Option<String>,
+    /// Known once the answer has ended; all `None` until then.
+    #[serde(flatten)]
+    pub measured: Measured,
+    /// When [`DecisionRecord::measured`] was written; `Some(0)`: never will
+    /// be (the process stopped first).
+    #[serde(default)]
+    pub measured_ms: Option<i64>,
+}
+
+impl DecisionRecord {
+    /// A record of what every request has, made now; the rest empty, for
+    /// the caller to fill in.
+    pub fn new(request_id: String, policy_id: String, route: String, status: u16, label: String) -> Self {
+        Self {
+            request_id,
+            created_ms: now_ms(),
+            policy_id,
+            rule_id: None,
+            route,
+            status,
+            reason: String::new(),
+            decision: JsonText(serde_json::value::RawValue::NULL.to_owned()),
+            label,
+            execution: JsonText(serde_json::value::RawValue::NULL.to_owned()),
+            tenant: None,
+            model: None,
+            runtime: None,
+            node: None,
+            stream: false,
+            retries: 0,
+            fallbacks: 0,
+            cascade: None,
+            measured: Measured::default(),
+            measured_ms: None,
+        }
+    }
+}
+
+/// What an answer turned out to use, cost and take, known once it ended.
+/// Times are milliseconds: queue, prefill and decode as the engine measured
+/// them (`None` from an upstream that does not say); TTFT, inter-token
+/// latency and total on the gateway's clock, as the client saw them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Measured {
     pub prompt_tokens: Option<u32>,
-    #[serde(default)]
     pub completion_tokens: Option<u32>,
-    #[serde(default)]
     pub cost_usd: Option<f64>,
-    #[serde(default)]
     pub energy_wh: Option<f64>,
+    pub queue_ms: Option<f64>,
+    pub prefill_ms: Option<f64>,
+    pub decode_ms: Option<f64>,
+    pub ttft_ms: Option<f64>,
+    pub itl_p50_ms: Option<f64>,
+    pub itl_p99_ms: Option<f64>,
+    pub itl_max_ms: Option<f64>,
+    pub total_ms: Option<f64>,
+    /// The client left before the answer ended.
+    pub disconnected: Option<bool>,
 }
 
 /// An API key as stored: never its secret, only the secret's hash.
@@ -334,6 +426,42 @@ impl Store {
         q.bind(since_ms).bind(limit).fetch_all(&self.pool).await?.iter().map(rows::decision).collect()
     }
 
+    /// Records matching `filter`, oldest first.
+    pub async fn telemetry(&self, filter: &TelemetryFilter) -> Result<Vec<DecisionRecord>, StoreError> {
+        let q = sqlx::query(
+            "SELECT * FROM decisions
+             WHERE created_ms >= $1 AND created_ms < $2
+               AND ($3 IS NULL OR route = $3) AND ($4 IS NULL OR tenant = $4)
+               AND ($5 IS NULL OR label = $5) AND ($6 IS NULL OR status = $6)
+             ORDER BY created_ms, request_id LIMIT $7",
+        );
+        let found = q
+            .bind(filter.since_ms)
+            .bind(filter.until_ms.unwrap_or(i64::MAX))
+            .bind(filter.route.clone())
+            .bind(filter.tenant.clone())
+            .bind(filter.label.clone())
+            .bind(filter.status.map(i64::from))
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        found.iter().map(rows::decision).collect()
+    }
+
+    /// Marks `node`'s records from before `before_ms` that never got their
+    /// measurements as lost (`measured_ms = 0`), and says how many there
+    /// were: what a killed process had not yet written.
+    pub async fn mark_unmeasured(&self, node: &str, before_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE decisions SET measured_ms = 0 WHERE node = $1 AND measured_ms IS NULL AND created_ms < $2",
+        )
+        .bind(node)
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     pub async fn enqueue_handoff(&self, h: &HandoffRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO handoffs (id, request_id, created_ms, policy_id, rule_id, messages, status, tenant)
@@ -472,7 +600,7 @@ impl Store {
     }
 }
 
-const DECISION_COLUMNS: [&str; 15] = [
+const DECISION_COLUMNS: [&str; 32] = [
     "request_id",
     "created_ms",
     "policy_id",
@@ -484,15 +612,32 @@ const DECISION_COLUMNS: [&str; 15] = [
     "label",
     "execution",
     "tenant",
+    "model",
+    "runtime",
+    "node",
+    "stream",
+    "retries",
+    "fallbacks",
+    "cascade",
     "prompt_tokens",
     "completion_tokens",
     "cost_usd",
     "energy_wh",
+    "queue_ms",
+    "prefill_ms",
+    "decode_ms",
+    "ttft_ms",
+    "itl_p50_ms",
+    "itl_p99_ms",
+    "itl_max_ms",
+    "total_ms",
+    "disconnected",
+    "measured_ms",
 ];
 
 /// Rows per INSERT: only these sizes, so each statement is prepared once
 /// and then reused from sqlx's cache (a statement per batch length was
-/// re-parsed by SQLite on every batch). 15 × 64 bound values is well under
+/// re-parsed by SQLite on every batch). 32 × 64 bound values is well under
 /// either database's limit.
 const ROWS_PER_INSERT: [usize; 3] = [64, 8, 1];
 
@@ -537,14 +682,52 @@ async fn insert_decisions(conn: &mut AnyConnection, records: &[&DecisionRecord])
                 .bind(r.label.clone())
                 .bind(r.execution.as_str().to_owned())
                 .bind(r.tenant.clone())
-                .bind(r.prompt_tokens.map(i64::from))
-                .bind(r.completion_tokens.map(i64::from))
-                .bind(r.cost_usd)
-                .bind(r.energy_wh);
+                .bind(r.model.clone())
+                .bind(r.runtime.clone())
+                .bind(r.node.clone())
+                .bind(r.stream)
+                .bind(i64::from(r.retries))
+                .bind(i64::from(r.fallbacks))
+                .bind(r.cascade.clone());
+            q = bind_measured(q, &r.measured).bind(r.measured_ms);
         }
         q.execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn update_measured(conn: &mut AnyConnection, request_id: &str, m: &Measured) -> Result<(), StoreError> {
+    let q = sqlx::query(
+        "UPDATE decisions SET prompt_tokens = $1, completion_tokens = $2, cost_usd = $3, energy_wh = $4,
+             queue_ms = $5, prefill_ms = $6, decode_ms = $7, ttft_ms = $8, itl_p50_ms = $9, itl_p99_ms = $10,
+             itl_max_ms = $11, total_ms = $12, disconnected = $13, measured_ms = $14
+         WHERE request_id = $15",
+    );
+    bind_measured(q, m).bind(now_ms()).bind(request_id).execute(conn).await?;
+    Ok(())
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds `m`'s 13 fields, in [`DECISION_COLUMNS`]' order.
+fn bind_measured<'q>(q: Query<'q>, m: &Measured) -> Query<'q> {
+    q.bind(m.prompt_tokens.map(i64::from))
+        .bind(m.completion_tokens.map(i64::from))
+        .bind(m.cost_usd)
+        .bind(m.energy_wh)
+        .bind(m.queue_ms)
+        .bind(m.prefill_ms)
+        .bind(m.decode_ms)
+        .bind(m.ttft_ms)
+        .bind(m.itl_p50_ms)
+        .bind(m.itl_p99_ms)
+        .bind(m.itl_max_ms)
+        .bind(m.total_ms)
+        .bind(m.disconnected)
 }
 
 async fn insert_audit(conn: &mut AnyConnection, a: &AuditRecord) -> Result<(), StoreError> {

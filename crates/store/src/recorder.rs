@@ -5,9 +5,11 @@
 //! precedes its decision); a batch is one transaction, so a crash leaves
 //! whole records or none; a record the database refuses is logged and
 //! loses no other record; the queue is bounded, so a slow disk slows
-//! requests down instead of losing records or memory. Audit lines are the
-//! exception: they come at the rate clients are refused, so a full queue
-//! drops them, and counts each one ([`Recorder::audit_dropped`]).
+//! requests down instead of losing records or memory. Audit lines,
+//! measurements and the records of requests refused before any decision
+//! are the exception: they come at whatever rate clients send, and are
+//! queued without waiting, so a full queue drops them and counts each one
+//! ([`Recorder::dropped`]) instead of blocking a request.
 //!
 //! Decisions use group commit: [`Recorder::decision`] returns once the
 //! transaction holding its record has committed, so a request that waits
@@ -21,27 +23,17 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{AuditRecord, DecisionRecord, ShadowRecord, Store, StoreError};
+use crate::{AuditRecord, DecisionRecord, Measured, ShadowRecord, Store, StoreError};
 
 /// Records queued before the writer catches up; beyond this, queuing waits.
 const QUEUE: usize = 16 * 1024;
 /// Records per transaction at most.
 const BATCH: usize = 512;
 
-/// What an answer turned out to use and cost, known once it was sent.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Completion {
-    pub request_id: String,
-    pub prompt_tokens: Option<u32>,
-    pub completion_tokens: Option<u32>,
-    pub cost_usd: Option<f64>,
-    pub energy_wh: Option<f64>,
-}
-
 /// A record to write.
 enum Record {
     Decision(Box<DecisionRecord>),
-    Completion(Completion),
+    Measured(Box<(String, Measured)>),
     Shadow(Box<ShadowRecord>),
     Audit(Box<AuditRecord>),
 }
@@ -57,7 +49,15 @@ enum Write {
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Write>,
-    audit_dropped: Arc<AtomicU64>,
+    dropped: Arc<Dropped>,
+}
+
+/// Records dropped since start because the queue was full (or closed).
+#[derive(Debug, Default)]
+pub struct Dropped {
+    pub audit: AtomicU64,
+    /// Measurements and the records of requests refused before a decision.
+    pub telemetry: AtomicU64,
 }
 
 impl Recorder {
@@ -65,7 +65,7 @@ impl Recorder {
     pub fn start(store: Store) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write_loop(store, rx));
-        Self { tx, audit_dropped: Arc::default() }
+        Self { tx, dropped: Arc::default() }
     }
 
     async fn send(&self, w: Write) {
@@ -82,44 +82,39 @@ impl Recorder {
         rx.await.unwrap_or(false)
     }
 
-    /// Queues without waiting (callable from a `Drop`); if the queue is
-    /// full, a task waits for room instead.
-    pub fn completion(&self, c: Completion) {
-        match self.tx.try_send(Write::Record(Record::Completion(c), None)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(w)) => {
-                let this = self.clone();
-                tokio::spawn(async move { this.send(w).await });
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::error!("the record writer has stopped; a record was not written")
-            }
-        }
+    /// Queues a decision without waiting for it: for requests refused
+    /// before anything was decided, which come at the rate clients send
+    /// them. Dropped and counted when the queue is full.
+    pub fn refusal(&self, r: DecisionRecord) {
+        self.try_queue(Record::Decision(Box::new(r)), &self.dropped.telemetry, "a refused request's record");
     }
 
-    /// Queues an audit line without waiting. Refusals come at the rate
-    /// clients send them, so a full queue does not grow a task per line:
-    /// the line is dropped and counted ([`Recorder::audit_dropped`]).
+    /// Queues what an answer measured, without waiting (callable from a
+    /// `Drop`). Dropped and counted when the queue is full.
+    pub fn measured(&self, request_id: String, m: Measured) {
+        self.try_queue(Record::Measured(Box::new((request_id, m))), &self.dropped.telemetry, "a measurement");
+    }
+
+    /// Queues an audit line without waiting. Dropped and counted when the
+    /// queue is full.
     pub fn audit(&self, a: AuditRecord) {
-        match self.tx.try_send(Write::Record(Record::Audit(Box::new(a)), None)) {
-            Ok(()) => {}
-            Err(e) => {
-                let dropped = self.audit_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::error!(
-                    dropped,
-                    "an audit line was not written: the record queue is {}",
-                    match e {
-                        mpsc::error::TrySendError::Full(_) => "full",
-                        mpsc::error::TrySendError::Closed(_) => "closed",
-                    }
-                );
-            }
+        self.try_queue(Record::Audit(Box::new(a)), &self.dropped.audit, "an audit line");
+    }
+
+    fn try_queue(&self, record: Record, dropped: &AtomicU64, what: &str) {
+        if let Err(e) = self.tx.try_send(Write::Record(record, None)) {
+            let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "full",
+                mpsc::error::TrySendError::Closed(_) => "closed",
+            };
+            tracing::error!(dropped = n, "{what} was not written: the record queue is {why}");
         }
     }
 
-    /// Audit lines dropped since start because the queue was full or closed.
-    pub fn audit_dropped(&self) -> u64 {
-        self.audit_dropped.load(Ordering::Relaxed)
+    /// What has been dropped since start.
+    pub fn dropped(&self) -> &Dropped {
+        &self.dropped
     }
 
     pub async fn shadow(&self, r: ShadowRecord) {
@@ -180,7 +175,8 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Write>) {
 
 /// Writes a batch in one transaction: its decisions in one multi-row
 /// INSERT (one round trip to the database, not one per record), then
-/// shadows, then completions, which may update decisions of this batch.
+/// shadows, audit lines and measurements, which may update decisions of
+/// this batch.
 async fn write_batch(store: &Store, records: &[Record]) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
@@ -194,19 +190,7 @@ async fn write_batch(store: &Store, records: &[Record]) -> Result<(), StoreError
             Record::Decision(_) => {}
             Record::Shadow(s) => crate::insert_shadow(&mut tx, s).await?,
             Record::Audit(a) => crate::insert_audit(&mut tx, a).await?,
-            Record::Completion(c) => {
-                sqlx::query(
-                    "UPDATE decisions SET prompt_tokens = $1, completion_tokens = $2, cost_usd = $3, energy_wh = $4
-                     WHERE request_id = $5",
-                )
-                .bind(c.prompt_tokens.map(i64::from))
-                .bind(c.completion_tokens.map(i64::from))
-                .bind(c.cost_usd)
-                .bind(c.energy_wh)
-                .bind(&c.request_id)
-                .execute(&mut *tx)
-                .await?;
-            }
+            Record::Measured(m) => crate::update_measured(&mut tx, &m.0, &m.1).await?,
         }
     }
     tx.commit().await?;

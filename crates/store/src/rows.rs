@@ -7,7 +7,9 @@ use serde::de::DeserializeOwned;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::{AuditRecord, DecisionRecord, HandoffRecord, JsonText, KeyRecord, ShadowRecord, StoreError, TenantRecord};
+use crate::{
+    AuditRecord, DecisionRecord, HandoffRecord, JsonText, KeyRecord, Measured, ShadowRecord, StoreError, TenantRecord,
+};
 
 fn bad(col: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Db(sqlx::Error::ColumnDecode { index: col.to_string(), source: Box::new(e) })
@@ -56,6 +58,13 @@ fn flag(row: &AnyRow, col: &str) -> Result<bool, StoreError> {
     }
 }
 
+fn opt_flag(row: &AnyRow, col: &str) -> Result<Option<bool>, StoreError> {
+    match row.try_get::<Option<bool>, _>(col) {
+        Ok(b) => Ok(b),
+        Err(_) => Ok(opt_int(row, col)?.map(|v| v != 0)),
+    }
+}
+
 pub fn decision(row: &AnyRow) -> Result<DecisionRecord, StoreError> {
     Ok(DecisionRecord {
         request_id: text(row, "request_id")?,
@@ -69,10 +78,29 @@ pub fn decision(row: &AnyRow) -> Result<DecisionRecord, StoreError> {
         label: text(row, "label")?,
         execution: json_text(row, "execution")?,
         tenant: opt_text(row, "tenant")?,
-        prompt_tokens: opt_narrow(row, "prompt_tokens")?,
-        completion_tokens: opt_narrow(row, "completion_tokens")?,
-        cost_usd: row.try_get("cost_usd")?,
-        energy_wh: row.try_get("energy_wh")?,
+        model: opt_text(row, "model")?,
+        runtime: opt_text(row, "runtime")?,
+        node: opt_text(row, "node")?,
+        stream: flag(row, "stream")?,
+        retries: narrow(row, "retries")?,
+        fallbacks: narrow(row, "fallbacks")?,
+        cascade: opt_text(row, "cascade")?,
+        measured: Measured {
+            prompt_tokens: opt_narrow(row, "prompt_tokens")?,
+            completion_tokens: opt_narrow(row, "completion_tokens")?,
+            cost_usd: row.try_get("cost_usd")?,
+            energy_wh: row.try_get("energy_wh")?,
+            queue_ms: row.try_get("queue_ms")?,
+            prefill_ms: row.try_get("prefill_ms")?,
+            decode_ms: row.try_get("decode_ms")?,
+            ttft_ms: row.try_get("ttft_ms")?,
+            itl_p50_ms: row.try_get("itl_p50_ms")?,
+            itl_p99_ms: row.try_get("itl_p99_ms")?,
+            itl_max_ms: row.try_get("itl_max_ms")?,
+            total_ms: row.try_get("total_ms")?,
+            disconnected: opt_flag(row, "disconnected")?,
+        },
+        measured_ms: opt_int(row, "measured_ms")?,
     })
 }
 

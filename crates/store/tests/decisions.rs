@@ -2,7 +2,7 @@ mod common;
 
 use serde_json::json;
 use switchyard_store::{
-    Completion, DecisionRecord, HandoffRecord, JsonText, Recorder, ResolveError, ShadowRecord, Store,
+    DecisionRecord, HandoffRecord, JsonText, Measured, Recorder, ResolveError, ShadowRecord, Store,
 };
 
 fn record(id: &str) -> DecisionRecord {
@@ -18,10 +18,15 @@ fn record(id: &str) -> DecisionRecord {
         label: "answered".into(),
         execution: JsonText::of(&json!({"steps": [{"route": "local", "outcome": "ok"}]})).unwrap(),
         tenant: Some("acme".into()),
-        prompt_tokens: None,
-        completion_tokens: None,
-        cost_usd: None,
-        energy_wh: None,
+        model: Some("smollm2-135m".into()),
+        runtime: Some("llama.cpp".into()),
+        node: Some("node-a".into()),
+        stream: true,
+        retries: 1,
+        fallbacks: 0,
+        cascade: Some("kept".into()),
+        measured: Measured::default(),
+        measured_ms: None,
     }
 }
 
@@ -145,21 +150,27 @@ async fn the_recorder_writes_in_order_and_flush_makes_records_visible() {
         for i in 0..1000 {
             recorder.decision(record(&format!("r{i}"))).await;
             // Queued right behind its decision, as the gateway does once the answer is sent.
-            recorder.completion(Completion {
-                request_id: format!("r{i}"),
-                prompt_tokens: Some(i),
-                completion_tokens: Some(2),
-                cost_usd: Some(0.5),
-                energy_wh: None,
-            });
+            recorder.measured(
+                format!("r{i}"),
+                Measured {
+                    prompt_tokens: Some(i),
+                    completion_tokens: Some(2),
+                    cost_usd: Some(0.5),
+                    ttft_ms: Some(12.5),
+                    disconnected: Some(false),
+                    ..Measured::default()
+                },
+            );
         }
         recorder.flush().await;
         for i in [0u32, 517, 999] {
             let r = store.decision(&format!("r{i}")).await.unwrap().expect("written");
+            let m = &r.measured;
             assert_eq!(
-                (r.prompt_tokens, r.completion_tokens, r.cost_usd, r.energy_wh),
-                (Some(i), Some(2), Some(0.5), None)
+                (m.prompt_tokens, m.completion_tokens, m.cost_usd, m.energy_wh, m.ttft_ms, m.disconnected),
+                (Some(i), Some(2), Some(0.5), None, Some(12.5), Some(false))
             );
+            assert!(r.measured_ms.is_some_and(|t| t > 0), "stamped when measured");
         }
         // A record the database refuses (a duplicate id) loses no other record
         // of its batch.
@@ -235,6 +246,6 @@ async fn tenants_and_the_audit_trail_round_trip() {
         let acme = store.audit(0, Some("acme"), 10).await.unwrap();
         assert_eq!(acme.len(), 2);
         assert_eq!(store.audit(all[1].id, None, 10).await.unwrap().len(), 1, "paged by id");
-        assert_eq!(recorder.audit_dropped(), 0);
+        assert_eq!(recorder.dropped().audit.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 }

@@ -22,6 +22,9 @@ pub struct Timings {
     /// Median gap between consecutive generated tokens.
     #[serde(default)]
     pub itl_p50_ms: f64,
+    /// 99th percentile gap between consecutive generated tokens.
+    #[serde(default)]
+    pub itl_p99_ms: f64,
     /// Largest gap between consecutive generated tokens.
     #[serde(default)]
     pub itl_max_ms: f64,

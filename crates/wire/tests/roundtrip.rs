@@ -181,6 +181,7 @@ fn timings_ride_beside_usage() {
         queue_ms: 0.5,
         ttft_ms: 14.0,
         itl_p50_ms: 10.0,
+        itl_p99_ms: 10.5,
         itl_max_ms: 11.0,
         total_ms: 44.0,
     };

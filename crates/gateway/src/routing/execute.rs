@@ -73,8 +73,6 @@ pub(super) enum Attempt {
 pub struct Run {
     pub reason: String,
     pub execution: Execution,
-    /// When the request began to run (what a priced answer's time is counted from).
-    pub began: Instant,
     /// The caller's tenant, for a handoff's record.
     pub tenant: Option<String>,
 }
@@ -82,7 +80,7 @@ pub struct Run {
 impl Run {
     pub fn new(reason: &str, tenant: Option<&str>) -> Self {
         let tenant = tenant.map(str::to_string);
-        Self { reason: reason.to_string(), execution: Execution::default(), began: Instant::now(), tenant }
+        Self { reason: reason.to_string(), execution: Execution::default(), tenant }
     }
 
     fn step(&mut self, route: &str, outcome: &'static str, detail: Option<String>, began: Instant) {
@@ -100,9 +98,20 @@ impl Run {
 pub struct Execution {
     steps: Vec<Step>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    cascade: Option<CascadeCheck>,
+    pub(super) cascade: Option<CascadeCheck>,
     #[serde(skip_serializing_if = "Option::is_none")]
     handoff_id: Option<String>,
+}
+
+impl Execution {
+    /// Attempts repeated on the same route, and routes given up on (failed
+    /// or skipped) before the last one tried.
+    pub fn retries_and_fallbacks(&self) -> (u32, u32) {
+        let retries = self.steps.iter().filter(|s| s.outcome == "retried").count() as u32;
+        let before_last = &self.steps[..self.steps.len().saturating_sub(1)];
+        let gave_up = before_last.iter().filter(|s| matches!(s.outcome, "failed" | "skipped")).count() as u32;
+        (retries, gave_up)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -162,6 +171,7 @@ impl Routing {
                         .first()
                         .ok_or_else(|| ApiError::internal(format!("the cascade on {name} has no escalation route")))?;
                     run.step(name, "escalated", None, began);
+                    metrics::counter!("switchyard_cascade_escalations_total", "route" => name.to_string()).increment(1);
                     run.reason.push_str(&format!("; cascade: {name} {} -> escalated to {to}", check.describe()));
                     run.execution.cascade = Some(check);
                     chain = plan.escalate.iter().map(String::as_str).collect();

@@ -188,11 +188,9 @@ impl Routing {
         let mut run = execute::Run::new(&decision.reason, caller.tenant());
         let result = self.execute(state, &req, &decision, &mut run).await;
         let ending = record::Ending::of(&req.id, caller.tenant(), &result);
-        if let Some(recorder) = &state.recorder {
-            record::decision(recorder, &decision, &run, &ending).await;
-        }
+        self.record(state, &req, &decision, &run, &ending).await;
         let resp = result.map_or_else(IntoResponse::into_response, |(resp, _)| resp);
-        let resp = self.after_sent(state, resp, &ending, &run, shadow);
+        let resp = self.after_sent(resp, &ending, shadow);
         Ok(self.label(resp, &ending, &run.reason))
     }
 

@@ -1,17 +1,20 @@
 //! Recording a routed request: its decision, committed before the answer
-//! leaves (group commit, see `switchyard_store::Recorder`), then what the
-//! answer used and cost, and the primary answer a shadow is compared with,
-//! once it has been sent.
+//! leaves (group commit, see `switchyard_store::Recorder`), and the primary
+//! answer a shadow is compared with, once it has been sent. What the
+//! answer measured is recorded by `observe::answer`.
 
 use axum::response::Response;
-use switchyard_router::Decision;
-use switchyard_store::{Completion, DecisionRecord, JsonText, Recorder};
+use switchyard_router::{BackendKind, Decision, Outcome};
+use switchyard_store::{DecisionRecord, JsonText};
 use switchyard_wire::{headers, ResultLabel};
 use tokio::sync::oneshot;
 
 use super::execute::{Answered, Run};
 use super::Routing;
+use crate::backend::ChatRequest;
 use crate::error::ApiError;
+use crate::observe::answer::Priced;
+use crate::observe::Recorded;
 use crate::{capture, AppState};
 
 /// How a routed request ended: what its record and its headers say.
@@ -36,68 +39,74 @@ impl Ending {
     }
 }
 
-/// Records the decision and waits until it is committed.
-pub async fn decision(recorder: &Recorder, decision: &Decision, run: &Run, ending: &Ending) {
-    let id = &ending.request_id;
-    let record = DecisionRecord {
-        request_id: id.clone(),
-        created_ms: switchyard_wire::unix_ms(),
-        policy_id: decision.policy_id.clone(),
-        rule_id: decision.rule_id.clone(),
-        route: ending.route.clone(),
-        status: ending.status,
-        reason: run.reason.clone(),
-        decision: JsonText::of_or_null(decision),
-        label: ending.label.as_str().into(),
-        execution: JsonText::of_or_null(&run.execution),
-        tenant: ending.tenant.clone(),
-        prompt_tokens: None,
-        completion_tokens: None,
-        cost_usd: None,
-        energy_wh: None,
-    };
-    if !recorder.decision(record).await {
-        tracing::error!(request_id = %id, "the decision record was not written; answering anyway");
+impl Routing {
+    /// Records the decision and waits until it is committed.
+    pub(super) async fn record(
+        &self,
+        state: &AppState,
+        req: &ChatRequest,
+        decision: &Decision,
+        run: &Run,
+        ending: &Ending,
+    ) {
+        let Some(recorder) = &state.recorder else { return };
+        let id = &ending.request_id;
+        let mut record = DecisionRecord::new(
+            id.clone(),
+            decision.policy_id.clone(),
+            ending.route.clone(),
+            ending.status,
+            ending.label.as_str().into(),
+        );
+        record.rule_id = decision.rule_id.clone();
+        record.reason = run.reason.clone();
+        record.decision = JsonText::of_or_null(decision);
+        record.execution = JsonText::of_or_null(&run.execution);
+        record.tenant = ending.tenant.clone();
+        if let Some(route) = self.policy.route(&ending.route) {
+            record.model = Some(route.model.clone());
+            record.runtime = Some(runtime(route.backend).into());
+        }
+        record.node = Some(state.node.clone());
+        record.stream = req.params.stream;
+        (record.retries, record.fallbacks) = run.execution.retries_and_fallbacks();
+        record.cascade = match (&decision.outcome, &run.execution.cascade) {
+            (_, Some(_)) => Some("escalated".into()),
+            (Outcome::Route { route, cascade: Some(_), .. }, None) if *route == ending.route => Some("kept".into()),
+            _ => None,
+        };
+        if !recorder.decision(record).await {
+            tracing::error!(request_id = %id, "the decision record was not written; answering anyway");
+        }
+    }
+
+    /// Once the answer has been sent (or abandoned): hands it to the shadow
+    /// waiting for it. A priced route's price goes on the response, for
+    /// what watches it (`observe::answer`).
+    pub(super) fn after_sent(
+        &self,
+        mut resp: Response,
+        ending: &Ending,
+        shadow: Option<oneshot::Sender<super::shadow::Primary>>,
+    ) -> Response {
+        let route = ending.route.clone();
+        if let Some(p) = self.policy.route(&route).and_then(|r| self.prices.for_route(&r.name, &r.model)) {
+            resp.extensions_mut().insert(Priced(p.clone()));
+        }
+        resp.extensions_mut().insert(Recorded);
+        match shadow {
+            None => resp,
+            Some(primary) => capture::tap(resp, move |status, body| {
+                let _ = primary.send((route, status, body));
+            }),
+        }
     }
 }
 
-impl Routing {
-    /// Once the answer has been sent (or abandoned): records its tokens and
-    /// cost on a priced route, and hands it to the shadow waiting for it.
-    pub(super) fn after_sent(
-        &self,
-        state: &AppState,
-        mut resp: Response,
-        ending: &Ending,
-        run: &Run,
-        shadow: Option<oneshot::Sender<super::shadow::Primary>>,
-    ) -> Response {
-        let (id, route, began) = (ending.request_id.clone(), ending.route.clone(), run.began);
-        let price = self.policy.route(&route).and_then(|r| self.prices.for_route(&r.name, &r.model)).cloned();
-        if let Some(p) = &price {
-            resp.extensions_mut().insert(crate::limits::meter::Priced(p.clone()));
-        }
-        let recorder = state.recorder.clone().filter(|_| price.is_some());
-        if shadow.is_none() && recorder.is_none() {
-            return resp;
-        }
-        capture::tap(resp, move |status, body| {
-            if let Some(recorder) = recorder {
-                let tokens = capture::tokens(&body);
-                let cost = price
-                    .zip(tokens)
-                    .map(|(p, (prompt, completion))| p.cost(prompt, completion, began.elapsed().as_secs_f64() * 1e3));
-                recorder.completion(Completion {
-                    request_id: id,
-                    prompt_tokens: tokens.map(|t| t.0),
-                    completion_tokens: tokens.map(|t| t.1),
-                    cost_usd: cost.map(|c| c.usd),
-                    energy_wh: cost.and_then(|c| c.energy_wh),
-                });
-            }
-            if let Some(primary) = shadow {
-                let _ = primary.send((route, status, body));
-            }
-        })
+/// What the record names as a route's runtime.
+pub fn runtime(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Embedded => switchyard_engine::RUNTIME,
+        BackendKind::Upstream => "upstream",
     }
 }

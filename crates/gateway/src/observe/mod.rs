@@ -1,27 +1,40 @@
-//! Prometheus metrics, served at `GET /metrics` in the text exposition
-//! format, named as vLLM and llama-server users expect: base units,
-//! `switchyard_` prefix, `_total` counters, latency histograms with buckets
-//! from 5 ms to a minute.
+//! What operators see of the traffic: each answer watched as it is sent
+//! ([`answer`]), and Prometheus metrics served at `GET /metrics` in the
+//! text exposition format, named as vLLM and llama-server users expect:
+//! base units, `switchyard_` prefix, `_total` counters, latency histograms
+//! with buckets from a millisecond (a token) to a minute (a generation).
 //!
 //! One recorder serves the whole process (the `metrics` facade is global),
 //! installed by the first server; every server in the process renders it.
 //! Labels are bounded: route names come from the policy, models from the
 //! loaded engines; tenants and keys are never labels.
 
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+pub mod answer;
+pub mod export;
 
-use axum::body::Body;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::AppState;
 
-/// Seconds: from a fast proxy hop to a long generation.
-const LATENCY_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0];
+/// Seconds: from one token of a small model to a long generation.
+const LATENCY_BUCKETS: [f64; 16] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0];
+
+/// On a response whose record routing has already written.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded;
+
+/// On an answer from the engine the request's `model` named (no policy).
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub model: String,
+}
 
 /// The process's recorder, installed on first use; `None` if another
 /// recorder was installed first (then `/metrics` says so).
@@ -57,46 +70,9 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
         metrics::gauge!("switchyard_engine_slots", "model" => model.clone()).set(f64::from(slots));
     }
     if let Some(recorder) = &state.recorder {
-        metrics::counter!("switchyard_audit_dropped_total").absolute(recorder.audit_dropped());
+        let dropped = recorder.dropped();
+        metrics::counter!("switchyard_audit_dropped_total").absolute(dropped.audit.load(Ordering::Relaxed));
+        metrics::counter!("switchyard_telemetry_dropped_total").absolute(dropped.telemetry.load(Ordering::Relaxed));
     }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
-}
-
-/// Counts a chat completion request by how it ended, and times its answer:
-/// its first byte, and the whole of it (until sent, or abandoned).
-pub fn chat(resp: Response, route: String, label: &str, began: Instant) -> Response {
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("switchyard_requests_total", "route" => route.clone(), "status" => status, "label" => label.to_string())
-        .increment(1);
-    let (parts, body) = resp.into_parts();
-    let mut timing = Timing { route, began, first: false };
-    let body = body.into_data_stream().map(move |chunk| {
-        timing.saw(chunk.as_ref().map_or(0, bytes::Bytes::len));
-        chunk
-    });
-    Response::from_parts(parts, Body::from_stream(body))
-}
-
-/// An answer being sent; its end is timed when it is dropped.
-struct Timing {
-    route: String,
-    began: Instant,
-    first: bool,
-}
-
-impl Timing {
-    fn saw(&mut self, bytes: usize) {
-        if !self.first && bytes > 0 {
-            self.first = true;
-            metrics::histogram!("switchyard_time_to_first_byte_seconds", "route" => self.route.clone())
-                .record(self.began.elapsed().as_secs_f64());
-        }
-    }
-}
-
-impl Drop for Timing {
-    fn drop(&mut self) {
-        metrics::histogram!("switchyard_request_duration_seconds", "route" => self.route.clone())
-            .record(self.began.elapsed().as_secs_f64());
-    }
 }

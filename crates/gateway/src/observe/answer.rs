@@ -1,0 +1,292 @@
+//! Watching an answer as it is sent, once, for everyone who needs to know
+//! how it went: the limiter (tokens as they stream, then the final charge),
+//! the telemetry record (tokens, cost, timings, a client that left) and the
+//! metrics (latency histograms, token and cost counters).
+//!
+//! Nothing here delays the answer: a streamed chunk is scanned for text
+//! (a token) and parsed only when it can carry counts; a JSON answer is
+//! copied (up to [`CAPTURE_LIMIT`]) and parsed once, after it was sent.
+//! Everything is settled when the body is dropped, which happens whether
+//! it ended or the client left.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use switchyard_router::Price;
+use switchyard_store::{Measured, Recorder};
+use switchyard_wire::sse::SseDecoder;
+use switchyard_wire::{ChatReply, Timings};
+
+use crate::capture::{self, CAPTURE_LIMIT};
+use crate::limits::meter::{Meter, Settled};
+
+/// The price of the route that answered, put on the response by routing.
+#[derive(Debug, Clone)]
+pub struct Priced(pub Price);
+
+/// Who is told how an answer went.
+pub struct Watch {
+    pub request_id: String,
+    /// The route (or model) that answered, the metrics' label.
+    pub route: String,
+    /// When the request arrived.
+    pub began: Instant,
+    /// Charges the caller's limits, if it has any.
+    pub meter: Option<Meter>,
+    /// Writes the measured part of the request's record.
+    pub recorder: Option<Recorder>,
+    /// Records latency histograms and token and cost counters.
+    pub metrics: bool,
+}
+
+impl Watch {
+    pub fn wrap(self, resp: Response) -> Response {
+        if self.meter.is_none() && self.recorder.is_none() && !self.metrics {
+            return resp;
+        }
+        let price = resp.extensions().get::<Priced>().map(|p| p.0.clone());
+        let stream = resp.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let (parts, body) = resp.into_parts();
+        let watching = Watching {
+            price,
+            failed: !parts.status.is_success(),
+            sse: stream.then(SseDecoder::default),
+            whole: BytesMut::new(),
+            produced: 0,
+            first_token: None,
+            last_token: None,
+            gaps_ms: Vec::new(),
+            usage: None,
+            timings: None,
+            ended: false,
+            watch: self,
+        };
+        let body = Watched { inner: body.into_data_stream(), watching };
+        Response::from_parts(parts, Body::from_stream(body))
+    }
+}
+
+/// The body, passed through untouched while [`Watching`] looks at it.
+struct Watched<S> {
+    inner: S,
+    watching: Watching,
+}
+
+impl<S: Stream<Item = Result<Bytes, axum::Error>> + Unpin> Stream for Watched<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = Pin::new(&mut self.inner).poll_next(cx);
+        match &next {
+            Poll::Ready(Some(Ok(bytes))) => self.watching.saw(bytes),
+            Poll::Ready(None) => self.watching.ended = true,
+            _ => {}
+        }
+        next
+    }
+}
+
+/// An answer being sent; settled when dropped.
+struct Watching {
+    watch: Watch,
+    price: Option<Price>,
+    failed: bool,
+    /// For streams; JSON answers are read whole at the end instead.
+    sse: Option<SseDecoder>,
+    whole: BytesMut,
+    /// Chunks with text seen so far: a token each.
+    produced: u64,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    /// Between consecutive tokens, as the client got them.
+    gaps_ms: Vec<f64>,
+    /// Prompt and completion tokens as the answer reported them.
+    usage: Option<(u32, u32)>,
+    /// The engine's own clock, where the answer carries it.
+    timings: Option<Timings>,
+    /// The body's last byte was handed to the connection.
+    ended: bool,
+}
+
+impl Watching {
+    fn saw(&mut self, bytes: &[u8]) {
+        let Some(sse) = &mut self.sse else {
+            let room = CAPTURE_LIMIT.saturating_sub(self.whole.len());
+            self.whole.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            return;
+        };
+        let mut tokens = 0;
+        for data in sse.push(bytes) {
+            tokens += u64::from(has_text(&data));
+            // Only the chunks that can carry counts are parsed: parsing every
+            // chunk cost several microseconds each, per token streamed.
+            if data.contains("\"usage\"") || data.contains("\"timings\"") {
+                if let Ok(reply) = ChatReply::from_json(&data) {
+                    self.usage = capture::usage(&reply).or(self.usage);
+                    self.timings = reply.timings().or(self.timings.take());
+                }
+            }
+        }
+        if tokens > 0 {
+            let now = Instant::now();
+            match self.last_token {
+                None => self.first_token = Some(now),
+                Some(last) => self.gaps_ms.push(ms(now - last)),
+            }
+            // Tokens that arrived in one chunk reached the client at once.
+            self.gaps_ms.extend(std::iter::repeat_n(0.0, tokens as usize - 1));
+            self.last_token = Some(now);
+            self.produced += tokens;
+        }
+        if let Some(meter) = &mut self.watch.meter {
+            meter.progress(self.produced);
+        }
+    }
+
+    /// What the record says the answer measured.
+    fn measured(&mut self, total_ms: f64) -> Measured {
+        let streamed = self.sse.is_some();
+        // Never fewer completion tokens than were visibly streamed.
+        let tokens = match self.usage {
+            Some((prompt, completion)) => {
+                (Some(prompt), Some(completion.max(u32::try_from(self.produced).unwrap_or(u32::MAX))))
+            }
+            None if streamed => (None, u32::try_from(self.produced).ok()),
+            None => (None, None),
+        };
+        let cost = self
+            .price
+            .as_ref()
+            .zip(self.usage)
+            .map(|(p, _)| p.cost(tokens.0.unwrap_or(0), tokens.1.unwrap_or(0), total_ms));
+        let t = self.timings.as_ref();
+        self.gaps_ms.sort_by(f64::total_cmp);
+        // Nearest rank, as the engine's own percentiles.
+        let gap = |q: usize| self.gaps_ms.get(self.gaps_ms.len().saturating_sub(1) * q / 100).copied();
+        let (ttft, itl_p50, itl_p99, itl_max) = if streamed {
+            let ttft = self.first_token.map(|at| ms(at - self.watch.began));
+            (ttft, gap(50), gap(99), self.gaps_ms.last().copied())
+        } else {
+            // A JSON answer arrives at once: only the engine saw its tokens.
+            (t.map(|t| t.ttft_ms), t.map(|t| t.itl_p50_ms), t.map(|t| t.itl_p99_ms), t.map(|t| t.itl_max_ms))
+        };
+        Measured {
+            prompt_tokens: tokens.0,
+            completion_tokens: tokens.1,
+            cost_usd: cost.map(|c| c.usd),
+            energy_wh: cost.and_then(|c| c.energy_wh),
+            queue_ms: t.map(|t| t.queue_ms),
+            prefill_ms: t.map(|t| t.prompt_ms),
+            decode_ms: t.map(|t| t.predicted_ms),
+            ttft_ms: ttft,
+            itl_p50_ms: itl_p50,
+            itl_p99_ms: itl_p99,
+            itl_max_ms: itl_max,
+            total_ms: Some(total_ms),
+            disconnected: Some(!self.ended),
+        }
+    }
+
+    fn observe(&self, m: &Measured) {
+        let route = self.watch.route.clone();
+        let seconds = |ms: Option<f64>| ms.map(|ms| ms / 1e3);
+        for (name, value) in [
+            ("switchyard_request_duration_seconds", seconds(m.total_ms)),
+            ("switchyard_time_to_first_token_seconds", seconds(m.ttft_ms)),
+            ("switchyard_queue_seconds", seconds(m.queue_ms)),
+            ("switchyard_prefill_seconds", seconds(m.prefill_ms)),
+            ("switchyard_decode_seconds", seconds(m.decode_ms)),
+        ] {
+            if let Some(v) = value {
+                metrics::histogram!(name, "route" => route.clone()).record(v);
+            }
+        }
+        if !self.gaps_ms.is_empty() {
+            let itl = metrics::histogram!("switchyard_inter_token_latency_seconds", "route" => route.clone());
+            for gap in &self.gaps_ms {
+                itl.record(gap / 1e3);
+            }
+        }
+        if let Some(n) = m.prompt_tokens {
+            metrics::counter!("switchyard_prompt_tokens_total", "route" => route.clone()).increment(u64::from(n));
+        }
+        if let Some(n) = m.completion_tokens {
+            metrics::counter!("switchyard_completion_tokens_total", "route" => route.clone()).increment(u64::from(n));
+        }
+        if let Some(usd) = m.cost_usd {
+            // The `metrics` crate's counters count integers.
+            metrics::counter!("switchyard_cost_microusd_total", "route" => route).increment((usd * 1e6).round() as u64);
+        }
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let total_ms = ms(self.watch.began.elapsed());
+        if self.sse.is_none() {
+            if let Ok(reply) = ChatReply::from_slice(&self.whole) {
+                self.usage = capture::usage(&reply);
+                self.timings = reply.timings();
+            }
+        }
+        if let Some(meter) = &self.watch.meter {
+            meter.settle(&Settled {
+                usage: self.usage,
+                produced: self.produced,
+                failed: self.failed,
+                price: self.price.as_ref(),
+                busy_ms: total_ms,
+            });
+        }
+        if self.watch.recorder.is_none() && !self.watch.metrics {
+            return;
+        }
+        let measured = self.measured(total_ms);
+        if self.watch.metrics {
+            self.observe(&measured);
+        }
+        if let Some(recorder) = &self.watch.recorder {
+            recorder.measured(std::mem::take(&mut self.watch.request_id), measured);
+        }
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Does a chunk's JSON carry text (`"content"` or `"refusal"` with a
+/// non-empty string)? A scan, not a parse: the count it feeds is corrected
+/// by the answer's `usage` at the end.
+fn has_text(data: &str) -> bool {
+    ["\"content\"", "\"refusal\""].iter().any(|field| {
+        data.match_indices(field).any(|(at, f)| {
+            let rest = data[at + f.len()..].trim_start();
+            rest.strip_prefix(':').is_some_and(|v| {
+                let v = v.trim_start();
+                v.starts_with('"') && !v.starts_with("\"\"")
+            })
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_text;
+
+    #[test]
+    fn text_is_found_without_parsing() {
+        assert!(has_text(r#"{"choices":[{"delta":{"content":"hi"}}]}"#));
+        assert!(has_text(r#"{"choices":[{"delta":{"content": "hi"}}]}"#), "spaces after the colon");
+        assert!(has_text(r#"{"choices":[{"delta":{"refusal":"no"}}]}"#));
+        assert!(!has_text(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#), "empty");
+        assert!(!has_text(r#"{"choices":[{"delta":{"content":null}}]}"#), "null");
+        assert!(!has_text(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#));
+    }
+}
