@@ -29,6 +29,22 @@ bin="${CARGO_TARGET_DIR:-$root/target}/release/switchyard"
 # and this reuses the binary's build instead of compiling everything twice.
 cargo test --release --locked --workspace --no-fail-fast
 
+# The dashboard's test drives Debian's chromium with playwright-core (npm,
+# pinned in tests/ui/package.json; it downloads no browser of its own).
+ui=()
+command -v chromium >/dev/null 2>&1 || ui+=(chromium)
+command -v node >/dev/null 2>&1 || ui+=(nodejs)
+command -v npm >/dev/null 2>&1 || ui+=(npm)
+if ((${#ui[@]})); then
+  echo "test: installing ${ui[*]} for the dashboard test" >&2
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${ui[@]}" >/dev/null
+fi
+[ -d tests/ui/node_modules/playwright-core ] ||
+  npm install --prefix tests/ui --no-package-lock --no-audit --no-fund --silent
+
 venv="${SWITCHYARD_TEST_VENV:-$root/.venv-test}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt

@@ -86,6 +86,8 @@ pub struct Load {
     queued: AtomicUsize,
     /// Sequences in slots (prefilling or decoding).
     active: AtomicUsize,
+    /// Tokens held in the KV cache by those sequences.
+    kv_tokens: AtomicUsize,
 }
 
 impl Load {
@@ -93,8 +95,15 @@ impl Load {
         self.queued.load(Ordering::Relaxed)
     }
 
+    /// Acquire: pairs with the scheduler's release, so a cache fill read
+    /// after this is at least as new.
     pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Tokens in the KV cache now, of `n_ctx_seq × parallel`.
+    pub fn kv_tokens(&self) -> usize {
+        self.kv_tokens.load(Ordering::Relaxed)
     }
 }
 

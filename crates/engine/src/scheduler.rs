@@ -99,13 +99,21 @@ impl<'m> Scheduler<'m> {
                 return;
             }
             self.drop_abandoned();
-            self.load.active.store(self.active.len(), Ordering::Relaxed);
+            self.publish_load();
             if !self.active.is_empty() {
                 self.step();
                 // Before `admit` may block for a job with nothing running.
-                self.load.active.store(self.active.len(), Ordering::Relaxed);
+                self.publish_load();
             }
         }
+    }
+
+    /// The KV cache's fill before the sequence count: a reader that sees
+    /// no sequence also sees an empty cache.
+    fn publish_load(&self) {
+        let kv: usize = self.active.iter().map(|s| usize::try_from(s.n_past).unwrap_or(0)).sum();
+        self.load.kv_tokens.store(kv, Ordering::Relaxed);
+        self.load.active.store(self.active.len(), Ordering::Release);
     }
 
     /// Moves queued jobs into free slots. Blocks only when nothing is running.

@@ -144,6 +144,11 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(observe::render))
+        // The dashboard's files hold no data; what it reads is checked per key.
+        .route("/ui", get(observe::ui::index))
+        .route("/ui/app.js", get(observe::ui::script))
+        .route("/ui/app.css", get(observe::ui::style))
+        .route("/ui/icon.svg", get(observe::ui::icon))
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))

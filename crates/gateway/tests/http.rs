@@ -309,6 +309,8 @@ async fn metrics_show_an_engines_running_and_waiting_requests() {
     assert_eq!(gauge(&text, "switchyard_engine_slots"), 1.0, "{text}");
     assert_eq!(gauge(&text, "switchyard_engine_active_sequences"), 1.0, "{text}");
     assert_eq!(gauge(&text, "switchyard_engine_queued_requests"), 1.0, "{text}");
+    let kv = gauge(&text, "switchyard_engine_kv_cache_usage_ratio");
+    assert!(kv > 0.0 && kv < 1.0, "the story's prompt and tokens hold part of the cache: {text}");
     drop(running);
     assert_eq!(waiting.await.unwrap().unwrap().status(), StatusCode::OK);
     let mut idle = scrape().await;
@@ -321,4 +323,5 @@ async fn metrics_show_an_engines_running_and_waiting_requests() {
     }
     assert_eq!(gauge(&idle, "switchyard_engine_active_sequences"), 0.0, "{idle}");
     assert_eq!(gauge(&idle, "switchyard_engine_queued_requests"), 0.0, "{idle}");
+    assert_eq!(gauge(&idle, "switchyard_engine_kv_cache_usage_ratio"), 0.0, "{idle}");
 }

@@ -11,6 +11,7 @@
 
 pub mod answer;
 pub mod export;
+pub mod ui;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -68,6 +69,12 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
         metrics::gauge!("switchyard_engine_queued_requests", "model" => model.clone()).set(load.queued() as f64);
         metrics::gauge!("switchyard_engine_active_sequences", "model" => model.clone()).set(load.active() as f64);
         metrics::gauge!("switchyard_engine_slots", "model" => model.clone()).set(f64::from(slots));
+        let capacity = f64::from(engine.n_ctx_seq()) * f64::from(slots);
+        metrics::gauge!("switchyard_engine_kv_cache_usage_ratio", "model" => model.clone()).set(if capacity > 0.0 {
+            load.kv_tokens() as f64 / capacity
+        } else {
+            0.0
+        });
     }
     if let Some(recorder) = &state.recorder {
         let dropped = recorder.dropped();

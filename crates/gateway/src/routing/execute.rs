@@ -153,6 +153,7 @@ impl Routing {
             let mut attempt = self.attempt(route, req, decision.max_ttft_ms, judge).await;
             if let Err(e) = &attempt {
                 if ticket.may_retry(e.fault()) {
+                    metrics::counter!("switchyard_retries_total", "route" => name.to_string()).increment(1);
                     run.step(name, "retried", Some(e.message.clone()), began);
                     run.reason.push_str(&format!("; {name} retried"));
                     attempt = self.attempt(route, req, decision.max_ttft_ms, judge).await;
