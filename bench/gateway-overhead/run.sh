@@ -9,7 +9,10 @@
 #   switchyard        no keys (open, as on a fresh machine);
 #   switchyard-keyed  an API key with every limit set (checked on each
 #                     request, never reached), limits counted in process;
-#   switchyard-redis  the same key, limits counted in Redis (redis://127.0.0.1:6379).
+#   switchyard-redis  the same key, limits counted in Redis (redis://127.0.0.1:6379);
+#   switchyard-notel  open, with --no-telemetry: no measured part of each
+#                     record, no request metrics (decisions are recorded
+#                     still), the anchor for what telemetry costs.
 # The harness sends one bearer key to every target, so it sends the key
 # made here (the mock and the open server ignore it; LiteLLM uses it as its
 # master key).
@@ -70,5 +73,7 @@ GATEWAY_API_KEY="$key" MOCK_PORT="$mock_port" ./run.sh --out "$out" \
   --gateway "switchyard-keyed=http://127.0.0.1:$((port + 1))/v1" \
   --start "switchyard-keyed=$serve --port $((port + 1)) --data-dir $run_dir/keyed" \
   --gateway "switchyard-redis=http://127.0.0.1:$((port + 2))/v1" \
-  --start "switchyard-redis=$serve --port $((port + 2)) --data-dir $run_dir/redis --redis $redis_url" "$@"
+  --start "switchyard-redis=$serve --port $((port + 2)) --data-dir $run_dir/redis --redis $redis_url" \
+  --gateway "switchyard-notel=http://127.0.0.1:$((port + 3))/v1" \
+  --start "switchyard-notel=$serve --port $((port + 3)) --data-dir $run_dir/notel --no-telemetry" "$@"
 echo "results: $out/results.md"

@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// Routing decisions are recorded still: routing promises them.
     #[arg(long)]
     no_telemetry: bool,
+    /// Export a trace per request to this OpenTelemetry collector (OTLP over
+    /// HTTP/protobuf, e.g. http://127.0.0.1:4318) [default: off]
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -128,6 +132,9 @@ impl ServeArgs {
             cfg.node_id = self.node_id;
         }
         cfg.telemetry &= !self.no_telemetry;
+        if self.otlp_endpoint.is_some() {
+            cfg.otlp_endpoint = self.otlp_endpoint;
+        }
         if let Some(fail) = self.redis_fail {
             cfg.redis_fail = match fail {
                 FailArg::Open => FailMode::Open,

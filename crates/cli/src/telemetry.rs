@@ -48,7 +48,7 @@ pub enum TelemetryCommand {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// A line per request: time, route, status, label, tokens, TTFT, total
+    /// A line per request: id, tenant, route, status, label, tokens, TTFT, total
     Table,
     Jsonl,
     Csv,
@@ -78,7 +78,7 @@ pub fn run(cmd: TelemetryCommand) -> anyhow::Result<()> {
         Some(age) => switchyard_wire::unix_ms() - age,
         None => since_ms.unwrap_or(0),
     };
-    let filter = TelemetryFilter { since_ms, until_ms, route, tenant, label, status, limit };
+    let filter = TelemetryFilter { since_ms, until_ms, route, tenant, label, status, limit, newest_first: false };
     let records = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

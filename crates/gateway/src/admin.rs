@@ -364,12 +364,15 @@ pub struct TelemetryQuery {
     status: Option<u16>,
     #[serde(default = "default_limit")]
     limit: u32,
+    /// `newest`: the newest `limit` records, newest first.
+    order: Option<String>,
     /// `json` (default: a list object), `jsonl` or `csv`.
     format: Option<String>,
 }
 
-/// `GET /admin/telemetry?since_ms=&until_ms=&route=&tenant=&label=&status=&limit=&format=`:
-/// one record per request, oldest first. A tenant reads its own only.
+/// `GET /admin/telemetry?since_ms=&until_ms=&route=&tenant=&label=&status=&limit=&order=&format=`:
+/// one record per request, oldest first (or newest first). A tenant reads
+/// its own only.
 pub async fn telemetry(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -385,6 +388,16 @@ pub async fn telemetry(
             label: q.label,
             status: q.status,
             limit: q.limit.min(10_000),
+            newest_first: match q.order.as_deref() {
+                None | Some("oldest") => false,
+                Some("newest") => true,
+                Some(other) => {
+                    return Err(ApiError::invalid(
+                        Some("order".into()),
+                        format!("unknown order `{other}`: oldest (the default) or newest"),
+                    ))
+                }
+            },
         };
         if !caller.may(Permission::ReadAllDecisions) {
             filter.tenant = Some(caller.tenant().unwrap_or_default().to_string());

@@ -271,9 +271,17 @@ fn principal(k: &KeyRecord, tenant_limits: Limits) -> Result<Principal, ApiError
     })
 }
 
+/// When a request reached the server, before its key was checked: where
+/// its trace begins (set only while traces are exported).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub std::time::SystemTime);
+
 /// Middleware: puts the [`Caller`] in the request's extensions, or answers
 /// 401. Refusals are logged with the key id, never the secret.
 pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    if state.traces.is_some() {
+        req.extensions_mut().insert(Arrived(std::time::SystemTime::now()));
+    }
     let Some(keys) = &state.keys else {
         req.extensions_mut().insert(Caller::Open);
         return next.run(req).await;

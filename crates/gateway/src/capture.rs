@@ -1,6 +1,6 @@
 //! Seeing what an answer said after it was sent, without delaying it: the
 //! body is copied as it streams past, and read once it ends. Shadow traffic
-//! compares the text; cost accounting reads the token counts.
+//! compares the text; `observe::answer` reads a reply's token counts.
 
 use axum::body::Body;
 use axum::response::Response;
@@ -67,13 +67,6 @@ fn replies(body: &[u8]) -> Vec<ChatReply> {
     SseDecoder::default().push(body).iter().filter_map(|d| ChatReply::from_json(d).ok()).collect()
 }
 
-/// Prompt and completion tokens, from `usage` (any server) or `timings`
-/// (switchyard and llama-server put them on the last chunk even without
-/// `include_usage`).
-pub fn tokens(body: &[u8]) -> Option<(u32, u32)> {
-    replies(body).iter().rev().find_map(usage)
-}
-
 /// Prompt and completion tokens one reply (or chunk) states, if any.
 pub fn usage(r: &ChatReply) -> Option<(u32, u32)> {
     let n = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
@@ -105,14 +98,14 @@ mod tests {
     }
 
     #[test]
-    fn tokens_come_from_usage_or_timings() {
-        assert_eq!(
-            tokens(br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#),
-            Some((3, 5))
+    fn usage_comes_from_usage_or_timings() {
+        let whole = ChatReply::from_slice(
+            br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#,
         );
-        let sse = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"timings\":{\"prompt_n\":7,\"predicted_n\":2}}\n\ndata: [DONE]\n\n";
-        assert_eq!(tokens(sse), Some((7, 2)));
-        assert_eq!(tokens(b"data: {\"choices\":[]}\n\n"), None);
+        assert_eq!(whole.ok().as_ref().and_then(usage), Some((3, 5)));
+        let last = ChatReply::from_json(r#"{"choices":[],"timings":{"prompt_n":7,"predicted_n":2}}"#);
+        assert_eq!(last.ok().as_ref().and_then(usage), Some((7, 2)));
+        assert_eq!(ChatReply::from_json(r#"{"choices":[]}"#).ok().as_ref().and_then(usage), None);
     }
 
     #[tokio::test]

@@ -14,7 +14,9 @@ use switchyard_engine::Engine;
 use switchyard_store::DecisionRecord;
 use switchyard_wire::{ChatCompletionRequest, ResultLabel};
 
-use crate::auth::Caller;
+use std::time::SystemTime;
+
+use crate::auth::{Arrived, Caller};
 use crate::backend::held::Held;
 use crate::backend::{Backend, ChatRequest, Embedded, Generation, Limits};
 use crate::envelope::Envelope;
@@ -22,6 +24,7 @@ use crate::error::ApiError;
 use crate::error::Refusal;
 use crate::limits::Admitted;
 use crate::observe::answer::Watch;
+use crate::observe::trace::Trace;
 use crate::observe::{Recorded, Served};
 use crate::validate::chat_params;
 use crate::AppState;
@@ -59,6 +62,7 @@ fn parse(body: Result<Bytes, BytesRejection>) -> Result<ChatCompletionRequest, A
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
+    arrived: Option<Extension<Arrived>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -67,11 +71,21 @@ pub async fn completions(
     // hundred thousand records that was most of the cost of recording.
     let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
     let began = std::time::Instant::now();
-    let (mut resp, meter, stream) = match admit(&state, &caller, body).await {
+    let trace = state.traces.as_deref().map_or_else(Trace::default, |traces| {
+        let arrived = arrived.map_or_else(SystemTime::now, |a| a.0 .0);
+        let root = Trace::root(Some(traces), &headers, arrived);
+        root.span_between("auth", arrived, SystemTime::now());
+        root.set("switchyard.request_id", id.clone());
+        root
+    });
+    let admitting = trace.child("admit");
+    let admitted = admit(&state, &caller, body).await;
+    admitting.end();
+    let (mut resp, meter, stream) = match admitted {
         Err(resp) => (resp, None, false),
         Ok((admitted, body)) => {
             let stream = body.is_stream();
-            let mut resp = match handle(&state, &caller, &id, &headers, body).await {
+            let mut resp = match handle(&state, &caller, &id, &headers, body, &trace).await {
                 Ok(resp) => resp,
                 Err(e) => {
                     tracing::info!(request_id = %id, status = %e.status, code = ?e.code, "request refused: {}", e.message);
@@ -89,10 +103,17 @@ pub async fn completions(
     if state.telemetry {
         metrics::counter!("switchyard_requests_total", "route" => route.clone(), "status" => resp.status().as_str().to_string(), "label" => label)
             .increment(1);
+        let span = trace.child("record");
         record_unrouted(&state, &caller, &id, &mut resp, &route, label, stream).await;
+        span.end();
+    }
+    if trace.is_on() {
+        trace.set("http.response.status_code", i64::from(resp.status().as_u16()));
+        trace.set("switchyard.route", route.clone());
+        trace.set("switchyard.label", label);
     }
     let recorder = state.recorder.clone().filter(|_| state.telemetry);
-    Watch { request_id: id, route, began, meter, recorder, metrics: state.telemetry }.wrap(resp)
+    Watch { request_id: id, route, began, meter, recorder, metrics: state.telemetry, trace }.wrap(resp)
 }
 
 /// Records a request that routing did not (no policy, or refused before
@@ -198,10 +219,12 @@ async fn handle(
     id: &str,
     headers: &HeaderMap,
     body: ChatCompletionRequest,
+    trace: &Trace,
 ) -> Result<Response, ApiError> {
     if let Some(routing) = &state.routing {
         let params = chat_params(&body)?;
-        return routing.serve(state, caller, ChatRequest { id: id.to_string(), body, params }, headers).await;
+        let req = ChatRequest { id: id.to_string(), body, params, trace: trace.clone() };
+        return routing.serve(state, caller, req, headers).await;
     }
     let engine = state
         .engines
@@ -209,7 +232,7 @@ async fn handle(
         .ok_or_else(|| ApiError::model_not_found(&body.model, &state.model_ids()))?
         .clone();
     let params = chat_params(&body)?;
-    let req = ChatRequest { id: id.to_string(), body, params };
+    let req = ChatRequest { id: id.to_string(), body, params, trace: trace.clone() };
     unrouted(engine, &req).await
 }
 

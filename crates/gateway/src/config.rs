@@ -55,6 +55,9 @@ pub struct ServeConfig {
     /// Per-request telemetry and request metrics; off leaves routing
     /// decisions only.
     pub telemetry: bool,
+    /// Export a trace per request to this OpenTelemetry collector (OTLP
+    /// over HTTP, protobuf; spans go to `{url}/v1/traces`). Off by default.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +79,7 @@ impl Default for ServeConfig {
             prices: Default::default(),
             node_id: None,
             telemetry: true,
+            otlp_endpoint: None,
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod validate;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, Uri};
@@ -61,6 +62,8 @@ pub struct AppState {
     pub node: String,
     /// Per-request telemetry records and request metrics (`telemetry`).
     pub telemetry: bool,
+    /// Exports a trace per request (`otlp-endpoint`); `None`: off.
+    pub traces: Option<Arc<observe::trace::Tracing>>,
 }
 
 impl AppState {
@@ -76,6 +79,7 @@ impl AppState {
             created,
             node: hostname(),
             telemetry: true,
+            traces: None,
         }
     }
 
@@ -264,6 +268,10 @@ pub async fn serve(
     let addr: SocketAddr = listener.local_addr()?;
     state.node = cfg.node_id.clone().unwrap_or_else(|| format!("{}:{}", state.node, addr.port()));
     state.telemetry = cfg.telemetry;
+    if let Some(endpoint) = &cfg.otlp_endpoint {
+        tracing::info!(endpoint = %endpoint, "exporting a trace per request (OTLP over HTTP)");
+        state.traces = Some(Arc::new(observe::trace::Tracing::otlp(endpoint, &state.node, Duration::from_secs(1))));
+    }
     report_lost_measurements(&store, &state.node).await;
     let state = Arc::new(state.with_store(store));
     let app = router(state.clone(), cfg.max_body_bytes);
@@ -273,6 +281,13 @@ pub async fn serve(
     // Tests and scripts read this line to find a port chosen with --port 0.
     println!("switchyard listening on http://{addr} (models: {})", state.model_ids().join(", "));
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    // What answers finished with is still queued: written before exiting.
+    if let Some(recorder) = &state.recorder {
+        recorder.flush().await;
+    }
+    if let Some(traces) = state.traces.clone() {
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
     Ok(())
 }
 

@@ -393,6 +393,7 @@ async fn setup() -> Setup {
         created: 0,
         node: "test-node".into(),
         telemetry: true,
+        traces: None,
     }
     .with_policy(
         Policy::from_toml(&policy(&mock_base, &peer_base)).unwrap(),

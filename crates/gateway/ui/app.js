@@ -144,11 +144,12 @@ async function refresh() {
   const toMs = Date.now();
   const fromMs = toMs - minutes * 60_000;
   const [telemetry, metrics, handoffs] = await Promise.all([
-    get(`/admin/telemetry?since_ms=${fromMs}&limit=10000`),
+    get(`/admin/telemetry?since_ms=${fromMs}&limit=10000&order=newest`),
     get("/metrics", "text").catch(() => ""),
     get("/admin/handoffs?status=open&limit=50").catch(() => ({ data: [] })),
   ]);
-  const records = telemetry.data;
+  // The newest 10,000 of the window, put back in time order.
+  const records = telemetry.data.reverse();
   const seconds = minutes * 60;
   const all = summarize(records, seconds);
   $("total-requests").textContent = all.n;

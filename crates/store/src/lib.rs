@@ -87,11 +87,22 @@ pub struct TelemetryFilter {
     pub label: Option<String>,
     pub status: Option<u16>,
     pub limit: u32,
+    /// The newest `limit` records, newest first (else the oldest, oldest first).
+    pub newest_first: bool,
 }
 
 impl Default for TelemetryFilter {
     fn default() -> Self {
-        Self { since_ms: 0, until_ms: None, route: None, tenant: None, label: None, status: None, limit: 1000 }
+        Self {
+            since_ms: 0,
+            until_ms: None,
+            route: None,
+            tenant: None,
+            label: None,
+            status: None,
+            limit: 1000,
+            newest_first: false,
+        }
     }
 }
 
@@ -143,7 +154,8 @@ pub struct DecisionRecord {
     #[serde(flatten)]
     pub measured: Measured,
     /// When [`DecisionRecord::measured`] was written; `Some(0)`: never will
-    /// be (the process stopped first).
+    /// be (the process stopped first); `Some(-1)`: never measured
+    /// (telemetry was off).
     #[serde(default)]
     pub measured_ms: Option<i64>,
 }
@@ -426,15 +438,20 @@ impl Store {
         q.bind(since_ms).bind(limit).fetch_all(&self.pool).await?.iter().map(rows::decision).collect()
     }
 
-    /// Records matching `filter`, oldest first.
+    /// Records matching `filter`, in its order.
     pub async fn telemetry(&self, filter: &TelemetryFilter) -> Result<Vec<DecisionRecord>, StoreError> {
-        let q = sqlx::query(
-            "SELECT * FROM decisions
+        const WHERE: &str = "SELECT * FROM decisions
              WHERE created_ms >= $1 AND created_ms < $2
                AND ($3 IS NULL OR route = $3) AND ($4 IS NULL OR tenant = $4)
-               AND ($5 IS NULL OR label = $5) AND ($6 IS NULL OR status = $6)
-             ORDER BY created_ms, request_id LIMIT $7",
-        );
+               AND ($5 IS NULL OR label = $5) AND ($6 IS NULL OR status = $6)";
+        static SQL: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+        let [oldest, newest] = SQL.get_or_init(|| {
+            [
+                format!("{WHERE} ORDER BY created_ms, request_id LIMIT $7"),
+                format!("{WHERE} ORDER BY created_ms DESC, request_id DESC LIMIT $7"),
+            ]
+        });
+        let q = sqlx::query(if filter.newest_first { newest } else { oldest });
         let found = q
             .bind(filter.since_ms)
             .bind(filter.until_ms.unwrap_or(i64::MAX))

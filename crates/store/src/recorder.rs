@@ -1,7 +1,7 @@
 //! Writing records off the request path: handlers queue them, one task
 //! writes them in batches, one transaction per batch.
 //!
-//! Invariants: records are written in the order queued (a completion never
+//! Invariants: records are written in the order queued (a measurement never
 //! precedes its decision); a batch is one transaction, so a crash leaves
 //! whole records or none; a record the database refuses is logged and
 //! loses no other record; the queue is bounded, so a slow disk slows

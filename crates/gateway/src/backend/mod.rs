@@ -32,6 +32,7 @@ pub use pool::Pool;
 pub use upstream::Upstream;
 
 use crate::error::ApiError;
+use crate::observe::trace::Trace;
 use crate::validate::ChatParams;
 
 /// One chat request as every route attempt sees it.
@@ -44,6 +45,8 @@ pub struct ChatRequest {
     pub body: ChatCompletionRequest,
     /// The body checked and translated: what an engine runs.
     pub params: ChatParams,
+    /// The request's root span (off unless traces are exported).
+    pub trace: Trace,
 }
 
 impl ChatRequest {
@@ -57,6 +60,7 @@ impl ChatRequest {
             id: self.id.clone(),
             body,
             params: ChatParams { stream: false, include_usage: false, ..self.params.clone() },
+            trace: self.trace.clone(),
         }
     }
 }

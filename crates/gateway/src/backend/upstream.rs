@@ -59,6 +59,16 @@ impl Upstream {
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
         }
+        // Ends when dropped: on failure, once a whole answer is read, or
+        // with the stream it is moved into.
+        let span = req.trace.child("upstream");
+        if span.is_on() {
+            span.set("switchyard.route", self.name.clone());
+            span.set("server.address", self.endpoint.host_str().unwrap_or_default().to_string());
+            let mut traceparent = axum::http::HeaderMap::new();
+            span.inject(&mut traceparent);
+            call = call.headers(traceparent);
+        }
         let deadline = limits.deadline();
         // A stream must start within the TTFT limit; a whole answer has
         // only the total limit.
@@ -78,6 +88,7 @@ impl Upstream {
             })?
             .map_err(|e| ApiError::bad_gateway(format!("upstream {} unreachable: {}", self.name, with_causes(&e))))?;
         let status = resp.status();
+        span.set("http.response.status_code", i64::from(status.as_u16()));
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
             return Err(self.upstream_error(status, &text));
@@ -131,6 +142,7 @@ impl Upstream {
             Cut::PastDeadline => Err(past_total),
         })
         .scan(false, move |failed, chunk| {
+            let _open_until_the_stream_ends = &span;
             let out = match chunk {
                 _ if *failed => None,
                 Ok(b) => Some(Ok::<Bytes, std::io::Error>(b)),

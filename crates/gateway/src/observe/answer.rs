@@ -11,7 +11,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::http::header::CONTENT_TYPE;
@@ -25,6 +25,7 @@ use switchyard_wire::{ChatReply, Timings};
 
 use crate::capture::{self, CAPTURE_LIMIT};
 use crate::limits::meter::{Meter, Settled};
+use crate::observe::trace::Trace;
 
 /// The price of the route that answered, put on the response by routing.
 #[derive(Debug, Clone)]
@@ -43,11 +44,13 @@ pub struct Watch {
     pub recorder: Option<Recorder>,
     /// Records latency histograms and token and cost counters.
     pub metrics: bool,
+    /// The request's root span, ended with the answer.
+    pub trace: Trace,
 }
 
 impl Watch {
     pub fn wrap(self, resp: Response) -> Response {
-        if self.meter.is_none() && self.recorder.is_none() && !self.metrics {
+        if self.meter.is_none() && self.recorder.is_none() && !self.metrics && !self.trace.is_on() {
             return resp;
         }
         let price = resp.extensions().get::<Priced>().map(|p| p.0.clone());
@@ -167,11 +170,12 @@ impl Watching {
             .map(|(p, _)| p.cost(tokens.0.unwrap_or(0), tokens.1.unwrap_or(0), total_ms));
         let t = self.timings.as_ref();
         self.gaps_ms.sort_by(f64::total_cmp);
-        // Nearest rank, as the engine's own percentiles.
-        let gap = |q: usize| self.gaps_ms.get(self.gaps_ms.len().saturating_sub(1) * q / 100).copied();
+        // Picked as the engine picks its own (`timings`), so the two agree.
+        let p50 = self.gaps_ms.get(self.gaps_ms.len() / 2).copied();
+        let p99 = self.gaps_ms.get(self.gaps_ms.len().saturating_sub(1) * 99 / 100).copied();
         let (ttft, itl_p50, itl_p99, itl_max) = if streamed {
             let ttft = self.first_token.map(|at| ms(at - self.watch.began));
-            (ttft, gap(50), gap(99), self.gaps_ms.last().copied())
+            (ttft, p50, p99, self.gaps_ms.last().copied())
         } else {
             // A JSON answer arrives at once: only the engine saw its tokens.
             (t.map(|t| t.ttft_ms), t.map(|t| t.itl_p50_ms), t.map(|t| t.itl_p99_ms), t.map(|t| t.itl_max_ms))
@@ -244,16 +248,49 @@ impl Drop for Watching {
                 busy_ms: total_ms,
             });
         }
-        if self.watch.recorder.is_none() && !self.watch.metrics {
+        if self.watch.recorder.is_none() && !self.watch.metrics && !self.watch.trace.is_on() {
             return;
         }
         let measured = self.measured(total_ms);
+        self.trace(&measured);
         if self.watch.metrics {
             self.observe(&measured);
         }
         if let Some(recorder) = &self.watch.recorder {
             recorder.measured(std::mem::take(&mut self.watch.request_id), measured);
         }
+    }
+}
+
+impl Watching {
+    /// Ends the request's trace: the engine's stages, placed by its own
+    /// clock counted back from now (its last token), then the root span.
+    fn trace(&self, m: &Measured) {
+        let trace = &self.watch.trace;
+        if !trace.is_on() {
+            return;
+        }
+        let now = SystemTime::now();
+        if let Some(t) = &self.timings {
+            let at =
+                |ms: f64| now.checked_sub(Duration::from_secs_f64((t.total_ms - ms).max(0.0) / 1e3)).unwrap_or(now);
+            let (queued, prefilled) = (t.queue_ms, t.queue_ms + t.prompt_ms);
+            trace.span_between("queue", at(0.0), at(queued));
+            trace.span_between("prefill", at(queued), at(prefilled));
+            trace.span_between("decode", at(t.ttft_ms), at(t.ttft_ms + t.predicted_ms));
+        }
+        for (key, value) in
+            [("switchyard.prompt_tokens", m.prompt_tokens), ("switchyard.completion_tokens", m.completion_tokens)]
+        {
+            if let Some(n) = value {
+                trace.set(key, i64::from(n));
+            }
+        }
+        if let Some(ttft) = m.ttft_ms {
+            trace.set("switchyard.ttft_ms", ttft);
+        }
+        trace.set("switchyard.disconnected", !self.ended);
+        trace.end_at(now);
     }
 }
 

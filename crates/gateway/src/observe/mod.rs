@@ -11,6 +11,7 @@
 
 pub mod answer;
 pub mod export;
+pub mod trace;
 pub mod ui;
 
 use std::sync::atomic::Ordering;

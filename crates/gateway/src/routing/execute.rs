@@ -138,10 +138,14 @@ impl Routing {
         let mut chain: VecDeque<&str> = std::iter::once(route).chain(fallbacks).map(String::as_str).collect();
         let mut cascade = cascade.as_ref().map(|plan| (route.as_str(), plan));
         let mut last_error = None;
+        let mut first = true;
         while let Some(name) = chain.pop_front() {
             let began = Instant::now();
             let route = self.route(name)?;
+            let mut span = req.trace.child(if std::mem::take(&mut first) { "attempt" } else { "fallback" });
+            span.set("switchyard.route", name.to_string());
             let Some(ticket) = route.health.admit(began) else {
+                span.set("switchyard.outcome", "skipped");
                 run.step(name, "skipped", Some("circuit open".into()), began);
                 run.reason.push_str(&format!("; {name} skipped (circuit open)"));
                 last_error.get_or_insert_with(|| {
@@ -154,6 +158,10 @@ impl Routing {
             if let Err(e) = &attempt {
                 if ticket.may_retry(e.fault()) {
                     metrics::counter!("switchyard_retries_total", "route" => name.to_string()).increment(1);
+                    span.set("switchyard.outcome", "retried");
+                    span.end();
+                    span = req.trace.child("retry");
+                    span.set("switchyard.route", name.to_string());
                     run.step(name, "retried", Some(e.message.clone()), began);
                     run.reason.push_str(&format!("; {name} retried"));
                     attempt = self.attempt(route, req, decision.max_ttft_ms, judge).await;
@@ -161,6 +169,15 @@ impl Routing {
             }
             // An unsure or unjudged answer is no fault of the route's.
             ticket.settle(attempt.as_ref().err().map(ApiError::fault));
+            span.set(
+                "switchyard.outcome",
+                match &attempt {
+                    Ok(Attempt::Answer(_)) => "answered",
+                    Ok(Attempt::Escalate(_)) => "escalated",
+                    Ok(Attempt::Busy(_)) | Err(_) => "failed",
+                },
+            );
+            span.end();
             match (attempt, judge) {
                 (Ok(Attempt::Answer(resp)), _) => {
                     run.step(name, "answered", None, began);
@@ -248,6 +265,7 @@ impl Routing {
         };
         let held = Held::take(&route.config.model, events, &limits, hold_tokens).await?;
         if let Some(plan) = judge {
+            let _span = req.trace.child("verify");
             match self.judge(&route.config.name, plan, req, held.sample()).await {
                 Verdict::Keep => {}
                 Verdict::Escalate(check) => return Ok(Attempt::Escalate(check)),

@@ -63,7 +63,10 @@ impl Routing {
         let declared = Declared { data_class: asked_class.max(floor), family };
         let facts = RequestFacts { lane };
         let messages: Vec<String> = req.params.messages.iter().map(|(_, text)| text.clone()).collect();
+        let span = req.trace.child("classify");
         let classification = classify(&messages, &declared, &self.policy);
+        span.end();
+        let _span = req.trace.child("decide");
         let Some(route) = headers.get(FORCE_ROUTE_HEADER) else {
             return Ok(decide(&facts, &classification, &self.policy));
         };

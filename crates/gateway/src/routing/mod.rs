@@ -7,7 +7,7 @@
 //!   cascade, fallback), refusals and handoffs;
 //! - [`cascade`]: judging a fast answer before any of it is sent;
 //! - [`record`]: the decision record, committed before the answer's first
-//!   byte, and what the answer used, once it is sent;
+//!   byte, and the primary answer a shadow is compared with;
 //! - [`shadow`]: mirrored copies, recorded and never returned;
 //! - [`health`]: each route's breaker and retry budget.
 //!
@@ -188,7 +188,9 @@ impl Routing {
         let mut run = execute::Run::new(&decision.reason, caller.tenant());
         let result = self.execute(state, &req, &decision, &mut run).await;
         let ending = record::Ending::of(&req.id, caller.tenant(), &result);
+        let span = req.trace.child("record");
         self.record(state, &req, &decision, &run, &ending).await;
+        span.end();
         let resp = result.map_or_else(IntoResponse::into_response, |(resp, _)| resp);
         let resp = self.after_sent(resp, &ending, shadow);
         Ok(self.label(resp, &ending, &run.reason))

@@ -69,6 +69,10 @@ impl Routing {
         }
         record.node = Some(state.node.clone());
         record.stream = req.params.stream;
+        if !state.telemetry {
+            // No measurement will come: not one a restart should count as lost.
+            record.measured_ms = Some(-1);
+        }
         (record.retries, record.fallbacks) = run.execution.retries_and_fallbacks();
         record.cascade = match (&decision.outcome, &run.execution.cascade) {
             (_, Some(_)) => Some("escalated".into()),
