@@ -300,7 +300,9 @@ async fn metrics_show_an_engines_running_and_waiting_requests() {
     let mut text = scrape().await;
     for _ in 0..250 {
         let active = gauge(&text, "switchyard_engine_active_sequences");
-        if active == 1.0 && gauge(&text, "switchyard_engine_queued_requests") == 1.0 {
+        // The cache fills from the story's first step in its slot.
+        let filling = gauge(&text, "switchyard_engine_kv_cache_usage_ratio") > 0.0;
+        if active == 1.0 && gauge(&text, "switchyard_engine_queued_requests") == 1.0 && filling {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

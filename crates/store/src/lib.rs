@@ -352,6 +352,18 @@ pub enum ResolveError {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// How the large multi-row statements name their parameters.
+    params: Params,
+}
+
+/// SQLite binds `$N` parameters by looking each name up in a list, so a
+/// statement of n of them costs O(n²) to bind: a 64-row insert of 32
+/// columns spent more time there than writing. Plain `?` binds by
+/// position. PostgreSQL knows only `$N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Params {
+    Numbered,
+    Positional,
 }
 
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -408,7 +420,7 @@ impl Store {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
             SQLITE.run(&pool).await?;
         }
-        Ok(Self { pool })
+        Ok(Self { pool, params: if postgres { Params::Numbered } else { Params::Positional } })
     }
 
     /// Opens an existing SQLite database to read: no migrations, no writes,
@@ -418,11 +430,11 @@ impl Store {
         sqlx::any::install_default_drivers();
         let url = format!("sqlite://{}?mode=ro", path.display());
         let pool = AnyPoolOptions::new().max_connections(1).connect(&url).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, params: Params::Positional })
     }
 
     pub async fn record_decision(&self, r: &DecisionRecord) -> Result<(), StoreError> {
-        insert_decisions(&mut *self.pool.acquire().await?, &[r]).await
+        insert_decisions(&mut *self.pool.acquire().await?, self.params, &[r]).await
     }
 
     pub async fn decision(&self, request_id: &str) -> Result<Option<DecisionRecord>, StoreError> {
@@ -652,40 +664,67 @@ const DECISION_COLUMNS: [&str; 32] = [
     "measured_ms",
 ];
 
-/// Rows per INSERT: only these sizes, so each statement is prepared once
-/// and then reused from sqlx's cache (a statement per batch length was
-/// re-parsed by SQLite on every batch). 32 × 64 bound values is well under
-/// either database's limit.
-const ROWS_PER_INSERT: [usize; 3] = [64, 8, 1];
+/// Rows per statement: only these sizes, so each statement is prepared
+/// once and then reused from sqlx's cache (a statement per batch length
+/// was re-parsed by SQLite on every batch). 32 × 64 bound values is well
+/// under either database's limit.
+const ROWS_PER_STATEMENT: [usize; 3] = [64, 8, 1];
 
-/// `INSERT INTO decisions … VALUES ($1, …), …` for `rows` rows, made once per size.
-fn insert_decisions_sql(rows: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        ROWS_PER_INSERT.map(|n| {
-            let width = DECISION_COLUMNS.len();
-            let values: Vec<String> = (0..n)
-                .map(|r| {
-                    let params: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
-                    format!("({})", params.join(", "))
-                })
-                .collect();
-            format!("INSERT INTO decisions ({}) VALUES {}", DECISION_COLUMNS.join(", "), values.join(", "))
-        })
-    });
-    let i = ROWS_PER_INSERT.iter().position(|&n| n == rows).unwrap_or(ROWS_PER_INSERT.len() - 1);
+/// `($1, …), (…)` (or `(?, …)`): `rows` groups of `width` parameters.
+fn values(params: Params, rows: usize, width: usize) -> String {
+    let param = |i: usize| match params {
+        Params::Numbered => format!("${i}"),
+        Params::Positional => "?".to_string(),
+    };
+    let row = |r: usize| format!("({})", (1..=width).map(|c| param(r * width + c)).collect::<Vec<_>>().join(", "));
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
+/// Statements made once per size, for each parameter style.
+type Statements = [std::sync::OnceLock<[String; 3]>; 2];
+
+/// One of `statements` (made by `make(params, rows)` once) for `rows` rows.
+fn sized(
+    statements: &'static Statements,
+    make: fn(Params, usize) -> String,
+    params: Params,
+    rows: usize,
+) -> &'static str {
+    let all = statements[params as usize].get_or_init(|| ROWS_PER_STATEMENT.map(|n| make(params, n)));
+    let i = ROWS_PER_STATEMENT.iter().position(|&n| n == rows).unwrap_or(ROWS_PER_STATEMENT.len() - 1);
     all[i].as_str()
 }
 
-/// Inserts `records` with as few multi-row statements as the sizes allow.
-async fn insert_decisions(conn: &mut AnyConnection, records: &[&DecisionRecord]) -> Result<(), StoreError> {
-    let mut rest = records;
+/// Runs `write` over `items` in chunks of the statement sizes, largest first.
+async fn in_chunks<T>(
+    conn: &mut AnyConnection,
+    items: &[T],
+    write: impl for<'c> Fn(&'c [T], usize) -> Query<'c>,
+) -> Result<(), StoreError> {
+    let mut rest = items;
     while !rest.is_empty() {
         // The sizes end with 1, so some size always fits a non-empty rest.
-        let rows = ROWS_PER_INSERT.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
+        let rows = ROWS_PER_STATEMENT.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
         let (chunk, tail) = rest.split_at(rows);
         rest = tail;
-        let mut q = sqlx::query(insert_decisions_sql(rows));
+        write(chunk, rows).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Inserts `records` with as few multi-row statements as the sizes allow.
+async fn insert_decisions(
+    conn: &mut AnyConnection,
+    params: Params,
+    records: &[&DecisionRecord],
+) -> Result<(), StoreError> {
+    static SQL: Statements = [const { std::sync::OnceLock::new() }; 2];
+    let make = |params, rows| {
+        let values = values(params, rows, DECISION_COLUMNS.len());
+        format!("INSERT INTO decisions ({}) VALUES {values}", DECISION_COLUMNS.join(", "))
+    };
+    in_chunks(conn, records, |chunk, rows| {
+        let mut q = sqlx::query(sized(&SQL, make, params, rows));
         for r in chunk {
             q = q
                 .bind(r.request_id.clone())
@@ -708,25 +747,61 @@ async fn insert_decisions(conn: &mut AnyConnection, records: &[&DecisionRecord])
                 .bind(r.cascade.clone());
             q = bind_measured(q, &r.measured).bind(r.measured_ms);
         }
-        q.execute(&mut *conn).await?;
-    }
-    Ok(())
+        q
+    })
+    .await
 }
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-async fn update_measured(conn: &mut AnyConnection, request_id: &str, m: &Measured) -> Result<(), StoreError> {
-    let q = sqlx::query(
-        "UPDATE decisions SET prompt_tokens = $1, completion_tokens = $2, cost_usd = $3, energy_wh = $4,
-             queue_ms = $5, prefill_ms = $6, decode_ms = $7, ttft_ms = $8, itl_p50_ms = $9, itl_p99_ms = $10,
-             itl_max_ms = $11, total_ms = $12, disconnected = $13, measured_ms = $14
-         WHERE request_id = $15",
-    );
-    bind_measured(q, m).bind(now_ms()).bind(request_id).execute(conn).await?;
-    Ok(())
+/// Fills in the measured part of records already written: one
+/// `UPDATE … FROM (VALUES …)` per chunk (both databases name a VALUES
+/// list's columns `column1`, `column2`, …), not a statement per record.
+async fn update_measured(
+    conn: &mut AnyConnection,
+    params: Params,
+    measured: &[(&str, &Measured)],
+) -> Result<(), StoreError> {
+    static SQL: Statements = [const { std::sync::OnceLock::new() }; 2];
+    let make = |params, rows| {
+        let set: Vec<String> =
+            MEASURED_COLUMNS.iter().enumerate().map(|(i, c)| format!("{c} = m.column{}", i + 2)).collect();
+        format!(
+            "UPDATE decisions SET {} FROM (VALUES {}) AS m WHERE decisions.request_id = m.column1",
+            set.join(", "),
+            values(params, rows, MEASURED_COLUMNS.len() + 1)
+        )
+    };
+    let now = now_ms();
+    in_chunks(conn, measured, |chunk, rows| {
+        let mut q = sqlx::query(sized(&SQL, make, params, rows));
+        for (id, m) in chunk {
+            q = bind_measured(q.bind(id.to_string()), m).bind(now);
+        }
+        q
+    })
+    .await
 }
+
+/// The measured part's columns, in [`bind_measured`]'s order, then when.
+const MEASURED_COLUMNS: [&str; 14] = [
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "energy_wh",
+    "queue_ms",
+    "prefill_ms",
+    "decode_ms",
+    "ttft_ms",
+    "itl_p50_ms",
+    "itl_p99_ms",
+    "itl_max_ms",
+    "total_ms",
+    "disconnected",
+    "measured_ms",
+];
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 

@@ -1,15 +1,19 @@
 //! Writing records off the request path: handlers queue them, one task
 //! writes them in batches, one transaction per batch.
 //!
-//! Invariants: records are written in the order queued (a measurement never
-//! precedes its decision); a batch is one transaction, so a crash leaves
-//! whole records or none; a record the database refuses is logged and
-//! loses no other record; the queue is bounded, so a slow disk slows
-//! requests down instead of losing records or memory. Audit lines,
-//! measurements and the records of requests refused before any decision
-//! are the exception: they come at whatever rate clients send, and are
-//! queued without waiting, so a full queue drops them and counts each one
-//! ([`Recorder::dropped`]) instead of blocking a request.
+//! Two queues. Decisions (and shadows) are waited on: each batch of them is
+//! written at once. Audit lines, measurements and the records of requests
+//! refused before any decision are not: they come at whatever rate clients
+//! send, so they are queued without waiting (a full queue drops them and
+//! counts each one, [`Recorder::dropped`]), and written together every
+//! [`LAZY_WAIT`]. A killed process can lose that long of them.
+//!
+//! Invariants: each queue is written in the order queued, and a
+//! measurement is queued only once its decision was committed, so it never
+//! precedes it; a batch is one transaction, so a crash leaves whole records
+//! or none; a record the database refuses is logged and loses no other
+//! record; the decisions' queue is bounded, so a slow disk slows requests
+//! down instead of losing records or memory.
 //!
 //! Decisions use group commit: [`Recorder::decision`] returns once the
 //! transaction holding its record has committed, so a request that waits
@@ -29,6 +33,9 @@ use crate::{AuditRecord, DecisionRecord, Measured, ShadowRecord, Store, StoreErr
 const QUEUE: usize = 16 * 1024;
 /// Records per transaction at most.
 const BATCH: usize = 512;
+/// How often records nobody waits on (measurements, refusals' records,
+/// audit lines) are written, all of them in one transaction.
+const LAZY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A record to write.
 enum Record {
@@ -49,6 +56,11 @@ enum Write {
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Write>,
+    /// Records nobody waits on. The writer never waits on this queue (it
+    /// takes what is there every [`LAZY_WAIT`]), so queuing one wakes no
+    /// task: a wake and a statement per record were a real share of a
+    /// request's CPU.
+    lazy: mpsc::Sender<Record>,
     dropped: Arc<Dropped>,
 }
 
@@ -64,8 +76,9 @@ impl Recorder {
     /// Starts the writer task on the current tokio runtime.
     pub fn start(store: Store) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(store, rx));
-        Self { tx, dropped: Arc::default() }
+        let (lazy, lazy_rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write_loop(store, rx, lazy_rx));
+        Self { tx, lazy, dropped: Arc::default() }
     }
 
     async fn send(&self, w: Write) {
@@ -102,7 +115,7 @@ impl Recorder {
     }
 
     fn try_queue(&self, record: Record, dropped: &AtomicU64, what: &str) {
-        if let Err(e) = self.tx.try_send(Write::Record(record, None)) {
+        if let Err(e) = self.lazy.try_send(record) {
             let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
             let why = match e {
                 mpsc::error::TrySendError::Full(_) => "full",
@@ -130,9 +143,31 @@ impl Recorder {
     }
 }
 
-async fn write_loop(store: Store, mut rx: mpsc::Receiver<Write>) {
+async fn write_loop(store: Store, mut rx: mpsc::Receiver<Write>, mut lazy: mpsc::Receiver<Record>) {
     let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
+    let mut tick = tokio::time::interval(LAZY_WAIT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let (open, ticked) = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => (n > 0, false),
+            _ = tick.tick() => (true, true),
+        };
+        // The lazy queue is written every tick, in one transaction (a
+        // statement per 64 records, not one per batch of decisions), and
+        // by a flush, so that a reader sees everything queued before it.
+        // Its order relative to `batch` matters to no one: a measurement
+        // is queued only once its decision was committed.
+        if ticked || !open || batch.iter().any(|w| matches!(w, Write::Flush(_))) {
+            while let Ok(record) = lazy.try_recv() {
+                batch.push(Write::Record(record, None));
+            }
+        }
+        if batch.is_empty() {
+            if open {
+                continue;
+            }
+            return;
+        }
         let mut flushed = Vec::new();
         let mut records = Vec::with_capacity(batch.len());
         let mut waiters = Vec::with_capacity(batch.len());
@@ -174,9 +209,9 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Write>) {
 }
 
 /// Writes a batch in one transaction: its decisions in one multi-row
-/// INSERT (one round trip to the database, not one per record), then
-/// shadows, audit lines and measurements, which may update decisions of
-/// this batch.
+/// INSERT (one round trip to the database, not one per record), shadows
+/// and audit lines, then the measurements in one multi-row UPDATE, which
+/// may update decisions of this batch.
 async fn write_batch(store: &Store, records: &[Record]) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
@@ -184,15 +219,20 @@ async fn write_batch(store: &Store, records: &[Record]) -> Result<(), StoreError
     let mut tx = store.pool.begin().await?;
     let decisions: Vec<&DecisionRecord> =
         records.iter().filter_map(|r| if let Record::Decision(d) = r { Some(&**d) } else { None }).collect();
-    crate::insert_decisions(&mut tx, &decisions).await?;
+    crate::insert_decisions(&mut tx, store.params, &decisions).await?;
     for r in records {
         match r {
             Record::Decision(_) => {}
             Record::Shadow(s) => crate::insert_shadow(&mut tx, s).await?,
             Record::Audit(a) => crate::insert_audit(&mut tx, a).await?,
-            Record::Measured(m) => crate::update_measured(&mut tx, &m.0, &m.1).await?,
+            Record::Measured(_) => {}
         }
     }
+    let measured: Vec<(&str, &Measured)> = records
+        .iter()
+        .filter_map(|r| if let Record::Measured(m) = r { Some((m.0.as_str(), &m.1)) } else { None })
+        .collect();
+    crate::update_measured(&mut tx, store.params, &measured).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -9,7 +9,9 @@
 //! Everything is settled when the body is dropped, which happens whether
 //! it ended or the client left.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -198,35 +200,64 @@ impl Watching {
     }
 
     fn observe(&self, m: &Measured) {
-        let route = self.watch.route.clone();
+        let h = RouteMetrics::of(&self.watch.route);
         let seconds = |ms: Option<f64>| ms.map(|ms| ms / 1e3);
-        for (name, value) in [
-            ("switchyard_request_duration_seconds", seconds(m.total_ms)),
-            ("switchyard_time_to_first_token_seconds", seconds(m.ttft_ms)),
-            ("switchyard_queue_seconds", seconds(m.queue_ms)),
-            ("switchyard_prefill_seconds", seconds(m.prefill_ms)),
-            ("switchyard_decode_seconds", seconds(m.decode_ms)),
+        for (histogram, value) in [
+            (&h.duration, seconds(m.total_ms)),
+            (&h.ttft, seconds(m.ttft_ms)),
+            (&h.queue, seconds(m.queue_ms)),
+            (&h.prefill, seconds(m.prefill_ms)),
+            (&h.decode, seconds(m.decode_ms)),
         ] {
             if let Some(v) = value {
-                metrics::histogram!(name, "route" => route.clone()).record(v);
+                histogram.record(v);
             }
         }
-        if !self.gaps_ms.is_empty() {
-            let itl = metrics::histogram!("switchyard_inter_token_latency_seconds", "route" => route.clone());
-            for gap in &self.gaps_ms {
-                itl.record(gap / 1e3);
-            }
+        for gap in &self.gaps_ms {
+            h.itl.record(gap / 1e3);
         }
-        if let Some(n) = m.prompt_tokens {
-            metrics::counter!("switchyard_prompt_tokens_total", "route" => route.clone()).increment(u64::from(n));
+        h.prompt_tokens.increment(m.prompt_tokens.map_or(0, u64::from));
+        h.completion_tokens.increment(m.completion_tokens.map_or(0, u64::from));
+        // The `metrics` crate's counters count integers.
+        h.cost_microusd.increment(m.cost_usd.map_or(0, |usd| (usd * 1e6).round() as u64));
+    }
+}
+
+/// A route's metric handles, made once per route: finding a metric by
+/// name and labels costs more than recording into it, and an answer
+/// records nine. Routes are few (the policy's, the models', `none`).
+struct RouteMetrics {
+    duration: metrics::Histogram,
+    ttft: metrics::Histogram,
+    queue: metrics::Histogram,
+    prefill: metrics::Histogram,
+    decode: metrics::Histogram,
+    itl: metrics::Histogram,
+    prompt_tokens: metrics::Counter,
+    completion_tokens: metrics::Counter,
+    cost_microusd: metrics::Counter,
+}
+
+impl RouteMetrics {
+    fn of(route: &str) -> Arc<Self> {
+        static ALL: OnceLock<RwLock<HashMap<String, Arc<RouteMetrics>>>> = OnceLock::new();
+        let all = ALL.get_or_init(RwLock::default);
+        if let Some(h) = all.read().unwrap_or_else(PoisonError::into_inner).get(route) {
+            return h.clone();
         }
-        if let Some(n) = m.completion_tokens {
-            metrics::counter!("switchyard_completion_tokens_total", "route" => route.clone()).increment(u64::from(n));
-        }
-        if let Some(usd) = m.cost_usd {
-            // The `metrics` crate's counters count integers.
-            metrics::counter!("switchyard_cost_microusd_total", "route" => route).increment((usd * 1e6).round() as u64);
-        }
+        let label = || [("route", route.to_string())];
+        let made = Arc::new(Self {
+            duration: metrics::histogram!("switchyard_request_duration_seconds", &label()),
+            ttft: metrics::histogram!("switchyard_time_to_first_token_seconds", &label()),
+            queue: metrics::histogram!("switchyard_queue_seconds", &label()),
+            prefill: metrics::histogram!("switchyard_prefill_seconds", &label()),
+            decode: metrics::histogram!("switchyard_decode_seconds", &label()),
+            itl: metrics::histogram!("switchyard_inter_token_latency_seconds", &label()),
+            prompt_tokens: metrics::counter!("switchyard_prompt_tokens_total", &label()),
+            completion_tokens: metrics::counter!("switchyard_completion_tokens_total", &label()),
+            cost_microusd: metrics::counter!("switchyard_cost_microusd_total", &label()),
+        });
+        all.write().unwrap_or_else(PoisonError::into_inner).entry(route.to_string()).or_insert(made).clone()
     }
 }
 
