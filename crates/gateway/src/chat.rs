@@ -103,9 +103,7 @@ pub async fn completions(
     if state.telemetry {
         metrics::counter!("switchyard_requests_total", "route" => route.clone(), "status" => resp.status().as_str().to_string(), "label" => label)
             .increment(1);
-        let span = trace.child("record");
-        record_unrouted(&state, &caller, &id, &mut resp, &route, label, stream).await;
-        span.end();
+        record_unrouted(&state, &caller, &id, &mut resp, (&route, label), stream, &trace).await;
     }
     if trace.is_on() {
         trace.set("http.response.status_code", i64::from(resp.status().as_u16()));
@@ -125,14 +123,15 @@ async fn record_unrouted(
     caller: &Caller,
     id: &str,
     resp: &mut Response,
-    route: &str,
-    label: &str,
+    (route, label): (&str, &str),
     stream: bool,
+    trace: &Trace,
 ) {
     let Some(recorder) = &state.recorder else { return };
     if resp.extensions().get::<Recorded>().is_some() {
         return;
     }
+    let _span = trace.child("record");
     let policy = state.routing.as_ref().map_or("none", |r| r.policy.id.as_str());
     let mut record = DecisionRecord::new(id.into(), policy.into(), route.into(), resp.status().as_u16(), label.into());
     record.tenant = caller.tenant().map(str::to_string);

@@ -286,7 +286,7 @@ pub async fn serve(
         recorder.flush().await;
     }
     if let Some(traces) = state.traces.clone() {
-        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        traces.shutdown(Duration::from_secs(5)).await;
     }
     Ok(())
 }

@@ -164,6 +164,7 @@ then = {{ action = "route", route = "tr-local" }}
         assert!(names.contains(&stage), "{stage} missing from {names:?}");
     }
     assert_eq!(names.iter().filter(|n| **n == "upstream").count(), 2, "one call per route tried: {names:?}");
+    assert_eq!(names.iter().filter(|n| **n == "record").count(), 1, "recorded once: {names:?}");
     for s in &stages {
         assert_eq!(s.trace_id, root.trace_id);
         assert!(s.start_time_unix_nano >= root.start_time_unix_nano, "{} starts inside its root", s.name);

@@ -11,6 +11,8 @@
 //! (OTLP over HTTP, protobuf) by a background task; a full export queue
 //! drops the batch and counts it, never slowing a request.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::http::HeaderMap;
@@ -36,6 +38,8 @@ const EXPORT_QUEUE: usize = 64;
 pub struct Tracing {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// Batches handed to the sender and not yet sent (or failed).
+    unsent: Arc<AtomicUsize>,
 }
 
 impl Tracing {
@@ -45,8 +49,9 @@ impl Tracing {
     pub fn otlp(endpoint: &str, node: &str, every: Duration) -> Self {
         let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
         let (tx, rx) = mpsc::channel(EXPORT_QUEUE);
-        tokio::spawn(send_loop(url, rx));
-        let exporter = Otlp { tx, resource: (&Resource::builder_empty().build()).into() };
+        let unsent = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(send_loop(url, rx, unsent.clone()));
+        let exporter = Otlp { tx, unsent: unsent.clone(), resource: (&Resource::builder_empty().build()).into() };
         let batches = BatchConfigBuilder::default().with_scheduled_delay(every).build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batches).build())
@@ -59,14 +64,20 @@ impl Tracing {
             )
             .build();
         let tracer = provider.tracer("switchyard");
-        Self { provider, tracer }
+        Self { provider, tracer, unsent }
     }
 
-    /// Exports what is pending and stops. Blocks: call it off the runtime's
-    /// workers (`spawn_blocking`).
-    pub fn shutdown(&self) {
-        if let Err(e) = self.provider.shutdown() {
+    /// Exports what is pending, and waits (up to `within`) until it has
+    /// been sent.
+    pub async fn shutdown(self: Arc<Self>, within: Duration) {
+        let this = self.clone();
+        let stopped = tokio::task::spawn_blocking(move || this.provider.shutdown()).await;
+        if let Ok(Err(e)) = stopped {
             tracing::warn!("stopping the trace exporter: {e}");
+        }
+        let until = tokio::time::Instant::now() + within;
+        while self.unsent.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -75,6 +86,7 @@ impl Tracing {
 #[derive(Debug)]
 struct Otlp {
     tx: mpsc::Sender<Vec<u8>>,
+    unsent: Arc<AtomicUsize>,
     resource: ResourceAttributesWithSchema,
 }
 
@@ -84,7 +96,9 @@ impl SpanExporter for Otlp {
         let body =
             ExportTraceServiceRequest { resource_spans: group_spans_by_resource_and_scope(batch, &self.resource) }
                 .encode_to_vec();
+        self.unsent.fetch_add(1, Ordering::AcqRel);
         if self.tx.try_send(body).is_err() {
+            self.unsent.fetch_sub(1, Ordering::AcqRel);
             metrics::counter!("switchyard_trace_spans_dropped_total").increment(spans);
         }
         Ok(())
@@ -95,7 +109,7 @@ impl SpanExporter for Otlp {
     }
 }
 
-async fn send_loop(url: String, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn send_loop(url: String, mut rx: mpsc::Receiver<Vec<u8>>, unsent: Arc<AtomicUsize>) {
     let client = reqwest::Client::new();
     while let Some(body) = rx.recv().await {
         let sent = client
@@ -110,6 +124,7 @@ async fn send_loop(url: String, mut rx: mpsc::Receiver<Vec<u8>>) {
             Ok(resp) => tracing::warn!(status = %resp.status(), "the trace collector refused a batch of spans"),
             Err(e) => tracing::warn!("could not send spans to the trace collector: {e}"),
         }
+        unsent.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
