@@ -629,7 +629,9 @@ impl Store {
     }
 }
 
-const DECISION_COLUMNS: [&str; 32] = [
+/// The decision part's columns; an insert writes these, then
+/// [`MEASURED_COLUMNS`].
+const DECISION_COLUMNS: [&str; 18] = [
     "request_id",
     "created_ms",
     "policy_id",
@@ -648,20 +650,6 @@ const DECISION_COLUMNS: [&str; 32] = [
     "retries",
     "fallbacks",
     "cascade",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost_usd",
-    "energy_wh",
-    "queue_ms",
-    "prefill_ms",
-    "decode_ms",
-    "ttft_ms",
-    "itl_p50_ms",
-    "itl_p99_ms",
-    "itl_max_ms",
-    "total_ms",
-    "disconnected",
-    "measured_ms",
 ];
 
 /// Rows per statement: only these sizes, so each statement is prepared
@@ -720,8 +708,9 @@ async fn insert_decisions(
 ) -> Result<(), StoreError> {
     static SQL: Statements = [const { std::sync::OnceLock::new() }; 2];
     let make = |params, rows| {
-        let values = values(params, rows, DECISION_COLUMNS.len());
-        format!("INSERT INTO decisions ({}) VALUES {values}", DECISION_COLUMNS.join(", "))
+        let columns: Vec<&str> = DECISION_COLUMNS.iter().chain(&MEASURED_COLUMNS).copied().collect();
+        let values = values(params, rows, columns.len());
+        format!("INSERT INTO decisions ({}) VALUES {values}", columns.join(", "))
     };
     in_chunks(conn, records, |chunk, rows| {
         let mut q = sqlx::query(sized(&SQL, make, params, rows));
@@ -805,7 +794,7 @@ const MEASURED_COLUMNS: [&str; 14] = [
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-/// Binds `m`'s 13 fields, in [`DECISION_COLUMNS`]' order.
+/// Binds `m`'s 13 fields, in [`MEASURED_COLUMNS`]' order.
 fn bind_measured<'q>(q: Query<'q>, m: &Measured) -> Query<'q> {
     q.bind(m.prompt_tokens.map(i64::from))
         .bind(m.completion_tokens.map(i64::from))
