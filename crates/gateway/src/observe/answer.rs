@@ -115,7 +115,10 @@ struct Watching {
     usage: Option<(u32, u32)>,
     /// The engine's own clock, where the answer carries it.
     timings: Option<Timings>,
-    /// The body's last byte was handed to the connection.
+    /// The answer was sent whole: the body's last byte, or a stream's
+    /// `[DONE]`, was handed to the connection. A stream's body may be
+    /// dropped after its `[DONE]` before it is polled to its end (the
+    /// client read the sentinel and closed): that is no disconnect.
     ended: bool,
 }
 
@@ -128,6 +131,10 @@ impl Watching {
         };
         let mut tokens = 0;
         for data in sse.push(bytes) {
+            if data == "[DONE]" {
+                self.ended = true;
+                continue;
+            }
             tokens += u64::from(has_text(&data));
             // Only the chunks that can carry counts are parsed: parsing every
             // chunk cost several microseconds each, per token streamed.
