@@ -16,6 +16,7 @@ pub mod calibrate;
 mod classify;
 mod confidence;
 mod decide;
+pub mod detect;
 mod features;
 mod policy;
 mod prices;
