@@ -39,6 +39,20 @@ pub enum EvalCommand {
         #[arg(long, default_value_t = 10)]
         min_items: usize,
     },
+    /// Precision and recall of every built-in detector of personal data and
+    /// secrets on a labelled corpus, per split. Exits non-zero when a
+    /// validated detector (checksums, parses) misses its targets.
+    Pii {
+        /// The corpus version directory.
+        #[arg(long, default_value = "datasets/pii/v1")]
+        dataset: PathBuf,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also list each false positive (detector, item id).
+        #[arg(long)]
+        false_positives: bool,
+    },
     /// Walk through records flagged for review (and, with --failed, failed
     /// ones) and record human verdicts; scorecards then use them.
     Review {
@@ -178,6 +192,24 @@ fn print_overall(card: &Scorecard) {
 pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::Run(args) => run_eval(args),
+        EvalCommand::Pii { dataset, json, false_positives } => {
+            let set = switchyard_eval::pii::PiiSet::open(&dataset)?;
+            let report = switchyard_eval::pii::score(&set, &switchyard_router::detect::Detectors::all());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+                if false_positives {
+                    for (detector, id) in &report.false_positive_items {
+                        println!("false positive: {detector} in {id}");
+                    }
+                }
+            }
+            if !report.targets_met() {
+                bail!("a validated detector missed its precision or recall target (see the table)");
+            }
+            Ok(())
+        }
         EvalCommand::Report { runs, out } => {
             let mut records = Vec::new();
             for r in &runs {

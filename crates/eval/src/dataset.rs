@@ -76,31 +76,9 @@ pub enum DatasetError {
 
 impl Dataset {
     pub fn open(dir: &Path) -> Result<Self, DatasetError> {
-        let read =
-            |p: &Path| std::fs::read(p).map_err(|source| DatasetError::Read { path: p.display().to_string(), source });
-        let invalid = |p: &Path, message: String| DatasetError::Invalid { path: p.display().to_string(), message };
+        let (manifest, items_bytes) = open_verified(dir)?;
         let manifest_path = dir.join("manifest.toml");
-        let text = String::from_utf8_lossy(&read(&manifest_path)?).into_owned();
-        let manifest: Manifest = toml::from_str(&text).map_err(|e| invalid(&manifest_path, e.to_string()))?;
-        if !manifest.files.contains_key("items.jsonl") {
-            return Err(invalid(&manifest_path, "[files] must list items.jsonl".into()));
-        }
-        let mut items_bytes = Vec::new();
-        for (name, expected) in &manifest.files {
-            let path = dir.join(name);
-            let bytes = read(&path)?;
-            let actual = hex::encode(Sha256::digest(&bytes));
-            if !actual.eq_ignore_ascii_case(expected) {
-                return Err(DatasetError::Tampered {
-                    path: path.display().to_string(),
-                    expected: expected.clone(),
-                    actual,
-                });
-            }
-            if name == "items.jsonl" {
-                items_bytes = bytes;
-            }
-        }
+        let invalid = |p: &Path, message: String| DatasetError::Invalid { path: p.display().to_string(), message };
         let items_path = dir.join("items.jsonl");
         let items: Vec<Item> = String::from_utf8_lossy(&items_bytes)
             .lines()
@@ -141,4 +119,30 @@ impl Dataset {
     pub fn label(&self) -> String {
         format!("{}@v{}", self.manifest.name, self.manifest.version)
     }
+}
+
+/// Reads `dir/manifest.toml` and checks every file it lists against its
+/// sha256; returns the manifest and the bytes of `items.jsonl`.
+pub fn open_verified(dir: &Path) -> Result<(Manifest, Vec<u8>), DatasetError> {
+    let read = |p: &Path| std::fs::read(p).map_err(|source| DatasetError::Read { path: p.display().to_string(), source });
+    let invalid = |p: &Path, message: String| DatasetError::Invalid { path: p.display().to_string(), message };
+    let manifest_path = dir.join("manifest.toml");
+    let text = String::from_utf8_lossy(&read(&manifest_path)?).into_owned();
+    let manifest: Manifest = toml::from_str(&text).map_err(|e| invalid(&manifest_path, e.to_string()))?;
+    if !manifest.files.contains_key("items.jsonl") {
+        return Err(invalid(&manifest_path, "[files] must list items.jsonl".into()));
+    }
+    let mut items_bytes = Vec::new();
+    for (name, expected) in &manifest.files {
+        let path = dir.join(name);
+        let bytes = read(&path)?;
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(DatasetError::Tampered { path: path.display().to_string(), expected: expected.clone(), actual });
+        }
+        if name == "items.jsonl" {
+            items_bytes = bytes;
+        }
+    }
+    Ok((manifest, items_bytes))
 }

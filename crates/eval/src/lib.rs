@@ -2,13 +2,15 @@
 //! expectations and their scorers ([`expect`], with a sandbox for code and a
 //! refusal detector), the runner that asks any OpenAI-compatible target
 //! ([`runner`]), and scorecards and regression gates over its records
-//! ([`scorecard`]).
+//! ([`scorecard`]). [`pii`] measures the data-protection detectors on a
+//! labelled corpus.
 //!
 //! Records follow DESIGN.md's eval-record contract, so `switchyard
 //! calibrate` reads a run directly.
 
 pub mod dataset;
 pub mod expect;
+pub mod pii;
 pub mod record;
 pub mod refusal;
 pub mod runner;

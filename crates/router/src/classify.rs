@@ -6,6 +6,7 @@ use sha2::{Digest, Sha256};
 
 use crate::features::Features;
 use crate::policy::{DataClass, Policy};
+use crate::protect::{summarize, Detected, Found, ProtectAction};
 
 /// What the caller asserted about a request (by header or API key).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -24,6 +25,14 @@ pub struct Classification {
     pub family: Option<String>,
     /// Safety categories whose patterns match, in policy order.
     pub categories: Vec<String>,
+    /// The `[protect]` detectors' findings, message by message (the
+    /// gateway redacts or blocks by them); never serialized.
+    #[serde(skip)]
+    pub found: Vec<Found>,
+    /// The findings by detector, as the decision records them.
+    pub detected: Vec<Detected>,
+    /// A finding's class says: embedded routes only.
+    pub local_only: bool,
     pub features: Features,
     /// A number in [0, 1) fixed by the request's content: shadow sampling
     /// compares it with a fraction, so the same request is always (or
@@ -34,14 +43,27 @@ pub struct Classification {
 /// Classifies a prompt (every message's text) under `policy`.
 pub fn classify(messages: &[String], declared: &Declared, policy: &Policy) -> Classification {
     let matches = |patterns: &[regex::Regex]| messages.iter().any(|m| patterns.iter().any(|p| p.is_match(m)));
-    let detected = policy.classes.iter().filter(|(_, p)| matches(p)).map(|(c, _)| *c).max();
+    let found = policy.protect.as_ref().map(|p| p.inspect(messages)).unwrap_or_default();
+    // A finding to be redacted does not raise the class: the routes that
+    // may not receive its class never see it.
+    let protected = found.iter().filter(|f| f.action != Some(ProtectAction::Redact)).map(|f| f.class).max();
+    let detected = policy.classes.iter().filter(|(_, p)| matches(p)).map(|(c, _)| *c).max().max(protected);
     let family = declared.family.clone().or_else(|| {
         policy.families.iter().zip(&policy.family_patterns).find(|(_, p)| matches(p)).map(|(f, _)| f.name.clone())
     });
     let boundary = family.as_deref().and_then(|f| policy.family(f)).map(|f| f.boundary);
     let data_class = [declared.data_class, detected, boundary].into_iter().flatten().max().unwrap_or(DataClass::Public);
     let categories = policy.categories.iter().filter(|(_, p)| matches(p)).map(|(c, _)| c.clone()).collect();
-    Classification { data_class, family, categories, features: Features::of(messages), sample: sample_point(messages) }
+    Classification {
+        data_class,
+        family,
+        categories,
+        detected: summarize(&found),
+        local_only: found.iter().any(|f| f.action == Some(ProtectAction::Local)),
+        found,
+        features: Features::of(messages),
+        sample: sample_point(messages),
+    }
 }
 
 fn sample_point(messages: &[String]) -> f64 {

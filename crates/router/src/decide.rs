@@ -4,7 +4,8 @@ use serde::Serialize;
 
 use crate::classify::Classification;
 use crate::confidence::Signal;
-use crate::policy::{Action, DataClass, Lane, Policy, Rule, VerifierBusy};
+use crate::policy::{Action, BackendKind, DataClass, Lane, Policy, Route, Rule, VerifierBusy};
+use crate::protect::Detected;
 
 /// What the caller knows about a request besides its text.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -64,8 +65,15 @@ pub struct Decision {
     pub score: f64,
     /// The threshold the score was compared with, for difficulty rules.
     pub threshold: Option<f64>,
-    /// Routes in the chain that were skipped because they may not receive this data class.
+    /// Routes in the chain that were skipped because they may not receive
+    /// this data class (or are not embedded, for a `local` finding).
     pub excluded: Vec<String>,
+    /// The `[protect]` detectors' findings, by detector (never the text).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub detected: Vec<Detected>,
+    /// A finding's class keeps this request on embedded routes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub local_only: bool,
     /// One human-readable line, ASCII so it can travel in an HTTP header.
     pub reason: String,
 }
@@ -93,11 +101,30 @@ pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Deci
         score,
         threshold: None,
         excluded: Vec::new(),
+        detected: c.detected.clone(),
+        local_only: c.local_only,
         reason: String::new(),
     };
+    decide_rules(facts, c, policy, &mut d);
+    if !d.detected.is_empty() {
+        let found: Vec<String> = d
+            .detected
+            .iter()
+            .map(|f| {
+                let action = f.action.map_or(String::new(), |a| format!(", {}", a.as_str()));
+                format!("{} x{} ({}{action})", f.detector, f.count, f.class.as_str())
+            })
+            .collect();
+        d.reason.push_str(&format!("; detected {}", found.join(", ")));
+    }
+    d
+}
+
+fn decide_rules(facts: &RequestFacts, c: &Classification, policy: &Policy, d: &mut Decision) {
+    let score = d.score;
     let Some(rule) = policy.rules.iter().find(|r| applies(r, c, facts)) else {
-        route_to(policy, &policy.default_route, "no rule matched: default route".into(), &mut d);
-        return d;
+        route_to(policy, &policy.default_route, "no rule matched: default route".into(), d);
+        return;
     };
     d.rule_id = Some(rule.id.clone());
     match &rule.then {
@@ -110,18 +137,18 @@ pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Deci
             d.outcome = Outcome::Handoff { message: message.clone() };
         }
         Action::Route { route } => {
-            route_to(policy, route, format!("rule {}: {}", rule.id, matched(c)), &mut d);
+            route_to(policy, route, format!("rule {}: {}", rule.id, matched(c)), d);
         }
         Action::Difficulty { fast, escalate, threshold } => {
             d.threshold = Some(*threshold);
             let (target, cmp) = if score >= *threshold { (escalate, ">=") } else { (fast, "<") };
-            route_to(policy, target, format!("rule {}: difficulty {score:.3} {cmp} {threshold}", rule.id), &mut d);
+            route_to(policy, target, format!("rule {}: difficulty {score:.3} {cmp} {threshold}", rule.id), d);
         }
         Action::Cascade { fast, escalate, signal, threshold, hold_tokens, when_verifier_busy } => {
             d.threshold = Some(*threshold);
-            route_to(policy, fast, format!("rule {}: cascade", rule.id), &mut d);
+            route_to(policy, fast, format!("rule {}: cascade", rule.id), d);
             if let Outcome::Route { route, cascade, .. } = &mut d.outcome {
-                let (chain, _) = allowed_chain(policy, escalate, d.data_class);
+                let (chain, _) = allowed_chain(policy, escalate, d.data_class, d.local_only);
                 if route == fast && !chain.is_empty() {
                     d.reason.push_str(&format!(", escalating to {} if {} < {threshold}", chain[0], signal.as_str()));
                     *cascade = Some(CascadePlan {
@@ -136,13 +163,12 @@ pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Deci
         }
     }
     if let (Some(shadow), Outcome::Route { .. }) = (&rule.shadow, &d.outcome) {
-        let allowed = policy.route(&shadow.route).is_some_and(|r| r.allowed_classes.contains(&d.data_class));
+        let allowed = policy.route(&shadow.route).is_some_and(|r| admits(r, d.data_class, d.local_only));
         if c.sample < shadow.fraction && allowed {
             d.shadow = Some(shadow.route.clone());
             d.reason.push_str(&format!("; mirrored to {}", shadow.route));
         }
     }
-    d
 }
 
 /// The decision for a request that names its route itself (an operator, or
@@ -163,7 +189,7 @@ pub fn decide_forced(facts: &RequestFacts, c: &Classification, policy: &Policy, 
         ruled.reason.push_str(&format!("; route {route} was forced, but safety rules come first"));
         return Some(ruled);
     }
-    let allowed = r.allowed_classes.contains(&c.data_class);
+    let allowed = admits(r, c.data_class, c.local_only);
     let (outcome, reason) = if allowed {
         (
             Outcome::Route { route: route.to_string(), fallbacks: Vec::new(), cascade: None },
@@ -199,7 +225,7 @@ fn matched(c: &Classification) -> String {
 
 /// `primary` and its fallback chain (followed transitively, each once),
 /// split into the routes that may receive `class` and those that may not.
-fn allowed_chain(policy: &Policy, primary: &str, class: DataClass) -> (Vec<String>, Vec<String>) {
+fn allowed_chain(policy: &Policy, primary: &str, class: DataClass, local_only: bool) -> (Vec<String>, Vec<String>) {
     let mut chain: Vec<&str> = vec![primary];
     let mut i = 0;
     while i < chain.len() {
@@ -215,33 +241,33 @@ fn allowed_chain(policy: &Policy, primary: &str, class: DataClass) -> (Vec<Strin
     chain
         .into_iter()
         .map(str::to_string)
-        .partition(|name| policy.route(name).is_some_and(|r| r.allowed_classes.contains(&class)))
+        .partition(|name| policy.route(name).is_some_and(|r| admits(r, class, local_only)))
+}
+
+/// The data boundary: may `route` receive a prompt of `class`?
+fn admits(route: &Route, class: DataClass, local_only: bool) -> bool {
+    route.allowed_classes.contains(&class) && (!local_only || route.backend == BackendKind::Embedded)
 }
 
 /// Routes to `primary`, or the first route of its chain that may receive the data class.
 fn route_to(policy: &Policy, primary: &str, why: String, d: &mut Decision) {
-    let (allowed, excluded) = allowed_chain(policy, primary, d.data_class);
+    let (allowed, excluded) = allowed_chain(policy, primary, d.data_class, d.local_only);
     d.excluded = excluded;
+    let data = format!("{} data{}", d.data_class.as_str(), if d.local_only { " (embedded routes only)" } else { "" });
     match allowed.split_first() {
         Some((first, rest)) => {
             let via = if *first == primary {
                 String::new()
             } else {
-                format!(" (instead of {primary}: it may not receive {} data)", d.data_class.as_str())
+                format!(" (instead of {primary}: it may not receive {data})")
             };
             d.reason = format!("{why} -> {first}{via}");
             d.outcome = Outcome::Route { route: first.clone(), fallbacks: rest.to_vec(), cascade: None };
         }
         None => {
-            d.reason = format!(
-                "{why} -> refused: no route in the chain of {primary} may receive {} data",
-                d.data_class.as_str()
-            );
+            d.reason = format!("{why} -> refused: no route in the chain of {primary} may receive {data}");
             d.outcome = Outcome::Refuse {
-                message: format!(
-                    "This request contains {} data and no permitted route can serve it.",
-                    d.data_class.as_str()
-                ),
+                message: format!("This request contains {data} and no permitted route can serve it."),
             };
         }
     }

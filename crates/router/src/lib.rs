@@ -20,6 +20,7 @@ pub mod detect;
 mod features;
 mod policy;
 mod prices;
+pub mod protect;
 
 pub use calibrate::Calibration;
 pub use classify::{classify, Classification, Declared};

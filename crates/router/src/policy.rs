@@ -5,6 +5,7 @@
 //! key at fault and say how to fix it.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::calibrate::Calibration;
 use crate::confidence::Signal;
 use crate::features::DifficultyModel;
+use crate::protect::{Protect, ProtectFile};
 
 /// How sensitive a prompt's data is. Ordered: a route allowing `Regulated`
 /// data must say so explicitly.
@@ -313,6 +315,9 @@ struct PolicyFile {
     /// Rule id → how its threshold was calibrated (written by `switchyard calibrate`).
     #[serde(default)]
     calibration: BTreeMap<String, Calibration>,
+    /// Detectors of personal data and secrets, and what their findings do.
+    #[serde(default)]
+    protect: ProtectFile,
 }
 
 /// A loaded, validated policy. Its [`Policy::id`] is the version label plus
@@ -328,6 +333,8 @@ pub struct Policy {
     pub difficulty: DifficultyModel,
     pub families: Vec<Family>,
     pub calibration: BTreeMap<String, Calibration>,
+    /// The `[protect]` section, if any detector is on.
+    pub protect: Option<Arc<Protect>>,
     pub(crate) family_patterns: Vec<Vec<Regex>>,
     pub(crate) classes: Vec<(DataClass, Vec<Regex>)>,
     pub(crate) categories: Vec<(String, Vec<Regex>)>,
@@ -341,7 +348,7 @@ pub enum PolicyError {
     Invalid { key: String, message: String },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> PolicyError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> PolicyError {
     PolicyError::Invalid { key: key.into(), message: message.into() }
 }
 
@@ -388,6 +395,7 @@ impl Policy {
             difficulty: file.difficulty,
             families: file.families,
             calibration: file.calibration,
+            protect: Protect::compile(&file.protect)?.map(Arc::new),
             family_patterns,
             classes,
             categories,

@@ -128,7 +128,7 @@ const BUILTINS: &[Builtin] = &[
         name: "slack_token",
         group: Group::Secret,
         validated: true,
-        pattern: r"(?-u:\b)xox[abposr]-[0-9]{6,}-[A-Za-z0-9-]{8,}",
+        pattern: r"(?-u:\b)xox[abposre]-[0-9]+-[0-9]{6,}-[A-Za-z0-9-]{8,}",
         check: check::token_end,
     },
     Builtin {

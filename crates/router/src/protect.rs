@@ -1,0 +1,221 @@
+//! A policy's `[protect]` section: which detectors put a prompt in which
+//! data class, and what a finding of each class does.
+//!
+//! - **block**: the request is refused before any route sees it (the
+//!   gateway answers 400 `sensitive_data`, naming the detectors);
+//! - **redact**: the finding does not raise the request's class; a route
+//!   that may not receive its class gets the prompt with typed placeholders
+//!   instead (`[EMAIL_1]`), restored in the answer if `restore = true`; a
+//!   route that may receive it gets the prompt as sent;
+//! - **local**: the request may only go to embedded routes (the class is
+//!   raised too, so the data boundary still holds);
+//! - no action: the class is raised and the data boundary decides.
+//!
+//! `[protect.output]` names detectors redacted from answers, streams too.
+//! What a decision records of all this is [`Detected`]: detector, class,
+//! action and count, never the matched text.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use regex_automata::hybrid::dfa::DFA;
+use serde::{Deserialize, Serialize};
+
+use crate::detect::{self, prefix_automaton, Custom, Detectors, Finding};
+use crate::policy::{invalid, DataClass, PolicyError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtectAction {
+    Block,
+    Redact,
+    Local,
+}
+
+impl ProtectAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtectAction::Block => "block",
+            ProtectAction::Redact => "redact",
+            ProtectAction::Local => "local",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassAction {
+    pub action: ProtectAction,
+    /// With `redact`: put the originals back into the answer.
+    #[serde(default)]
+    pub restore: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CustomFile {
+    name: String,
+    class: DataClass,
+    #[serde(default)]
+    patterns: Vec<String>,
+    #[serde(default)]
+    keywords: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutputFile {
+    #[serde(default)]
+    redact: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProtectFile {
+    /// Detector (or group) → the class its findings put a prompt in.
+    #[serde(default)]
+    detectors: BTreeMap<String, DataClass>,
+    #[serde(default)]
+    custom: Vec<CustomFile>,
+    /// Class → what its findings do.
+    #[serde(default)]
+    actions: BTreeMap<DataClass, ClassAction>,
+    #[serde(default)]
+    output: OutputFile,
+}
+
+/// A compiled `[protect]` section.
+pub struct Protect {
+    detectors: Detectors,
+    /// Detector name → class, every detector of `detectors` once.
+    class_of: BTreeMap<String, DataClass>,
+    pub actions: BTreeMap<DataClass, ClassAction>,
+    /// The output guard's detectors and their prefix automaton.
+    pub output: Option<(Arc<Detectors>, Arc<DFA>)>,
+}
+
+impl std::fmt::Debug for Protect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Protect").field("classes", &self.class_of).field("actions", &self.actions).finish()
+    }
+}
+
+/// One finding in a prompt, as classification hands it on: which message,
+/// where, and what the policy makes of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub message: usize,
+    pub finding: Finding,
+    pub class: DataClass,
+    pub action: Option<ProtectAction>,
+}
+
+/// What a decision records of a detector's findings: never the text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detected {
+    pub detector: String,
+    pub class: DataClass,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<ProtectAction>,
+    pub count: usize,
+}
+
+fn known_names() -> String {
+    let mut names: Vec<&str> = detect::Group::ALL.iter().map(|g| g.as_str()).collect();
+    names.extend(detect::builtins().iter().map(|b| b.name));
+    names.join(", ")
+}
+
+impl Protect {
+    pub(crate) fn compile(file: &ProtectFile) -> Result<Option<Self>, PolicyError> {
+        if file.detectors.is_empty() && file.custom.is_empty() && file.output.redact.is_empty() {
+            if !file.actions.is_empty() {
+                return Err(invalid("protect.actions", "no detector is on: map some in [protect.detectors]"));
+            }
+            return Ok(None);
+        }
+        let mut class_of = BTreeMap::new();
+        for (name, class) in &file.detectors {
+            let names = detect::expand(name).ok_or_else(|| {
+                invalid(format!("protect.detectors.{name}"), format!("unknown detector; known: {}", known_names()))
+            })?;
+            for n in names {
+                // A detector named alone wins over its group, whatever the order.
+                if !class_of.contains_key(n) || detect::builtins().iter().any(|b| b.name == name) {
+                    class_of.insert(n.to_string(), *class);
+                }
+            }
+        }
+        let mut custom = Vec::new();
+        for (i, c) in file.custom.iter().enumerate() {
+            let key = format!("protect.custom[{i}]");
+            if c.name.trim().is_empty() || detect::expand(&c.name).is_some() {
+                return Err(invalid(format!("{key}.name"), "name it, and not after a built-in detector or group"));
+            }
+            if c.patterns.is_empty() && c.keywords.is_empty() {
+                return Err(invalid(key, "give `patterns` or `keywords`"));
+            }
+            class_of.insert(c.name.clone(), c.class);
+            custom.push(Custom { name: c.name.clone(), patterns: c.patterns.clone(), keywords: c.keywords.clone() });
+        }
+        for (class, a) in &file.actions {
+            if a.restore && a.action != ProtectAction::Redact {
+                return Err(invalid(format!("protect.actions.{}.restore", class.as_str()), "only `redact` can restore"));
+            }
+        }
+        let builtin: Vec<&str> =
+            class_of.keys().filter(|n| detect::builtins().iter().any(|b| b.name == *n)).map(String::as_str).collect();
+        let detectors = Detectors::new(builtin, &custom).map_err(|e| invalid("protect.custom", e.to_string()))?;
+        let output = if file.output.redact.is_empty() {
+            None
+        } else {
+            for name in &file.output.redact {
+                if detect::expand(name).is_none() {
+                    return Err(invalid(
+                        "protect.output.redact",
+                        format!("unknown detector `{name}`; known: {}", known_names()),
+                    ));
+                }
+            }
+            let d = Detectors::new(file.output.redact.iter().map(String::as_str), &[])
+                .map_err(|e| invalid("protect.output.redact", e.to_string()))?;
+            let dfa = prefix_automaton(&d).map_err(|e| invalid("protect.output.redact", e))?;
+            Some((Arc::new(d), Arc::new(dfa)))
+        };
+        Ok(Some(Self { detectors, class_of, actions: file.actions.clone(), output }))
+    }
+
+    /// Every finding in the prompt's messages.
+    pub fn inspect(&self, messages: &[String]) -> Vec<Found> {
+        let mut found = Vec::new();
+        for (message, text) in messages.iter().enumerate() {
+            for finding in self.detectors.scan(text) {
+                let Some(class) = self.class_of.get(finding.detector.as_ref()).copied() else { continue };
+                let action = self.actions.get(&class).map(|a| a.action);
+                found.push(Found { message, finding, class, action });
+            }
+        }
+        found
+    }
+
+    pub fn restores(&self, class: DataClass) -> bool {
+        self.actions.get(&class).is_some_and(|a| a.restore)
+    }
+}
+
+/// Findings summed by detector, for the record.
+pub fn summarize(found: &[Found]) -> Vec<Detected> {
+    let mut out: Vec<Detected> = Vec::new();
+    for f in found {
+        match out.iter_mut().find(|d| *d.detector == *f.finding.detector) {
+            Some(d) => d.count += 1,
+            None => out.push(Detected {
+                detector: f.finding.detector.to_string(),
+                class: f.class,
+                action: f.action,
+                count: 1,
+            }),
+        }
+    }
+    out
+}

@@ -1,0 +1,108 @@
+//! A policy's `[protect]` section: detectors raise the data class, and a
+//! class's action blocks, redacts (without raising the class) or keeps the
+//! request on embedded routes. Decisions record detectors, never values.
+
+use switchyard_router::protect::ProtectAction;
+use switchyard_router::{classify, decide, DataClass, Declared, Outcome, Policy, PolicyError, RequestFacts};
+
+const ROUTES: &str = r#"
+version = "t"
+default_route = "cloud"
+
+[[routes]]
+name = "cloud"
+backend = "upstream"
+model = "m"
+url = "http://127.0.0.1:9/v1"
+allowed_classes = ["public", "internal", "regulated"]
+fallback = ["local"]
+
+[[routes]]
+name = "local"
+backend = "embedded"
+model = "m"
+allowed_classes = ["public", "internal", "regulated"]
+"#;
+
+fn policy(protect: &str) -> Policy {
+    Policy::from_toml(&format!("{ROUTES}\n{protect}")).unwrap()
+}
+
+fn route_of(p: &Policy, prompt: &str) -> (String, switchyard_router::Decision) {
+    let c = classify(&[prompt.to_string()], &Declared::default(), p);
+    let d = decide(&RequestFacts::default(), &c, p);
+    let route = match &d.outcome {
+        Outcome::Route { route, .. } => route.clone(),
+        other => format!("{other:?}"),
+    };
+    (route, d)
+}
+
+#[test]
+fn a_local_finding_keeps_the_request_on_embedded_routes_and_says_why() {
+    let p = policy(
+        r#"
+[protect]
+detectors = { card = "regulated", email = "internal" }
+actions = { regulated = { action = "local" } }
+"#,
+    );
+    let (route, d) = route_of(&p, "charge 4111 1111 1111 1111 please");
+    assert_eq!(route, "local");
+    assert!(d.local_only && d.excluded == ["cloud"], "{d:?}");
+    assert_eq!(d.data_class, DataClass::Regulated);
+    assert!(d.reason.contains("detected card x1 (regulated, local)"), "{}", d.reason);
+    let json = serde_json::to_string(&d).unwrap();
+    assert!(!json.contains("4111"), "the record never holds the value: {json}");
+
+    let (route, d) = route_of(&p, "mail bob@example.org");
+    assert_eq!((route.as_str(), d.data_class, d.local_only), ("cloud", DataClass::Internal, false));
+    let (route, d) = route_of(&p, "nothing to see");
+    assert_eq!((route.as_str(), d.detected.len()), ("cloud", 0));
+}
+
+#[test]
+fn a_redacted_finding_does_not_raise_the_class_and_a_blocked_one_is_listed() {
+    let p = policy(
+        r#"
+[protect]
+detectors = { email = "internal", secret = "regulated" }
+actions = { internal = { action = "redact", restore = true }, regulated = { action = "block" } }
+"#,
+    );
+    let c = classify(&["mail bob@example.org".into()], &Declared::default(), &p);
+    assert_eq!(c.data_class, DataClass::Public, "redaction removes what would raise it");
+    assert_eq!(c.found.len(), 1);
+    assert_eq!(c.found[0].action, Some(ProtectAction::Redact));
+    let c = classify(&["hi".into(), "key AKIAIOSFODNN7EXAMPLE".into()], &Declared::default(), &p);
+    assert_eq!((c.found[0].message, c.found[0].action), (1, Some(ProtectAction::Block)));
+    assert_eq!(c.data_class, DataClass::Regulated);
+}
+
+#[test]
+fn custom_lists_and_config_errors_name_the_key() {
+    let p = policy(
+        r#"
+[protect]
+detectors = {}
+[[protect.custom]]
+name = "codename"
+class = "regulated"
+keywords = ["Project Falcon"]
+"#,
+    );
+    let (_, d) = route_of(&p, "status of project falcon?");
+    assert_eq!((d.data_class, d.detected[0].detector.as_str()), (DataClass::Regulated, "codename"));
+
+    for (bad, key) in [
+        ("[protect]\ndetectors = { emial = \"internal\" }", "protect.detectors.emial"),
+        ("[protect]\ndetectors = { email = \"internal\" }\nactions = { internal = { action = \"block\", restore = true } }", "protect.actions.internal.restore"),
+        ("[protect]\n[[protect.custom]]\nname = \"email\"\nclass = \"internal\"\nkeywords = [\"x\"]", "protect.custom[0].name"),
+        ("[protect]\noutput = { redact = [\"cards\"] }", "protect.output.redact"),
+    ] {
+        match Policy::from_toml(&format!("{ROUTES}\n{bad}")) {
+            Err(PolicyError::Invalid { key: k, .. }) => assert_eq!(k, key),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
