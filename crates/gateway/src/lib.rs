@@ -18,6 +18,7 @@ pub mod envelope;
 pub mod error;
 pub mod limits;
 pub mod observe;
+pub mod protect;
 pub mod resilience;
 pub mod routing;
 pub mod validate;

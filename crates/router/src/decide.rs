@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::classify::Classification;
 use crate::confidence::Signal;
 use crate::policy::{Action, BackendKind, DataClass, Lane, Policy, Route, Rule, VerifierBusy};
-use crate::protect::Detected;
+use crate::protect::{Detected, Found};
 
 /// What the caller knows about a request besides its text.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -74,6 +74,9 @@ pub struct Decision {
     /// A finding's class keeps this request on embedded routes.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub local_only: bool,
+    /// Where the findings are, for the gateway to redact; never recorded.
+    #[serde(skip)]
+    pub found: Vec<Found>,
     /// One human-readable line, ASCII so it can travel in an HTTP header.
     pub reason: String,
 }
@@ -103,6 +106,7 @@ pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Deci
         excluded: Vec::new(),
         detected: c.detected.clone(),
         local_only: c.local_only,
+        found: c.found.clone(),
         reason: String::new(),
     };
     decide_rules(facts, c, policy, &mut d);

@@ -28,6 +28,7 @@ use switchyard_wire::{headers, HandoffStatus, ResultLabel};
 use super::cascade::{CascadeCheck, Verdict};
 use super::{RouteState, Routing, HANDOFF_HEADER};
 use crate::backend::held::Held;
+use crate::protect::{self, answer::Outbound};
 use crate::backend::{ChatRequest, Generation, Limits};
 use crate::envelope::Envelope;
 use crate::error::{ApiError, Fault};
@@ -154,7 +155,11 @@ impl Routing {
                 continue;
             };
             let judge = cascade.filter(|(fast, _)| *fast == name).map(|(_, plan)| plan);
-            let mut attempt = self.attempt(route, req, decision.max_ttft_ms, judge).await;
+            let sent = protect::for_route(req, decision, &self.policy, &route.config);
+            if sent.redacted > 0 {
+                run.reason.push_str(&format!("; {} redacted for {name}", sent.redacted));
+            }
+            let mut attempt = self.attempt(route, &sent.req, decision.max_ttft_ms, judge).await;
             if let Err(e) = &attempt {
                 if ticket.may_retry(e.fault()) {
                     metrics::counter!("switchyard_retries_total", "route" => name.to_string()).increment(1);
@@ -164,7 +169,7 @@ impl Routing {
                     span.set("switchyard.route", name.to_string());
                     run.step(name, "retried", Some(e.message.clone()), began);
                     run.reason.push_str(&format!("; {name} retried"));
-                    attempt = self.attempt(route, req, decision.max_ttft_ms, judge).await;
+                    attempt = self.attempt(route, &sent.req, decision.max_ttft_ms, judge).await;
                 }
             }
             // An unsure or unjudged answer is no fault of the route's.
@@ -181,6 +186,10 @@ impl Routing {
             match (attempt, judge) {
                 (Ok(Attempt::Answer(resp)), _) => {
                     run.step(name, "answered", None, began);
+                    let resp = match Outbound::new(&self.policy, sent.restore.as_ref()) {
+                        Some(outbound) => outbound.wrap(resp),
+                        None => resp,
+                    };
                     return Ok((resp, Answered::Route(name.to_string())));
                 }
                 (Ok(Attempt::Escalate(check)), Some(plan)) => {

@@ -66,6 +66,9 @@ impl Routing {
         let span = req.trace.child("classify");
         let classification = classify(&messages, &declared, &self.policy);
         span.end();
+        if let Some(e) = crate::protect::blocked(&classification.found) {
+            return Err(e);
+        }
         let _span = req.trace.child("decide");
         let Some(route) = headers.get(FORCE_ROUTE_HEADER) else {
             return Ok(decide(&facts, &classification, &self.policy));

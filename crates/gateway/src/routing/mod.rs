@@ -183,8 +183,11 @@ impl Routing {
         // Debug, not info: every decision is recorded in the store anyway,
         // and a log line per request is a real share of a proxy's CPU.
         tracing::debug!(request_id = %req.id, policy = %decision.policy_id, rule = ?decision.rule_id, reason = %decision.reason, "routing decision");
-        let shadow =
-            decision.shadow.as_ref().map(|route| self.clone().mirror(state, &req, route, decision.max_ttft_ms));
+        let shadow = decision.shadow.as_ref().and_then(|route| {
+            let config = &self.routes.get(route)?.config;
+            let sent = crate::protect::for_route(&req, &decision, &self.policy, config);
+            Some(self.clone().mirror(state, &sent.req, route, decision.max_ttft_ms))
+        });
         let mut run = execute::Run::new(&decision.reason, caller.tenant());
         let result = self.execute(state, &req, &decision, &mut run).await;
         let ending = record::Ending::of(&req.id, caller.tenant(), &result);

@@ -1,0 +1,78 @@
+//! The policy's `[protect]` section in the request path: a blocked finding
+//! is a 400 that names its detectors (never the text); a route that may not
+//! receive a redacted finding's class gets the prompt with placeholders
+//! (each attempt and each shadow copy on its own terms); answers go out
+//! through [`answer`], which puts placeholders back where the policy says
+//! and redacts what the output guard finds.
+
+pub mod answer;
+
+use std::borrow::Cow;
+
+use switchyard_router::detect::{Finding, Placeholders};
+use switchyard_router::protect::{Found, ProtectAction};
+use switchyard_router::{Decision, Policy, Route};
+use switchyard_wire::MessageContent;
+
+use crate::backend::ChatRequest;
+use crate::error::ApiError;
+
+/// The 400 for a request with a finding whose class the policy blocks.
+pub fn blocked(found: &[Found]) -> Option<ApiError> {
+    let mut named: Vec<String> = Vec::new();
+    let mut first_message = None;
+    for f in found.iter().filter(|f| f.action == Some(ProtectAction::Block)) {
+        first_message.get_or_insert(f.message);
+        let what = format!("{} ({})", f.finding.detector, f.class.as_str());
+        if !named.contains(&what) {
+            named.push(what);
+        }
+    }
+    let message = first_message?;
+    Some(
+        ApiError::invalid(
+            Some(format!("messages[{message}].content")),
+            format!(
+                "this request contains {}, which this server's policy does not let through; remove it and send again",
+                named.join(", ")
+            ),
+        )
+        .with_code("sensitive_data"),
+    )
+}
+
+/// A request made ready for one route.
+pub struct Prepared<'a> {
+    pub req: Cow<'a, ChatRequest>,
+    /// Findings replaced by placeholders.
+    pub redacted: usize,
+    /// For restoring the answer, when the policy says to restore any of them.
+    pub restore: Option<Placeholders>,
+}
+
+/// The request as `route` may receive it: findings the policy redacts,
+/// of a class the route may not receive, replaced by placeholders.
+pub fn for_route<'a>(req: &'a ChatRequest, decision: &Decision, policy: &Policy, route: &Route) -> Prepared<'a> {
+    let redact: Vec<&Found> = decision
+        .found
+        .iter()
+        .filter(|f| f.action == Some(ProtectAction::Redact) && !route.allowed_classes.contains(&f.class))
+        .collect();
+    if redact.is_empty() {
+        return Prepared { req: Cow::Borrowed(req), redacted: 0, restore: None };
+    }
+    let mut placeholders = Placeholders::default();
+    let mut sent = req.clone();
+    for (i, (_, text)) in sent.params.messages.iter_mut().enumerate() {
+        let findings: Vec<Finding> = redact.iter().filter(|f| f.message == i).map(|f| f.finding.clone()).collect();
+        if findings.is_empty() {
+            continue;
+        }
+        *text = placeholders.redact(text, &findings);
+        if let Some(m) = sent.body.messages.get_mut(i) {
+            m.content = Some(MessageContent::Text(text.clone()));
+        }
+    }
+    let restore = policy.protect.as_ref().is_some_and(|p| redact.iter().any(|f| p.restores(f.class)));
+    Prepared { req: Cow::Owned(sent), redacted: redact.len(), restore: restore.then_some(placeholders) }
+}

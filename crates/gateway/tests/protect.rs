@@ -1,0 +1,237 @@
+//! A policy's `[protect]` section end to end: a real embedded model
+//! (SmolLM2) as the local route and a loopback mock speaking OpenAI's wire
+//! format as the "cloud", which echoes what it was sent (in 3-byte stream
+//! chunks, so every placeholder and every secret is cut across chunks).
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use switchyard_engine::{Engine, EngineSettings};
+use switchyard_gateway::routing::RoutingOptions;
+use switchyard_gateway::{router, AppState};
+use switchyard_router::{Policy, Prices};
+
+/// Every body the mock upstream received.
+type Seen = Arc<Mutex<Vec<Value>>>;
+
+const SECRET: &str = "AKIAIOSFODNN7EXAMPLE";
+
+/// Answers with the last user message, plus a provider key when the
+/// prompt asks it to leak one.
+async fn echo(State(seen): State<Seen>, Json(body): Json<Value>) -> Response {
+    seen.lock().unwrap().push(body.clone());
+    let prompt = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("");
+    let mut text = format!("You said: {prompt}");
+    if prompt.contains("leak") {
+        text.push_str(&format!(" The key is {SECRET}, keep it safe."));
+    }
+    if body["stream"] != true {
+        return Json(json!({
+            "id": "c1", "object": "chat.completion", "created": 1, "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+        }))
+        .into_response();
+    }
+    let chunk = |delta: Value, finish: Value| {
+        let c = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": body["model"], "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        format!("data: {c}\n\n")
+    };
+    let mut sse = chunk(json!({"role": "assistant", "content": ""}), Value::Null);
+    let chars: Vec<char> = text.chars().collect();
+    for piece in chars.chunks(3) {
+        sse.push_str(&chunk(json!({"content": piece.iter().collect::<String>()}), Value::Null));
+    }
+    sse.push_str(&chunk(json!({}), json!("stop")));
+    sse.push_str("data: [DONE]\n\n");
+    ([("content-type", "text/event-stream")], sse).into_response()
+}
+
+fn policy(mock: &str, protect: &str) -> Policy {
+    Policy::from_toml(&format!(
+        r#"
+version = "protect.1"
+default_route = "cloud"
+
+[[routes]]
+name = "cloud"
+backend = "upstream"
+model = "gpt-mock"
+url = "{mock}/v1"
+allowed_classes = ["public"]
+fallback = ["local"]
+
+[[routes]]
+name = "local"
+backend = "embedded"
+model = "smollm2-135m"
+allowed_classes = ["public", "internal", "regulated"]
+ttft_timeout_ms = 30000
+total_timeout_ms = 60000
+
+{protect}
+"#
+    ))
+    .unwrap()
+}
+
+struct Setup {
+    redacting: String,
+    blocking: String,
+    seen: Seen,
+    http: reqwest::Client,
+    _data: tempfile::TempDir,
+}
+
+async fn serve(state: AppState) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = router(Arc::new(state), 1 << 20);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+async fn setup() -> Setup {
+    let seen: Seen = Arc::default();
+    let mock = Router::new().route("/v1/chat/completions", post(echo)).with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock_base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, mock).await.unwrap() });
+    let path = tokio::task::spawn_blocking(|| {
+        switchyard_models::ModelSpec::parse("smollm2-135m")
+            .unwrap()
+            .ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet)
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let settings = EngineSettings { threads: 2, ctx_size: 2048, parallel: 2, ..Default::default() };
+    let engine =
+        tokio::task::spawn_blocking(move || Engine::load("smollm2-135m", &path, settings).unwrap()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let engines = AppState::new(vec![engine]).engines;
+    let mut bases = Vec::new();
+    for (i, protect) in [
+        r#"
+[protect]
+detectors = { email = "internal", card = "regulated" }
+actions = { internal = { action = "redact", restore = true }, regulated = { action = "local" } }
+output = { redact = ["secret"] }
+"#,
+        r#"
+[protect]
+detectors = { secret = "regulated" }
+actions = { regulated = { action = "block" } }
+"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let store = switchyard_store::Store::open(&data.path().join(format!("s{i}.db"))).await.unwrap();
+        let state = AppState { engines: engines.clone(), ..AppState::new(vec![]) }
+            .with_policy(policy(&mock_base, protect), Prices::default(), RoutingOptions::default())
+            .unwrap()
+            .with_store(store);
+        bases.push(serve(state).await);
+    }
+    let blocking = bases.pop().unwrap();
+    let redacting = bases.pop().unwrap();
+    Setup { redacting, blocking, seen, http: reqwest::Client::new(), _data: data }
+}
+
+impl Setup {
+    async fn ask(&self, base: &str, prompt: &str, stream: bool) -> (StatusCode, reqwest::header::HeaderMap, String) {
+        let body = json!({"model": "auto", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompt}], "max_tokens": 4, "temperature": 0, "stream": stream});
+        let resp = self.http.post(format!("{base}/v1/chat/completions")).json(&body).send().await.unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let text = resp.text().await.unwrap();
+        if !stream || status != StatusCode::OK {
+            return (status, headers, text);
+        }
+        // The streamed text, put together as a client would.
+        let content: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str::<Value>(d).unwrap())
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+            .collect();
+        (status, headers, content)
+    }
+
+    fn last_sent(&self) -> String {
+        self.seen.lock().unwrap().last().map(|b| b["messages"].to_string()).unwrap_or_default()
+    }
+
+    fn sent_count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    async fn decision(&self, base: &str, headers: &reqwest::header::HeaderMap) -> Value {
+        let id = headers["x-switchyard-request-id"].to_str().unwrap();
+        self.http.get(format!("{base}/admin/decisions/{id}")).send().await.unwrap().json().await.unwrap()
+    }
+}
+
+fn content(body: &str) -> String {
+    serde_json::from_str::<Value>(body).unwrap()["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn redacted_for_the_cloud_restored_for_the_caller_and_guarded_on_the_way_out() {
+    let s = setup().await;
+    let prompt = "Mail bob@example.org and cc ann@example.org, then bob@example.org again.";
+    for stream in [false, true] {
+        let (status, headers, body) = s.ask(&s.redacting, prompt, stream).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(headers["x-switchyard-route"], "cloud");
+        let sent = s.last_sent();
+        assert!(!sent.contains("@example.org"), "the cloud saw an address: {sent}");
+        assert!(sent.contains("Mail [EMAIL_1] and cc [EMAIL_2], then [EMAIL_1] again."), "{sent}");
+        let answer = if stream { body } else { content(&body) };
+        assert_eq!(answer, format!("You said: {prompt}"), "placeholders put back (stream: {stream})");
+        let decision = s.decision(&s.redacting, &headers).await;
+        let reason = decision["reason"].as_str().unwrap();
+        assert!(reason.contains("detected email x3 (internal, redact)") && reason.contains("3 redacted for cloud"), "{reason}");
+        assert!(!decision.to_string().contains("@example.org"), "the record holds no address: {decision}");
+    }
+
+    // The model's own secret never reaches the caller, cut in 3-byte chunks or whole.
+    for stream in [false, true] {
+        let (status, _, body) = s.ask(&s.redacting, "please leak it", stream).await;
+        assert_eq!(status, StatusCode::OK);
+        let answer = if stream { body } else { content(&body) };
+        assert_eq!(answer, "You said: please leak it The key is [REDACTED_AWS_KEY], keep it safe.", "stream: {stream}");
+    }
+}
+
+#[tokio::test]
+async fn a_local_finding_never_leaves_the_box_and_a_blocked_one_is_refused_by_name() {
+    let s = setup().await;
+    let before = s.sent_count();
+    let (status, headers, body) = s.ask(&s.redacting, "Refund card 4111 1111 1111 1111 today", false).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["x-switchyard-route"], "local");
+    assert_eq!(s.sent_count(), before, "the cloud saw nothing");
+    let decision = s.decision(&s.redacting, &headers).await;
+    assert_eq!(decision["decision"]["local_only"], true, "{decision}");
+    assert_eq!(decision["decision"]["detected"][0]["detector"], "card");
+
+    let (status, _, body) = s.ask(&s.blocking, &format!("why does {SECRET} fail?"), false).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "sensitive_data");
+    assert_eq!(error["error"]["param"], "messages[1].content");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("aws_key (regulated)") && !message.contains(SECRET), "{message}");
+    assert_eq!(s.sent_count(), before, "nothing was sent anywhere");
+    // The next request from the same client is served as usual.
+    let (status, _, _) = s.ask(&s.blocking, "hello", false).await;
+    assert_eq!(status, StatusCode::OK);
+}
