@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use switchyard_engine::{Engine, EngineSettings};
