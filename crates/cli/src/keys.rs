@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
+use switchyard_gateway::audit::{changing, state_hash, Actor};
 use switchyard_gateway::auth::{issue, KeySpec};
 use switchyard_gateway::ServeConfig;
 use switchyard_store::{AuditRecord, KeyRecord, Limits, Store};
@@ -111,9 +112,13 @@ pub fn describe(l: &Limits) -> Vec<String> {
     .collect()
 }
 
-/// Records a change made from the command line in the audit trail. Like
-/// every audit line, its key and tenant are the actor's: here, none.
-pub async fn audit(store: &Store, action: &str, detail: String) -> anyhow::Result<()> {
+/// Records a change made from the command line before it is made: in the
+/// hash chain (as actor `cli`), then as an audit line (whose key and
+/// tenant are the actor's: here, none).
+pub async fn audit(store: &Store, object: String, action: &str, after: Option<String>, detail: String) -> anyhow::Result<()> {
+    let cli = Actor { key_id: Some("cli".into()), tenant: None };
+    let verb = action.rsplit('.').next().unwrap_or(action);
+    changing(store, &cli, object, verb, after, detail.clone()).await.map_err(|e| anyhow::anyhow!(e.message))?;
     let line = AuditRecord {
         id: 0,
         created_ms: switchyard_wire::unix_ms(),
@@ -189,8 +194,7 @@ async fn run_async(cmd: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Revoke { id, at } => {
             let store = at.open().await?;
-            anyhow::ensure!(store.revoke_key(&id, switchyard_wire::unix_ms()).await?, "no active key {id}");
-            audit(&store, "keys.revoke", format!("key {id}")).await?;
+            revoke(&store, &id, format!("key {id}")).await?;
             println!("revoked {id}");
             Ok(())
         }
@@ -208,8 +212,7 @@ async fn run_async(cmd: KeysCommand) -> anyhow::Result<()> {
                 limits: old.limits,
             };
             create(&store, &spec).await?;
-            store.revoke_key(&id, switchyard_wire::unix_ms()).await?;
-            audit(&store, "keys.revoke", format!("key {id}, rotated")).await?;
+            revoke(&store, &id, format!("key {id}, rotated")).await?;
             eprintln!("revoked {id}");
             Ok(())
         }
@@ -221,10 +224,19 @@ async fn create(store: &Store, spec: &KeySpec) -> anyhow::Result<()> {
         let param = e.param.unwrap_or_default();
         anyhow::anyhow!("--{}: {}", param.trim_start_matches("limits.").replace('_', "-"), e.message)
     })?;
-    store.create_key(&record).await?;
     let what = format!("key {} for tenant {} with role {}", record.id, record.tenant, record.role);
-    audit(store, "keys.create", what).await?;
+    audit(store, format!("key:{}", record.id), "keys.create", Some(state_hash(&record)), what).await?;
+    store.create_key(&record).await?;
     eprintln!("key {} for tenant {} (role {}); it is shown this once, keep it:", record.id, record.tenant, record.role);
     println!("{key}");
+    Ok(())
+}
+
+async fn revoke(store: &Store, id: &str, what: String) -> anyhow::Result<()> {
+    let active = store.keys().await?.iter().any(|k| k.id == id && k.revoked_ms.is_none());
+    anyhow::ensure!(active, "no active key {id}");
+    let after = state_hash(&serde_json::json!({"id": id, "revoked": true}));
+    audit(store, format!("key:{id}"), "keys.revoke", Some(after), what).await?;
+    anyhow::ensure!(store.revoke_key(id, switchyard_wire::unix_ms()).await?, "no active key {id}");
     Ok(())
 }

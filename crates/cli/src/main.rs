@@ -1,5 +1,6 @@
 //! The `switchyard` binary.
 
+mod audit;
 mod bench;
 mod calibrate;
 mod eval;
@@ -39,6 +40,9 @@ enum Command {
     /// Tenants: limits shared by all of a tenant's keys; offline, in the data dir.
     #[command(subcommand)]
     Tenants(tenants::TenantsCommand),
+    /// The hash-chained log of changes: list it, verify it, print its head.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Per-request telemetry: query, export (JSON lines, CSV, a bench trace).
     #[command(subcommand)]
     Telemetry(telemetry::TelemetryCommand),
@@ -75,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Keys(cmd) => keys::run(cmd),
         Command::Tenants(cmd) => tenants::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd),
         Command::Telemetry(cmd) => telemetry::run(cmd),
         Command::Models(cmd) => models::run(cmd),
         Command::Policy(cmd) => policy::run_policy(cmd),

@@ -57,7 +57,7 @@ pub enum Format {
 }
 
 /// `90s`, `15m`, `2h`, `7d` → milliseconds.
-fn parse_age(text: &str) -> Result<i64, String> {
+pub fn parse_age(text: &str) -> Result<i64, String> {
     let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: i64 = n.parse().map_err(|_| format!("`{text}`: a number then s, m, h or d (e.g. 15m)"))?;
     let ms = match unit {

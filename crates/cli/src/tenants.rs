@@ -30,9 +30,11 @@ pub fn run(cmd: TenantsCommand) -> anyhow::Result<()> {
                 anyhow::ensure!(!name.trim().is_empty(), "name the tenant");
                 let limits = limits.limits()?;
                 let store = at.open().await?;
-                let tenant = store.put_tenant(&name, &limits, switchyard_wire::unix_ms()).await?;
-                let words = describe(&tenant.limits).join(" ");
-                audit(&store, "tenants.put", format!("tenant {name} limits {words}")).await?;
+                let words = describe(&limits).join(" ");
+                let after = Some(switchyard_gateway::audit::state_hash(&limits));
+                audit(&store, format!("tenant:{name}"), "tenants.put", after, format!("tenant {name} limits {words}"))
+                    .await?;
+                store.put_tenant(&name, &limits, switchyard_wire::unix_ms()).await?;
                 println!("{name}: {}", if words.is_empty() { "no limits".into() } else { words });
                 Ok(())
             }

@@ -230,7 +230,11 @@ pub async fn create_key(
                 )
             })?;
             let (record, key) = issue(&spec, switchyard_wire::unix_ms())?;
-            store(&state).await?.create_key(&record).await.map_err(store_error)?;
+            let store = store(&state).await?;
+            let reason = format!("key for tenant {} with role {}", record.tenant, record.role);
+            let after = Some(audit::state_hash(&record));
+            audit::changing(store, &(&caller).into(), format!("key:{}", record.id), "create", after, reason).await?;
+            store.create_key(&record).await.map_err(store_error)?;
             reload_keys(&state).await?;
             tracing::info!(key_id = %record.id, tenant = %record.tenant, role = %record.role, "API key created");
             let what = format!("key {} for tenant {} with role {}", record.id, record.tenant, record.role);
@@ -253,7 +257,13 @@ pub async fn revoke_key(
     reply(
         async {
             caller.require(Permission::ManageKeys, "manage API keys")?;
-            if !store(&state).await?.revoke_key(&id, switchyard_wire::unix_ms()).await.map_err(store_error)? {
+            let store = store(&state).await?;
+            if !store.keys().await.map_err(store_error)?.iter().any(|k| k.id == id && k.revoked_ms.is_none()) {
+                return Err(missing("id", format!("no active key {id}")));
+            }
+            let after = Some(audit::state_hash(&json!({"id": id, "revoked": true})));
+            audit::changing(store, &(&caller).into(), format!("key:{id}"), "revoke", after, "revoked".into()).await?;
+            if !store.revoke_key(&id, switchyard_wire::unix_ms()).await.map_err(store_error)? {
                 return Err(missing("id", format!("no active key {id}")));
             }
             reload_keys(&state).await?;
@@ -308,8 +318,11 @@ pub async fn put_tenant(
                     .with_code("invalid_value")
             })?;
             check_limits(&spec.limits)?;
-            let tenant = store(&state)
-                .await?
+            let store = store(&state).await?;
+            let after = Some(audit::state_hash(&spec.limits));
+            audit::changing(store, &(&caller).into(), format!("tenant:{name}"), "put", after, "limits set".into())
+                .await?;
+            let tenant = store
                 .put_tenant(&name, &spec.limits, switchyard_wire::unix_ms())
                 .await
                 .map_err(store_error)?;

@@ -1,4 +1,6 @@
-//! The audit trail: every request refused with 401, 403 or 429 (a busy
+//! The audit trail: every change is first written to the hash chain
+//! ([`changing`], awaited: a change the chain could not record is not
+//! made), and every request refused with 401, 403 or 429 (a busy
 //! server's 429s included: they are refusals a caller saw), or with the 400
 //! of a prompt over a token limit by itself, and every change
 //! to keys and tenants. A line's key id and tenant are the actor's (the
@@ -11,10 +13,12 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::Response;
-use switchyard_store::AuditRecord;
+pub use switchyard_store::chain::state_hash;
+use switchyard_store::chain::{ChainEntry, Change};
+use switchyard_store::{AuditRecord, Store};
 
 use crate::auth::Caller;
-use crate::error::Refusal;
+use crate::error::{ApiError, Refusal};
 use crate::AppState;
 
 /// Who sent a request, as far as authentication got: put on the response
@@ -49,6 +53,33 @@ pub async fn refusals(State(state): State<Arc<AppState>>, req: Request, next: Ne
         write(&state, actor, action, "refused", status, why);
     }
     resp
+}
+
+/// Writes a change to the hash chain before it is made: `object` is what
+/// changes (`key:ID`, `tenant:NAME`, `policy`), `after` the hash of its new
+/// state ([`state_hash`]). An error means the change must not be made.
+pub async fn changing(
+    store: &Store,
+    actor: &Actor,
+    object: String,
+    action: &str,
+    after: Option<String>,
+    reason: String,
+) -> Result<ChainEntry, ApiError> {
+    let change = Change {
+        // A server without keys has no one to name.
+        actor: actor.key_id.clone().unwrap_or_else(|| "open".into()),
+        tenant: actor.tenant.clone(),
+        object,
+        action: action.to_string(),
+        before_sha256: None,
+        after_sha256: after,
+        reason,
+    };
+    store.record_change(change).await.map_err(|e| {
+        ApiError::internal(format!("the audit chain could not record this change, so it was not made: {e}"))
+            .with_status(StatusCode::SERVICE_UNAVAILABLE)
+    })
 }
 
 /// Records a change a caller made (`keys.create`, `tenants.put`, …).

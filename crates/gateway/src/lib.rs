@@ -274,6 +274,7 @@ pub async fn serve(
         state.traces = Some(Arc::new(observe::trace::Tracing::otlp(endpoint, &state.node, Duration::from_secs(1))));
     }
     report_lost_measurements(&store, &state.node).await;
+    record_loads(&store, &state).await?;
     let state = Arc::new(state.with_store(store));
     let app = router(state.clone(), cfg.max_body_bytes);
     // Streams are many small writes; with Nagle's algorithm on, each waits
@@ -288,6 +289,33 @@ pub async fn serve(
     }
     if let Some(traces) = state.traces.clone() {
         traces.shutdown(Duration::from_secs(5)).await;
+    }
+    Ok(())
+}
+
+/// Writes what this server is about to serve (its policy, its models) to
+/// the audit chain before it serves: a start the chain cannot record fails.
+async fn record_loads(store: &switchyard_store::Store, state: &AppState) -> anyhow::Result<()> {
+    let server = audit::Actor { key_id: Some(format!("server:{}", state.node)), tenant: None };
+    let fail = |e: error::ApiError| anyhow::anyhow!("{}", e.message);
+    if let Some(routing) = &state.routing {
+        let p = &routing.policy;
+        let reason = format!("policy {} loaded at start", p.id);
+        audit::changing(store, &server, "policy".into(), "load", Some(p.sha256.clone()), reason).await.map_err(fail)?;
+    }
+    for (id, engine) in &state.engines {
+        let file = std::fs::metadata(engine.path()).ok();
+        let catalog = switchyard_models::find(id).map(|e| e.sha256);
+        let model = serde_json::json!({
+            "path": engine.path(),
+            "bytes": file.as_ref().map(std::fs::Metadata::len),
+            "modified": file.and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+            "catalog_sha256": catalog,
+            "fingerprint": engine.fingerprint(),
+        });
+        let reason = format!("model {id} loaded at start from {}", engine.path().display());
+        let after = Some(audit::state_hash(&model));
+        audit::changing(store, &server, format!("model:{id}"), "load", after, reason).await.map_err(fail)?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 // may unwrap: see clippy.toml).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod chain;
 mod recorder;
 mod rows;
 
