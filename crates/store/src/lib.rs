@@ -13,6 +13,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod chain;
+pub mod payload;
 mod recorder;
 mod rows;
 
