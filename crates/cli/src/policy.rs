@@ -24,8 +24,18 @@ pub enum RouteCommand {
         #[arg(long)]
         policy: PathBuf,
         /// A /v1/chat/completions request body.
-        #[arg(long)]
-        request: PathBuf,
+        #[arg(long, required_unless_present = "request_id")]
+        request: Option<PathBuf>,
+        /// Instead of --request: a request the server answered, replayed from
+        /// the payload its policy kept ([[protect.payloads]]) with the lane,
+        /// family and class it had, and compared with its recorded decision.
+        #[arg(long, value_name = "ID", conflicts_with_all = ["request", "family", "data_class", "force_route"])]
+        request_id: Option<String>,
+        /// The keys that open an encrypted payload (as the server's).
+        #[arg(long, value_name = "FILE", env = "SWITCHYARD_PAYLOAD_KEY_FILE")]
+        payload_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        at: crate::keys::DataDir,
         /// The lane the request asked for.
         #[arg(long, value_enum, default_value = "interactive")]
         lane: LaneArg,
@@ -120,8 +130,16 @@ fn diff<T: serde::Serialize>(what: &str, old: &[T], new: &[T], key: impl Fn(&T) 
 }
 
 pub fn run_route(cmd: RouteCommand) -> anyhow::Result<()> {
-    let RouteCommand::Explain { policy, request, lane, family, data_class, force_route } = cmd;
+    let RouteCommand::Explain { policy, request, request_id, payload_key_file, at, lane, family, data_class, force_route } =
+        cmd;
     let policy = load(&policy)?;
+    if let Some(id) = request_id {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(replay(&policy, &id, payload_key_file.as_deref(), &at));
+    }
+    let request = request.context("give --request FILE or --request-id ID")?;
     if let Some(f) = family.as_deref().filter(|f| policy.family(f).is_none()) {
         anyhow::bail!("--family {f}: the policy declares no such family");
     }
@@ -148,5 +166,57 @@ pub fn run_route(cmd: RouteCommand) -> anyhow::Result<()> {
         })?,
     };
     println!("{}", serde_json::to_string_pretty(&decision)?);
+    Ok(())
+}
+
+/// `route explain --request-id`: the stored payload through `policy`, and
+/// the decision recorded for it beside the one made now.
+async fn replay(policy: &Policy, id: &str, key_file: Option<&Path>, at: &crate::keys::DataDir) -> anyhow::Result<()> {
+    let store = at.open().await?;
+    let kept = store.payload(id).await?.with_context(|| {
+        format!("no payload kept for {id}: its policy keeps none for its route and class, or it was purged")
+    })?;
+    let text = match kept.kind.as_str() {
+        "encrypted" => {
+            let path = key_file.context("this payload is encrypted: give the keys with --payload-key-file")?;
+            let keys = switchyard_store::payload::PayloadKeys::parse(
+                &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            )?;
+            String::from_utf8(keys.open(&kept)?)?
+        }
+        _ => kept.body.clone(),
+    };
+    let payload: serde_json::Value = serde_json::from_str(&text).context("the kept payload is not JSON")?;
+    let messages: Vec<String> = payload["messages"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["content"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let lane: Lane = payload["lane"].as_str().unwrap_or("interactive").parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let data_class = payload["data_class"].as_str().and_then(|c| c.parse::<DataClass>().ok());
+    let family = payload["family"].as_str().map(str::to_string).filter(|f| policy.family(f).is_some());
+    let decision = decide(&RequestFacts { lane }, &classify(&messages, &Declared { data_class, family }, policy), policy);
+    println!("{}", serde_json::to_string_pretty(&decision)?);
+    if kept.kind == "redacted" {
+        eprintln!("note: replayed from a redacted payload: detectors see placeholders, not the values");
+    }
+    let route = match &decision.outcome {
+        switchyard_router::Outcome::Route { route, .. } => route.clone(),
+        switchyard_router::Outcome::Refuse { .. } => "refused".into(),
+        switchyard_router::Outcome::Handoff { .. } => "handoff".into(),
+    };
+    if let Some(recorded) = store.decision(id).await? {
+        let same = recorded.rule_id == decision.rule_id;
+        eprintln!(
+            "recorded: policy {} rule {} -> {} ({})\nreplayed: policy {} rule {} -> {}: {}",
+            recorded.policy_id,
+            recorded.rule_id.as_deref().unwrap_or("-"),
+            recorded.route,
+            recorded.reason,
+            policy.id,
+            decision.rule_id.as_deref().unwrap_or("-"),
+            route,
+            if same && recorded.policy_id == policy.id { "the same rule under the same policy" } else if same { "the same rule" } else { "a different rule" }
+        );
+    }
     Ok(())
 }

@@ -94,6 +94,11 @@ pub struct ServeArgs {
     /// HTTP/protobuf, e.g. http://127.0.0.1:4318) [default: off]
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Keys for payloads the policy keeps encrypted ([[protect.payloads]]
+    /// keep = "encrypted"): 64 hex digits per line, optionally after an
+    /// id; the first line seals, the others still open older payloads
+    #[arg(long, value_name = "FILE", env = "SWITCHYARD_PAYLOAD_KEY_FILE")]
+    payload_key_file: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -134,6 +139,9 @@ impl ServeArgs {
         cfg.telemetry &= !self.no_telemetry;
         if self.otlp_endpoint.is_some() {
             cfg.otlp_endpoint = self.otlp_endpoint;
+        }
+        if self.payload_key_file.is_some() {
+            cfg.payload_key_file = self.payload_key_file;
         }
         if let Some(fail) = self.redis_fail {
             cfg.redis_fail = match fail {

@@ -58,6 +58,9 @@ pub struct ServeConfig {
     /// Export a trace per request to this OpenTelemetry collector (OTLP
     /// over HTTP, protobuf; spans go to `{url}/v1/traces`). Off by default.
     pub otlp_endpoint: Option<String>,
+    /// AES-256 keys for payloads a policy keeps encrypted: one per line,
+    /// 64 hex digits, optionally after an id; the first seals.
+    pub payload_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -80,6 +83,7 @@ impl Default for ServeConfig {
             node_id: None,
             telemetry: true,
             otlp_endpoint: None,
+            payload_key_file: None,
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct AppState {
     pub telemetry: bool,
     /// Exports a trace per request (`otlp-endpoint`); `None`: off.
     pub traces: Option<Arc<observe::trace::Tracing>>,
+    /// Seals payloads a policy keeps encrypted (`payload-key-file`).
+    pub payload_keys: Option<Arc<switchyard_store::payload::PayloadKeys>>,
 }
 
 impl AppState {
@@ -81,6 +83,7 @@ impl AppState {
             node: hostname(),
             telemetry: true,
             traces: None,
+            payload_keys: None,
         }
     }
 
@@ -274,8 +277,10 @@ pub async fn serve(
         state.traces = Some(Arc::new(observe::trace::Tracing::otlp(endpoint, &state.node, Duration::from_secs(1))));
     }
     report_lost_measurements(&store, &state.node).await;
+    state.payload_keys = payload_keys(&cfg, state.routing.as_deref())?;
     record_loads(&store, &state).await?;
     let state = Arc::new(state.with_store(store));
+    purge_every(state.clone(), PURGE_EVERY);
     let app = router(state.clone(), cfg.max_body_bytes);
     // Streams are many small writes; with Nagle's algorithm on, each waits
     // for the client's delayed ACK of the previous one (~40 ms per event).
@@ -291,6 +296,81 @@ pub async fn serve(
         traces.shutdown(Duration::from_secs(5)).await;
     }
     Ok(())
+}
+
+/// The payload keys, read at start; a policy that keeps encrypted payloads
+/// without them is a start-up error naming the setting.
+fn payload_keys(
+    cfg: &ServeConfig,
+    routing: Option<&routing::Routing>,
+) -> anyhow::Result<Option<Arc<switchyard_store::payload::PayloadKeys>>> {
+    let keys = match &cfg.payload_key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("`payload-key-file` {}: {e}", path.display()))?;
+            let keys = switchyard_store::payload::PayloadKeys::parse(&text)
+                .map_err(|e| anyhow::anyhow!("`payload-key-file` {}: {e}", path.display()))?;
+            tracing::info!(key_id = %keys.current_id(), "payload key loaded");
+            Some(Arc::new(keys))
+        }
+        None => None,
+    };
+    let encrypts = routing.and_then(|r| r.policy.protect.as_ref()).is_some_and(|p| {
+        p.payloads.iter().any(|rule| rule.keep == switchyard_router::protect::Keep::Encrypted)
+    });
+    if encrypts && keys.is_none() {
+        anyhow::bail!(
+            "`payload-key-file`: the policy keeps encrypted payloads ([[protect.payloads]] keep = \"encrypted\") but no key \
+             is set; give a file with one key of 64 hex digits per line (e.g. from `openssl rand -hex 32`) with \
+             --payload-key-file or SWITCHYARD_PAYLOAD_KEY_FILE"
+        );
+    }
+    Ok(keys)
+}
+
+/// How often expired payloads, shadow copies and handoffs are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// Deletes what the policy's retention says has expired, every `period`.
+fn purge_every(state: Arc<AppState>, period: Duration) {
+    let Some(protect) = state.routing.as_ref().and_then(|r| r.policy.protect.clone()) else { return };
+    if protect.payloads.is_empty() && protect.retention == Default::default() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            if let Err(e) = purge(&state, switchyard_wire::unix_ms()).await {
+                tracing::error!("purging expired payloads: {e}");
+            }
+        }
+    });
+}
+
+/// Deletes, as of `now_ms`, the payloads, shadow copies and resolved
+/// handoffs past the policy's retention; a purge that deleted anything is
+/// recorded in the audit chain.
+pub async fn purge(state: &AppState, now_ms: i64) -> anyhow::Result<switchyard_store::payload::Purged> {
+    let (Some(protect), Some(store)) = (state.routing.as_ref().and_then(|r| r.policy.protect.clone()), &state.store)
+    else {
+        return Ok(Default::default());
+    };
+    let days = |d: Option<f64>| d.map(|d| (d * 86_400_000.0) as i64);
+    let purged =
+        store.purge(now_ms, days(protect.retention.shadows_days), days(protect.retention.handoffs_days)).await?;
+    if purged.payloads + purged.shadows + purged.handoffs > 0 {
+        let reason = format!(
+            "deleted {} payloads, {} shadow copies and {} resolved handoffs past their retention",
+            purged.payloads, purged.shadows, purged.handoffs
+        );
+        tracing::info!("{reason}");
+        let server = audit::Actor { key_id: Some(format!("server:{}", state.node)), tenant: None };
+        audit::changing(store, &server, "retention".into(), "purge", None, reason)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    }
+    Ok(purged)
 }
 
 /// Writes what this server is about to serve (its policy, its models) to

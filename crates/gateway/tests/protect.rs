@@ -82,16 +82,17 @@ total_timeout_ms = 60000
 
 struct Setup {
     redacting: String,
+    redacting_state: Arc<AppState>,
     blocking: String,
     seen: Seen,
     http: reqwest::Client,
     _data: tempfile::TempDir,
 }
 
-async fn serve(state: AppState) -> String {
+async fn serve(state: Arc<AppState>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = router(Arc::new(state), 1 << 20);
+    let app = router(state, 1 << 20);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     base
 }
@@ -116,12 +117,18 @@ async fn setup() -> Setup {
     let data = tempfile::tempdir().unwrap();
     let engines = AppState::new(vec![engine]).engines;
     let mut bases = Vec::new();
+    let mut states = Vec::new();
     for (i, protect) in [
         r#"
 [protect]
 detectors = { email = "internal", card = "regulated" }
 actions = { internal = { action = "redact", restore = true }, regulated = { action = "local" } }
 output = { redact = ["secret"] }
+retention = { shadows_days = 1 }
+
+[[protect.payloads]]
+keep = "redacted"
+retention_days = 1
 "#,
         r#"
 [protect]
@@ -137,11 +144,13 @@ actions = { regulated = { action = "block" } }
             .with_policy(policy(&mock_base, protect), Prices::default(), RoutingOptions::default())
             .unwrap()
             .with_store(store);
-        bases.push(serve(state).await);
+        let state = Arc::new(state);
+        bases.push(serve(state.clone()).await);
+        states.push(state);
     }
     let blocking = bases.pop().unwrap();
     let redacting = bases.pop().unwrap();
-    Setup { redacting, blocking, seen, http: reqwest::Client::new(), _data: data }
+    Setup { redacting, redacting_state: states.swap_remove(0), blocking, seen, http: reqwest::Client::new(), _data: data }
 }
 
 impl Setup {
@@ -233,4 +242,31 @@ async fn a_local_finding_never_leaves_the_box_and_a_blocked_one_is_refused_by_na
     // The next request from the same client is served as usual.
     let (status, _, _) = s.ask(&s.blocking, "hello", false).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn kept_payloads_are_redacted_and_purged_past_their_retention_with_a_record() {
+    let s = setup().await;
+    let (status, headers, _) = s.ask(&s.redacting, "Please mail carol@example.net the summary", false).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = headers["x-switchyard-request-id"].to_str().unwrap();
+    let state = &s.redacting_state;
+    state.recorder.as_ref().unwrap().flush().await;
+    let store = state.store.as_ref().unwrap();
+    let kept = store.payload(id).await.unwrap().expect("kept");
+    assert_eq!((kept.kind.as_str(), kept.route.as_str()), ("redacted", "cloud"));
+    assert!(kept.body.contains("[EMAIL_1]") && !kept.body.contains("carol@"), "{}", kept.body);
+
+    let now = switchyard_wire::unix_ms();
+    let early = switchyard_gateway::purge(state, now).await.unwrap();
+    assert_eq!(early.payloads, 0, "a day has not passed");
+    let purged = switchyard_gateway::purge(state, now + 2 * 86_400_000).await.unwrap();
+    assert!(purged.payloads >= 1, "{purged:?}");
+    assert!(store.payload(id).await.unwrap().is_none());
+    let chain = store
+        .chain(&switchyard_store::chain::ChainFilter { object: Some("retention".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(chain.len(), 1, "the purge is recorded, once");
+    assert!(chain[0].change.reason.contains("payloads"), "{:?}", chain[0]);
 }

@@ -394,6 +394,7 @@ async fn setup() -> Setup {
         node: "test-node".into(),
         telemetry: true,
         traces: None,
+        payload_keys: None,
     }
     .with_policy(
         Policy::from_toml(&policy(&mock_base, &peer_base)).unwrap(),

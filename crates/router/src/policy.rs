@@ -385,6 +385,8 @@ impl Policy {
             .enumerate()
             .map(|(i, f)| compile(format!("families[{i}].patterns"), &f.patterns))
             .collect::<Result<_, PolicyError>>()?;
+        let route_names: Vec<&str> = file.routes.iter().map(|r| r.name.as_str()).collect();
+        let protect = Protect::compile(&file.protect, &route_names)?.map(Arc::new);
         Ok(Self {
             id: format!("{}+{}", file.version, &sha256[..12]),
             sha256,
@@ -395,7 +397,7 @@ impl Policy {
             difficulty: file.difficulty,
             families: file.families,
             calibration: file.calibration,
-            protect: Protect::compile(&file.protect)?.map(Arc::new),
+            protect,
             family_patterns,
             classes,
             categories,

@@ -69,6 +69,45 @@ pub(crate) struct OutputFile {
     redact: Vec<String>,
 }
 
+/// How a request's payload (its messages) is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    None,
+    /// With every built-in detector's findings replaced by placeholders.
+    Redacted,
+    /// Whole, sealed with the server's payload key (AES-256-GCM).
+    Encrypted,
+}
+
+/// Which payloads are kept, how, and for how long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadRule {
+    /// Routes it applies to (the one that answered); none: every route.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Data classes it applies to; none: every class.
+    #[serde(default)]
+    pub classes: Vec<DataClass>,
+    pub keep: Keep,
+    /// Deleted this long after the request.
+    #[serde(default = "thirty")]
+    pub retention_days: f64,
+}
+
+fn thirty() -> f64 {
+    30.0
+}
+
+/// How long shadow copies and resolved handoffs are kept; none: forever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub shadows_days: Option<f64>,
+    pub handoffs_days: Option<f64>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProtectFile {
@@ -82,6 +121,11 @@ pub(crate) struct ProtectFile {
     actions: BTreeMap<DataClass, ClassAction>,
     #[serde(default)]
     output: OutputFile,
+    /// First match wins; no match: no payload is kept.
+    #[serde(default)]
+    payloads: Vec<PayloadRule>,
+    #[serde(default)]
+    retention: Retention,
 }
 
 /// A compiled `[protect]` section.
@@ -92,6 +136,8 @@ pub struct Protect {
     pub actions: BTreeMap<DataClass, ClassAction>,
     /// The output guard's detectors and their prefix automaton.
     pub output: Option<(Arc<Detectors>, Arc<DFA>)>,
+    pub payloads: Vec<PayloadRule>,
+    pub retention: Retention,
 }
 
 impl std::fmt::Debug for Protect {
@@ -127,8 +173,26 @@ fn known_names() -> String {
 }
 
 impl Protect {
-    pub(crate) fn compile(file: &ProtectFile) -> Result<Option<Self>, PolicyError> {
-        if file.detectors.is_empty() && file.custom.is_empty() && file.output.redact.is_empty() {
+    pub(crate) fn compile(file: &ProtectFile, routes: &[&str]) -> Result<Option<Self>, PolicyError> {
+        for (i, rule) in file.payloads.iter().enumerate() {
+            if let Some(r) = rule.routes.iter().find(|r| !routes.contains(&r.as_str())) {
+                return Err(invalid(format!("protect.payloads[{i}].routes"), format!("no route `{r}` in this policy")));
+            }
+            if rule.retention_days.is_nan() || rule.retention_days <= 0.0 {
+                return Err(invalid(format!("protect.payloads[{i}].retention_days"), "must be more than 0"));
+            }
+        }
+        for (key, days) in [("shadows_days", file.retention.shadows_days), ("handoffs_days", file.retention.handoffs_days)] {
+            if days.is_some_and(|d| d.is_nan() || d <= 0.0) {
+                return Err(invalid(format!("protect.retention.{key}"), "must be more than 0"));
+            }
+        }
+        if file.detectors.is_empty()
+            && file.custom.is_empty()
+            && file.output.redact.is_empty()
+            && file.payloads.is_empty()
+            && file.retention == Retention::default()
+        {
             if !file.actions.is_empty() {
                 return Err(invalid("protect.actions", "no detector is on: map some in [protect.detectors]"));
             }
@@ -182,7 +246,14 @@ impl Protect {
             let dfa = prefix_automaton(&d).map_err(|e| invalid("protect.output.redact", e))?;
             Some((Arc::new(d), Arc::new(dfa)))
         };
-        Ok(Some(Self { detectors, class_of, actions: file.actions.clone(), output }))
+        Ok(Some(Self {
+            detectors,
+            class_of,
+            actions: file.actions.clone(),
+            output,
+            payloads: file.payloads.clone(),
+            retention: file.retention,
+        }))
     }
 
     /// Every finding in the prompt's messages.
@@ -196,6 +267,17 @@ impl Protect {
             }
         }
         found
+    }
+
+    /// How the payload of a request of `class` answered by `route` is kept.
+    pub fn payload_rule(&self, route: &str, class: DataClass) -> Option<&PayloadRule> {
+        self.payloads
+            .iter()
+            .find(|r| {
+                (r.routes.is_empty() || r.routes.iter().any(|n| n == route))
+                    && (r.classes.is_empty() || r.classes.contains(&class))
+            })
+            .filter(|r| r.keep != Keep::None)
     }
 
     pub fn restores(&self, class: DataClass) -> bool {

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::payload::PayloadRecord;
 use crate::{AuditRecord, DecisionRecord, Measured, ShadowRecord, Store, StoreError};
 
 /// Records queued before the writer catches up; beyond this, queuing waits.
@@ -43,6 +44,7 @@ enum Record {
     Measured(Box<(String, Measured)>),
     Shadow(Box<ShadowRecord>),
     Audit(Box<AuditRecord>),
+    Payload(Box<PayloadRecord>),
 }
 
 enum Write {
@@ -112,6 +114,12 @@ impl Recorder {
     /// queue is full.
     pub fn audit(&self, a: AuditRecord) {
         self.try_queue(Record::Audit(Box::new(a)), &self.dropped.audit, "an audit line");
+    }
+
+    /// Queues a kept payload without waiting. Dropped and counted (as
+    /// telemetry) when the queue is full.
+    pub fn payload(&self, p: PayloadRecord) {
+        self.try_queue(Record::Payload(Box::new(p)), &self.dropped.telemetry, "a payload");
     }
 
     fn try_queue(&self, record: Record, dropped: &AtomicU64, what: &str) {
@@ -225,6 +233,7 @@ async fn write_batch(store: &Store, records: &[Record]) -> Result<(), StoreError
             Record::Decision(_) => {}
             Record::Shadow(s) => crate::insert_shadow(&mut tx, s).await?,
             Record::Audit(a) => crate::insert_audit(&mut tx, a).await?,
+            Record::Payload(p) => crate::payload::insert_payload(&mut tx, p).await?,
             Record::Measured(_) => {}
         }
     }

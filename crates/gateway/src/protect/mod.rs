@@ -9,13 +9,17 @@ pub mod answer;
 
 use std::borrow::Cow;
 
-use switchyard_router::detect::{Finding, Placeholders};
-use switchyard_router::protect::{Found, ProtectAction};
+use std::sync::OnceLock;
+
+use switchyard_router::detect::{Detectors, Finding, Placeholders};
+use switchyard_router::protect::{Found, Keep, ProtectAction};
+use switchyard_store::payload::PayloadRecord;
 use switchyard_router::{Decision, Policy, Route};
 use switchyard_wire::MessageContent;
 
 use crate::backend::ChatRequest;
 use crate::error::ApiError;
+use crate::AppState;
 
 /// The 400 for a request with a finding whose class the policy blocks.
 pub fn blocked(found: &[Found]) -> Option<ApiError> {
@@ -75,4 +79,60 @@ pub fn for_route<'a>(req: &'a ChatRequest, decision: &Decision, policy: &Policy,
     }
     let restore = policy.protect.as_ref().is_some_and(|p| redact.iter().any(|f| p.restores(f.class)));
     Prepared { req: Cow::Owned(sent), redacted: redact.len(), restore: restore.then_some(placeholders) }
+}
+
+/// Keeps the request's payload where the policy says (by the route that
+/// answered and the data class), queued without waiting: redacted by every
+/// built-in detector, or sealed with the payload key. What [`replay`]
+/// needs comes with it: the lane, family and class the decision saw.
+pub fn keep_payload(state: &AppState, policy: &Policy, req: &ChatRequest, decision: &Decision, route: &str) {
+    let (Some(protect), Some(recorder)) = (&policy.protect, &state.recorder) else { return };
+    let Some(rule) = protect.payload_rule(route, decision.data_class) else { return };
+    let redact = rule.keep == Keep::Redacted;
+    let messages: Vec<serde_json::Value> = req
+        .params
+        .messages
+        .iter()
+        .map(|(role, text)| {
+            let text = if redact {
+                static ALL: OnceLock<Detectors> = OnceLock::new();
+                let all = ALL.get_or_init(Detectors::all);
+                Placeholders::default().redact(text, &all.scan(text))
+            } else {
+                text.clone()
+            };
+            serde_json::json!({"role": role, "content": text})
+        })
+        .collect();
+    let payload = serde_json::json!({
+        "messages": messages,
+        "lane": decision.lane.as_str(),
+        "family": decision.family,
+        "data_class": decision.data_class.as_str(),
+    })
+    .to_string();
+    let created_ms = switchyard_wire::unix_ms();
+    let mut record = PayloadRecord {
+        request_id: req.id.clone(),
+        created_ms,
+        route: route.to_string(),
+        data_class: decision.data_class.as_str().to_string(),
+        kind: if redact { "redacted" } else { "encrypted" }.to_string(),
+        key_id: None,
+        nonce: None,
+        body: payload,
+        expires_ms: created_ms + (rule.retention_days * 86_400_000.0) as i64,
+    };
+    if !redact {
+        // Checked at start: a policy that keeps encrypted payloads needs a key.
+        let Some(keys) = &state.payload_keys else { return };
+        match keys.seal(record.body.as_bytes()) {
+            Ok((key_id, nonce, body)) => (record.key_id, record.nonce, record.body) = (Some(key_id), Some(nonce), body),
+            Err(e) => {
+                tracing::error!(request_id = %req.id, "payload not kept: {e}");
+                return;
+            }
+        }
+    }
+    recorder.payload(record);
 }

@@ -193,6 +193,7 @@ impl Routing {
         let ending = record::Ending::of(&req.id, caller.tenant(), &result);
         let span = req.trace.child("record");
         self.record(state, &req, &decision, &run, &ending).await;
+        crate::protect::keep_payload(state, &self.policy, &req, &decision, &ending.route);
         span.end();
         let resp = result.map_or_else(IntoResponse::into_response, |(resp, _)| resp);
         let resp = self.after_sent(resp, &ending, shadow);
