@@ -108,6 +108,90 @@ pub struct Retention {
     pub handoffs_days: Option<f64>,
 }
 
+/// What is done to a prompt's text before anything reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputRules {
+    /// Remove control characters other than newline, carriage return and tab.
+    #[serde(default = "yes")]
+    pub strip_control: bool,
+    /// Most messages in one request; more is a 400.
+    pub max_messages: Option<usize>,
+    /// Most characters in one message; more is a 400.
+    pub max_message_chars: Option<usize>,
+    /// Defang chat-template markers (`<|im_start|>`, `[INST]`, `<<SYS>>`,
+    /// …) a prompt could use to forge a turn: `<|im_start|>` becomes
+    /// `<\u{2060}|im_start|\u{2060}>`, which no tokenizer reads as a marker.
+    #[serde(default)]
+    pub neutralise_injection: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The markers chat templates use for turns and roles (ChatML, Llama 2/3,
+/// Mistral, Phi, Gemma, end-of-text tokens): spelled out in a user's text,
+/// a model may read them as the template's own.
+const TEMPLATE_MARKERS: &[&str] = &[
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "[INST]",
+    "[/INST]",
+    "<<SYS>>",
+    "<</SYS>>",
+    "</s>",
+];
+
+/// What [`sanitise`] changed in a text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sanitised {
+    pub control_stripped: usize,
+    pub markers_neutralised: usize,
+}
+
+/// Applies `rules` to one message's text.
+pub fn sanitise(text: &str, rules: &InputRules) -> (String, Sanitised) {
+    let mut done = Sanitised::default();
+    let mut out: String = if rules.strip_control {
+        text.chars()
+            .filter(|c| {
+                let keep = !c.is_control() || matches!(c, '\n' | '\r' | '\t');
+                done.control_stripped += usize::from(!keep);
+                keep
+            })
+            .collect()
+    } else {
+        text.to_string()
+    };
+    if rules.neutralise_injection {
+        for marker in TEMPLATE_MARKERS {
+            let n = out.matches(marker).count();
+            if n > 0 {
+                // A word joiner after the first and before the last
+                // character: shown the same, tokenized apart.
+                let mut chars = marker.chars();
+                let (first, last) = (chars.next().unwrap_or('<'), chars.next_back().unwrap_or('>'));
+                let middle: String = chars.collect();
+                out = out.replace(marker, &format!("{first}\u{2060}{middle}\u{2060}{last}"));
+                done.markers_neutralised += n;
+            }
+        }
+    }
+    (out, done)
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProtectFile {
@@ -126,6 +210,7 @@ pub(crate) struct ProtectFile {
     payloads: Vec<PayloadRule>,
     #[serde(default)]
     retention: Retention,
+    input: Option<InputRules>,
 }
 
 /// A compiled `[protect]` section.
@@ -138,6 +223,7 @@ pub struct Protect {
     pub output: Option<(Arc<Detectors>, Arc<DFA>)>,
     pub payloads: Vec<PayloadRule>,
     pub retention: Retention,
+    pub input: Option<InputRules>,
 }
 
 impl std::fmt::Debug for Protect {
@@ -192,6 +278,7 @@ impl Protect {
             && file.output.redact.is_empty()
             && file.payloads.is_empty()
             && file.retention == Retention::default()
+            && file.input.is_none()
         {
             if !file.actions.is_empty() {
                 return Err(invalid("protect.actions", "no detector is on: map some in [protect.detectors]"));
@@ -253,6 +340,7 @@ impl Protect {
             output,
             payloads: file.payloads.clone(),
             retention: file.retention,
+            input: file.input,
         }))
     }
 

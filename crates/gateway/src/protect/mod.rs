@@ -21,6 +21,43 @@ use crate::backend::ChatRequest;
 use crate::error::ApiError;
 use crate::AppState;
 
+/// The request with the policy's input rules applied (`[protect.input]`):
+/// too many or too long messages are a 400 naming the parameter; control
+/// characters and chat-template markers are taken out of the text every
+/// route and detector then sees.
+pub fn sanitised(mut req: ChatRequest, policy: &Policy) -> Result<ChatRequest, ApiError> {
+    let Some(rules) = policy.protect.as_ref().and_then(|p| p.input) else { return Ok(req) };
+    if let Some(max) = rules.max_messages.filter(|max| req.params.messages.len() > *max) {
+        return Err(ApiError::invalid(
+            Some("messages".into()),
+            format!("{} messages; this server takes at most {max} in one request", req.params.messages.len()),
+        )
+        .with_code("too_many_messages"));
+    }
+    for (i, (_, text)) in req.params.messages.iter_mut().enumerate() {
+        let chars = text.chars().count();
+        if let Some(max) = rules.max_message_chars.filter(|max| chars > *max) {
+            return Err(ApiError::invalid(
+                Some(format!("messages[{i}].content")),
+                format!("{chars} characters; this server takes at most {max} in one message"),
+            )
+            .with_code("message_too_long"));
+        }
+        let (clean, done) = switchyard_router::protect::sanitise(text, &rules);
+        if done == Default::default() {
+            continue;
+        }
+        for (what, n) in [("control", done.control_stripped), ("template_marker", done.markers_neutralised)] {
+            metrics::counter!("switchyard_input_sanitised_total", "what" => what).increment(n as u64);
+        }
+        *text = clean;
+        if let Some(m) = req.body.messages.get_mut(i) {
+            m.content = Some(MessageContent::Text(text.clone()));
+        }
+    }
+    Ok(req)
+}
+
 /// The 400 for a request with a finding whose class the policy blocks.
 pub fn blocked(found: &[Found]) -> Option<ApiError> {
     let mut named: Vec<String> = Vec::new();

@@ -179,6 +179,7 @@ impl Routing {
         req: ChatRequest,
         headers: &HeaderMap,
     ) -> Result<Response, ApiError> {
+        let req = crate::protect::sanitised(req, &self.policy)?;
         let decision = self.decide(&req, headers, caller)?;
         // Debug, not info: every decision is recorded in the store anyway,
         // and a log line per request is a real share of a proxy's CPU.
