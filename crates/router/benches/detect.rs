@@ -9,7 +9,9 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{criterion_group, Criterion};
-use switchyard_router::detect::Detectors;
+use std::sync::Arc;
+
+use switchyard_router::detect::{prefix_automaton, Detectors, Guard};
 
 const BUDGET_P99_US: f64 = 50.0;
 
@@ -62,10 +64,61 @@ fn p99() {
     }
 }
 
+/// The output guard's cost to a stream: an answer of about 2 KB (prose,
+/// a code block, an email and a card number) sent in 4-byte chunks, as a
+/// model's tokens arrive. Reports how much the guard holds back after each
+/// chunk (the delay a reader sees, in bytes and in ~4-byte tokens) and its
+/// CPU per chunk, against copying the chunk through (the anchor).
+fn guard_delay() {
+    let answer = format!(
+        "{}Send it to jane.doe@example.com and charge 4111 1111 1111 1111 when ready.\n```rust\nfn main() {{ println!(\"ok\"); }}\n```\n",
+        "The export job groups invoices by account and writes one CSV per month; a timeout means the query ran long. ".repeat(17)
+    );
+    let chunks: Vec<&str> = answer.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).unwrap_or("")).collect();
+    let all = Arc::new(Detectors::all());
+    let dfa = Arc::new(prefix_automaton(&all).expect("automaton"));
+    let (mut held, mut guard_us, mut copy_us) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..50 {
+        let mut g = Guard::new(all.clone(), dfa.clone());
+        let (mut pushed, mut released) = (0usize, 0usize);
+        let mut copied = String::new();
+        for c in &chunks {
+            let t = Instant::now();
+            copied.push_str(black_box(c));
+            copy_us.push(t.elapsed().as_secs_f64() * 1e6);
+            let t = Instant::now();
+            let out = g.push(black_box(c));
+            guard_us.push(t.elapsed().as_secs_f64() * 1e6);
+            pushed += c.len();
+            released += out.len();
+            // Redaction changes lengths; what is held is what has not come out.
+            held.push(pushed.saturating_sub(released) as f64);
+        }
+        black_box(g.finish());
+    }
+    for v in [&mut held, &mut guard_us, &mut copy_us] {
+        v.sort_by(f64::total_cmp);
+    }
+    let at = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    println!(
+        "stream guard, {} B answer in 4 B chunks: held p50 {:.0} B, p99 {:.0} B, max {:.0} B (p99 ~{:.0} tokens); CPU per chunk p50 {:.1} us, p99 {:.1} us; copy anchor p50 {:.2} us, p99 {:.2} us",
+        answer.len(),
+        at(&held, 0.5),
+        at(&held, 0.99),
+        held[held.len() - 1],
+        at(&held, 0.99) / 4.0,
+        at(&guard_us, 0.5),
+        at(&guard_us, 0.99),
+        at(&copy_us, 0.5),
+        at(&copy_us, 0.99),
+    );
+}
+
 criterion_group!(benches, bench);
 
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     p99();
+    guard_delay();
 }
