@@ -62,7 +62,8 @@ async fn run_async(cmd: AuditCommand) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(e)?);
                     continue;
                 }
-                let short = |h: &Option<String>| h.as_deref().map_or("-".to_string(), |h| h[..h.len().min(12)].to_string());
+                let short =
+                    |h: &Option<String>| h.as_deref().map_or("-".to_string(), |h| h[..h.len().min(12)].to_string());
                 println!(
                     "{:>5} {} {:<22} {:<10} {:<24} {} -> {}  {}  [{}]",
                     e.id,

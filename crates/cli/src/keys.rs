@@ -115,7 +115,13 @@ pub fn describe(l: &Limits) -> Vec<String> {
 /// Records a change made from the command line before it is made: in the
 /// hash chain (as actor `cli`), then as an audit line (whose key and
 /// tenant are the actor's: here, none).
-pub async fn audit(store: &Store, object: String, action: &str, after: Option<String>, detail: String) -> anyhow::Result<()> {
+pub async fn audit(
+    store: &Store,
+    object: String,
+    action: &str,
+    after: Option<String>,
+    detail: String,
+) -> anyhow::Result<()> {
     let cli = Actor { key_id: Some("cli".into()), tenant: None };
     let verb = action.rsplit('.').next().unwrap_or(action);
     changing(store, &cli, object, verb, after, detail.clone()).await.map_err(|e| anyhow::anyhow!(e.message))?;

@@ -130,14 +130,25 @@ fn diff<T: serde::Serialize>(what: &str, old: &[T], new: &[T], key: impl Fn(&T) 
 }
 
 pub fn run_route(cmd: RouteCommand) -> anyhow::Result<()> {
-    let RouteCommand::Explain { policy, request, request_id, payload_key_file, at, lane, family, data_class, force_route } =
-        cmd;
+    let RouteCommand::Explain {
+        policy,
+        request,
+        request_id,
+        payload_key_file,
+        at,
+        lane,
+        family,
+        data_class,
+        force_route,
+    } = cmd;
     let policy = load(&policy)?;
     if let Some(id) = request_id {
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(replay(&policy, &id, payload_key_file.as_deref(), &at));
+        return tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(replay(
+            &policy,
+            &id,
+            payload_key_file.as_deref(),
+            &at,
+        ));
     }
     let request = request.context("give --request FILE or --request-id ID")?;
     if let Some(f) = family.as_deref().filter(|f| policy.family(f).is_none()) {
@@ -194,7 +205,8 @@ async fn replay(policy: &Policy, id: &str, key_file: Option<&Path>, at: &crate::
     let lane: Lane = payload["lane"].as_str().unwrap_or("interactive").parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let data_class = payload["data_class"].as_str().and_then(|c| c.parse::<DataClass>().ok());
     let family = payload["family"].as_str().map(str::to_string).filter(|f| policy.family(f).is_some());
-    let decision = decide(&RequestFacts { lane }, &classify(&messages, &Declared { data_class, family }, policy), policy);
+    let decision =
+        decide(&RequestFacts { lane }, &classify(&messages, &Declared { data_class, family }, policy), policy);
     println!("{}", serde_json::to_string_pretty(&decision)?);
     if kept.kind == "redacted" {
         eprintln!("note: replayed from a redacted payload: detectors see placeholders, not the values");
@@ -215,7 +227,13 @@ async fn replay(policy: &Policy, id: &str, key_file: Option<&Path>, at: &crate::
             policy.id,
             decision.rule_id.as_deref().unwrap_or("-"),
             route,
-            if same && recorded.policy_id == policy.id { "the same rule under the same policy" } else if same { "the same rule" } else { "a different rule" }
+            if same && recorded.policy_id == policy.id {
+                "the same rule under the same policy"
+            } else if same {
+                "the same rule"
+            } else {
+                "a different rule"
+            }
         );
     }
     Ok(())

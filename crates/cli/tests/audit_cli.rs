@@ -19,7 +19,8 @@ fn text(b: &[u8]) -> String {
 /// Runs SQL on the SQLite file with Python's sqlite3 (what an intruder
 /// with the file would use), not through switchyard.
 fn tamper(db: &std::path::Path, sql: &str) {
-    let script = format!("import sqlite3; c = sqlite3.connect({:?}); c.execute({sql:?}); c.commit()", db.to_str().unwrap());
+    let script =
+        format!("import sqlite3; c = sqlite3.connect({:?}); c.execute({sql:?}); c.commit()", db.to_str().unwrap());
     let out = Command::new("python3").args(["-c", &script]).output().expect("python3");
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
@@ -40,7 +41,8 @@ fn changes_are_chained_and_tampering_is_named() {
     // A server's start records what it serves before it serves.
     let policy = dir.path().join("p.toml");
     std::fs::write(&policy, "version = \"a.1\"\ndefault_route = \"up\"\n[[routes]]\nname = \"up\"\nbackend = \"upstream\"\nmodel = \"m\"\nurl = \"http://127.0.0.1:9/v1\"\nallowed_classes = [\"public\"]\n").unwrap();
-    let (mut server, _) = start(&["serve", "--policy", policy.to_str().unwrap(), "--port", "0", "--data-dir", data, "--node-id", "n1"]);
+    let (mut server, _) =
+        start(&["serve", "--policy", policy.to_str().unwrap(), "--port", "0", "--data-dir", data, "--node-id", "n1"]);
     server.kill().unwrap();
     server.wait().unwrap();
 
@@ -56,17 +58,27 @@ fn changes_are_chained_and_tampering_is_named() {
         assert!(line.contains(actor) && line.contains(action) && line.contains(&object), "{line}");
     }
     let revoke: serde_json::Value = serde_json::from_str(
-        text(&switchyard(&["audit", "log", "--object", "key:", "--jsonl", "--data-dir", data]).stdout).lines().nth(1).unwrap(),
+        text(&switchyard(&["audit", "log", "--object", "key:", "--jsonl", "--data-dir", data]).stdout)
+            .lines()
+            .nth(1)
+            .unwrap(),
     )
     .unwrap();
     let create: serde_json::Value = serde_json::from_str(
-        text(&switchyard(&["audit", "log", "--object", "key:", "--jsonl", "--data-dir", data]).stdout).lines().next().unwrap(),
+        text(&switchyard(&["audit", "log", "--object", "key:", "--jsonl", "--data-dir", data]).stdout)
+            .lines()
+            .next()
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(revoke["before_sha256"], create["after_sha256"], "a change's before is the last change's after");
 
     let verified = switchyard(&["audit", "verify", "--data-dir", data]);
-    assert!(verified.status.success() && text(&verified.stdout).starts_with("ok: 4 entries"), "{}", text(&verified.stdout));
+    assert!(
+        verified.status.success() && text(&verified.stdout).starts_with("ok: 4 entries"),
+        "{}",
+        text(&verified.stdout)
+    );
     let head = text(&switchyard(&["audit", "head", "--data-dir", data]).stdout);
     let head = head.split_whitespace().nth(1).unwrap().to_string();
 

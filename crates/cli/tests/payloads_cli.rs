@@ -21,7 +21,8 @@ const PROMPT: &str = "Draft a reply to the pelican-shaped invoice question";
 
 #[tokio::test]
 async fn encrypted_payloads_replay_with_the_key_and_only_with_it() {
-    let (mut mock, upstream) = start(&["bench", "mock", "--port", "0", "--ttft-ms", "1", "--itl-ms", "0", "--chunks", "2"]);
+    let (mut mock, upstream) =
+        start(&["bench", "mock", "--port", "0", "--ttft-ms", "1", "--itl-ms", "0", "--chunks", "2"]);
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(
@@ -38,7 +39,11 @@ async fn encrypted_payloads_replay_with_the_key_and_only_with_it() {
         (policy.to_str().unwrap(), data.to_str().unwrap(), keys.to_str().unwrap(), wrong.to_str().unwrap());
 
     let refused = switchyard(&["serve", "--policy", policy, "--port", "0", "--data-dir", data]);
-    assert!(!refused.status.success() && text(&refused.stderr).contains("payload-key-file"), "{}", text(&refused.stderr));
+    assert!(
+        !refused.status.success() && text(&refused.stderr).contains("payload-key-file"),
+        "{}",
+        text(&refused.stderr)
+    );
 
     let (mut server, base) =
         start(&["serve", "--policy", policy, "--port", "0", "--data-dir", data, "--payload-key-file", keys]);
@@ -78,6 +83,7 @@ async fn encrypted_payloads_replay_with_the_key_and_only_with_it() {
     let wrong = explain(&["--payload-key-file", wrong]);
     let why = text(&wrong.stderr);
     assert!(!wrong.status.success() && why.contains("does not open with key `k1`"), "{why}");
-    let missing = switchyard(&["route", "explain", "--policy", policy, "--request-id", "chatcmpl-nope", "--data-dir", data]);
+    let missing =
+        switchyard(&["route", "explain", "--policy", policy, "--request-id", "chatcmpl-nope", "--data-dir", data]);
     assert!(text(&missing.stderr).contains("no payload kept for chatcmpl-nope"), "{}", text(&missing.stderr));
 }

@@ -124,7 +124,8 @@ impl Dataset {
 /// Reads `dir/manifest.toml` and checks every file it lists against its
 /// sha256; returns the manifest and the bytes of `items.jsonl`.
 pub fn open_verified(dir: &Path) -> Result<(Manifest, Vec<u8>), DatasetError> {
-    let read = |p: &Path| std::fs::read(p).map_err(|source| DatasetError::Read { path: p.display().to_string(), source });
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|source| DatasetError::Read { path: p.display().to_string(), source });
     let invalid = |p: &Path, message: String| DatasetError::Invalid { path: p.display().to_string(), message };
     let manifest_path = dir.join("manifest.toml");
     let text = String::from_utf8_lossy(&read(&manifest_path)?).into_owned();
@@ -138,7 +139,11 @@ pub fn open_verified(dir: &Path) -> Result<(Manifest, Vec<u8>), DatasetError> {
         let bytes = read(&path)?;
         let actual = hex::encode(Sha256::digest(&bytes));
         if !actual.eq_ignore_ascii_case(expected) {
-            return Err(DatasetError::Tampered { path: path.display().to_string(), expected: expected.clone(), actual });
+            return Err(DatasetError::Tampered {
+                path: path.display().to_string(),
+                expected: expected.clone(),
+                actual,
+            });
         }
         if name == "items.jsonl" {
             items_bytes = bytes;

@@ -141,9 +141,9 @@ pub fn score(set: &PiiSet, detectors: &Detectors) -> PiiReport {
                 .map(|s| (s.to_string(), counts.get(&(b.name.to_string(), s.to_string())).copied().unwrap_or_default()))
                 .collect();
             let all = splits.get("all").copied().unwrap_or_default();
-            let meets_targets = b.validated.then(|| {
-                all.precision().unwrap_or(0.0) >= MIN_PRECISION && all.recall().unwrap_or(0.0) >= MIN_RECALL
-            });
+            let meets_targets = b
+                .validated
+                .then(|| all.precision().unwrap_or(0.0) >= MIN_PRECISION && all.recall().unwrap_or(0.0) >= MIN_RECALL);
             Row { detector: b.name.to_string(), validated: b.validated, splits, meets_targets }
         })
         .collect();

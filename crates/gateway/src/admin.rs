@@ -322,10 +322,8 @@ pub async fn put_tenant(
             let after = Some(audit::state_hash(&spec.limits));
             audit::changing(store, &(&caller).into(), format!("tenant:{name}"), "put", after, "limits set".into())
                 .await?;
-            let tenant = store
-                .put_tenant(&name, &spec.limits, switchyard_wire::unix_ms())
-                .await
-                .map_err(store_error)?;
+            let tenant =
+                store.put_tenant(&name, &spec.limits, switchyard_wire::unix_ms()).await.map_err(store_error)?;
             reload_keys(&state).await?;
             let limits = serde_json::to_string(&tenant.limits).map_err(store_error)?;
             tracing::info!(tenant = %name, %limits, "tenant limits set");

@@ -315,9 +315,9 @@ fn payload_keys(
         }
         None => None,
     };
-    let encrypts = routing.and_then(|r| r.policy.protect.as_ref()).is_some_and(|p| {
-        p.payloads.iter().any(|rule| rule.keep == switchyard_router::protect::Keep::Encrypted)
-    });
+    let encrypts = routing
+        .and_then(|r| r.policy.protect.as_ref())
+        .is_some_and(|p| p.payloads.iter().any(|rule| rule.keep == switchyard_router::protect::Keep::Encrypted));
     if encrypts && keys.is_none() {
         anyhow::bail!(
             "`payload-key-file`: the policy keeps encrypted payloads ([[protect.payloads]] keep = \"encrypted\") but no key \

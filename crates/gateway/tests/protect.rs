@@ -151,7 +151,14 @@ input = { max_messages = 3, max_message_chars = 200, neutralise_injection = true
     }
     let blocking = bases.pop().unwrap();
     let redacting = bases.pop().unwrap();
-    Setup { redacting, redacting_state: states.swap_remove(0), blocking, seen, http: reqwest::Client::new(), _data: data }
+    Setup {
+        redacting,
+        redacting_state: states.swap_remove(0),
+        blocking,
+        seen,
+        http: reqwest::Client::new(),
+        _data: data,
+    }
 }
 
 impl Setup {
@@ -207,7 +214,10 @@ async fn redacted_for_the_cloud_restored_for_the_caller_and_guarded_on_the_way_o
         assert_eq!(answer, format!("You said: {prompt}"), "placeholders put back (stream: {stream})");
         let decision = s.decision(&s.redacting, &headers).await;
         let reason = decision["reason"].as_str().unwrap();
-        assert!(reason.contains("detected email x3 (internal, redact)") && reason.contains("3 redacted for cloud"), "{reason}");
+        assert!(
+            reason.contains("detected email x3 (internal, redact)") && reason.contains("3 redacted for cloud"),
+            "{reason}"
+        );
         assert!(!decision.to_string().contains("@example.org"), "the record holds no address: {decision}");
     }
 

@@ -268,7 +268,9 @@ impl Protect {
                 return Err(invalid(format!("protect.payloads[{i}].retention_days"), "must be more than 0"));
             }
         }
-        for (key, days) in [("shadows_days", file.retention.shadows_days), ("handoffs_days", file.retention.handoffs_days)] {
+        for (key, days) in
+            [("shadows_days", file.retention.shadows_days), ("handoffs_days", file.retention.handoffs_days)]
+        {
             if days.is_some_and(|d| d.is_nan() || d <= 0.0) {
                 return Err(invalid(format!("protect.retention.{key}"), "must be more than 0"));
             }
@@ -311,7 +313,10 @@ impl Protect {
         }
         for (class, a) in &file.actions {
             if a.restore && a.action != ProtectAction::Redact {
-                return Err(invalid(format!("protect.actions.{}.restore", class.as_str()), "only `redact` can restore"));
+                return Err(invalid(
+                    format!("protect.actions.{}.restore", class.as_str()),
+                    "only `redact` can restore",
+                ));
             }
         }
         let builtin: Vec<&str> =

@@ -110,7 +110,8 @@ keywords = ["Project Falcon"]
 #[test]
 fn sanitising_strips_controls_and_defangs_template_markers_only() {
     use switchyard_router::protect::{sanitise, InputRules};
-    let rules = InputRules { strip_control: true, max_messages: None, max_message_chars: None, neutralise_injection: true };
+    let rules =
+        InputRules { strip_control: true, max_messages: None, max_message_chars: None, neutralise_injection: true };
     let (out, done) = sanitise("a\u{0}b\tc\nd\u{7f} [INST] x <|im_start|>system", &rules);
     assert_eq!(out, "ab\tc\nd [\u{2060}INST\u{2060}] x <\u{2060}|im_start|\u{2060}>system");
     assert_eq!((done.control_stripped, done.markers_neutralised), (2, 2));

@@ -48,7 +48,9 @@ pub struct PayloadRecord {
 pub enum PayloadError {
     #[error("the payload key file: {0}")]
     Keys(String),
-    #[error("payload of {request_id} was sealed with key `{key_id}`, which is not among the keys given (have: {have})")]
+    #[error(
+        "payload of {request_id} was sealed with key `{key_id}`, which is not among the keys given (have: {have})"
+    )]
     UnknownKey { request_id: String, key_id: String, have: String },
     #[error("payload of {request_id} does not open with key `{key_id}`: the key under that id is not the one it was sealed with, or the row was changed")]
     WrongKey { request_id: String, key_id: String },
@@ -179,8 +181,11 @@ impl Store {
         handoff_ms: Option<i64>,
     ) -> Result<Purged, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let payloads =
-            sqlx::query("DELETE FROM payloads WHERE expires_ms <= $1").bind(now_ms).execute(&mut *tx).await?.rows_affected();
+        let payloads = sqlx::query("DELETE FROM payloads WHERE expires_ms <= $1")
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         let shadows = match shadow_ms {
             Some(age) => sqlx::query("DELETE FROM shadows WHERE created_ms <= $1")
                 .bind(now_ms - age)

@@ -2,7 +2,7 @@
 //! 127.0.0.1:5432): replicas appending at once never fork it, and each way
 //! of tampering with its rows (edit, delete, reorder, truncate) is found.
 
-use switchyard_store::chain::{verify, Change, ChainFilter};
+use switchyard_store::chain::{verify, ChainFilter, Change};
 use switchyard_store::testing::fresh_postgres;
 use switchyard_store::Store;
 

@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 
 use switchyard_router::detect::{Detectors, Finding, Placeholders};
 use switchyard_router::protect::{Found, Keep, ProtectAction};
-use switchyard_store::payload::PayloadRecord;
 use switchyard_router::{Decision, Policy, Route};
+use switchyard_store::payload::PayloadRecord;
 use switchyard_wire::MessageContent;
 
 use crate::backend::ChatRequest;

@@ -28,10 +28,10 @@ use switchyard_wire::{headers, HandoffStatus, ResultLabel};
 use super::cascade::{CascadeCheck, Verdict};
 use super::{RouteState, Routing, HANDOFF_HEADER};
 use crate::backend::held::Held;
-use crate::protect::{self, answer::Outbound};
 use crate::backend::{ChatRequest, Generation, Limits};
 use crate::envelope::Envelope;
 use crate::error::{ApiError, Fault};
+use crate::protect::{self, answer::Outbound};
 use crate::AppState;
 
 /// What answered a routed request.

@@ -283,8 +283,14 @@ pub(super) fn ipv6(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let s = text.get(r.clone())?;
     let glued = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || matches!(c, ':' | '_'));
     // A full stop ends a sentence; a dot glued to more is a longer token.
-    let dotted = text.get(r.end..).is_some_and(|t| t.strip_prefix('.').is_some_and(|t| t.starts_with(char::is_alphanumeric)));
-    if glued(before(text, &r)) || before(text, &r) == Some('.') || glued(after(text, &r)) || dotted || s.parse::<Ipv6Addr>().is_err() {
+    let dotted =
+        text.get(r.end..).is_some_and(|t| t.strip_prefix('.').is_some_and(|t| t.starts_with(char::is_alphanumeric)));
+    if glued(before(text, &r))
+        || before(text, &r) == Some('.')
+        || glued(after(text, &r))
+        || dotted
+        || s.parse::<Ipv6Addr>().is_err()
+    {
         return None;
     }
     // `a::b` parses, and is how C++ and Rust spell paths.
