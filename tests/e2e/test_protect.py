@@ -139,7 +139,7 @@ def test_a_card_stays_local_and_its_payload_replays_with_the_key(served):
     assert explained.returncode == 0, explained.stderr
     decision = json.loads(explained.stdout)
     assert decision["route"] == "local" and decision["local_only"] is True
-    assert "the same rule under the same policy" in explained.stderr
+    assert "the same rule and route under the same policy" in explained.stderr
 
     verified = subprocess.run([BINARY, "audit", "verify", "--data-dir", str(tmp)], capture_output=True, text=True)
     assert verified.returncode == 0 and verified.stdout.startswith("ok:"), verified.stdout + verified.stderr

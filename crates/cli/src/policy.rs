@@ -217,7 +217,7 @@ async fn replay(policy: &Policy, id: &str, key_file: Option<&Path>, at: &crate::
         switchyard_router::Outcome::Handoff { .. } => "handoff".into(),
     };
     if let Some(recorded) = store.decision(id).await? {
-        let same = recorded.rule_id == decision.rule_id;
+        let same = recorded.rule_id == decision.rule_id && recorded.route == route;
         eprintln!(
             "recorded: policy {} rule {} -> {} ({})\nreplayed: policy {} rule {} -> {}: {}",
             recorded.policy_id,
@@ -228,11 +228,11 @@ async fn replay(policy: &Policy, id: &str, key_file: Option<&Path>, at: &crate::
             decision.rule_id.as_deref().unwrap_or("-"),
             route,
             if same && recorded.policy_id == policy.id {
-                "the same rule under the same policy"
+                "the same rule and route under the same policy"
             } else if same {
-                "the same rule"
+                "the same rule and route"
             } else {
-                "a different rule"
+                "a different rule or route"
             }
         );
     }

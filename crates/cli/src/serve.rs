@@ -175,6 +175,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Read the policy first: a broken one should fail before minutes of model loading.
     let policy = cfg.load_policy()?;
     cfg.check_database_reachable()?;
+    // And keys it needs, for the same reason.
+    switchyard_gateway::payload_keys(&cfg, policy.as_ref())?;
     let engines = switchyard_gateway::load_engines(&cfg, policy.as_ref(), progress).context("loading models")?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

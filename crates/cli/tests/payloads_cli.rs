@@ -76,7 +76,11 @@ async fn encrypted_payloads_replay_with_the_key_and_only_with_it() {
     assert!(replayed.status.success(), "{}", text(&replayed.stderr));
     let decision: serde_json::Value = serde_json::from_slice(&replayed.stdout).unwrap();
     assert_eq!(decision["route"], "up");
-    assert!(text(&replayed.stderr).contains("the same rule under the same policy"), "{}", text(&replayed.stderr));
+    assert!(
+        text(&replayed.stderr).contains("the same rule and route under the same policy"),
+        "{}",
+        text(&replayed.stderr)
+    );
 
     let without = explain(&[]);
     assert!(!without.status.success() && text(&without.stderr).contains("--payload-key-file"));

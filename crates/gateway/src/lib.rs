@@ -277,7 +277,7 @@ pub async fn serve(
         state.traces = Some(Arc::new(observe::trace::Tracing::otlp(endpoint, &state.node, Duration::from_secs(1))));
     }
     report_lost_measurements(&store, &state.node).await;
-    state.payload_keys = payload_keys(&cfg, state.routing.as_deref())?;
+    state.payload_keys = payload_keys(&cfg, state.routing.as_ref().map(|r| &r.policy))?;
     record_loads(&store, &state).await?;
     let state = Arc::new(state.with_store(store));
     purge_every(state.clone(), PURGE_EVERY);
@@ -300,9 +300,9 @@ pub async fn serve(
 
 /// The payload keys, read at start; a policy that keeps encrypted payloads
 /// without them is a start-up error naming the setting.
-fn payload_keys(
+pub fn payload_keys(
     cfg: &ServeConfig,
-    routing: Option<&routing::Routing>,
+    policy: Option<&switchyard_router::Policy>,
 ) -> anyhow::Result<Option<Arc<switchyard_store::payload::PayloadKeys>>> {
     let keys = match &cfg.payload_key_file {
         Some(path) => {
@@ -315,8 +315,8 @@ fn payload_keys(
         }
         None => None,
     };
-    let encrypts = routing
-        .and_then(|r| r.policy.protect.as_ref())
+    let encrypts = policy
+        .and_then(|p| p.protect.as_ref())
         .is_some_and(|p| p.payloads.iter().any(|rule| rule.keep == switchyard_router::protect::Keep::Encrypted));
     if encrypts && keys.is_none() {
         anyhow::bail!(

@@ -110,18 +110,24 @@ pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Deci
         reason: String::new(),
     };
     decide_rules(facts, c, policy, &mut d);
-    if !d.detected.is_empty() {
-        let found: Vec<String> = d
-            .detected
-            .iter()
-            .map(|f| {
-                let action = f.action.map_or(String::new(), |a| format!(", {}", a.as_str()));
-                format!("{} x{} ({}{action})", f.detector, f.count, f.class.as_str())
-            })
-            .collect();
-        d.reason.push_str(&format!("; detected {}", found.join(", ")));
-    }
+    d.reason.push_str(&detected_suffix(&d.detected));
     d
+}
+
+/// `; detected email x3 (internal, redact), …` for the reason; empty
+/// when nothing was.
+fn detected_suffix(detected: &[Detected]) -> String {
+    if detected.is_empty() {
+        return String::new();
+    }
+    let found: Vec<String> = detected
+        .iter()
+        .map(|f| {
+            let action = f.action.map_or(String::new(), |a| format!(", {}", a.as_str()));
+            format!("{} x{} ({}{action})", f.detector, f.count, f.class.as_str())
+        })
+        .collect();
+    format!("; detected {}", found.join(", "))
 }
 
 fn decide_rules(facts: &RequestFacts, c: &Classification, policy: &Policy, d: &mut Decision) {
@@ -200,13 +206,15 @@ pub fn decide_forced(facts: &RequestFacts, c: &Classification, policy: &Policy, 
             format!("route forced by the request -> {route}"),
         )
     } else {
+        let only = if c.local_only { " (embedded routes only)" } else { "" };
         let message =
-            format!("This request contains {} data and route {route} may not receive it.", c.data_class.as_str());
+            format!("This request contains {} data{only} and route {route} may not receive it.", c.data_class.as_str());
         (
             Outcome::Refuse { message },
             format!("route forced by the request -> refused: {route} may not receive {} data", c.data_class.as_str()),
         )
     };
+    let reason = reason + &detected_suffix(&ruled.detected);
     Some(Decision {
         rule_id: None,
         outcome,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use regex_automata::hybrid::dfa::DFA;
 use serde::{Deserialize, Serialize};
 
-use crate::detect::{self, prefix_automaton, Custom, Detectors, Finding};
+use crate::detect::{self, prefix_automaton, Custom, Detectors, Finding, Placeholders};
 use crate::policy::{invalid, DataClass, PolicyError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,8 +302,12 @@ impl Protect {
         let mut custom = Vec::new();
         for (i, c) in file.custom.iter().enumerate() {
             let key = format!("protect.custom[{i}]");
-            if c.name.trim().is_empty() || detect::expand(&c.name).is_some() {
-                return Err(invalid(format!("{key}.name"), "name it, and not after a built-in detector or group"));
+            let word = !c.name.is_empty() && c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+            if !word || detect::expand(&c.name).is_some() || file.custom[..i].iter().any(|o| o.name == c.name) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    "name it with letters, digits and _, once, and not after a built-in detector or group",
+                ));
             }
             if c.patterns.is_empty() && c.keywords.is_empty() {
                 return Err(invalid(key, "give `patterns` or `keywords`"));
@@ -376,6 +380,44 @@ impl Protect {
     pub fn restores(&self, class: DataClass) -> bool {
         self.actions.get(&class).is_some_and(|a| a.restore)
     }
+}
+
+/// What a route that may receive the `allowed` classes is sent: every
+/// finding the policy redacts whose class the route may not receive,
+/// replaced by its placeholder (one set for the whole request, so a value
+/// has one placeholder in every message). `None` when nothing is replaced.
+pub fn redact_for(messages: &[String], found: &[Found], allowed: &[DataClass]) -> Option<Redacted> {
+    let redact: Vec<&Found> =
+        found.iter().filter(|f| f.action == Some(ProtectAction::Redact) && !allowed.contains(&f.class)).collect();
+    if redact.is_empty() {
+        return None;
+    }
+    let mut placeholders = Placeholders::default();
+    let texts = messages
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let findings: Vec<Finding> = redact.iter().filter(|f| f.message == i).map(|f| f.finding.clone()).collect();
+            if findings.is_empty() {
+                text.clone()
+            } else {
+                placeholders.redact(text, &findings)
+            }
+        })
+        .collect();
+    let classes = redact.iter().map(|f| f.class).collect();
+    Some(Redacted { texts, placeholders, count: redact.len(), classes })
+}
+
+/// A request's texts as one route is sent them.
+#[derive(Debug, Clone)]
+pub struct Redacted {
+    pub texts: Vec<String>,
+    pub placeholders: Placeholders,
+    /// Findings replaced.
+    pub count: usize,
+    /// Their classes (one per finding).
+    pub classes: Vec<DataClass>,
 }
 
 /// Findings summed by detector, for the record.

@@ -118,3 +118,105 @@ fn sanitising_strips_controls_and_defangs_template_markers_only() {
     let off = InputRules { strip_control: false, neutralise_injection: false, ..rules };
     assert_eq!(sanitise("a\u{0}[INST]", &off).0, "a\u{0}[INST]", "rules off change nothing");
 }
+
+mod never_leaks {
+    use proptest::prelude::*;
+    use switchyard_router::protect::redact_for;
+    use switchyard_router::{classify, decide, DataClass, Declared, Outcome, Policy, RequestFacts};
+
+    /// Values each built-in detector finds (unit-tested in tests/detect.rs),
+    /// with the detector that finds them.
+    const PLANTED: &[(&str, &str)] = &[
+        ("email", "zed.k@example.org"),
+        ("card", "4111 1111 1111 1111"),
+        ("iban", "DE89 3704 0044 0532 0130 00"),
+        ("aws_key", "AKIAIOSFODNN7EXAMPLE"),
+        ("ssn", "123-45-6789"),
+        ("phone", "+44 20 7946 0958"),
+    ];
+    const CLASSES: [&str; 3] = ["public", "internal", "regulated"];
+    const ACTIONS: [&str; 3] = ["", "redact", "local"];
+
+    fn policy(classes: &[usize], actions: &[usize]) -> Policy {
+        let detectors: Vec<String> =
+            PLANTED.iter().zip(classes).map(|((d, _), c)| format!("{d} = \"{}\"", CLASSES[*c])).collect();
+        let actions: Vec<String> = CLASSES
+            .iter()
+            .zip(actions)
+            .filter(|(_, a)| !ACTIONS[**a].is_empty())
+            .map(|(c, a)| format!("{c} = {{ action = \"{}\" }}", ACTIONS[*a]))
+            .collect();
+        Policy::from_toml(&format!(
+            r#"
+version = "leak"
+default_route = "cloud"
+
+[[routes]]
+name = "cloud"
+backend = "upstream"
+model = "m"
+url = "http://127.0.0.1:9/v1"
+allowed_classes = ["public"]
+fallback = ["partner", "local"]
+
+[[routes]]
+name = "partner"
+backend = "upstream"
+model = "m"
+url = "http://127.0.0.1:9/v1"
+allowed_classes = ["public", "internal"]
+fallback = ["local"]
+
+[[routes]]
+name = "local"
+backend = "embedded"
+model = "m"
+allowed_classes = ["public", "internal", "regulated"]
+
+[protect]
+detectors = {{ {} }}
+actions = {{ {} }}
+"#,
+            detectors.join(", "),
+            actions.join(", ")
+        ))
+        .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Whatever classes the detectors map to and whatever each class
+        /// does, no route the request may be sent to (its route and every
+        /// fallback) receives a planted value of a class it may not receive.
+        #[test]
+        fn no_route_is_sent_a_value_of_a_class_it_may_not_receive(
+            classes in proptest::collection::vec(0usize..3, PLANTED.len()),
+            actions in proptest::collection::vec(0usize..3, 3),
+            picks in proptest::collection::vec((0usize..PLANTED.len(), 0usize..2), 1..5),
+            filler in "[a-z ]{0,30}",
+        ) {
+            let p = policy(&classes, &actions);
+            let mut messages = vec![String::new(), String::new()];
+            for (value, message) in &picks {
+                messages[*message].push_str(&format!("{filler} {} and ", PLANTED[*value].1));
+            }
+            let c = classify(&messages, &Declared::default(), &p);
+            let d = decide(&RequestFacts::default(), &c, &p);
+            let Outcome::Route { route, fallbacks, .. } = &d.outcome else { return Ok(()) };
+            for name in std::iter::once(route).chain(fallbacks) {
+                let r = p.route(name).unwrap();
+                let sent = redact_for(&messages, &c.found, &r.allowed_classes).map_or(messages.clone(), |x| x.texts);
+                for (i, (_, value)) in PLANTED.iter().enumerate() {
+                    let class: DataClass = CLASSES[classes[i]].parse().unwrap();
+                    if !r.allowed_classes.contains(&class) {
+                        prop_assert!(
+                            !sent.iter().any(|t| t.contains(value)),
+                            "{name} ({:?}) was sent {value} ({class:?}): {sent:?}", r.allowed_classes
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

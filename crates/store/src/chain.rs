@@ -191,11 +191,16 @@ impl Store {
     /// Chain entries matching `filter`, oldest first.
     pub async fn chain(&self, filter: &ChainFilter) -> Result<Vec<ChainEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM audit_chain WHERE created_ms >= $1 AND ($2 IS NULL OR object LIKE $2) \
+            "SELECT * FROM audit_chain WHERE created_ms >= $1 AND ($2 IS NULL OR object LIKE $2 ESCAPE '\\') \
              AND ($3 IS NULL OR actor = $3) ORDER BY id LIMIT $4",
         )
         .bind(filter.since_ms)
-        .bind(filter.object.as_ref().map(|o| format!("{o}%")))
+        .bind(
+            filter
+                .object
+                .as_ref()
+                .map(|o| format!("{}%", o.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))),
+        )
         .bind(filter.actor.clone())
         .bind(i64::from(filter.limit.unwrap_or(u32::MAX)))
         .fetch_all(&self.pool)

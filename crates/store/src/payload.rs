@@ -19,15 +19,6 @@ use sqlx::Row;
 
 use crate::{Store, StoreError};
 
-/// How a payload is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Keep {
-    None,
-    Redacted,
-    Encrypted,
-}
-
 /// One stored payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PayloadRecord {
@@ -172,7 +163,7 @@ impl Store {
     }
 
     /// Deletes, as of `now_ms`: payloads past their expiry; shadow copies
-    /// older than `shadow_ms`; resolved handoffs older than `handoff_ms`
+    /// older than `shadow_ms`; handoffs resolved more than `handoff_ms` ago
     /// (an open one waits for its person whatever its age). `None`: kept.
     pub async fn purge(
         &self,
@@ -195,7 +186,7 @@ impl Store {
             None => 0,
         };
         let handoffs = match handoff_ms {
-            Some(age) => sqlx::query("DELETE FROM handoffs WHERE status <> 'open' AND created_ms <= $1")
+            Some(age) => sqlx::query("DELETE FROM handoffs WHERE status <> 'open' AND resolved_ms <= $1")
                 .bind(now_ms - age)
                 .execute(&mut *tx)
                 .await?

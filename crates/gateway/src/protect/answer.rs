@@ -21,7 +21,9 @@ use switchyard_router::detect::{Guard, Placeholders, Restorer};
 use switchyard_router::Policy;
 use switchyard_wire::sse::SseDecoder;
 
-use crate::capture::CAPTURE_LIMIT;
+/// The largest JSON answer rewritten whole; a larger one breaks off with
+/// an error rather than going out unchecked.
+const JSON_LIMIT: usize = 16 << 20;
 
 /// The rewriters one answer goes through.
 pub struct Outbound {
@@ -84,7 +86,7 @@ impl Outbound {
         } else {
             let mut outbound = self;
             Body::from_stream(futures::stream::once(async move {
-                let bytes = axum::body::to_bytes(body, CAPTURE_LIMIT).await?;
+                let bytes = axum::body::to_bytes(body, JSON_LIMIT).await?;
                 Ok::<_, axum::Error>(outbound.rewrite_json(bytes))
             }))
         };

@@ -11,8 +11,8 @@ use std::borrow::Cow;
 
 use std::sync::OnceLock;
 
-use switchyard_router::detect::{Detectors, Finding, Placeholders};
-use switchyard_router::protect::{Found, Keep, ProtectAction};
+use switchyard_router::detect::{Detectors, Placeholders};
+use switchyard_router::protect::{redact_for, Found, Keep, ProtectAction};
 use switchyard_router::{Decision, Policy, Route};
 use switchyard_store::payload::PayloadRecord;
 use switchyard_wire::MessageContent;
@@ -94,28 +94,21 @@ pub struct Prepared<'a> {
 /// The request as `route` may receive it: findings the policy redacts,
 /// of a class the route may not receive, replaced by placeholders.
 pub fn for_route<'a>(req: &'a ChatRequest, decision: &Decision, policy: &Policy, route: &Route) -> Prepared<'a> {
-    let redact: Vec<&Found> = decision
-        .found
-        .iter()
-        .filter(|f| f.action == Some(ProtectAction::Redact) && !route.allowed_classes.contains(&f.class))
-        .collect();
-    if redact.is_empty() {
+    let texts: Vec<String> = req.params.messages.iter().map(|(_, text)| text.clone()).collect();
+    let Some(redacted) = redact_for(&texts, &decision.found, &route.allowed_classes) else {
         return Prepared { req: Cow::Borrowed(req), redacted: 0, restore: None };
-    }
-    let mut placeholders = Placeholders::default();
+    };
     let mut sent = req.clone();
-    for (i, (_, text)) in sent.params.messages.iter_mut().enumerate() {
-        let findings: Vec<Finding> = redact.iter().filter(|f| f.message == i).map(|f| f.finding.clone()).collect();
-        if findings.is_empty() {
-            continue;
-        }
-        *text = placeholders.redact(text, &findings);
-        if let Some(m) = sent.body.messages.get_mut(i) {
-            m.content = Some(MessageContent::Text(text.clone()));
+    for (i, ((_, text), new)) in sent.params.messages.iter_mut().zip(redacted.texts).enumerate() {
+        if *text != new {
+            *text = new;
+            if let Some(m) = sent.body.messages.get_mut(i) {
+                m.content = Some(MessageContent::Text(text.clone()));
+            }
         }
     }
-    let restore = policy.protect.as_ref().is_some_and(|p| redact.iter().any(|f| p.restores(f.class)));
-    Prepared { req: Cow::Owned(sent), redacted: redact.len(), restore: restore.then_some(placeholders) }
+    let restore = policy.protect.as_ref().is_some_and(|p| redacted.classes.iter().any(|c| p.restores(*c)));
+    Prepared { req: Cow::Owned(sent), redacted: redacted.count, restore: restore.then_some(redacted.placeholders) }
 }
 
 /// Keeps the request's payload where the policy says (by the route that
@@ -126,6 +119,9 @@ pub fn keep_payload(state: &AppState, policy: &Policy, req: &ChatRequest, decisi
     let (Some(protect), Some(recorder)) = (&policy.protect, &state.recorder) else { return };
     let Some(rule) = protect.payload_rule(route, decision.data_class) else { return };
     let redact = rule.keep == Keep::Redacted;
+    // One set of placeholders for the request: `[EMAIL_1]` is one address
+    // in every message.
+    let mut placeholders = Placeholders::default();
     let messages: Vec<serde_json::Value> = req
         .params
         .messages
@@ -134,7 +130,7 @@ pub fn keep_payload(state: &AppState, policy: &Policy, req: &ChatRequest, decisi
             let text = if redact {
                 static ALL: OnceLock<Detectors> = OnceLock::new();
                 let all = ALL.get_or_init(Detectors::all);
-                Placeholders::default().redact(text, &all.scan(text))
+                placeholders.redact(text, &all.scan(text))
             } else {
                 text.clone()
             };
