@@ -189,10 +189,12 @@ async fn replay(policy: &Policy, id: &str, key_file: Option<&Path>, at: &crate::
     })?;
     let text = match kept.kind.as_str() {
         "encrypted" => {
-            let path = key_file.context("this payload is encrypted: give the keys with --payload-key-file")?;
-            let keys = switchyard_store::payload::PayloadKeys::parse(
-                &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-            )?;
+            let keys = switchyard_gateway::read_payload_keys(key_file)?.with_context(|| {
+                format!(
+                    "this payload is encrypted: give the keys with --payload-key-file or {}",
+                    switchyard_gateway::PAYLOAD_KEYS_ENV
+                )
+            })?;
             String::from_utf8(keys.open(&kept)?)?
         }
         _ => kept.body.clone(),

@@ -70,7 +70,12 @@ async fn encrypted_payloads_replay_with_the_key_and_only_with_it() {
     let explain = |extra: &[&str]| {
         let mut args = vec!["route", "explain", "--policy", policy, "--request-id", &id, "--data-dir", data];
         args.extend_from_slice(extra);
-        Command::new(BIN).args(&args).env_remove("SWITCHYARD_PAYLOAD_KEY_FILE").output().unwrap()
+        Command::new(BIN)
+            .args(&args)
+            .env_remove("SWITCHYARD_PAYLOAD_KEY_FILE")
+            .env_remove("SWITCHYARD_PAYLOAD_KEYS")
+            .output()
+            .unwrap()
     };
     let replayed = explain(&["--payload-key-file", keys]);
     assert!(replayed.status.success(), "{}", text(&replayed.stderr));
@@ -81,6 +86,16 @@ async fn encrypted_payloads_replay_with_the_key_and_only_with_it() {
         "{}",
         text(&replayed.stderr)
     );
+
+    // The keys themselves from the environment, instead of a file.
+    let args = ["route", "explain", "--policy", policy, "--request-id", &id, "--data-dir", data];
+    let from_env = Command::new(BIN)
+        .args(args)
+        .env_remove("SWITCHYARD_PAYLOAD_KEY_FILE")
+        .env("SWITCHYARD_PAYLOAD_KEYS", format!("# rotated\nk0 {};k1 {}", "ef".repeat(32), "ab".repeat(32)))
+        .output()
+        .unwrap();
+    assert!(from_env.status.success(), "{}", text(&from_env.stderr));
 
     let without = explain(&[]);
     assert!(!without.status.success() && text(&without.stderr).contains("--payload-key-file"));

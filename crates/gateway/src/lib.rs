@@ -298,23 +298,42 @@ pub async fn serve(
     Ok(())
 }
 
+/// The environment variable that may hold the payload keys themselves
+/// (the key file's format, lines or `;`-separated), for deployments that
+/// pass secrets by environment; `payload-key-file` wins when both are set.
+pub const PAYLOAD_KEYS_ENV: &str = "SWITCHYARD_PAYLOAD_KEYS";
+
+/// The payload keys from `file`, else from [`PAYLOAD_KEYS_ENV`]; `None`
+/// when neither is set. Errors name the setting, never a key.
+pub fn read_payload_keys(
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<switchyard_store::payload::PayloadKeys>> {
+    use switchyard_store::payload::PayloadKeys;
+    if let Some(path) = file {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("`payload-key-file` {}: {e}", path.display()))?;
+        let keys =
+            PayloadKeys::parse(&text).map_err(|e| anyhow::anyhow!("`payload-key-file` {}: {e}", path.display()))?;
+        return Ok(Some(keys));
+    }
+    match std::env::var(PAYLOAD_KEYS_ENV) {
+        Ok(text) => Ok(Some(
+            PayloadKeys::parse(&text.replace(';', "\n")).map_err(|e| anyhow::anyhow!("{PAYLOAD_KEYS_ENV}: {e}"))?,
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
 /// The payload keys, read at start; a policy that keeps encrypted payloads
 /// without them is a start-up error naming the setting.
 pub fn payload_keys(
     cfg: &ServeConfig,
     policy: Option<&switchyard_router::Policy>,
 ) -> anyhow::Result<Option<Arc<switchyard_store::payload::PayloadKeys>>> {
-    let keys = match &cfg.payload_key_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("`payload-key-file` {}: {e}", path.display()))?;
-            let keys = switchyard_store::payload::PayloadKeys::parse(&text)
-                .map_err(|e| anyhow::anyhow!("`payload-key-file` {}: {e}", path.display()))?;
-            tracing::info!(key_id = %keys.current_id(), "payload key loaded");
-            Some(Arc::new(keys))
-        }
-        None => None,
-    };
+    let keys = read_payload_keys(cfg.payload_key_file.as_deref())?.map(Arc::new);
+    if let Some(k) = &keys {
+        tracing::info!(key_id = %k.current_id(), "payload key loaded");
+    }
     let encrypts = policy
         .and_then(|p| p.protect.as_ref())
         .is_some_and(|p| p.payloads.iter().any(|rule| rule.keep == switchyard_router::protect::Keep::Encrypted));
@@ -322,7 +341,7 @@ pub fn payload_keys(
         anyhow::bail!(
             "`payload-key-file`: the policy keeps encrypted payloads ([[protect.payloads]] keep = \"encrypted\") but no key \
              is set; give a file with one key of 64 hex digits per line (e.g. from `openssl rand -hex 32`) with \
-             --payload-key-file or SWITCHYARD_PAYLOAD_KEY_FILE"
+             --payload-key-file (or SWITCHYARD_PAYLOAD_KEY_FILE), or the keys themselves in SWITCHYARD_PAYLOAD_KEYS"
         );
     }
     Ok(keys)
