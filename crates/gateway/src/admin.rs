@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
-use switchyard_store::{Limits, ResolveError, Store};
+use switchyard_store::{Limits, ResolveError, Store, TenantProtect};
 use switchyard_wire::HandoffStatus;
 
 use crate::audit;
@@ -328,6 +328,44 @@ pub async fn put_tenant(
             let limits = serde_json::to_string(&tenant.limits).map_err(store_error)?;
             tracing::info!(tenant = %name, %limits, "tenant limits set");
             audit::done(&state, &caller, "tenants.put", format!("tenant {name} limits {limits}"));
+            Ok(tenant)
+        }
+        .await,
+    )
+}
+
+/// `PUT /admin/tenants/{name}/protect` with a tenant's own data
+/// protection (`{"custom": [...], "payload_retention_days": N}`), replacing
+/// any before; in force on every replica within a second.
+pub async fn put_tenant_protect(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Result<Json<TenantProtect>, JsonRejection>,
+) -> Response {
+    reply(
+        async {
+            caller.require(Permission::ManageTenants, "manage tenants")?;
+            let Json(protect) = body.map_err(|e| {
+                ApiError::invalid(
+                    None,
+                    format!(
+                        "expected {{\"custom\": [{{\"name\", \"class\", \"patterns\", \"keywords\"}}], \"payload_retention_days\": N}}: {}",
+                        e.body_text()
+                    ),
+                )
+                .with_code("invalid_value")
+            })?;
+            crate::auth::TenantProtection::check(&protect).map_err(|e| e.with_code("invalid_value"))?;
+            let store = store(&state).await?;
+            let after = Some(audit::state_hash(&protect));
+            let reason = format!("{} lists, payload retention {:?} days", protect.custom.len(), protect.payload_retention_days);
+            audit::changing(store, &(&caller).into(), format!("tenant:{name}:protect"), "put", after, reason).await?;
+            let tenant =
+                store.put_tenant_protect(&name, &protect, switchyard_wire::unix_ms()).await.map_err(store_error)?;
+            reload_keys(&state).await?;
+            tracing::info!(tenant = %name, lists = protect.custom.len(), "tenant data protection set");
+            audit::done(&state, &caller, "tenants.protect", format!("tenant {name}"));
             Ok(tenant)
         }
         .await,

@@ -23,8 +23,10 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use switchyard_auth::{Permission, Role};
+use switchyard_router::detect::Custom;
+use switchyard_router::protect::TenantLists;
 use switchyard_router::{DataClass, Lane};
-use switchyard_store::{KeyRecord, Limits, Store};
+use switchyard_store::{KeyRecord, Limits, Store, TenantProtect};
 
 use crate::audit::Actor;
 use crate::error::ApiError;
@@ -47,6 +49,45 @@ pub struct Principal {
     pub limits: Limits,
     /// The tenant's limits, shared by all its keys.
     pub tenant_limits: Limits,
+    /// The tenant's own data protection, if it has any.
+    pub tenant_protect: Option<Arc<TenantProtection>>,
+}
+
+/// A tenant's own data protection, ready to use.
+#[derive(Debug, PartialEq)]
+pub struct TenantProtection {
+    pub lists: Option<TenantLists>,
+    pub payload_retention_days: Option<f64>,
+}
+
+impl TenantProtection {
+    fn compile(p: &TenantProtect) -> Result<Option<Self>, switchyard_router::PolicyError> {
+        if p.custom.is_empty() && p.payload_retention_days.is_none() {
+            return Ok(None);
+        }
+        let lists: Vec<(Custom, String)> = p
+            .custom
+            .iter()
+            .map(|l| {
+                let custom =
+                    Custom { name: l.name.clone(), patterns: l.patterns.clone(), keywords: l.keywords.clone() };
+                (custom, l.class.clone())
+            })
+            .collect();
+        let lists = if lists.is_empty() { None } else { Some(TenantLists::compile(&lists)?) };
+        Ok(Some(Self { lists, payload_retention_days: p.payload_retention_days }))
+    }
+
+    /// Checks what a caller asks to set: the first fault, naming its field.
+    pub fn check(p: &TenantProtect) -> Result<(), ApiError> {
+        if p.payload_retention_days.is_some_and(|d| d.is_nan() || d <= 0.0) {
+            return Err(ApiError::invalid(Some("payload_retention_days".into()), "must be more than 0"));
+        }
+        Self::compile(p).map(|_| ()).map_err(|e| match e {
+            switchyard_router::PolicyError::Invalid { key, message } => ApiError::invalid(Some(key), message),
+            other => ApiError::invalid(None, other.to_string()),
+        })
+    }
 }
 
 /// Who is calling.
@@ -115,6 +156,8 @@ struct Active {
     by_id: HashMap<String, KeyRecord>,
     any: bool,
     tenants: HashMap<String, Limits>,
+    /// Compiled once per version of a tenant (its `updated_ms`).
+    protection: HashMap<String, (i64, Option<Arc<TenantProtection>>)>,
 }
 
 impl Keys {
@@ -145,9 +188,22 @@ impl Keys {
         let keys = self.store.keys().await?;
         let any = !keys.is_empty();
         let by_id = keys.into_iter().filter(|k| k.revoked_ms.is_none()).map(|k| (k.id.clone(), k)).collect();
-        let tenants = self.store.tenants().await?.into_iter().map(|t| (t.name, t.limits)).collect();
+        let records = self.store.tenants().await?;
+        let before = self.snapshot();
+        let mut protection = HashMap::new();
+        for t in &records {
+            let compiled = match before.protection.get(&t.name) {
+                Some((version, p)) if *version == t.updated_ms => p.clone(),
+                _ => TenantProtection::compile(&t.protect).map(|p| p.map(Arc::new)).unwrap_or_else(|e| {
+                    tracing::warn!(tenant = %t.name, "the tenant's data protection does not compile, so none applies: {e}");
+                    None
+                }),
+            };
+            protection.insert(t.name.clone(), (t.updated_ms, compiled));
+        }
+        let tenants = records.into_iter().map(|t| (t.name, t.limits)).collect();
         *self.active.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Arc::new(Active { by_id, any, tenants });
+            Arc::new(Active { by_id, any, tenants, protection });
         Ok(())
     }
 
@@ -176,7 +232,8 @@ impl Keys {
         let matches = switchyard_auth::verify(secret, record.map_or(NO_HASH, |k| k.hash.as_str()));
         let record = record.filter(|_| matches).ok_or_else(invalid)?;
         let tenant_limits = active.tenants.get(&record.tenant).copied().unwrap_or_default();
-        principal(record, tenant_limits).map(|p| Caller::Key(Arc::new(p)))
+        let protect = active.protection.get(&record.tenant).and_then(|(_, p)| p.clone());
+        principal(record, tenant_limits, protect).map(|p| Caller::Key(Arc::new(p)))
     }
 }
 
@@ -251,7 +308,11 @@ pub fn issue(spec: &KeySpec, now_ms: i64) -> Result<(KeyRecord, String), ApiErro
 
 /// A stored key's attributes, typed. A stored value this build does not
 /// know (a role from a newer version) refuses the key rather than guess.
-fn principal(k: &KeyRecord, tenant_limits: Limits) -> Result<Principal, ApiError> {
+fn principal(
+    k: &KeyRecord,
+    tenant_limits: Limits,
+    tenant_protect: Option<Arc<TenantProtection>>,
+) -> Result<Principal, ApiError> {
     let bad = |what: &str| ApiError::internal(format!("stored key {} has an unknown {what}", k.id));
     Ok(Principal {
         key_id: k.id.clone(),
@@ -268,6 +329,7 @@ fn principal(k: &KeyRecord, tenant_limits: Limits) -> Result<Principal, ApiError
         families: k.families.clone(),
         limits: k.limits,
         tenant_limits,
+        tenant_protect,
     })
 }
 

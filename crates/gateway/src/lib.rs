@@ -144,6 +144,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
         .route("/admin/tenants", get(admin::tenants))
         .route("/admin/tenants/{name}", axum::routing::put(admin::put_tenant))
+        .route("/admin/tenants/{name}/protect", axum::routing::put(admin::put_tenant_protect))
         .route("/admin/audit", get(admin::audit))
         .route("/admin/telemetry", get(admin::telemetry))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))

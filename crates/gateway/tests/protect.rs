@@ -310,3 +310,114 @@ async fn input_rules_bound_messages_and_defang_what_could_forge_a_turn() {
     assert!(!sent.contains("\\u0007") && !sent.contains("\\u001b") && !sent.contains("<|im_start|>"), "{sent}");
     assert!(sent.contains("hi[31m there\\n<\u{2060}|im_end|\u{2060}>"), "{sent}");
 }
+
+/// A tenant's own lists and retention, set through the admin API: they act
+/// on that tenant's requests only.
+#[tokio::test]
+async fn a_tenants_own_lists_and_retention_hold_for_it_alone() {
+    use switchyard_gateway::auth::{issue, KeySpec, Keys};
+
+    let seen: Seen = Arc::default();
+    let mock = Router::new().route("/v1/chat/completions", post(echo)).with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock_base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, mock).await.unwrap() });
+    let policy = Policy::from_toml(&format!(
+        r#"
+version = "tenants.1"
+default_route = "cloud"
+
+[[routes]]
+name = "cloud"
+backend = "upstream"
+model = "gpt-mock"
+url = "{mock_base}/v1"
+allowed_classes = ["public", "internal", "regulated"]
+
+[protect]
+actions = {{ regulated = {{ action = "block" }} }}
+
+[[protect.payloads]]
+keep = "redacted"
+retention_days = 10
+"#
+    ))
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let store = switchyard_store::Store::open(&data.path().join("t.db")).await.unwrap();
+    let mut keys = Vec::new();
+    for (tenant, role) in [("ops", "admin"), ("acme", "tenant"), ("globex", "tenant")] {
+        let spec = KeySpec { tenant: tenant.into(), role: role.into(), ..Default::default() };
+        let (record, key) = issue(&spec, 1).unwrap();
+        store.create_key(&record).await.unwrap();
+        keys.push(key);
+    }
+    let state = AppState::new(vec![])
+        .with_policy(policy, Prices::default(), RoutingOptions::default())
+        .unwrap()
+        .with_store(store.clone())
+        .with_keys(Keys::load(store.clone()).await.unwrap());
+    let state = Arc::new(state);
+    let base = serve(state.clone()).await;
+    let http = reqwest::Client::new();
+    let put = |key: &str, body: Value| {
+        http.put(format!("{base}/admin/tenants/acme/protect")).bearer_auth(key).json(&body).send()
+    };
+    let bad =
+        put(&keys[0], json!({"custom": [{"name": "falcon", "class": "secret", "keywords": ["x"]}]})).await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json::<Value>().await.unwrap()["error"]["param"], "custom[0].class");
+    let denied = put(&keys[1], json!({})).await.unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN, "a tenant key does not set its own rules");
+    let set = put(
+        &keys[0],
+        json!({"custom": [{"name": "falcon", "class": "regulated", "keywords": ["Project Falcon"]}], "payload_retention_days": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(set.status(), StatusCode::OK, "{}", set.text().await.unwrap());
+
+    let ask = |key: &str| {
+        http.post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "How is project falcon going?"}]}))
+            .send()
+    };
+    let acme = ask(&keys[1]).await.unwrap();
+    assert_eq!(acme.status(), StatusCode::BAD_REQUEST);
+    let error = acme.json::<Value>().await.unwrap();
+    assert_eq!(error["error"]["code"], "sensitive_data");
+    assert!(error["error"]["message"].as_str().unwrap().contains("falcon (regulated)"), "{error}");
+    let globex = ask(&keys[2]).await.unwrap();
+    assert_eq!(globex.status(), StatusCode::OK, "another tenant's lists do not apply");
+    let globex_id = globex.headers()["x-switchyard-request-id"].to_str().unwrap().to_string();
+
+    // acme's payloads expire after its own day, globex's after the policy's ten.
+    let fine = ask_plain(&http, &base, &keys[1]).await;
+    state.recorder.as_ref().unwrap().flush().await;
+    let day = 86_400_000;
+    let acme_kept = store.payload(&fine).await.unwrap().unwrap();
+    let globex_kept = store.payload(&globex_id).await.unwrap().unwrap();
+    assert!((acme_kept.expires_ms - acme_kept.created_ms - day).abs() < 1_000, "{acme_kept:?}");
+    assert!((globex_kept.expires_ms - globex_kept.created_ms - 10 * day).abs() < 1_000, "{globex_kept:?}");
+    let chain = store
+        .chain(&switchyard_store::chain::ChainFilter {
+            object: Some("tenant:acme:protect".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(chain.len(), 1, "the change is in the audit chain");
+}
+
+async fn ask_plain(http: &reqwest::Client, base: &str, key: &str) -> String {
+    let resp = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.headers()["x-switchyard-request-id"].to_str().unwrap().to_string()
+}

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 use crate::features::Features;
 use crate::policy::{DataClass, Policy};
-use crate::protect::{summarize, Detected, Found, ProtectAction};
+use crate::protect::{summarize, Detected, Found, ProtectAction, TenantLists};
 
 /// What the caller asserted about a request (by header or API key).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -42,8 +42,34 @@ pub struct Classification {
 
 /// Classifies a prompt (every message's text) under `policy`.
 pub fn classify(messages: &[String], declared: &Declared, policy: &Policy) -> Classification {
+    classify_with(messages, declared, policy, None)
+}
+
+/// [`classify`], with a tenant's own detectors scanned beside the policy's.
+pub fn classify_with(
+    messages: &[String],
+    declared: &Declared,
+    policy: &Policy,
+    tenant: Option<&TenantLists>,
+) -> Classification {
     let matches = |patterns: &[regex::Regex]| messages.iter().any(|m| patterns.iter().any(|p| p.is_match(m)));
-    let found = policy.protect.as_ref().map(|p| p.inspect(messages)).unwrap_or_default();
+    let mut found = policy.protect.as_ref().map(|p| p.inspect(messages)).unwrap_or_default();
+    if let Some(t) = tenant {
+        // Where a tenant's finding overlaps the policy's, the policy's stands.
+        let own: Vec<Found> = t
+            .inspect(policy.protect.as_deref(), messages)
+            .into_iter()
+            .filter(|o| {
+                !found.iter().any(|f| {
+                    f.message == o.message
+                        && f.finding.range.start < o.finding.range.end
+                        && o.finding.range.start < f.finding.range.end
+                })
+            })
+            .collect();
+        found.extend(own);
+        found.sort_by_key(|f| (f.message, f.finding.range.start));
+    }
     // A finding to be redacted does not raise the class: the routes that
     // may not receive its class never see it.
     let protected = found.iter().filter(|f| f.action != Some(ProtectAction::Redact)).map(|f| f.class).max();

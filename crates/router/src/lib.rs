@@ -23,7 +23,7 @@ mod prices;
 pub mod protect;
 
 pub use calibrate::Calibration;
-pub use classify::{classify, Classification, Declared};
+pub use classify::{classify, classify_with, Classification, Declared};
 pub use confidence::{Confidence, Signal, CONFIDENCE_WINDOW};
 pub use decide::{decide, decide_forced, CascadePlan, Decision, Outcome, RequestFacts};
 pub use features::{DifficultyModel, Features};

@@ -355,15 +355,7 @@ impl Protect {
 
     /// Every finding in the prompt's messages.
     pub fn inspect(&self, messages: &[String]) -> Vec<Found> {
-        let mut found = Vec::new();
-        for (message, text) in messages.iter().enumerate() {
-            for finding in self.detectors.scan(text) {
-                let Some(class) = self.class_of.get(finding.detector.as_ref()).copied() else { continue };
-                let action = self.actions.get(&class).map(|a| a.action);
-                found.push(Found { message, finding, class, action });
-            }
-        }
-        found
+        inspect(&self.detectors, &self.class_of, &self.actions, messages)
     }
 
     /// How the payload of a request of `class` answered by `route` is kept.
@@ -418,6 +410,81 @@ pub struct Redacted {
     pub count: usize,
     /// Their classes (one per finding).
     pub classes: Vec<DataClass>,
+}
+
+fn inspect(
+    detectors: &Detectors,
+    class_of: &BTreeMap<String, DataClass>,
+    actions: &BTreeMap<DataClass, ClassAction>,
+    messages: &[String],
+) -> Vec<Found> {
+    let mut found = Vec::new();
+    for (message, text) in messages.iter().enumerate() {
+        for finding in detectors.scan(text) {
+            let Some(class) = class_of.get(finding.detector.as_ref()).copied() else { continue };
+            let action = actions.get(&class).map(|a| a.action);
+            found.push(Found { message, finding, class, action });
+        }
+    }
+    found
+}
+
+/// A tenant's own detectors, compiled: scanned on that tenant's requests
+/// beside the policy's, their findings acted on by the policy's actions
+/// for their class (or, without a `[protect]` section, raising the class).
+pub struct TenantLists {
+    detectors: Detectors,
+    class_of: BTreeMap<String, DataClass>,
+    /// What it was compiled from, to tell two copies apart.
+    source: String,
+}
+
+impl std::fmt::Debug for TenantLists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantLists").field("classes", &self.class_of).finish()
+    }
+}
+
+impl PartialEq for TenantLists {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl TenantLists {
+    /// `lists`: each detector and the class its findings put a prompt in.
+    /// Errors name the list by its index and field.
+    pub fn compile(lists: &[(Custom, String)]) -> Result<Self, PolicyError> {
+        let mut class_of = BTreeMap::new();
+        let mut custom = Vec::new();
+        for (i, (c, class)) in lists.iter().enumerate() {
+            let key = format!("custom[{i}]");
+            let word = !c.name.is_empty() && c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+            if !word || detect::expand(&c.name).is_some() || class_of.contains_key(&c.name) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    "name it with letters, digits and _, once, and not after a built-in detector or group",
+                ));
+            }
+            if c.patterns.is_empty() && c.keywords.is_empty() {
+                return Err(invalid(key, "give `patterns` or `keywords`"));
+            }
+            let class: DataClass = class.to_ascii_lowercase().parse().map_err(|_| {
+                invalid(format!("{key}.class"), format!("`{class}` is not public, internal or regulated"))
+            })?;
+            class_of.insert(c.name.clone(), class);
+            custom.push(c.clone());
+        }
+        let detectors = Detectors::new([], &custom).map_err(|e| invalid("custom", e.to_string()))?;
+        let source = format!("{lists:?}");
+        Ok(Self { detectors, class_of, source })
+    }
+
+    /// The tenant's findings, acted on by `protect`'s actions if any.
+    pub fn inspect(&self, protect: Option<&Protect>, messages: &[String]) -> Vec<Found> {
+        let none = BTreeMap::new();
+        inspect(&self.detectors, &self.class_of, protect.map_or(&none, |p| &p.actions), messages)
+    }
 }
 
 /// Findings summed by detector, for the record.

@@ -286,6 +286,34 @@ pub struct TenantRecord {
     pub updated_ms: i64,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub protect: TenantProtect,
+}
+
+/// A tenant's own data protection, on top of the policy's `[protect]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantProtect {
+    /// Detectors of the tenant's own, scanned on its requests only.
+    #[serde(default)]
+    pub custom: Vec<TenantList>,
+    /// Its kept payloads are deleted after at most this many days, even
+    /// where the policy keeps them longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_retention_days: Option<f64>,
+}
+
+/// One of a tenant's detectors: as a policy's `[[protect.custom]]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantList {
+    pub name: String,
+    /// `public`, `internal` or `regulated`.
+    pub class: String,
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    #[serde(default)]
+    pub keywords: Vec<String>,
 }
 
 /// One line of the audit trail.
@@ -607,6 +635,21 @@ impl Store {
              RETURNING *",
         );
         rows::tenant(&q.bind(name).bind(now_ms).bind(serde_json::to_string(limits)?).fetch_one(&self.pool).await?)
+    }
+
+    /// Sets a tenant's own data protection (replacing any before).
+    pub async fn put_tenant_protect(
+        &self,
+        name: &str,
+        protect: &TenantProtect,
+        now_ms: i64,
+    ) -> Result<TenantRecord, StoreError> {
+        let q = sqlx::query(
+            "INSERT INTO tenants (name, created_ms, updated_ms, protect) VALUES ($1, $2, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET protect = excluded.protect, updated_ms = excluded.updated_ms
+             RETURNING *",
+        );
+        rows::tenant(&q.bind(name).bind(now_ms).bind(serde_json::to_string(protect)?).fetch_one(&self.pool).await?)
     }
 
     pub async fn record_audit(&self, a: &AuditRecord) -> Result<(), StoreError> {

@@ -158,6 +158,7 @@ pub fn tenant(row: &AnyRow) -> Result<TenantRecord, StoreError> {
         created_ms: int(row, "created_ms")?,
         updated_ms: int(row, "updated_ms")?,
         limits: json(row, "limits")?,
+        protect: json(row, "protect")?,
     })
 }
 

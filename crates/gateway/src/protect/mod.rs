@@ -115,9 +115,18 @@ pub fn for_route<'a>(req: &'a ChatRequest, decision: &Decision, policy: &Policy,
 /// answered and the data class), queued without waiting: redacted by every
 /// built-in detector, or sealed with the payload key. What [`replay`]
 /// needs comes with it: the lane, family and class the decision saw.
-pub fn keep_payload(state: &AppState, policy: &Policy, req: &ChatRequest, decision: &Decision, route: &str) {
+/// A tenant's own retention shortens the policy's, never lengthens it.
+pub fn keep_payload(
+    state: &AppState,
+    policy: &Policy,
+    req: &ChatRequest,
+    decision: &Decision,
+    route: &str,
+    tenant_days: Option<f64>,
+) {
     let (Some(protect), Some(recorder)) = (&policy.protect, &state.recorder) else { return };
     let Some(rule) = protect.payload_rule(route, decision.data_class) else { return };
+    let days = tenant_days.map_or(rule.retention_days, |t| t.min(rule.retention_days));
     let redact = rule.keep == Keep::Redacted;
     // One set of placeholders for the request: `[EMAIL_1]` is one address
     // in every message.
@@ -154,7 +163,7 @@ pub fn keep_payload(state: &AppState, policy: &Policy, req: &ChatRequest, decisi
         key_id: None,
         nonce: None,
         body: payload,
-        expires_ms: created_ms + (rule.retention_days * 86_400_000.0) as i64,
+        expires_ms: created_ms + (days * 86_400_000.0) as i64,
     };
     if !redact {
         // Checked at start: a policy that keeps encrypted payloads needs a key.

@@ -8,7 +8,7 @@
 
 use axum::http::{HeaderMap, StatusCode};
 use switchyard_auth::Permission;
-use switchyard_router::{classify, decide, decide_forced, DataClass, Decision, Declared, Lane, RequestFacts};
+use switchyard_router::{classify_with, decide, decide_forced, DataClass, Decision, Declared, Lane, RequestFacts};
 
 use super::Routing;
 use crate::auth::{forbidden, Caller};
@@ -64,7 +64,8 @@ impl Routing {
         let facts = RequestFacts { lane };
         let messages: Vec<String> = req.params.messages.iter().map(|(_, text)| text.clone()).collect();
         let span = req.trace.child("classify");
-        let classification = classify(&messages, &declared, &self.policy);
+        let tenant = key.and_then(|k| k.tenant_protect.as_deref()).and_then(|p| p.lists.as_ref());
+        let classification = classify_with(&messages, &declared, &self.policy, tenant);
         span.end();
         if let Some(e) = crate::protect::blocked(&classification.found) {
             return Err(e);

@@ -194,7 +194,11 @@ impl Routing {
         let ending = record::Ending::of(&req.id, caller.tenant(), &result);
         let span = req.trace.child("record");
         self.record(state, &req, &decision, &run, &ending).await;
-        crate::protect::keep_payload(state, &self.policy, &req, &decision, &ending.route);
+        let tenant_days = match caller {
+            Caller::Key(k) => k.tenant_protect.as_ref().and_then(|p| p.payload_retention_days),
+            Caller::Open => None,
+        };
+        crate::protect::keep_payload(state, &self.policy, &req, &decision, &ending.route, tenant_days);
         span.end();
         let resp = result.map_or_else(IntoResponse::into_response, |(resp, _)| resp);
         let resp = self.after_sent(resp, &ending, shadow);
