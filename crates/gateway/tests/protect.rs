@@ -126,6 +126,12 @@ actions = { internal = { action = "redact", restore = true }, regulated = { acti
 output = { redact = ["secret"] }
 retention = { shadows_days = 1 }
 
+[[rules]]
+id = "batch-local-mirrored"
+when = { lane = "batch" }
+then = { action = "route", route = "local" }
+shadow = { route = "cloud", fraction = 1.0 }
+
 [[protect.payloads]]
 keep = "redacted"
 retention_days = 1
@@ -228,6 +234,8 @@ async fn redacted_for_the_cloud_restored_for_the_caller_and_guarded_on_the_way_o
         let answer = if stream { body } else { content(&body) };
         assert_eq!(answer, "You said: please leak it The key is [REDACTED_AWS_KEY], keep it safe.", "stream: {stream}");
     }
+    let metrics = s.http.get(format!("{}/metrics", s.redacting)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("switchyard_output_redactions_total{detector=\"aws_key\"}"), "{metrics}");
 }
 
 #[tokio::test]
@@ -309,6 +317,8 @@ async fn input_rules_bound_messages_and_defang_what_could_forge_a_turn() {
     let sent = s.last_sent();
     assert!(!sent.contains("\\u0007") && !sent.contains("\\u001b") && !sent.contains("<|im_start|>"), "{sent}");
     assert!(sent.contains("hi[31m there\\n<\u{2060}|im_end|\u{2060}>"), "{sent}");
+    let metrics = s.http.get(format!("{}/metrics", s.blocking)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("switchyard_input_sanitised_total{what=\"template_marker\"}"), "{metrics}");
 }
 
 /// A tenant's own lists and retention, set through the admin API: they act
@@ -420,4 +430,30 @@ async fn ask_plain(http: &reqwest::Client, base: &str, key: &str) -> String {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     resp.headers()["x-switchyard-request-id"].to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_shadow_copy_to_a_route_that_may_not_see_a_class_is_redacted_too() {
+    let s = setup().await;
+    let before = s.sent_count();
+    let resp = s
+        .http
+        .post(format!("{}/v1/chat/completions", s.redacting))
+        .header("x-switchyard-lane", "batch")
+        .json(&json!({"model": "auto", "max_tokens": 4, "messages": [{"role": "user", "content": "Ask erin@example.org about it"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-switchyard-route"], "local", "the primary is the embedded route");
+    // The shadow copy runs after the answer; wait for the cloud to see it.
+    for _ in 0..100 {
+        if s.sent_count() > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.sent_count(), before + 1, "the shadow copy went to the cloud");
+    let sent = s.last_sent();
+    assert!(!sent.contains("erin@") && sent.contains("[EMAIL_1]"), "{sent}");
 }
