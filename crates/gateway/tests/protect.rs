@@ -11,10 +11,12 @@ use axum::routing::post;
 use axum::{Json, Router};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use switchyard_engine::{Engine, EngineSettings};
 use switchyard_gateway::routing::RoutingOptions;
 use switchyard_gateway::{router, AppState};
 use switchyard_router::{Policy, Prices};
+
+#[path = "common/loopback.rs"]
+mod loopback;
 
 /// Every body the mock upstream received.
 type Seen = Arc<Mutex<Vec<Value>>>;
@@ -90,30 +92,14 @@ struct Setup {
 }
 
 async fn serve(state: Arc<AppState>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = router(state, 1 << 20);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    base
+    loopback::serve(router(state, 1 << 20)).await
 }
 
 async fn setup() -> Setup {
     let seen: Seen = Arc::default();
     let mock = Router::new().route("/v1/chat/completions", post(echo)).with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mock_base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, mock).await.unwrap() });
-    let path = tokio::task::spawn_blocking(|| {
-        switchyard_models::ModelSpec::parse("smollm2-135m")
-            .unwrap()
-            .ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet)
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let settings = EngineSettings { threads: 2, ctx_size: 2048, parallel: 2, ..Default::default() };
-    let engine =
-        tokio::task::spawn_blocking(move || Engine::load("smollm2-135m", &path, settings).unwrap()).await.unwrap();
+    let mock_base = loopback::serve(mock).await;
+    let engine = loopback::smollm2().await;
     let data = tempfile::tempdir().unwrap();
     let engines = AppState::new(vec![engine]).engines;
     let mut bases = Vec::new();
@@ -329,9 +315,7 @@ async fn a_tenants_own_lists_and_retention_hold_for_it_alone() {
 
     let seen: Seen = Arc::default();
     let mock = Router::new().route("/v1/chat/completions", post(echo)).with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mock_base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, mock).await.unwrap() });
+    let mock_base = loopback::serve(mock).await;
     let policy = Policy::from_toml(&format!(
         r#"
 version = "tenants.1"

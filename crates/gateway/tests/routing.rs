@@ -16,10 +16,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use switchyard_engine::{Engine, EngineSettings};
 use switchyard_gateway::routing::RoutingOptions;
 use switchyard_gateway::{router, AppState};
 use switchyard_router::{Policy, Prices};
+
+#[path = "common/loopback.rs"]
+mod loopback;
 
 /// What the mock upstream saw: hits per mode, last model and auth header.
 #[derive(Default)]
@@ -352,21 +354,8 @@ struct Setup {
 async fn setup() -> Setup {
     let seen: Mock = Arc::default();
     let mock = Router::new().route("/{mode}/v1/chat/completions", post(mock_chat)).with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mock_base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, mock).await.unwrap() });
-
-    let path = tokio::task::spawn_blocking(|| {
-        switchyard_models::ModelSpec::parse("smollm2-135m")
-            .unwrap()
-            .ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet)
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let settings = EngineSettings { threads: 2, ctx_size: 2048, parallel: 2, ..Default::default() };
-    let engine =
-        tokio::task::spawn_blocking(move || Engine::load("smollm2-135m", &path, settings).unwrap()).await.unwrap();
+    let mock_base = loopback::serve(mock).await;
+    let engine = loopback::smollm2().await;
     // The cloud route reads its API key from this variable.
     std::env::set_var("SWITCHYARD_TEST_CLOUD_KEY", "k-123");
     // A second switchyard on loopback, serving the same model without a
