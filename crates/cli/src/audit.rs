@@ -62,8 +62,9 @@ async fn run_async(cmd: AuditCommand) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(e)?);
                     continue;
                 }
-                let short =
-                    |h: &Option<String>| h.as_deref().map_or("-".to_string(), |h| h[..h.len().min(12)].to_string());
+                // A row edited by hand may hold anything: cut by characters.
+                let cut = |h: &str| h.chars().take(12).collect::<String>();
+                let short = |h: &Option<String>| h.as_deref().map_or("-".to_string(), cut);
                 println!(
                     "{:>5} {} {:<22} {:<10} {:<24} {} -> {}  {}  [{}]",
                     e.id,
@@ -74,7 +75,7 @@ async fn run_async(cmd: AuditCommand) -> anyhow::Result<()> {
                     short(&e.change.before_sha256),
                     short(&e.change.after_sha256),
                     e.change.reason,
-                    &e.hash[..12]
+                    cut(&e.hash)
                 );
             }
             eprintln!("{} changes", entries.len());

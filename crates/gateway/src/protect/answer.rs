@@ -131,9 +131,9 @@ impl Sse {
         if data == "[DONE]" {
             let rest = self.outbound.finish();
             if let (false, Some(mut chunk)) = (rest.is_empty(), self.template.take()) {
-                if let Some(choice) = chunk.pointer_mut("/choices/0") {
-                    choice["delta"] = serde_json::json!({ "content": rest });
-                    choice["finish_reason"] = Value::Null;
+                if let Some(choice) = chunk.pointer_mut("/choices/0").and_then(Value::as_object_mut) {
+                    choice.insert("delta".into(), serde_json::json!({ "content": rest }));
+                    choice.insert("finish_reason".into(), Value::Null);
                 }
                 out.push_str(&format!("data: {chunk}\n\n"));
             }
@@ -152,8 +152,17 @@ impl Sse {
                 text.push_str(&self.outbound.finish());
             }
             if content.is_some() || !text.is_empty() {
-                if let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) {
-                    delta.insert("content".into(), Value::String(text));
+                // A finishing chunk may come without a `delta`: held text
+                // still goes out in it.
+                if let Some(choice) = choice.as_object_mut() {
+                    match choice.get_mut("delta").and_then(Value::as_object_mut) {
+                        Some(delta) => {
+                            delta.insert("content".into(), Value::String(text));
+                        }
+                        None => {
+                            choice.insert("delta".into(), serde_json::json!({ "content": text }));
+                        }
+                    }
                 }
             }
             if self.template.is_none() && !finished {
@@ -161,5 +170,39 @@ impl Sse {
             }
         }
         out.push_str(&format!("data: {chunk}\n\n"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{json, Value};
+    use switchyard_router::detect::{Finding, Placeholders};
+
+    use super::{Outbound, Sse};
+
+    /// Held text goes out with the finishing chunk even when that chunk
+    /// carries no `delta` at all, and a malformed choice is passed on.
+    #[test]
+    fn held_text_goes_out_with_a_finish_chunk_that_has_no_delta() {
+        let mut p = Placeholders::default();
+        let text = "mail bob@example.org";
+        assert_eq!(p.redact(text, &[Finding { detector: Arc::from("email"), range: 5..20 }]), "mail [EMAIL_1]");
+        let outbound = Outbound { guard: None, restorer: Some(p.restorer()) };
+        let mut sse = Sse { outbound, decoder: Default::default(), template: None };
+        let mut out = String::new();
+        sse.event(&json!({"choices": [{"index": 0, "delta": {"content": "to [EMA"}}]}).to_string(), &mut out);
+        sse.event(&json!({"choices": [{"index": 0, "finish_reason": "stop"}]}).to_string(), &mut out);
+        sse.event(&json!({"choices": ["not an object"]}).to_string(), &mut out);
+        sse.event("[DONE]", &mut out);
+        let content: String = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_string))
+            .collect();
+        assert_eq!(content, "to [EMA", "a placeholder cut short at the finish is released as it came");
+        assert!(out.ends_with("data: [DONE]\n\n") && out.contains("not an object"), "{out}");
     }
 }
