@@ -122,7 +122,7 @@ pub async fn audit(
     after: Option<String>,
     detail: String,
 ) -> anyhow::Result<()> {
-    let cli = Actor { key_id: Some("cli".into()), tenant: None };
+    let cli = Actor::named("cli".into());
     let verb = action.rsplit('.').next().unwrap_or(action);
     changing(store, &cli, object, verb, after, detail.clone()).await.map_err(|e| anyhow::anyhow!(e.message))?;
     let line = AuditRecord {

@@ -176,10 +176,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let policy = cfg.load_policy()?;
     cfg.check_database_reachable()?;
     // And keys it needs, for the same reason.
-    switchyard_gateway::payload_keys(&cfg, policy.as_ref())?;
+    let payload_keys = switchyard_gateway::payload_keys(&cfg, policy.as_ref())?;
     let engines = switchyard_gateway::load_engines(&cfg, policy.as_ref(), progress).context("loading models")?;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(switchyard_gateway::serve(cfg, policy, engines))
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(switchyard_gateway::serve(
+        cfg,
+        policy,
+        engines,
+        payload_keys,
+    ))
 }

@@ -29,6 +29,14 @@ pub struct Actor {
     pub tenant: Option<String>,
 }
 
+impl Actor {
+    /// An actor with no key: the server itself (`server:NODE`) or the
+    /// command line (`cli`).
+    pub fn named(name: String) -> Self {
+        Self { key_id: Some(name), tenant: None }
+    }
+}
+
 impl From<&Caller> for Actor {
     fn from(caller: &Caller) -> Self {
         match caller {

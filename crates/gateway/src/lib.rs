@@ -242,10 +242,12 @@ pub fn load_engines(
 }
 
 /// Binds, reports the address on stdout, and serves until SIGINT/SIGTERM.
+/// `payload_keys`: as [`payload_keys`] read them, before the models loaded.
 pub async fn serve(
     cfg: ServeConfig,
     policy: Option<switchyard_router::Policy>,
     engines: Vec<Engine>,
+    payload_keys: Option<Arc<switchyard_store::payload::PayloadKeys>>,
 ) -> anyhow::Result<()> {
     let mut state = AppState::new(engines);
     let store = cfg.open_store().await?;
@@ -278,7 +280,7 @@ pub async fn serve(
         state.traces = Some(Arc::new(observe::trace::Tracing::otlp(endpoint, &state.node, Duration::from_secs(1))));
     }
     report_lost_measurements(&store, &state.node).await;
-    state.payload_keys = payload_keys(&cfg, state.routing.as_ref().map(|r| &r.policy))?;
+    state.payload_keys = payload_keys;
     record_loads(&store, &state).await?;
     let state = Arc::new(state.with_store(store));
     purge_every(state.clone(), PURGE_EVERY);
@@ -376,7 +378,7 @@ pub async fn purge(state: &AppState, now_ms: i64) -> anyhow::Result<switchyard_s
     else {
         return Ok(Default::default());
     };
-    let days = |d: Option<f64>| d.map(|d| (d * 86_400_000.0) as i64);
+    let days = |d: Option<f64>| d.map(switchyard_router::protect::days_ms);
     let purged =
         store.purge(now_ms, days(protect.retention.shadows_days), days(protect.retention.handoffs_days)).await?;
     if purged.payloads + purged.shadows + purged.handoffs > 0 {
@@ -385,10 +387,16 @@ pub async fn purge(state: &AppState, now_ms: i64) -> anyhow::Result<switchyard_s
             purged.payloads, purged.shadows, purged.handoffs
         );
         tracing::info!("{reason}");
-        let server = audit::Actor { key_id: Some(format!("server:{}", state.node)), tenant: None };
-        audit::changing(store, &server, "retention".into(), "purge", None, reason)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        audit::changing(
+            store,
+            &audit::Actor::named(format!("server:{}", state.node)),
+            "retention".into(),
+            "purge",
+            None,
+            reason,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     }
     Ok(purged)
 }
@@ -396,7 +404,7 @@ pub async fn purge(state: &AppState, now_ms: i64) -> anyhow::Result<switchyard_s
 /// Writes what this server is about to serve (its policy, its models) to
 /// the audit chain before it serves: a start the chain cannot record fails.
 async fn record_loads(store: &switchyard_store::Store, state: &AppState) -> anyhow::Result<()> {
-    let server = audit::Actor { key_id: Some(format!("server:{}", state.node)), tenant: None };
+    let server = audit::Actor::named(format!("server:{}", state.node));
     let fail = |e: error::ApiError| anyhow::anyhow!("{}", e.message);
     if let Some(routing) = &state.routing {
         let p = &routing.policy;

@@ -301,19 +301,10 @@ impl Protect {
         }
         let mut custom = Vec::new();
         for (i, c) in file.custom.iter().enumerate() {
-            let key = format!("protect.custom[{i}]");
-            let word = !c.name.is_empty() && c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
-            if !word || detect::expand(&c.name).is_some() || file.custom[..i].iter().any(|o| o.name == c.name) {
-                return Err(invalid(
-                    format!("{key}.name"),
-                    "name it with letters, digits and _, once, and not after a built-in detector or group",
-                ));
-            }
-            if c.patterns.is_empty() && c.keywords.is_empty() {
-                return Err(invalid(key, "give `patterns` or `keywords`"));
-            }
+            let detector = Custom { name: c.name.clone(), patterns: c.patterns.clone(), keywords: c.keywords.clone() };
+            check_custom(&format!("protect.custom[{i}]"), &detector, class_of.contains_key(&c.name))?;
             class_of.insert(c.name.clone(), c.class);
-            custom.push(Custom { name: c.name.clone(), patterns: c.patterns.clone(), keywords: c.keywords.clone() });
+            custom.push(detector);
         }
         for (class, a) in &file.actions {
             if a.restore && a.action != ProtectAction::Redact {
@@ -459,16 +450,7 @@ impl TenantLists {
         let mut custom = Vec::new();
         for (i, (c, class)) in lists.iter().enumerate() {
             let key = format!("custom[{i}]");
-            let word = !c.name.is_empty() && c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
-            if !word || detect::expand(&c.name).is_some() || class_of.contains_key(&c.name) {
-                return Err(invalid(
-                    format!("{key}.name"),
-                    "name it with letters, digits and _, once, and not after a built-in detector or group",
-                ));
-            }
-            if c.patterns.is_empty() && c.keywords.is_empty() {
-                return Err(invalid(key, "give `patterns` or `keywords`"));
-            }
+            check_custom(&key, c, class_of.contains_key(&c.name))?;
             let class: DataClass = class.to_ascii_lowercase().parse().map_err(|_| {
                 invalid(format!("{key}.class"), format!("`{class}` is not public, internal or regulated"))
             })?;
@@ -485,6 +467,28 @@ impl TenantLists {
         let none = BTreeMap::new();
         inspect(&self.detectors, &self.class_of, protect.map_or(&none, |p| &p.actions), messages)
     }
+}
+
+/// A custom detector (a policy's or a tenant's) is named with ASCII word
+/// characters (the name travels in the ASCII `x-switchyard-reason`), once
+/// (`taken`: the name is in use), not after a built-in, and finds something.
+fn check_custom(key: &str, c: &Custom, taken: bool) -> Result<(), PolicyError> {
+    let word = !c.name.is_empty() && c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+    if !word || taken || detect::expand(&c.name).is_some() {
+        return Err(invalid(
+            format!("{key}.name"),
+            "name it with letters, digits and _, once, and not after a built-in detector or group",
+        ));
+    }
+    if c.patterns.is_empty() && c.keywords.is_empty() {
+        return Err(invalid(key, "give `patterns` or `keywords`"));
+    }
+    Ok(())
+}
+
+/// `days` as milliseconds, as retention settings are applied.
+pub fn days_ms(days: f64) -> i64 {
+    (days * 86_400_000.0) as i64
 }
 
 /// Findings summed by detector, for the record.

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use switchyard_router::detect::{Detectors, Placeholders};
-use switchyard_router::protect::{redact_for, Found, Keep, ProtectAction};
+use switchyard_router::protect::{days_ms, redact_for, Found, Keep, ProtectAction};
 use switchyard_router::{Decision, Policy, Route};
 use switchyard_store::payload::PayloadRecord;
 use switchyard_wire::MessageContent;
@@ -163,7 +163,7 @@ pub fn keep_payload(
         key_id: None,
         nonce: None,
         body: payload,
-        expires_ms: created_ms + (days * 86_400_000.0) as i64,
+        expires_ms: created_ms + days_ms(days),
     };
     if !redact {
         // Checked at start: a policy that keeps encrypted payloads needs a key.
