@@ -441,3 +441,31 @@ async fn a_shadow_copy_to_a_route_that_may_not_see_a_class_is_redacted_too() {
     let sent = s.last_sent();
     assert!(!sent.contains("erin@") && sent.contains("[EMAIL_1]"), "{sent}");
 }
+
+/// A client sending only what the policy refuses (blocked secrets, too many
+/// or too long messages, broken JSON) changes nothing another client gets:
+/// no route's breaker opens, so the next good request still goes to the
+/// cloud rather than falling back.
+#[tokio::test]
+async fn one_clients_refused_requests_change_nothing_for_another() {
+    let s = setup().await;
+    let url = format!("{}/v1/chat/completions", s.blocking);
+    let user = |text: String| json!({"role": "user", "content": text});
+    for round in 0..10 {
+        for body in [
+            json!({"model": "auto", "messages": [user(format!("leaked {SECRET} #{round}"))]}),
+            json!({"model": "auto", "messages": [user("a".into()), user("b".into()), user("c".into()), user("d".into())]}),
+            json!({"model": "auto", "messages": [user("x".repeat(500))]}),
+        ] {
+            let status = s.http.post(&url).json(&body).send().await.unwrap().status();
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+        }
+        let broken = s.http.post(&url).header("content-type", "application/json").body("{nope").send().await.unwrap();
+        assert_eq!(broken.status(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(s.sent_count(), 0, "nothing refused reached the cloud");
+    let (status, headers, body) = s.ask(&s.blocking, "hello from another client", false).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["x-switchyard-route"], "cloud", "no breaker opened: the cloud still answers");
+    assert_eq!(content(&body), "You said: hello from another client");
+}
