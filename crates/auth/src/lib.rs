@@ -64,7 +64,8 @@ fn hash(secret: &str) -> String {
 pub enum Role {
     /// Everything.
     Admin,
-    /// Routes, models, policy, forcing a route; reads decisions and handoffs.
+    /// Routes, models, policy (apply, roll back), faults (game days), forcing
+    /// a route; reads decisions and handoffs.
     Operator,
     /// Reads decisions (no payloads) and the audit trail; changes nothing.
     Auditor,
@@ -91,6 +92,10 @@ pub enum Permission {
     ManageTenants,
     /// Read the audit trail.
     ReadAudit,
+    /// Apply and roll back the routing policy.
+    ManagePolicy,
+    /// Inject faults into routes (game days).
+    InjectFaults,
 }
 
 impl Role {
@@ -109,7 +114,10 @@ impl Role {
         use Permission::*;
         match self {
             Role::Admin => true,
-            Role::Operator => matches!(p, Infer | ForceRoute | ReadAllDecisions | ReadAllHandoffs | ResolveHandoffs),
+            Role::Operator => matches!(
+                p,
+                Infer | ForceRoute | ReadAllDecisions | ReadAllHandoffs | ResolveHandoffs | ManagePolicy | InjectFaults
+            ),
             Role::Auditor => matches!(p, ReadAllDecisions | ReadAudit),
             Role::Tenant => matches!(p, Infer),
         }
@@ -164,6 +172,9 @@ mod tests {
         assert!(Role::ALL.iter().all(|r| r.may(ManageKeys) == (*r == Role::Admin)));
         assert!(Role::ALL.iter().all(|r| r.may(ManageTenants) == (*r == Role::Admin)));
         assert!(Role::ALL.iter().all(|r| r.may(ReadAudit) == matches!(r, Role::Admin | Role::Auditor)));
+        for p in [ManagePolicy, InjectFaults] {
+            assert!(Role::ALL.iter().all(|r| r.may(p) == matches!(r, Role::Admin | Role::Operator)), "{p:?}");
+        }
         assert_eq!("operator".parse::<Role>(), Ok(Role::Operator));
         assert!("root".parse::<Role>().unwrap_err().contains("admin, operator, auditor, tenant"));
     }

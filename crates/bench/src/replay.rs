@@ -108,6 +108,12 @@ pub struct RequestResult {
     /// `refused`, `human-escalated` or `error`.
     #[serde(default)]
     pub label: Option<String>,
+    /// `x-switchyard-policy`: the policy version that routed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// `x-switchyard-reason`: why that route, and each fallback taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The server's own account (queue, prefill, decode), when it sends
     /// `timings` as switchyard and llama-server do.
     #[serde(default)]
@@ -187,6 +193,8 @@ async fn one(
         tokens_from: None,
         route: None,
         label: None,
+        policy: None,
+        reason: None,
         server_timings: None,
     };
     let ms = |t: Instant| t.duration_since(sent).as_secs_f64() * 1e3;
@@ -196,7 +204,9 @@ async fn one(
             .await
             .map_err(|e| format!("request failed: {e}"))?;
         out.status = Some(resp.status.as_u16());
-        (out.route, out.label) = (resp.switchyard.route.clone(), resp.switchyard.label.clone());
+        let said = &resp.switchyard;
+        (out.route, out.label) = (said.route.clone(), said.label.clone());
+        (out.policy, out.reason) = (said.policy.clone(), said.reason.clone());
         if !resp.status.is_success() {
             return Err(format!("HTTP {}", resp.status));
         }
@@ -621,6 +631,8 @@ mod tests {
             tokens_from: Some("usage".into()),
             route: None,
             label: None,
+            policy: None,
+            reason: None,
             server_timings: None,
         };
         assert_eq!(r.tpot_ms(), Some(100.0));

@@ -4,7 +4,7 @@
 use crate::compare::RunReport;
 use crate::replay::{Percentiles, RequestResult};
 
-pub(crate) fn escape(s: &str) -> String {
+pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 

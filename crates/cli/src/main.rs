@@ -6,6 +6,7 @@ mod calibrate;
 mod eval;
 mod keys;
 mod models;
+mod ops;
 mod policy;
 mod serve;
 mod telemetry;
@@ -49,9 +50,23 @@ enum Command {
     /// List, fetch and verify models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
-    /// Validate, show and diff routing policy files (offline).
+    /// Routing policies: validate, show and diff files (offline); apply one
+    /// to a running server and read its history (no restart).
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Restore the version of an object in force before the current one, on a running server.
+    Rollback {
+        #[arg(value_enum)]
+        object: ops::Object,
+        #[command(flatten)]
+        server: ops::Server,
+    },
+    /// Faults injected on purpose into a running server's routes.
+    #[command(subcommand)]
+    Faults(ops::FaultsCommand),
+    /// Game days: break routes under traffic on purpose and prove the fallback.
+    #[command(subcommand)]
+    Gameday(ops::GamedayCommand),
     /// Explain routing decisions offline.
     #[command(subcommand)]
     Route(policy::RouteCommand),
@@ -84,6 +99,9 @@ fn main() -> anyhow::Result<()> {
         Command::Models(cmd) => models::run(cmd),
         Command::Policy(cmd) => policy::run_policy(cmd),
         Command::Route(cmd) => policy::run_route(cmd),
+        Command::Rollback { object, server } => ops::rollback(object, &server),
+        Command::Faults(cmd) => ops::faults(cmd),
+        Command::Gameday(cmd) => ops::gameday(cmd),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),

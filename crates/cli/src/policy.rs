@@ -15,6 +15,20 @@ pub enum PolicyCommand {
     Show { file: PathBuf },
     /// What changed between two policy files: routes and rules added, removed or changed.
     Diff { old: PathBuf, new: PathBuf },
+    /// Apply a policy file to a running server: checked there against its models,
+    /// written to the audit chain and the store, and swapped in with no restart
+    /// (requests in flight finish under the version they started with; every
+    /// replica on the same database follows within a second).
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        server: crate::ops::Server,
+    },
+    /// The policy versions a running server has served, newest first.
+    History {
+        #[command(flatten)]
+        server: crate::ops::Server,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,6 +82,8 @@ pub fn load(path: &Path) -> anyhow::Result<Policy> {
 pub fn run_policy(cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
         PolicyCommand::Validate { file } => println!("ok: {}", load(&file)?.id),
+        PolicyCommand::Apply { file, server } => crate::ops::apply(&file, &server)?,
+        PolicyCommand::History { server } => crate::ops::history(&server)?,
         PolicyCommand::Show { file } => {
             let p = load(&file)?;
             println!("policy {} (sha256 {})\ndefault route: {}\n\nroutes:", p.id, p.sha256, p.default_route);

@@ -132,7 +132,8 @@ async fn record_unrouted(
         return;
     }
     let _span = trace.child("record");
-    let policy = state.routing.as_ref().map_or("none", |r| r.policy.id.as_str());
+    let routing = state.routing();
+    let policy = routing.as_ref().map_or("none", |r| r.policy.id.as_str());
     let mut record = DecisionRecord::new(id.into(), policy.into(), route.into(), resp.status().as_u16(), label.into());
     record.tenant = caller.tenant().map(str::to_string);
     record.node = Some(state.node.clone());
@@ -220,7 +221,7 @@ async fn handle(
     body: ChatCompletionRequest,
     trace: &Trace,
 ) -> Result<Response, ApiError> {
-    if let Some(routing) = &state.routing {
+    if let Some(routing) = state.routing() {
         let params = chat_params(&body)?;
         let req = ChatRequest { id: id.to_string(), body, params, trace: trace.clone() };
         return routing.serve(state, caller, req, headers).await;

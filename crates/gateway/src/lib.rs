@@ -18,6 +18,7 @@ pub mod envelope;
 pub mod error;
 pub mod limits;
 pub mod observe;
+pub mod ops;
 pub mod protect;
 pub mod resilience;
 pub mod routing;
@@ -46,9 +47,10 @@ pub use error::ApiError;
 /// policy if one is configured.
 pub struct AppState {
     pub engines: BTreeMap<String, Arc<Engine>>,
-    /// With a policy, every chat request is routed by it; without one,
-    /// `model` picks a loaded engine.
-    pub routing: Option<Arc<routing::Routing>>,
+    /// With a policy, every chat request is routed by the version in force
+    /// when it arrives ([`ops::policy::Live`]); without one, `model` picks
+    /// a loaded engine.
+    pub routing: Option<Arc<ops::policy::Live>>,
     /// Routing records (decisions, handoffs, shadows), read by `/admin`.
     pub store: Option<switchyard_store::Store>,
     /// Writes records off the request path, in batches.
@@ -99,10 +101,18 @@ impl AppState {
         Ok(self.with_routing(routing))
     }
 
-    /// Routes every chat request by `routing` (its backends already built).
+    /// Routes every chat request by `routing` (its backends already built:
+    /// how tests put scripted backends behind a policy). A policy applied
+    /// later gets backends built as [`Self::with_policy`] builds them.
     pub fn with_routing(mut self, routing: routing::Routing) -> Self {
-        self.routing = Some(Arc::new(routing));
+        let (prices, options) = (routing.prices().clone(), routing.options());
+        self.routing = Some(Arc::new(ops::policy::Live::new(routing, prices, options)));
         self
+    }
+
+    /// The routing in force now, if any; a request holds it to its end.
+    pub fn routing(&self) -> Option<Arc<routing::Routing>> {
+        self.routing.as_ref().map(|live| live.current())
     }
 
     /// Keeps records in `store`; starts its writer on the current runtime.
@@ -147,6 +157,10 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/admin/tenants/{name}/protect", axum::routing::put(admin::put_tenant_protect))
         .route("/admin/audit", get(admin::audit))
         .route("/admin/telemetry", get(admin::telemetry))
+        .route("/admin/policy", get(ops::policy::show).put(ops::policy::put))
+        .route("/admin/policy/rollback", post(ops::policy::rollback))
+        .route("/admin/faults", get(ops::faults::list))
+        .route("/admin/faults/{route}", axum::routing::put(ops::faults::put).delete(ops::faults::clear))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::refusals))
         // Probes answer anyone: they say nothing but "up" and "ready".
@@ -281,9 +295,17 @@ pub async fn serve(
     }
     report_lost_measurements(&store, &state.node).await;
     state.payload_keys = payload_keys;
+    if let Some(live) = state.routing.clone() {
+        let serving = live
+            .at_start(&state, &store)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the policy in force from the store: {e:#}"))?;
+        tracing::info!(policy = %serving, "policy in force");
+    }
     record_loads(&store, &state).await?;
     let state = Arc::new(state.with_store(store));
     purge_every(state.clone(), PURGE_EVERY);
+    ops::policy::follow(state.clone(), ops::policy::FOLLOW_EVERY);
     let app = router(state.clone(), cfg.max_body_bytes);
     // Streams are many small writes; with Nagle's algorithm on, each waits
     // for the client's delayed ACK of the previous one (~40 ms per event).
@@ -355,8 +377,8 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// Deletes what the policy's retention says has expired, every `period`.
 fn purge_every(state: Arc<AppState>, period: Duration) {
-    let Some(protect) = state.routing.as_ref().and_then(|r| r.policy.protect.clone()) else { return };
-    if protect.payloads.is_empty() && protect.retention == Default::default() {
+    // Checked at each tick: a policy applied later may keep payloads.
+    if state.routing.is_none() {
         return;
     }
     tokio::spawn(async move {
@@ -374,8 +396,7 @@ fn purge_every(state: Arc<AppState>, period: Duration) {
 /// handoffs past the policy's retention; a purge that deleted anything is
 /// recorded in the audit chain.
 pub async fn purge(state: &AppState, now_ms: i64) -> anyhow::Result<switchyard_store::payload::Purged> {
-    let (Some(protect), Some(store)) = (state.routing.as_ref().and_then(|r| r.policy.protect.clone()), &state.store)
-    else {
+    let (Some(protect), Some(store)) = (state.routing().and_then(|r| r.policy.protect.clone()), &state.store) else {
         return Ok(Default::default());
     };
     let days = |d: Option<f64>| d.map(switchyard_router::protect::days_ms);
@@ -406,7 +427,7 @@ pub async fn purge(state: &AppState, now_ms: i64) -> anyhow::Result<switchyard_s
 async fn record_loads(store: &switchyard_store::Store, state: &AppState) -> anyhow::Result<()> {
     let server = audit::Actor::named(format!("server:{}", state.node));
     let fail = |e: error::ApiError| anyhow::anyhow!("{}", e.message);
-    if let Some(routing) = &state.routing {
+    if let Some(routing) = state.routing() {
         let p = &routing.policy;
         let reason = format!("policy {} loaded at start", p.id);
         audit::changing(store, &server, "policy".into(), "load", Some(p.sha256.clone()), reason).await.map_err(fail)?;

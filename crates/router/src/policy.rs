@@ -326,6 +326,8 @@ struct PolicyFile {
 pub struct Policy {
     pub id: String,
     pub sha256: String,
+    /// The file as given: what a store keeps as this version.
+    text: Arc<str>,
     pub version: String,
     pub default_route: String,
     pub routes: Vec<Route>,
@@ -390,6 +392,7 @@ impl Policy {
         Ok(Self {
             id: format!("{}+{}", file.version, &sha256[..12]),
             sha256,
+            text: text.into(),
             version: file.version,
             default_route: file.default_route,
             routes: file.routes,
@@ -402,6 +405,11 @@ impl Policy {
             classes,
             categories,
         })
+    }
+
+    /// The policy file this was read from, byte for byte.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     pub fn route(&self, name: &str) -> Option<&Route> {

@@ -16,6 +16,7 @@ pub mod chain;
 pub mod payload;
 mod recorder;
 mod rows;
+pub mod versions;
 
 use std::path::Path;
 

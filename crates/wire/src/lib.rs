@@ -6,8 +6,11 @@
 //! `x-switchyard-*` header names ([`headers`]), result labels and handoff
 //! statuses ([`labels`]), a lenient reader of any server's answers
 //! ([`reply`]), Unix time ([`time`]), and, with the `client` feature, the
-//! tools' one HTTP client ([`client`]); with `serve`, serving helpers ([`net`]).
+//! tools' one HTTP client ([`client`]) and admin client ([`admin`]); with
+//! `serve`, serving helpers ([`net`]).
 
+#[cfg(feature = "client")]
+pub mod admin;
 pub mod chat;
 #[cfg(feature = "client")]
 pub mod client;

@@ -60,7 +60,7 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
         return crate::error::ApiError::internal("metrics are off: another metrics recorder was installed first")
             .into_response();
     };
-    if let Some(routing) = &state.routing {
+    if let Some(routing) = state.routing() {
         for (route, open) in routing.breakers() {
             metrics::gauge!("switchyard_breaker_open", "route" => route).set(f64::from(u8::from(open)));
         }

@@ -263,7 +263,8 @@ impl Routing {
         judge: Option<&CascadePlan>,
     ) -> Result<Attempt, ApiError> {
         let limits = Limits::of_route(&route.config, max_ttft_ms);
-        let (fingerprint, events) = match route.backend.generate(req, limits).await? {
+        let generation = self.faults.generate(&route.config.name, route.backend.as_ref(), req, limits).await?;
+        let (fingerprint, events) = match generation {
             Generation::Proxied(resp) => return Ok(Attempt::Answer(resp)),
             Generation::Tokens { fingerprint, events } => (fingerprint, events),
         };

@@ -36,6 +36,7 @@ use tokio::sync::Semaphore;
 use crate::auth::Caller;
 use crate::backend::{Backend, ChatRequest, Embedded, Pool, Upstream};
 use crate::error::ApiError;
+use crate::ops::faults::Faults;
 use crate::resilience::health::Health;
 use crate::AppState;
 
@@ -74,13 +75,18 @@ pub struct Routing {
     prices: Prices,
     options: RoutingOptions,
     routes: HashMap<String, RouteState>,
+    /// Faults injected into routes (game days); empty unless an operator
+    /// sets one.
+    faults: Arc<Faults>,
 }
 
 /// One route of the policy, ready to serve.
 struct RouteState {
     config: Route,
     backend: Arc<dyn Backend>,
-    health: Health,
+    /// Shared with the version this one replaced when the route did not
+    /// change (see [`Routing::inherit`]).
+    health: Arc<Health>,
     /// Verifies running on this route's model, shared by every route on
     /// the same model.
     verifies: Arc<Semaphore>,
@@ -152,10 +158,45 @@ impl Routing {
                 verifies.entry(&route.model).or_insert_with(|| Arc::new(Semaphore::new(options.max_verifies))).clone();
             routes.insert(
                 route.name.clone(),
-                RouteState { config: route.clone(), backend, health: Health::new(route, now), verifies: slots },
+                RouteState {
+                    config: route.clone(),
+                    backend,
+                    health: Arc::new(Health::new(route, now)),
+                    verifies: slots,
+                },
             );
         }
-        Ok(Self { policy, prices, options, routes })
+        Ok(Self { policy, prices, options, routes, faults: Arc::default() })
+    }
+
+    pub fn prices(&self) -> &Prices {
+        &self.prices
+    }
+
+    pub fn options(&self) -> RoutingOptions {
+        self.options
+    }
+
+    /// Shares the registry of injected faults of the server (it outlives
+    /// any one policy version).
+    pub fn set_faults(&mut self, faults: Arc<Faults>) {
+        self.faults = faults;
+    }
+
+    /// Takes over what `old` learnt of the routes both versions declare
+    /// unchanged: their breakers and retry budgets (a new version must not
+    /// send traffic to a route the old one knows is down), and the verify
+    /// slots of their models (a swap must not double a model's verify
+    /// contexts while the old version's requests finish).
+    pub fn inherit(&mut self, old: &Routing) {
+        for (name, route) in &mut self.routes {
+            if let Some(before) = old.routes.get(name).filter(|b| b.config == route.config) {
+                route.health = before.health.clone();
+            }
+            if let Some(before) = old.routes.values().find(|b| b.config.model == route.config.model) {
+                route.verifies = before.verifies.clone();
+            }
+        }
     }
 
     /// Each route's name and whether its breaker is open now.

@@ -1,0 +1,7 @@
+//! Operating a running server without restarting it: the routing policy
+//! as a live, versioned object ([`policy`]: apply, roll back, follow the
+//! version in force across replicas) and faults injected on purpose into
+//! routes for game days ([`faults`]).
+
+pub mod faults;
+pub mod policy;
