@@ -89,7 +89,16 @@ impl Injection {
             None | Some(serde_json::Value::Null) => None,
             Some(s) => Some(s.as_f64().ok_or("`for_s` is a number of seconds")?),
         };
-        Ok(Self { kind: serde_json::from_value(v).map_err(|e| e.to_string())?, for_s })
+        let kind: Kind = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+        // serde ignores unknown fields beside a unit variant's tag: what
+        // the kind does not take back out is refused here, by name.
+        let known = serde_json::to_value(&kind).map_err(|e| e.to_string())?;
+        if let Some(extra) =
+            v.as_object().into_iter().flatten().map(|(k, _)| k).find(|k| known.get(k.as_str()).is_none())
+        {
+            return Err(format!("unknown field `{extra}` for a `{}` fault", known["kind"].as_str().unwrap_or("?")));
+        }
+        Ok(Self { kind, for_s })
     }
 }
 
