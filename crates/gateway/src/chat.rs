@@ -227,7 +227,8 @@ async fn handle(
         return routing.serve(state, caller, req, headers).await;
     }
     let engine = state
-        .engines
+        .models
+        .snapshot()
         .get(&body.model)
         .ok_or_else(|| ApiError::model_not_found(&body.model, &state.model_ids()))?
         .clone();

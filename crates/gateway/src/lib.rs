@@ -24,7 +24,6 @@ pub mod resilience;
 pub mod routing;
 pub mod validate;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +45,8 @@ pub use error::ApiError;
 /// What handlers share: the loaded engines by model id, and the routing
 /// policy if one is configured.
 pub struct AppState {
-    pub engines: BTreeMap<String, Arc<Engine>>,
+    /// The embedded models by id; the set changes with the policy in force.
+    pub models: Arc<ops::models::Models>,
     /// With a policy, every chat request is routed by the version in force
     /// when it arrives ([`ops::policy::Live`]); without one, `model` picks
     /// a loaded engine.
@@ -75,7 +75,7 @@ impl AppState {
     pub fn new(engines: Vec<Engine>) -> Self {
         let created = switchyard_wire::unix_secs();
         Self {
-            engines: engines.into_iter().map(|e| (e.id().to_string(), Arc::new(e))).collect(),
+            models: Arc::new(ops::models::Models::new(engines)),
             routing: None,
             store: None,
             recorder: None,
@@ -97,7 +97,7 @@ impl AppState {
         prices: switchyard_router::Prices,
         options: routing::RoutingOptions,
     ) -> anyhow::Result<Self> {
-        let routing = routing::Routing::new(policy, prices, &self.engines, options)?;
+        let routing = routing::Routing::new(policy, prices, &self.models.snapshot(), options)?;
         Ok(self.with_routing(routing))
     }
 
@@ -136,7 +136,7 @@ impl AppState {
     }
 
     pub fn model_ids(&self) -> Vec<String> {
-        self.engines.keys().cloned().collect()
+        self.models.snapshot().keys().cloned().collect()
     }
 }
 
@@ -194,18 +194,18 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
-    Json(ModelList::new(state.engines.keys().map(|id| Model::new(id, state.created, "switchyard")).collect()))
+    Json(ModelList::new(state.models.snapshot().keys().map(|id| Model::new(id, state.created, "switchyard")).collect()))
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let models: serde_json::Map<_, _> = state
-        .engines
+    let loaded = state.models.snapshot();
+    let models: serde_json::Map<_, _> = loaded
         .iter()
         .map(|(id, e)| {
             (id.clone(), json!({"alive": e.is_alive(), "n_ctx_per_request": e.n_ctx_seq(), "settings": e.settings()}))
         })
         .collect();
-    let ready = !state.engines.is_empty() && state.engines.values().all(|e| e.is_alive());
+    let ready = !loaded.is_empty() && loaded.values().all(|e| e.is_alive());
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({"status": if ready { "ready" } else { "unavailable" }, "models": models}))).into_response()
 }
@@ -263,7 +263,11 @@ pub async fn serve(
     engines: Vec<Engine>,
     payload_keys: Option<Arc<switchyard_store::payload::PayloadKeys>>,
 ) -> anyhow::Result<()> {
-    let mut state = AppState::new(engines);
+    let mut state = AppState::new(vec![]);
+    // Models given by name stay loaded whatever policy is applied later.
+    let pinned = cfg.models.iter().filter_map(|m| ModelSpec::parse(m).ok()).map(|spec| spec.id()).collect();
+    let loader = ops::models::Loader { settings: cfg.engine.clone(), cache: switchyard_models::cache_dir() };
+    state.models = Arc::new(ops::models::Models::new(engines).with_loader(loader, pinned));
     let store = cfg.open_store().await?;
     let keys = auth::Keys::load(store.clone()).await.map_err(|e| anyhow::anyhow!("reading API keys: {e}"))?;
     check_exposure(&cfg, &keys)?;
@@ -432,21 +436,28 @@ async fn record_loads(store: &switchyard_store::Store, state: &AppState) -> anyh
         let reason = format!("policy {} loaded at start", p.id);
         audit::changing(store, &server, "policy".into(), "load", Some(p.sha256.clone()), reason).await.map_err(fail)?;
     }
-    for (id, engine) in &state.engines {
-        let file = std::fs::metadata(engine.path()).ok();
-        let catalog = switchyard_models::find(id).map(|e| e.sha256);
-        let model = serde_json::json!({
-            "path": engine.path(),
-            "bytes": file.as_ref().map(std::fs::Metadata::len),
-            "modified": file.and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
-            "catalog_sha256": catalog,
-            "fingerprint": engine.fingerprint(),
-        });
+    for (id, engine) in state.models.snapshot().iter() {
         let reason = format!("model {id} loaded at start from {}", engine.path().display());
-        let after = Some(audit::state_hash(&model));
-        audit::changing(store, &server, format!("model:{id}"), "load", after, reason).await.map_err(fail)?;
+        audit::changing(store, &server, format!("model:{id}"), "load", Some(model_state(id, engine)), reason)
+            .await
+            .map_err(fail)?;
     }
     Ok(())
+}
+
+/// The hash of what a loaded model is, for the audit chain: its file
+/// (path, size, time), the catalog's sha256 and the engine's fingerprint.
+pub(crate) fn model_state(id: &str, engine: &Engine) -> String {
+    let file = std::fs::metadata(engine.path()).ok();
+    let catalog = switchyard_models::find(id).map(|e| e.sha256);
+    let model = serde_json::json!({
+        "path": engine.path(),
+        "bytes": file.as_ref().map(std::fs::Metadata::len),
+        "modified": file.and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+        "catalog_sha256": catalog,
+        "fingerprint": engine.fingerprint(),
+    });
+    audit::state_hash(&model)
 }
 
 /// This machine's name, for records; `switchyard` if it has none.

@@ -101,7 +101,7 @@ async fn setup() -> Setup {
     let mock_base = loopback::serve(mock).await;
     let engine = loopback::smollm2().await;
     let data = tempfile::tempdir().unwrap();
-    let engines = AppState::new(vec![engine]).engines;
+    let models = AppState::new(vec![engine]).models;
     let mut bases = Vec::new();
     let mut states = Vec::new();
     for (i, protect) in [
@@ -133,7 +133,7 @@ input = { max_messages = 3, max_message_chars = 200, neutralise_injection = true
     .enumerate()
     {
         let store = switchyard_store::Store::open(&data.path().join(format!("s{i}.db"))).await.unwrap();
-        let state = AppState { engines: engines.clone(), ..AppState::new(vec![]) }
+        let state = AppState { models: models.clone(), ..AppState::new(vec![]) }
             .with_policy(policy(&mock_base, protect), Prices::default(), RoutingOptions::default())
             .unwrap()
             .with_store(store);

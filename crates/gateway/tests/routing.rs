@@ -361,7 +361,7 @@ async fn setup() -> Setup {
     // A second switchyard on loopback, serving the same model without a
     // policy: the "peer" route is a real OpenAI-compatible upstream.
     let peer_state = AppState::new(vec![engine]);
-    let engines = peer_state.engines.clone();
+    let models = peer_state.models.clone();
     let peer_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let peer_base = format!("http://{}", peer_listener.local_addr().unwrap());
     let peer = router(Arc::new(peer_state), 1 << 20);
@@ -373,7 +373,7 @@ async fn setup() -> Setup {
     let data = tempfile::tempdir().unwrap();
     let store = switchyard_store::Store::open(&data.path().join("switchyard.db")).await.unwrap();
     let state = AppState {
-        engines,
+        models,
         routing: None,
         store: None,
         recorder: None,

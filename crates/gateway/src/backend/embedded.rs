@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use switchyard_engine::{Engine, EventStream, GenerateRequest};
 
 use super::{Backend, ChatRequest, Generation, Limits};
@@ -28,7 +28,13 @@ impl Backend for Embedded {
             let events = tokio::task::spawn_blocking(move || submit(&engine, &params))
                 .await
                 .map_err(|e| ApiError::internal(format!("request task failed: {e}")))??;
-            let events = tokio_stream::wrappers::UnboundedReceiverStream::new(events);
+            // The answer holds its engine: a model retired by a policy swap
+            // is unloaded only after the last answer it started has ended.
+            let held = self.engine.clone();
+            let events = tokio_stream::wrappers::UnboundedReceiverStream::new(events).map(move |e| {
+                let _engine = &held;
+                e
+            });
             Ok(Generation::Tokens { fingerprint: self.engine.fingerprint(), events: Box::pin(events) })
         }
         .boxed()

@@ -65,7 +65,7 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
             metrics::gauge!("switchyard_breaker_open", "route" => route).set(f64::from(u8::from(open)));
         }
     }
-    for (model, engine) in &state.engines {
+    for (model, engine) in state.models.snapshot().iter() {
         let (load, slots) = (engine.busy(), engine.settings().parallel);
         metrics::gauge!("switchyard_engine_queued_requests", "model" => model.clone()).set(load.queued() as f64);
         metrics::gauge!("switchyard_engine_active_sequences", "model" => model.clone()).set(load.active() as f64);

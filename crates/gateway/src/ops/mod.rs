@@ -1,7 +1,9 @@
 //! Operating a running server without restarting it: the routing policy
 //! as a live, versioned object ([`policy`]: apply, roll back, follow the
-//! version in force across replicas) and faults injected on purpose into
-//! routes for game days ([`faults`]).
+//! version in force across replicas), the embedded models as a set that
+//! follows it ([`models`]: load beside, switch, drain, unload), and faults
+//! injected on purpose into routes for game days ([`faults`]).
 
 pub mod faults;
+pub mod models;
 pub mod policy;

@@ -91,20 +91,41 @@ impl Live {
         self.current.load_full()
     }
 
-    /// Builds a routing for `policy` on this server's engines, with what
-    /// the current one learnt of unchanged routes.
-    fn build(&self, state: &AppState, policy: Policy) -> anyhow::Result<Routing> {
-        let mut routing = Routing::new(policy, self.prices.clone(), &state.engines, self.options)?;
+    /// Builds a routing for `policy` on this server's engines, loading
+    /// the models it names that are not loaded yet (each load recorded in
+    /// the audit chain), with what the current one learnt of unchanged
+    /// routes.
+    async fn build(&self, state: &AppState, policy: Policy, actor: &Actor) -> anyhow::Result<Routing> {
+        for (id, path) in state.models.ensure(&policy).await? {
+            if let (Some(store), Some(engine)) = (&state.store, state.models.snapshot().get(&id)) {
+                let reason = format!("model {id} loaded from {} for policy {}", path.display(), policy.id);
+                let after = Some(crate::model_state(&id, engine));
+                audit::changing(store, actor, format!("model:{id}"), "load", after, reason)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            }
+        }
+        let mut routing = Routing::new(policy, self.prices.clone(), &state.models.snapshot(), self.options)?;
         routing.inherit(&self.current());
         routing.set_faults(self.faults.clone());
         Ok(routing)
     }
 
-    fn swap(&self, routing: Routing) -> Arc<Routing> {
+    /// Puts `routing` in force, then retires the models it no longer
+    /// uses (each unloads when its last request ends).
+    async fn swap(&self, state: &AppState, routing: Routing, actor: &Actor) -> Arc<Routing> {
         let new = Arc::new(routing);
         let old = self.current.swap(new.clone());
         metrics::counter!("switchyard_policy_swaps_total").increment(1);
         tracing::info!(from = %old.policy.id, to = %new.policy.id, "policy swapped; requests in flight finish under the old one");
+        for id in state.models.retire_unused(&new.policy) {
+            if let Some(store) = &state.store {
+                let reason = format!("model {id} unused by policy {}: unloads when its requests end", new.policy.id);
+                if let Err(e) = audit::changing(store, actor, format!("model:{id}"), "unload", None, reason).await {
+                    tracing::error!(model = %id, "the audit chain did not record the unload: {}", e.message);
+                }
+            }
+        }
         old
     }
 
@@ -120,7 +141,7 @@ impl Live {
     ) -> Result<Applied, ApiError> {
         let _one = self.applying.lock().await;
         let policy = Policy::from_toml(&text).map_err(|e| invalid_policy(e.to_string()))?;
-        let routing = self.build(state, policy).map_err(|e| invalid_policy(format!("{e:#}")))?;
+        let routing = self.build(state, policy, actor).await.map_err(|e| invalid_policy(format!("{e:#}")))?;
         let before = self.current();
         let p = &routing.policy;
         let reason = format!("policy {} {} (was {})", p.id, applied_how(source), before.policy.id);
@@ -141,7 +162,7 @@ impl Live {
                 .with_status(StatusCode::SERVICE_UNAVAILABLE)
         })?;
         let changed_routes = changed_routes(&before.policy, &routing.policy);
-        let old = self.swap(routing);
+        let old = self.swap(state, routing, actor).await;
         Ok(Applied { previous: old.policy.id.clone(), current: self.current().policy.id.clone(), seq, changed_routes })
     }
 
@@ -152,23 +173,22 @@ impl Live {
     /// replica. Returns the policy id served.
     pub async fn at_start(&self, state: &AppState, store: &Store) -> anyhow::Result<String> {
         let file = self.current().policy.id.clone();
+        let server = Actor::named(format!("server:{}", state.node));
         let current = store.current_version(POLICY).await?;
         let last_start = store.last_version_from(POLICY, Source::Start.as_str()).await?;
         let same_file = last_start.as_ref().is_some_and(|v| v.version_id == file);
         match current {
             Some(v) if v.version_id == file => {}
-            Some(v) if same_file => {
-                match Policy::from_toml(&v.body).map_err(anyhow::Error::from).and_then(|p| self.build(state, p)) {
-                    Ok(routing) => {
-                        tracing::info!(policy = %v.version_id, applied_ms = v.applied_ms, file = %file,
+            Some(v) if same_file => match self.build_text(state, &v.body, &server).await {
+                Ok(routing) => {
+                    tracing::info!(policy = %v.version_id, applied_ms = v.applied_ms, file = %file,
                         "serving the policy applied since the last start (the --policy file is unchanged); `switchyard policy apply` changes it");
-                        self.swap(routing);
-                    }
-                    Err(e) => {
-                        tracing::warn!(policy = %v.version_id, "the policy in force in the store cannot be served here ({e:#}); serving the --policy file {file} until it can")
-                    }
+                    self.swap(state, routing, &server).await;
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(policy = %v.version_id, "the policy in force in the store cannot be served here ({e:#}); serving the --policy file {file} until it can")
+                }
+            },
             _ => {
                 let p = &self.current().policy;
                 let version = Version {
@@ -186,6 +206,12 @@ impl Live {
             }
         }
         Ok(self.current().policy.id.clone())
+    }
+}
+
+impl Live {
+    async fn build_text(&self, state: &AppState, text: &str, actor: &Actor) -> anyhow::Result<Routing> {
+        self.build(state, Policy::from_toml(text)?, actor).await
     }
 }
 
@@ -224,6 +250,7 @@ pub fn follow(state: Arc<AppState>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut refused: Option<String> = None;
+        let server = Actor::named(format!("server:{}", state.node));
         loop {
             tick.tick().await;
             let Ok(Some(v)) = store.current_version(POLICY).await else { continue };
@@ -231,10 +258,14 @@ pub fn follow(state: Arc<AppState>, every: Duration) {
                 continue;
             }
             let _one = live.applying.lock().await;
-            match Policy::from_toml(&v.body).map_err(anyhow::Error::from).and_then(|p| live.build(&state, p)) {
+            // An apply on this replica may have put it in force meanwhile.
+            if v.version_id == live.current().policy.id {
+                continue;
+            }
+            match live.build_text(&state, &v.body, &server).await {
                 Ok(routing) => {
                     tracing::info!(policy = %v.version_id, by = %v.actor, "following the policy applied elsewhere");
-                    live.swap(routing);
+                    live.swap(&state, routing, &server).await;
                     refused = None;
                 }
                 Err(e) => {

@@ -105,7 +105,7 @@ impl Routing {
         let mut backends: HashMap<String, Arc<dyn Backend>> = HashMap::new();
         for (i, route) in policy.routes.iter().enumerate() {
             let backend: Arc<dyn Backend> = match (route.backend, route.upstream_urls().as_slice()) {
-                (BackendKind::Embedded, _) => match engines.get(&route.model) {
+                (BackendKind::Embedded, _) => match engines.get(&crate::ops::models::model_id(&route.model)) {
                     Some(engine) => Arc::new(Embedded::new(engine.clone())),
                     None => anyhow::bail!(
                         "policy {}: `routes[{i}].model` = `{}` is not loaded; serve it with --model (loaded: {})",
