@@ -234,10 +234,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             }
             println!("{:<12} {:<10} {:>9} {:>10} {:>10}", "family", "difficulty", "baseline", "candidate", "retention");
             let mut failed = Vec::new();
-            for r in scorecard::compare(&b, &c) {
-                let n =
-                    b.slices.iter().find(|s| s.family == r.family && s.difficulty == r.difficulty).map_or(0, |s| s.n);
-                let gate = max_drop.filter(|_| n >= min_items).is_some_and(|d| r.retention < 1.0 - d);
+            for scorecard::Gated { retention: r, regressed: gate, .. } in scorecard::gate(&b, &c, max_drop, min_items) {
                 println!(
                     "{:<12} {:<10} {:>8.1}% {:>9.1}% {:>9.1}%{}",
                     r.family,

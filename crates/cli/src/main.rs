@@ -61,6 +61,9 @@ enum Command {
         #[command(flatten)]
         server: ops::Server,
     },
+    /// Canary rollouts of a policy on a running server: start, status, abort, promote.
+    #[command(subcommand)]
+    Rollout(ops::RolloutCommand),
     /// Faults injected on purpose into a running server's routes.
     #[command(subcommand)]
     Faults(ops::FaultsCommand),
@@ -100,6 +103,7 @@ fn main() -> anyhow::Result<()> {
         Command::Policy(cmd) => policy::run_policy(cmd),
         Command::Route(cmd) => policy::run_route(cmd),
         Command::Rollback { object, server } => ops::rollback(object, &server),
+        Command::Rollout(cmd) => ops::rollout(cmd),
         Command::Faults(cmd) => ops::faults(cmd),
         Command::Gameday(cmd) => ops::gameday(cmd),
         Command::Calibrate(args) => calibrate::run(args),

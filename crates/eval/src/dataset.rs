@@ -54,7 +54,7 @@ impl Item {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Dataset {
     pub dir: PathBuf,
     pub manifest: Manifest,

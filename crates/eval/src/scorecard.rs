@@ -322,6 +322,34 @@ pub fn compare(baseline: &Scorecard, candidate: &Scorecard) -> Vec<Retention> {
         .collect()
 }
 
+/// A slice as the regression gate judges it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Gated {
+    #[serde(flatten)]
+    pub retention: Retention,
+    /// The baseline's items in the slice.
+    pub n: usize,
+    pub regressed: bool,
+}
+
+/// [`compare`] under the gate of `eval compare --max-drop` (and of a
+/// rollout's canary eval): a slice with at least `min_items` baseline
+/// items regressed when its retention is below `1 - max_drop`.
+pub fn gate(baseline: &Scorecard, candidate: &Scorecard, max_drop: Option<f64>, min_items: usize) -> Vec<Gated> {
+    compare(baseline, candidate)
+        .into_iter()
+        .map(|r| {
+            let n = baseline
+                .slices
+                .iter()
+                .find(|s| s.family == r.family && s.difficulty == r.difficulty)
+                .map_or(0, |s| s.n);
+            let regressed = max_drop.filter(|_| n >= min_items).is_some_and(|d| r.retention < 1.0 - d);
+            Gated { retention: r, n, regressed }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

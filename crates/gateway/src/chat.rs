@@ -221,7 +221,9 @@ async fn handle(
     body: ChatCompletionRequest,
     trace: &Trace,
 ) -> Result<Response, ApiError> {
-    if let Some(routing) = state.routing() {
+    if let Some(live) = &state.routing {
+        let may_pin = crate::ops::rollout::may_pin(caller, live.current().options().allow_force_route);
+        let routing = live.for_request(id, crate::ops::rollout::pinned(headers), may_pin)?;
         let params = chat_params(&body)?;
         let req = ChatRequest { id: id.to_string(), body, params, trace: trace.clone() };
         return routing.serve(state, caller, req, headers).await;

@@ -35,6 +35,10 @@ const GAP: Duration = Duration::from_millis(50);
 /// whole or streamed.
 async fn upstream(Path(name): Path<String>, Json(body): Json<Value>) -> Response {
     let model = body["model"].clone();
+    if name == "fail" {
+        let error = json!({"error": {"message": "down", "type": "server_error", "param": null, "code": null}});
+        return (StatusCode::INTERNAL_SERVER_ERROR, Json(error)).into_response();
+    }
     if body["stream"] != true {
         tokio::time::sleep(GAP * TOKENS as u32).await;
         let text = format!("{name} ").repeat(TOKENS);
@@ -79,6 +83,15 @@ backend = "upstream"
 model = "m"
 url = "{mock}/b/v1"
 allowed_classes = ["public", "internal", "regulated"]
+
+[[routes]]
+name = "fail"
+backend = "upstream"
+model = "m"
+url = "{mock}/fail/v1"
+allowed_classes = ["public", "internal", "regulated"]
+retry = {{ ratio = 0.0, min_per_second = 0.0 }}
+breaker = {{ consecutive_failures = 1000, open_ms = 1 }}
 "#
     )
 }
@@ -334,6 +347,141 @@ async fn replicas_follow_the_version_applied_on_another_and_a_restart_keeps_it()
     }
     assert!(all_followed);
     drop(four.state);
+}
+
+async fn rollout(s: &Server, candidate: String, plan: Value) -> Reply {
+    let body = json!({"policy": candidate, "plan": plan}).to_string();
+    s.call(reqwest::Method::POST, "/admin/rollout", None, Some(body)).await
+}
+
+/// Sends `n` requests, four at a time.
+async fn traffic(s: &Server, n: usize) -> Vec<Reply> {
+    futures::stream::iter(0..n).map(|i| s.chat(i % 3 == 0)).buffer_unordered(4).collect().await
+}
+
+async fn steps_of(s: &Server) -> Vec<Value> {
+    s.call(reqwest::Method::GET, "/admin/rollout", None, None).await.json()["steps"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_rollout_sends_its_share_by_request_id_and_rolls_back_a_failing_candidate_by_itself() {
+    let mock = mock().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = upstream_server(&mock, &data.path().join("s.db")).await;
+    let incumbent = s.serving().await;
+    let bad = policy(&mock, "ops.bad", "fail");
+    let bad_id = Policy::from_toml(&bad).unwrap().id;
+    let plan = json!({"steps": [0.5, 1.0], "step_s": 60, "min_requests": 5, "judge_every_s": 0.2});
+    let started = rollout(&s, bad, plan.clone()).await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    let id = started.json()["id"].as_str().unwrap().to_string();
+    // A second rollout, or an apply, while this one runs: refused.
+    assert_eq!(rollout(&s, policy(&mock, "ops.other", "b"), plan).await.status, StatusCode::CONFLICT);
+    let apply = s.call(reqwest::Method::PUT, "/admin/policy", None, Some(policy(&mock, "ops.x", "b"))).await;
+    assert_eq!(apply.json()["error"]["code"], "rollout_conflict");
+
+    let replies = traffic(&s, 40).await;
+    let on_candidate: Vec<&Reply> = replies.iter().filter(|r| r.header("x-switchyard-policy") == bad_id).collect();
+    assert!(on_candidate.len() >= 5 && on_candidate.len() <= 35, "about half: {}", on_candidate.len());
+    for r in &replies {
+        let id = r.header("x-switchyard-request-id");
+        let version = if switchyard_gateway::ops::rollout::bucket(&id) < 0.5 { &bad_id } else { &incumbent };
+        // Until the gate acts, the arm is a function of the request id.
+        if r.header("x-switchyard-policy") != incumbent || version == &incumbent {
+            assert_eq!(&r.header("x-switchyard-policy"), version, "{id}");
+        }
+    }
+    assert!(on_candidate
+        .iter()
+        .all(|r| r.status == StatusCode::BAD_GATEWAY || r.status == StatusCode::INTERNAL_SERVER_ERROR));
+
+    let mut rolled_back = false;
+    for _ in 0..50 {
+        if s.call(reqwest::Method::GET, "/admin/rollout", None, None).await.json()["active"].is_null() {
+            rolled_back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rolled_back, "the gate rolls a failing candidate back by itself");
+    let steps = steps_of(&s).await;
+    let actions: Vec<&str> = steps.iter().map(|st| st["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["start", "rollback"]);
+    assert_eq!(steps[1]["rollout_id"], id.as_str());
+    assert!(steps[1]["reason"].as_str().unwrap().contains("error rate 1.000 vs 0.000"), "{}", steps[1]);
+    assert_eq!(steps[1]["figures"]["candidate"]["error_rate"], 1.0);
+    assert!(steps[1]["figures"]["incumbent"]["requests"].as_u64().unwrap() >= 5);
+    assert_eq!(s.serving().await, incumbent);
+    assert!(traffic(&s, 8)
+        .await
+        .iter()
+        .all(|r| r.status == StatusCode::OK && r.header("x-switchyard-policy") == incumbent));
+    let chain = s.store.chain(&ChainFilter { object: Some("policy".into()), ..Default::default() }).await.unwrap();
+    let actions: Vec<&str> = chain.iter().map(|e| e.change.action.as_str()).collect();
+    assert_eq!(actions, ["rollout-start", "rollout-rollback"]);
+}
+
+#[tokio::test]
+async fn a_healthy_rollout_steps_up_and_is_promoted_and_a_failed_canary_eval_rolls_back() {
+    let mock = mock().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = upstream_server(&mock, &data.path().join("s.db")).await;
+    let good = policy(&mock, "ops.good", "b");
+    let good_id = Policy::from_toml(&good).unwrap().id;
+    let plan = json!({"steps": [0.3, 0.6, 1.0], "step_s": 0.3, "min_requests": 3, "judge_every_s": 0.2});
+    assert_eq!(rollout(&s, good, plan).await.status, StatusCode::OK);
+    let mut promoted = false;
+    for _ in 0..60 {
+        traffic(&s, 8).await;
+        if s.serving().await == good_id {
+            promoted = true;
+            break;
+        }
+    }
+    assert!(promoted, "healthy at every step: promoted");
+    let actions: Vec<String> = steps_of(&s).await.iter().map(|st| st["action"].as_str().unwrap().to_string()).collect();
+    assert_eq!(actions, ["start", "step", "promote"]);
+    let history = s.call(reqwest::Method::GET, "/admin/policy", None, None).await.json();
+    assert_eq!(history["history"][0]["source"], "rollout");
+
+    // A canary eval that fails the gate rolls the next rollout back.
+    let next = policy(&mock, "ops.next", "a");
+    let plan = json!({"steps": [0.2, 1.0], "step_s": 600, "min_requests": 1000});
+    let id = rollout(&s, next, plan).await.json()["id"].as_str().unwrap().to_string();
+    let verdict = json!({"rollout_id": id, "passed": false, "figures": {"incumbent": 0.8, "candidate": 0.4}, "detail": "all/all 80% -> 40%"});
+    let r = s.call(reqwest::Method::POST, "/admin/rollout/eval", None, Some(verdict.to_string())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.json()["active"].is_null());
+    let last = steps_of(&s).await.pop().unwrap();
+    assert_eq!((last["action"].as_str(), last["rollout_id"].as_str()), (Some("rollback"), Some(id.as_str())));
+    assert!(last["reason"].as_str().unwrap().contains("canary eval failed: all/all 80% -> 40%"));
+    assert_eq!(last["figures"]["eval"]["candidate"], 0.4);
+    assert_eq!(s.serving().await, good_id);
+}
+
+#[tokio::test]
+async fn feedback_is_kept_for_answers_that_exist_and_pinning_an_arm_needs_an_operator() {
+    let mock = mock().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = upstream_server(&mock, &data.path().join("s.db")).await;
+    let answered = s.chat(false).await.header("x-switchyard-request-id");
+    let give = |body: Value| s.call(reqwest::Method::POST, "/v1/feedback", None, Some(body.to_string()));
+    assert_eq!(
+        give(json!({"request_id": answered, "verdict": "bad", "comment": "wrong"})).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(give(json!({"request_id": "chatcmpl-nope", "verdict": "bad"})).await.status, StatusCode::NOT_FOUND);
+    let meh = give(json!({"request_id": answered, "verdict": "meh"})).await;
+    assert_eq!(meh.status, StatusCode::BAD_REQUEST);
+    assert!(meh.body.contains("`verdict` is `good` or `bad`"));
+    let by = s.store.feedback_by_policy(0).await.unwrap();
+    assert_eq!(by, vec![(s.serving().await, 0, 1)]);
+    // This open server does not allow forcing routes, so no arm may be pinned.
+    let body = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let mut req = s.http.post(format!("{}/v1/chat/completions", s.base)).header("content-type", "application/json");
+    req = req.header("x-switchyard-canary", "candidate");
+    let pinned = req.body(body).send().await.unwrap();
+    assert_eq!(pinned.status(), StatusCode::FORBIDDEN);
 }
 
 // ---- Faults, on scripted backends --------------------------------------

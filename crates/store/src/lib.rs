@@ -15,6 +15,7 @@
 pub mod chain;
 pub mod payload;
 mod recorder;
+pub mod rollouts;
 mod rows;
 pub mod versions;
 

@@ -22,6 +22,9 @@ pub const LANE: &str = "x-switchyard-lane";
 pub const FORCE_ROUTE: &str = "x-switchyard-force-route";
 /// Request: the workload family it belongs to (one the policy declares).
 pub const FAMILY: &str = "x-switchyard-family";
+/// Request, while a canary rollout runs: `incumbent` or `candidate`, the
+/// arm to answer it (an operator's; how the canary eval measures each).
+pub const CANARY: &str = "x-switchyard-canary";
 
 /// [`ROUTE`] of a request no route answered: refused by a rule,
 pub const ROUTE_REFUSED: &str = "refused";
@@ -31,8 +34,8 @@ pub const ROUTE_HANDOFF: &str = "handoff";
 pub const ROUTE_FAILED: &str = "failed";
 
 /// Every `x-switchyard-*` header, answers' first.
-pub const ALL: [&str; 10] =
-    [ROUTE, LABEL, POLICY, REASON, REQUEST_ID, HANDOFF_ID, DATA_CLASS, LANE, FORCE_ROUTE, FAMILY];
+pub const ALL: [&str; 11] =
+    [ROUTE, LABEL, POLICY, REASON, REQUEST_ID, HANDOFF_ID, DATA_CLASS, LANE, FORCE_ROUTE, FAMILY, CANARY];
 
 #[cfg(test)]
 mod tests {

@@ -1,9 +1,11 @@
 //! Operating a running server without restarting it: the routing policy
 //! as a live, versioned object ([`policy`]: apply, roll back, follow the
 //! version in force across replicas), the embedded models as a set that
-//! follows it ([`models`]: load beside, switch, drain, unload), and faults
+//! follows it ([`models`]: load beside, switch, drain, unload), canary
+//! rollouts of a new version with their gate ([`rollout`]), and faults
 //! injected on purpose into routes for game days ([`faults`]).
 
 pub mod faults;
 pub mod models;
 pub mod policy;
+pub mod rollout;

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -43,7 +43,10 @@ pub struct Live {
     faults: Arc<Faults>,
     prices: Prices,
     options: RoutingOptions,
-    applying: tokio::sync::Mutex<()>,
+    /// One change at a time: applies, rollbacks, rollout steps.
+    pub(crate) applying: tokio::sync::Mutex<()>,
+    /// A canary rollout in progress on this replica ([`super::rollout`]).
+    rollout: ArcSwapOption<super::rollout::Active>,
 }
 
 /// Where a version came from, as the `versions` table names it.
@@ -53,6 +56,8 @@ pub enum Source {
     Start,
     Apply,
     Rollback,
+    /// A canary rollout's candidate, promoted.
+    Rollout,
 }
 
 impl Source {
@@ -61,6 +66,7 @@ impl Source {
             Source::Start => "start",
             Source::Apply => "apply",
             Source::Rollback => "rollback",
+            Source::Rollout => "rollout",
         }
     }
 }
@@ -79,11 +85,27 @@ impl Live {
     pub fn new(mut routing: Routing, prices: Prices, options: RoutingOptions) -> Self {
         let faults = Arc::new(Faults::default());
         routing.set_faults(faults.clone());
-        Self { current: ArcSwap::from_pointee(routing), faults, prices, options, applying: tokio::sync::Mutex::new(()) }
+        Self {
+            current: ArcSwap::from_pointee(routing),
+            faults,
+            prices,
+            options,
+            applying: tokio::sync::Mutex::new(()),
+            rollout: ArcSwapOption::empty(),
+        }
     }
 
     pub fn faults(&self) -> &Arc<Faults> {
         &self.faults
+    }
+
+    /// The rollout in progress, if any.
+    pub fn rollout(&self) -> Option<Arc<super::rollout::Active>> {
+        self.rollout.load_full()
+    }
+
+    pub(crate) fn set_rollout(&self, active: Option<Arc<super::rollout::Active>>) {
+        self.rollout.store(active);
     }
 
     /// The routing in force now; hold it for the whole request.
@@ -95,7 +117,7 @@ impl Live {
     /// the models it names that are not loaded yet (each load recorded in
     /// the audit chain), with what the current one learnt of unchanged
     /// routes.
-    async fn build(&self, state: &AppState, policy: Policy, actor: &Actor) -> anyhow::Result<Routing> {
+    pub(crate) async fn build(&self, state: &AppState, policy: Policy, actor: &Actor) -> anyhow::Result<Routing> {
         for (id, path) in state.models.ensure(&policy).await? {
             if let (Some(store), Some(engine)) = (&state.store, state.models.snapshot().get(&id)) {
                 let reason = format!("model {id} loaded from {} for policy {}", path.display(), policy.id);
@@ -220,6 +242,7 @@ fn applied_how(source: Source) -> &'static str {
         Source::Start => "loaded at start",
         Source::Apply => "applied",
         Source::Rollback => "restored by rollback",
+        Source::Rollout => "promoted by its rollout",
     }
 }
 
@@ -291,6 +314,20 @@ fn parts(state: &AppState) -> Result<(&Arc<Live>, &Store), ApiError> {
     Ok((live, store))
 }
 
+/// A policy changed by hand while a rollout runs would change its
+/// incumbent under it: refused, naming the rollout.
+fn no_rollout(live: &Live) -> Result<(), ApiError> {
+    match live.rollout() {
+        Some(r) => Err(ApiError::invalid(
+            None,
+            format!("rollout {} is in progress; promote or abort it first (switchyard rollout promote|abort)", r.id),
+        )
+        .with_status(StatusCode::CONFLICT)
+        .with_code("rollout_conflict")),
+        None => Ok(()),
+    }
+}
+
 /// `GET /admin/policy`: the version this replica serves, the one in force
 /// in the store, and the history (newest first).
 pub async fn show(
@@ -318,6 +355,7 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     caller.require(Permission::ManagePolicy, "apply a policy")?;
     let (live, store) = parts(&state)?;
+    no_rollout(live)?;
     let applied = live.apply(&state, store, text, Source::Apply, &(&caller).into()).await?;
     audit::done(&state, &caller, "policy.apply", format!("{} -> {}", applied.previous, applied.current));
     Ok(Json(applied).into_response())
@@ -330,6 +368,7 @@ pub async fn rollback(
 ) -> Result<Response, ApiError> {
     caller.require(Permission::ManagePolicy, "roll back the policy")?;
     let (live, store) = parts(&state)?;
+    no_rollout(live)?;
     let previous =
         store.previous_version(POLICY).await.map_err(|e| ApiError::internal(e.to_string()))?.ok_or_else(|| {
             ApiError::invalid(None, "there is no earlier policy version to roll back to")
