@@ -116,3 +116,92 @@ fn an_operator_applies_rolls_back_and_breaks_the_local_route_under_a_game_day() 
     server.kill().unwrap();
     mock.kill().unwrap();
 }
+
+/// A small eval set in the versioned format: each item asks for one word back.
+fn word_set(dir: &std::path::Path) -> std::path::PathBuf {
+    use sha2::Digest;
+    let set = dir.join("words");
+    std::fs::create_dir_all(&set).unwrap();
+    let words = ["apple", "river", "candle", "violet", "copper", "maple"];
+    let items: String = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            serde_json::json!({"id": format!("word-{i}"), "family": "support", "difficulty": "routine", "data_class": "public",
+                "messages": [{"role": "user", "content": format!("Reply with just this word: {w}")}],
+                "max_tokens": 8, "expect": {"type": "contains_all", "values": [w]}, "review": false})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(set.join("items.jsonl"), &items).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(items.as_bytes()));
+    let manifest = format!(
+        "name = \"words\"\nversion = 1\ndescription = \"echo a word\"\nlicence = \"CC0-1.0\"\nitems = {}\nrelease_notes = \"test\"\n[files]\n\"items.jsonl\" = \"{sha}\"\n",
+        words.len()
+    );
+    std::fs::write(set.join("manifest.toml"), manifest).unwrap();
+    set
+}
+
+#[test]
+fn a_worse_model_behind_the_same_route_is_rolled_back_by_the_canary_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let made = switchyard(&["keys", "create", "--tenant", "ops", "--role", "operator", "--data-dir", data], "");
+    let key = text(&made.stdout).trim().to_string();
+    let (mut mock, mock_url) =
+        start(&["bench", "mock", "--port", "0", "--ttft-ms", "5", "--itl-ms", "1", "--chunks", "4"]);
+    let route = |backend: &str| {
+        format!("version = \"canary\"\ndefault_route = \"local\"\n[[routes]]\nname = \"local\"\n{backend}\nallowed_classes = [\"public\", \"internal\", \"regulated\"]\n")
+    };
+    let incumbent = dir.path().join("incumbent.toml");
+    std::fs::write(&incumbent, route("backend = \"embedded\"\nmodel = \"smollm2-135m\"")).unwrap();
+    // The same route, now answered by something that only emits filler.
+    let candidate = dir.path().join("candidate.toml");
+    std::fs::write(&candidate, route(&format!("backend = \"upstream\"\nmodel = \"filler\"\nurl = \"{mock_url}\"")))
+        .unwrap();
+    let (mut server, url) =
+        start(&["serve", "--policy", incumbent.to_str().unwrap(), "--port", "0", "--data-dir", data]);
+    let set = word_set(dir.path());
+
+    let run = switchyard(
+        &[
+            "rollout",
+            "start",
+            candidate.to_str().unwrap(),
+            "--canary",
+            "10%",
+            "--url",
+            &url,
+            // The online gate waits for more traffic than this test sends: the eval decides.
+            "--min-requests",
+            "1000",
+            "--step-s",
+            "600",
+            "--eval-set",
+            set.to_str().unwrap(),
+            "--eval-sample",
+            "6",
+            "--min-items",
+            "3",
+            "--max-drop",
+            "0.2",
+            "--eval-every-s",
+            "1",
+        ],
+        &key,
+    );
+    let out = text(&run.stdout);
+    assert!(run.status.success(), "{out}{}", text(&run.stderr));
+    assert!(out.contains("canary eval 1: 6 items: incumbent"), "{out}");
+    assert!(out.contains("candidate 0.0%"), "{out}");
+    assert!(out.contains("rollback") && out.contains("canary eval failed"), "{out}");
+    let status = text(&switchyard(&["rollout", "status", "--url", &url], &key).stdout);
+    assert!(status.contains("no rollout in progress; serving canary+") && status.contains("start"), "{status}");
+    // Every step names the figures that caused it.
+    assert!(status.contains("\"slices\""), "{status}");
+    server.kill().unwrap();
+    mock.kill().unwrap();
+}
