@@ -29,6 +29,9 @@ pub struct Report {
     pub fallbacks: BTreeMap<String, u32>,
     pub faults: Vec<FaultOutcome>,
     pub breakers: Vec<crate::run::BreakerReading>,
+    /// Each rollout: when it started and how and when it ended.
+    #[serde(default)]
+    pub rollouts: Vec<RolloutOutcome>,
     pub checks: Vec<Check>,
     pub pass: bool,
 }
@@ -61,6 +64,16 @@ pub struct FaultOutcome {
     /// From the fault's start to its route's breaker opening, if it
     /// opened while the fault was on.
     pub breaker_opened_after_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutOutcome {
+    pub id: String,
+    pub started_s: f64,
+    /// `rollback`, `promote`, `abort`, or `running` at the end of the day.
+    pub ended: String,
+    pub after_s: Option<f64>,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,7 +199,22 @@ pub fn report(o: &Observed) -> Report {
             }
         })
         .collect();
-    let checks = checks(o, &sent, &faults);
+    let rollouts: Vec<RolloutOutcome> = o
+        .rollouts
+        .iter()
+        .filter(|e| e.action == "start")
+        .map(|start| {
+            let end = o.rollouts.iter().find(|e| e.id == start.id && e.action != "start");
+            RolloutOutcome {
+                id: start.id.clone(),
+                started_s: start.at_ms / 1000.0,
+                ended: end.map_or_else(|| "running".into(), |e| e.action.clone()),
+                after_s: end.map(|e| (e.at_ms - start.at_ms) / 1000.0),
+                reason: end.map_or_else(String::new, |e| e.reason.clone()),
+            }
+        })
+        .collect();
+    let checks = checks(o, &sent, &faults, &rollouts);
     Report {
         scenario: s.name.clone(),
         description: s.description.clone(),
@@ -200,18 +228,42 @@ pub fn report(o: &Observed) -> Report {
         fallbacks: fallback_counts,
         faults,
         breakers: o.breakers.clone(),
+        rollouts,
         checks,
     }
 }
 
-fn checks(o: &Observed, sent: &Counts, faults: &[FaultOutcome]) -> Vec<Check> {
+fn checks(o: &Observed, sent: &Counts, faults: &[FaultOutcome], rollouts: &[RolloutOutcome]) -> Vec<Check> {
     let e = &o.scenario.expect;
     let mut out = Vec::new();
     let mut check = |what: &str, expected: String, actual: String, pass: bool| {
         out.push(Check { what: what.into(), expected, actual, pass });
     };
-    let refused: Vec<&str> = o.events.iter().filter_map(|e| e.error.as_deref()).collect();
-    check("every fault was injected and cleared", "no refusal".into(), refused.join("; "), refused.is_empty());
+    let refused: Vec<&str> = o
+        .events
+        .iter()
+        .filter_map(|e| e.error.as_deref())
+        .chain(o.rollouts.iter().filter(|r| r.action == "refused").map(|r| r.reason.as_str()))
+        .collect();
+    check("every fault and rollout was accepted", "no refusal".into(), refused.join("; "), refused.is_empty());
+    if let Some(max) = e.rollback_within_s {
+        for r in rollouts {
+            let actual = match r.after_s {
+                Some(s) => format!("{} after {s:.1} s", r.ended),
+                None => "still running".into(),
+            };
+            let pass = r.ended == "rollback" && r.after_s.is_some_and(|s| s <= max);
+            check(
+                &format!("rollout {} rolled back by its gate", r.id),
+                format!("rollback within {max} s"),
+                actual,
+                pass,
+            );
+        }
+        if o.scenario.rollouts.is_empty() {
+            check("a rollout was started", ">= 1".into(), "0".into(), false);
+        }
+    }
     if let Some(max) = e.max_failed_unstreamed {
         check(
             "unstreamed requests failed",
@@ -356,6 +408,18 @@ pub fn html(r: &Report, o: &Observed) -> String {
         for (k, v) in map {
             let _ = write!(page, "<tr><td>{}</td><td>{v}</td></tr>", escape(k));
         }
+    }
+    page.push_str("</table><h2>Rollouts</h2><table><tr><th>rollout</th><th>started</th><th>ended</th><th>after</th><th>why</th></tr>");
+    for ro in &r.rollouts {
+        let after = ro.after_s.map_or_else(|| "–".into(), |a| format!("{a:.1} s"));
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{:.1} s</td><td>{}</td><td>{after}</td><td>{}</td></tr>",
+            escape(&ro.id),
+            ro.started_s,
+            escape(&ro.ended),
+            escape(&ro.reason)
+        );
     }
     page.push_str("</table><h2>Breaker changes</h2><table><tr><th>at</th><th>route</th><th>state</th></tr>");
     for b in &r.breakers {

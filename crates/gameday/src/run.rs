@@ -30,6 +30,9 @@ pub struct Observed {
     pub events: Vec<Event>,
     /// Each change of a route's breaker, first reading included.
     pub breakers: Vec<BreakerReading>,
+    /// Rollouts started and how each ended.
+    #[serde(default)]
+    pub rollouts: Vec<RolloutEvent>,
     /// The server's policy version before and after.
     pub policy: Option<String>,
 }
@@ -51,6 +54,15 @@ pub struct Event {
     /// The server's error, if it refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutEvent {
+    pub at_ms: f64,
+    pub id: String,
+    /// `start`, or how it ended: `rollback`, `promote`, `abort`.
+    pub action: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,9 +98,11 @@ pub async fn run(scenario: &Scenario, admin: &Admin, progress: Progress) -> anyh
     let since = move || start.elapsed().as_secs_f64() * 1e3;
 
     let breakers = Arc::new(Mutex::new(Vec::<BreakerReading>::new()));
+    let rollouts = Arc::new(Mutex::new(Vec::<RolloutEvent>::new()));
     let done = Arc::new(tokio::sync::Notify::new());
     let poller = tokio::spawn(poll_breakers(admin.clone(), breakers.clone(), done.clone(), since));
     let faults = tokio::spawn(schedule(scenario.clone(), admin.clone(), since, progress.clone()));
+    let rolling = tokio::spawn(roll_out(scenario.clone(), admin.clone(), rollouts.clone(), since, progress.clone()));
 
     let t = &scenario.traffic;
     let mut headers: Vec<(String, String)> = admin.auth_header().into_iter().collect();
@@ -121,8 +135,18 @@ pub async fn run(scenario: &Scenario, admin: &Admin, progress: Progress) -> anyh
         replay_watched(&streams.0, &streamed_target, load, limits, watch),
     );
     let events = faults.await.map_err(|e| anyhow::anyhow!("the fault schedule failed: {e}"))?;
+    rolling.abort();
+    // A rollout the day left running is ended, so the server is as it was.
+    if admin.call(Method::GET, "/admin/rollout", Body::None).await.is_ok_and(|v| !v["active"].is_null()) {
+        let aborted = admin.call(Method::POST, "/admin/rollout/abort", Body::None).await;
+        progress(&format!(
+            "  the rollout still running was aborted ({})",
+            if aborted.is_ok() { "ok" } else { "failed" }
+        ));
+    }
     done.notify_one();
     poller.await.map_err(|e| anyhow::anyhow!("the breaker poller failed: {e}"))?;
+    let rollouts = std::mem::take(&mut *rollouts.lock().unwrap_or_else(PoisonError::into_inner));
 
     let mut requests: Vec<Sent> = Vec::with_capacity(trace.requests.len());
     for (results, index, streamed) in [(plain_results, plain.1, false), (stream_results, streams.1, true)] {
@@ -146,8 +170,62 @@ pub async fn run(scenario: &Scenario, admin: &Admin, progress: Progress) -> anyh
         requests,
         events,
         breakers,
+        rollouts,
         policy,
     })
+}
+
+/// Starts each rollout at its time and watches it until it ends.
+async fn roll_out(
+    scenario: Scenario,
+    admin: Admin,
+    out: Arc<Mutex<Vec<RolloutEvent>>>,
+    since: impl Fn() -> f64,
+    progress: Progress,
+) {
+    let push = |e: RolloutEvent| out.lock().unwrap_or_else(PoisonError::into_inner).push(e);
+    for r in &scenario.rollouts {
+        let wait = (r.at_s * scenario.traffic.time_scale * 1000.0 - since()).max(0.0);
+        tokio::time::sleep(Duration::from_secs_f64(wait / 1000.0)).await;
+        let text = match std::fs::read_to_string(&r.policy) {
+            Ok(t) => t,
+            Err(e) => {
+                push(RolloutEvent {
+                    at_ms: since(),
+                    id: String::new(),
+                    action: "refused".into(),
+                    reason: format!("{}: {e}", r.policy.display()),
+                });
+                continue;
+            }
+        };
+        let body = serde_json::json!({"policy": text, "plan": r.plan});
+        let started = admin.call(Method::POST, "/admin/rollout", Body::Json(body)).await;
+        let id = match started {
+            Ok(v) => v["id"].as_str().unwrap_or_default().to_string(),
+            Err(e) => {
+                progress(&format!("  {:6.1} s  rollout refused: {e}", since() / 1000.0));
+                push(RolloutEvent { at_ms: since(), id: String::new(), action: "refused".into(), reason: e });
+                continue;
+            }
+        };
+        progress(&format!("  {:6.1} s  rollout {id} started", since() / 1000.0));
+        push(RolloutEvent { at_ms: since(), id: id.clone(), action: "start".into(), reason: String::new() });
+        loop {
+            tokio::time::sleep(POLL).await;
+            let Ok(v) = admin.call(Method::GET, "/admin/rollout", Body::None).await else { continue };
+            if v["active"]["id"].as_str() == Some(id.as_str()) {
+                continue;
+            }
+            let last = v["steps"].as_array().into_iter().flatten().rfind(|s| s["rollout_id"] == id.as_str()).cloned();
+            let (action, reason) = last.map_or(("ended".to_string(), String::new()), |s| {
+                (s["action"].as_str().unwrap_or("ended").to_string(), s["reason"].as_str().unwrap_or("").to_string())
+            });
+            progress(&format!("  {:6.1} s  rollout {id}: {action}: {reason}", since() / 1000.0));
+            push(RolloutEvent { at_ms: since(), id: id.clone(), action, reason });
+            break;
+        }
+    }
 }
 
 /// The trace split in two (unstreamed, streamed), each with the original

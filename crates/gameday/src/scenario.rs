@@ -20,8 +20,24 @@ pub struct Scenario {
     pub traffic: Traffic,
     #[serde(default)]
     pub faults: Vec<FaultStep>,
+    /// Canary rollouts started during the day (a bad model rollout).
+    #[serde(default)]
+    pub rollouts: Vec<RolloutStart>,
     #[serde(default)]
     pub expect: Expect,
+}
+
+/// A canary rollout of a candidate policy, started at `at_s`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStart {
+    /// The candidate policy file, relative to the scenario.
+    pub policy: PathBuf,
+    pub at_s: f64,
+    /// The plan, as `POST /admin/rollout` takes it (`steps`, `step_s`,
+    /// `min_requests`, `judge_every_s`, `margins`, `auto_promote`).
+    #[serde(default)]
+    pub plan: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +128,9 @@ pub struct Expect {
     /// Share of all requests answered (labelled `answered`).
     #[serde(default)]
     pub min_success_rate: Option<f64>,
+    /// Seconds from each rollout's start to its rollback by the gate.
+    #[serde(default)]
+    pub rollback_within_s: Option<f64>,
 }
 
 impl Scenario {
@@ -119,9 +138,15 @@ impl Scenario {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut s: Scenario = toml::from_str(&text).with_context(|| format!("scenario {}", path.display()))?;
+        let here = path.parent().unwrap_or(Path::new("."));
         if let Some(trace) = &s.traffic.trace {
             if trace.is_relative() {
-                s.traffic.trace = Some(path.parent().unwrap_or(Path::new(".")).join(trace));
+                s.traffic.trace = Some(here.join(trace));
+            }
+        }
+        for r in &mut s.rollouts {
+            if r.policy.is_relative() {
+                r.policy = here.join(&r.policy);
             }
         }
         s.check().with_context(|| format!("scenario {}", path.display()))?;
@@ -152,6 +177,12 @@ impl Scenario {
                 "`faults[{i}]` ends at {} s, after the traffic (`traffic.duration_s` = {}): its recovery could not be seen",
                 f.at_s + f.for_s,
                 t.duration_s
+            );
+        }
+        for (i, r) in self.rollouts.iter().enumerate() {
+            anyhow::ensure!(
+                r.at_s >= 0.0 && r.at_s < t.duration_s,
+                "`rollouts[{i}].at_s` must fall within the traffic (0 to `traffic.duration_s`)"
             );
         }
         Ok(())
