@@ -200,9 +200,17 @@ async fn one(
     let ms = |t: Instant| t.duration_since(sent).as_secs_f64() * 1e3;
     let run = async {
         let body = body(r, index, &target.model, target.stream);
-        let resp = post_chat(client, &target.base_url, &target.headers, &body)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
+        // The trace's own headers (a lane, a family, a tenant's key) go
+        // with the target's; a request's own wins where both name one.
+        let mut headers: Vec<(String, String)> = target
+            .headers
+            .iter()
+            .filter(|(k, _)| !r.headers.keys().any(|h| h.eq_ignore_ascii_case(k)))
+            .cloned()
+            .collect();
+        headers.extend(r.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let resp =
+            post_chat(client, &target.base_url, &headers, &body).await.map_err(|e| format!("request failed: {e}"))?;
         out.status = Some(resp.status.as_u16());
         let said = &resp.switchyard;
         (out.route, out.label) = (said.route.clone(), said.label.clone());

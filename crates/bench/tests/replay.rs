@@ -351,3 +351,30 @@ async fn by_session_a_turn_waits_for_the_previous_answer_plus_its_think_time() {
     let open = replay(&trace, &target(&base, "mock"), Load::Open { time_scale: 1.0 }, Duration::from_secs(10)).await;
     assert!(open[1].sent_ms < open[0].sent_ms + open[0].e2e_ms.unwrap(), "{:?}", &open[..2]);
 }
+
+/// A trace request's own headers (a lane, a family, a tenant's key) are
+/// sent with it, beside the target's, and win where both name one.
+#[tokio::test]
+async fn each_requests_own_headers_go_with_it() {
+    async fn echo(headers: axum::http::HeaderMap) -> Response {
+        let lane = headers.get("x-switchyard-lane").map_or("none".to_string(), |v| v.to_str().unwrap().to_string());
+        let auth = headers.get_all("authorization").iter().count();
+        let body = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]});
+        let mut resp = Json(body).into_response();
+        resp.headers_mut().insert(switchyard_wire::headers::ROUTE, format!("{lane}/{auth}").parse().unwrap());
+        resp
+    }
+    let app = Router::new().route("/v1/chat/completions", post(echo));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut t = Scenario::Single { requests: 2, think_ms: 1.0, input_tokens: 4, max_tokens: 2 }.generate(1);
+    t.requests[0].headers.insert("x-switchyard-lane".into(), "batch".into());
+    t.requests[0].headers.insert("Authorization".into(), "Bearer own".into());
+    let target =
+        Target { headers: vec![("authorization".into(), "Bearer shared".into())], stream: false, ..target(&base, "m") };
+    let results =
+        replay(&t, &target, Load::Closed { concurrency: 1, ramp_up: Duration::ZERO }, Duration::from_secs(5)).await;
+    let routes: Vec<_> = results.iter().map(|r| r.route.clone().unwrap()).collect();
+    assert_eq!(routes, ["batch/1", "none/1"]);
+}

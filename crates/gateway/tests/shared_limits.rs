@@ -305,3 +305,46 @@ async fn three_replicas_offered_three_times_the_limit_admit_the_limit_within_one
     assert!(offered as f64 >= 2.5 * expected, "the load was about three times the limit: {offered}");
     assert!((admitted as f64 - expected).abs() <= expected * 0.01, "admitted {admitted}, expected {expected} ± 1%");
 }
+
+/// A game day's shared-state outages, injected through `/admin/faults`:
+/// `@redis` fails admissions as an unreachable Redis would (and
+/// `redis-fail` decides), `@database` fails the recorder's writes; both
+/// end when cleared.
+#[tokio::test]
+async fn injected_redis_and_database_outages_act_as_real_ones_and_end_when_cleared() {
+    let Some([limiter]) = shared_limiters::<1>().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let tenant = key(&db, 1000).await;
+    let spec = KeySpec { tenant: "ops".into(), role: "operator".into(), ..Default::default() };
+    let (record, operator) = issue(&spec, 1).unwrap();
+    Store::open(&db).await.unwrap().create_key(&record).await.unwrap();
+    let base = replica(&db, limiter).await;
+    let http = reqwest::Client::new();
+    let fault = |target: &'static str, body: serde_json::Value| {
+        http.put(format!("{base}/admin/faults/{target}")).bearer_auth(&operator).json(&body).send()
+    };
+    let clear =
+        |target: &'static str| http.delete(format!("{base}/admin/faults/{target}")).bearer_auth(&operator).send();
+
+    assert_eq!(fault("@redis", json!({"kind": "die"})).await.unwrap().status(), StatusCode::OK);
+    let r = ask(&base, &tenant).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "this replica fails closed");
+    assert_eq!(r.headers()["x-switchyard-ratelimit"], "unavailable; fail-closed");
+    assert_eq!(clear("@redis").await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(ask(&base, &tenant).await.status(), StatusCode::OK);
+
+    let store = Store::open(&db).await.unwrap();
+    assert_eq!(fault("@database", json!({"kind": "die", "for_s": 30})).await.unwrap().status(), StatusCode::OK);
+    let r = ask(&base, &tenant).await;
+    assert_eq!(r.status(), StatusCode::OK, "answers go on while records cannot be written");
+    let lost = r.headers()["x-switchyard-request-id"].to_str().unwrap().to_string();
+    assert!(store.decision(&lost).await.unwrap().is_none());
+    assert_eq!(clear("@database").await.unwrap().status(), StatusCode::NO_CONTENT);
+    let r = ask(&base, &tenant).await;
+    let kept = r.headers()["x-switchyard-request-id"].to_str().unwrap().to_string();
+    assert!(store.decision(&kept).await.unwrap().is_some(), "written again once the outage ends");
+
+    assert_eq!(fault("@nowhere", json!({"kind": "die"})).await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(fault("@redis", json!({"kind": "slow", "ms": 5})).await.unwrap().status(), StatusCode::BAD_REQUEST);
+}

@@ -20,6 +20,8 @@ mod rows;
 pub mod versions;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyPoolOptions;
@@ -76,6 +78,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("a record's JSON: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("the database is unreachable (an outage injected by a game day)")]
+    InjectedOutage,
 }
 
 /// Which records [`Store::telemetry`] returns; `None` matches any.
@@ -386,6 +390,9 @@ pub struct Store {
     pool: AnyPool,
     /// How the large multi-row statements name their parameters.
     params: Params,
+    /// Until when (Unix ms) the recorder's writes fail as if the database
+    /// were unreachable: a game day's injected outage (0: none).
+    outage_until_ms: Arc<AtomicI64>,
 }
 
 /// SQLite binds `$N` parameters by looking each name up in a list, so a
@@ -407,6 +414,19 @@ fn is_postgres(url: &str) -> bool {
 }
 
 impl Store {
+    /// Until `until_ms` (Unix ms; `i64::MAX`: until set again, 0: now), the
+    /// recorder's writes fail as they would with the database unreachable:
+    /// how a game day rehearses a shared-state outage. Reads and the other
+    /// writes are untouched.
+    pub fn inject_outage(&self, until_ms: i64) {
+        self.outage_until_ms.store(until_ms, Ordering::Relaxed);
+    }
+
+    /// Whether an injected outage is on at `now_ms`.
+    pub fn outage(&self, now_ms: i64) -> bool {
+        now_ms < self.outage_until_ms.load(Ordering::Relaxed)
+    }
+
     /// Opens (creating if needed) the SQLite database file and applies migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
@@ -452,7 +472,11 @@ impl Store {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
             SQLITE.run(&pool).await?;
         }
-        Ok(Self { pool, params: if postgres { Params::Numbered } else { Params::Positional } })
+        Ok(Self {
+            pool,
+            params: if postgres { Params::Numbered } else { Params::Positional },
+            outage_until_ms: Arc::default(),
+        })
     }
 
     /// Opens an existing SQLite database to read: no migrations, no writes,
@@ -462,7 +486,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         let url = format!("sqlite://{}?mode=ro", path.display());
         let pool = AnyPoolOptions::new().max_connections(1).connect(&url).await?;
-        Ok(Self { pool, params: Params::Positional })
+        Ok(Self { pool, params: Params::Positional, outage_until_ms: Arc::default() })
     }
 
     pub async fn record_decision(&self, r: &DecisionRecord) -> Result<(), StoreError> {

@@ -224,6 +224,9 @@ async fn write_batch(store: &Store, records: &[Record]) -> Result<(), StoreError
     if records.is_empty() {
         return Ok(());
     }
+    if store.outage(crate::now_ms()) {
+        return Err(StoreError::InjectedOutage);
+    }
     let mut tx = store.pool.begin().await?;
     let decisions: Vec<&DecisionRecord> =
         records.iter().filter_map(|r| if let Record::Decision(d) = r { Some(&**d) } else { None }).collect();

@@ -95,6 +95,16 @@ impl Limiter {
         Ok(Self { shared: Some(shared), ..Self::default() })
     }
 
+    /// Until `until_ms` (Unix ms; 0: end it now), admissions fail as with
+    /// Redis unreachable, and `redis-fail` decides; false when limits are
+    /// not shared through Redis.
+    pub fn inject_redis_outage(&self, until_ms: i64) -> bool {
+        self.shared.as_ref().is_some_and(|s| {
+            s.outage_until_ms.store(until_ms, Ordering::Relaxed);
+            true
+        })
+    }
+
     /// Admits a request from `caller` whose prompt is about `tokens` tokens,
     /// charging it to every subject, or refuses it and charges nothing.
     pub async fn admit(self: &Arc<Self>, caller: &Caller, tokens: u64) -> Result<Admitted, Box<Refused>> {

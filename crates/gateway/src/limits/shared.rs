@@ -95,6 +95,9 @@ return 1
 
 pub struct Shared {
     conn: redis::aio::ConnectionManager,
+    /// Until when (Unix ms) admissions fail as with Redis unreachable: a
+    /// game day's injected outage (0: none).
+    pub outage_until_ms: std::sync::atomic::AtomicI64,
     prefix: String,
     pub fail: FailMode,
     check: redis::Script,
@@ -125,8 +128,14 @@ impl Shared {
     /// that sends later charges.
     pub async fn connect(url: &str, prefix: &str, fail: FailMode) -> Result<Self, redis::RedisError> {
         let conn = redis::Client::open(url)?.get_connection_manager().await?;
-        let shared =
-            Self { conn, prefix: prefix.to_string(), fail, check: redis::Script::new(CHECK), pending: Arc::default() };
+        let shared = Self {
+            conn,
+            outage_until_ms: Default::default(),
+            prefix: prefix.to_string(),
+            fail,
+            check: redis::Script::new(CHECK),
+            pending: Arc::default(),
+        };
         tokio::spawn(flush_loop(shared.conn.clone(), shared.prefix.clone(), Arc::downgrade(&shared.pending)));
         Ok(shared)
     }
@@ -144,6 +153,12 @@ impl Shared {
         tokens: u64,
         today: u64,
     ) -> Result<(bool, Vec<Standing>), redis::RedisError> {
+        if switchyard_wire::unix_ms() < self.outage_until_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "Redis is unreachable (an outage injected by a game day)",
+            )));
+        }
         let mut invocation = self.check.prepare_invoke();
         invocation.arg(micros(ledger::MINUTE)).arg(KEEP_DAY_SECS);
         for s in subjects {

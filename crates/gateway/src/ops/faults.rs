@@ -296,7 +296,11 @@ pub async fn put(
     })?;
     check(&injection)?;
     let routing = state.routing().ok_or_else(|| ApiError::internal("no routing"))?;
-    if routing.policy.route(&route).is_none() {
+    let now = switchyard_wire::unix_ms();
+    let until_ms = injection.for_s.map(|s| now + (s * 1000.0) as i64);
+    if let Some(target) = route.strip_prefix('@') {
+        shared_state(&state, target, &injection.kind, until_ms.unwrap_or(i64::MAX))?;
+    } else if routing.policy.route(&route).is_none() {
         let names: Vec<_> = routing.policy.routes.iter().map(|r| r.name.as_str()).collect();
         return Err(ApiError::invalid(
             None,
@@ -305,12 +309,11 @@ pub async fn put(
         .with_status(StatusCode::NOT_FOUND));
     }
     let actor: Actor = (&caller).into();
-    let now = switchyard_wire::unix_ms();
     let fault = Active {
         route: route.clone(),
         kind: injection.kind,
         set_ms: now,
-        until_ms: injection.for_s.map(|s| now + (s * 1000.0) as i64),
+        until_ms,
         by: actor.key_id.clone().unwrap_or_else(|| "open".into()),
     };
     let reason = format!(
@@ -334,6 +337,38 @@ pub async fn put(
     faults.set(fault.clone());
     audit::done(&state, &caller, "faults.set", reason);
     Ok((StatusCode::OK, Json(fault)).into_response())
+}
+
+/// `@redis` and `@database`: shared state made unreachable until
+/// `until_ms` (0: reachable again). Redis: admissions fail and
+/// `redis-fail` decides; the database: the recorder's writes fail.
+fn shared_state(state: &AppState, target: &str, kind: &Kind, until_ms: i64) -> Result<(), ApiError> {
+    if *kind != Kind::Die {
+        return Err(ApiError::invalid(
+            Some("kind".into()),
+            format!("`@{target}` takes `die` (unreachable), not {kind:?}"),
+        ));
+    }
+    let not_here = |what: &str| {
+        ApiError::invalid(None, format!("this server has no {what} to make unreachable"))
+            .with_status(StatusCode::CONFLICT)
+    };
+    match target {
+        "redis" if state.limiter.inject_redis_outage(until_ms) => Ok(()),
+        "redis" => Err(not_here("Redis (its limits are not shared: start it with `redis`)")),
+        "database" => match &state.store {
+            Some(store) => {
+                store.inject_outage(until_ms);
+                Ok(())
+            }
+            None => Err(not_here("database")),
+        },
+        other => Err(ApiError::invalid(
+            None,
+            format!("`@{other}`: the shared state a fault can reach is `@redis` or `@database`"),
+        )
+        .with_status(StatusCode::NOT_FOUND)),
+    }
 }
 
 fn check(injection: &Injection) -> Result<(), ApiError> {
@@ -371,6 +406,9 @@ pub async fn clear(
         audit::changing(store, &actor, format!("fault:{route}"), "clear", None, reason.clone()).await?;
     }
     tracing::warn!(route = %route, "{reason}");
+    if let Some(target) = route.strip_prefix('@') {
+        shared_state(&state, target, &Kind::Die, 0)?;
+    }
     faults.clear(&route);
     audit::done(&state, &caller, "faults.clear", reason);
     Ok(StatusCode::NO_CONTENT.into_response())
