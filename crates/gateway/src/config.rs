@@ -61,6 +61,13 @@ pub struct ServeConfig {
     /// AES-256 keys for payloads a policy keeps encrypted: one per line,
     /// 64 hex digits, optionally after an id; the first seals.
     pub payload_key_file: Option<std::path::PathBuf>,
+    /// Drift and cost alerts (`[[alerts]]`), judged every
+    /// `alert-every-s` over rolling windows of the records.
+    pub alerts: Vec<crate::ops::alerts::Rule>,
+    /// Where alerts are POSTed (JSON), firing and resolved; the log and
+    /// the metrics get them either way.
+    pub alert_webhook: Option<String>,
+    pub alert_every_s: u64,
 }
 
 impl Default for ServeConfig {
@@ -84,6 +91,9 @@ impl Default for ServeConfig {
             telemetry: true,
             otlp_endpoint: None,
             payload_key_file: None,
+            alerts: Vec::new(),
+            alert_webhook: None,
+            alert_every_s: 15,
         }
     }
 }
@@ -200,6 +210,20 @@ impl ServeConfig {
             return bad("max-body-bytes", "must be at least 1024".into());
         }
         self.prices.validate().map_err(|message| ConfigError::Invalid { key: "prices", message })?;
+        for (i, rule) in self.alerts.iter().enumerate() {
+            rule.check(i).map_err(|(key, message)| ConfigError::Parse {
+                path: "switchyard.toml".into(),
+                message: format!("`{key}`: {message}"),
+            })?;
+        }
+        if self.alert_every_s == 0 {
+            return bad("alert-every-s", "must be at least 1 second".into());
+        }
+        if let Some(url) = &self.alert_webhook {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad("alert-webhook", "an http:// or https:// URL".into());
+            }
+        }
         if let Some(url) = &self.database {
             let known = ["postgres://", "postgresql://", "sqlite://"];
             if !known.iter().any(|k| url.starts_with(k)) {
@@ -264,5 +288,20 @@ mod tests {
         let c = parse("database = \"mysql://db/x\"").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("`database`"));
         parse("database = \"postgres://127.0.0.1:5432/test\"").unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn alert_rules_are_read_and_a_broken_one_names_its_key() {
+        let ok = parse("alert-webhook = \"http://127.0.0.1:9/hook\"\n[[alerts]]\nname = \"errors\"\nmetric = \"error_rate\"\nabove = 0.1\n")
+            .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.alerts.len(), 1);
+        let half = parse("[[alerts]]\nname = \"spend\"\nmetric = \"cost_per_day_usd\"\nrise = 0.5\n").unwrap();
+        assert!(half.validate().unwrap_err().to_string().contains("`alerts[0].baseline-s`"));
+        assert!(parse("[[alerts]]\nname = \"x\"\nmetric = \"error_rate\"\nabove = 1\nwindow = 5\n")
+            .unwrap_err()
+            .contains("window"));
+        let hook = parse("alert-webhook = \"ftp://x\"").unwrap();
+        assert!(hook.validate().unwrap_err().to_string().contains("`alert-webhook`"));
     }
 }

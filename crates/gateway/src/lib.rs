@@ -315,6 +315,11 @@ pub async fn serve(
     let state = Arc::new(state.with_store(store));
     purge_every(state.clone(), PURGE_EVERY);
     ops::policy::follow(state.clone(), ops::policy::FOLLOW_EVERY);
+    if let (false, Some(store)) = (cfg.alerts.is_empty(), &state.store) {
+        tracing::info!(rules = cfg.alerts.len(), webhook = cfg.alert_webhook.is_some(), "drift and cost alerts on");
+        let alerts = Arc::new(ops::alerts::Alerts::new(cfg.alerts.clone(), cfg.alert_webhook.clone()));
+        ops::alerts::every(alerts, store.clone(), state.node.clone(), Duration::from_secs(cfg.alert_every_s));
+    }
     let app = router(state.clone(), cfg.max_body_bytes);
     // Streams are many small writes; with Nagle's algorithm on, each waits
     // for the client's delayed ACK of the previous one (~40 ms per event).

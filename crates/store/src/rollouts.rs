@@ -94,6 +94,25 @@ impl Store {
         Ok(())
     }
 
+    /// Feedback given since `since_ms`, oldest first.
+    pub async fn feedback_since(&self, since_ms: i64) -> Result<Vec<Feedback>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM feedback WHERE created_ms >= $1 ORDER BY id")
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Feedback {
+                    request_id: r.try_get("request_id")?,
+                    created_ms: r.try_get("created_ms")?,
+                    verdict: r.try_get("verdict")?,
+                    tenant: r.try_get("tenant")?,
+                    comment: r.try_get("comment")?,
+                })
+            })
+            .collect()
+    }
+
     /// Feedback given since `since_ms` on answers recorded under each
     /// policy version: `(policy_id, good, bad)`.
     pub async fn feedback_by_policy(&self, since_ms: i64) -> Result<Vec<(String, i64, i64)>, StoreError> {
