@@ -95,6 +95,11 @@ impl Limiter {
         Ok(Self { shared: Some(shared), ..Self::default() })
     }
 
+    /// Whether limits are counted in Redis, shared by replicas.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
     /// Until `until_ms` (Unix ms; 0: end it now), admissions fail as with
     /// Redis unreachable, and `redis-fail` decides; false when limits are
     /// not shared through Redis.

@@ -298,9 +298,11 @@ pub async fn put(
     let routing = state.routing().ok_or_else(|| ApiError::internal("no routing"))?;
     let now = switchyard_wire::unix_ms();
     let until_ms = injection.for_s.map(|s| now + (s * 1000.0) as i64);
-    if let Some(target) = route.strip_prefix('@') {
-        shared_state(&state, target, &injection.kind, until_ms.unwrap_or(i64::MAX))?;
-    } else if routing.policy.route(&route).is_none() {
+    let shared = match route.strip_prefix('@') {
+        Some(target) => Some(shared_state(&state, target, &injection.kind)?),
+        None => None,
+    };
+    if shared.is_none() && routing.policy.route(&route).is_none() {
         let names: Vec<_> = routing.policy.routes.iter().map(|r| r.name.as_str()).collect();
         return Err(ApiError::invalid(
             None,
@@ -334,15 +336,25 @@ pub async fn put(
     }
     tracing::warn!(route = %route, "{reason}");
     metrics::counter!("switchyard_faults_injected_total", "route" => route.clone()).increment(1);
+    if let Some(target) = shared {
+        outage(&state, target, until_ms.unwrap_or(i64::MAX));
+    }
     faults.set(fault.clone());
     audit::done(&state, &caller, "faults.set", reason);
     Ok((StatusCode::OK, Json(fault)).into_response())
 }
 
-/// `@redis` and `@database`: shared state made unreachable until
-/// `until_ms` (0: reachable again). Redis: admissions fail and
-/// `redis-fail` decides; the database: the recorder's writes fail.
-fn shared_state(state: &AppState, target: &str, kind: &Kind, until_ms: i64) -> Result<(), ApiError> {
+/// Shared state a fault can make unreachable.
+#[derive(Clone, Copy)]
+enum SharedState {
+    /// Admissions fail as with Redis unreachable, and `redis-fail` decides.
+    Redis,
+    /// The recorder's writes fail.
+    Database,
+}
+
+/// `@redis` or `@database`, checked before anything is recorded or changed.
+fn shared_state(state: &AppState, target: &str, kind: &Kind) -> Result<SharedState, ApiError> {
     if *kind != Kind::Die {
         return Err(ApiError::invalid(
             Some("kind".into()),
@@ -354,20 +366,29 @@ fn shared_state(state: &AppState, target: &str, kind: &Kind, until_ms: i64) -> R
             .with_status(StatusCode::CONFLICT)
     };
     match target {
-        "redis" if state.limiter.inject_redis_outage(until_ms) => Ok(()),
+        "redis" if state.limiter.is_shared() => Ok(SharedState::Redis),
         "redis" => Err(not_here("Redis (its limits are not shared: start it with `redis`)")),
-        "database" => match &state.store {
-            Some(store) => {
-                store.inject_outage(until_ms);
-                Ok(())
-            }
-            None => Err(not_here("database")),
-        },
+        "database" if state.store.is_some() => Ok(SharedState::Database),
+        "database" => Err(not_here("database")),
         other => Err(ApiError::invalid(
             None,
             format!("`@{other}`: the shared state a fault can reach is `@redis` or `@database`"),
         )
         .with_status(StatusCode::NOT_FOUND)),
+    }
+}
+
+/// Makes `target` unreachable until `until_ms` (0: reachable again).
+fn outage(state: &AppState, target: SharedState, until_ms: i64) {
+    match target {
+        SharedState::Redis => {
+            state.limiter.inject_redis_outage(until_ms);
+        }
+        SharedState::Database => {
+            if let Some(store) = &state.store {
+                store.inject_outage(until_ms);
+            }
+        }
     }
 }
 
@@ -407,7 +428,7 @@ pub async fn clear(
     }
     tracing::warn!(route = %route, "{reason}");
     if let Some(target) = route.strip_prefix('@') {
-        shared_state(&state, target, &Kind::Die, 0)?;
+        outage(&state, shared_state(&state, target, &Kind::Die)?, 0);
     }
     faults.clear(&route);
     audit::done(&state, &caller, "faults.clear", reason);

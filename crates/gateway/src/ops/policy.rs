@@ -163,7 +163,16 @@ impl Live {
     ) -> Result<Applied, ApiError> {
         let _one = self.applying.lock().await;
         let policy = Policy::from_toml(&text).map_err(|e| invalid_policy(e.to_string()))?;
-        let routing = self.build(state, policy, actor).await.map_err(|e| invalid_policy(format!("{e:#}")))?;
+        let routing = match self.build(state, policy, actor).await {
+            Ok(routing) => routing,
+            Err(e) => {
+                // Models loaded for a version that did not go in force.
+                if self.rollout().is_none() {
+                    state.models.retire_unused(&self.current().policy);
+                }
+                return Err(invalid_policy(format!("{e:#}")));
+            }
+        };
         let before = self.current();
         let p = &routing.policy;
         let reason = format!("policy {} {} (was {})", p.id, applied_how(source), before.policy.id);
@@ -288,6 +297,8 @@ pub fn follow(state: Arc<AppState>, every: Duration) {
             match live.build_text(&state, &v.body, &server).await {
                 Ok(routing) => {
                     tracing::info!(policy = %v.version_id, by = %v.actor, "following the policy applied elsewhere");
+                    let why = format!("policy {} was applied on another replica; its incumbent is gone", v.version_id);
+                    super::rollout::abandon(&state, &why).await;
                     live.swap(&state, routing, &server).await;
                     refused = None;
                 }
@@ -301,11 +312,12 @@ pub fn follow(state: Arc<AppState>, every: Duration) {
     });
 }
 
-fn parts(state: &AppState) -> Result<(&Arc<Live>, &Store), ApiError> {
+/// The live policy and the store, or the 409 of a server without a policy.
+pub(crate) fn parts(state: &AppState) -> Result<(&Arc<Live>, &Store), ApiError> {
     let live = state.routing.as_ref().ok_or_else(|| {
         ApiError::invalid(
             None,
-            "this server routes no policy (started without --policy); start it with one to apply others",
+            "this server routes no policy (started without --policy); start it with one to change, roll out or break routes",
         )
         .with_status(StatusCode::CONFLICT)
         .with_code("no_policy")

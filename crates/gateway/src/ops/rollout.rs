@@ -3,7 +3,7 @@
 //! the incumbent, and a gate compares the two on the same window until it
 //! promotes the candidate step by step or rolls it back by itself.
 //!
-//! - **Split**: a request's arm is a function of its request id (FNV-1a,
+//! - **Split**: a request's arm is a function of its request id ([`bucket`]
 //!   below the share: candidate), so it is reproducible from the record;
 //!   an operator (or the canary eval) may pin an arm with
 //!   `x-switchyard-canary`. Each record names its arm's policy version.
@@ -23,8 +23,9 @@
 //! Invariants: at most one rollout at a time; a rollout's candidate is
 //! never the policy in force until it is promoted (a restart drops a
 //! rollout in progress, which leaves the incumbent in force); the
-//! incumbent is what the live policy is, so an apply during a rollout
-//! aborts it.
+//! incumbent is the live policy, so an apply or rollback on this replica
+//! during a rollout is refused (409), and a version followed from another
+//! replica ends it ([`abandon`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +42,7 @@ use switchyard_store::rollouts::{Feedback, RolloutStep};
 use switchyard_store::{JsonText, Store, TelemetryFilter};
 use switchyard_wire::headers;
 
-use super::policy::{Live, Source};
+use super::policy::{parts, Live, Source};
 use crate::audit::{self, Actor};
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -179,13 +180,20 @@ pub enum Arm {
     Candidate,
 }
 
-/// FNV-1a of the request id, as a share in [0, 1).
+/// The request id hashed (FNV-1a, then MurmurHash3's 64-bit finalizer,
+/// since FNV alone leaves ids that differ in their last characters close
+/// together in the high bits), as a share in [0, 1).
 pub fn bucket(request_id: &str) -> f64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in request_id.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -345,19 +353,6 @@ async fn record(store: &Store, active: &Active, action: &str, share: f64, figure
     }
 }
 
-fn parts(state: &AppState) -> Result<(&Arc<Live>, &Store), ApiError> {
-    let live = state.routing.as_ref().ok_or_else(|| {
-        ApiError::invalid(
-            None,
-            "this server routes no policy (started without --policy), so it has nothing to roll out",
-        )
-        .with_status(StatusCode::CONFLICT)
-        .with_code("no_policy")
-    })?;
-    let store = state.store.as_ref().ok_or_else(|| ApiError::internal("this server has no store"))?;
-    Ok((live, store))
-}
-
 fn conflict(message: String) -> ApiError {
     ApiError::invalid(None, message).with_status(StatusCode::CONFLICT).with_code("rollout_conflict")
 }
@@ -396,9 +391,16 @@ pub async fn start(
     if policy.id == incumbent {
         return Err(conflict(format!("the candidate is the policy in force ({incumbent})")));
     }
-    let candidate = live.build(&state, policy, &actor).await.map_err(|e| {
-        ApiError::invalid(None, format!("candidate cannot serve here: {e:#}")).with_code("invalid_policy")
-    })?;
+    let candidate = match live.build(&state, policy, &actor).await {
+        Ok(candidate) => candidate,
+        Err(e) => {
+            // Models loaded for a candidate that will not serve.
+            state.models.retire_unused(&live.current().policy);
+            return Err(
+                ApiError::invalid(None, format!("candidate cannot serve here: {e:#}")).with_code("invalid_policy")
+            );
+        }
+    };
     let now = switchyard_wire::unix_ms();
     let active = Active {
         id: format!("rollout-{}", uuid::Uuid::now_v7().simple()),
@@ -540,6 +542,19 @@ async fn end(
     }
     record(store, &active, action, share, figures, &reason).await;
     Ok(())
+}
+
+/// Ends the rollout in progress, if any, because the policy in force
+/// changed under it (a version applied on another replica).
+pub(crate) async fn abandon(state: &AppState, why: &str) {
+    let Some(active) = state.routing.as_ref().and_then(|l| l.rollout()) else { return };
+    if let Some(live) = &state.routing {
+        live.set_rollout(None);
+    }
+    tracing::warn!(rollout = %active.id, "rollout ended: {why}");
+    if let Some(store) = &state.store {
+        record(store, &active, "abort", 0.0, json!({}), why).await;
+    }
 }
 
 /// `GET /admin/rollout`: the rollout in progress, if any, and the steps of
