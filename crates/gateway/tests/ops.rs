@@ -35,6 +35,19 @@ const GAP: Duration = Duration::from_millis(50);
 /// whole or streamed.
 async fn upstream(Path(name): Path<String>, Json(body): Json<Value>) -> Response {
     let model = body["model"].clone();
+    if name == "echo" {
+        // What the route was sent: the first message's role and text, and how many there were.
+        let m = &body["messages"];
+        let text = format!(
+            "{}: {} ({} messages)",
+            m[0]["role"].as_str().unwrap_or(""),
+            m[0]["content"].as_str().unwrap_or(""),
+            m.as_array().map_or(0, Vec::len)
+        );
+        return Json(json!({"id": "c", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}))
+        .into_response();
+    }
     if name == "fail" {
         let error = json!({"error": {"message": "down", "type": "server_error", "param": null, "code": null}});
         return (StatusCode::INTERNAL_SERVER_ERROR, Json(error)).into_response();
@@ -482,6 +495,37 @@ async fn feedback_is_kept_for_answers_that_exist_and_pinning_an_arm_needs_an_ope
     req = req.header("x-switchyard-canary", "candidate");
     let pinned = req.body(body).send().await.unwrap();
     assert_eq!(pinned.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_routes_system_prompt_is_versioned_with_the_policy_and_applied_with_no_restart() {
+    let mock = mock().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = upstream_server(&mock, &data.path().join("s.db")).await;
+    let with_prompt = |version: &str, prompt: &str| {
+        format!(
+            "version = \"{version}\"\ndefault_route = \"echo\"\n[[routes]]\nname = \"echo\"\nbackend = \"upstream\"\nmodel = \"m\"\nurl = \"{mock}/echo/v1\"\nallowed_classes = [\"public\"]\nsystem_prompt = \"{prompt}\"\n"
+        )
+    };
+    let ask = |system: Option<&str>| {
+        let mut messages = vec![json!({"role": "user", "content": "hi"})];
+        if let Some(sys) = system {
+            messages.insert(0, json!({"role": "system", "content": sys}));
+        }
+        let body = json!({"model": "auto", "messages": messages}).to_string();
+        s.call(reqwest::Method::POST, "/v1/chat/completions", None, Some(body))
+    };
+    let content = |r: Reply| r.json()["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let applied =
+        s.call(reqwest::Method::PUT, "/admin/policy", None, Some(with_prompt("p.1", "Answer in French."))).await;
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+    assert_eq!(content(ask(None).await), "system: Answer in French. (2 messages)");
+    // The client's own system message follows the route's, in one message.
+    assert_eq!(content(ask(Some("Be brief.")).await), "system: Answer in French.\n\nBe brief. (2 messages)");
+    s.call(reqwest::Method::PUT, "/admin/policy", None, Some(with_prompt("p.2", "Answer in Spanish."))).await;
+    assert_eq!(content(ask(None).await), "system: Answer in Spanish. (2 messages)");
+    s.call(reqwest::Method::POST, "/admin/policy/rollback", None, None).await;
+    assert_eq!(content(ask(None).await), "system: Answer in French. (2 messages)", "rolled back with its policy");
 }
 
 // ---- Faults, on scripted backends --------------------------------------

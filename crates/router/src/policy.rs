@@ -118,6 +118,11 @@ pub struct Route {
     pub retry: RetryBudget,
     #[serde(default)]
     pub breaker: Breaker,
+    /// A system prompt this route adds to every request it is sent (before
+    /// the client's own, in one leading system message): a prompt template
+    /// versioned, applied and rolled back with the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
 }
 
 impl Route {

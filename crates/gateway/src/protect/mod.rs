@@ -15,7 +15,7 @@ use switchyard_router::detect::{Detectors, Placeholders};
 use switchyard_router::protect::{days_ms, redact_for, Found, Keep, ProtectAction};
 use switchyard_router::{Decision, Policy, Route};
 use switchyard_store::payload::PayloadRecord;
-use switchyard_wire::MessageContent;
+use switchyard_wire::{ChatMessage, MessageContent, Role};
 
 use crate::backend::ChatRequest;
 use crate::error::ApiError;
@@ -91,24 +91,55 @@ pub struct Prepared<'a> {
     pub restore: Option<Placeholders>,
 }
 
-/// The request as `route` may receive it: findings the policy redacts,
-/// of a class the route may not receive, replaced by placeholders.
+/// The request as `route` receives it: findings the policy redacts, of a
+/// class the route may not receive, replaced by placeholders; then the
+/// route's `system_prompt`, if it has one, put first (after redaction, so
+/// the operator's prompt is never rewritten).
 pub fn for_route<'a>(req: &'a ChatRequest, decision: &Decision, policy: &Policy, route: &Route) -> Prepared<'a> {
     let texts: Vec<String> = req.params.messages.iter().map(|(_, text)| text.clone()).collect();
-    let Some(redacted) = redact_for(&texts, &decision.found, &route.allowed_classes) else {
+    let redacted = redact_for(&texts, &decision.found, &route.allowed_classes);
+    if redacted.is_none() && route.system_prompt.is_none() {
         return Prepared { req: Cow::Borrowed(req), redacted: 0, restore: None };
-    };
+    }
     let mut sent = req.clone();
-    for (i, ((_, text), new)) in sent.params.messages.iter_mut().zip(redacted.texts).enumerate() {
-        if *text != new {
-            *text = new;
-            if let Some(m) = sent.body.messages.get_mut(i) {
+    let (count, restore) = match redacted {
+        None => (0, None),
+        Some(redacted) => {
+            for (i, ((_, text), new)) in sent.params.messages.iter_mut().zip(redacted.texts).enumerate() {
+                if *text != new {
+                    *text = new;
+                    if let Some(m) = sent.body.messages.get_mut(i) {
+                        m.content = Some(MessageContent::Text(text.clone()));
+                    }
+                }
+            }
+            let restore = policy.protect.as_ref().is_some_and(|p| redacted.classes.iter().any(|c| p.restores(*c)));
+            (redacted.count, restore.then_some(redacted.placeholders))
+        }
+    };
+    if let Some(prompt) = &route.system_prompt {
+        with_system_prompt(&mut sent, prompt);
+    }
+    Prepared { req: Cow::Owned(sent), redacted: count, restore }
+}
+
+/// Puts a route's system prompt first: before the text of the client's
+/// leading system message, or as a system message of its own.
+fn with_system_prompt(req: &mut ChatRequest, prompt: &str) {
+    match req.params.messages.first_mut() {
+        Some((role, text)) if *role == "system" => {
+            *text = format!("{prompt}\n\n{text}");
+            if let Some(m) = req.body.messages.first_mut() {
                 m.content = Some(MessageContent::Text(text.clone()));
             }
         }
+        _ => {
+            req.params.messages.insert(0, ("system", prompt.to_string()));
+            let message =
+                ChatMessage { role: Role::System, content: Some(MessageContent::Text(prompt.into())), name: None };
+            req.body.messages.insert(0, message);
+        }
     }
-    let restore = policy.protect.as_ref().is_some_and(|p| redacted.classes.iter().any(|c| p.restores(*c)));
-    Prepared { req: Cow::Owned(sent), redacted: redacted.count, restore: restore.then_some(redacted.placeholders) }
 }
 
 /// Keeps the request's payload where the policy says (by the route that
