@@ -487,6 +487,8 @@ async fn feedback_is_kept_for_answers_that_exist_and_pinning_an_arm_needs_an_ope
     let meh = give(json!({"request_id": answered, "verdict": "meh"})).await;
     assert_eq!(meh.status, StatusCode::BAD_REQUEST);
     assert!(meh.body.contains("`verdict` is `good` or `bad`"));
+    // The same verdict again on the same answer does not count twice.
+    assert_eq!(give(json!({"request_id": answered, "verdict": "bad"})).await.status, StatusCode::CREATED);
     let by = s.store.feedback_by_policy(0).await.unwrap();
     assert_eq!(by, vec![(s.serving().await, 0, 1)]);
     // This open server does not allow forcing routes, so no arm may be pinned.

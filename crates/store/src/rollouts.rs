@@ -113,13 +113,15 @@ impl Store {
             .collect()
     }
 
-    /// Feedback given since `since_ms` on answers recorded under each
+    /// Answers given feedback since `since_ms`, by the policy version that
+    /// recorded them: each answer counts once per verdict however often
+    /// it is sent (one client must not outvote the rest), as
     /// policy version: `(policy_id, good, bad)`.
     pub async fn feedback_by_policy(&self, since_ms: i64) -> Result<Vec<(String, i64, i64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT d.policy_id AS policy_id, \
-             CAST(SUM(CASE WHEN f.verdict = 'good' THEN 1 ELSE 0 END) AS BIGINT) AS good, \
-             CAST(SUM(CASE WHEN f.verdict = 'bad' THEN 1 ELSE 0 END) AS BIGINT) AS bad \
+             CAST(COUNT(DISTINCT CASE WHEN f.verdict = 'good' THEN f.request_id END) AS BIGINT) AS good, \
+             CAST(COUNT(DISTINCT CASE WHEN f.verdict = 'bad' THEN f.request_id END) AS BIGINT) AS bad \
              FROM feedback f JOIN decisions d ON d.request_id = f.request_id \
              WHERE f.created_ms >= $1 GROUP BY d.policy_id",
         )

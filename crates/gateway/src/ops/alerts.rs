@@ -240,16 +240,14 @@ impl Alerts {
         let feedback = if rule.metric == Metric::BadFeedbackRate {
             let ids: std::collections::HashSet<&str> = mine.iter().map(|r| r.request_id.as_str()).collect();
             let given = store.feedback_since(since_ms).await?;
-            given.iter().filter(|f| ids.contains(f.request_id.as_str()) && f.created_ms < until_ms).fold(
-                (0, 0),
-                |(g, b), f| {
-                    if f.verdict == "bad" {
-                        (g, b + 1)
-                    } else {
-                        (g + 1, b)
-                    }
-                },
-            )
+            // Each answer once per verdict: one client must not outvote the rest.
+            let verdicts: std::collections::HashSet<(&str, bool)> = given
+                .iter()
+                .filter(|f| ids.contains(f.request_id.as_str()) && f.created_ms < until_ms)
+                .map(|f| (f.request_id.as_str(), f.verdict == "bad"))
+                .collect();
+            let bad = verdicts.iter().filter(|(_, bad)| *bad).count() as i64;
+            (verdicts.len() as i64 - bad, bad)
         } else {
             (0, 0)
         };
@@ -296,7 +294,8 @@ impl Alerts {
             }
             Err(e) => {
                 metrics::counter!("switchyard_alert_webhook_failures_total").increment(1);
-                tracing::error!(alert = %rule.name, "the alert webhook could not be reached: {e}");
+                // Without the URL: a webhook's URL often carries its token.
+                tracing::error!(alert = %rule.name, "the alert webhook could not be reached: {}", e.without_url());
             }
         }
     }

@@ -253,6 +253,9 @@ impl Faults {
     }
 }
 
+/// The longest fault with a length: a week.
+const MAX_FOR_S: f64 = 7.0 * 86_400.0;
+
 enum Step {
     Pass,
     Delay(Duration),
@@ -402,9 +405,10 @@ fn check(injection: &Injection) -> Result<(), ApiError> {
         }
     }
     match injection.for_s {
-        Some(s) if !(s.is_finite() && s > 0.0) => {
-            Err(ApiError::invalid(Some("for_s".into()), "for_s is a positive number of seconds"))
-        }
+        Some(s) if !(s.is_finite() && s > 0.0 && s <= MAX_FOR_S) => Err(ApiError::invalid(
+            Some("for_s".into()),
+            format!("for_s is a number of seconds above 0, at most {MAX_FOR_S} (a week)"),
+        )),
         _ => Ok(()),
     }
 }

@@ -140,8 +140,8 @@ impl Plan {
         if self.steps.windows(2).any(|w| w[1] <= w[0]) {
             return Err("`steps`: each share above the one before".into());
         }
-        if !(self.step_s >= 0.0 && self.judge_every_s > 0.0) {
-            return Err("`step_s` >= 0 and `judge_every_s` > 0".into());
+        if !(self.step_s >= 0.0 && self.judge_every_s > 0.0 && self.judge_every_s <= 3600.0) {
+            return Err("`step_s` >= 0 and `judge_every_s` above 0, at most 3600".into());
         }
         Ok(())
     }
