@@ -162,6 +162,23 @@ impl Live {
         actor: &Actor,
     ) -> Result<Applied, ApiError> {
         let _one = self.applying.lock().await;
+        self.apply_locked(state, store, text, source, actor).await
+    }
+
+    /// [`Live::apply`] for a caller that holds [`Live::applying`]. An apply
+    /// or rollback by hand while a rollout runs is refused here, under the
+    /// lock, so none can slip in between the check and the swap.
+    pub(crate) async fn apply_locked(
+        &self,
+        state: &AppState,
+        store: &Store,
+        text: String,
+        source: Source,
+        actor: &Actor,
+    ) -> Result<Applied, ApiError> {
+        if matches!(source, Source::Apply | Source::Rollback) {
+            no_rollout(self)?;
+        }
         let policy = Policy::from_toml(&text).map_err(|e| invalid_policy(e.to_string()))?;
         let routing = match self.build(state, policy, actor).await {
             Ok(routing) => routing,
@@ -367,7 +384,6 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     caller.require(Permission::ManagePolicy, "apply a policy")?;
     let (live, store) = parts(&state)?;
-    no_rollout(live)?;
     let applied = live.apply(&state, store, text, Source::Apply, &(&caller).into()).await?;
     audit::done(&state, &caller, "policy.apply", format!("{} -> {}", applied.previous, applied.current));
     Ok(Json(applied).into_response())
@@ -380,7 +396,6 @@ pub async fn rollback(
 ) -> Result<Response, ApiError> {
     caller.require(Permission::ManagePolicy, "roll back the policy")?;
     let (live, store) = parts(&state)?;
-    no_rollout(live)?;
     let previous =
         store.previous_version(POLICY).await.map_err(|e| ApiError::internal(e.to_string()))?.ok_or_else(|| {
             ApiError::invalid(None, "there is no earlier policy version to roll back to")

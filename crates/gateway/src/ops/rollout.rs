@@ -519,8 +519,23 @@ async fn end(
     actor: &Actor,
 ) -> Result<(), ApiError> {
     let (live, store) = parts(state)?;
+    // Under the lock, so a step up, another ending or an apply cannot
+    // interleave with this one; checked again once held.
+    let _one = live.applying.lock().await;
     let Some(active) = live.rollout().filter(|a| a.id == id) else { return Ok(()) };
-    let share = if action == "promote" { 1.0 } else { 0.0 };
+    if action == "promote" {
+        // Applied while the rollout still stands: a promotion that fails
+        // leaves it running, and says so.
+        let text = active.candidate.policy.text().to_string();
+        if let Err(e) = live.apply_locked(state, store, text, Source::Rollout, actor).await {
+            let why = format!("promotion failed: {}", e.message);
+            record(store, &active, "promote-failed", active.share(), figures, &why).await;
+            return Err(e);
+        }
+        record(store, &active, action, 1.0, figures, &reason).await;
+        live.set_rollout(None);
+        return Ok(());
+    }
     audit::changing(
         store,
         actor,
@@ -530,17 +545,11 @@ async fn end(
         format!("rollout {id}: {reason}"),
     )
     .await?;
-    if action == "promote" {
-        let text = active.candidate.policy.text().to_string();
-        live.set_rollout(None);
-        live.apply(state, store, text, Source::Rollout, actor).await?;
-    } else {
-        live.set_rollout(None);
-        for model in state.models.retire_unused(&live.current().policy) {
-            tracing::info!(model = %model, "rolled-back candidate's model retired");
-        }
+    record(store, &active, action, 0.0, figures, &reason).await;
+    live.set_rollout(None);
+    for model in state.models.retire_unused(&live.current().policy) {
+        tracing::info!(model = %model, "rolled-back candidate's model retired");
     }
-    record(store, &active, action, share, figures, &reason).await;
     Ok(())
 }
 
