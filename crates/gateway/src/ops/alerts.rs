@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use switchyard_store::{DecisionRecord, Store, TelemetryFilter};
 
+use super::rollout::{escalated, failed, p95, refused};
+
 /// What a rule measures over its window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,18 +107,12 @@ pub fn value(rule: &Rule, records: &[&DecisionRecord], feedback: (i64, i64), spa
         return None;
     }
     let n = records.len() as f64;
-    let share = |f: &dyn Fn(&DecisionRecord) -> bool| records.iter().filter(|r| f(r)).count() as f64 / n;
-    let p95 = |v: Vec<f64>| -> Option<f64> {
-        let mut v = v;
-        v.sort_by(f64::total_cmp);
-        let i = ((v.len() as f64 * 0.95).ceil() as usize).checked_sub(1)?;
-        v.get(i).copied()
-    };
+    let share = |f: fn(&DecisionRecord) -> bool| records.iter().filter(|r| f(r)).count() as f64 / n;
     let cost: f64 = records.iter().filter_map(|r| r.measured.cost_usd).sum();
     Some(match rule.metric {
-        Metric::ErrorRate => share(&|r| r.status >= 500 || r.label == "error"),
-        Metric::RefusalRate => share(&|r| r.label == "refused"),
-        Metric::EscalationRate => share(&|r| r.cascade.as_deref() == Some("escalated")),
+        Metric::ErrorRate => share(failed),
+        Metric::RefusalRate => share(refused),
+        Metric::EscalationRate => share(escalated),
         Metric::BadFeedbackRate => {
             let (good, bad) = feedback;
             if good + bad == 0 {

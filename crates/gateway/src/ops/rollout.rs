@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 use switchyard_auth::Permission;
 use switchyard_router::Policy;
 use switchyard_store::rollouts::{Feedback, RolloutStep};
-use switchyard_store::{JsonText, Store, TelemetryFilter};
+use switchyard_store::{DecisionRecord, JsonText, Store, TelemetryFilter};
 use switchyard_wire::headers;
 
 use super::policy::{parts, Live, Source};
@@ -223,7 +223,22 @@ pub struct ArmStats {
     pub bad_feedback_rate: f64,
 }
 
-fn p95(mut v: Vec<f64>) -> Option<f64> {
+/// A failed request: a 5xx, or labelled `error`. With [`refused`] and
+/// [`escalated`], what the rollout gate and the alerts count alike.
+pub(crate) fn failed(r: &DecisionRecord) -> bool {
+    r.status >= 500 || r.label == "error"
+}
+
+pub(crate) fn refused(r: &DecisionRecord) -> bool {
+    r.label == "refused"
+}
+
+pub(crate) fn escalated(r: &DecisionRecord) -> bool {
+    r.cascade.as_deref() == Some("escalated")
+}
+
+/// The value at the 95th percent rank; `None` for no values.
+pub(crate) fn p95(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -241,15 +256,14 @@ async fn stats(store: &Store, since_ms: i64, arms: [&str; 2]) -> Result<[ArmStat
     Ok(arms.map(|policy| {
         let mine: Vec<_> = records.iter().filter(|r| r.policy_id == policy).collect();
         let n = mine.len().max(1) as f64;
-        let share =
-            |f: &dyn Fn(&&switchyard_store::DecisionRecord) -> bool| mine.iter().filter(|r| f(r)).count() as f64 / n;
+        let share = |f: fn(&DecisionRecord) -> bool| mine.iter().filter(|r| f(r)).count() as f64 / n;
         let (good, bad) = feedback.iter().find(|(p, _, _)| p == policy).map_or((0, 0), |(_, g, b)| (*g, *b));
         ArmStats {
             policy: policy.to_string(),
             requests: mine.len() as u32,
-            error_rate: share(&|r| r.status >= 500 || r.label == "error"),
-            refusal_rate: share(&|r| r.label == "refused"),
-            escalation_rate: share(&|r| r.cascade.as_deref() == Some("escalated")),
+            error_rate: share(failed),
+            refusal_rate: share(refused),
+            escalation_rate: share(escalated),
             ttft_p95_ms: p95(mine.iter().filter_map(|r| r.measured.ttft_ms).collect()),
             e2e_p95_ms: p95(mine.iter().filter_map(|r| r.measured.total_ms).collect()),
             feedback: (good + bad) as u32,
