@@ -719,6 +719,17 @@ async fn only_operators_break_routes_or_change_the_policy_and_bad_faults_are_ref
     let chat = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}).to_string();
     let r = s.call(reqwest::Method::POST, "/v1/chat/completions", Some(tenant), Some(chat)).await;
     assert_eq!((r.status, r.header("x-switchyard-route").as_str()), (StatusCode::OK, "local"));
+    // Nor may a tenant pick a rollout's arm for itself.
+    let pin = s
+        .http
+        .post(format!("{}/v1/chat/completions", s.base))
+        .bearer_auth(tenant)
+        .header("x-switchyard-canary", "candidate")
+        .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pin.status(), StatusCode::FORBIDDEN);
     // The operator may.
     assert_eq!(s.fault(Some(operator), "local", json!({"kind": "die"})).await.status, StatusCode::OK);
 }
