@@ -332,17 +332,17 @@ fn rewrite(
         doc["calibration"] = Item::Table(t);
     }
     doc["calibration"][rule_id] = Item::Table(record.as_table().clone());
-    calibration_last(&mut doc);
+    move_last(&mut doc, "calibration");
     Ok(doc.to_string())
 }
 
-/// Moves every `[calibration…]` table after all the others (routes, rules,
-/// families, difficulty), in the order of its keys: each rule's record, then
-/// its cross-validation, then its curve. toml_edit prints tables by their
+/// Moves the top-level table `key` and every table under it after all the
+/// others, in the order of their keys (`[calibration…]`: each rule's
+/// record, then its cross-validation, then its curve). toml_edit prints tables by their
 /// position in the document, and a table inserted from another document
-/// keeps its position there, which scattered the curve's points between
+/// keeps its position there, which scattered a curve's points between
 /// `[[routes]]` and `[[rules]]`.
-fn calibration_last(doc: &mut toml_edit::DocumentMut) {
+pub(crate) fn move_last(doc: &mut toml_edit::DocumentMut, key: &str) {
     use toml_edit::{Item, Table};
     fn renumber(item: &mut Item, next: &mut usize) {
         let mut visit = |t: &mut Table| {
@@ -356,9 +356,9 @@ fn calibration_last(doc: &mut toml_edit::DocumentMut) {
             _ => {}
         }
     }
-    let mut next = last_position(doc, &["calibration"]).map_or(0, |p| p + 1);
-    if let Some(calibration) = doc.get_mut("calibration") {
-        renumber(calibration, &mut next);
+    let mut next = last_position(doc, &[key]).map_or(0, |p| p + 1);
+    if let Some(item) = doc.get_mut(key) {
+        renumber(item, &mut next);
     }
 }
 

@@ -8,6 +8,7 @@ mod keys;
 mod models;
 mod ops;
 mod policy;
+mod safety;
 mod serve;
 mod telemetry;
 mod tenants;
@@ -76,6 +77,10 @@ enum Command {
     /// Pick a rule's threshold from eval records (fast vs strong route) and
     /// write a new policy version holding it and the curve it came from.
     Calibrate(calibrate::CalibrateArgs),
+    /// The safety classifier: fit and calibrate it on the safety set (a new
+    /// policy version), and measure a running server on the same prompts.
+    #[command(subcommand)]
+    Safety(safety::SafetyCommand),
     /// Benchmarks: replayable traffic traces and their replay against any endpoint.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -107,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         Command::Faults(cmd) => ops::faults(cmd),
         Command::Gameday(cmd) => ops::gameday(cmd),
         Command::Calibrate(args) => calibrate::run(args),
+        Command::Safety(cmd) => safety::run(cmd),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     }

@@ -10,6 +10,7 @@
 // may unwrap: see clippy.toml).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod embed;
 mod logprobs;
 mod request;
 mod scheduler;
@@ -34,6 +35,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
+pub use embed::{EmbedInput, Pooling};
 pub use request::{Event, EventStream, GenerateRequest, OutputFormat, Piece, SamplingParams, Summary};
 pub use score::{ScoreError, MAX_SCORED_TOKENS};
 pub use settings::{EngineSettings, Priority};
@@ -117,6 +119,8 @@ pub struct Engine {
     alive: Arc<AtomicBool>,
     settings: EngineSettings,
     n_ctx_seq: u32,
+    /// The warm embedding context, once [`Engine::embed`] is used.
+    embedder: std::sync::Mutex<Option<embed::Embedder>>,
 }
 
 #[expect(clippy::expect_used, reason = "this OnceLock initialises llama.cpp once; it refuses only a second init")]
@@ -204,6 +208,7 @@ impl Engine {
             alive,
             settings,
             n_ctx_seq,
+            embedder: std::sync::Mutex::new(None),
         })
     }
 
@@ -221,6 +226,16 @@ impl Engine {
 
     pub fn settings(&self) -> &EngineSettings {
         &self.settings
+    }
+
+    /// Tokens in `text` (no special tokens added).
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.model.vocab().tokenize(text.as_bytes(), false, false).len()
+    }
+
+    /// The size of the model's embeddings ([`Engine::embed`]).
+    pub fn n_embd(&self) -> usize {
+        usize::try_from(self.model.n_embd()).unwrap_or(0)
     }
 
     /// Context available to one request (prompt + output).

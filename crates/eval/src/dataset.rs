@@ -123,6 +123,29 @@ impl Dataset {
 
 /// Reads `dir/manifest.toml` and checks every file it lists against its
 /// sha256; returns the manifest and the bytes of `items.jsonl`.
+/// The verified manifest and the items of a set whose `items.jsonl` has
+/// one `T` per line, as many as the manifest says.
+pub fn open_jsonl<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<(Manifest, Vec<T>), DatasetError> {
+    let (manifest, bytes) = open_verified(dir)?;
+    let path = dir.join("items.jsonl").display().to_string();
+    let items: Vec<T> = String::from_utf8_lossy(&bytes)
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| DatasetError::Invalid { path: path.clone(), message: format!("line {}: {e}", n + 1) })
+        })
+        .collect::<Result<_, _>>()?;
+    if items.len() != manifest.items {
+        return Err(DatasetError::Invalid {
+            path,
+            message: format!("manifest says {} items, items.jsonl has {}", manifest.items, items.len()),
+        });
+    }
+    Ok((manifest, items))
+}
+
 pub fn open_verified(dir: &Path) -> Result<(Manifest, Vec<u8>), DatasetError> {
     let read =
         |p: &Path| std::fs::read(p).map_err(|source| DatasetError::Read { path: p.display().to_string(), source });

@@ -1,9 +1,10 @@
 //! Evaluation: versioned eval sets ([`dataset`]), machine-checkable
-//! expectations and their scorers ([`expect`], with a sandbox for code and a
-//! refusal detector), the runner that asks any OpenAI-compatible target
+//! expectations and their scorers ([`expect`], with a sandbox for code; the
+//! refusal detector is the router's), the runner that asks any OpenAI-compatible target
 //! ([`runner`]), and scorecards and regression gates over its records
 //! ([`scorecard`]). [`pii`] measures the data-protection detectors on a
-//! labelled corpus.
+//! labelled corpus, and [`safety`] reads the safety set the classifier is
+//! calibrated and judged on.
 //!
 //! Records follow DESIGN.md's eval-record contract, so `switchyard
 //! calibrate` reads a run directly.
@@ -12,7 +13,7 @@ pub mod dataset;
 pub mod expect;
 pub mod pii;
 pub mod record;
-pub mod refusal;
 pub mod runner;
+pub mod safety;
 pub mod sandbox;
 pub mod scorecard;

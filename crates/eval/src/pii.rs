@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use switchyard_router::detect::{builtins, Detectors};
 
-use crate::dataset::{open_verified, DatasetError, Manifest};
+use crate::dataset::{open_jsonl, DatasetError, Manifest};
 
 /// The targets for validated detectors (checksums, parses); the heuristic
 /// ones are measured and reported as they are.
@@ -42,23 +42,7 @@ pub struct PiiSet {
 
 impl PiiSet {
     pub fn open(dir: &Path) -> Result<Self, DatasetError> {
-        let (manifest, bytes) = open_verified(dir)?;
-        let path = dir.join("items.jsonl").display().to_string();
-        let items: Vec<PiiItem> = String::from_utf8_lossy(&bytes)
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(n, l)| {
-                serde_json::from_str(l)
-                    .map_err(|e| DatasetError::Invalid { path: path.clone(), message: format!("line {}: {e}", n + 1) })
-            })
-            .collect::<Result<_, _>>()?;
-        if items.len() != manifest.items {
-            return Err(DatasetError::Invalid {
-                path,
-                message: format!("manifest says {} items, items.jsonl has {}", manifest.items, items.len()),
-            });
-        }
+        let (manifest, items) = open_jsonl(dir)?;
         Ok(Self { manifest, items })
     }
 }

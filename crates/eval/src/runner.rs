@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use crate::dataset::{Dataset, Item};
 use crate::expect::{Answer, Judgements, Verdict};
 use crate::record::{EvalRecord, RecordConfidence, RecordUsage, FAIL, PASS};
-use crate::refusal::is_refusal;
 use crate::sandbox::Sandbox;
+use switchyard_router::is_refusal;
 
 /// Where and how to ask.
 #[derive(Debug, Clone)]

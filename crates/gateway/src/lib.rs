@@ -227,12 +227,7 @@ pub fn load_engines(
     let mut specs = cfg.models.clone();
     if specs.is_empty() {
         specs = match policy {
-            Some(p) => p
-                .routes
-                .iter()
-                .filter(|r| r.backend == switchyard_router::BackendKind::Embedded)
-                .map(|r| r.model.clone())
-                .collect(),
+            Some(p) => p.embedded_models().into_iter().map(str::to_string).collect(),
             None => vec![switchyard_models::DEFAULT_MODEL.to_string()],
         };
         let mut seen = std::collections::HashSet::new();

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use crate::features::Features;
 use crate::policy::{DataClass, Policy};
 use crate::protect::{summarize, Detected, Found, ProtectAction, TenantLists};
+use crate::safety::SafetyVerdict;
 
 /// What the caller asserted about a request (by header or API key).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -25,6 +26,9 @@ pub struct Classification {
     pub family: Option<String>,
     /// Safety categories whose patterns match, in policy order.
     pub categories: Vec<String>,
+    /// The `[safety]` classifier's verdict, once the gateway has run it
+    /// (it needs a model, so it is not computed here).
+    pub safety: Option<SafetyVerdict>,
     /// The `[protect]` detectors' findings, message by message (the
     /// gateway redacts or blocks by them); never serialized.
     #[serde(skip)]
@@ -84,6 +88,7 @@ pub fn classify_with(
         data_class,
         family,
         categories,
+        safety: None,
         detected: summarize(&found),
         local_only: found.iter().any(|f| f.action == Some(ProtectAction::Local)),
         found,

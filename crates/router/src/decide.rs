@@ -6,6 +6,7 @@ use crate::classify::Classification;
 use crate::confidence::Signal;
 use crate::policy::{Action, BackendKind, DataClass, Lane, Policy, Route, Rule, VerifierBusy};
 use crate::protect::{Detected, Found};
+use crate::safety::SafetyVerdict;
 
 /// What the caller knows about a request besides its text.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -43,6 +44,10 @@ pub struct CascadePlan {
     pub threshold: f64,
     pub hold_tokens: usize,
     pub when_verifier_busy: VerifierBusy,
+    /// The safety classifier judged the request safe and the policy
+    /// escalates over-refusals: a fast answer that is a refusal escalates.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub over_refusal: bool,
 }
 
 /// Everything needed to explain, log and replay a routing decision.
@@ -56,6 +61,9 @@ pub struct Decision {
     pub data_class: DataClass,
     pub family: Option<String>,
     pub categories: Vec<String>,
+    /// The safety classifier's verdict, when the policy has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety: Option<SafetyVerdict>,
     pub lane: Lane,
     /// The family's TTFT budget, which caps every route's TTFT timeout.
     pub max_ttft_ms: Option<u64>,
@@ -87,6 +95,7 @@ fn applies(rule: &Rule, c: &Classification, facts: &RequestFacts) -> bool {
         && w.data_class.is_none_or(|min| c.data_class >= min)
         && w.lane.is_none_or(|lane| lane == facts.lane)
         && w.family.as_ref().is_none_or(|f| c.family.as_ref() == Some(f))
+        && w.unsafe_.as_ref().is_none_or(|u| u.holds(c.safety.as_ref()))
 }
 
 pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Decision {
@@ -98,6 +107,7 @@ pub fn decide(facts: &RequestFacts, c: &Classification, policy: &Policy) -> Deci
         data_class: c.data_class,
         family: c.family.clone(),
         categories: c.categories.clone(),
+        safety: c.safety.clone(),
         lane: facts.lane,
         max_ttft_ms: c.family.as_deref().and_then(|f| policy.family(f)).and_then(|f| f.max_ttft_ms),
         shadow: None,
@@ -167,6 +177,8 @@ fn decide_rules(facts: &RequestFacts, c: &Classification, policy: &Policy, d: &m
                         threshold: *threshold,
                         hold_tokens: *hold_tokens,
                         when_verifier_busy: *when_verifier_busy,
+                        over_refusal: c.safety.is_some()
+                            && policy.safety.as_ref().is_some_and(|s| s.file.escalate_over_refusals),
                     });
                 }
             }
@@ -228,10 +240,11 @@ pub fn decide_forced(facts: &RequestFacts, c: &Classification, policy: &Policy, 
 }
 
 fn matched(c: &Classification) -> String {
+    let unsafe_ = c.safety.as_ref().map_or(String::new(), |v| format!("unsafe {:.3} ({}), ", v.score, v.category));
     if c.categories.is_empty() {
-        format!("{} data", c.data_class.as_str())
+        format!("{unsafe_}{} data", c.data_class.as_str())
     } else {
-        format!("category {} ({} data)", c.categories.join("+"), c.data_class.as_str())
+        format!("{unsafe_}category {} ({} data)", c.categories.join("+"), c.data_class.as_str())
     }
 }
 

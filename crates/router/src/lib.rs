@@ -21,6 +21,8 @@ mod features;
 mod policy;
 mod prices;
 pub mod protect;
+mod refusal;
+pub mod safety;
 
 pub use calibrate::Calibration;
 pub use classify::{classify, classify_with, Classification, Declared};
@@ -32,3 +34,5 @@ pub use policy::{
     VerifierBusy, When,
 };
 pub use prices::{Cost, Price, Prices};
+pub use refusal::is_refusal;
+pub use safety::{SafetyVerdict, UnsafeWhen};

@@ -15,6 +15,7 @@ use crate::calibrate::Calibration;
 use crate::confidence::Signal;
 use crate::features::DifficultyModel;
 use crate::protect::{Protect, ProtectFile};
+use crate::safety::{Safety, SafetyFile, UnsafeWhen};
 
 /// How sensitive a prompt's data is. Ordered: a route allowing `Regulated`
 /// data must say so explicitly.
@@ -201,6 +202,10 @@ pub struct When {
     /// The request belongs to this workload family.
     #[serde(default)]
     pub family: Option<String>,
+    /// The safety classifier (`[safety]`) scores the request above a
+    /// threshold, in one of these categories if any are listed.
+    #[serde(default, rename = "unsafe", skip_serializing_if = "Option::is_none")]
+    pub unsafe_: Option<UnsafeWhen>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -323,6 +328,9 @@ struct PolicyFile {
     /// Detectors of personal data and secrets, and what their findings do.
     #[serde(default)]
     protect: ProtectFile,
+    /// The safety classifier that `when.unsafe` conditions read.
+    #[serde(default)]
+    safety: Option<SafetyFile>,
 }
 
 /// A loaded, validated policy. Its [`Policy::id`] is the version label plus
@@ -342,6 +350,8 @@ pub struct Policy {
     pub calibration: BTreeMap<String, Calibration>,
     /// The `[protect]` section, if any detector is on.
     pub protect: Option<Arc<Protect>>,
+    /// The `[safety]` classifier, if the policy has one.
+    pub safety: Option<Arc<Safety>>,
     pub(crate) family_patterns: Vec<Vec<Regex>>,
     pub(crate) classes: Vec<(DataClass, Vec<Regex>)>,
     pub(crate) categories: Vec<(String, Vec<Regex>)>,
@@ -394,6 +404,8 @@ impl Policy {
             .collect::<Result<_, PolicyError>>()?;
         let route_names: Vec<&str> = file.routes.iter().map(|r| r.name.as_str()).collect();
         let protect = Protect::compile(&file.protect, &route_names)?.map(Arc::new);
+        let safety = file.safety.as_ref().map(Safety::compile).transpose()?;
+        validate_unsafe(&file.rules, safety.as_ref())?;
         Ok(Self {
             id: format!("{}+{}", file.version, &sha256[..12]),
             sha256,
@@ -406,6 +418,7 @@ impl Policy {
             families: file.families,
             calibration: file.calibration,
             protect,
+            safety: safety.map(Arc::new),
             family_patterns,
             classes,
             categories,
@@ -425,9 +438,52 @@ impl Policy {
         self.families.iter().find(|f| f.name == name)
     }
 
+    /// Every model this policy runs in this process, as written (a catalog
+    /// id or a GGUF path), each once: its embedded routes', then its safety
+    /// classifier's.
+    pub fn embedded_models(&self) -> Vec<&str> {
+        let mut models: Vec<&str> = Vec::new();
+        let routes = self.routes.iter().filter(|r| r.backend == BackendKind::Embedded).map(|r| r.model.as_str());
+        for m in routes.chain(self.safety.as_ref().map(|s| s.file.model.as_str())) {
+            if !models.contains(&m) {
+                models.push(m);
+            }
+        }
+        models
+    }
+
     pub fn category_names(&self) -> impl Iterator<Item = &str> {
         self.categories.iter().map(|(c, _)| c.as_str())
     }
+}
+
+/// `when.unsafe` needs a classifier, a threshold it can cross, and
+/// categories its head knows.
+fn validate_unsafe(rules: &[Rule], safety: Option<&Safety>) -> Result<(), PolicyError> {
+    for (i, rule) in rules.iter().enumerate() {
+        let Some(u) = &rule.when.unsafe_ else { continue };
+        let Some(safety) = safety else {
+            return Err(invalid(
+                format!("rules[{i}].when.unsafe"),
+                "needs a [safety] classifier; write one with `switchyard safety calibrate`",
+            ));
+        };
+        if !(0.0..1.0).contains(&u.above) {
+            return Err(invalid(
+                format!("rules[{i}].when.unsafe.above"),
+                "a probability in [0, 1): requests scoring above it match",
+            ));
+        }
+        for (j, c) in u.categories.iter().enumerate() {
+            if !safety.categories().contains(c) {
+                return Err(invalid(
+                    format!("rules[{i}].when.unsafe.categories[{j}]"),
+                    format!("unknown category `{c}`; the classifier knows {}", safety.categories().join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate(f: &PolicyFile) -> Result<(), PolicyError> {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use switchyard_engine::{Engine, EngineSettings};
-use switchyard_router::{BackendKind, Policy};
+use switchyard_router::Policy;
 
 pub type Loaded = BTreeMap<String, Arc<Engine>>;
 
@@ -63,12 +63,8 @@ impl Models {
     /// blocking pool per model, never the runtime.
     pub async fn ensure(&self, policy: &Policy) -> anyhow::Result<Vec<(String, PathBuf)>> {
         let have = self.snapshot();
-        let wanted: BTreeSet<&str> = policy
-            .routes
-            .iter()
-            .filter(|r| r.backend == BackendKind::Embedded && !have.contains_key(&model_id(&r.model)))
-            .map(|r| r.model.as_str())
-            .collect();
+        let wanted: BTreeSet<&str> =
+            policy.embedded_models().into_iter().filter(|m| !have.contains_key(&model_id(m))).collect();
         let mut added = Vec::new();
         for spec in wanted {
             let Some(loader) = self.loader.clone() else {
@@ -98,8 +94,7 @@ impl Models {
     /// `policy` names; returns their ids. Each unloads once the requests
     /// it is answering end.
     pub fn retire_unused(&self, policy: &Policy) -> Vec<String> {
-        let used: BTreeSet<String> =
-            policy.routes.iter().filter(|r| r.backend == BackendKind::Embedded).map(|r| model_id(&r.model)).collect();
+        let used: BTreeSet<String> = policy.embedded_models().into_iter().map(model_id).collect();
         let retired: Vec<String> =
             self.snapshot().keys().filter(|id| !used.contains(*id) && !self.pinned.contains(*id)).cloned().collect();
         if !retired.is_empty() {

@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 use serde::Serialize;
-use switchyard_router::{CascadePlan, Confidence, VerifierBusy};
+use switchyard_router::{is_refusal, CascadePlan, Confidence, VerifierBusy};
 
 use super::Routing;
 use crate::backend::held::Sample;
@@ -35,10 +35,17 @@ pub struct CascadeCheck {
     /// Why there is no value, when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     unjudged: Option<String>,
+    /// The answer was a refusal of a request the safety classifier judged
+    /// safe: escalated whatever its confidence.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    over_refusal: bool,
 }
 
 impl CascadeCheck {
     pub fn describe(&self) -> String {
+        if self.over_refusal {
+            return "refused a request the safety classifier judged safe (over-refusal)".into();
+        }
         match (self.value, &self.unjudged) {
             (Some(v), _) => format!("{} {v:.3} < {}", self.signal, self.threshold),
             (None, Some(why)) => why.clone(),
@@ -58,6 +65,22 @@ enum Unverified {
 impl Routing {
     /// Judges the held answer.
     pub(super) async fn judge(&self, fast: &str, plan: &CascadePlan, req: &ChatRequest, held: Sample) -> Verdict {
+        // The eval's refusal detector judges "is this a refusal"; what the
+        // classifier cleared should be answered, so a refusal escalates
+        // before any confidence is weighed (or a verifier slot taken).
+        if plan.over_refusal && is_refusal(&held.text, None) {
+            metrics::counter!("switchyard_over_refusals_total", "route" => fast.to_string()).increment(1);
+            return Verdict::Escalate(CascadeCheck {
+                route: fast.to_string(),
+                signal: "over_refusal",
+                value: None,
+                threshold: plan.threshold,
+                confidence: Confidence::of(&held.logprobs),
+                escalated: true,
+                unjudged: None,
+                over_refusal: true,
+            });
+        }
         let confidence = if plan.signal.verifies() {
             self.verify(plan, req, held.text).await
         } else {
@@ -91,6 +114,7 @@ impl Routing {
             confidence,
             escalated,
             unjudged,
+            over_refusal: false,
         })
     }
 

@@ -30,7 +30,12 @@ impl Routing {
     /// The decision for `req`, from its text, its headers and who sent it.
     /// A key's lane, data-class floor, families and routes bound what its
     /// headers may ask for: a header outside them is a 403 naming it.
-    pub(super) fn decide(&self, req: &ChatRequest, headers: &HeaderMap, caller: &Caller) -> Result<Decision, ApiError> {
+    pub(super) async fn decide(
+        &self,
+        req: &ChatRequest,
+        headers: &HeaderMap,
+        caller: &Caller,
+    ) -> Result<Decision, ApiError> {
         let key = match caller {
             Caller::Key(k) => Some(k.as_ref()),
             Caller::Open => None,
@@ -65,11 +70,14 @@ impl Routing {
         let messages: Vec<String> = req.params.messages.iter().map(|(_, text)| text.clone()).collect();
         let span = req.trace.child("classify");
         let tenant = key.and_then(|k| k.tenant_protect.as_deref()).and_then(|p| p.lists.as_ref());
-        let classification = classify_with(&messages, &declared, &self.policy, tenant);
+        let mut classification = classify_with(&messages, &declared, &self.policy, tenant);
         span.end();
         if let Some(e) = crate::protect::blocked(&classification.found) {
             return Err(e);
         }
+        // Before any route is chosen, forced or not: a forced route must
+        // not skip the classifier.
+        self.judge_safety(req, &facts, &mut classification).await?;
         let _span = req.trace.child("decide");
         let Some(route) = headers.get(FORCE_ROUTE_HEADER) else {
             return Ok(decide(&facts, &classification, &self.policy));

@@ -5,6 +5,7 @@
 //! - [`facts`]: the routing headers, and the decision made of them;
 //! - [`execute`]: the route chain as a state machine (breaker, retry,
 //!   cascade, fallback), refusals and handoffs;
+//! - [`safety`]: the safety classifier's verdict, before the decision;
 //! - [`cascade`]: judging a fast answer before any of it is sent;
 //! - [`record`]: the decision record, committed before the answer's first
 //!   byte, and the primary answer a shadow is compared with;
@@ -20,7 +21,10 @@ mod cascade;
 mod execute;
 mod facts;
 mod record;
+mod safety;
 mod shadow;
+
+pub use safety::embed_input;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -78,6 +82,10 @@ pub struct Routing {
     /// Faults injected into routes (game days); empty unless an operator
     /// sets one.
     faults: Arc<Faults>,
+    /// The model the `[safety]` classifier embeds prompts with, and the
+    /// one permit to run it: on a CPU, classifications one at a time
+    /// finish sooner than several sharing the cores.
+    classifier: Option<(Arc<Engine>, Arc<Semaphore>)>,
 }
 
 /// One route of the policy, ready to serve.
@@ -135,7 +143,31 @@ impl Routing {
             };
             backends.insert(route.name.clone(), backend);
         }
-        Self::with_backends(policy, prices, backends, options)
+        Self::with_backends(policy, prices, backends, options)?.with_classifier(engines)
+    }
+
+    /// Finds the model of the policy's `[safety]` classifier among
+    /// `engines` (a policy without one needs none).
+    pub fn with_classifier(mut self, engines: &BTreeMap<String, Arc<Engine>>) -> anyhow::Result<Self> {
+        let Some(safety) = &self.policy.safety else { return Ok(self) };
+        let Some(engine) = engines.get(&crate::ops::models::model_id(&safety.file.model)) else {
+            anyhow::bail!(
+                "policy {}: `safety.model` = `{}` is not loaded; serve it with --model (loaded: {})",
+                self.policy.id,
+                safety.file.model,
+                engines.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        };
+        anyhow::ensure!(
+            engine.n_embd() == safety.head.dim(),
+            "policy {}: the safety head reads {}-float embeddings but `{}` makes {}; calibrate it on this model",
+            self.policy.id,
+            safety.head.dim(),
+            safety.file.model,
+            engine.n_embd()
+        );
+        self.classifier = Some((engine.clone(), Arc::new(Semaphore::new(1))));
+        Ok(self)
     }
 
     /// Serves `policy` with the given backend for each route (by name):
@@ -166,7 +198,7 @@ impl Routing {
                 },
             );
         }
-        Ok(Self { policy, prices, options, routes, faults: Arc::default() })
+        Ok(Self { policy, prices, options, routes, faults: Arc::default(), classifier: None })
     }
 
     pub fn prices(&self) -> &Prices {
@@ -197,6 +229,11 @@ impl Routing {
                 route.verifies = before.verifies.clone();
             }
         }
+        if let (Some((engine, permit)), Some((before, held))) = (&mut self.classifier, &old.classifier) {
+            if Arc::ptr_eq(engine, before) {
+                *permit = held.clone();
+            }
+        }
     }
 
     /// Each route's name and whether its breaker is open now.
@@ -221,7 +258,7 @@ impl Routing {
         headers: &HeaderMap,
     ) -> Result<Response, ApiError> {
         let req = crate::protect::sanitised(req, &self.policy)?;
-        let decision = self.decide(&req, headers, caller)?;
+        let decision = self.decide(&req, headers, caller).await?;
         // Debug, not info: every decision is recorded in the store anyway,
         // and a log line per request is a real share of a proxy's CPU.
         tracing::debug!(request_id = %req.id, policy = %decision.policy_id, rule = ?decision.rule_id, reason = %decision.reason, "routing decision");

@@ -1,0 +1,642 @@
+//! `switchyard safety`: fit and calibrate the safety classifier on the
+//! safety set (`calibrate`), and measure a running server on it (`check`).
+//!
+//! `calibrate` embeds every prompt with the classifier's model, fits the
+//! head on the training split, picks the threshold on out-of-fold scores,
+//! and only then scores the held-out split, beside the policy's patterns
+//! alone on the same prompts. It writes a new policy version holding the
+//! head, the thresholds and the curve they came from.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use switchyard_engine::{Engine, EngineSettings};
+use switchyard_eval::safety::{SafetyItem, SafetySet, Table};
+use switchyard_gateway::routing::embed_input;
+use switchyard_router::safety::measure::{self, SafetyCalibration, SafetyPoint, SafetyTarget, Scored};
+use switchyard_router::safety::train::{self, Example};
+use switchyard_router::safety::{Head, Pooling, SafetyFile, SAFE};
+use switchyard_router::{classify, is_refusal, Declared, Policy};
+
+#[derive(Subcommand)]
+pub enum SafetyCommand {
+    /// Fit the classifier's head on the safety set's training split, pick
+    /// its threshold, judge it on the held-out split, and write a new
+    /// policy version holding all three.
+    Calibrate(CalibrateArgs),
+    /// Send a split of the safety set to a running server and measure what
+    /// it refused, handed off and answered (with or without a policy).
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+pub struct CalibrateArgs {
+    /// The safety set (a `datasets/safety/vN` directory).
+    #[arg(long, default_value = "datasets/safety/v1")]
+    set: PathBuf,
+    /// The policy to add the classifier to; rules with `when.unsafe` get the
+    /// calibrated threshold.
+    #[arg(long)]
+    policy: PathBuf,
+    /// The model whose embeddings the head reads (default: the policy's
+    /// `safety.model`).
+    #[arg(long)]
+    model: Option<String>,
+    /// Prompt tokens embedded (the last ones): bounds the time added before
+    /// the first token.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// How the prompt's hidden states become one vector: `mean` over its
+    /// tokens, or the `last` token's (use with --rubric).
+    #[arg(long, value_enum, default_value_t = PoolingArg::Mean)]
+    pooling: PoolingArg,
+    /// A system message asking about the prompt, which goes in the user's
+    /// turn of the model's chat template.
+    #[arg(long)]
+    rubric: Option<String>,
+    /// Catch at least this share of unsafe prompts...
+    #[arg(long, default_value_t = 0.90)]
+    min_caught: f64,
+    /// ...while refusing at most this share of safe ones.
+    #[arg(long, default_value_t = 0.05)]
+    max_safe_refused: f64,
+    /// Folds for the out-of-fold scores the threshold and penalty are picked on.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Escalate a cascade's refusal of a prompt the classifier cleared
+    /// (kept on if the policy already says so).
+    #[arg(long)]
+    escalate_over_refusals: bool,
+    /// Version label of the new policy (default: the old one + `.safety`).
+    #[arg(long)]
+    version: Option<String>,
+    /// Where to write the new policy file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write a self-contained HTML page: the curve, the chosen point,
+    /// and the held-out tables.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Also write each held-out prompt's score and verdict (JSON lines), for
+    /// `safety check --scores` to compare a live server with.
+    #[arg(long)]
+    scores: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    #[arg(long, default_value = "datasets/safety/v1")]
+    set: PathBuf,
+    /// The server's OpenAI base URL, e.g. http://127.0.0.1:8080/v1.
+    #[arg(long)]
+    url: String,
+    /// The `model` sent with each request.
+    #[arg(long)]
+    model: String,
+    /// Environment variable holding an API key to send, if the server wants one.
+    #[arg(long)]
+    api_key_env: Option<String>,
+    #[arg(long, default_value = "heldout")]
+    split: String,
+    /// Tokens each answer may have: enough to tell a refusal from an answer.
+    #[arg(long, default_value_t = 48)]
+    max_tokens: u32,
+    /// `safety calibrate --scores` output: compare each prompt's live
+    /// outcome with the offline verdict.
+    #[arg(long)]
+    scores: Option<PathBuf>,
+    /// Also write each prompt's outcome (JSON lines).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PoolingArg {
+    Mean,
+    Last,
+}
+
+pub fn run(cmd: SafetyCommand) -> anyhow::Result<()> {
+    match cmd {
+        SafetyCommand::Calibrate(args) => calibrate(args),
+        SafetyCommand::Check(args) => {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(check(args))
+        }
+    }
+}
+
+/// Penalties tried; the one with the best out-of-fold ranking is kept.
+const PENALTIES: [f64; 4] = [0.001, 0.01, 0.1, 1.0];
+
+/// A prompt's offline verdict, as `--scores` writes it.
+#[derive(Debug, Serialize, Deserialize)]
+struct ScoreLine {
+    id: String,
+    score: f64,
+    category: String,
+    flagged: bool,
+}
+
+fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
+    let set = SafetySet::open(&args.set).with_context(|| format!("safety set {}", args.set.display()))?;
+    let text = std::fs::read_to_string(&args.policy).with_context(|| format!("reading {}", args.policy.display()))?;
+    // Its `when.unsafe` rules need the head this writes: read the rest.
+    let policy = Policy::from_toml(&without_unsafe_rules(&text)?)
+        .with_context(|| format!("policy {}", args.policy.display()))?;
+    let Some(model) = args.model.clone().or_else(|| policy.safety.as_ref().map(|s| s.file.model.clone())) else {
+        bail!("name the classifier's model with --model (the policy has no `safety.model` yet)");
+    };
+    let target = SafetyTarget { min_caught: args.min_caught, max_safe_refused: args.max_safe_refused };
+    let engine = load(&model)?;
+    let (train_items, held) = (set.split("train"), set.split("heldout"));
+    let mut file = SafetyFile {
+        model: model.clone(),
+        max_tokens: args.max_tokens,
+        pooling: match args.pooling {
+            PoolingArg::Mean => Pooling::Mean,
+            PoolingArg::Last => Pooling::Last,
+        },
+        rubric: args.rubric.clone(),
+        escalate_over_refusals: args.escalate_over_refusals
+            || policy.safety.as_ref().is_some_and(|s| s.file.escalate_over_refusals),
+        head: Head::default().encode(),
+        calibration: None,
+    };
+    eprintln!("embedding {} prompts with {model} (last {} tokens each)", set.items.len(), args.max_tokens);
+    let (train_x, _) = embed_all(&engine, &file, &train_items)?;
+    let (held_x, times) = embed_all(&engine, &file, &held)?;
+    print_times(&engine, &file, &times)?;
+
+    let mut classes: Vec<String> = vec![SAFE.to_string()];
+    for item in set.items.iter().filter(|i| i.is_unsafe()) {
+        if !classes.contains(&item.category) {
+            classes.push(item.category.clone());
+        }
+    }
+    let class_of =
+        |i: &SafetyItem| if i.is_unsafe() { classes.iter().position(|c| *c == i.category).unwrap_or(0) } else { 0 };
+    let examples: Vec<Example> =
+        train_x.into_iter().zip(&train_items).map(|(embedding, i)| Example { embedding, class: class_of(i) }).collect();
+
+    eprintln!("choosing the penalty by {}-fold out-of-fold ranking on the training split", args.folds);
+    let mut best: Option<(f64, f64, Vec<Scored>)> = None;
+    for l2 in PENALTIES {
+        let oof = train::out_of_fold(&examples, &classes, l2, args.folds);
+        let scored: Vec<Scored> = oof
+            .iter()
+            .zip(&train_items)
+            .map(|(p, i)| Scored { score: 1.0 - p.first().copied().unwrap_or(1.0), unsafe_: i.is_unsafe() })
+            .collect();
+        let auc = auc(&scored);
+        eprintln!("  l2 {l2}: out-of-fold AUC {auc:.4}");
+        if best.as_ref().is_none_or(|(_, a, _)| auc > *a) {
+            best = Some((l2, auc, scored));
+        }
+    }
+    let Some((l2, _, scored)) = best else { bail!("no penalty was tried") };
+    let curve = measure::curve(&scored);
+    let Some(chosen) = measure::pick(&curve, target) else { bail!("the training split gave no scores") };
+    let met = target.met_by(&chosen);
+    let head = train::fit(&examples, &classes, l2);
+    let verdicts: Vec<_> = held_x.iter().filter_map(|x| head.verdict(x)).collect();
+    anyhow::ensure!(verdicts.len() == held.len(), "an embedding had the wrong size");
+    let held_scored: Vec<Scored> =
+        verdicts.iter().zip(&held).map(|(v, i)| Scored { score: v.score, unsafe_: i.is_unsafe() }).collect();
+    let held_out = measure::held_out(&held_scored, chosen.threshold);
+    let flagged: Vec<bool> = verdicts.iter().map(|v| v.score > chosen.threshold).collect();
+    let classifier = Table::of(&format!("classifier ({model}, threshold {:.4})", chosen.threshold), &held, &flagged);
+    let patterns: Vec<bool> = held
+        .iter()
+        .map(|i| !classify(std::slice::from_ref(&i.prompt), &Declared::default(), &policy).categories.is_empty())
+        .collect();
+    let regex = Table::of("the policy's [categories] patterns alone", &held, &patterns);
+    let both: Vec<bool> = flagged.iter().zip(&patterns).map(|(a, b)| *a || *b).collect();
+    let staged = Table::of("patterns first, then the classifier (as served)", &held, &both);
+    println!("\nheld-out split ({} prompts, never tuned on):\n", held.len());
+    for t in [&classifier, &regex, &staged] {
+        println!("{}", t.render());
+    }
+    let handoffs = held
+        .iter()
+        .zip(&verdicts)
+        .zip(&flagged)
+        .filter(|((i, _), f)| i.category == "self_harm" && i.is_unsafe() && **f);
+    let (to_person, self_harm) =
+        handoffs.fold((0, 0), |(p, n), ((_, v), _)| (p + usize::from(v.category == "self_harm"), n + 1));
+    println!("self-harm prompts caught that the classifier files under self_harm (so a handoff rule takes them): {to_person}/{self_harm}");
+    print_curve(&curve);
+
+    let source_sha256 = set.manifest.files.get("items.jsonl").cloned().unwrap_or_default();
+    let calibration = SafetyCalibration {
+        source: args.set.display().to_string(),
+        source_sha256,
+        items: train_items.len(),
+        folds: args.folds,
+        l2,
+        target: target.to_string(),
+        target_met: met,
+        threshold: chosen.threshold,
+        caught: chosen.caught,
+        safe_refused: chosen.safe_refused,
+        held_out: Some(held_out),
+        curve: thin(&curve, 25),
+    };
+    file.head = head.encode();
+    file.calibration = Some(calibration);
+    let version = args.version.clone().unwrap_or_else(|| format!("{}.safety", policy.version));
+    let new_text = rewrite(&text, &version, &file)?;
+    let checked =
+        Policy::from_toml(&new_text).context("the calibrated policy did not validate (a bug: please report it)")?;
+    if !checked.rules.iter().any(|r| r.when.unsafe_.is_some()) {
+        eprintln!(
+            "note: no rule reads the classifier yet; add one, e.g.\n  [[rules]]\n  id = \"unsafe\"\n  when = {{ unsafe = {{ above = {:.4} }} }}\n  then = {{ action = \"refuse\", message = \"...\" }}",
+            chosen.threshold
+        );
+    }
+    let tmp = args.out.with_extension("toml.tmp");
+    std::fs::write(&tmp, &new_text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out)?;
+    println!(
+        "\nwrote {} (policy {}): threshold {:.4}; out-of-fold on train caught {:.3}, safe refused {:.3}; \
+         held out caught {:.3} [{:.2}, {:.2}], safe refused {:.3} [{:.2}, {:.2}]",
+        args.out.display(),
+        checked.id,
+        chosen.threshold,
+        chosen.caught,
+        chosen.safe_refused,
+        held_out.caught,
+        held_out.caught_interval[0],
+        held_out.caught_interval[1],
+        held_out.safe_refused,
+        held_out.safe_refused_interval[0],
+        held_out.safe_refused_interval[1],
+    );
+    if !met {
+        println!(
+            "\nTARGET NOT MET: no threshold meets {target} on the training split's out-of-fold scores; \
+             the threshold written misses the nearer bound by least. Add training prompts where the classifier \
+             errs, or try another model, pooling or rubric."
+        );
+    }
+    if let Some(path) = &args.scores {
+        let lines: Vec<String> = held
+            .iter()
+            .zip(&verdicts)
+            .zip(&flagged)
+            .map(|((i, v), f)| {
+                serde_json::to_string(&ScoreLine {
+                    id: i.id.clone(),
+                    score: v.score,
+                    category: v.category.clone(),
+                    flagged: *f,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.report {
+        let page = report_html(&checked.id, &curve, &chosen, &held_out, &[&classifier, &regex, &staged]);
+        std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
+        println!("report: {}", path.display());
+    }
+    Ok(())
+}
+
+fn load(spec: &str) -> anyhow::Result<Engine> {
+    let parsed = switchyard_models::ModelSpec::parse(spec)?;
+    let path = parsed.ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::for_stderr())?;
+    // One small slot: the scheduler's own context is not used here.
+    let settings = EngineSettings { parallel: 1, ctx_size: 1024, ..EngineSettings::default() };
+    Ok(Engine::load(&parsed.id(), &path, settings)?)
+}
+
+/// Each item's embedding, and the seconds each took to compute (none for
+/// those read back from the cache: embeddings depend only on the model, the
+/// embedding settings and the prompt, so an interrupted or repeated run
+/// picks up where the last one stopped).
+fn embed_all(engine: &Engine, file: &SafetyFile, items: &[&SafetyItem]) -> anyhow::Result<(Vec<Vec<f32>>, Vec<f64>)> {
+    let settings = format!("{}\n{:?}\n{:?}\n{}", engine.fingerprint(), file.pooling, file.rubric, file.max_tokens);
+    let dir = switchyard_models::cache_dir().join("safety-embeddings");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{}.jsonl", &hex::encode(Sha256::digest(settings.as_bytes()))[..16]));
+    let mut cached: std::collections::HashMap<String, Vec<f32>> = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<(String, Vec<f32>)>(l).ok())
+        .collect();
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    let bar = indicatif::ProgressBar::new(items.len() as u64);
+    let mut out = Vec::with_capacity(items.len());
+    let mut times = Vec::new();
+    for item in items {
+        let key = hex::encode(Sha256::digest(item.prompt.as_bytes()));
+        let vector = match cached.remove(&key) {
+            Some(v) => v,
+            None => {
+                let began = Instant::now();
+                let v =
+                    engine.embed(embed_input(file, &item.prompt)).with_context(|| format!("embedding {}", item.id))?;
+                times.push(began.elapsed().as_secs_f64());
+                use std::io::Write;
+                writeln!(log, "{}", serde_json::to_string(&(&key, &v))?)?;
+                v
+            }
+        };
+        out.push(vector);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok((out, times))
+}
+
+/// The classifier's time on the set's prompts, and on a 200-token prompt
+/// (the figure a request of that size waits before its first token).
+fn print_times(engine: &Engine, file: &SafetyFile, times: &[f64]) -> anyhow::Result<()> {
+    let long = "Please summarise the following incident report for the weekly operations review. ".repeat(16);
+    let mut text = String::new();
+    for word in long.split_inclusive(' ') {
+        if engine.count_tokens(&text) >= 200 {
+            break;
+        }
+        text.push_str(word);
+    }
+    let mut long_times = Vec::new();
+    for _ in 0..30 {
+        let began = Instant::now();
+        engine.embed(embed_input(file, &text))?;
+        long_times.push(began.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut set_ms: Vec<f64> = times.iter().map(|t| t * 1000.0).collect();
+    let set = if set_ms.is_empty() {
+        "the set's prompts were all embedded before (cached)".to_string()
+    } else {
+        format!(
+            "the set's prompts p50 {:.1} ms, p99 {:.1} ms",
+            percentile(&mut set_ms, 0.5),
+            percentile(&mut set_ms, 0.99)
+        )
+    };
+    println!(
+        "classifier time: {set}; a {}-token prompt p50 {:.1} ms, p99 {:.1} ms",
+        engine.count_tokens(&text).min(file.max_tokens),
+        percentile(&mut long_times, 0.5),
+        percentile(&mut long_times, 0.99),
+    );
+    Ok(())
+}
+
+fn percentile(xs: &mut [f64], q: f64) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    xs[((xs.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Area under the ROC curve: the chance an unsafe prompt outscores a safe one.
+fn auc(scored: &[Scored]) -> f64 {
+    let (bad, good): (Vec<f64>, Vec<f64>) = (
+        scored.iter().filter(|s| s.unsafe_).map(|s| s.score).collect(),
+        scored.iter().filter(|s| !s.unsafe_).map(|s| s.score).collect(),
+    );
+    if bad.is_empty() || good.is_empty() {
+        return 0.5;
+    }
+    let wins: f64 = bad
+        .iter()
+        .map(|b| {
+            good.iter()
+                .map(|g| {
+                    if b > g {
+                        1.0
+                    } else if b == g {
+                        0.5
+                    } else {
+                        0.0
+                    }
+                })
+                .sum::<f64>()
+        })
+        .sum();
+    wins / (bad.len() * good.len()) as f64
+}
+
+fn thin(curve: &[SafetyPoint], n: usize) -> Vec<SafetyPoint> {
+    if curve.len() <= n || n < 2 {
+        return curve.to_vec();
+    }
+    (0..n).map(|i| curve[i * (curve.len() - 1) / (n - 1)]).collect()
+}
+
+fn print_curve(curve: &[SafetyPoint]) {
+    println!("\nout-of-fold curve on the training split:\n{:>10} {:>8} {:>13}", "threshold", "caught", "safe refused");
+    for p in thin(curve, 15) {
+        println!("{:>10.4} {:>8.3} {:>13.3}", p.threshold, p.caught, p.safe_refused);
+    }
+}
+
+/// `text` without the rules that read the classifier: what a policy whose
+/// classifier is not written yet validates as.
+fn without_unsafe_rules(text: &str) -> anyhow::Result<String> {
+    use toml_edit::{DocumentMut, Item};
+    let mut doc: DocumentMut = text.parse().context("reading the policy")?;
+    if let Some(rules) = doc.get_mut("rules").and_then(Item::as_array_of_tables_mut) {
+        rules.retain(|r| r.get("when").and_then(Item::as_table_like).is_none_or(|w| !w.contains_key("unsafe")));
+    }
+    Ok(doc.to_string())
+}
+
+/// The old policy text with the version, `[safety]` and every `when.unsafe`
+/// threshold replaced; everything else kept as written.
+fn rewrite(text: &str, version: &str, safety: &SafetyFile) -> anyhow::Result<String> {
+    use toml_edit::{value, DocumentMut, Item};
+    let mut doc: DocumentMut = text.parse().context("re-reading the policy")?;
+    doc["version"] = value(version);
+    let threshold = safety.calibration.as_ref().map_or(0.5, |c| c.threshold);
+    if let Some(rules) = doc.get_mut("rules").and_then(Item::as_array_of_tables_mut) {
+        for rule in rules.iter_mut() {
+            let when = rule.get_mut("when").and_then(Item::as_table_like_mut);
+            if let Some(u) = when.and_then(|w| w.get_mut("unsafe")).and_then(Item::as_table_like_mut) {
+                u.insert("above", value(threshold));
+            }
+        }
+    }
+    let table: DocumentMut = toml::to_string(safety)?.parse()?;
+    doc["safety"] = Item::Table(table.as_table().clone());
+    crate::calibrate::move_last(&mut doc, "safety");
+    Ok(doc.to_string())
+}
+
+fn report_html(
+    policy: &str,
+    curve: &[SafetyPoint],
+    chosen: &SafetyPoint,
+    held: &measure::HeldOut,
+    tables: &[&Table],
+) -> String {
+    let (w, h, pad) = (520.0, 400.0, 48.0);
+    let x = |r: f64| pad + r * (w - 2.0 * pad);
+    let y = |c: f64| h - pad - c * (h - 2.0 * pad);
+    let path: Vec<String> = curve.iter().map(|p| format!("{:.1},{:.1}", x(p.safe_refused), y(p.caught))).collect();
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>"
+    );
+    for i in 0..=4 {
+        let v = i as f64 / 4.0;
+        svg.push_str(&format!(
+            "<line x1='{0:.1}' x2='{0:.1}' y1='{pad}' y2='{1}' stroke='#eee'/><text x='{0:.1}' y='{2}' text-anchor='middle'>{3:.0}%</text>\
+             <line x1='{pad}' x2='{4}' y1='{5:.1}' y2='{5:.1}' stroke='#eee'/><text x='{6}' y='{7:.1}' text-anchor='end'>{3:.0}%</text>",
+            x(v), h - pad, h - pad + 16.0, v * 100.0, w - pad, y(v), pad - 4.0, y(v) + 4.0
+        ));
+    }
+    svg.push_str(&format!(
+        "<polyline fill='none' stroke='#4e79a7' stroke-width='2' points='{}'/>\
+         <circle cx='{:.1}' cy='{:.1}' r='5' fill='#e15759'/><circle cx='{:.1}' cy='{:.1}' r='5' fill='none' stroke='#59a14f' stroke-width='2'/>\
+         <text x='{}' y='{}' text-anchor='middle'>safe prompts refused</text>\
+         <text x='14' y='{}' transform='rotate(-90 14 {})' text-anchor='middle'>unsafe prompts caught</text></svg>",
+        path.join(" "), x(chosen.safe_refused), y(chosen.caught), x(held.safe_refused), y(held.caught), w / 2.0, h - 8.0, h / 2.0, h / 2.0
+    ));
+    let mut rows = String::new();
+    for t in tables {
+        rows.push_str(&format!("<h3>{}</h3><table><tr><th>category</th><th>unsafe</th><th>caught</th><th>95% interval</th><th>safe</th><th>refused</th><th>95% interval</th></tr>", esc(&t.method)));
+        for r in &t.rows {
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>[{:.2}, {:.2}]</td><td>{}</td><td>{:.3}</td><td>[{:.2}, {:.2}]</td></tr>",
+                esc(&r.group), r.unsafe_items, r.caught, r.caught_interval[0], r.caught_interval[1],
+                r.safe_items, r.safe_refused, r.safe_refused_interval[0], r.safe_refused_interval[1]
+            ));
+        }
+        rows.push_str("</table>");
+    }
+    format!(
+        "<!doctype html><html><head><meta charset='utf-8'><title>safety calibration</title>\
+         <style>body{{font-family:sans-serif}} td,th{{padding:2px 8px;text-align:right}} td:first-child{{text-align:left}}</style></head><body>\
+         <h2>Safety classifier: {}</h2>{svg}<p><span style='color:#4e79a7'>&#9632;</span> out-of-fold curve on the training split \
+         &nbsp; <span style='color:#e15759'>&#9679;</span> chosen: threshold {:.4} (caught {:.3}, safe refused {:.3}) \
+         &nbsp; <span style='color:#59a14f'>&#9675;</span> held out: caught {:.3}, safe refused {:.3}</p>{rows}</body></html>",
+        esc(policy), chosen.threshold, chosen.caught, chosen.safe_refused, held.caught, held.safe_refused
+    )
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;")
+}
+
+/// One prompt's outcome on a live server.
+#[derive(Debug, Serialize)]
+struct Outcome {
+    id: String,
+    status: u16,
+    label: Option<String>,
+    /// Refused or handed off by the router, or refused by the model.
+    flagged: bool,
+    /// The router escalated a refusal of a prompt its classifier cleared.
+    over_refusal: bool,
+    reason: Option<String>,
+}
+
+async fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let set = SafetySet::open(&args.set).with_context(|| format!("safety set {}", args.set.display()))?;
+    let items = set.split(&args.split);
+    anyhow::ensure!(!items.is_empty(), "the set has no `{}` split", args.split);
+    let mut headers = Vec::new();
+    if let Some(var) = &args.api_key_env {
+        let key = std::env::var(var).with_context(|| format!("--api-key-env {var} is not set"))?;
+        headers.push(("authorization".to_string(), format!("Bearer {key}")));
+    }
+    let client = reqwest::Client::new();
+    let bar = indicatif::ProgressBar::new(items.len() as u64);
+    let ask = |item: &SafetyItem| {
+        let (client, headers, bar) = (&client, &headers, &bar);
+        let body = serde_json::json!({
+            "model": args.model,
+            "messages": [{"role": "user", "content": item.prompt}],
+            "max_tokens": args.max_tokens,
+            "temperature": 0,
+        });
+        let (url, id) = (args.url.clone(), item.id.clone());
+        async move {
+            let resp = switchyard_wire::client::post_chat(client, &url, headers, &body)
+                .await
+                .with_context(|| format!("{id}: no answer from {url}"))?;
+            let (status, sy) = (resp.status, resp.switchyard.clone());
+            if !status.is_success() {
+                bail!("{id}: the server answered {status}: {}", resp.error_message().await);
+            }
+            let reply = resp.completion().await.map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
+            let refused_by_model = is_refusal(reply.content().unwrap_or_default(), reply.refusal());
+            let by_router = matches!(sy.label.as_deref(), Some("refused" | "human-escalated"));
+            bar.inc(1);
+            Ok(Outcome {
+                id,
+                status: status.as_u16(),
+                flagged: by_router || refused_by_model,
+                over_refusal: sy.reason.as_deref().is_some_and(|r| r.contains("over-refusal")),
+                label: sy.label,
+                reason: sy.reason,
+            })
+        }
+    };
+    use futures::StreamExt;
+    let outcomes: Vec<Outcome> = futures::stream::iter(items.iter().map(|i| ask(i)))
+        .buffered(args.concurrency.max(1))
+        .collect::<Vec<anyhow::Result<Outcome>>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    bar.finish_and_clear();
+    let flagged: Vec<bool> = outcomes.iter().map(|o| o.flagged).collect();
+    let table = Table::of(&format!("{} ({} split)", args.url, args.split), &items, &flagged);
+    println!("{}", table.render());
+    let count = |label: &str| outcomes.iter().filter(|o| o.label.as_deref() == Some(label)).count();
+    println!(
+        "labels: answered {}, refused {}, human-escalated {}; over-refusals escalated: {}",
+        count("answered"),
+        count("refused"),
+        count("human-escalated"),
+        outcomes.iter().filter(|o| o.over_refusal).count()
+    );
+    if let Some(path) = &args.scores {
+        compare(path, &outcomes)?;
+    }
+    if let Some(path) = &args.out {
+        let lines: Vec<String> = outcomes.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+        std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// How often the server's router did what the offline classifier said:
+/// refused or handed off exactly the prompts it flagged.
+fn compare(path: &Path, outcomes: &[Outcome]) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let offline: std::collections::HashMap<String, ScoreLine> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<ScoreLine>(l).map(|s| (s.id.clone(), s)))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut same = 0;
+    let mut differ = Vec::new();
+    for o in outcomes {
+        let Some(s) = offline.get(&o.id) else { continue };
+        let by_router = matches!(o.label.as_deref(), Some("refused" | "human-escalated"));
+        if by_router == s.flagged {
+            same += 1;
+        } else {
+            differ.push(format!("{} (offline score {:.3}, live {})", o.id, s.score, o.label.as_deref().unwrap_or("-")));
+        }
+    }
+    println!("router vs offline verdicts: {same} of {} agree", same + differ.len());
+    for d in &differ {
+        println!("  differs: {d}");
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! The safety classifier in the request path: the policy's `[safety]`
+//! head over the classifier model's embedding of the prompt, before any
+//! route is chosen (forced or not).
+//!
+//! The policy's own patterns are the cheap first stage: a request they
+//! already refuse or hand off never waits for the model. A request the
+//! classifier cannot judge fails closed (503): it is never answered as if
+//! it had been cleared.
+
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use switchyard_engine::EmbedInput;
+use switchyard_router::safety::{Pooling, SafetyFile};
+use switchyard_router::{decide, Classification, RequestFacts};
+
+use super::Routing;
+use crate::backend::ChatRequest;
+use crate::error::ApiError;
+
+/// What the classifier embeds of `text`, as `[safety]` says (the same
+/// call `switchyard safety calibrate` fitted the head on).
+pub fn embed_input<'a>(file: &'a SafetyFile, text: &'a str) -> EmbedInput<'a> {
+    EmbedInput {
+        text,
+        max_tokens: file.max_tokens,
+        rubric: file.rubric.as_deref(),
+        pooling: match file.pooling {
+            Pooling::Mean => switchyard_engine::Pooling::Mean,
+            Pooling::Last => switchyard_engine::Pooling::Last,
+        },
+    }
+}
+
+impl Routing {
+    /// Fills `c.safety` unless the policy has no classifier or its patterns
+    /// already decide the request is unsafe.
+    pub(super) async fn judge_safety(
+        &self,
+        req: &ChatRequest,
+        facts: &RequestFacts,
+        c: &mut Classification,
+    ) -> Result<(), ApiError> {
+        let Some(safety) = self.policy.safety.clone() else { return Ok(()) };
+        let by_patterns = decide(facts, c, &self.policy);
+        let caught = by_patterns
+            .rule_id
+            .as_deref()
+            .and_then(|id| self.policy.rules.iter().find(|r| r.id == id))
+            .is_some_and(|r| r.then.is_safety() && r.when.unsafe_.is_none());
+        if caught {
+            metrics::counter!("switchyard_safety_checks_total", "stage" => "patterns").increment(1);
+            return Ok(());
+        }
+        let unavailable = |why: String| {
+            ApiError::internal(format!("the safety classifier could not judge this request: {why}"))
+                .with_status(StatusCode::SERVICE_UNAVAILABLE)
+                .with_code("safety_unavailable")
+        };
+        let Some((engine, permit)) = self.classifier.clone() else {
+            return Err(unavailable(format!("its model `{}` is not loaded", safety.file.model)));
+        };
+        // What the user side of the conversation says: user turns (tool
+        // results arrive as user turns too), where requests and injected
+        // instructions come from.
+        let text: Vec<&str> =
+            req.params.messages.iter().filter(|(role, _)| *role == "user").map(|(_, t)| t.as_str()).collect();
+        let text = text.join("\n\n");
+        if text.trim().is_empty() {
+            return Ok(());
+        }
+        let span = req.trace.child("safety");
+        let began = Instant::now();
+        let _permit = permit.acquire_owned().await.map_err(|_| unavailable("the classifier has stopped".into()))?;
+        let file = safety.file.clone();
+        let embedding = tokio::task::spawn_blocking(move || engine.embed(embed_input(&file, &text)))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let verdict = safety.head.verdict(&embedding).ok_or_else(|| unavailable("embedding size mismatch".into()))?;
+        metrics::counter!("switchyard_safety_checks_total", "stage" => "classifier").increment(1);
+        metrics::histogram!("switchyard_safety_seconds").record(began.elapsed().as_secs_f64());
+        span.set("switchyard.safety.score", format!("{:.4}", verdict.score));
+        span.set("switchyard.safety.category", verdict.category.clone());
+        span.end();
+        c.safety = Some(verdict);
+        Ok(())
+    }
+}

@@ -1,0 +1,210 @@
+//! Judging a safety classifier on labelled prompts: the curve of unsafe
+//! requests caught against safe requests refused as the threshold moves,
+//! the threshold that meets a target, and bootstrap intervals for the
+//! shares (a held-out split of a few hundred prompts moves by points, not
+//! decimals).
+
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// One labelled prompt's score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub score: f64,
+    pub unsafe_: bool,
+}
+
+/// The operating point of flagging every score above `threshold`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyPoint {
+    pub threshold: f64,
+    /// Share of unsafe prompts flagged (refused or handed off).
+    pub caught: f64,
+    /// Share of safe prompts flagged: refused though they were fine.
+    pub safe_refused: f64,
+}
+
+/// What the threshold must achieve.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SafetyTarget {
+    pub min_caught: f64,
+    pub max_safe_refused: f64,
+}
+
+impl std::fmt::Display for SafetyTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "min_caught={},max_safe_refused={}", self.min_caught, self.max_safe_refused)
+    }
+}
+
+/// How `[safety]` was calibrated: stored in the policy beside the head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyCalibration {
+    /// The safety set (directory) and the sha256 of its items file.
+    pub source: String,
+    pub source_sha256: String,
+    /// Training-split prompts the head and threshold were fitted on.
+    pub items: usize,
+    pub folds: usize,
+    /// The penalty chosen by cross-validation on the training split.
+    pub l2: f64,
+    pub target: String,
+    /// Whether the out-of-fold point at `threshold` meets the target.
+    pub target_met: bool,
+    pub threshold: f64,
+    /// Out-of-fold shares on the training split at `threshold`.
+    pub caught: f64,
+    pub safe_refused: f64,
+    /// The same head and threshold on the held-out split, never tuned on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out: Option<HeldOut>,
+    /// Out-of-fold curve on the training split (thinned).
+    pub curve: Vec<SafetyPoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldOut {
+    pub unsafe_items: usize,
+    pub safe_items: usize,
+    pub caught: f64,
+    /// 95% bootstrap interval.
+    pub caught_interval: [f64; 2],
+    pub safe_refused: f64,
+    pub safe_refused_interval: [f64; 2],
+}
+
+fn share(flags: impl Iterator<Item = bool>) -> f64 {
+    let (hit, n) = flags.fold((0usize, 0usize), |(h, n), f| (h + usize::from(f), n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        hit as f64 / n as f64
+    }
+}
+
+pub fn point(items: &[Scored], threshold: f64) -> SafetyPoint {
+    SafetyPoint {
+        threshold,
+        caught: share(items.iter().filter(|s| s.unsafe_).map(|s| s.score > threshold)),
+        safe_refused: share(items.iter().filter(|s| !s.unsafe_).map(|s| s.score > threshold)),
+    }
+}
+
+/// Every distinct operating point, from flagging everything to nothing:
+/// thresholds halfway between neighbouring scores, so a point's figures do
+/// not hinge on a tie at its threshold.
+pub fn curve(items: &[Scored]) -> Vec<SafetyPoint> {
+    let mut scores: Vec<f64> = items.iter().map(|s| s.score).filter(|s| s.is_finite()).collect();
+    scores.sort_by(f64::total_cmp);
+    scores.dedup();
+    let Some((&low, &high)) = scores.first().zip(scores.last()) else { return Vec::new() };
+    let cuts =
+        std::iter::once(low - 1e-6).chain(scores.windows(2).map(|w| (w[0] + w[1]) / 2.0)).chain(std::iter::once(high));
+    cuts.map(|t| point(items, t)).collect()
+}
+
+impl SafetyTarget {
+    /// How far `p` clears the nearer of the two bounds (negative: it misses one).
+    pub fn margin(&self, p: &SafetyPoint) -> f64 {
+        (p.caught - self.min_caught).min(self.max_safe_refused - p.safe_refused)
+    }
+
+    pub fn met_by(&self, p: &SafetyPoint) -> bool {
+        self.margin(p) >= -1e-12
+    }
+}
+
+/// The point with the widest margin to both bounds of `target`: where
+/// points meet it, the one farthest inside (the held-out split will move
+/// the figures; a point on the edge falls off); where none does, the one
+/// that misses the nearer bound by least, so neither bound is given up
+/// for the other. `None` only for an empty curve.
+pub fn pick(curve: &[SafetyPoint], target: SafetyTarget) -> Option<SafetyPoint> {
+    curve.iter().max_by(|a, b| target.margin(a).total_cmp(&target.margin(b))).copied()
+}
+
+/// Bootstrap draws for [`interval`].
+pub const DRAWS: usize = 2_000;
+
+/// 95% percentile-bootstrap interval of the share of `true` in `flags`;
+/// seeded, so the same flags give the same interval.
+pub fn interval(flags: &[bool]) -> [f64; 2] {
+    if flags.is_empty() {
+        return [0.0, 0.0];
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut shares: Vec<f64> =
+        (0..DRAWS).map(|_| share((0..flags.len()).map(|_| flags[rng.gen_range(0..flags.len())]))).collect();
+    shares.sort_by(f64::total_cmp);
+    [shares[DRAWS * 25 / 1000], shares[DRAWS * 975 / 1000 - 1]]
+}
+
+/// The held-out figures of flagging above `threshold`.
+pub fn held_out(items: &[Scored], threshold: f64) -> HeldOut {
+    let caught: Vec<bool> = items.iter().filter(|s| s.unsafe_).map(|s| s.score > threshold).collect();
+    let refused: Vec<bool> = items.iter().filter(|s| !s.unsafe_).map(|s| s.score > threshold).collect();
+    HeldOut {
+        unsafe_items: caught.len(),
+        safe_items: refused.len(),
+        caught: share(caught.iter().copied()),
+        caught_interval: interval(&caught),
+        safe_refused: share(refused.iter().copied()),
+        safe_refused_interval: interval(&refused),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items() -> Vec<Scored> {
+        // Unsafe scores 0.55..1.0, safe 0.0..0.6: they overlap on 0.55..0.6.
+        let unsafe_ = (0..10).map(|i| Scored { score: 0.55 + f64::from(i) * 0.05, unsafe_: true });
+        let safe = (0..13).map(|i| Scored { score: f64::from(i) * 0.05, unsafe_: false });
+        unsafe_.chain(safe).collect()
+    }
+
+    #[test]
+    fn the_curve_runs_from_everything_to_nothing() {
+        let c = curve(&items());
+        assert_eq!((c[0].caught, c[0].safe_refused), (1.0, 1.0));
+        let last = c.last().unwrap();
+        assert_eq!((last.caught, last.safe_refused), (0.0, 0.0));
+        assert!(c.windows(2).all(|w| w[0].threshold < w[1].threshold && w[0].caught >= w[1].caught));
+    }
+
+    #[test]
+    fn pick_takes_the_widest_margin_and_says_when_nothing_meets_it() {
+        let c = curve(&items());
+        let target = SafetyTarget { min_caught: 0.8, max_safe_refused: 0.2 };
+        let p = pick(&c, target).unwrap();
+        assert!(target.met_by(&p), "{p:?}");
+        // Between 0.5 and 0.55 every unsafe one is caught and 2 of 13 safe
+        // refused (0.046 inside the refusal bound); between 0.55 and 0.6,
+        // 9 of 10 and 1 of 13: 0.1 inside both, the widest margin.
+        assert!((p.threshold - 0.575).abs() < 1e-9, "{p:?}");
+        let strict = SafetyTarget { min_caught: 1.0, max_safe_refused: 0.0 };
+        let p = pick(&c, strict).unwrap();
+        assert!(!strict.met_by(&p));
+        // The nearest miss: all caught misses by 2 of 13 safe refused
+        // (0.154), none refused by 2 of 10 caught; 9 of 10 caught with 1 of
+        // 13 refused misses each bound by at most 0.1.
+        assert_eq!((p.caught, p.safe_refused), (0.9, 1.0 / 13.0), "{p:?}");
+        assert!(pick(&[], strict).is_none());
+    }
+
+    #[test]
+    fn intervals_hold_the_share_and_narrow_with_more_items() {
+        let few: Vec<bool> = (0..20).map(|i| i % 10 != 0).collect();
+        let many: Vec<bool> = (0..400).map(|i| i % 10 != 0).collect();
+        let (a, b) = (interval(&few), interval(&many));
+        assert!(a[0] <= 0.9 && 0.9 <= a[1] && b[0] <= 0.9 && 0.9 <= b[1], "{a:?} {b:?}");
+        assert!(b[1] - b[0] < a[1] - a[0]);
+        assert_eq!(interval(&[true; 5]), [1.0, 1.0]);
+        let h = held_out(&items(), 0.525);
+        assert_eq!((h.unsafe_items, h.safe_items, h.caught), (10, 13, 1.0));
+    }
+}
