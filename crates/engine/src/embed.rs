@@ -184,10 +184,19 @@ fn decode(ctx: &mut LlamaContext<'_>, tokens: &[LlamaToken], from: usize) -> Res
 fn serve(ctx: &mut LlamaContext<'_>, jobs: &Receiver<(Vec<LlamaToken>, Reply)>, kept: usize, suffix: &[LlamaToken]) {
     while let Ok((mut tokens, reply)) = jobs.recv() {
         tokens.extend_from_slice(suffix);
+        // A model whose cache cannot drop a suffix (recurrent ones) would
+        // embed every text after the last: refuse instead.
         let result = ctx
             .clear_kv_cache_seq(Some(0), Some(kept as u32), None)
             .map_err(|e| ScoreError::Runtime(e.to_string()))
-            .and_then(|_| decode(ctx, &tokens, kept))
+            .and_then(|removed| {
+                if removed {
+                    Ok(())
+                } else {
+                    Err(ScoreError::Runtime("this model's cache cannot drop the last text; it cannot classify".into()))
+                }
+            })
+            .and_then(|()| decode(ctx, &tokens, kept))
             .and_then(|()| {
                 ctx.embeddings_seq_ith(0).map(<[f32]>::to_vec).map_err(|e| ScoreError::Runtime(e.to_string()))
             });

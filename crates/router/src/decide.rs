@@ -177,8 +177,11 @@ fn decide_rules(facts: &RequestFacts, c: &Classification, policy: &Policy, d: &m
                         threshold: *threshold,
                         hold_tokens: *hold_tokens,
                         when_verifier_busy: *when_verifier_busy,
-                        over_refusal: c.safety.is_some()
-                            && policy.safety.as_ref().is_some_and(|s| s.file.escalate_over_refusals),
+                        // Only for a request the classifier cleared: a refusal
+                        // of an unsafe one (which a rule ordered after this
+                        // cascade would have caught) is the right answer.
+                        over_refusal: policy.safety.as_ref().is_some_and(|s| s.file.escalate_over_refusals)
+                            && c.safety.as_ref().zip(policy.safety_clears_below()).is_some_and(|(v, t)| v.score <= t),
                     });
                 }
             }

@@ -452,6 +452,13 @@ impl Policy {
         models
     }
 
+    /// The lowest threshold of the rules that read the classifier: a
+    /// verdict at or below it is one the policy clears. `None` when no
+    /// rule reads it.
+    pub fn safety_clears_below(&self) -> Option<f64> {
+        self.rules.iter().filter_map(|r| r.when.unsafe_.as_ref()).map(|u| u.above).reduce(f64::min)
+    }
+
     pub fn category_names(&self) -> impl Iterator<Item = &str> {
         self.categories.iter().map(|(c, _)| c.as_str())
     }

@@ -93,6 +93,22 @@ fn the_verdict_refuses_hands_off_or_lets_through() {
 }
 
 #[test]
+fn only_a_cleared_request_escalates_a_refusal() {
+    // Without a catch-all unsafe rule, a high-scoring violence request
+    // reaches the cascade: its refusal is the right answer, not an
+    // over-refusal.
+    let text = policy("", true).replace(
+        "[[rules]]\nid = \"refuse-unsafe\"\nwhen = { unsafe = { above = 0.5 } }\nthen = { action = \"refuse\", message = \"no\" }\n",
+        "",
+    );
+    let p = Policy::from_toml(&text).unwrap();
+    assert_eq!(p.safety_clears_below(), Some(0.5));
+    let d = decide(&RequestFacts::default(), &judged(&p, "q", [3.0, 0.0]), &p);
+    let Outcome::Route { cascade: Some(plan), .. } = &d.outcome else { panic!("{d:?}") };
+    assert!(!plan.over_refusal, "{d:?}");
+}
+
+#[test]
 fn a_forced_route_does_not_skip_the_classifier() {
     let p = Policy::from_toml(&policy("", true)).unwrap();
     let d = decide_forced(&RequestFacts::default(), &judged(&p, "q", [3.0, 0.0]), &p, "strong").unwrap();

@@ -75,11 +75,9 @@ impl Routing {
         if let Some(e) = crate::protect::blocked(&classification.found) {
             return Err(e);
         }
-        // Before any route is chosen, forced or not: a forced route must
-        // not skip the classifier.
-        self.judge_safety(req, &facts, &mut classification).await?;
-        let _span = req.trace.child("decide");
         let Some(route) = headers.get(FORCE_ROUTE_HEADER) else {
+            self.judge_safety(req, &facts, &mut classification).await?;
+            let _span = req.trace.child("decide");
             return Ok(decide(&facts, &classification, &self.policy));
         };
         let route = route.to_str().unwrap_or_default();
@@ -104,6 +102,11 @@ impl Routing {
             }
             _ => {}
         }
+        // After the caller may force a route (a refused header costs no
+        // classification), before the route is taken: forcing never skips
+        // the classifier.
+        self.judge_safety(req, &facts, &mut classification).await?;
+        let _span = req.trace.child("decide");
         decide_forced(&facts, &classification, &self.policy, route).ok_or_else(|| {
             let known: Vec<_> = self.policy.routes.iter().map(|r| r.name.as_str()).collect();
             ApiError::invalid(

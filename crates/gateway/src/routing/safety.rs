@@ -42,12 +42,16 @@ impl Routing {
         c: &mut Classification,
     ) -> Result<(), ApiError> {
         let Some(safety) = self.policy.safety.clone() else { return Ok(()) };
+        // A pattern rule settles it only where no rule reading the
+        // classifier comes first (an earlier `unsafe` handoff must still
+        // be able to take the request).
+        let first_unsafe = self.policy.rules.iter().position(|r| r.when.unsafe_.is_some()).unwrap_or(usize::MAX);
         let by_patterns = decide(facts, c, &self.policy);
         let caught = by_patterns
             .rule_id
             .as_deref()
-            .and_then(|id| self.policy.rules.iter().find(|r| r.id == id))
-            .is_some_and(|r| r.then.is_safety() && r.when.unsafe_.is_none());
+            .and_then(|id| self.policy.rules.iter().position(|r| r.id == id))
+            .is_some_and(|i| i < first_unsafe && self.policy.rules[i].then.is_safety());
         if caught {
             metrics::counter!("switchyard_safety_checks_total", "stage" => "patterns").increment(1);
             return Ok(());
@@ -60,24 +64,32 @@ impl Routing {
         let Some((engine, permit)) = self.classifier.clone() else {
             return Err(unavailable(format!("its model `{}` is not loaded", safety.file.model)));
         };
-        // What the user side of the conversation says: user turns (tool
-        // results arrive as user turns too), where requests and injected
-        // instructions come from.
+        // Every message the client sent, whatever its role (an ask can sit
+        // in a system turn or a made-up assistant turn as well), in order:
+        // the last turn's text is what the token budget keeps. The route's
+        // own system prompt is added later and never judged.
         let text: Vec<&str> =
-            req.params.messages.iter().filter(|(role, _)| *role == "user").map(|(_, t)| t.as_str()).collect();
-        let text = text.join("\n\n");
-        if text.trim().is_empty() {
+            req.params.messages.iter().map(|(_, t)| t.as_str()).filter(|t| !t.trim().is_empty()).collect();
+        if text.is_empty() {
+            // Nothing was said, so nothing can be unsafe.
             return Ok(());
         }
+        let text = text.join("\n\n");
         let span = req.trace.child("safety");
         let began = Instant::now();
-        let _permit = permit.acquire_owned().await.map_err(|_| unavailable("the classifier has stopped".into()))?;
+        let permit = permit.acquire_owned().await.map_err(|_| unavailable("the classifier has stopped".into()))?;
         let file = safety.file.clone();
-        let embedding = tokio::task::spawn_blocking(move || engine.embed(embed_input(&file, &text)))
-            .await
-            .map_err(|e| unavailable(e.to_string()))?
-            .map_err(|e| unavailable(e.to_string()))?;
-        let verdict = safety.head.verdict(&embedding).ok_or_else(|| unavailable("embedding size mismatch".into()))?;
+        // The permit goes with the work: a client that leaves mid-way does
+        // not free it while the embedding still runs.
+        let embedding = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            engine.embed(embed_input(&file, &text))
+        })
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+        let verdict =
+            safety.head.verdict(&embedding).ok_or_else(|| unavailable("the embedding could not be scored".into()))?;
         metrics::counter!("switchyard_safety_checks_total", "stage" => "classifier").increment(1);
         metrics::histogram!("switchyard_safety_seconds").record(began.elapsed().as_secs_f64());
         span.set("switchyard.safety.score", format!("{:.4}", verdict.score));

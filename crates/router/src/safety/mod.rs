@@ -61,6 +61,10 @@ pub enum Pooling {
     Last,
 }
 
+/// The most prompt tokens a policy may have embedded: the classifier's
+/// context is sized by it.
+pub const MAX_EMBEDDED_TOKENS: usize = 4096;
+
 fn default_max_tokens() -> usize {
     256
 }
@@ -110,8 +114,11 @@ pub struct Safety {
 
 impl Safety {
     pub(crate) fn compile(file: &SafetyFile) -> Result<Self, PolicyError> {
-        if file.max_tokens == 0 {
-            return Err(invalid("safety.max_tokens", "embed at least 1 token of the prompt (256 is the default)"));
+        if file.max_tokens == 0 || file.max_tokens > MAX_EMBEDDED_TOKENS {
+            return Err(invalid(
+                "safety.max_tokens",
+                format!("embed between 1 and {MAX_EMBEDDED_TOKENS} tokens of the prompt (256 is the default)"),
+            ));
         }
         let head = Head::decode(&file.head)?;
         Ok(Self { file: file.clone(), head })
@@ -199,8 +206,13 @@ impl Head {
         Some(softmax(&logits))
     }
 
+    /// `None` for an embedding of the wrong size or one that gives no
+    /// finite score (the caller fails closed).
     pub fn verdict(&self, embedding: &[f32]) -> Option<SafetyVerdict> {
         let p = self.probabilities(embedding)?;
+        if p.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
         let (best, _) =
             p.iter().enumerate().skip(1).fold((1, f64::MIN), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
         Some(SafetyVerdict { score: (1.0 - p[0]).clamp(0.0, 1.0), category: self.classes[best].clone() })
@@ -259,6 +271,7 @@ mod tests {
         assert_eq!(v.category, "self_harm");
         assert!(v.score > 0.9, "{v:?}");
         assert!(h.verdict(&[1.0]).is_none(), "a wrong-sized embedding is not scored");
+        assert!(h.verdict(&[f32::NAN, 0.0]).is_none(), "nor one that gives no finite score");
     }
 
     #[test]
