@@ -117,7 +117,7 @@ fn an_operator_applies_rolls_back_and_breaks_the_local_route_under_a_game_day() 
     mock.kill().unwrap();
 }
 
-/// A small eval set in the versioned format: each item asks for one word back.
+/// A small eval set in the versioned format: each item asks for a sentence about a word.
 fn word_set(dir: &std::path::Path) -> std::path::PathBuf {
     use sha2::Digest;
     let set = dir.join("words");
@@ -128,8 +128,13 @@ fn word_set(dir: &std::path::Path) -> std::path::PathBuf {
         .enumerate()
         .map(|(i, w)| {
             serde_json::json!({"id": format!("word-{i}"), "family": "support", "difficulty": "routine", "data_class": "public",
-                "messages": [{"role": "user", "content": format!("Reply with just this word: {w}")}],
-                "max_tokens": 8, "expect": {"type": "contains_all", "values": [w]}, "review": false})
+                "messages": [{"role": "user", "content": format!("Write a sentence about the word {w}.")}],
+                // Any word of three letters: SmolLM2 always writes some, the
+                // filler never does. (Echoing the word back was left to the
+                // model's greedy output, which differs between CPUs: on an
+                // AVX2 machine it never echoed, both arms scored 0%, the
+                // gate saw no drop and the rollout ran on.)
+                "max_tokens": 8, "expect": {"type": "regex", "pattern": "[a-z]{3}"}, "review": false})
             .to_string()
                 + "\n"
         })

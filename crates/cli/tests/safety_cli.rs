@@ -1,0 +1,99 @@
+//! `switchyard safety calibrate` and `safety check` against the real
+//! binary on SmolLM2: a small safety set cut from `datasets/safety/v1`
+//! (two categories), calibrated into a policy, served, and checked: every
+//! held-out prompt's live label is the offline verdict.
+
+mod common;
+
+use std::process::Command;
+
+use common::{start, BIN};
+use sha2::{Digest, Sha256};
+use switchyard_router::Policy;
+
+const POLICY: &str = r#"version = "cli-safety.1"
+default_route = "local"
+
+[[routes]]
+name = "local"
+backend = "embedded"
+model = "smollm2-135m"
+allowed_classes = ["public", "internal", "regulated"]
+
+[[rules]]
+id = "handoff-self-harm"
+when = { unsafe = { above = 0.5, categories = ["self_harm"] } }
+then = { action = "handoff", message = "A person will reach out." }
+
+[[rules]]
+id = "refuse-unsafe"
+when = { unsafe = { above = 0.5 } }
+then = { action = "refuse", message = "I can't help with that." }
+"#;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn calibrate_writes_a_policy_whose_live_router_matches_its_offline_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/safety/v1/items.jsonl")).unwrap();
+    let items: String = shipped
+        .lines()
+        .filter(|l| l.contains(r#""category": "violence""#) || l.contains(r#""category": "self_harm""#))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let n = items.lines().count();
+    assert_eq!(n, 120, "two categories of 60");
+    let set = dir.path().join("set");
+    std::fs::create_dir(&set).unwrap();
+    std::fs::write(set.join("items.jsonl"), &items).unwrap();
+    std::fs::write(
+        set.join("manifest.toml"),
+        format!(
+            "name = \"safety-cut\"\nversion = 1\ndescription = \"two categories\"\nlicence = \"CC-BY-4.0\"\nitems = {n}\n\
+             release_notes = \"test\"\n[files]\n\"items.jsonl\" = \"{}\"\n",
+            hex::encode(Sha256::digest(items.as_bytes()))
+        ),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let out = dir.path().join("calibrated.toml");
+    let scores = dir.path().join("scores.jsonl");
+    let report = dir.path().join("report.html");
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let ran = Command::new(BIN)
+        .args(["safety", "calibrate", "--set", &path(&set), "--policy", &path(&policy), "--model", "smollm2-135m"])
+        .args(["--max-tokens", "64", "--min-caught", "0.7", "--max-safe-refused", "0.3", "--out", &path(&out)])
+        .args(["--scores", &path(&scores), "--report", &path(&report)])
+        .output()
+        .unwrap();
+    let stdout = text(&ran.stdout);
+    assert!(ran.status.success(), "{stdout}{}", text(&ran.stderr));
+    assert!(stdout.contains("held-out split (48 prompts") && stdout.contains("self_harm"), "{stdout}");
+    let calibrated = Policy::from_toml(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(calibrated.version, "cli-safety.1.safety");
+    let safety = calibrated.safety.as_ref().unwrap();
+    let cal = safety.file.calibration.as_ref().unwrap();
+    assert_eq!((cal.items, safety.file.max_tokens, safety.head.classes.len()), (72, 64, 3));
+    for rule in &calibrated.rules {
+        assert_eq!(rule.when.unsafe_.as_ref().unwrap().above, cal.threshold, "every unsafe rule gets the threshold");
+    }
+    assert!(std::fs::read_to_string(&report).unwrap().contains("<svg"));
+    assert_eq!(std::fs::read_to_string(&scores).unwrap().lines().count(), 48);
+
+    let data = dir.path().join("data");
+    let (mut server, url) = start(&["serve", "--policy", &path(&out), "--port", "0", "--data-dir", &path(&data)]);
+    let checked = Command::new(BIN)
+        .args(["safety", "check", "--set", &path(&set), "--url", &format!("{url}/v1"), "--model", "auto"])
+        .args(["--max-tokens", "8", "--scores", &path(&scores)])
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let stdout = text(&checked.stdout);
+    assert!(checked.status.success(), "{stdout}{}", text(&checked.stderr));
+    assert!(stdout.contains("router vs offline verdicts: 48 of 48 agree"), "{stdout}");
+}
