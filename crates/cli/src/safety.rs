@@ -14,9 +14,12 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use switchyard_bench::replay::percentiles;
+use switchyard_bench::report::escape;
 use switchyard_engine::{Engine, EngineSettings};
 use switchyard_eval::safety::{SafetyItem, SafetySet, Table};
 use switchyard_gateway::routing::embed_input;
+use switchyard_router::calibrate;
 use switchyard_router::safety::measure::{self, SafetyCalibration, SafetyPoint, SafetyTarget, Scored};
 use switchyard_router::safety::train::{self, Example};
 use switchyard_router::safety::{Head, Pooling, SafetyFile, SAFE};
@@ -246,7 +249,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         caught: chosen.caught,
         safe_refused: chosen.safe_refused,
         held_out: Some(held_out),
-        curve: thin(&curve, 25),
+        curve: calibrate::thin(&curve, 25),
     };
     file.head = head.encode();
     file.calibration = Some(calibration);
@@ -373,31 +376,18 @@ fn print_times(engine: &Engine, file: &SafetyFile, times: &[f64]) -> anyhow::Res
         engine.embed(embed_input(file, &text))?;
         long_times.push(began.elapsed().as_secs_f64() * 1000.0);
     }
-    let mut set_ms: Vec<f64> = times.iter().map(|t| t * 1000.0).collect();
-    let set = if set_ms.is_empty() {
-        "the set's prompts were all embedded before (cached)".to_string()
-    } else {
-        format!(
-            "the set's prompts p50 {:.1} ms, p99 {:.1} ms",
-            percentile(&mut set_ms, 0.5),
-            percentile(&mut set_ms, 0.99)
-        )
+    let set = match percentiles(times.iter().map(|t| t * 1000.0)) {
+        None => "the set's prompts were all embedded before (cached)".to_string(),
+        Some(p) => format!("the set's prompts p50 {:.1} ms, p99 {:.1} ms", p.p50, p.p99),
     };
+    let long = percentiles(long_times).ok_or_else(|| anyhow::anyhow!("no timing was taken"))?;
     println!(
         "classifier time: {set}; a {}-token prompt p50 {:.1} ms, p99 {:.1} ms",
         engine.count_tokens(&text).min(file.max_tokens),
-        percentile(&mut long_times, 0.5),
-        percentile(&mut long_times, 0.99),
+        long.p50,
+        long.p99,
     );
     Ok(())
-}
-
-fn percentile(xs: &mut [f64], q: f64) -> f64 {
-    if xs.is_empty() {
-        return 0.0;
-    }
-    xs.sort_by(f64::total_cmp);
-    xs[((xs.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Area under the ROC curve: the chance an unsafe prompt outscores a safe one.
@@ -428,16 +418,9 @@ fn auc(scored: &[Scored]) -> f64 {
     wins / (bad.len() * good.len()) as f64
 }
 
-fn thin(curve: &[SafetyPoint], n: usize) -> Vec<SafetyPoint> {
-    if curve.len() <= n || n < 2 {
-        return curve.to_vec();
-    }
-    (0..n).map(|i| curve[i * (curve.len() - 1) / (n - 1)]).collect()
-}
-
 fn print_curve(curve: &[SafetyPoint]) {
     println!("\nout-of-fold curve on the training split:\n{:>10} {:>8} {:>13}", "threshold", "caught", "safe refused");
-    for p in thin(curve, 15) {
+    for p in calibrate::thin(curve, 15) {
         println!("{:>10.4} {:>8.3} {:>13.3}", p.threshold, p.caught, p.safe_refused);
     }
 }
@@ -505,11 +488,11 @@ fn report_html(
     ));
     let mut rows = String::new();
     for t in tables {
-        rows.push_str(&format!("<h3>{}</h3><table><tr><th>category</th><th>unsafe</th><th>caught</th><th>95% interval</th><th>safe</th><th>refused</th><th>95% interval</th></tr>", esc(&t.method)));
+        rows.push_str(&format!("<h3>{}</h3><table><tr><th>category</th><th>unsafe</th><th>caught</th><th>95% interval</th><th>safe</th><th>refused</th><th>95% interval</th></tr>", escape(&t.method)));
         for r in &t.rows {
             rows.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>[{:.2}, {:.2}]</td><td>{}</td><td>{:.3}</td><td>[{:.2}, {:.2}]</td></tr>",
-                esc(&r.group), r.unsafe_items, r.caught, r.caught_interval[0], r.caught_interval[1],
+                escape(&r.group), r.unsafe_items, r.caught, r.caught_interval[0], r.caught_interval[1],
                 r.safe_items, r.safe_refused, r.safe_refused_interval[0], r.safe_refused_interval[1]
             ));
         }
@@ -521,12 +504,8 @@ fn report_html(
          <h2>Safety classifier: {}</h2>{svg}<p><span style='color:#4e79a7'>&#9632;</span> out-of-fold curve on the training split \
          &nbsp; <span style='color:#e15759'>&#9679;</span> chosen: threshold {:.4} (caught {:.3}, safe refused {:.3}) \
          &nbsp; <span style='color:#59a14f'>&#9675;</span> held out: caught {:.3}, safe refused {:.3}</p>{rows}</body></html>",
-        esc(policy), chosen.threshold, chosen.caught, chosen.safe_refused, held.caught, held.safe_refused
+        escape(policy), chosen.threshold, chosen.caught, chosen.safe_refused, held.caught, held.safe_refused
     )
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;")
 }
 
 /// One prompt's outcome on a live server.

@@ -275,8 +275,9 @@ pub fn slices(samples: &[Sample], dir: Direction, n: usize) -> Vec<Slice> {
         .collect()
 }
 
-/// Thins a curve to at most `n` points for storage, keeping both ends.
-pub fn thin(curve: &[CurvePoint], n: usize) -> Vec<CurvePoint> {
+/// Thins a curve (a cascade's, or the safety classifier's) to at most `n`
+/// points for storage, keeping both ends.
+pub fn thin<P: Copy>(curve: &[P], n: usize) -> Vec<P> {
     if curve.len() <= n || n < 2 {
         return curve.to_vec();
     }
