@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use switchyard_wire::client::{post_chat, Chunk, ReadError};
 use switchyard_wire::ResultLabel;
 
-use crate::trace::{Trace, TraceRequest};
+use crate::trace::{Message, Trace, TraceRequest};
 
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -76,6 +76,10 @@ pub enum Load {
     /// offset, each later turn its think time (the gap between the two
     /// turns' offsets in the trace, × `time_scale`) after the previous
     /// answer ended, as a person waits for an answer before replying.
+    /// Where the trace gives lengths, not messages, each turn sends the
+    /// whole conversation so far (every earlier question and the answer the
+    /// server actually gave) and a new question: what a chat client sends,
+    /// and what a server's prompt cache can reuse.
     Sessions { time_scale: f64 },
 }
 
@@ -84,6 +88,9 @@ pub enum Load {
 pub struct RequestResult {
     pub index: usize,
     pub session: String,
+    /// The request's turn in its session, from 0.
+    #[serde(default)]
+    pub turn: u32,
     /// When the trace said to send it, and how late it actually went (open loop).
     pub scheduled_ms: f64,
     pub lag_ms: f64,
@@ -118,6 +125,9 @@ pub struct RequestResult {
     /// `timings` as switchyard and llama-server do.
     #[serde(default)]
     pub server_timings: Option<switchyard_wire::Timings>,
+    /// The answer's text, for the next turn of a conversation; not written out.
+    #[serde(skip)]
+    pub answer: Option<String>,
 }
 
 impl RequestResult {
@@ -159,6 +169,45 @@ fn body(r: &TraceRequest, index: usize, model: &str, stream: bool) -> Value {
     }
 }
 
+/// One session's chat as a client holds it: every message sent and
+/// answered so far.
+#[derive(Default)]
+struct Conversation {
+    messages: Vec<Message>,
+    /// The previous turn's synthesised prompt length and answer budget.
+    previous: Option<(u32, u32)>,
+}
+
+impl Conversation {
+    /// Gives a turn that has only lengths the conversation so far and a new
+    /// question. A length-only trace counts each turn's whole context, so
+    /// the new question is what that adds beyond the previous turn's
+    /// context and answer.
+    fn fill(&mut self, r: &mut TraceRequest) {
+        if r.messages.is_some() {
+            return;
+        }
+        let context = r.input_tokens.unwrap_or(1);
+        let new = match self.previous {
+            None => context,
+            Some((before, answer)) => context.saturating_sub(before.saturating_add(answer)).max(1),
+        };
+        self.previous = Some((context, r.max_tokens));
+        // Named by session and turn, so no two conversations share more than
+        // the template's header (the words alone repeat every 16 seeds).
+        let question = format!("[{} turn {}] {}", r.session, r.turn, synthetic_prompt(new, r.turn as usize));
+        self.messages.push(Message { role: "user".into(), content: question });
+        r.messages = Some(self.messages.clone());
+    }
+
+    /// The server's answer to the last question, if it gave one.
+    fn answered(&mut self, answer: Option<&str>) {
+        if let Some(a) = answer.filter(|_| self.previous.is_some()) {
+            self.messages.push(Message { role: "assistant".into(), content: a.to_string() });
+        }
+    }
+}
+
 /// When a request is due and when the run began.
 #[derive(Clone, Copy)]
 struct Clock {
@@ -180,6 +229,7 @@ async fn one(
     let mut out = RequestResult {
         index,
         session: r.session.clone(),
+        turn: r.turn,
         scheduled_ms: r.at_us as f64 / 1000.0,
         lag_ms: sent.saturating_duration_since(scheduled).as_secs_f64() * 1e3,
         sent_ms: sent.duration_since(clock.run_start).as_secs_f64() * 1e3,
@@ -196,6 +246,7 @@ async fn one(
         policy: None,
         reason: None,
         server_timings: None,
+        answer: None,
     };
     let ms = |t: Instant| t.duration_since(sent).as_secs_f64() * 1e3;
     let run = async {
@@ -225,6 +276,7 @@ async fn one(
             let usage = reply.usage.unwrap_or_default();
             out.prompt_tokens = usage.prompt_tokens;
             out.server_timings = reply.timings();
+            out.answer = reply.content().map(str::to_string);
             (out.output_tokens, out.tokens_from) = match (usage.completion_tokens, &target.tokenizer) {
                 (Some(n), _) => (Some(n), Some("usage".into())),
                 (None, Some(t)) => t.count(reply.content().unwrap_or_default()),
@@ -233,7 +285,6 @@ async fn one(
             return Ok(());
         }
         let (mut last, mut chunks, mut usage) = (None::<Instant>, 0u32, None);
-        // Kept only when it may be needed: for a tokenizer, if no usage comes.
         let mut text = String::new();
         let mut stream = resp.chunks();
         while let Some(chunk) = stream.next().await {
@@ -248,9 +299,7 @@ async fn one(
             }
             if let Some(content) = reply.content().filter(|c| !c.is_empty()) {
                 chunks += 1;
-                if target.tokenizer.is_some() {
-                    text.push_str(content);
-                }
+                text.push_str(content);
                 match last {
                     None => out.ttft_ms = Some(ms(now)),
                     Some(prev) => out.itl_ms.push(now.duration_since(prev).as_secs_f64() * 1e3),
@@ -274,6 +323,7 @@ async fn one(
             (None, Some(t)) => t.count(&text),
             (None, None) => (Some(chunks), Some("chunks".into())),
         };
+        out.answer = Some(text);
         Ok(())
     };
     match tokio::time::timeout(timeout, run).await {
@@ -365,7 +415,9 @@ pub async fn replay_watched(
                     tokio::spawn(async move {
                         let mut out = Vec::with_capacity(turns.len());
                         let mut previous: Option<(u64, Instant)> = None;
-                        for (i, r) in turns {
+                        let mut chat = Conversation::default();
+                        for (i, mut r) in turns {
+                            chat.fill(&mut r);
                             let at = match previous {
                                 None => start + scaled(r.at_us),
                                 Some((prev_us, answered)) => answered + scaled(r.at_us.saturating_sub(prev_us)),
@@ -375,10 +427,11 @@ pub async fn replay_watched(
                             }
                             tokio::time::sleep_until(at).await;
                             let at_us = r.at_us;
-                            out.push(
+                            let result =
                                 send(client.clone(), target.clone(), r, i, Clock { scheduled: at, run_start: start })
-                                    .await,
-                            );
+                                    .await;
+                            chat.answered(result.answer.as_deref());
+                            out.push(result);
                             previous = Some((at_us, Instant::now()));
                         }
                         out
@@ -641,7 +694,7 @@ mod tests {
             label: None,
             policy: None,
             reason: None,
-            server_timings: None,
+            ..Default::default()
         };
         assert_eq!(r.tpot_ms(), Some(100.0));
         // Goodput counts tasks done: a quick refusal meets the SLOs but is none.

@@ -378,3 +378,47 @@ async fn each_requests_own_headers_go_with_it() {
     let routes: Vec<_> = results.iter().map(|r| r.route.clone().unwrap()).collect();
     assert_eq!(routes, ["batch/1", "none/1"]);
 }
+
+/// By session, a length-only trace becomes a conversation: each turn sends
+/// every earlier question and the answer the server gave to it, then a new
+/// question, as a chat client does (and as a server's prompt cache expects).
+#[tokio::test]
+async fn by_session_each_turn_sends_the_conversation_so_far_with_the_answers_given() {
+    type Seen = Arc<std::sync::Mutex<Vec<Value>>>;
+    async fn chat(State(seen): State<Seen>, Json(body): Json<Value>) -> Response {
+        let messages = body["messages"].clone();
+        let n = messages.as_array().unwrap().len();
+        seen.lock().unwrap().push(messages);
+        let body = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": format!("answer after {n}")}, "finish_reason": "stop"}]});
+        Json(body).into_response()
+    }
+    let seen: Seen = Arc::default();
+    let app = Router::new().route("/v1/chat/completions", post(chat)).with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // One session of three turns whose context grows by 4 answer + 6 question tokens.
+    let trace =
+        Scenario::Team { sessions: 1, turns: 3, mean_think_ms: 1.0, input_tokens: 6, max_tokens: 4 }.generate(3);
+    let mut t = target(&base, "m");
+    t.stream = false;
+    let results = replay(&trace, &t, Load::Sessions { time_scale: 1.0 }, Duration::from_secs(10)).await;
+    assert!(results.iter().all(|r| r.ok()), "{results:?}");
+    assert_eq!(results.iter().map(|r| r.turn).collect::<Vec<_>>(), [0, 1, 2]);
+    let seen = seen.lock().unwrap();
+    let roles =
+        |m: &Value| m.as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(roles(&seen[0]), ["user"]);
+    assert_eq!(roles(&seen[2]), ["user", "assistant", "user", "assistant", "user"]);
+    // The history is what was sent and answered, unchanged.
+    assert_eq!(seen[2][0], seen[0][0]);
+    assert_eq!(seen[2][1]["content"], "answer after 1");
+    assert_eq!(seen[2][3]["content"], "answer after 3");
+    // Each question is the new part only, named by session and turn.
+    for (turn, messages) in seen.iter().enumerate() {
+        let question = messages.as_array().unwrap().last().unwrap()["content"].as_str().unwrap();
+        assert!(question.starts_with(&format!("[s0 turn {turn}] ")), "{question}");
+        assert_eq!(question.split(' ').count(), 3 + 6, "{question}");
+    }
+}

@@ -44,6 +44,15 @@ pub struct ServeArgs {
     /// Requests allowed to wait for a slot before new ones get 429 [default: 64]
     #[arg(long)]
     max_queue: Option<usize>,
+    /// Evaluate every prompt in full: no KV reuse across requests (the
+    /// prefix cache is on by default)
+    #[arg(long)]
+    no_prefix_cache: bool,
+    /// Host memory (MiB) for conversations' KV moved out of their slots, so
+    /// more conversations stay warm than there are slots; 0 keeps the prefix
+    /// cache in the slots only [default: 2048]
+    #[arg(long, value_name = "MIB")]
+    host_cache_mib: Option<u32>,
     /// Largest request body, in bytes [default: 4194304]
     #[arg(long)]
     max_body_bytes: Option<usize>,
@@ -124,7 +133,8 @@ impl ServeArgs {
             ($into:expr => $($field:ident),*) => { $( if let Some(v) = self.$field { $into.$field = v; } )* };
         }
         set!(cfg => host, port, max_body_bytes, max_verifies);
-        set!(cfg.engine => threads, ctx_size, parallel, batch_size, prefill_chunk, max_queue);
+        set!(cfg.engine => threads, ctx_size, parallel, batch_size, prefill_chunk, max_queue, host_cache_mib);
+        cfg.engine.prefix_cache &= !self.no_prefix_cache;
         cfg.allow_force_route |= self.allow_force_route;
         cfg.allow_unauthenticated |= self.allow_unauthenticated;
         if self.redis.is_some() {

@@ -12,6 +12,7 @@
 
 mod embed;
 mod logprobs;
+mod prefix_cache;
 mod request;
 mod scheduler;
 mod score;
@@ -90,6 +91,15 @@ pub struct Load {
     active: AtomicUsize,
     /// Tokens held in the KV cache by those sequences.
     kv_tokens: AtomicUsize,
+    /// Requests that found part of their prompt in the KV cache.
+    prefix_hits: AtomicUsize,
+    /// Prompt tokens those requests did not evaluate again.
+    reused_tokens: AtomicUsize,
+    /// Conversations brought back from host memory into a slot.
+    restored: AtomicUsize,
+    /// Conversations' KV held in host memory now, and its bytes.
+    saved_sequences: AtomicUsize,
+    saved_bytes: AtomicUsize,
 }
 
 impl Load {
@@ -107,6 +117,33 @@ impl Load {
     pub fn kv_tokens(&self) -> usize {
         self.kv_tokens.load(Ordering::Relaxed)
     }
+
+    /// The prefix cache's account so far: see [`PrefixCacheLoad`].
+    pub fn prefix_cache(&self) -> PrefixCacheLoad {
+        let get = |a: &AtomicUsize| a.load(Ordering::Relaxed);
+        PrefixCacheLoad {
+            hits: get(&self.prefix_hits),
+            reused_tokens: get(&self.reused_tokens),
+            restored: get(&self.restored),
+            saved_sequences: get(&self.saved_sequences),
+            saved_bytes: get(&self.saved_bytes),
+        }
+    }
+}
+
+/// The prefix cache's counters (since load) and host-memory gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixCacheLoad {
+    /// Requests that found part of their prompt in the KV cache.
+    pub hits: usize,
+    /// Prompt tokens those requests did not evaluate again.
+    pub reused_tokens: usize,
+    /// Conversations restored from host memory into a slot.
+    pub restored: usize,
+    /// Conversations whose KV is in host memory now.
+    pub saved_sequences: usize,
+    /// Bytes they take.
+    pub saved_bytes: usize,
 }
 
 pub struct Engine {

@@ -10,14 +10,17 @@
 //! Invariants:
 //! - a sequence's slot id is its llama.cpp `seq_id` and owns one KV stream
 //!   (`kv_unified = false`), so sequences never see each other's cache;
-//! - a slot is freed (KV cleared) the step a sequence finishes, fails, or its
-//!   client goes away;
+//! - a slot is freed the step a sequence finishes, fails, or its client goes
+//!   away; its KV stays for the prefix cache ([`crate::prefix_cache`]),
+//!   except after a failed decode, which empties it;
 //! - jobs are pulled from the channel only when a slot is free, so the
 //!   channel's capacity is the whole waiting queue;
-//! - a new sequence takes the lowest free slot, and batch entries are laid
-//!   out in slot order. llama.cpp splits a multi-stream batch into one
-//!   micro-batch per run of *consecutive* sequence ids, so this is what lets
-//!   every decoding sequence share one pass over the weights.
+//! - a new sequence takes the free slot with the longest cached prefix of
+//!   its prompt, else the lowest free slot (with the prefix cache off, always
+//!   the lowest), and batch entries are laid out in slot order. llama.cpp
+//!   splits a multi-stream batch into one micro-batch per run of
+//!   *consecutive* sequence ids, so this is what lets every decoding sequence
+//!   share one pass over the weights.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -30,6 +33,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::logprobs::LogitStats;
+use crate::prefix_cache::PrefixCache;
 use crate::request::Job;
 use crate::sequence::{Sampled, Sequence};
 use crate::settings::{EngineSettings, Priority};
@@ -43,6 +47,7 @@ pub(crate) struct Scheduler<'m> {
     /// Free slot ids, highest first, so `pop` gives the lowest.
     free_slots: Vec<i32>,
     active: Vec<Sequence>,
+    cache: PrefixCache,
     batch: LlamaBatch<'static>,
     load: Arc<crate::Load>,
 }
@@ -75,7 +80,9 @@ impl<'m> Scheduler<'m> {
     ) -> Self {
         let n_ctx_seq = ctx.n_ctx() / settings.parallel;
         let batch = LlamaBatch::new(settings.batch_size as usize, 1);
+        let host_bytes = usize::try_from(settings.host_cache_mib).unwrap_or(usize::MAX).saturating_mul(1 << 20);
         Self {
+            cache: PrefixCache::new(settings.parallel, settings.prefix_cache, host_bytes),
             model,
             ctx,
             n_ctx_seq,
@@ -113,13 +120,16 @@ impl<'m> Scheduler<'m> {
     fn publish_load(&self) {
         let kv: usize = self.active.iter().map(|s| usize::try_from(s.n_past).unwrap_or(0)).sum();
         self.load.kv_tokens.store(kv, Ordering::Relaxed);
+        let saved = self.cache.stats();
+        self.load.saved_bytes.store(saved.saved_bytes, Ordering::Relaxed);
+        self.load.saved_sequences.store(saved.saved_sequences, Ordering::Relaxed);
         self.load.active.store(self.active.len(), Ordering::Release);
     }
 
     /// Moves queued jobs into free slots. Blocks only when nothing is running.
     /// Returns false once the engine is gone and no work remains.
     fn admit(&mut self) -> bool {
-        while let Some(&slot) = self.free_slots.last() {
+        while !self.free_slots.is_empty() {
             let job = if self.active.is_empty() {
                 match self.jobs.recv() {
                     Ok(job) => job,
@@ -135,9 +145,17 @@ impl<'m> Scheduler<'m> {
             if job.events.is_closed() {
                 continue;
             }
-            self.free_slots.pop();
-            let at = self.active.partition_point(|s| s.slot < slot);
-            self.active.insert(at, Sequence::new(slot, job));
+            let Some(placed) = self.cache.place(&mut self.ctx, &self.free_slots, &job.req.prompt) else { break };
+            self.free_slots.retain(|&s| s != placed.slot);
+            if placed.reused > 0 {
+                self.load.prefix_hits.fetch_add(1, Ordering::Relaxed);
+                self.load.reused_tokens.fetch_add(placed.reused, Ordering::Relaxed);
+            }
+            if placed.restored {
+                self.load.restored.fetch_add(1, Ordering::Relaxed);
+            }
+            let at = self.active.partition_point(|s| s.slot < placed.slot);
+            self.active.insert(at, Sequence::new(placed.slot, job, placed.reused));
         }
         true
     }
@@ -148,16 +166,20 @@ impl<'m> Scheduler<'m> {
             if self.active[i].is_abandoned() {
                 let seq = self.active.remove(i);
                 tracing::debug!(slot = seq.slot, "client went away; freeing sequence");
-                self.free(seq.slot);
+                self.free(&seq);
             } else {
                 i += 1;
             }
         }
     }
 
-    fn free(&mut self, slot: i32) {
-        // Removing a whole sequence's cells cannot fail for a valid seq_id.
-        let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
+    /// Frees `seq`'s slot, its KV kept for the prefix cache.
+    fn free(&mut self, seq: &Sequence) {
+        self.cache.release(&mut self.ctx, seq.slot, seq.kv_tokens());
+        self.return_slot(seq.slot);
+    }
+
+    fn return_slot(&mut self, slot: i32) {
         let at = self.free_slots.partition_point(|&s| s > slot);
         self.free_slots.insert(at, slot);
     }
@@ -211,9 +233,8 @@ impl<'m> Scheduler<'m> {
         done.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
         for (i, reason) in done {
             let seq = self.active.remove(i);
-            let slot = seq.slot;
+            self.free(&seq);
             seq.finish(reason, now);
-            self.free(slot);
         }
     }
 
@@ -224,7 +245,9 @@ impl<'m> Scheduler<'m> {
         for i in idx {
             let seq = self.active.remove(i);
             seq.fail(message.to_string());
-            self.free(seq.slot);
+            // What the failed decode left in the KV is unknown.
+            self.cache.clear(&mut self.ctx, seq.slot);
+            self.return_slot(seq.slot);
         }
     }
 
@@ -256,7 +279,7 @@ impl<'m> Scheduler<'m> {
                 continue;
             }
             seq.mark_scheduled(now);
-            if let Some(token) = seq.next.take() {
+            if let Some(token) = seq.take_next() {
                 let at = self.batch.n_tokens();
                 self.batch.add(token, seq.n_past, &[seq.slot], true).expect("batch sized to budget");
                 seq.n_past += 1;

@@ -20,6 +20,10 @@ pub(crate) struct Sequence {
     pub n_past: i32,
     /// Sampled token not yet evaluated; `Some` means the sequence is decoding.
     pub next: Option<LlamaToken>,
+    /// Prompt tokens found in the slot's KV (the prefix cache), not evaluated.
+    reused: usize,
+    /// Generated tokens evaluated into the KV cache, in order.
+    decoded: Vec<LlamaToken>,
     generated: u32,
     decoder: encoding_rs::Decoder,
     stops: StopMatcher,
@@ -44,14 +48,17 @@ pub(crate) struct Sampled {
 }
 
 impl Sequence {
-    pub fn new(slot: i32, job: Job) -> Self {
+    /// `reused`: the prompt's first tokens already in the slot's KV.
+    pub fn new(slot: i32, job: Job, reused: usize) -> Self {
         let stops = StopMatcher::new(job.req.stop.clone());
         Self {
             slot,
             job,
-            prompt_done: 0,
-            n_past: 0,
+            prompt_done: reused,
+            n_past: i32::try_from(reused).unwrap_or(i32::MAX),
             next: None,
+            reused,
+            decoded: Vec::new(),
             generated: 0,
             decoder: encoding_rs::UTF_8.new_decoder_without_bom_handling(),
             stops,
@@ -71,6 +78,19 @@ impl Sequence {
 
     pub fn mark_scheduled(&mut self, now: Instant) {
         self.clock.first_step.get_or_insert(now);
+    }
+
+    /// A sampled token goes into the batch: it is now in the KV cache.
+    pub fn take_next(&mut self) -> Option<LlamaToken> {
+        let token = self.next.take()?;
+        self.decoded.push(token);
+        Some(token)
+    }
+
+    /// The tokens this sequence's KV holds, position by position.
+    pub fn kv_tokens(&self) -> Vec<LlamaToken> {
+        let prompt = &self.job.req.prompt[..self.prompt_done];
+        prompt.iter().chain(&self.decoded).copied().collect()
     }
 
     pub fn mark_prefilled(&mut self, now: Instant) {
@@ -179,8 +199,11 @@ impl Sequence {
         let accepted = self.job.accepted;
         let first_step = c.first_step.unwrap_or(accepted);
         c.gaps_ms.sort_by(f64::total_cmp);
+        let prompt_tokens = self.job.req.prompt.len() as u32;
+        let cache_n = self.reused as u32;
         let timings = Timings {
-            prompt_n: self.job.req.prompt.len() as u32,
+            prompt_n: prompt_tokens - cache_n,
+            cache_n,
             prompt_ms: c.prefill_done.map_or(0.0, |t| ms(t - first_step)),
             predicted_n: self.generated,
             predicted_ms: match (c.first_token, c.last_token) {
@@ -196,7 +219,7 @@ impl Sequence {
         };
         let _ = self.job.events.send(Event::Done(Summary {
             finish_reason: reason,
-            prompt_tokens: timings.prompt_n,
+            prompt_tokens,
             completion_tokens: self.generated,
             timings,
         }));

@@ -36,6 +36,12 @@ pub struct EngineSettings {
     pub priority: Priority,
     /// Requests waiting for a slot before new ones get 429.
     pub max_queue: usize,
+    /// Keep a finished sequence's KV so a request sharing its prefix (a
+    /// chat's next turn, a common system prompt) prefills only the rest.
+    pub prefix_cache: bool,
+    /// Host memory, in MiB, for conversations' KV moved out of their slots
+    /// by others (0: the prefix cache lives in the slots only).
+    pub host_cache_mib: u32,
 }
 
 impl Default for EngineSettings {
@@ -48,6 +54,8 @@ impl Default for EngineSettings {
             prefill_chunk: 256,
             priority: Priority::Decode,
             max_queue: 64,
+            prefix_cache: true,
+            host_cache_mib: 2048,
         }
     }
 }

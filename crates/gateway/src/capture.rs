@@ -71,7 +71,10 @@ fn replies(body: &[u8]) -> Vec<ChatReply> {
 pub fn usage(r: &ChatReply) -> Option<(u32, u32)> {
     let n = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
     let usage = r.usage.as_ref().and_then(|u| u.prompt_tokens.zip(u.completion_tokens));
-    usage.or_else(|| r.timings.as_ref().and_then(|t| n(&t["prompt_n"]).zip(n(&t["predicted_n"]))))
+    // `prompt_n` counts only the prompt tokens evaluated; the cached rest
+    // (`cache_n`) is part of the prompt too.
+    let prompt = |t: &Value| n(&t["prompt_n"]).map(|p| p.saturating_add(n(&t["cache_n"]).unwrap_or(0)));
+    usage.or_else(|| r.timings.as_ref().and_then(|t| prompt(t).zip(n(&t["predicted_n"]))))
 }
 
 /// The assistant's text in a chat completion (JSON) or a stream of chunks

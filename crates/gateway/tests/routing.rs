@@ -488,6 +488,18 @@ async fn routes_follow_policy_with_headers_boundaries_and_fallbacks() {
         assert!(rec[field].as_f64().is_some(), "{field}: {rec}");
     }
     assert!(rec["prefill_ms"].as_f64().unwrap() > 0.0, "a prompt takes time to read: {rec}");
+    // The same prompt again finds all but its last token in the engine's KV
+    // cache (the prefix cache): the answer's timings and the record say so.
+    let (status, h, body) = s.ask("My SSN is 123-45-6789.", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let timings = serde_json::from_str::<Value>(&body).unwrap()["timings"].clone();
+    let prompt = rec["prompt_tokens"].as_u64().unwrap();
+    assert_eq!((timings["cache_n"].as_u64(), timings["prompt_n"].as_u64()), (Some(prompt - 1), Some(1)), "{timings}");
+    let again = header(&h, "x-switchyard-request-id");
+    let rec2: Value =
+        s.http.get(format!("{}/admin/decisions/{again}", s.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!((rec2["prompt_tokens"].as_u64(), rec2["cached_tokens"].as_u64()), (Some(prompt), Some(prompt - 1)));
+    assert!(rec["cached_tokens"].as_u64().unwrap() < prompt - 1, "{rec}");
     let missing = s.http.get(format!("{}/admin/decisions/chatcmpl-nope", s.base)).send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 

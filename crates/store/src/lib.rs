@@ -205,6 +205,8 @@ impl DecisionRecord {
 #[serde(default)]
 pub struct Measured {
     pub prompt_tokens: Option<u32>,
+    /// Of the prompt tokens, those found in the engine's KV cache.
+    pub cached_tokens: Option<u32>,
     pub completion_tokens: Option<u32>,
     pub cost_usd: Option<f64>,
     pub energy_wh: Option<f64>,
@@ -846,8 +848,9 @@ async fn update_measured(
 }
 
 /// The measured part's columns, in [`bind_measured`]'s order, then when.
-const MEASURED_COLUMNS: [&str; 14] = [
+const MEASURED_COLUMNS: [&str; 15] = [
     "prompt_tokens",
+    "cached_tokens",
     "completion_tokens",
     "cost_usd",
     "energy_wh",
@@ -865,9 +868,10 @@ const MEASURED_COLUMNS: [&str; 14] = [
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-/// Binds `m`'s 13 fields, in [`MEASURED_COLUMNS`]' order.
+/// Binds `m`'s 14 fields, in [`MEASURED_COLUMNS`]' order.
 fn bind_measured<'q>(q: Query<'q>, m: &Measured) -> Query<'q> {
     q.bind(m.prompt_tokens.map(i64::from))
+        .bind(m.cached_tokens.map(i64::from))
         .bind(m.completion_tokens.map(i64::from))
         .bind(m.cost_usd)
         .bind(m.energy_wh)

@@ -87,6 +87,7 @@ pub fn decision(row: &AnyRow) -> Result<DecisionRecord, StoreError> {
         cascade: opt_text(row, "cascade")?,
         measured: Measured {
             prompt_tokens: opt_narrow(row, "prompt_tokens")?,
+            cached_tokens: opt_narrow(row, "cached_tokens")?,
             completion_tokens: opt_narrow(row, "completion_tokens")?,
             cost_usd: row.try_get("cost_usd")?,
             energy_wh: row.try_get("energy_wh")?,

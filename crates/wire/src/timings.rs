@@ -7,8 +7,12 @@ use serde::{Deserialize, Serialize};
 /// benchmark can read it from any server that has it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
-    /// Prompt tokens evaluated.
+    /// Prompt tokens evaluated (prefilled) for this request.
     pub prompt_n: u32,
+    /// Prompt tokens found already in the KV cache and not evaluated again
+    /// (`prompt_n + cache_n` is the whole prompt), as llama-server names it.
+    #[serde(default)]
+    pub cache_n: u32,
     /// Time spent evaluating the prompt (prefill), in milliseconds.
     pub prompt_ms: f64,
     /// Tokens generated.

@@ -175,6 +175,7 @@ fn error_and_models_examples() {
 fn timings_ride_beside_usage() {
     let t = Timings {
         prompt_n: 9,
+        cache_n: 30,
         prompt_ms: 12.5,
         predicted_n: 3,
         predicted_ms: 30.0,
@@ -186,7 +187,7 @@ fn timings_ride_beside_usage() {
         total_ms: 44.0,
     };
     let v = serde_json::to_value(&t).unwrap();
-    for key in ["prompt_n", "prompt_ms", "predicted_n", "predicted_ms", "queue_ms", "ttft_ms", "total_ms"] {
+    for key in ["prompt_n", "cache_n", "prompt_ms", "predicted_n", "predicted_ms", "queue_ms", "ttft_ms", "total_ms"] {
         assert!(v.get(key).is_some(), "{key} missing");
     }
     assert_eq!(serde_json::from_value::<Timings>(v).unwrap(), t);

@@ -191,6 +191,7 @@ impl Watching {
         };
         Measured {
             prompt_tokens: tokens.0,
+            cached_tokens: t.map(|t| t.cache_n),
             completion_tokens: tokens.1,
             cost_usd: cost.map(|c| c.usd),
             energy_wh: cost.and_then(|c| c.energy_wh),

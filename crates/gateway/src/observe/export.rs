@@ -7,7 +7,7 @@ use serde_json::Value;
 use switchyard_store::DecisionRecord;
 
 /// Every field of a record, in the order exports list them.
-pub const COLUMNS: [&str; 32] = [
+pub const COLUMNS: [&str; 33] = [
     "request_id",
     "created_ms",
     "tenant",
@@ -25,6 +25,7 @@ pub const COLUMNS: [&str; 32] = [
     "fallbacks",
     "cascade",
     "prompt_tokens",
+    "cached_tokens",
     "completion_tokens",
     "cost_usd",
     "energy_wh",

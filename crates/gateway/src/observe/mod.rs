@@ -76,6 +76,16 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
         } else {
             0.0
         });
+        let cache = load.prefix_cache();
+        metrics::counter!("switchyard_engine_prefix_cache_hits_total", "model" => model.clone())
+            .absolute(cache.hits as u64);
+        metrics::counter!("switchyard_engine_prefix_cache_reused_tokens_total", "model" => model.clone())
+            .absolute(cache.reused_tokens as u64);
+        metrics::counter!("switchyard_engine_prefix_cache_restored_total", "model" => model.clone())
+            .absolute(cache.restored as u64);
+        metrics::gauge!("switchyard_engine_host_cache_sequences", "model" => model.clone())
+            .set(cache.saved_sequences as f64);
+        metrics::gauge!("switchyard_engine_host_cache_bytes", "model" => model.clone()).set(cache.saved_bytes as f64);
     }
     if let Some(recorder) = &state.recorder {
         let dropped = recorder.dropped();
