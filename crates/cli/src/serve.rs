@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// cache in the slots only [default: 2048]
     #[arg(long, value_name = "MIB")]
     host_cache_mib: Option<u32>,
+    /// Most tokens a step guesses by prompt lookup (copying what followed
+    /// the answer's last few tokens earlier in its context), verified in one
+    /// batch, for greedy requests; 0 turns drafting off [default: 0]
+    #[arg(long, value_name = "TOKENS")]
+    lookup_draft: Option<u32>,
     /// Largest request body, in bytes [default: 4194304]
     #[arg(long)]
     max_body_bytes: Option<usize>,
@@ -133,7 +138,7 @@ impl ServeArgs {
             ($into:expr => $($field:ident),*) => { $( if let Some(v) = self.$field { $into.$field = v; } )* };
         }
         set!(cfg => host, port, max_body_bytes, max_verifies);
-        set!(cfg.engine => threads, ctx_size, parallel, batch_size, prefill_chunk, max_queue, host_cache_mib);
+        set!(cfg.engine => threads, ctx_size, parallel, batch_size, prefill_chunk, max_queue, host_cache_mib, lookup_draft);
         cfg.engine.prefix_cache &= !self.no_prefix_cache;
         cfg.allow_force_route |= self.allow_force_route;
         cfg.allow_unauthenticated |= self.allow_unauthenticated;

@@ -12,6 +12,7 @@
 
 mod embed;
 mod logprobs;
+mod lookup;
 mod prefix_cache;
 mod request;
 mod scheduler;
@@ -97,6 +98,9 @@ pub struct Load {
     reused_tokens: AtomicUsize,
     /// Conversations brought back from host memory into a slot.
     restored: AtomicUsize,
+    /// Tokens guessed by prompt lookup and verified, and those kept.
+    drafted: AtomicUsize,
+    draft_accepted: AtomicUsize,
     /// Conversations' KV held in host memory now, and its bytes.
     saved_sequences: AtomicUsize,
     saved_bytes: AtomicUsize,
@@ -118,28 +122,34 @@ impl Load {
         self.kv_tokens.load(Ordering::Relaxed)
     }
 
-    /// The prefix cache's account so far: see [`PrefixCacheLoad`].
-    pub fn prefix_cache(&self) -> PrefixCacheLoad {
+    /// The prefix cache's and prompt lookup's account so far.
+    pub fn counters(&self) -> EngineCounters {
         let get = |a: &AtomicUsize| a.load(Ordering::Relaxed);
-        PrefixCacheLoad {
+        EngineCounters {
             hits: get(&self.prefix_hits),
             reused_tokens: get(&self.reused_tokens),
             restored: get(&self.restored),
+            drafted: get(&self.drafted),
+            draft_accepted: get(&self.draft_accepted),
             saved_sequences: get(&self.saved_sequences),
             saved_bytes: get(&self.saved_bytes),
         }
     }
 }
 
-/// The prefix cache's counters (since load) and host-memory gauges.
+/// The prefix cache's and prompt lookup's counters since load, and the
+/// host-memory cache's size now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PrefixCacheLoad {
+pub struct EngineCounters {
     /// Requests that found part of their prompt in the KV cache.
     pub hits: usize,
     /// Prompt tokens those requests did not evaluate again.
     pub reused_tokens: usize,
     /// Conversations restored from host memory into a slot.
     pub restored: usize,
+    /// Tokens guessed by prompt lookup and verified, and those kept.
+    pub drafted: usize,
+    pub draft_accepted: usize,
     /// Conversations whose KV is in host memory now.
     pub saved_sequences: usize,
     /// Bytes they take.

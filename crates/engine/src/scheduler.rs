@@ -32,7 +32,10 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
+use switchyard_wire::FinishReason;
+
 use crate::logprobs::LogitStats;
+use crate::lookup;
 use crate::prefix_cache::PrefixCache;
 use crate::request::Job;
 use crate::sequence::{Sampled, Sequence};
@@ -48,6 +51,8 @@ pub(crate) struct Scheduler<'m> {
     free_slots: Vec<i32>,
     active: Vec<Sequence>,
     cache: PrefixCache,
+    /// What a decode step costs, measured: what drafting trades against.
+    step_cost: lookup::StepCost,
     batch: LlamaBatch<'static>,
     load: Arc<crate::Load>,
 }
@@ -59,6 +64,9 @@ struct Planned {
     logits_at: Option<i32>,
     /// The entry completes the prompt.
     prompt_complete: bool,
+    /// Prompt-lookup guesses placed right after the sampled token, each
+    /// with logits, to be verified against the model's own choices.
+    drafted: Vec<LlamaToken>,
 }
 
 /// Clears the liveness flag however the thread ends (return or panic).
@@ -83,6 +91,7 @@ impl<'m> Scheduler<'m> {
         let host_bytes = usize::try_from(settings.host_cache_mib).unwrap_or(usize::MAX).saturating_mul(1 << 20);
         Self {
             cache: PrefixCache::new(settings.parallel, settings.prefix_cache, host_bytes),
+            step_cost: lookup::StepCost::default(),
             model,
             ctx,
             n_ctx_seq,
@@ -155,7 +164,7 @@ impl<'m> Scheduler<'m> {
                 self.load.restored.fetch_add(1, Ordering::Relaxed);
             }
             let at = self.active.partition_point(|s| s.slot < placed.slot);
-            self.active.insert(at, Sequence::new(placed.slot, job, placed.reused));
+            self.active.insert(at, Sequence::new(placed.slot, job, placed.reused, self.settings.lookup_draft as usize));
         }
         true
     }
@@ -197,30 +206,66 @@ impl<'m> Scheduler<'m> {
         }
         let now = Instant::now();
         let decode_ms = (now - started).as_secs_f64() * 1e3;
+        // Only steps of decodes and guesses say what a guess costs.
+        if plan.iter().all(|p| p.logits_at.is_some() && !p.prompt_complete) {
+            self.step_cost.observe(usize::try_from(self.batch.n_tokens()).unwrap_or(0), decode_ms);
+        }
         let model = self.model;
         let n_ctx_seq = self.n_ctx_seq;
         let mut done = Vec::new();
+        let mut failed = Vec::new();
         for p in &plan {
             let seq = &mut self.active[p.seq];
             if p.prompt_complete {
                 seq.mark_prefilled(now);
             }
             let Some(idx) = p.logits_at else { continue };
-            let logits = self.ctx.get_logits_ith(idx);
-            let stats = LogitStats::of(logits);
-            // Plain greedy is the argmax we just computed (the same first
-            // maximum llama.cpp's greedy sampler picks), so skip building
-            // llama.cpp's 150k-entry candidate array for it.
-            let token = match &mut seq.job.sampler {
-                None => LlamaToken(stats.argmax as i32),
-                Some(sampler) => sampler.sample(&self.ctx, idx),
-            };
-            let logprob = stats.logprob(logits, token.0 as usize);
-            let top = stats.top(logits, seq.job.req.top_logprobs as usize);
-            if let Some(reason) = seq.accept(model, Sampled { token, logprob, top }, n_ctx_seq, now) {
-                done.push((p.seq, reason));
+            // Entry j's logits choose the token after entry j. A guess is
+            // kept while it equals the choice before it; the first choice
+            // that differs is the step's last token, as in plain decoding.
+            let mut accepted = 0;
+            for j in 0..=p.drafted.len() {
+                let at = idx + j as i32;
+                let logits = self.ctx.get_logits_ith(at);
+                let stats = LogitStats::of(logits);
+                // Plain greedy is the argmax we just computed (the same first
+                // maximum llama.cpp's greedy sampler picks), so skip building
+                // llama.cpp's 150k-entry candidate array for it.
+                let token = match &mut seq.job.sampler {
+                    None => LlamaToken(stats.argmax as i32),
+                    Some(sampler) => sampler.sample(&self.ctx, at),
+                };
+                let logprob = stats.logprob(logits, token.0 as usize);
+                let top = stats.top(logits, seq.job.req.top_logprobs as usize);
+                if let Some(reason) = seq.accept(model, Sampled { token, logprob, top }, n_ctx_seq, now) {
+                    done.push((p.seq, reason));
+                    break;
+                }
+                if p.drafted.get(j) != Some(&token) {
+                    break;
+                }
+                // The guess is this token and already in the KV cache.
+                seq.take_next();
+                accepted += 1;
+            }
+            if !p.drafted.is_empty() {
+                seq.record_draft(p.drafted.len(), accepted);
+                self.load.drafted.fetch_add(p.drafted.len(), Ordering::Relaxed);
+                self.load.draft_accepted.fetch_add(accepted, Ordering::Relaxed);
+                // Rejected guesses leave the KV: it holds what the sequence kept.
+                let keep = seq.kv_len();
+                if usize::try_from(seq.n_past).unwrap_or(0) > keep {
+                    let cut = u32::try_from(keep).ok();
+                    if !matches!(self.ctx.clear_kv_cache_seq(u32::try_from(seq.slot).ok(), cut, None), Ok(true)) {
+                        failed.push(p.seq);
+                        continue;
+                    }
+                    seq.n_past = i32::try_from(keep).unwrap_or(i32::MAX);
+                }
             }
         }
+        // A sequence whose rejected guesses could not be removed cannot go on.
+        done.retain(|(i, _)| !failed.contains(i));
         tracing::trace!(
             tokens = self.batch.n_tokens(),
             sequences = plan.len(),
@@ -230,11 +275,22 @@ impl<'m> Scheduler<'m> {
         );
         // Remove from the back so earlier indices stay valid; `remove` keeps
         // `active` in slot order.
-        done.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
-        for (i, reason) in done {
+        let mut ended: Vec<(usize, Option<FinishReason>)> =
+            done.into_iter().map(|(i, r)| (i, Some(r))).chain(failed.into_iter().map(|i| (i, None))).collect();
+        ended.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
+        for (i, reason) in ended {
             let seq = self.active.remove(i);
-            self.free(&seq);
-            seq.finish(reason, now);
+            match reason {
+                Some(reason) => {
+                    self.free(&seq);
+                    seq.finish(reason, now);
+                }
+                None => {
+                    seq.fail("inference failed: could not drop rejected draft tokens from the KV cache".into());
+                    self.cache.clear(&mut self.ctx, seq.slot);
+                    self.return_slot(seq.slot);
+                }
+            }
         }
     }
 
@@ -270,6 +326,7 @@ impl<'m> Scheduler<'m> {
                 self.grant_decodes(&mut grant, &mut budget);
             }
         }
+        let mut drafts = self.plan_drafts(&grant, &mut budget);
 
         self.batch.clear();
         let now = Instant::now();
@@ -281,9 +338,12 @@ impl<'m> Scheduler<'m> {
             seq.mark_scheduled(now);
             if let Some(token) = seq.take_next() {
                 let at = self.batch.n_tokens();
-                self.batch.add(token, seq.n_past, &[seq.slot], true).expect("batch sized to budget");
-                seq.n_past += 1;
-                plan.push(Planned { seq: i, logits_at: Some(at), prompt_complete: false });
+                let drafted = std::mem::take(&mut drafts[i]);
+                for &tok in std::iter::once(&token).chain(&drafted) {
+                    self.batch.add(tok, seq.n_past, &[seq.slot], true).expect("batch sized to budget");
+                    seq.n_past += 1;
+                }
+                plan.push(Planned { seq: i, logits_at: Some(at), prompt_complete: false, drafted });
                 continue;
             }
             let start = seq.prompt_done;
@@ -295,9 +355,52 @@ impl<'m> Scheduler<'m> {
             }
             seq.prompt_done += n;
             let at = self.batch.n_tokens() - 1;
-            plan.push(Planned { seq: i, logits_at: completes.then_some(at), prompt_complete: completes });
+            plan.push(Planned {
+                seq: i,
+                logits_at: completes.then_some(at),
+                prompt_complete: completes,
+                drafted: Vec::new(),
+            });
         }
         plan
+    }
+
+    /// Prompt-lookup guesses for the greedy sequences decoding this step,
+    /// from the budget decodes and prompt chunks left: drafting never
+    /// displaces either. The step's guesses share `lookup-draft` tokens
+    /// among the decoding sequences, and there are none once more than a
+    /// quarter of the slots decode (on a CPU every guessed token costs
+    /// compute that the other sequences' tokens need).
+    ///
+    /// Each sequence drafts as many tokens as maximise its expected tokens
+    /// per millisecond, from its own acceptance record and the measured
+    /// step cost ([`lookup::DraftLength::choose`]).
+    fn plan_drafts(&mut self, grant: &[usize], budget: &mut usize) -> Vec<Vec<LlamaToken>> {
+        let decoding = self.active.iter().zip(grant).filter(|(s, g)| **g > 0 && s.next.is_some()).count();
+        // A batch a quarter full of decoders keeps the CPU busy already:
+        // guesses would take compute the other sequences' tokens need.
+        if decoding * 4 > self.settings.parallel as usize {
+            return vec![Vec::new(); self.active.len()];
+        }
+        let share = (self.settings.lookup_draft as usize).checked_div(decoding).unwrap_or(0);
+        let (n_ctx_seq, cost) = (self.n_ctx_seq as usize, self.step_cost);
+        self.active
+            .iter_mut()
+            .zip(grant)
+            .map(|(seq, &g)| {
+                if g == 0 || seq.next.is_none() || share == 0 {
+                    return Vec::new();
+                }
+                // Every guess's position stays clear of the context's end,
+                // so no step ends a sequence early for want of room.
+                let room = n_ctx_seq.saturating_sub(usize::try_from(seq.n_past).unwrap_or(0) + 3);
+                let cap = share.min(*budget).min(room).min(seq.tokens_left());
+                let Some(k) = seq.draft.as_mut().map(|d| d.choose(&cost, cap)) else { return Vec::new() };
+                let guess = lookup::draft(&seq.context(), k);
+                *budget -= guess.len();
+                guess
+            })
+            .collect()
     }
 
     /// One token for each decoding sequence, while the budget lasts.

@@ -7,6 +7,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use switchyard_wire::{FinishReason, Timings, TokenLogprob, TopLogprob};
 
+use crate::lookup::DraftLength;
 use crate::request::{Event, Job, Piece, Summary};
 use crate::stop::{StopMatcher, StopScan};
 
@@ -24,6 +25,12 @@ pub(crate) struct Sequence {
     reused: usize,
     /// Generated tokens evaluated into the KV cache, in order.
     decoded: Vec<LlamaToken>,
+    /// Prompt-lookup drafting's length for this sequence; `None` when it
+    /// does not draft (drafting is off, or the request samples).
+    pub draft: Option<DraftLength>,
+    /// Drafted tokens verified, and those kept.
+    drafted: u32,
+    draft_accepted: u32,
     generated: u32,
     decoder: encoding_rs::Decoder,
     stops: StopMatcher,
@@ -48,9 +55,12 @@ pub(crate) struct Sampled {
 }
 
 impl Sequence {
-    /// `reused`: the prompt's first tokens already in the slot's KV.
-    pub fn new(slot: i32, job: Job, reused: usize) -> Self {
+    /// `reused`: the prompt's first tokens already in the slot's KV;
+    /// `lookup_draft`: the most tokens a step may draft for it (0: none).
+    pub fn new(slot: i32, job: Job, reused: usize, lookup_draft: usize) -> Self {
         let stops = StopMatcher::new(job.req.stop.clone());
+        // Verification compares drafts with the argmax: greedy requests only.
+        let draft = (lookup_draft > 0 && job.sampler.is_none()).then(|| DraftLength::new(lookup_draft));
         Self {
             slot,
             job,
@@ -59,6 +69,9 @@ impl Sequence {
             next: None,
             reused,
             decoded: Vec::new(),
+            draft,
+            drafted: 0,
+            draft_accepted: 0,
             generated: 0,
             decoder: encoding_rs::UTF_8.new_decoder_without_bom_handling(),
             stops,
@@ -85,6 +98,32 @@ impl Sequence {
         let token = self.next.take()?;
         self.decoded.push(token);
         Some(token)
+    }
+
+    /// Everything the sequence has seen, the sampled token not yet
+    /// evaluated last: what prompt lookup searches.
+    pub fn context(&self) -> Vec<LlamaToken> {
+        let prompt = &self.job.req.prompt[..self.prompt_done];
+        prompt.iter().chain(&self.decoded).chain(&self.next).copied().collect()
+    }
+
+    /// Tokens the sequence may still generate after the next one.
+    pub fn tokens_left(&self) -> usize {
+        self.job.max_tokens.saturating_sub(self.generated + 1) as usize
+    }
+
+    /// Positions of the KV stream that hold evaluated tokens.
+    pub fn kv_len(&self) -> usize {
+        self.prompt_done + self.decoded.len()
+    }
+
+    /// `drafted` guessed tokens were verified in one step, `accepted` kept.
+    pub fn record_draft(&mut self, drafted: usize, accepted: usize) {
+        self.drafted += drafted as u32;
+        self.draft_accepted += accepted as u32;
+        if let Some(d) = &mut self.draft {
+            d.update(drafted, accepted);
+        }
     }
 
     /// The tokens this sequence's KV holds, position by position.
@@ -204,6 +243,8 @@ impl Sequence {
         let timings = Timings {
             prompt_n: prompt_tokens - cache_n,
             cache_n,
+            draft_n: self.drafted,
+            draft_n_accepted: self.draft_accepted,
             prompt_ms: c.prefill_done.map_or(0.0, |t| ms(t - first_step)),
             predicted_n: self.generated,
             predicted_ms: match (c.first_token, c.last_token) {

@@ -42,6 +42,10 @@ pub struct EngineSettings {
     /// Host memory, in MiB, for conversations' KV moved out of their slots
     /// by others (0: the prefix cache lives in the slots only).
     pub host_cache_mib: u32,
+    /// Most tokens one step guesses by prompt lookup for greedy requests,
+    /// shared among the sequences decoding (0: no drafting). Answers that
+    /// quote their context then take several tokens a step.
+    pub lookup_draft: u32,
 }
 
 impl Default for EngineSettings {
@@ -56,6 +60,7 @@ impl Default for EngineSettings {
             max_queue: 64,
             prefix_cache: true,
             host_cache_mib: 2048,
+            lookup_draft: 0,
         }
     }
 }

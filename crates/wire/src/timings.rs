@@ -13,6 +13,13 @@ pub struct Timings {
     /// (`prompt_n + cache_n` is the whole prompt), as llama-server names it.
     #[serde(default)]
     pub cache_n: u32,
+    /// Tokens guessed by prompt-lookup drafting and verified by the model,
+    /// and those kept (each kept one saved a decode step), as llama-server
+    /// names them.
+    #[serde(default)]
+    pub draft_n: u32,
+    #[serde(default)]
+    pub draft_n_accepted: u32,
     /// Time spent evaluating the prompt (prefill), in milliseconds.
     pub prompt_ms: f64,
     /// Tokens generated.

@@ -176,6 +176,8 @@ fn timings_ride_beside_usage() {
     let t = Timings {
         prompt_n: 9,
         cache_n: 30,
+        draft_n: 12,
+        draft_n_accepted: 9,
         prompt_ms: 12.5,
         predicted_n: 3,
         predicted_ms: 30.0,

@@ -76,7 +76,7 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
         } else {
             0.0
         });
-        let cache = load.prefix_cache();
+        let cache = load.counters();
         metrics::counter!("switchyard_engine_prefix_cache_hits_total", "model" => model.clone())
             .absolute(cache.hits as u64);
         metrics::counter!("switchyard_engine_prefix_cache_reused_tokens_total", "model" => model.clone())
@@ -86,6 +86,10 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
         metrics::gauge!("switchyard_engine_host_cache_sequences", "model" => model.clone())
             .set(cache.saved_sequences as f64);
         metrics::gauge!("switchyard_engine_host_cache_bytes", "model" => model.clone()).set(cache.saved_bytes as f64);
+        metrics::counter!("switchyard_engine_draft_tokens_total", "model" => model.clone())
+            .absolute(cache.drafted as u64);
+        metrics::counter!("switchyard_engine_draft_accepted_tokens_total", "model" => model.clone())
+            .absolute(cache.draft_accepted as u64);
     }
     if let Some(recorder) = &state.recorder {
         let dropped = recorder.dropped();
