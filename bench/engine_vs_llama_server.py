@@ -7,6 +7,7 @@ Standard library only. Each server is started by this script, measured alone
 """
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -132,40 +133,52 @@ def wait_ready(port, model, proc, timeout=600):
     raise RuntimeError("server did not become ready")
 
 
-def measure(name, cmd, env, port, model, args):
+@contextlib.contextmanager
+def served(name, cmd, env, port, model, log_path):
+    """Starts a server, waits until it answers, yields its process, stops it."""
     print(f"== {name}: {' '.join(cmd)}", file=sys.stderr)
-    log = open(os.path.join(args.out, f"{name}.log"), "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(port, model, proc)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(port, model, proc)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def server_args(ap, port, ctx_size):
+    """The arguments every engine benchmark here takes."""
+    ap.add_argument("--switchyard", required=True)
+    ap.add_argument("--model", required=True, help="GGUF path served by every side")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parallel", type=int, default=8)
+    ap.add_argument("--ctx-size", type=int, default=ctx_size)
+    ap.add_argument("--port", type=int, default=port)
+
+
+def measure(name, cmd, env, port, model, args):
+    with served(name, cmd, env, port, model, os.path.join(args.out, f"{name}.log")) as proc:
         run_load(port, model, 2, 1, 16, 20_000)  # warm-up
         single = run_load(port, model, 1, args.single_requests, args.tokens, 0)
         print(f"   c=1: {single['decode_tok_s']:.1f} tok/s decode, TTFT p50 {single['ttft_p50_ms']:.0f} ms", file=sys.stderr)
         multi = run_load(port, model, args.concurrency, args.per_worker, args.tokens, 1000)
         print(f"   c={args.concurrency}: {multi['agg_tok_s']:.1f} tok/s aggregate, ITL p99 {multi['itl_p99_ms']:.0f} ms", file=sys.stderr)
         rss = peak_rss_mib(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     return {"single": single, "multi": multi, "peak_rss_mib": rss}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--switchyard", required=True)
+    server_args(ap, port=18080, ctx_size=8192)
     ap.add_argument("--llama-server", required=True)
-    ap.add_argument("--model", required=True, help="GGUF path served by both")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--parallel", type=int, default=8)
-    ap.add_argument("--ctx-size", type=int, default=8192)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--per-worker", type=int, default=3)
     ap.add_argument("--single-requests", type=int, default=6)
-    ap.add_argument("--port", type=int, default=18080)
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)

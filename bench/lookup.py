@@ -13,14 +13,13 @@ import argparse
 import http.client
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from engine_vs_llama_server import peak_rss_mib, pct, wait_ready  # noqa: E402
+from engine_vs_llama_server import peak_rss_mib, pct, served, server_args  # noqa: E402
 
 NAMES = ["Alice Brown", "Omar Haddad", "Mei Chen", "Lars Berg", "Ana Silva", "Kofi Mensah", "Ivy Novak", "Raj Patel"]
 GOODS = ["copper wire", "oak planks", "glass jars", "steel bolts", "wool blankets", "paper rolls"]
@@ -105,21 +104,11 @@ def load(port, model, concurrency, seeds, max_tokens):
 
 
 def measure(name, cmd, port, model, args):
-    print(f"== {name}: {' '.join(cmd)}", file=sys.stderr)
-    log = open(os.path.join(args.out, f"{name}.log"), "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(port, model, proc)
+    with served(name, cmd, dict(os.environ), port, model, os.path.join(args.out, f"{name}.log")) as proc:
         one(port, model, 999, 8)  # warm-up
         single, _ = load(port, model, 1, range(args.requests), args.max_tokens)
         multi, wall = load(port, model, 8, range(100, 100 + args.multi_requests), args.max_tokens)
         rss = peak_rss_mib(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     rates = [(r["tokens"] - 1) / r["decode_s"] for r in single.values() if r["decode_s"] > 0]
     drafted = sum(r["draft_n"] for r in single.values())
     kept = sum(r["draft_n_accepted"] for r in single.values())
@@ -142,16 +131,11 @@ def measure(name, cmd, port, model, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--switchyard", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--parallel", type=int, default=8)
-    ap.add_argument("--ctx-size", type=int, default=16384)
+    server_args(ap, port=18380, ctx_size=16384)
     ap.add_argument("--lookup-draft", type=int, default=8)
     ap.add_argument("--requests", type=int, default=6)
     ap.add_argument("--multi-requests", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=192)
-    ap.add_argument("--port", type=int, default=18380)
     ap.add_argument("--out", default="bench/results/lookup")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)

@@ -24,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from engine_vs_llama_server import peak_rss_mib, pct, wait_ready  # noqa: E402
+from engine_vs_llama_server import peak_rss_mib, pct, served, server_args  # noqa: E402
 
 
 def later_turns(requests_jsonl):
@@ -45,13 +45,9 @@ def later_turns(requests_jsonl):
 
 
 def measure(name, cmd, env, port, model, trace, args):
-    print(f"== {name}: {' '.join(cmd)}", file=sys.stderr)
     out = os.path.join(args.out, name)
     os.makedirs(out, exist_ok=True)
-    log = open(os.path.join(out, "server.log"), "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(port, model, proc)
+    with served(name, cmd, env, port, model, os.path.join(out, "server.log")) as proc:
         started = time.time()
         subprocess.run(
             [args.switchyard, "bench", "run", "--trace", trace, "--target", f"http://127.0.0.1:{port}/v1",
@@ -59,12 +55,6 @@ def measure(name, cmd, env, port, model, trace, args):
             check=True, stdout=subprocess.DEVNULL)
         wall = time.time() - started
         rss = peak_rss_mib(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     ttft, errors, cached, prompt = later_turns(os.path.join(out, "requests.jsonl"))
     r = {
         "later_turns": len(ttft),
@@ -83,12 +73,9 @@ def measure(name, cmd, env, port, model, trace, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--switchyard", required=True)
+    server_args(ap, port=18280, ctx_size=0)
     ap.add_argument("--llama-server", required=True)
-    ap.add_argument("--model", required=True, help="GGUF path served by all three")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--parallel", type=int, default=8)
-    ap.add_argument("--ctx-per-slot", type=int, default=2560)
+    ap.add_argument("--ctx-per-slot", type=int, default=2560, help="context per slot, when --ctx-size is not given")
     ap.add_argument("--turns", type=int, default=6)
     ap.add_argument("--input-tokens", type=int, default=300, help="new question tokens per turn")
     ap.add_argument("--max-tokens", type=int, default=48, help="answer tokens per turn")
@@ -98,12 +85,11 @@ def main():
     ap.add_argument("--systems", default="llama-server,no-cache,cache",
                     help="which to run; anything less than all three prints no table")
     ap.add_argument("--serve-args", default="", help="extra `switchyard serve` flags, e.g. \"--prefill-chunk 512\"")
-    ap.add_argument("--port", type=int, default=18280)
     ap.add_argument("--out", default="bench/results/prefix-cache")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     model_id = os.path.splitext(os.path.basename(args.model))[0]
-    t, p, c = str(args.threads), str(args.parallel), str(args.ctx_per_slot * args.parallel)
+    t, p, c = str(args.threads), str(args.parallel), str(args.ctx_size or args.ctx_per_slot * args.parallel)
     env = dict(os.environ)
     history = args.input_tokens + (args.turns - 1) * (args.input_tokens + args.max_tokens)
     verdicts, report = [], {}
