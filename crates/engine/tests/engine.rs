@@ -19,8 +19,17 @@ fn model_path() -> PathBuf {
     .clone()
 }
 
+/// The prefix cache is off: these tests hold outputs equal across batching,
+/// and a cached prefix is a different batch split (see `prefix_cache.rs`).
 fn settings(parallel: u32, max_queue: usize) -> EngineSettings {
-    EngineSettings { threads: 2, ctx_size: 1024 * parallel, parallel, max_queue, ..EngineSettings::default() }
+    EngineSettings {
+        threads: 2,
+        ctx_size: 1024 * parallel,
+        parallel,
+        max_queue,
+        prefix_cache: false,
+        ..EngineSettings::default()
+    }
 }
 
 /// One engine with 8 slots shared by the tests that don't need their own.

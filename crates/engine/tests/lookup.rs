@@ -9,7 +9,8 @@ use common::*;
 use switchyard_engine::*;
 
 fn engine(lookup_draft: u32) -> Engine {
-    load(EngineSettings { threads: 2, ctx_size: 4096, parallel: 2, lookup_draft, ..EngineSettings::default() })
+    // Four slots: drafting stops once more than a quarter of them decode.
+    load(EngineSettings { threads: 2, ctx_size: 4096, parallel: 4, lookup_draft, ..EngineSettings::default() })
 }
 
 /// A request to quote a passage, which SmolLM2 does word for word.
@@ -29,15 +30,11 @@ fn a_quoting_answer_keeps_guessed_tokens_and_matches_plain_decoding() {
     let (drafted, d) = run(&drafting, &messages, 160);
     assert_eq!((p.timings.draft_n, p.timings.draft_n_accepted), (0, 0), "drafting is off");
     assert_same_answer(&drafted, &reference, "drafted");
-    // The answer copies the passage, so most guesses are right: far
-    // fewer steps than tokens.
-    assert!(
-        d.timings.draft_n_accepted * 2 > d.completion_tokens,
-        "{:?} for {} tokens: {:?}",
-        d.timings,
-        d.completion_tokens,
-        drafted.text
-    );
+    // How much it drafts is the cost model's call (on a CPU where a
+    // two-token step costs twice a one-token step, only its periodic
+    // probes); what it guesses on a quoting answer is mostly right.
+    assert!(d.timings.draft_n > 0, "{:?}", d.timings);
+    assert!(d.timings.draft_n_accepted * 2 > d.timings.draft_n, "{:?}: {:?}", d.timings, drafted.text);
     assert!(d.timings.draft_n_accepted <= d.timings.draft_n);
     let counters = drafting.busy().counters();
     assert_eq!(
