@@ -31,23 +31,16 @@ def prompt(i):
     return f"Request {i}: write a detailed, multi-paragraph essay about {TOPICS[i % len(TOPICS)]}."
 
 
-def stream_one(port, model, i, max_tokens):
-    """One streamed request: returns (ttft_s, token_times, completion_tokens)."""
-    body = json.dumps({
-        "model": model,
-        "messages": [{"role": "user", "content": prompt(i)}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    })
+def stream_chat(port, body):
+    """POSTs a streamed chat request (JSON text); returns when it was sent
+    and each `data:` event as (arrival time, parsed chunk), up to [DONE]."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     t0 = time.perf_counter()
     conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
     resp = conn.getresponse()
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:300]!r}")
-    times, usage = [], None
+    chunks = []
     while True:
         line = resp.readline()
         if not line:
@@ -58,13 +51,29 @@ def stream_one(port, model, i, max_tokens):
         data = line[6:]
         if data == b"[DONE]":
             break
-        chunk = json.loads(data)
+        chunks.append((time.perf_counter(), json.loads(data)))
+    conn.close()
+    return t0, chunks
+
+
+def stream_one(port, model, i, max_tokens):
+    """One streamed request: returns (ttft_s, token_times, completion_tokens)."""
+    body = json.dumps({
+        "model": model,
+        "messages": [{"role": "user", "content": prompt(i)}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    })
+    t0, chunks = stream_chat(port, body)
+    times, usage = [], None
+    for at, chunk in chunks:
         if chunk.get("usage"):
             usage = chunk["usage"]["completion_tokens"]
         for choice in chunk.get("choices", []):
             if choice.get("delta", {}).get("content"):
-                times.append(time.perf_counter())
-    conn.close()
+                times.append(at)
     if not times:
         raise RuntimeError("no tokens streamed")
     return times[0] - t0, times, usage if usage is not None else len(times)
@@ -160,6 +169,14 @@ def server_args(ap, port, ctx_size):
     ap.add_argument("--port", type=int, default=port)
 
 
+def parse(ap):
+    """Parses the arguments, makes the output folder; returns them and the
+    model's id (its file name, which every side serves it as)."""
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    return args, os.path.splitext(os.path.basename(args.model))[0]
+
+
 def measure(name, cmd, env, port, model, args):
     with served(name, cmd, env, port, model, os.path.join(args.out, f"{name}.log")) as proc:
         run_load(port, model, 2, 1, 16, 20_000)  # warm-up
@@ -180,9 +197,7 @@ def main():
     ap.add_argument("--per-worker", type=int, default=3)
     ap.add_argument("--single-requests", type=int, default=6)
     ap.add_argument("--out", default="bench/results")
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    model_id = os.path.splitext(os.path.basename(args.model))[0]
+    args, model_id = parse(ap)
     t, p, c = str(args.threads), str(args.parallel), str(args.ctx_size)
 
     env = dict(os.environ)

@@ -10,7 +10,6 @@ the answers are then comparable token for token. Standard library only.
 """
 
 import argparse
-import http.client
 import json
 import os
 import sys
@@ -19,7 +18,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from engine_vs_llama_server import peak_rss_mib, pct, served, server_args  # noqa: E402
+from engine_vs_llama_server import parse, peak_rss_mib, pct, served, server_args, stream_chat  # noqa: E402
 
 NAMES = ["Alice Brown", "Omar Haddad", "Mei Chen", "Lars Berg", "Ana Silva", "Kofi Mensah", "Ivy Novak", "Raj Patel"]
 GOODS = ["copper wire", "oak planks", "glass jars", "steel bolts", "wool blankets", "paper rolls"]
@@ -46,34 +45,18 @@ def ask(seed):
 def one(port, model, seed, max_tokens):
     body = json.dumps({"model": model, "messages": ask(seed), "max_tokens": max_tokens, "temperature": 0,
                        "stream": True, "stream_options": {"include_usage": True}})
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    t0 = time.perf_counter()
-    conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
-    resp = conn.getresponse()
-    if resp.status != 200:
-        raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:300]!r}")
+    t0, chunks = stream_chat(port, body)
     first = last = None
     text, usage, timings = [], None, {}
-    while True:
-        line = resp.readline()
-        if not line:
-            break
-        line = line.strip()
-        if not line.startswith(b"data: ") or line == b"data: [DONE]":
-            if line == b"data: [DONE]":
-                break
-            continue
-        chunk = json.loads(line[6:])
+    for at, chunk in chunks:
         for c in chunk.get("choices", []):
             if c.get("delta", {}).get("content"):
-                now = time.perf_counter()
-                first = first or now
-                last = now
+                first = first or at
+                last = at
                 text.append(c["delta"]["content"])
         if chunk.get("usage"):
             usage = chunk["usage"]["completion_tokens"]
         timings = chunk.get("timings") or timings
-    conn.close()
     return {"ttft_s": first - t0, "decode_s": last - first, "end_s": last - t0, "tokens": usage,
             "text": "".join(text), "draft_n": timings.get("draft_n", 0),
             "draft_n_accepted": timings.get("draft_n_accepted", 0)}
@@ -137,9 +120,7 @@ def main():
     ap.add_argument("--multi-requests", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=192)
     ap.add_argument("--out", default="bench/results/lookup")
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    model = os.path.splitext(os.path.basename(args.model))[0]
+    args, model = parse(ap)
     base = [args.switchyard, "serve", "--model", args.model, "--threads", str(args.threads), "--parallel",
             str(args.parallel), "--ctx-size", str(args.ctx_size), "--port", str(args.port),
             "--data-dir", tempfile.mkdtemp(prefix="sy-bench-")]

@@ -24,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from engine_vs_llama_server import peak_rss_mib, pct, served, server_args  # noqa: E402
+from engine_vs_llama_server import parse, peak_rss_mib, pct, served, server_args  # noqa: E402
 
 
 def later_turns(requests_jsonl):
@@ -86,9 +86,7 @@ def main():
                     help="which to run; anything less than all three prints no table")
     ap.add_argument("--serve-args", default="", help="extra `switchyard serve` flags, e.g. \"--prefill-chunk 512\"")
     ap.add_argument("--out", default="bench/results/prefix-cache")
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    model_id = os.path.splitext(os.path.basename(args.model))[0]
+    args, model_id = parse(ap)
     t, p, c = str(args.threads), str(args.parallel), str(args.ctx_size or args.ctx_per_slot * args.parallel)
     env = dict(os.environ)
     history = args.input_tokens + (args.turns - 1) * (args.input_tokens + args.max_tokens)
