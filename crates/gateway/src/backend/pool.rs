@@ -1,6 +1,7 @@
 //! A route served by several upstreams running the same model (engine
 //! nodes): each request goes to the member with the fewest requests in
-//! flight; each member has its own breaker, and one whose breaker is open
+//! flight, ties going round-robin (so idle members share short requests
+//! instead of the first one taking them all); each member has its own breaker, and one whose breaker is open
 //! gets nothing until it is probed again. A member that fails before
 //! answering (its own fault: unreachable, 5xx, too slow) passes the request
 //! to the next, so a node dying costs its in-flight streams only.
@@ -33,6 +34,8 @@ struct Member {
 pub struct Pool {
     route: String,
     members: Vec<Member>,
+    /// Where the round-robin among equally loaded members starts next.
+    next: AtomicUsize,
 }
 
 /// One request in flight at a member; dropping it ends it.
@@ -58,16 +61,19 @@ impl Pool {
                 })
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Self { route: route.name.clone(), members })
+        Ok(Self { route: route.name.clone(), members, next: AtomicUsize::new(0) })
     }
 
     async fn call(&self, req: &ChatRequest, limits: Limits) -> Result<Generation, ApiError> {
         let mut tried = vec![false; self.members.len()];
         let mut last: Option<ApiError> = None;
+        let n = self.members.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
         loop {
-            // The fewest in flight first; among those, the breaker decides.
-            let mut order: Vec<usize> = (0..self.members.len()).filter(|&i| !tried[i]).collect();
-            order.sort_by_key(|&i| self.members[i].in_flight.load(Ordering::SeqCst));
+            // The fewest in flight first, ties in turn from `start`; among
+            // those, the breaker decides.
+            let mut order: Vec<usize> = (0..n).filter(|&i| !tried[i]).collect();
+            order.sort_by_key(|&i| (self.members[i].in_flight.load(Ordering::SeqCst), (i + n - start) % n));
             let Some((i, ticket)) = order.into_iter().find_map(|i| {
                 tried[i] = true;
                 self.members[i].health.admit(Instant::now()).map(|t| (i, t))
