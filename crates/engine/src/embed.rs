@@ -19,7 +19,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 
 use crate::score::ScoreError;
-use crate::{backend, Engine};
+use crate::{llama_backend, Engine};
 
 /// How the hidden states of a text's tokens become one vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,7 +127,7 @@ impl Embedder {
         std::thread::Builder::new()
             .name(format!("embed-{}", engine.id))
             .spawn(move || {
-                let mut ctx = match model.new_context(backend(), params) {
+                let mut ctx = match model.new_context(llama_backend(), params) {
                     Ok(ctx) => ctx,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.to_string()));

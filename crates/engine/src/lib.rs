@@ -34,10 +34,11 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
-use llama_cpp_2::token::LlamaToken;
+
 use tokio::sync::mpsc;
 
 pub use embed::{EmbedInput, Pooling};
+pub use llama_cpp_2::token::LlamaToken;
 pub use request::{Event, EventStream, GenerateRequest, OutputFormat, Piece, SamplingParams, Summary};
 pub use score::{ScoreError, MAX_SCORED_TOKENS};
 pub use settings::{EngineSettings, Priority};
@@ -171,7 +172,10 @@ pub struct Engine {
 }
 
 #[expect(clippy::expect_used, reason = "this OnceLock initialises llama.cpp once; it refuses only a second init")]
-fn backend() -> &'static LlamaBackend {
+/// llama.cpp's process-wide state, initialised on first use with its log
+/// sink silenced; anything else that calls into llama.cpp (the quantizer)
+/// goes through here first.
+pub fn llama_backend() -> &'static LlamaBackend {
     static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
     BACKEND.get_or_init(|| {
         let mut backend = LlamaBackend::init().expect("llama backend is initialised once, here");
@@ -188,7 +192,7 @@ impl Engine {
         if !path.is_file() {
             return Err(LoadError::Missing(path.to_path_buf()));
         }
-        let model = LlamaModel::load_from_file(backend(), path, &LlamaModelParams::default())
+        let model = LlamaModel::load_from_file(llama_backend(), path, &LlamaModelParams::default())
             .map_err(|e| LoadError::Model { path: path.to_path_buf(), reason: e.to_string() })?;
         let model = Arc::new(model);
         // Models without a template (base models) get ChatML, which llama.cpp knows by name.
@@ -223,7 +227,7 @@ impl Engine {
                 .name(format!("sched-{id}"))
                 .spawn(move || {
                     let _alive = alive;
-                    let ctx = match model.new_context(backend(), params) {
+                    let ctx = match model.new_context(llama_backend(), params) {
                         Ok(ctx) => ctx,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e.to_string()));

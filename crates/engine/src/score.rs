@@ -10,7 +10,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::logprobs::LogitStats;
-use crate::{backend, Engine};
+use crate::{llama_backend, Engine};
 
 /// Continuation tokens scored at most: the verdict is on how an answer
 /// starts and what it commits to, and the logits kept per scored token are
@@ -56,7 +56,7 @@ impl Engine {
             .with_n_ubatch(SCORE_UBATCH.min(n_ctx))
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        let mut ctx = self.model.new_context(backend(), params).map_err(|e| runtime(&e))?;
+        let mut ctx = self.model.new_context(llama_backend(), params).map_err(|e| runtime(&e))?;
         let mut batch = LlamaBatch::new(n, 1);
         // Logits are kept only where the next token is a continuation token.
         for (pos, &token) in prompt.iter().chain(&answer).enumerate() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 
-use crate::{backend, LoadError};
+use crate::{llama_backend, LoadError};
 
 pub struct Tokenizer {
     model: LlamaModel,
@@ -21,7 +21,7 @@ impl Tokenizer {
             return Err(LoadError::Missing(path.to_path_buf()));
         }
         let params = LlamaModelParams::default().with_vocab_only(true);
-        let model = LlamaModel::load_from_file(backend(), path, &params)
+        let model = LlamaModel::load_from_file(llama_backend(), path, &params)
             .map_err(|e| LoadError::Model { path: path.to_path_buf(), reason: e.to_string() })?;
         Ok(Self { model })
     }

@@ -18,7 +18,7 @@ use std::time::SystemTime;
 
 use crate::auth::{Arrived, Caller};
 use crate::backend::held::Held;
-use crate::backend::{Backend, ChatRequest, Embedded, Generation, Limits};
+use crate::backend::{prompt_estimate, Backend, ChatRequest, Embedded, Generation, Limits};
 use crate::envelope::Envelope;
 use crate::error::ApiError;
 use crate::error::Refusal;
@@ -203,14 +203,6 @@ async fn admit(
             Err(resp)
         }
     }
-}
-
-/// About how many tokens the prompt is, before a tokenizer has seen it: a
-/// token per 4 bytes of text and 4 per message. Limits charge this at
-/// admission; the answer's `usage` corrects it.
-fn prompt_estimate(body: &ChatCompletionRequest) -> u64 {
-    let text = |m: &switchyard_wire::ChatMessage| m.content.as_ref().and_then(|c| c.text().ok()).map_or(0, |t| t.len());
-    body.messages.iter().map(|m| 4 + text(m) as u64 / 4).sum()
 }
 
 async fn handle(

@@ -12,6 +12,7 @@
 // may unwrap: see clippy.toml).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod budget;
 pub mod calibrate;
 mod classify;
 mod confidence;
@@ -24,6 +25,7 @@ pub mod protect;
 mod refusal;
 pub mod safety;
 
+pub use budget::{Budget, ContextBudget, Fit};
 pub use calibrate::Calibration;
 pub use classify::{classify, classify_with, Classification, Declared};
 pub use confidence::{Confidence, Signal, CONFIDENCE_WINDOW};

@@ -11,6 +11,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::budget::{ContextBudget, LaneConfig};
 use crate::calibrate::Calibration;
 use crate::confidence::Signal;
 use crate::features::DifficultyModel;
@@ -39,7 +40,7 @@ impl DataClass {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Lane {
     #[default]
@@ -124,6 +125,10 @@ pub struct Route {
     /// versioned, applied and rolled back with the policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
+    /// This route's context budget, replacing its lane's: how a policy
+    /// grants a long context to one route only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextBudget>,
 }
 
 impl Route {
@@ -287,6 +292,9 @@ pub struct Family {
     /// also name its family in a header).
     #[serde(default)]
     pub patterns: Vec<String>,
+    /// Caps the context budget of whatever route the family's requests take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextBudget>,
 }
 
 fn public() -> DataClass {
@@ -322,6 +330,9 @@ struct PolicyFile {
     difficulty: DifficultyModel,
     #[serde(default)]
     families: Vec<Family>,
+    /// Settings per lane: its default context budget.
+    #[serde(default)]
+    lanes: BTreeMap<Lane, LaneConfig>,
     /// Rule id → how its threshold was calibrated (written by `switchyard calibrate`).
     #[serde(default)]
     calibration: BTreeMap<String, Calibration>,
@@ -347,6 +358,7 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     pub difficulty: DifficultyModel,
     pub families: Vec<Family>,
+    pub lanes: BTreeMap<Lane, LaneConfig>,
     pub calibration: BTreeMap<String, Calibration>,
     /// The `[protect]` section, if any detector is on.
     pub protect: Option<Arc<Protect>>,
@@ -416,6 +428,7 @@ impl Policy {
             rules: file.rules,
             difficulty: file.difficulty,
             families: file.families,
+            lanes: file.lanes,
             calibration: file.calibration,
             protect,
             safety: safety.map(Arc::new),
@@ -563,6 +576,7 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
             return Err(invalid(key("breaker.error_ratio"), "a share of requests, between 0 (off) and 1"));
         }
     }
+    crate::budget::validate(&f.lanes, &f.routes, &f.families)?;
     let known = |name: &str| names.contains(name);
     let known_list = || f.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ");
     let check = |key: String, name: &str| {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use switchyard_engine::{Engine, EventStream, GenerateRequest};
+use switchyard_engine::{Engine, EventStream, GenerateRequest, LlamaToken};
 
 use super::{Backend, ChatRequest, Generation, Limits};
 use crate::error::ApiError;
@@ -45,11 +45,7 @@ impl Backend for Embedded {
         async move {
             // One prefill on a context of its own: CPU-heavy, so off the async workers.
             tokio::task::spawn_blocking(move || {
-                let messages: Vec<(&str, &str)> =
-                    messages.iter().map(|(role, content)| (*role, content.as_str())).collect();
-                let prompt = engine
-                    .chat_prompt(&messages)
-                    .map_err(|e| ApiError::invalid(Some("messages".into()), e.to_string()))?;
+                let prompt = chat_prompt(&engine, &messages)?;
                 engine
                     .score(&prompt, &answer)
                     .map_err(|e| ApiError::internal(format!("scoring on {}: {e}", engine.id())))
@@ -59,12 +55,30 @@ impl Backend for Embedded {
         }
         .boxed()
     }
+
+    fn count_prompt<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Option<u32>> {
+        let (engine, messages) = (self.engine.clone(), req.params.messages.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                // A prompt the template refuses fails on submit with its own error.
+                chat_prompt(&engine, &messages).ok().map(|p| u32::try_from(p.len()).unwrap_or(u32::MAX))
+            })
+            .await
+            .ok()
+            .flatten()
+        }
+        .boxed()
+    }
+}
+
+/// The messages through the model's chat template, as tokens.
+fn chat_prompt(engine: &Engine, messages: &[(&'static str, String)]) -> Result<Vec<LlamaToken>, ApiError> {
+    let messages: Vec<(&str, &str)> = messages.iter().map(|(r, c)| (*r, c.as_str())).collect();
+    engine.chat_prompt(&messages).map_err(|e| ApiError::invalid(Some("messages".into()), e.to_string()))
 }
 
 fn submit(engine: &Engine, p: &ChatParams) -> Result<EventStream, ApiError> {
-    let messages: Vec<(&str, &str)> = p.messages.iter().map(|(r, c)| (*r, c.as_str())).collect();
-    let prompt =
-        engine.chat_prompt(&messages).map_err(|e| ApiError::invalid(Some("messages".into()), e.to_string()))?;
+    let prompt = chat_prompt(engine, &p.messages)?;
     Ok(engine.submit(GenerateRequest {
         prompt,
         max_tokens: p.max_tokens,

@@ -139,4 +139,20 @@ pub trait Backend: Send + Sync {
     /// 256) after `req`'s messages: a verify cascade's judge. Only a model
     /// this process runs can score; others refuse.
     fn score<'a>(&'a self, req: &'a ChatRequest, answer: String) -> BoxFuture<'a, Result<Vec<f64>, ApiError>>;
+
+    /// How many tokens `req`'s prompt is for this backend's model, where
+    /// this process holds its tokenizer; `None` elsewhere (an upstream),
+    /// and a context budget then goes by [`prompt_estimate`].
+    fn count_prompt<'a>(&'a self, _req: &'a ChatRequest) -> BoxFuture<'a, Option<u32>> {
+        futures::FutureExt::boxed(async { None })
+    }
+}
+
+/// About how many tokens a prompt is, before a tokenizer has seen it: a
+/// token per 4 bytes of text and 4 per message. Limits charge this at
+/// admission (the answer's `usage` corrects it), and upstream routes'
+/// context budgets judge by it.
+pub fn prompt_estimate(body: &ChatCompletionRequest) -> u64 {
+    let text = |m: &switchyard_wire::ChatMessage| m.content.as_ref().and_then(|c| c.text().ok()).map_or(0, |t| t.len());
+    body.messages.iter().map(|m| 4 + text(m) as u64 / 4).sum()
 }

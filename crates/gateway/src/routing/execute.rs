@@ -2,6 +2,8 @@
 //!
 //! The chain is a small state machine over a queue of route names:
 //!
+//! - a request over the context budget of the route first chosen is
+//!   **refused** (400); a fallback over its budget is **skipped**;
 //! - a route whose breaker is open is **skipped**;
 //! - an attempt that fails by the route's own fault is **retried** once on
 //!   the same route if its retry budget allows, then the chain **falls
@@ -102,6 +104,9 @@ pub struct Execution {
     pub(super) cascade: Option<CascadeCheck>,
     #[serde(skip_serializing_if = "Option::is_none")]
     handoff_id: Option<String>,
+    /// The context budget checks made, one per route that has a budget.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(super) context: Vec<super::budget::ContextCheck>,
 }
 
 impl Execution {
@@ -143,8 +148,22 @@ impl Routing {
         while let Some(name) = chain.pop_front() {
             let began = Instant::now();
             let route = self.route(name)?;
-            let mut span = req.trace.child(if std::mem::take(&mut first) { "attempt" } else { "fallback" });
+            let chain_began = std::mem::take(&mut first);
+            let mut span = req.trace.child(if chain_began { "attempt" } else { "fallback" });
             span.set("switchyard.route", name.to_string());
+            let mut sent = protect::for_route(req, decision, &self.policy, &route.config);
+            if let Err(e) = self.within_budget(route, decision, &mut sent.req, run).await {
+                span.set("switchyard.outcome", "over_budget");
+                // The route first chosen refuses; a fallback over its budget is passed over.
+                if chain_began {
+                    run.step(name, "failed", Some(e.message.clone()), began);
+                    return Err(e);
+                }
+                run.step(name, "skipped", Some(e.message.clone()), began);
+                run.reason.push_str(&format!("; {name} skipped (over its context budget)"));
+                last_error.get_or_insert(e);
+                continue;
+            }
             let Some(ticket) = route.health.admit(began) else {
                 span.set("switchyard.outcome", "skipped");
                 run.step(name, "skipped", Some("circuit open".into()), began);
@@ -155,7 +174,6 @@ impl Routing {
                 continue;
             };
             let judge = cascade.filter(|(fast, _)| *fast == name).map(|(_, plan)| plan);
-            let sent = protect::for_route(req, decision, &self.policy, &route.config);
             if sent.redacted > 0 {
                 run.reason.push_str(&format!("; {} redacted for {name}", sent.redacted));
             }

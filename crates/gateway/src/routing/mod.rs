@@ -17,6 +17,7 @@
 //! each fallback taken and why, and the decision record keeps every step
 //! (`/admin/decisions/{id}`).
 
+mod budget;
 mod cascade;
 mod execute;
 mod facts;
