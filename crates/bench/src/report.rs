@@ -40,15 +40,25 @@ fn cdf(title: &str, series: &[(&str, Vec<f64>)]) -> String {
     format!("<figure><figcaption>{}</figcaption>{svg}<div>{legend}</div></figure>", escape(title))
 }
 
+/// A markdown table (header line, separator line, rows) as an HTML table.
+pub fn markdown_table(markdown: &str) -> String {
+    let cells = |line: &str, tag: &str| {
+        line.trim_matches('|').split('|').map(|c| format!("<{tag}>{}</{tag}>", escape(c.trim()))).collect::<String>()
+    };
+    let header = cells(markdown.lines().next().unwrap_or_default(), "th");
+    let rows: String = markdown.lines().skip(2).map(|line| format!("<tr>{}</tr>", cells(line, "td"))).collect();
+    format!("<table><tr>{header}</tr>{rows}</table>")
+}
+
 /// One line of a [`lines`] chart; `None` where a level has no value.
-pub(crate) struct Series {
+pub struct Series {
     pub name: String,
     pub values: Vec<Option<f64>>,
 }
 
 /// A line chart over evenly spaced categories (e.g. concurrency levels),
 /// y from 0 to the largest value.
-pub(crate) fn lines(title: &str, x: &[String], unit: &str, series: &[Series]) -> String {
+pub fn lines(title: &str, x: &[String], unit: &str, series: &[Series]) -> String {
     let (w, h, pad) = (520.0, 300.0, 52.0);
     let max = series.iter().flat_map(|s| s.values.iter().flatten().copied()).fold(0.0_f64, f64::max).max(1e-9);
     let step = (w - 2.0 * pad) / (x.len().max(2) - 1) as f64;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compare::{cell, RunReport};
 use crate::replay::Percentiles;
-use crate::report::{escape, lines, Series};
+use crate::report::{escape, lines, markdown_table, Series};
 
 pub const DEFAULT_LEVELS: [usize; 3] = [1, 5, 20];
 
@@ -153,18 +153,12 @@ pub fn html(sweep: &Sweep) -> String {
     let (target, trace) = sweep.levels.first().map_or_else(Default::default, |l| {
         (l.report.target.clone(), format!("{} (sha256 {})", l.report.trace, l.report.trace_sha256))
     });
-    // The markdown table, as HTML: header line, separator line, rows.
-    let markdown = table(sweep);
-    let cells = |line: &str, tag: &str| {
-        line.trim_matches('|').split('|').map(|c| format!("<{tag}>{}</{tag}>", escape(c.trim()))).collect::<String>()
-    };
-    let header = cells(markdown.lines().next().unwrap_or_default(), "th");
-    let rows: String = markdown.lines().skip(2).map(|line| format!("<tr>{}</tr>", cells(line, "td"))).collect();
+    let figures = markdown_table(&table(sweep));
     format!(
         "<!doctype html><html><head><meta charset='utf-8'><title>sweep {t}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
          figure{{display:inline-block;margin:0 2em 2em 0}} figcaption{{font-weight:600}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><body>\
          <h1>sweep: {t}</h1><p>trace {trace}, replayed closed-loop at each concurrency (every level is its own run; per-level reports in c*/report.html).</p>{charts}\
-         <h2>Figures</h2><table><tr>{header}</tr>{rows}</table></body></html>",
+         <h2>Figures</h2>{figures}</body></html>",
         t = escape(&target),
         trace = escape(&trace),
     )

@@ -18,7 +18,7 @@ use switchyard_wire::{headers, ResultLabel};
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
     /// Ask every item of a dataset of a target; write records, a summary and scorecards.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Scorecards (markdown, HTML, JSON) over one or more runs' records.
     Report {
         /// Run directories or records.jsonl files.
@@ -84,6 +84,9 @@ pub struct RunArgs {
     out: Option<PathBuf>,
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Ask only this many items, spread evenly over the set (the same ones each time).
+    #[arg(long)]
+    limit: Option<usize>,
     /// Ask every item this many times (sampling variance).
     #[arg(long, default_value_t = 1)]
     repeats: u32,
@@ -191,7 +194,7 @@ fn print_overall(card: &Scorecard) {
 
 pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
-        EvalCommand::Run(args) => run_eval(args),
+        EvalCommand::Run(args) => run_eval(*args),
         EvalCommand::Pii { dataset, json, false_positives } => {
             let set = switchyard_eval::pii::PiiSet::open(&dataset)?;
             let report = switchyard_eval::pii::score(&set, &switchyard_router::detect::Detectors::all());
@@ -258,7 +261,10 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
 }
 
 fn run_eval(args: RunArgs) -> anyhow::Result<()> {
-    let dataset = Dataset::open(&args.dataset).with_context(|| format!("dataset {}", args.dataset.display()))?;
+    let mut dataset = Dataset::open(&args.dataset).with_context(|| format!("dataset {}", args.dataset.display()))?;
+    if let Some(n) = args.limit {
+        dataset.spread(n);
+    }
     let target = target(&args);
     let difficulty = match &args.policy {
         Some(p) => Some(crate::policy::load(p)?.difficulty),

@@ -1,6 +1,7 @@
 //! The `switchyard` binary.
 
 mod audit;
+mod bakeoff;
 mod bench;
 mod calibrate;
 mod eval;
@@ -87,6 +88,9 @@ enum Command {
     /// Run eval sets against any target, report scorecards, compare runs (regression gate), review.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Compare model variants (quantization paths, runtimes, endpoints) under
+    /// one trace and one eval set; name the cheapest that meets the SLAs.
+    Bakeoff(bakeoff::BakeoffArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,5 +119,6 @@ fn main() -> anyhow::Result<()> {
         Command::Safety(cmd) => safety::run(cmd),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Bakeoff(args) => bakeoff::run(args),
     }
 }

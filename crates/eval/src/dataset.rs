@@ -116,6 +116,23 @@ impl Dataset {
     }
 
     /// `NAME@vN`, as records name the dataset.
+    /// Keeps `n` items spread evenly over the set (item `i·len/n` for each
+    /// `i`), so a short run still meets every family the file interleaves.
+    /// The same `n` always keeps the same items.
+    pub fn spread(&mut self, n: usize) {
+        let len = self.items.len();
+        if n >= len {
+            return;
+        }
+        let keep: Vec<usize> = (0..n).map(|i| i * len / n).collect();
+        let mut index = 0;
+        self.items.retain(|_| {
+            let kept = keep.binary_search(&index).is_ok();
+            index += 1;
+            kept
+        });
+    }
+
     pub fn label(&self) -> String {
         format!("{}@v{}", self.manifest.name, self.manifest.version)
     }

@@ -53,6 +53,21 @@ fn the_shipped_dataset_matches_its_manifest() {
 }
 
 #[test]
+fn a_spread_subset_is_the_same_each_time_and_meets_every_family() {
+    let open = || Dataset::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/eval/core/v1")).unwrap();
+    let (mut a, mut b, all) = (open(), open(), open());
+    a.spread(40);
+    b.spread(40);
+    let ids = |d: &Dataset| d.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    assert_eq!((a.items.len(), ids(&a)), (40, ids(&b)));
+    let families = |d: &Dataset| d.items.iter().map(|i| i.family.clone()).collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(families(&a), families(&all), "every family of the set is asked");
+    let mut whole = open();
+    whole.spread(500);
+    assert_eq!(whole.items.len(), 200, "more than the set keeps the set");
+}
+
+#[test]
 fn a_tampered_dataset_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     mini(dir.path());
