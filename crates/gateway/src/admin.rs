@@ -26,7 +26,7 @@ use switchyard_auth::{Permission, Role};
 
 /// The store, once every record queued so far is written: a client that
 /// just got an answer can read its record.
-async fn store(state: &AppState) -> Result<&Store, ApiError> {
+pub(crate) async fn store(state: &AppState) -> Result<&Store, ApiError> {
     if let Some(recorder) = &state.recorder {
         recorder.flush().await;
     }

@@ -157,6 +157,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/admin/tenants/{name}/protect", axum::routing::put(admin::put_tenant_protect))
         .route("/admin/audit", get(admin::audit))
         .route("/admin/telemetry", get(admin::telemetry))
+        .route("/admin/sla", get(ops::sla::show))
         .route("/admin/policy", get(ops::policy::show).put(ops::policy::put))
         .route("/admin/policy/rollback", post(ops::policy::rollback))
         .route("/admin/rollout", get(ops::rollout::show).post(ops::rollout::start))
@@ -314,6 +315,9 @@ pub async fn serve(
         tracing::info!(rules = cfg.alerts.len(), webhook = cfg.alert_webhook.is_some(), "drift and cost alerts on");
         let alerts = Arc::new(ops::alerts::Alerts::new(cfg.alerts.clone(), cfg.alert_webhook.clone()));
         ops::alerts::every(alerts, store.clone(), state.node.clone(), Duration::from_secs(cfg.alert_every_s));
+    }
+    if let (Some(_), Some(store)) = (&state.routing, &state.store) {
+        ops::sla::every(state.clone(), store.clone(), ops::sla::EVERY);
     }
     let app = router(state.clone(), cfg.max_body_bytes);
     // Streams are many small writes; with Nagle's algorithm on, each waits

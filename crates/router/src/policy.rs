@@ -285,6 +285,14 @@ pub struct Family {
     /// cut to it, so a slow route fails over in time.
     #[serde(default)]
     pub max_ttft_ms: Option<u64>,
+    /// The family's end-to-end budget: an answer that took longer from
+    /// arrival to its last byte is outside the SLA (it is not cut off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_e2e_ms: Option<u64>,
+    /// The share of failed requests the family tolerates over a window: its
+    /// error budget, judged per route in the SLA compliance report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
     /// Requests of this family are at least this class of data.
     #[serde(default = "public")]
     pub boundary: DataClass,
@@ -602,6 +610,15 @@ fn validate(f: &PolicyFile) -> Result<(), PolicyError> {
         }
         if fam.max_ttft_ms == Some(0) {
             return Err(invalid(format!("families[{i}].max_ttft_ms"), "must be at least 1 (or left out for no limit)"));
+        }
+        if fam.max_e2e_ms == Some(0) {
+            return Err(invalid(format!("families[{i}].max_e2e_ms"), "must be at least 1 (or left out for no limit)"));
+        }
+        if fam.max_error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            return Err(invalid(
+                format!("families[{i}].max_error_rate"),
+                "a share of requests, between 0 and 1 (e.g. 0.01)",
+            ));
         }
     }
     let mut ids = HashSet::new();

@@ -1,0 +1,273 @@
+//! SLA compliance per route and workload family over rolling windows of
+//! the telemetry records: the share of requests answered within the
+//! family's SLA (`max_ttft_ms`, `max_e2e_ms`) and the window's error rate
+//! against its error budget (`max_error_rate`).
+//!
+//! Read from the store, not from this process's memory, so with a shared
+//! database every replica reports the same figures for the whole fleet.
+//! Invariants: only requests that went to a route count (a policy's
+//! refusal or handoff is not a route's success or failure); a request every
+//! route failed counts against the route its decision chose; an answer
+//! still being measured is left out until it is; a non-streamed answer's first
+//! token is its whole answer, so its TTFT is its end-to-end time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use switchyard_auth::Permission;
+use switchyard_router::Policy;
+use switchyard_store::{DecisionRecord, Store, TelemetryFilter};
+
+use super::rollout::failed;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The windows `/metrics` reports, in seconds.
+pub const METRIC_WINDOWS_S: [u64; 2] = [300, 3600];
+/// How often the `/metrics` gauges are read again.
+pub const EVERY: Duration = Duration::from_secs(15);
+/// The most records one window reads; a busier window is judged on its
+/// newest this many, and says so (`truncated`).
+const MAX_RECORDS: u32 = 100_000;
+
+/// One route and family over one window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Compliance {
+    pub route: String,
+    /// The family's name, or `none` for requests of no family.
+    pub family: String,
+    pub requests: usize,
+    pub failed: usize,
+    /// Answered within every latency SLA the family states.
+    pub within_sla: usize,
+    pub within_sla_share: f64,
+    pub error_rate: f64,
+    /// `error_rate <= max_error_rate`; `None` without a stated budget.
+    pub error_budget_met: Option<bool>,
+    pub max_ttft_ms: Option<u64>,
+    pub max_e2e_ms: Option<u64>,
+    pub max_error_rate: Option<f64>,
+}
+
+/// The route and family a record counts under: the route that answered,
+/// or for a request every route failed (recorded as route `failed`) the
+/// route its decision chose; the family from its decision, or `none`.
+fn key_of(r: &DecisionRecord) -> (String, String) {
+    let decision = serde_json::from_str::<serde_json::Value>(r.decision.as_str()).unwrap_or_default();
+    let family = decision["family"].as_str().unwrap_or("none").to_string();
+    let route = match decision["route"].as_str() {
+        Some(chosen) if r.route == switchyard_wire::headers::ROUTE_FAILED => chosen.to_string(),
+        _ => r.route.clone(),
+    };
+    (route, family)
+}
+
+/// Compliance of `records` under `policy`'s families, one entry per route
+/// and family seen, sorted by route then family.
+pub fn compliance(policy: &Policy, records: &[DecisionRecord]) -> Vec<Compliance> {
+    let mut groups: BTreeMap<(String, String), Vec<&DecisionRecord>> = BTreeMap::new();
+    for r in records {
+        let routed = match r.label.as_str() {
+            "answered" => r.measured_ms.is_some_and(|m| m > 0),
+            "error" => true,
+            _ => false,
+        };
+        if routed {
+            groups.entry(key_of(r)).or_default().push(r);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((route, family), rs)| {
+            let fam = policy.family(&family);
+            let (max_ttft_ms, max_e2e_ms) = (fam.and_then(|f| f.max_ttft_ms), fam.and_then(|f| f.max_e2e_ms));
+            let max_error_rate = fam.and_then(|f| f.max_error_rate);
+            let within = |r: &&&DecisionRecord| {
+                let m = &r.measured;
+                let e2e = m.total_ms;
+                let ttft = m.ttft_ms.or(e2e);
+                let under = |v: Option<f64>, max: Option<u64>| max.is_none_or(|max| v.is_some_and(|v| v <= max as f64));
+                !failed(r) && r.status < 400 && under(ttft, max_ttft_ms) && under(e2e, max_e2e_ms)
+            };
+            let failed_n = rs.iter().filter(|r| failed(r)).count();
+            let within_n = rs.iter().filter(within).count();
+            let share = |n: usize| n as f64 / rs.len().max(1) as f64;
+            Compliance {
+                requests: rs.len(),
+                failed: failed_n,
+                within_sla: within_n,
+                within_sla_share: share(within_n),
+                error_rate: share(failed_n),
+                error_budget_met: max_error_rate.map(|max| share(failed_n) <= max),
+                max_ttft_ms,
+                max_e2e_ms,
+                max_error_rate,
+                route,
+                family,
+            }
+        })
+        .collect()
+}
+
+/// The window of `window_s` seconds ending at `now_ms`, read from `store`.
+pub async fn read(store: &Store, policy: &Policy, now_ms: i64, window_s: u64) -> anyhow::Result<Window> {
+    let filter = TelemetryFilter {
+        since_ms: now_ms - (window_s as i64) * 1000,
+        until_ms: Some(now_ms),
+        limit: MAX_RECORDS,
+        newest_first: true,
+        ..Default::default()
+    };
+    let records = store.telemetry(&filter).await?;
+    let truncated = records.len() >= MAX_RECORDS as usize;
+    Ok(Window {
+        window_s,
+        until_ms: now_ms,
+        truncated,
+        policy: policy.id.clone(),
+        compliance: compliance(policy, &records),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Window {
+    pub window_s: u64,
+    pub until_ms: i64,
+    /// The window held more records than were read (the newest were).
+    pub truncated: bool,
+    /// The policy whose families' SLAs were applied.
+    pub policy: String,
+    pub compliance: Vec<Compliance>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SlaQuery {
+    /// Seconds; default 300.
+    window_s: Option<u64>,
+}
+
+/// `GET /admin/sla?window_s=N`: compliance per route and family.
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<SlaQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let result = async {
+        caller.require(Permission::ReadAllDecisions, "read SLA compliance")?;
+        let Query(q) = query.map_err(|e| ApiError::invalid(None, e.body_text()))?;
+        let window_s = q.window_s.unwrap_or(300);
+        if window_s == 0 || window_s > 30 * 86_400 {
+            return Err(ApiError::invalid(Some("window_s".into()), "a window of 1 s to 30 days, e.g. window_s=300"));
+        }
+        let routing = state
+            .routing()
+            .ok_or_else(|| ApiError::not_found("/admin/sla (this server has no policy, so no families or SLAs)"))?;
+        let store = crate::admin::store(&state).await?;
+        read(store, &routing.policy, switchyard_wire::unix_ms(), window_s)
+            .await
+            .map_err(|e| ApiError::internal(format!("reading the records: {e}")))
+    }
+    .await;
+    match result {
+        Ok(window) => Json(window).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Keeps the `/metrics` gauges of every window in [`METRIC_WINDOWS_S`]
+/// current, on the real clock.
+pub fn every(state: Arc<AppState>, store: Store, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(routing) = state.routing() else { continue };
+            for window_s in METRIC_WINDOWS_S {
+                match read(&store, &routing.policy, switchyard_wire::unix_ms(), window_s).await {
+                    Ok(w) => publish(&w),
+                    Err(e) => tracing::warn!(window_s, "SLA compliance not read: {e}"),
+                }
+            }
+        }
+    });
+}
+
+fn publish(w: &Window) {
+    for c in &w.compliance {
+        let labels = [("route", c.route.clone()), ("family", c.family.clone()), ("window", format!("{}s", w.window_s))];
+        metrics::gauge!("switchyard_sla_within_ratio", &labels).set(c.within_sla_share);
+        metrics::gauge!("switchyard_sla_error_rate", &labels).set(c.error_rate);
+        metrics::gauge!("switchyard_sla_requests", &labels).set(c.requests as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy::from_toml(
+            r#"version = "s.1"
+default_route = "r"
+[[routes]]
+name = "r"
+backend = "upstream"
+model = "m"
+url = "http://127.0.0.1:1/v1"
+allowed_classes = ["public"]
+[[families]]
+name = "chat"
+max_ttft_ms = 500
+max_e2e_ms = 2000
+max_error_rate = 0.2
+"#,
+        )
+        .unwrap()
+    }
+
+    fn record(family: Option<&str>, status: u16, label: &str, ttft: Option<f64>, total: f64) -> DecisionRecord {
+        let route = if label == "error" { "failed" } else { "r" };
+        let mut r = DecisionRecord::new("id".into(), "p".into(), route.into(), status, label.into());
+        let decision = serde_json::json!({ "family": family, "action": "route", "route": "r" });
+        r.decision = switchyard_store::JsonText::of(&decision).unwrap();
+        r.measured.ttft_ms = ttft;
+        r.measured.total_ms = Some(total);
+        r.measured_ms = Some(1);
+        r
+    }
+
+    #[test]
+    fn within_means_answered_under_every_stated_latency_and_failures_spend_the_error_budget() {
+        let records = vec![
+            record(Some("chat"), 200, "answered", Some(100.0), 1000.0),
+            record(Some("chat"), 200, "answered", Some(900.0), 1000.0), // TTFT over
+            record(Some("chat"), 200, "answered", Some(100.0), 3000.0), // E2E over
+            record(Some("chat"), 200, "answered", None, 400.0),         // unstreamed: TTFT is E2E
+            record(Some("chat"), 502, "error", None, 50.0),
+            record(Some("chat"), 200, "refused", None, 1.0), // a policy refusal: not the route's
+            record(None, 200, "answered", None, 60_000.0),
+        ];
+        let c = compliance(&policy(), &records);
+        assert_eq!(c.len(), 2);
+        let chat = c.iter().find(|c| c.family == "chat").unwrap();
+        assert_eq!((chat.requests, chat.within_sla, chat.failed), (5, 2, 1));
+        assert!((chat.within_sla_share - 0.4).abs() < 1e-9 && (chat.error_rate - 0.2).abs() < 1e-9);
+        assert_eq!(chat.error_budget_met, Some(true), "0.2 is within a 0.2 budget");
+        let none = c.iter().find(|c| c.family == "none").unwrap();
+        assert_eq!((none.within_sla, none.error_budget_met), (1, None), "no SLA: any answer is within");
+    }
+
+    #[test]
+    fn an_answer_still_being_measured_waits() {
+        let mut r = record(Some("chat"), 200, "answered", Some(100.0), 100.0);
+        r.measured_ms = None;
+        assert!(compliance(&policy(), &[r]).is_empty());
+    }
+}
