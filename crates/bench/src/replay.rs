@@ -36,6 +36,10 @@ pub struct Target {
     pub stream: bool,
     /// Counts output tokens when the server sends no `usage`.
     pub tokenizer: Option<TokenCounter>,
+    /// Mixed into every synthetic prompt: runs against the same server with
+    /// different salts (a sweep's levels) never meet each other's prompts
+    /// in its prompt cache.
+    pub prompt_salt: u64,
 }
 
 /// A named token count of answer text, e.g. the target model's own
@@ -148,19 +152,31 @@ impl RequestResult {
     }
 }
 
-/// A prompt of about `tokens` tokens (one common word each for most tokenizers).
-pub fn synthetic_prompt(tokens: u32, seed: usize) -> String {
+/// A prompt of about `tokens` tokens (one common word each for most
+/// tokenizers). Each word is drawn from a hash of `seed` and its position,
+/// so prompts of different seeds share no prefix a prompt cache could
+/// reuse (a cycle of words would repeat every few seeds).
+pub fn synthetic_prompt(tokens: u32, seed: u64) -> String {
     const WORDS: [&str; 16] = [
         "time", "data", "system", "value", "order", "model", "green", "river", "number", "light", "table", "window",
         "paper", "stone", "music", "field",
     ];
-    (0..tokens as usize).map(|i| WORDS[(i * 7 + seed) % WORDS.len()]).collect::<Vec<_>>().join(" ")
+    let word = |i: u64| {
+        // splitmix64's finaliser: every bit of seed and position reaches the index.
+        let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i.wrapping_add(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        WORDS[((z ^ (z >> 31)) % WORDS.len() as u64) as usize]
+    };
+    (0..u64::from(tokens)).map(word).collect::<Vec<_>>().join(" ")
 }
 
-fn body(r: &TraceRequest, index: usize, model: &str, stream: bool) -> Value {
+fn body(r: &TraceRequest, index: usize, target: &Target) -> Value {
+    let (model, stream) = (&target.model, target.stream);
+    let seed = (index as u64) ^ target.prompt_salt.rotate_left(32);
     let messages = match &r.messages {
         Some(m) => json!(m),
-        None => json!([{"role": "user", "content": synthetic_prompt(r.input_tokens.unwrap_or(1), index)}]),
+        None => json!([{"role": "user", "content": synthetic_prompt(r.input_tokens.unwrap_or(1), seed)}]),
     };
     if stream {
         json!({"model": model, "messages": messages, "max_tokens": r.max_tokens, "stream": true, "stream_options": {"include_usage": true}})
@@ -195,7 +211,7 @@ impl Conversation {
         self.previous = Some((context, r.max_tokens));
         // Named by session and turn, so no two conversations share more than
         // the template's header (the words alone repeat every 16 seeds).
-        let question = format!("[{} turn {}] {}", r.session, r.turn, synthetic_prompt(new, r.turn as usize));
+        let question = format!("[{} turn {}] {}", r.session, r.turn, synthetic_prompt(new, u64::from(r.turn)));
         self.messages.push(Message { role: "user".into(), content: question });
         r.messages = Some(self.messages.clone());
     }
@@ -250,7 +266,7 @@ async fn one(
     };
     let ms = |t: Instant| t.duration_since(sent).as_secs_f64() * 1e3;
     let run = async {
-        let body = body(r, index, &target.model, target.stream);
+        let body = body(r, index, target);
         // The trace's own headers (a lane, a family, a tenant's key) go
         // with the target's; a request's own wins where both name one.
         let mut headers: Vec<(String, String)> = target

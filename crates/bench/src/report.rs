@@ -64,7 +64,8 @@ pub fn lines(title: &str, x: &[String], unit: &str, series: &[Series]) -> String
     let step = (w - 2.0 * pad) / (x.len().max(2) - 1) as f64;
     let px = |i: usize| pad + i as f64 * step;
     let py = |v: f64| h - pad - v / max * (h - 2.0 * pad);
-    let colours = ["#4e79a7", "#f28e2b", "#e15759", "#59a14f"];
+    // Eight: a bake-off draws one line per variant.
+    let colours = ["#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f"];
     let mut svg = format!(
         "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>"
     );

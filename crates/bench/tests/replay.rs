@@ -74,7 +74,14 @@ fn trace() -> switchyard_bench::trace::Trace {
 }
 
 fn target(base: &str, model: &str) -> Target {
-    Target { base_url: base.into(), model: model.into(), headers: vec![], stream: true, tokenizer: None }
+    Target {
+        base_url: base.into(),
+        model: model.into(),
+        headers: vec![],
+        stream: true,
+        tokenizer: None,
+        prompt_salt: 0,
+    }
 }
 
 #[tokio::test]

@@ -38,6 +38,7 @@ fn run(trace: &Trace, load: Load) -> Vec<switchyard_bench::replay::RequestResult
         headers: vec![],
         stream: true,
         tokenizer: None,
+        prompt_salt: 0,
     };
     rt.block_on(replay(trace, &target, load, Duration::from_secs(5)))
 }

@@ -273,6 +273,7 @@ impl<'a> Replayer<'a> {
             headers: Vec::new(),
             stream: !args.no_stream,
             tokenizer,
+            prompt_salt: 0,
         };
         let prices = match &args.prices {
             None => None,
@@ -500,9 +501,12 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 !concurrency.is_empty() && !concurrency.contains(&0),
                 "--concurrency: give levels >= 1, e.g. 1,5,20"
             );
-            let replayer = Replayer::new(&replay)?;
+            let mut replayer = Replayer::new(&replay)?;
             let mut levels = Vec::new();
             for &c in &concurrency {
+                // Each level's prompts are new to the server: a prompt cache
+                // warmed by the level before must not make this one look fast.
+                replayer.target.prompt_salt = c as u64;
                 let (report, results) = replayer.run(Load::Closed { concurrency: c, ramp_up: replay.ramp_up()? })?;
                 let s = &report.summary;
                 eprintln!(

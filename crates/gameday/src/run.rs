@@ -113,6 +113,7 @@ pub async fn run(scenario: &Scenario, admin: &Admin, progress: Progress) -> anyh
         headers: headers.clone(),
         stream,
         tokenizer: None,
+        prompt_salt: 0,
     };
     let load = Load::Open { time_scale: t.time_scale };
     let limits = Limits {

@@ -54,11 +54,21 @@ pub async fn post_chat(
     headers: &[(String, String)],
     body: &impl Serialize,
 ) -> Result<ChatResponse, reqwest::Error> {
-    let mut req = client.post(format!("{}/chat/completions", base_url.trim_end_matches('/'))).json(body);
-    for (k, v) in headers {
-        req = req.header(k, v);
-    }
-    let resp = req.send().await?;
+    let send = || {
+        let mut req = client.post(format!("{}/chat/completions", base_url.trim_end_matches('/'))).json(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    // A kept-alive connection the server closed as the request went out
+    // fails while sending, before any answer: sent again once, on a new
+    // connection, as HTTP clients (the official `openai` one among them) do.
+    // A refused connection or a timeout is the server's answer, not retried.
+    let resp = match send().await {
+        Err(e) if e.is_request() && !e.is_connect() && !e.is_timeout() => send().await?,
+        other => other?,
+    };
     Ok(ChatResponse { status: resp.status(), switchyard: SwitchyardHeaders::from_headers(resp.headers()), resp })
 }
 

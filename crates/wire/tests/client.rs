@@ -181,3 +181,47 @@ async fn errors_statuses_and_odd_bodies_are_told_apart() {
     let dead = post_chat(&client, "http://127.0.0.1:9/v1", &[], &body("whole")).await;
     assert!(dead.is_err(), "nothing listens on port 9");
 }
+
+/// A server that answers the first request of each connection and keeps it
+/// open, then drops it when a second request arrives on it: the race a
+/// kept-alive connection loses when the server closes it as a request goes
+/// out (llama-server did this to about one request in ten).
+#[tokio::test]
+async fn a_request_on_a_connection_the_server_dropped_is_sent_again_on_a_new_one() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if read_request(&mut sock).await.is_none() {
+                    return;
+                }
+                let body = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}).to_string();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                sock.write_all(format!("{head}{body}").as_bytes()).await.unwrap();
+                // The next request on this connection is read, then dropped unanswered.
+                let _ = read_request(&mut sock).await;
+            });
+        }
+    });
+    let client = reqwest::Client::new();
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..3 {
+        let resp = post_chat(&client, &base, &[], &body).await.expect("answered, on a new connection if need be");
+        assert_eq!(resp.status, StatusCode::OK);
+    }
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3, "each retry took a new connection");
+
+    // A refused connection is not retried into success: it fails.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    assert!(post_chat(&client, &dead, &[], &body).await.is_err());
+}
