@@ -90,6 +90,10 @@ struct Plan {
     dataset: PathBuf,
     concurrency: Vec<usize>,
     eval_limit: Option<usize>,
+    /// How every engine and llama-server variant was served.
+    threads: u32,
+    parallel: u32,
+    ctx_size: u32,
 }
 
 pub fn run(args: BakeoffArgs) -> anyhow::Result<()> {
@@ -138,6 +142,9 @@ fn plan_of(args: &BakeoffArgs) -> anyhow::Result<Plan> {
         dataset,
         concurrency: args.concurrency.clone(),
         eval_limit: args.eval_limit,
+        threads: args.threads,
+        parallel: args.parallel,
+        ctx_size: args.ctx_size,
     })
 }
 
@@ -161,9 +168,9 @@ fn render(args: &BakeoffArgs, plan: &Plan) -> anyhow::Result<()> {
         plan.dataset.display(),
         plan.eval_limit.map_or_else(String::new, |n| format!(" ({n} items)")),
         plan.concurrency.iter().map(usize::to_string).collect::<Vec<_>>().join("/"),
-        args.threads,
-        args.parallel,
-        args.ctx_size
+        plan.threads,
+        plan.parallel,
+        plan.ctx_size
     );
     let table = report::table(&outcomes, &plan.concurrency, &verdict);
     let retention = report::retention_table(&outcomes, &plan.reference);

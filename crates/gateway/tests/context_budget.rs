@@ -163,6 +163,7 @@ async fn a_prompt_over_its_routes_budget_is_refused_naming_it_and_answered_where
     for part in ["route short", "prompt budget of 64 tokens", "lane interactive", "interactive answers stay fast"] {
         assert!(message.contains(part), "`{part}` named in: {message}");
     }
+    assert!(headers["x-switchyard-reason"].to_str().unwrap().ends_with("refused: over short's context budget"));
     let checked = s.execution(&headers).await;
     let check = &checked["context"][0];
     assert_eq!(

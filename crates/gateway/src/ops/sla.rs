@@ -6,7 +6,8 @@
 //! Read from the store, not from this process's memory, so with a shared
 //! database every replica reports the same figures for the whole fleet.
 //! Invariants: only requests that went to a route count (a policy's
-//! refusal or handoff is not a route's success or failure); a request every
+//! refusal or handoff, or a request refused for its own fault (a 4xx other
+//! than 429), is not a route's success or failure); a request every
 //! route failed counts against the route its decision chose; an answer
 //! still being measured is left out until it is; a non-streamed answer's first
 //! token is its whole answer, so its TTFT is its end-to-end time.
@@ -75,7 +76,9 @@ pub fn compliance(policy: &Policy, records: &[DecisionRecord]) -> Vec<Compliance
     for r in records {
         let routed = match r.label.as_str() {
             "answered" => r.measured_ms.is_some_and(|m| m > 0),
-            "error" => true,
+            // A 4xx is the request's fault (over a context budget, a bad
+            // schema), not the route's; a 429 (no capacity) is the route's.
+            "error" => r.status >= 500 || r.status == 429,
             _ => false,
         };
         if routed {
@@ -252,6 +255,7 @@ max_error_rate = 0.2
             record(Some("chat"), 200, "answered", None, 400.0),         // unstreamed: TTFT is E2E
             record(Some("chat"), 502, "error", None, 50.0),
             record(Some("chat"), 200, "refused", None, 1.0), // a policy refusal: not the route's
+            record(Some("chat"), 400, "error", None, 1.0),   // the request's fault: not the route's
             record(None, 200, "answered", None, 60_000.0),
         ];
         let c = compliance(&policy(), &records);

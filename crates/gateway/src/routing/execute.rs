@@ -157,6 +157,7 @@ impl Routing {
                 // The route first chosen refuses; a fallback over its budget is passed over.
                 if chain_began {
                     run.step(name, "failed", Some(e.message.clone()), began);
+                    run.reason.push_str(&format!("; refused: over {name}'s context budget"));
                     return Err(e);
                 }
                 run.step(name, "skipped", Some(e.message.clone()), began);
