@@ -223,10 +223,15 @@ pub struct ArmStats {
     pub bad_feedback_rate: f64,
 }
 
-/// A failed request: a 5xx, or labelled `error`. With [`refused`] and
-/// [`escalated`], what the rollout gate and the alerts count alike.
+/// A failed request: a 5xx or a 429, or labelled `error` with no client
+/// error's status (a stream cut after it began). A request refused for its
+/// own fault (a 4xx: over its context budget, a schema the grammar cannot
+/// take) is not a failure of the version or the route: counted, one
+/// client's bad requests could roll back a good version or fire an alert.
+/// With [`refused`] and [`escalated`], what the rollout gate, the alerts
+/// and SLA compliance count alike.
 pub(crate) fn failed(r: &DecisionRecord) -> bool {
-    r.status >= 500 || r.label == "error"
+    r.status >= 500 || r.status == 429 || (r.label == "error" && !(400..500).contains(&r.status))
 }
 
 pub(crate) fn refused(r: &DecisionRecord) -> bool {

@@ -77,8 +77,8 @@ pub fn compliance(policy: &Policy, records: &[DecisionRecord]) -> Vec<Compliance
         let routed = match r.label.as_str() {
             "answered" => r.measured_ms.is_some_and(|m| m > 0),
             // A 4xx is the request's fault (over a context budget, a bad
-            // schema), not the route's; a 429 (no capacity) is the route's.
-            "error" => r.status >= 500 || r.status == 429,
+            // schema), not the route's: `failed` leaves it out.
+            "error" => failed(r),
             _ => false,
         };
         if routed {
@@ -256,14 +256,15 @@ max_error_rate = 0.2
             record(Some("chat"), 502, "error", None, 50.0),
             record(Some("chat"), 200, "refused", None, 1.0), // a policy refusal: not the route's
             record(Some("chat"), 400, "error", None, 1.0),   // the request's fault: not the route's
+            record(Some("chat"), 200, "error", Some(50.0), 900.0), // a stream cut after it began: failed
             record(None, 200, "answered", None, 60_000.0),
         ];
         let c = compliance(&policy(), &records);
         assert_eq!(c.len(), 2);
         let chat = c.iter().find(|c| c.family == "chat").unwrap();
-        assert_eq!((chat.requests, chat.within_sla, chat.failed), (5, 2, 1));
-        assert!((chat.within_sla_share - 0.4).abs() < 1e-9 && (chat.error_rate - 0.2).abs() < 1e-9);
-        assert_eq!(chat.error_budget_met, Some(true), "0.2 is within a 0.2 budget");
+        assert_eq!((chat.requests, chat.within_sla, chat.failed), (6, 2, 2));
+        assert!((chat.within_sla_share - 2.0 / 6.0).abs() < 1e-9 && (chat.error_rate - 2.0 / 6.0).abs() < 1e-9);
+        assert_eq!(chat.error_budget_met, Some(false), "a third is over a 0.2 budget");
         let none = c.iter().find(|c| c.family == "none").unwrap();
         assert_eq!((none.within_sla, none.error_budget_met), (1, None), "no SLA: any answer is within");
     }
