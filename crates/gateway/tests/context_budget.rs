@@ -181,6 +181,15 @@ async fn a_prompt_over_its_routes_budget_is_refused_naming_it_and_answered_where
     assert_eq!(check["prompt_tokens"].as_u64(), Some(prompt_tokens), "the count before queueing is the engine's");
     assert_eq!(check["budget"]["prompt"]["source"], "route long");
 
+    // One client's over-budget requests cost the route nothing: more of
+    // them than its breaker's limit (5 in a row), and another client's
+    // request that fits is still answered there.
+    for _ in 0..6 {
+        assert_eq!(s.ask(&long_prompt(""), Some(8)).await.0, StatusCode::BAD_REQUEST);
+    }
+    let (status, headers, body) = s.ask("Say hi.", Some(4)).await;
+    assert_eq!((status, headers["x-switchyard-route"].to_str().unwrap()), (StatusCode::OK, "short"), "{body}");
+
     // A family holds the granted route tighter again.
     let (status, _, body) = s.ask(&long_prompt("MEMO"), Some(8)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
