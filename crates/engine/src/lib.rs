@@ -40,11 +40,11 @@ use tokio::sync::mpsc;
 pub use embed::{EmbedInput, Pooling};
 pub use llama_cpp_2::token::LlamaToken;
 pub use request::{Event, EventStream, GenerateRequest, OutputFormat, Piece, SamplingParams, Summary};
-pub use score::{ScoreError, MAX_SCORED_TOKENS};
+pub use score::{ScoreError, Scoring, MAX_SCORED_TOKENS};
 pub use settings::{EngineSettings, Priority};
 pub use tokenizer::Tokenizer;
 
-use request::Job;
+use request::{Job, Output};
 use scheduler::{AliveGuard, Scheduler};
 
 /// The llama.cpp crate this engine is built on; part of `system_fingerprint`.
@@ -339,19 +339,21 @@ impl Engine {
         }
         let sampler = self.sampler(&req)?;
         let (events, stream) = mpsc::unbounded_channel();
-        let job = Job { req, max_tokens, sampler, events, accepted: Instant::now() };
+        self.enqueue(Job { req, max_tokens, sampler, output: Output::Stream(events), accepted: Instant::now() })?;
+        Ok(stream)
+    }
+
+    /// Queues an admitted job without blocking.
+    fn enqueue(&self, job: Job) -> Result<(), SubmitError> {
         // Counted before it is sent, so the scheduler never takes it first.
         self.load.queued.fetch_add(1, Ordering::Relaxed);
-        match self.jobs.try_send(job) {
-            Ok(()) => Ok(stream),
-            Err(e) => {
-                self.load.queued.fetch_sub(1, Ordering::Relaxed);
-                match e {
-                    TrySendError::Full(_) => Err(SubmitError::QueueFull(self.settings.max_queue)),
-                    TrySendError::Disconnected(_) => Err(SubmitError::Stopped),
-                }
+        self.jobs.try_send(job).map_err(|e| {
+            self.load.queued.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(_) => SubmitError::QueueFull(self.settings.max_queue),
+                TrySendError::Disconnected(_) => SubmitError::Stopped,
             }
-        }
+        })
     }
 
     /// The request's sampler chain; `None` when it would be plain greedy.

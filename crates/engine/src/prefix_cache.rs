@@ -99,15 +99,22 @@ impl PrefixCache {
     }
 
     /// Picks one of the `free` slots for `prompt` (non-empty) and leaves its
-    /// KV holding the reusable prefix and nothing after it.
-    pub fn place(&mut self, ctx: &mut LlamaContext, free: &[i32], prompt: &[LlamaToken]) -> Option<Placed> {
+    /// KV holding the reusable prefix, at most `usable` tokens and never the
+    /// whole prompt, and nothing after it.
+    pub fn place(
+        &mut self,
+        ctx: &mut LlamaContext,
+        free: &[i32],
+        prompt: &[LlamaToken],
+        usable: usize,
+    ) -> Option<Placed> {
         self.clock += 1;
         if !self.enabled {
             // Free slots are sorted highest first: the lowest keeps the
             // decoders in one run of sequence ids (see the scheduler).
             return free.last().map(|&slot| Placed { slot, reused: 0, restored: false });
         }
-        let usable = prompt.len().saturating_sub(1);
+        let usable = usable.min(prompt.len().saturating_sub(1));
         let (slot, in_slot) = self.best_slot(free, prompt, usable)?;
         let best_saved = self
             .saved

@@ -3,7 +3,9 @@
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use switchyard_wire::{FinishReason, Timings, TokenLogprob};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::score::ScoreError;
 
 /// Sampling knobs, already validated by the caller.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -75,6 +77,47 @@ pub(crate) struct Job {
     pub max_tokens: u32,
     /// `None` for plain greedy decoding, which the scheduler does itself.
     pub sampler: Option<LlamaSampler>,
-    pub events: mpsc::UnboundedSender<Event>,
+    pub output: Output,
     pub accepted: std::time::Instant,
+}
+
+/// Where a job's result goes, which also says what the job is.
+pub(crate) enum Output {
+    /// Generation: tokens as they are made, then a summary.
+    Stream(mpsc::UnboundedSender<Event>),
+    /// Teacher-forced scoring. `req.prompt` is the prompt followed by the
+    /// continuation, which starts at `from` (at least 1). The job generates
+    /// nothing: it ends the step its last token is evaluated, with the
+    /// logprob of each continuation token. Its KV stays in the slot like a
+    /// finished answer's, so a request for the same prompt prefills only
+    /// what follows it (an escalated answer after its verdict).
+    Score { from: usize, logprobs: Vec<f64>, reply: oneshot::Sender<Result<Vec<f64>, ScoreError>> },
+}
+
+impl Job {
+    /// Nobody will read the result.
+    pub fn is_abandoned(&self) -> bool {
+        match &self.output {
+            Output::Stream(events) => events.is_closed(),
+            Output::Score { reply, .. } => reply.is_closed(),
+        }
+    }
+
+    /// Prompt tokens the prefix cache may supply: all but the one whose
+    /// logits choose the first token, or, when scoring, all before the
+    /// first position whose logits are read.
+    pub fn reusable(&self) -> usize {
+        match &self.output {
+            Output::Stream(_) => self.req.prompt.len().saturating_sub(1),
+            Output::Score { from, .. } => from.saturating_sub(1),
+        }
+    }
+
+    /// Where the continuation starts, when scoring.
+    pub fn scored_from(&self) -> Option<usize> {
+        match &self.output {
+            Output::Stream(_) => None,
+            Output::Score { from, .. } => Some(*from),
+        }
+    }
 }

@@ -67,6 +67,9 @@ struct Planned {
     /// Prompt-lookup guesses placed right after the sampled token, each
     /// with logits, to be verified against the model's own choices.
     drafted: Vec<LlamaToken>,
+    /// A scoring job's rows: the batch index of the first with logits, the
+    /// prompt position it sits at, and how many follow it.
+    scored: Option<(i32, usize, usize)>,
 }
 
 /// Clears the liveness flag however the thread ends (return or panic).
@@ -151,10 +154,13 @@ impl<'m> Scheduler<'m> {
                 }
             };
             self.load.queued.fetch_sub(1, Ordering::Relaxed);
-            if job.events.is_closed() {
+            if job.is_abandoned() {
                 continue;
             }
-            let Some(placed) = self.cache.place(&mut self.ctx, &self.free_slots, &job.req.prompt) else { break };
+            let Some(placed) = self.cache.place(&mut self.ctx, &self.free_slots, &job.req.prompt, job.reusable())
+            else {
+                break;
+            };
             self.free_slots.retain(|&s| s != placed.slot);
             if placed.reused > 0 {
                 self.load.prefix_hits.fetch_add(1, Ordering::Relaxed);
@@ -218,6 +224,21 @@ impl<'m> Scheduler<'m> {
             let seq = &mut self.active[p.seq];
             if p.prompt_complete {
                 seq.mark_prefilled(now);
+            }
+            if let Some((first, pos, rows)) = p.scored {
+                // Row j's logits predict the token at position pos + j + 1.
+                let prompt = &seq.job.req.prompt;
+                let scores: Vec<f64> = (0..rows)
+                    .map(|j| {
+                        let logits = self.ctx.get_logits_ith(first + j as i32);
+                        f64::from(LogitStats::of(logits).logprob(logits, prompt[pos + j + 1].0 as usize))
+                    })
+                    .collect();
+                seq.record_scores(scores);
+            }
+            if p.prompt_complete && seq.scored_from().is_some() {
+                done.push((p.seq, FinishReason::Stop));
+                continue;
             }
             let Some(idx) = p.logits_at else { continue };
             // Entry j's logits choose the token after entry j. A guess is
@@ -286,9 +307,10 @@ impl<'m> Scheduler<'m> {
                     seq.finish(reason, now);
                 }
                 None => {
+                    let slot = seq.slot;
                     seq.fail("inference failed: could not drop rejected draft tokens from the KV cache".into());
-                    self.cache.clear(&mut self.ctx, seq.slot);
-                    self.return_slot(seq.slot);
+                    self.cache.clear(&mut self.ctx, slot);
+                    self.return_slot(slot);
                 }
             }
         }
@@ -300,10 +322,11 @@ impl<'m> Scheduler<'m> {
         idx.dedup();
         for i in idx {
             let seq = self.active.remove(i);
+            let slot = seq.slot;
             seq.fail(message.to_string());
             // What the failed decode left in the KV is unknown.
-            self.cache.clear(&mut self.ctx, seq.slot);
-            self.return_slot(seq.slot);
+            self.cache.clear(&mut self.ctx, slot);
+            self.return_slot(slot);
         }
     }
 
@@ -343,23 +366,35 @@ impl<'m> Scheduler<'m> {
                     self.batch.add(tok, seq.n_past, &[seq.slot], true).expect("batch sized to budget");
                     seq.n_past += 1;
                 }
-                plan.push(Planned { seq: i, logits_at: Some(at), prompt_complete: false, drafted });
+                plan.push(Planned { seq: i, logits_at: Some(at), prompt_complete: false, drafted, scored: None });
                 continue;
             }
-            let start = seq.prompt_done;
-            let completes = start + n == seq.job.req.prompt.len();
+            let (start, len) = (seq.prompt_done, seq.job.req.prompt.len());
+            let completes = start + n == len;
+            let scored_from = seq.scored_from();
+            let mut scored = None;
             for (k, &tok) in seq.job.req.prompt[start..start + n].iter().enumerate() {
-                let last = completes && k + 1 == n;
-                self.batch.add(tok, seq.n_past, &[seq.slot], last).expect("batch sized to budget");
+                let pos = start + k;
+                let logits = match scored_from {
+                    None => completes && k + 1 == n,
+                    // Read where the next token is a continuation token.
+                    Some(from) => pos + 1 >= from && pos + 1 < len,
+                };
+                if logits && scored_from.is_some() {
+                    let (_, _, rows) = scored.get_or_insert((self.batch.n_tokens(), pos, 0));
+                    *rows += 1;
+                }
+                self.batch.add(tok, seq.n_past, &[seq.slot], logits).expect("batch sized to budget");
                 seq.n_past += 1;
             }
             seq.prompt_done += n;
             let at = self.batch.n_tokens() - 1;
             plan.push(Planned {
                 seq: i,
-                logits_at: completes.then_some(at),
+                logits_at: (completes && scored_from.is_none()).then_some(at),
                 prompt_complete: completes,
                 drafted: Vec::new(),
+                scored,
             });
         }
         plan

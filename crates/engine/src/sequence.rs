@@ -8,7 +8,8 @@ use llama_cpp_2::token::LlamaToken;
 use switchyard_wire::{FinishReason, Timings, TokenLogprob, TopLogprob};
 
 use crate::lookup::DraftLength;
-use crate::request::{Event, Job, Piece, Summary};
+use crate::request::{Event, Job, Output, Piece, Summary};
+use crate::score::ScoreError;
 use crate::stop::{StopMatcher, StopScan};
 
 pub(crate) struct Sequence {
@@ -60,7 +61,8 @@ impl Sequence {
     pub fn new(slot: i32, job: Job, reused: usize, lookup_draft: usize) -> Self {
         let stops = StopMatcher::new(job.req.stop.clone());
         // Verification compares drafts with the argmax: greedy requests only.
-        let draft = (lookup_draft > 0 && job.sampler.is_none()).then(|| DraftLength::new(lookup_draft));
+        let generates = matches!(job.output, Output::Stream(_));
+        let draft = (lookup_draft > 0 && generates && job.sampler.is_none()).then(|| DraftLength::new(lookup_draft));
         Self {
             slot,
             job,
@@ -86,7 +88,20 @@ impl Sequence {
 
     /// The client went away: nothing will read this sequence's output.
     pub fn is_abandoned(&self) -> bool {
-        self.job.events.is_closed()
+        self.job.is_abandoned()
+    }
+
+    /// Where a scoring job's continuation starts (`None`: it generates).
+    pub fn scored_from(&self) -> Option<usize> {
+        self.job.scored_from()
+    }
+
+    /// Logprobs of continuation tokens, in order, as their positions are
+    /// evaluated.
+    pub fn record_scores(&mut self, scores: impl IntoIterator<Item = f64>) {
+        if let Output::Score { logprobs, .. } = &mut self.job.output {
+            logprobs.extend(scores);
+        }
     }
 
     pub fn mark_scheduled(&mut self, now: Instant) {
@@ -136,8 +151,15 @@ impl Sequence {
         self.clock.prefill_done = Some(now);
     }
 
-    pub fn fail(&self, message: String) {
-        let _ = self.job.events.send(Event::Error(message));
+    pub fn fail(self, message: String) {
+        match self.job.output {
+            Output::Stream(events) => {
+                let _ = events.send(Event::Error(message));
+            }
+            Output::Score { reply, .. } => {
+                let _ = reply.send(Err(ScoreError::Runtime(message)));
+            }
+        }
     }
 
     /// Takes one sampled token. Returns `Some` when the sequence has finished.
@@ -227,13 +249,22 @@ impl Sequence {
     }
 
     fn release(&mut self, n: usize) {
+        let Output::Stream(events) = &self.job.output else { return };
         for piece in self.held.drain(..n) {
-            let _ = self.job.events.send(Event::Token(piece));
+            let _ = events.send(Event::Token(piece));
         }
     }
 
-    /// Sends the closing summary; consumes the sequence.
+    /// Sends the closing summary, or a scoring job's logprobs; consumes the
+    /// sequence.
     pub fn finish(mut self, reason: FinishReason, now: Instant) {
+        let events = match self.job.output {
+            Output::Stream(events) => events,
+            Output::Score { logprobs, reply, .. } => {
+                let _ = reply.send(Ok(logprobs));
+                return;
+            }
+        };
         let c = &mut self.clock;
         let accepted = self.job.accepted;
         let first_step = c.first_step.unwrap_or(accepted);
@@ -258,7 +289,7 @@ impl Sequence {
             itl_max_ms: c.gaps_ms.last().copied().unwrap_or(0.0),
             total_ms: ms(now - accepted),
         };
-        let _ = self.job.events.send(Event::Done(Summary {
+        let _ = events.send(Event::Done(Summary {
             finish_reason: reason,
             prompt_tokens,
             completion_tokens: self.generated,

@@ -114,3 +114,41 @@ fn conversations_beyond_the_slots_come_back_from_host_memory() {
     assert!(warm.busy().counters().restored >= CONVERSATIONS - 2, "{:?}", warm.busy().counters());
     assert!(warm_reused > slots_reused, "host memory reused {warm_reused} tokens, slots alone {slots_reused}");
 }
+
+/// A verify cascade scores the fast model's answer on the strong model and,
+/// when the verdict escalates, answers there: the verdict's prefill leaves
+/// the prompt's KV, so the escalated answer evaluates one token of it, and
+/// answers as a cold engine does. The verdict itself is the same whether
+/// the prompt was cached or not.
+#[test]
+fn an_escalated_answer_prefills_only_what_the_verdict_did_not() {
+    let warm = engine(2, true, 0);
+    let cold = engine(2, false, 0);
+    let messages = [("system", SYSTEM), ("user", "Name three rivers in Europe and one fact about each.")];
+    let prompt = warm.chat_prompt(&messages).unwrap();
+    let fast_answer = "The Danube, the Rhine and the Loire. The Danube flows through ten countries.";
+
+    let verdict = warm.score(&prompt, fast_answer).unwrap();
+    let cold_verdict = cold.score(&prompt, fast_answer).unwrap();
+    assert_eq!(verdict.len(), cold_verdict.len());
+    for (i, (a, b)) in verdict.iter().zip(&cold_verdict).enumerate() {
+        assert!((a - b).abs() < NOISE, "scored token {i}: {a} warm vs {b} cold");
+    }
+
+    let (escalated, s) = run32(&warm, &messages);
+    assert_eq!(s.timings.cache_n as usize, prompt.len() - 1, "the verdict's prefill left the prompt");
+    assert_eq!(s.timings.prompt_n, 1);
+    let (reference, c) = run32(&cold, &messages);
+    assert_eq!(c.timings.cache_n, 0);
+    assert_same_answer(&escalated, &reference, "escalated answer");
+
+    // A verdict on the answer just given reuses that answer's prompt too,
+    // and gives back the logprobs it was generated with.
+    let again = warm.score(&prompt, &escalated.text).unwrap();
+    assert!(warm.busy().counters().hits >= 2);
+    if again.len() == escalated.pieces.len() {
+        for (i, (a, p)) in again.iter().zip(&escalated.pieces).enumerate() {
+            assert!((a - p.logprob.logprob).abs() < NOISE, "token {i}: scored {a}, generated {}", p.logprob.logprob);
+        }
+    }
+}

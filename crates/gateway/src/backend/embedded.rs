@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use switchyard_engine::{Engine, EventStream, GenerateRequest, LlamaToken};
+use switchyard_engine::{Engine, EventStream, GenerateRequest, LlamaToken, ScoreError};
 
 use super::{Backend, ChatRequest, Generation, Limits};
 use crate::error::ApiError;
@@ -43,15 +43,23 @@ impl Backend for Embedded {
     fn score<'a>(&'a self, req: &'a ChatRequest, answer: String) -> BoxFuture<'a, Result<Vec<f64>, ApiError>> {
         let (engine, messages) = (self.engine.clone(), req.params.messages.clone());
         async move {
-            // One prefill on a context of its own: CPU-heavy, so off the async workers.
-            tokio::task::spawn_blocking(move || {
-                let prompt = chat_prompt(&engine, &messages)?;
-                engine
-                    .score(&prompt, &answer)
-                    .map_err(|e| ApiError::internal(format!("scoring on {}: {e}", engine.id())))
+            // A full queue or a stopped engine answers as it would a request.
+            let failed = |engine: &Engine, e: ScoreError| match e {
+                ScoreError::Submit(e) => ApiError::from(e),
+                e => ApiError::internal(format!("scoring on {}: {e}", engine.id())),
+            };
+            // Queued in the engine beside its requests, so that an escalated
+            // answer on this model finds the prompt's KV in its prefix cache.
+            let scoring = tokio::task::spawn_blocking({
+                let engine = engine.clone();
+                move || {
+                    let prompt = chat_prompt(&engine, &messages)?;
+                    engine.submit_score(&prompt, &answer).map_err(|e| failed(&engine, e))
+                }
             })
             .await
-            .map_err(|e| ApiError::internal(format!("scoring task failed: {e}")))?
+            .map_err(|e| ApiError::internal(format!("scoring task failed: {e}")))??;
+            scoring.logprobs().await.map_err(|e| failed(&engine, e))
         }
         .boxed()
     }
