@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# switchyard as a pure proxy, side by side with LiteLLM, in one run of the
-# shared gateway-overhead harness (../shared/bench/gateway-overhead): the
-# same fast mock upstream, the same wrk load, direct vs each gateway.
+# switchyard as a pure proxy, side by side with LiteLLM and the floor, in
+# one run of the shared gateway-overhead harness
+# (../shared/bench/gateway-overhead): the same fast mock upstream, the same
+# wrk load, direct vs each gateway.
+#
+# The floor (`floor/`, binary gateway-floor) is a bare single-threaded
+# hyper forwarder: what standing between client and upstream costs on this
+# machine with nothing else done. `floor.py` prints switchyard's CPU per
+# request and added latency as ratios to it, from the same run.
 #
 # switchyard runs with its defaults and a one-route policy pointing at the
 # mock, so every request is classified, decided and recorded (SQLite),
@@ -30,8 +36,9 @@ port="${SWITCHYARD_PORT:-18090}"
 
 cd "$root"
 source scripts/setup.sh
-cargo build --release --locked --bin switchyard
+cargo build --release --locked --bin switchyard --bin gateway-floor
 bin="${CARGO_TARGET_DIR:-$root/target}/release/switchyard"
+floor="${CARGO_TARGET_DIR:-$root/target}/release/gateway-floor"
 
 run_dir="$(mktemp -d)"
 trap 'rm -rf "$run_dir"' EXIT
@@ -68,6 +75,8 @@ grep -q '|| true; } | awk' "$run_dir/harness/run.sh" || { echo "could not patch 
 cd "$run_dir/harness"
 serve="$bin serve --policy $run_dir/policy.toml"
 GATEWAY_API_KEY="$key" MOCK_PORT="$mock_port" ./run.sh --out "$out" \
+  --gateway "floor=http://127.0.0.1:$((port + 5))/v1" \
+  --start "floor=$floor --listen 127.0.0.1:$((port + 5)) --upstream http://127.0.0.1:$mock_port" \
   --gateway "switchyard=http://127.0.0.1:$port/v1" \
   --start "switchyard=$serve --port $port --data-dir $run_dir/open" \
   --gateway "switchyard-keyed=http://127.0.0.1:$((port + 1))/v1" \
@@ -77,3 +86,4 @@ GATEWAY_API_KEY="$key" MOCK_PORT="$mock_port" ./run.sh --out "$out" \
   --gateway "switchyard-notel=http://127.0.0.1:$((port + 3))/v1" \
   --start "switchyard-notel=$serve --port $((port + 3)) --data-dir $run_dir/notel --no-telemetry" "$@"
 echo "results: $out/results.md"
+python3 "$root/bench/gateway-overhead/floor.py" "$out/results.json"

@@ -65,6 +65,20 @@ fn opt_flag(row: &AnyRow, col: &str) -> Result<Option<bool>, StoreError> {
     }
 }
 
+pub fn outcome(row: &AnyRow) -> Result<crate::Outcome, StoreError> {
+    Ok(crate::Outcome {
+        created_ms: int(row, "created_ms")?,
+        route: text(row, "route")?,
+        status: narrow(row, "status")?,
+        label: text(row, "label")?,
+        measured_ms: opt_int(row, "measured_ms")?,
+        ttft_ms: row.try_get("ttft_ms")?,
+        total_ms: row.try_get("total_ms")?,
+        family: opt_text(row, "family")?,
+        chosen: opt_text(row, "chosen")?,
+    })
+}
+
 pub fn decision(row: &AnyRow) -> Result<DecisionRecord, StoreError> {
     Ok(DecisionRecord {
         request_id: text(row, "request_id")?,

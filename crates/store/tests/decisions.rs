@@ -249,3 +249,42 @@ async fn tenants_and_the_audit_trail_round_trip() {
         assert_eq!(recorder.dropped().audit.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 }
+
+/// SLA compliance reads outcomes, not whole records: the same fields, with
+/// the family and chosen route taken from the decision's JSON by the
+/// database itself, newest first, within the window and the limit.
+#[tokio::test]
+async fn outcomes_carry_what_the_decision_chose_on_every_database() {
+    for db in common::databases().await {
+        let mut chat = record("o1");
+        chat.decision = JsonText::of(&json!({"family": "chat", "route": "local", "score": 0.2})).unwrap();
+        chat.measured = Measured { ttft_ms: Some(120.5), total_ms: Some(900.0), ..Measured::default() };
+        chat.measured_ms = Some(chat.created_ms + 950);
+        let mut failed = record("o2");
+        failed.created_ms += 10;
+        failed.route = "failed".into();
+        failed.status = 502;
+        failed.label = "error".into();
+        failed.decision = JsonText::of(&json!({"route": "vendor"})).unwrap();
+        let mut outside = record("o3");
+        outside.created_ms += 60_000;
+        for r in [&chat, &failed, &outside] {
+            db.store.record_decision(r).await.unwrap();
+        }
+        let since = chat.created_ms;
+        let got = db.store.outcomes(since, since + 60_000, 10).await.unwrap();
+        let name = db.name;
+        assert_eq!(got.len(), 2, "{name}: the window ends before o3");
+        let (newest, oldest) = (&got[0], &got[1]);
+        assert_eq!((newest.route.as_str(), newest.status, newest.label.as_str()), ("failed", 502, "error"), "{name}");
+        assert_eq!((newest.family.as_deref(), newest.chosen.as_deref()), (None, Some("vendor")), "{name}");
+        assert_eq!((newest.measured_ms, newest.total_ms), (None, None), "{name}");
+        assert_eq!((oldest.family.as_deref(), oldest.chosen.as_deref()), (Some("chat"), Some("local")), "{name}");
+        assert_eq!((oldest.ttft_ms, oldest.total_ms, oldest.measured_ms), (Some(120.5), Some(900.0), chat.measured_ms));
+        assert_eq!(
+            db.store.outcomes(since, since + 60_000, 1).await.unwrap()[0].route,
+            "failed",
+            "{name}: newest first"
+        );
+    }
+}

@@ -231,7 +231,12 @@ pub struct ArmStats {
 /// With [`refused`] and [`escalated`], what the rollout gate, the alerts
 /// and SLA compliance count alike.
 pub(crate) fn failed(r: &DecisionRecord) -> bool {
-    r.status >= 500 || r.status == 429 || (r.label == "error" && !(400..500).contains(&r.status))
+    failed_outcome(r.status, &r.label)
+}
+
+/// [`failed`], from a record's status and label alone.
+pub(crate) fn failed_outcome(status: u16, label: &str) -> bool {
+    status >= 500 || status == 429 || (label == "error" && !(400..500).contains(&status))
 }
 
 pub(crate) fn refused(r: &DecisionRecord) -> bool {
