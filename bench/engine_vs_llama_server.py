@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import statistics
+import socket
 import subprocess
 import sys
 import threading
@@ -146,6 +147,15 @@ def wait_ready(port, model, proc, timeout=600):
 def served(name, cmd, env, port, model, log_path):
     """Starts a server, waits until it answers, yields its process, stops it."""
     print(f"== {name}: {' '.join(cmd)}", file=sys.stderr)
+    # Whatever already listens there would answer in the server's place
+    # (the server binds only after loading its model).
+    with socket.socket() as probe:
+        # As servers do: a closed connection's TIME_WAIT does not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise RuntimeError(f"port {port} is taken ({e}): another server would be measured as {name}") from e
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
