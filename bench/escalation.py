@@ -21,41 +21,18 @@ import argparse
 import http.client
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from engine_vs_llama_server import pct, served  # noqa: E402
 
 
 def items(path, n):
     rows = [json.loads(line) for line in open(path) if line.strip()]
     step = max(1, len(rows) // n)
     return rows[::step][:n]
-
-
-def serve(binary, policy, port, data_dir, threads):
-    cmd = [binary, "serve", "--policy", policy, "--port", str(port), "--data-dir", data_dir,
-           "--threads", str(threads), "--parallel", "4", "--ctx-size", "8192"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(data_dir, "serve.log"), "w"),
-                            start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{binary} exited at start: see {data_dir}/serve.log")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
-            return proc
-        except OSError:
-            time.sleep(1)
-    os.killpg(proc.pid, signal.SIGTERM)
-    sys.exit(f"{binary} did not become ready in 300 s")
 
 
 def first_token(port, item, max_tokens):
@@ -83,17 +60,15 @@ def first_token(port, item, max_tokens):
 def run(label, binary, a, chosen):
     data_dir = os.path.join(a.work, label)
     os.makedirs(data_dir, exist_ok=True)
-    proc = serve(binary, a.policy, a.port, data_dir, a.threads)
+    cmd = [binary, "serve", "--policy", a.policy, "--port", str(a.port), "--data-dir", data_dir,
+           "--threads", str(a.threads), "--parallel", "4", "--ctx-size", "8192"]
     out = {}
-    try:
+    with served(label, cmd, None, a.port, "auto", os.path.join(data_dir, "serve.log")):
         for i, item in enumerate(chosen):
             route, ttft = first_token(a.port, item, a.max_tokens)
             out[item["id"]] = (route, ttft)
             print(f"  {label:6} {i + 1:3}/{len(chosen)} {item['id']:24} {route:14} TTFT {ttft or float('nan'):8.0f} ms",
                   file=sys.stderr)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
     return out
 
 
