@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
+use clap::Parser;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -23,28 +24,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 type Upstream = Client<HttpConnector, Incoming>;
 
+/// The floor for gateway overhead: a bare single-threaded hyper forwarder.
+#[derive(Parser)]
+#[command(name = "gateway-floor")]
 struct Args {
+    /// Address to serve on.
+    #[arg(long, value_name = "HOST:PORT")]
     listen: SocketAddr,
-    /// `http://host:port`: the request's path and query are kept.
+    /// The upstream, `http://HOST:PORT`; each request's path and query are kept.
+    #[arg(long, value_name = "URL")]
     upstream: Uri,
-}
-
-fn args() -> anyhow::Result<Args> {
-    let mut it = std::env::args().skip(1);
-    let (mut listen, mut upstream) = (None, None);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--listen" => listen = Some(value.parse().with_context(|| format!("--listen {value}: not host:port"))?),
-            "--upstream" => upstream = Some(value.parse::<Uri>().with_context(|| format!("--upstream {value}"))?),
-            _ => bail!("unknown flag {flag}; usage: gateway-floor --listen HOST:PORT --upstream http://HOST:PORT"),
-        }
-    }
-    let upstream = upstream.context("--upstream http://HOST:PORT is required")?;
-    if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
-        bail!("--upstream {upstream}: give http://HOST:PORT (the floor speaks plain HTTP/1.1)");
-    }
-    Ok(Args { listen: listen.context("--listen HOST:PORT is required")?, upstream })
 }
 
 async fn forward(client: Upstream, upstream: Uri, mut req: Request<Incoming>) -> anyhow::Result<Response<Incoming>> {
@@ -57,7 +46,10 @@ async fn forward(client: Upstream, upstream: Uri, mut req: Request<Incoming>) ->
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let Args { listen, upstream } = args()?;
+    let Args { listen, upstream } = Args::parse();
+    if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
+        bail!("--upstream {upstream}: give http://HOST:PORT (the floor speaks plain HTTP/1.1)");
+    }
     let client: Upstream = Client::builder(TokioExecutor::new()).build_http();
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     eprintln!("gateway-floor: {listen} -> {upstream}");
