@@ -43,8 +43,8 @@ pub struct ServeConfig {
     /// Serve a non-loopback address with no API keys (open to anyone who
     /// reaches it). Off: such a server refuses to start.
     pub allow_unauthenticated: bool,
-    /// Verify cascades scoring on one model at once (each builds a llama.cpp
-    /// context of its own).
+    /// Verify cascades scoring on one model at once (each takes one of the
+    /// engine's sequences while it scores).
     pub max_verifies: usize,
     /// Route name or model id → price (`[prices.NAME]`); answers on priced
     /// routes get their cost recorded.

@@ -238,7 +238,7 @@ pub enum Action {
         hold_tokens: usize,
         /// What a `verify_*` cascade does when every verifier slot of the
         /// escalation model is busy (`max-verifies` bounds them, since each
-        /// verify builds a llama.cpp context of its own).
+        /// verify takes one of the engine's sequences while it scores).
         #[serde(default)]
         when_verifier_busy: VerifierBusy,
     },

@@ -61,8 +61,9 @@ pub struct RoutingOptions {
     /// runner's tool). Off by default: any client could otherwise skip the
     /// routing rules.
     pub allow_force_route: bool,
-    /// Verify cascades scoring on one model at once; each builds a llama.cpp
-    /// context of its own, so this bounds their memory. Past it, a cascade
+    /// Verify cascades scoring on one model at once; each takes one of the
+    /// engine's sequences while it scores, so this bounds how many of them
+    /// verdicts hold. Past it, a cascade
     /// does what its `when_verifier_busy` says.
     pub max_verifies: usize,
 }
