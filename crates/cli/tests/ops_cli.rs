@@ -7,7 +7,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{start, BIN};
+use common::{start, start_logged, BIN};
 use serde_json::Value;
 
 fn switchyard(args: &[&str], key: &str) -> Output {
@@ -18,8 +18,20 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// One test at a time: each serves SmolLM2, and two llama.cpp servers
+/// computing at once on a 2-core machine starve each other's threads (a CI
+/// run saw the game day's local route miss its 10 s first-token timeout on
+/// almost every request).
+static ONE_SERVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_server() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed holding it poisons it; the next may still run.
+    ONE_SERVER.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn an_operator_applies_rolls_back_and_breaks_the_local_route_under_a_game_day() {
+    let _one = one_server();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
@@ -35,17 +47,16 @@ fn an_operator_applies_rolls_back_and_breaks_the_local_route_under_a_game_day() 
     let policy = shipped.replace("http://127.0.0.1:18100/v1", &mock_url);
     let policy_file = dir.path().join("policy.toml");
     std::fs::write(&policy_file, &policy).unwrap();
-    let (mut server, url) = start(&[
-        "serve",
-        "--policy",
-        policy_file.to_str().unwrap(),
-        "--port",
-        "0",
-        "--data-dir",
-        data,
-        "--parallel",
-        "4",
-    ]);
+    let log = dir.path().join("server.log");
+    let (mut server, url) = start_logged(
+        &["serve", "--policy", policy_file.to_str().unwrap(), "--port", "0", "--data-dir", data, "--parallel", "4"],
+        Some(&log),
+    );
+    let log_tail = || {
+        let all = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = all.lines().collect();
+        format!("\nthe server's log, last lines:\n{}", lines[lines.len().saturating_sub(40)..].join("\n"))
+    };
 
     // Apply a second version (the cloud first), read the history, roll back.
     let v2_file = dir.path().join("policy-2.toml");
@@ -98,8 +109,8 @@ fn an_operator_applies_rolls_back_and_breaks_the_local_route_under_a_game_day() 
         &key,
     );
     let report = text(&run.stdout);
-    assert!(run.status.success(), "{report}{}", text(&run.stderr));
-    assert!(report.contains("— PASS") && report.contains("fallbacks fired: local"), "{report}");
+    assert!(run.status.success(), "{report}{}{}", text(&run.stderr), log_tail());
+    assert!(report.contains("— PASS") && report.contains("fallbacks fired: local"), "{report}{}", log_tail());
     let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("gameday.json")).unwrap()).unwrap();
     let r = &json["report"];
     assert_eq!(r["sent"]["failed_unstreamed"], 0, "{r}");
@@ -151,6 +162,7 @@ fn word_set(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn a_worse_model_behind_the_same_route_is_rolled_back_by_the_canary_eval() {
+    let _one = one_server();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
