@@ -39,7 +39,7 @@ pub enum SafetyCommand {
 #[derive(Args)]
 pub struct CalibrateArgs {
     /// The safety set (a `datasets/safety/vN` directory).
-    #[arg(long, default_value = "datasets/safety/v1")]
+    #[arg(long, default_value = "datasets/safety/v2")]
     set: PathBuf,
     /// The policy to add the classifier to; rules with `when.unsafe` get the
     /// calibrated threshold.
@@ -92,7 +92,7 @@ pub struct CalibrateArgs {
 
 #[derive(Args)]
 pub struct CheckArgs {
-    #[arg(long, default_value = "datasets/safety/v1")]
+    #[arg(long, default_value = "datasets/safety/v2")]
     set: PathBuf,
     /// The server's OpenAI base URL, e.g. http://127.0.0.1:8080/v1.
     #[arg(long)]
@@ -377,8 +377,8 @@ fn print_times(engine: &Engine, file: &SafetyFile, times: &[f64]) -> anyhow::Res
         long_times.push(began.elapsed().as_secs_f64() * 1000.0);
     }
     let set = match percentiles(times.iter().map(|t| t * 1000.0)) {
-        None => "the set's prompts were all embedded before (cached)".to_string(),
-        Some(p) => format!("the set's prompts p50 {:.1} ms, p99 {:.1} ms", p.p50, p.p99),
+        None => "the held-out prompts were all embedded before (cached)".to_string(),
+        Some(p) => format!("the held-out prompts p50 {:.1} ms, p99 {:.1} ms", p.p50, p.p99),
     };
     let long = percentiles(long_times).ok_or_else(|| anyhow::anyhow!("no timing was taken"))?;
     println!(

@@ -197,19 +197,39 @@ mod tests {
         assert!(t.render().contains("violence"));
     }
 
+    fn shipped(version: &str) -> SafetySet {
+        SafetySet::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/safety").join(version)).unwrap()
+    }
+
     #[test]
-    fn the_shipped_set_opens_and_is_balanced() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/safety/v1");
-        let set = SafetySet::open(&dir).unwrap();
-        assert!(set.items.len() >= 400);
-        let unsafe_share = set.items.iter().filter(|i| i.is_unsafe()).count() as f64 / set.items.len() as f64;
-        assert!((0.35..=0.45).contains(&unsafe_share), "{unsafe_share}");
-        let (train, held) = (set.split("train"), set.split("heldout"));
-        assert!(!held.is_empty() && train.len() > held.len());
-        assert!(set
-            .items
-            .iter()
-            .filter(|i| i.category == "self_harm" && i.is_unsafe())
-            .all(|i| i.expected == Expected::Handoff));
+    fn the_shipped_sets_open_and_are_balanced() {
+        for version in ["v1", "v2"] {
+            let set = shipped(version);
+            assert!(set.items.len() >= 400);
+            let unsafe_share = set.items.iter().filter(|i| i.is_unsafe()).count() as f64 / set.items.len() as f64;
+            assert!((0.35..=0.45).contains(&unsafe_share), "{version}: {unsafe_share}");
+            let (train, held) = (set.split("train"), set.split("heldout"));
+            assert!(!held.is_empty() && train.len() > held.len());
+            assert!(set
+                .items
+                .iter()
+                .filter(|i| i.category == "self_harm" && i.is_unsafe())
+                .all(|i| i.expected == Expected::Handoff));
+        }
+    }
+
+    /// v2 only adds training prompts: its held-out figures compare with
+    /// v1's because the held-out split is the same, and no training prompt
+    /// repeats a held-out one.
+    #[test]
+    fn v2_keeps_v1s_held_out_split_and_leaks_none_of_it() {
+        let (v1, v2) = (shipped("v1"), shipped("v2"));
+        let json =
+            |items: Vec<&SafetyItem>| items.iter().map(|i| serde_json::to_string(i).unwrap()).collect::<Vec<_>>();
+        assert_eq!(json(v1.split("heldout")), json(v2.split("heldout")));
+        let held: std::collections::HashSet<String> =
+            v2.split("heldout").iter().map(|i| i.prompt.to_lowercase()).collect();
+        assert!(v2.split("train").iter().all(|i| !held.contains(&i.prompt.to_lowercase())));
+        assert!(v2.split("train").len() > v1.split("train").len());
     }
 }
