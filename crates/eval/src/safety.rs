@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn the_shipped_sets_open_and_are_balanced() {
-        for version in ["v1", "v2"] {
+        for version in ["v1", "v2", "v3"] {
             let set = shipped(version);
             assert!(set.items.len() >= 400);
             let unsafe_share = set.items.iter().filter(|i| i.is_unsafe()).count() as f64 / set.items.len() as f64;
@@ -218,18 +218,23 @@ mod tests {
         }
     }
 
-    /// v2 only adds training prompts: its held-out figures compare with
-    /// v1's because the held-out split is the same, and no training prompt
-    /// repeats a held-out one.
+    /// Later versions only add training prompts: their held-out figures
+    /// compare with v1's because the held-out split is the same, and no
+    /// training prompt repeats a held-out one.
     #[test]
-    fn v2_keeps_v1s_held_out_split_and_leaks_none_of_it() {
-        let (v1, v2) = (shipped("v1"), shipped("v2"));
+    fn later_versions_keep_v1s_held_out_split_and_leak_none_of_it() {
+        let v1 = shipped("v1");
         let json =
             |items: Vec<&SafetyItem>| items.iter().map(|i| serde_json::to_string(i).unwrap()).collect::<Vec<_>>();
-        assert_eq!(json(v1.split("heldout")), json(v2.split("heldout")));
-        let held: std::collections::HashSet<String> =
-            v2.split("heldout").iter().map(|i| i.prompt.to_lowercase()).collect();
-        assert!(v2.split("train").iter().all(|i| !held.contains(&i.prompt.to_lowercase())));
-        assert!(v2.split("train").len() > v1.split("train").len());
+        let mut train = v1.split("train").len();
+        for version in ["v2", "v3"] {
+            let set = shipped(version);
+            assert_eq!(json(v1.split("heldout")), json(set.split("heldout")), "{version}");
+            let held: std::collections::HashSet<String> =
+                set.split("heldout").iter().map(|i| i.prompt.to_lowercase()).collect();
+            assert!(set.split("train").iter().all(|i| !held.contains(&i.prompt.to_lowercase())), "{version}");
+            assert!(set.split("train").len() > train, "{version} adds training prompts");
+            train = set.split("train").len();
+        }
     }
 }
