@@ -39,7 +39,7 @@ pub enum SafetyCommand {
 #[derive(Args)]
 pub struct CalibrateArgs {
     /// The safety set (a `datasets/safety/vN` directory).
-    #[arg(long, default_value = "datasets/safety/v3")]
+    #[arg(long, default_value = "datasets/safety/v4")]
     set: PathBuf,
     /// The policy to add the classifier to; rules with `when.unsafe` get the
     /// calibrated threshold.
@@ -92,7 +92,7 @@ pub struct CalibrateArgs {
 
 #[derive(Args)]
 pub struct CheckArgs {
-    #[arg(long, default_value = "datasets/safety/v3")]
+    #[arg(long, default_value = "datasets/safety/v4")]
     set: PathBuf,
     /// The server's OpenAI base URL, e.g. http://127.0.0.1:8080/v1.
     #[arg(long)]
