@@ -92,8 +92,8 @@ pub struct ServeArgs {
     #[arg(long, value_enum)]
     redis_fail: Option<FailArg>,
     /// Verify cascades scoring on one model at once; each takes one of the
-    /// engine's sequences while it scores. Past it, a cascade escalates or answers 429, as
-    /// its rule's `when_verifier_busy` says [default: 2]
+    /// engine's sequences while it scores. Past it, a cascade escalates or
+    /// answers 429, as its rule's `when_verifier_busy` says [default: 2]
     #[arg(long)]
     max_verifies: Option<usize>,
     /// This replica's name in every request's record [default: HOSTNAME:PORT]

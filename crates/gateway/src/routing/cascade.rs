@@ -121,8 +121,8 @@ impl Routing {
     /// The escalation model's verdict on a fast answer: its logprobs of the
     /// held text, teacher-forced after the same messages, queued in that
     /// model's engine (whose prefix cache then keeps the prompt for the
-    /// escalated answer), within the model's verifier slots. An answer nobody could
-    /// check (empty, scoring failed) is never sent as checked.
+    /// escalated answer), within the model's verifier slots. An answer
+    /// nobody could check (empty, scoring failed) is never sent as checked.
     async fn verify(&self, plan: &CascadePlan, req: &ChatRequest, text: String) -> Result<Confidence, Unverified> {
         let route = plan.escalate.first().and_then(|name| self.routes.get(name)).ok_or(Unverified::Unchecked)?;
         if text.is_empty() {

@@ -63,8 +63,8 @@ pub struct RoutingOptions {
     pub allow_force_route: bool,
     /// Verify cascades scoring on one model at once; each takes one of the
     /// engine's sequences while it scores, so this bounds how many of them
-    /// verdicts hold. Past it, a cascade
-    /// does what its `when_verifier_busy` says.
+    /// verdicts hold. Past it, a cascade does what its `when_verifier_busy`
+    /// says.
     pub max_verifies: usize,
 }
 
