@@ -42,8 +42,9 @@ def ask(seed):
     ]
 
 
-def one(port, model, seed, max_tokens):
-    body = json.dumps({"model": model, "messages": ask(seed), "max_tokens": max_tokens, "temperature": 0,
+def one(port, model, messages, max_tokens):
+    """One greedy streamed request: its timing, text and drafting counts."""
+    body = json.dumps({"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
                        "stream": True, "stream_options": {"include_usage": True}})
     t0, chunks = stream_chat(port, body)
     first = last = None
@@ -62,7 +63,9 @@ def one(port, model, seed, max_tokens):
             "draft_n_accepted": timings.get("draft_n_accepted", 0)}
 
 
-def load(port, model, concurrency, seeds, max_tokens):
+def load(port, model, concurrency, seeds, max_tokens, messages=ask):
+    """`messages(seed)` for each seed, `concurrency` at a time; the results
+    by seed, and the wall time."""
     results, lock = [], threading.Lock()
     queue = list(seeds)
 
@@ -72,7 +75,7 @@ def load(port, model, concurrency, seeds, max_tokens):
                 if not queue:
                     return
                 seed = queue.pop(0)
-            r = one(port, model, seed, max_tokens)
+            r = one(port, model, messages(seed), max_tokens)
             with lock:
                 results.append((seed, r))
 
@@ -88,7 +91,7 @@ def load(port, model, concurrency, seeds, max_tokens):
 
 def measure(name, cmd, port, model, args):
     with served(name, cmd, dict(os.environ), port, model, os.path.join(args.out, f"{name}.log")) as proc:
-        one(port, model, 999, 8)  # warm-up
+        one(port, model, ask(999), 8)  # warm-up
         single, _ = load(port, model, 1, range(args.requests), args.max_tokens)
         multi, wall = load(port, model, 8, range(100, 100 + args.multi_requests), args.max_tokens)
         rss = peak_rss_mib(proc.pid)
@@ -112,6 +115,13 @@ def measure(name, cmd, port, model, args):
     return out
 
 
+def serve_cmd(args):
+    """`switchyard serve` for the model, threads, slots, context and port."""
+    return [args.switchyard, "serve", "--model", args.model, "--threads", str(args.threads), "--parallel",
+            str(args.parallel), "--ctx-size", str(args.ctx_size), "--port", str(args.port),
+            "--data-dir", tempfile.mkdtemp(prefix="sy-bench-")]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     server_args(ap, port=18380, ctx_size=16384)
@@ -121,9 +131,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=192)
     ap.add_argument("--out", default="bench/results/lookup")
     args, model = parse(ap)
-    base = [args.switchyard, "serve", "--model", args.model, "--threads", str(args.threads), "--parallel",
-            str(args.parallel), "--ctx-size", str(args.ctx_size), "--port", str(args.port),
-            "--data-dir", tempfile.mkdtemp(prefix="sy-bench-")]
+    base = serve_cmd(args)
     off = measure("lookup-off", base + ["--lookup-draft", "0"], args.port, model, args)
     on = measure("lookup-on", base + ["--lookup-draft", str(args.lookup_draft)], args.port, model, args)
     same = sum(off["texts"][s] == on["texts"][s] for s in off["texts"])

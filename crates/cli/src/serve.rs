@@ -58,6 +58,20 @@ pub struct ServeArgs {
     /// batch, for greedy requests; 0 turns drafting off [default: 0]
     #[arg(long, value_name = "TOKENS")]
     lookup_draft: Option<u32>,
+    /// Speculative decoding: MODEL's greedy answers are guessed a few tokens
+    /// ahead by DRAFT (a catalog id or GGUF path with the same tokenizer,
+    /// e.g. qwen2.5-coder-1.5b=qwen2.5-coder-0.5b) and verified in one batch.
+    /// Repeatable; adds to the config file's [drafts]
+    #[arg(long, value_name = "MODEL=DRAFT", value_parser = parse_draft)]
+    draft: Vec<(String, String)>,
+    /// Most tokens a draft model guesses a step for one sequence; how many
+    /// it does follows the measured acceptance and step costs [default: 8]
+    #[arg(long, value_name = "TOKENS")]
+    draft_max: Option<u32>,
+    /// Fewest tokens a draft model guesses a step; equal to --draft-max it
+    /// pins the draft length (for measuring) [default: 0]
+    #[arg(long, value_name = "TOKENS")]
+    draft_min: Option<u32>,
     /// Largest request body, in bytes [default: 4194304]
     #[arg(long)]
     max_body_bytes: Option<usize>,
@@ -115,6 +129,14 @@ pub struct ServeArgs {
     payload_key_file: Option<PathBuf>,
 }
 
+/// `MODEL=DRAFT`, as `--draft` takes it.
+fn parse_draft(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((model, draft)) if !model.is_empty() && !draft.is_empty() => Ok((model.to_string(), draft.to_string())),
+        _ => Err(format!("`{arg}` is not MODEL=DRAFT (e.g. qwen2.5-coder-1.5b=qwen2.5-coder-0.5b)")),
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum FailArg {
     Open,
@@ -138,7 +160,13 @@ impl ServeArgs {
             ($into:expr => $($field:ident),*) => { $( if let Some(v) = self.$field { $into.$field = v; } )* };
         }
         set!(cfg => host, port, max_body_bytes, max_verifies);
-        set!(cfg.engine => threads, ctx_size, parallel, batch_size, prefill_chunk, max_queue, host_cache_mib, lookup_draft);
+        set!(cfg.engine => threads, ctx_size, parallel, batch_size, prefill_chunk, max_queue, host_cache_mib, lookup_draft, draft_max, draft_min);
+        for (model, draft) in self.draft {
+            let model = switchyard_models::ModelSpec::parse(&model)
+                .map_err(|e| anyhow::anyhow!("--draft {model}={draft}: {e}"))?
+                .id();
+            cfg.drafts.insert(model, draft);
+        }
         cfg.engine.prefix_cache &= !self.no_prefix_cache;
         cfg.allow_force_route |= self.allow_force_route;
         cfg.allow_unauthenticated |= self.allow_unauthenticated;

@@ -10,6 +10,7 @@
 // may unwrap: see clippy.toml).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod draft;
 mod embed;
 mod logprobs;
 mod lookup;
@@ -62,6 +63,8 @@ pub enum LoadError {
     Model { path: PathBuf, reason: String },
     #[error("llama.cpp could not create a context for {path}: {reason}")]
     Context { path: PathBuf, reason: String },
+    #[error("{draft} cannot draft for {target}: {reason}; a draft model must share the target's tokenizer")]
+    DraftVocabulary { target: PathBuf, draft: PathBuf, reason: String },
 }
 
 /// Why a request was refused before queueing.
@@ -99,7 +102,8 @@ pub struct Load {
     reused_tokens: AtomicUsize,
     /// Conversations brought back from host memory into a slot.
     restored: AtomicUsize,
-    /// Tokens guessed by prompt lookup and verified, and those kept.
+    /// Tokens guessed (by prompt lookup or the draft model) and verified,
+    /// and those kept.
     drafted: AtomicUsize,
     draft_accepted: AtomicUsize,
     /// Conversations' KV held in host memory now, and its bytes.
@@ -148,7 +152,8 @@ pub struct EngineCounters {
     pub reused_tokens: usize,
     /// Conversations restored from host memory into a slot.
     pub restored: usize,
-    /// Tokens guessed by prompt lookup and verified, and those kept.
+    /// Tokens guessed (by prompt lookup or the draft model) and verified,
+    /// and those kept.
     pub drafted: usize,
     pub draft_accepted: usize,
     /// Conversations whose KV is in host memory now.
@@ -188,13 +193,34 @@ impl Engine {
     /// Loads `path` and starts its scheduler thread. Blocks until the context
     /// exists, so a returned engine is ready to serve.
     pub fn load(id: &str, path: &Path, settings: EngineSettings) -> Result<Self, LoadError> {
+        Self::load_with_draft(id, path, None, settings)
+    }
+
+    /// As [`Engine::load`], with `draft` guessing greedy requests' next
+    /// tokens for the model to verify a batch at a time (speculative
+    /// decoding). Refuses a draft whose vocabulary differs from the model's.
+    pub fn load_with_draft(
+        id: &str,
+        path: &Path,
+        draft: Option<&Path>,
+        settings: EngineSettings,
+    ) -> Result<Self, LoadError> {
         settings.validate().map_err(|(key, msg)| LoadError::Settings(format!("{key}: {msg}")))?;
-        if !path.is_file() {
-            return Err(LoadError::Missing(path.to_path_buf()));
-        }
-        let model = LlamaModel::load_from_file(llama_backend(), path, &LlamaModelParams::default())
-            .map_err(|e| LoadError::Model { path: path.to_path_buf(), reason: e.to_string() })?;
-        let model = Arc::new(model);
+        let model = Arc::new(load_model(path)?);
+        let draft_model = match draft {
+            None => None,
+            Some(draft) => {
+                let draft_model = load_model(draft)?;
+                if let Some(reason) = draft::vocabulary_mismatch(&model, &draft_model) {
+                    return Err(LoadError::DraftVocabulary {
+                        target: path.to_path_buf(),
+                        draft: draft.to_path_buf(),
+                        reason,
+                    });
+                }
+                Some(draft_model)
+            }
+        };
         // Models without a template (base models) get ChatML, which llama.cpp knows by name.
         let template = match model.chat_template(None) {
             Ok(t) => t,
@@ -227,14 +253,24 @@ impl Engine {
                 .name(format!("sched-{id}"))
                 .spawn(move || {
                     let _alive = alive;
-                    let ctx = match model.new_context(llama_backend(), params) {
+                    let ctx = match model.new_context(llama_backend(), params.clone()) {
                         Ok(ctx) => ctx,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e.to_string()));
                             return;
                         }
                     };
-                    let scheduler = Scheduler::new(&model, ctx, settings.clone(), rx, sched_load);
+                    let drafter = match &draft_model {
+                        None => None,
+                        Some(draft) => match draft.new_context(llama_backend(), params) {
+                            Ok(ctx) => Some(draft::Drafter::new(draft, ctx, settings.parallel, settings.batch_size)),
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(format!("the draft model's context: {e}")));
+                                return;
+                            }
+                        },
+                    };
+                    let scheduler = Scheduler::new(&model, ctx, drafter, settings.clone(), rx, sched_load);
                     let _ = ready_tx.send(Ok(scheduler.n_ctx_seq()));
                     scheduler.run();
                 })
@@ -248,7 +284,8 @@ impl Engine {
             .map_err(|_| "scheduler thread exited during start-up".to_string())
             .and_then(|r| r)
             .map_err(|reason| LoadError::Context { path: path.to_path_buf(), reason })?;
-        tracing::info!(model = id, path = %path.display(), threads, n_ctx_seq, parallel = settings.parallel, "model loaded");
+        let draft = draft.map(|d| d.display().to_string());
+        tracing::info!(model = id, path = %path.display(), ?draft, threads, n_ctx_seq, parallel = settings.parallel, "model loaded");
         Ok(Self {
             id: id.to_string(),
             load,
@@ -392,6 +429,14 @@ impl Engine {
         }
         Ok(Some(LlamaSampler::chain_simple(chain)))
     }
+}
+
+fn load_model(path: &Path) -> Result<LlamaModel, LoadError> {
+    if !path.is_file() {
+        return Err(LoadError::Missing(path.to_path_buf()));
+    }
+    LlamaModel::load_from_file(llama_backend(), path, &LlamaModelParams::default())
+        .map_err(|e| LoadError::Model { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 /// Folds a 64-bit request seed into llama.cpp's 32 bits. `u32::MAX` is

@@ -25,7 +25,7 @@ pub struct LogitStats {
 impl LogitStats {
     pub fn of(logits: &[f32]) -> Self {
         let max = lane_max(logits);
-        let argmax = logits.iter().position(|&l| l == max).unwrap_or(0);
+        let argmax = first_index_of(logits, max);
         let mut acc = [0f32; LANES];
         let chunks = logits.chunks_exact(LANES);
         let tail: f32 = chunks.remainder().iter().map(|&l| exp_nonpositive(l - max)).sum();
@@ -57,6 +57,16 @@ impl LogitStats {
         }
         best.into_iter().map(|(i, l)| (i, l - self.log_z)).collect()
     }
+}
+
+/// First index of the largest logit, without the normaliser: what a
+/// drafter's greedy guess needs.
+pub fn argmax(logits: &[f32]) -> usize {
+    first_index_of(logits, lane_max(logits))
+}
+
+fn first_index_of(logits: &[f32], max: f32) -> usize {
+    logits.iter().position(|&l| l == max).unwrap_or(0)
 }
 
 fn lane_max(xs: &[f32]) -> f32 {

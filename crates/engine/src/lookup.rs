@@ -94,9 +94,23 @@ pub(crate) struct DraftLength {
     idle: u32,
 }
 
-/// A sequence not worth drafting for still guesses one token this often,
-/// to notice when its answer starts quoting.
+/// A sequence not worth drafting for still guesses one token at least
+/// this many steps apart, to notice when its answer starts quoting (or its
+/// draft model starts agreeing).
 const PROBE_EVERY: u32 = 8;
+
+/// The most of the steps between two probes that a probe may cost.
+const PROBE_SHARE: f64 = 0.05;
+
+/// Steps between probes: a probe turns a one-token step into a two-token
+/// one and adds a guess, so where those are dear (a CPU's matrix-matrix
+/// kernel, a draft model's step) probes come further apart.
+fn probe_every(cost: &StepCost, per_guess_ms: f64) -> u32 {
+    let one = cost.of(1).max(1e-3);
+    let probe_ms = (cost.of(2) - one).max(0.0) + per_guess_ms;
+    let every = (probe_ms / (PROBE_SHARE * one)).ceil();
+    PROBE_EVERY.max(if every < f64::from(u32::MAX) { every as u32 } else { u32::MAX })
+}
 
 impl DraftLength {
     pub fn new(max: usize) -> Self {
@@ -104,24 +118,26 @@ impl DraftLength {
         Self { max, kept: 3.0, misses: 1.0, idle: 0 }
     }
 
-    /// The draft length with the most expected tokens per millisecond of
-    /// step: `1 + a + … + a^k` tokens for a step of `k + 1` tokens, `a` the
-    /// chance a guessed token is right. At most `cap`.
-    pub fn choose(&mut self, cost: &StepCost, cap: usize) -> usize {
+    /// The draft length with the most expected tokens per millisecond:
+    /// `1 + a + … + a^k` tokens for a step of `k + 1` tokens and `k`
+    /// guesses at `per_guess_ms` each (a draft model's step; nothing for
+    /// prompt lookup), `a` the chance a guessed token is right. At most
+    /// `cap`.
+    pub fn choose(&mut self, cost: &StepCost, cap: usize, per_guess_ms: f64) -> usize {
         let a = self.kept / (self.kept + self.misses);
         let (mut best, mut best_rate) = (0, 1.0 / cost.of(1).max(1e-3));
         let (mut expected, mut p) = (1.0, 1.0);
         for k in 1..=self.max.min(cap).min(COSTED - 1) {
             p *= a;
             expected += p;
-            let rate = expected / cost.of(k + 1).max(1e-3);
+            let rate = expected / (cost.of(k + 1) + k as f64 * per_guess_ms).max(1e-3);
             if rate > best_rate {
                 (best, best_rate) = (k, rate);
             }
         }
         if best == 0 {
             self.idle += 1;
-            if self.idle >= PROBE_EVERY && cap > 0 {
+            if self.idle >= probe_every(cost, per_guess_ms) && cap > 0 {
                 self.idle = 0;
                 return 1;
             }
@@ -186,15 +202,16 @@ mod tests {
         for _ in 0..20 {
             quoting.update(8, 8);
         }
-        assert_eq!(quoting.choose(&cheap, 8), 8, "every guess kept and guesses cheap: draft all");
-        assert_eq!(quoting.choose(&cheap, 3), 3, "never past the cap");
-        assert!(quoting.choose(&dear, 8) < 8, "a guess as dear as a step is worth less");
+        assert_eq!(quoting.choose(&cheap, 8, 0.0), 8, "every guess kept and guesses cheap: draft all");
+        assert_eq!(quoting.choose(&cheap, 3, 0.0), 3, "never past the cap");
+        assert!(quoting.choose(&dear, 8, 0.0) < 8, "a guess as dear as a step is worth less");
+        assert_eq!(quoting.choose(&cheap, 8, 30.0), 0, "a draft step dearer than a target step never pays");
 
         let mut wandering = DraftLength::new(8);
         for _ in 0..20 {
             wandering.update(2, 0);
         }
-        let picks: Vec<usize> = (0..PROBE_EVERY).map(|_| wandering.choose(&cheap, 8)).collect();
+        let picks: Vec<usize> = (0..PROBE_EVERY).map(|_| wandering.choose(&cheap, 8, 0.0)).collect();
         assert_eq!(picks.iter().filter(|&&k| k == 0).count() as u32, PROBE_EVERY - 1, "{picks:?}");
         assert_eq!(picks.last(), Some(&1), "an occasional one-token probe");
     }
@@ -213,6 +230,11 @@ mod tests {
         }
         // Kept guesses at ~0.7 a token: 1 + 0.7 + 0.5 + 0.35 tokens in 60 ms
         // is fewer per ms than one in 19 ms, so it does not draft.
-        assert_eq!(fairly_good.choose(&cost, 3), 0);
+        assert_eq!(fairly_good.choose(&cost, 3, 0.0), 0);
+        // A probe adds 25 ms to a 19 ms step: at most 5% of the steps
+        // between probes means one in 27; a 37 ms draft step, one in 66.
+        assert_eq!((probe_every(&cost, 0.0), probe_every(&cost, 37.0)), (27, 66));
+        let picks: Vec<usize> = (0..27).map(|_| fairly_good.choose(&cost, 3, 0.0)).collect();
+        assert_eq!(picks.iter().filter(|&&k| k > 0).count(), 1, "{picks:?}");
     }
 }

@@ -34,6 +34,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use switchyard_wire::FinishReason;
 
+use crate::draft::{Ask, Drafter};
 use crate::logprobs::LogitStats;
 use crate::lookup;
 use crate::prefix_cache::PrefixCache;
@@ -53,6 +54,9 @@ pub(crate) struct Scheduler<'m> {
     cache: PrefixCache,
     /// What a decode step costs, measured: what drafting trades against.
     step_cost: lookup::StepCost,
+    /// The draft model, when the engine has one; otherwise drafting (if
+    /// `lookup-draft` allows) is prompt lookup.
+    drafter: Option<Drafter<'m>>,
     batch: LlamaBatch<'static>,
     load: Arc<crate::Load>,
 }
@@ -64,8 +68,9 @@ struct Planned {
     logits_at: Option<i32>,
     /// The entry completes the prompt.
     prompt_complete: bool,
-    /// Prompt-lookup guesses placed right after the sampled token, each
-    /// with logits, to be verified against the model's own choices.
+    /// Guesses (prompt lookup's or the draft model's) placed right after
+    /// the sampled token, each with logits, to be verified against the
+    /// model's own choices.
     drafted: Vec<LlamaToken>,
     /// A scoring job's rows: the batch index of the first with logits, the
     /// prompt position it sits at, and how many follow it.
@@ -85,6 +90,7 @@ impl<'m> Scheduler<'m> {
     pub fn new(
         model: &'m LlamaModel,
         ctx: LlamaContext<'m>,
+        drafter: Option<Drafter<'m>>,
         settings: EngineSettings,
         jobs: Receiver<Job>,
         load: Arc<crate::Load>,
@@ -95,6 +101,7 @@ impl<'m> Scheduler<'m> {
         Self {
             cache: PrefixCache::new(settings.parallel, settings.prefix_cache, host_bytes),
             step_cost: lookup::StepCost::default(),
+            drafter,
             model,
             ctx,
             n_ctx_seq,
@@ -170,7 +177,11 @@ impl<'m> Scheduler<'m> {
                 self.load.restored.fetch_add(1, Ordering::Relaxed);
             }
             let at = self.active.partition_point(|s| s.slot < placed.slot);
-            self.active.insert(at, Sequence::new(placed.slot, job, placed.reused, self.settings.lookup_draft as usize));
+            let draft_max = match self.drafter {
+                Some(_) => self.settings.draft_max,
+                None => self.settings.lookup_draft,
+            };
+            self.active.insert(at, Sequence::new(placed.slot, job, placed.reused, draft_max as usize));
         }
         true
     }
@@ -400,42 +411,62 @@ impl<'m> Scheduler<'m> {
         plan
     }
 
-    /// Prompt-lookup guesses for the greedy sequences decoding this step,
-    /// from the budget decodes and prompt chunks left: drafting never
-    /// displaces either. The step's guesses share `lookup-draft` tokens
-    /// among the decoding sequences, and there are none once more than a
-    /// quarter of the slots decode (on a CPU every guessed token costs
-    /// compute that the other sequences' tokens need).
+    /// Guesses for the greedy sequences decoding this step, from the budget
+    /// decodes and prompt chunks left: drafting never displaces either.
+    /// There are none once more than a quarter of the slots decode (on a
+    /// CPU every guessed token costs compute that the other sequences'
+    /// tokens need). Prompt lookup's guesses share `lookup-draft` tokens
+    /// among the decoding sequences; a draft model guesses up to
+    /// `draft-max` for each.
     ///
     /// Each sequence drafts as many tokens as maximise its expected tokens
-    /// per millisecond, from its own acceptance record and the measured
-    /// step cost ([`lookup::DraftLength::choose`]).
+    /// per millisecond, from its own acceptance record, the measured step
+    /// cost and, with a draft model, its measured step
+    /// ([`lookup::DraftLength::choose`]); a draft model never fewer than
+    /// `draft-min`.
     fn plan_drafts(&mut self, grant: &[usize], budget: &mut usize) -> Vec<Vec<LlamaToken>> {
+        let none = vec![Vec::new(); self.active.len()];
         let decoding = self.active.iter().zip(grant).filter(|(s, g)| **g > 0 && s.next.is_some()).count();
-        // A batch a quarter full of decoders keeps the CPU busy already:
-        // guesses would take compute the other sequences' tokens need.
         if decoding * 4 > self.settings.parallel as usize {
-            return vec![Vec::new(); self.active.len()];
+            return none;
         }
-        let share = (self.settings.lookup_draft as usize).checked_div(decoding).unwrap_or(0);
+        let (share, per_guess_ms, floor) = match &self.drafter {
+            Some(d) => (self.settings.draft_max as usize, d.per_guess_ms(), self.settings.draft_min as usize),
+            None => ((self.settings.lookup_draft as usize).checked_div(decoding).unwrap_or(0), 0.0, 0),
+        };
         let (n_ctx_seq, cost) = (self.n_ctx_seq as usize, self.step_cost);
-        self.active
-            .iter_mut()
-            .zip(grant)
-            .map(|(seq, &g)| {
-                if g == 0 || seq.next.is_none() || share == 0 {
-                    return Vec::new();
+        let mut asks = Vec::new();
+        for (i, (seq, &g)) in self.active.iter_mut().zip(grant).enumerate() {
+            if g == 0 || seq.next.is_none() || share == 0 {
+                continue;
+            }
+            // Every guess's position stays clear of the context's end,
+            // so no step ends a sequence early for want of room.
+            let room = n_ctx_seq.saturating_sub(usize::try_from(seq.n_past).unwrap_or(0) + 3);
+            let cap = share.min(*budget).min(room).min(seq.tokens_left());
+            let Some(k) = seq.draft.as_mut().map(|d| d.choose(&cost, cap, per_guess_ms).max(floor.min(cap))) else {
+                continue;
+            };
+            if k > 0 {
+                *budget -= k;
+                asks.push((i, Ask { slot: seq.slot, context: seq.context(), k }));
+            }
+        }
+        let mut drafts = none;
+        match &mut self.drafter {
+            None => {
+                for (i, ask) in asks {
+                    drafts[i] = lookup::draft(&ask.context, ask.k);
                 }
-                // Every guess's position stays clear of the context's end,
-                // so no step ends a sequence early for want of room.
-                let room = n_ctx_seq.saturating_sub(usize::try_from(seq.n_past).unwrap_or(0) + 3);
-                let cap = share.min(*budget).min(room).min(seq.tokens_left());
-                let Some(k) = seq.draft.as_mut().map(|d| d.choose(&cost, cap)) else { return Vec::new() };
-                let guess = lookup::draft(&seq.context(), k);
-                *budget -= guess.len();
-                guess
-            })
-            .collect()
+            }
+            Some(drafter) => {
+                let (at, asks): (Vec<usize>, Vec<Ask>) = asks.into_iter().unzip();
+                for (i, guess) in at.into_iter().zip(drafter.draft(&asks)) {
+                    drafts[i] = guess;
+                }
+            }
+        }
+        drafts
     }
 
     /// One token for each decoding sequence, while the budget lasts.

@@ -26,8 +26,9 @@ pub(crate) struct Sequence {
     reused: usize,
     /// Generated tokens evaluated into the KV cache, in order.
     decoded: Vec<LlamaToken>,
-    /// Prompt-lookup drafting's length for this sequence; `None` when it
-    /// does not draft (drafting is off, or the request samples).
+    /// Drafting's length for this sequence; `None` when it does not draft
+    /// (drafting is off, or the request samples: a sampled token is not an
+    /// argmax to check a guess against).
     pub draft: Option<DraftLength>,
     /// Drafted tokens verified, and those kept.
     drafted: u32,
@@ -57,12 +58,12 @@ pub(crate) struct Sampled {
 
 impl Sequence {
     /// `reused`: the prompt's first tokens already in the slot's KV;
-    /// `lookup_draft`: the most tokens a step may draft for it (0: none).
-    pub fn new(slot: i32, job: Job, reused: usize, lookup_draft: usize) -> Self {
+    /// `draft_max`: the most tokens a step may draft for it (0: none).
+    pub fn new(slot: i32, job: Job, reused: usize, draft_max: usize) -> Self {
         let stops = StopMatcher::new(job.req.stop.clone());
         // Verification compares drafts with the argmax: greedy requests only.
         let generates = matches!(job.output, Output::Stream(_));
-        let draft = (lookup_draft > 0 && generates && job.sampler.is_none()).then(|| DraftLength::new(lookup_draft));
+        let draft = (draft_max > 0 && generates && job.sampler.is_none()).then(|| DraftLength::new(draft_max));
         Self {
             slot,
             job,

@@ -46,6 +46,14 @@ pub struct EngineSettings {
     /// shared among the sequences decoding (0: no drafting). Answers that
     /// quote their context then take several tokens a step.
     pub lookup_draft: u32,
+    /// With a draft model: most tokens it guesses a step for one greedy
+    /// sequence. How many it does guess follows the measured acceptance
+    /// and step costs, down to `draft-min`.
+    pub draft_max: u32,
+    /// With a draft model: fewest tokens it guesses a step (0: as the cost
+    /// model says, which may be none). `draft-min` = `draft-max` pins the
+    /// draft length, for measuring.
+    pub draft_min: u32,
 }
 
 impl Default for EngineSettings {
@@ -61,6 +69,8 @@ impl Default for EngineSettings {
             prefix_cache: true,
             host_cache_mib: 2048,
             lookup_draft: 0,
+            draft_max: 8,
+            draft_min: 0,
         }
     }
 }
@@ -95,6 +105,12 @@ impl EngineSettings {
         }
         if self.prefill_chunk == 0 {
             return Err(("prefill-chunk", "must be at least 1".into()));
+        }
+        if self.draft_min > self.draft_max {
+            return Err((
+                "draft-min",
+                format!("{} is above draft-max ({}); lower it or raise draft-max", self.draft_min, self.draft_max),
+            ));
         }
         if self.max_queue == 0 {
             return Err(("max-queue", "must be at least 1".into()));

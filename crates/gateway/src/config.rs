@@ -23,6 +23,10 @@ pub struct ServeConfig {
     /// `priority`, `max-queue`: declared once, in the engine.
     #[serde(skip)]
     pub engine: EngineSettings,
+    /// Model id → a draft model for it (`[drafts]`, a catalog id or a GGUF
+    /// path, sharing its tokenizer): the draft guesses that model's greedy
+    /// answers a few tokens ahead and the model verifies them in one batch.
+    pub drafts: std::collections::BTreeMap<String, String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Routing policy file; without one, `model` picks a loaded engine.
@@ -77,6 +81,7 @@ impl Default for ServeConfig {
             port: 8080,
             models: Vec::new(),
             engine: EngineSettings::default(),
+            drafts: Default::default(),
             max_body_bytes: 4 << 20,
             policy: None,
             data_dir: None,
@@ -193,6 +198,15 @@ impl ServeConfig {
         Err(unreachable(last))
     }
 
+    /// What loads this server's models: its engine settings and drafts.
+    pub fn loader(&self) -> crate::ops::models::Loader {
+        crate::ops::models::Loader {
+            settings: self.engine.clone(),
+            drafts: self.drafts.clone(),
+            cache: switchyard_models::cache_dir(),
+        }
+    }
+
     pub fn routing_options(&self) -> RoutingOptions {
         RoutingOptions { allow_force_route: self.allow_force_route, max_verifies: self.max_verifies }
     }
@@ -251,6 +265,16 @@ mod tests {
         c.validate().unwrap();
         let bad = parse("[prices.cloud]\ninput_per_1m = -0.15\noutput_per_1m = 0.6\n").unwrap();
         assert!(bad.validate().unwrap_err().to_string().contains("prices.cloud.input_per_1m"));
+    }
+
+    #[test]
+    fn drafts_name_a_draft_per_model_and_their_length_is_checked() {
+        let c = parse("draft-max = 4\n[drafts]\n\"qwen2.5-coder-1.5b\" = \"qwen2.5-coder-0.5b\"\n").unwrap();
+        assert_eq!(c.drafts.get("qwen2.5-coder-1.5b").map(String::as_str), Some("qwen2.5-coder-0.5b"));
+        assert_eq!(c.engine.draft_max, 4);
+        c.validate().unwrap();
+        let err = parse("draft-max = 2\ndraft-min = 3\n").unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("draft-min") && err.contains("draft-max"), "{err}");
     }
 
     #[test]

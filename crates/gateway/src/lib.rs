@@ -242,16 +242,17 @@ pub fn load_engines(
         // Before any engine (and so the OpenMP runtime) starts; the caller is still single-threaded.
         std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
     }
-    let cache = switchyard_models::cache_dir();
+    let loader = cfg.loader();
     let mut engines = Vec::new();
     for spec in &specs {
-        let spec = ModelSpec::parse(spec)?;
-        let id = spec.id();
+        let id = ModelSpec::parse(spec)?.id();
         if engines.iter().any(|e: &Engine| e.id() == id) {
             anyhow::bail!("model `{id}` is listed twice; each model id must be unique");
         }
-        let path = spec.ensure(&cache, progress)?;
-        engines.push(Engine::load(&id, &path, cfg.engine.clone())?);
+        engines.push(loader.load(spec, progress)?);
+    }
+    for target in cfg.drafts.keys().filter(|t| !engines.iter().any(|e| e.id() == t.as_str())) {
+        tracing::warn!(model = %target, "`drafts` names a model this server has not loaded; it drafts once a policy loads it");
     }
     Ok(engines)
 }
@@ -267,7 +268,7 @@ pub async fn serve(
     let mut state = AppState::new(vec![]);
     // Models given by name stay loaded whatever policy is applied later.
     let pinned = cfg.models.iter().filter_map(|m| ModelSpec::parse(m).ok()).map(|spec| spec.id()).collect();
-    let loader = ops::models::Loader { settings: cfg.engine.clone(), cache: switchyard_models::cache_dir() };
+    let loader = cfg.loader();
     state.models = Arc::new(ops::models::Models::new(engines).with_loader(loader, pinned));
     let store = cfg.open_store().await?;
     let keys = auth::Keys::load(store.clone()).await.map_err(|e| anyhow::anyhow!("reading API keys: {e}"))?;

@@ -39,8 +39,10 @@ async fn a_route_swaps_its_model_with_no_restart_and_the_old_one_unloads_after_i
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("smollm2-b.gguf");
     std::fs::copy(engine.path(), &copy).unwrap();
-    let models = Models::new(vec![engine])
-        .with_loader(Loader { settings, cache: switchyard_models::cache_dir() }, Default::default());
+    let models = Models::new(vec![engine]).with_loader(
+        Loader { settings, drafts: Default::default(), cache: switchyard_models::cache_dir() },
+        Default::default(),
+    );
     let store = switchyard_store::Store::open(&dir.path().join("s.db")).await.unwrap();
     let state = AppState { models: Arc::new(models), ..AppState::new(vec![]) }
         .with_policy(

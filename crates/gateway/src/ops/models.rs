@@ -32,7 +32,28 @@ pub fn model_id(spec: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Loader {
     pub settings: EngineSettings,
+    /// Model id → its draft model's spec (`[drafts]`).
+    pub drafts: std::collections::BTreeMap<String, String>,
     pub cache: PathBuf,
+}
+
+impl Loader {
+    /// Pulls (and verifies) `spec` and its draft, if `[drafts]` names one,
+    /// and loads them.
+    pub fn load(&self, spec: &str, progress: switchyard_models::Progress) -> anyhow::Result<Engine> {
+        let parsed = switchyard_models::ModelSpec::parse(spec)?;
+        let id = parsed.id();
+        let path = parsed.ensure(&self.cache, progress)?;
+        let draft = match self.drafts.get(&id) {
+            None => None,
+            Some(draft) => {
+                let draft = switchyard_models::ModelSpec::parse(draft)
+                    .map_err(|e| anyhow::anyhow!("`drafts.\"{id}\"`: {e}"))?;
+                Some(draft.ensure(&self.cache, progress).map_err(|e| anyhow::anyhow!("`drafts.\"{id}\"`: {e}"))?)
+            }
+        };
+        Ok(Engine::load_with_draft(&id, &path, draft.as_deref(), self.settings.clone())?)
+    }
 }
 
 pub struct Models {
@@ -72,12 +93,8 @@ impl Models {
             };
             let spec = spec.to_string();
             tracing::info!(model = %spec, "loading a model the new policy names, beside the ones serving");
-            let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
-                let parsed = switchyard_models::ModelSpec::parse(&spec)?;
-                let path = parsed.ensure(&loader.cache, switchyard_models::Progress::Quiet)?;
-                Ok(Engine::load(&parsed.id(), &path, loader.settings.clone())?)
-            })
-            .await??;
+            let engine =
+                tokio::task::spawn_blocking(move || loader.load(&spec, switchyard_models::Progress::Quiet)).await??;
             let (id, path) = (engine.id().to_string(), engine.path().to_path_buf());
             let engine = Arc::new(engine);
             self.loaded.rcu(|all| {
