@@ -24,7 +24,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::logprobs;
+use crate::{logprobs, lookup};
 
 pub(crate) struct Drafter<'m> {
     model: &'m LlamaModel,
@@ -73,13 +73,12 @@ impl<'m> Drafter<'m> {
     /// costs: a guess after a fully kept round pays a two-token catch-up,
     /// which on a CPU costs about two one-token steps.
     pub fn draft(&mut self, asks: &[Ask]) -> Vec<Vec<LlamaToken>> {
-        const WEIGHT: f64 = 0.2;
         let started = Instant::now();
         let guesses = self.guess(asks);
         let made = guesses.iter().map(Vec::len).sum::<usize>();
         if made > 0 {
             let ms = started.elapsed().as_secs_f64() * 1e3 / made as f64;
-            self.step_ms = Some(self.step_ms.map_or(ms, |old| old + WEIGHT * (ms - old)));
+            self.step_ms = Some(lookup::smoothed(self.step_ms, ms));
         }
         guesses
     }

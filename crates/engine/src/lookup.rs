@@ -64,9 +64,8 @@ impl Default for StepCost {
 impl StepCost {
     /// Folds in a measured decode of `tokens` tokens (no prompt chunks).
     pub fn observe(&mut self, tokens: usize, ms: f64) {
-        const WEIGHT: f64 = 0.2;
         if let Some(slot) = tokens.checked_sub(1).and_then(|i| self.ms.get_mut(i)) {
-            *slot = Some(slot.map_or(ms, |old| old + WEIGHT * (ms - old)));
+            *slot = Some(smoothed(*slot, ms));
         }
     }
 
@@ -78,6 +77,13 @@ impl StepCost {
         let guess = one * (1.0 + 0.25 * tokens.saturating_sub(1) as f64);
         tokens.checked_sub(1).and_then(|i| self.ms.get(i).copied().flatten()).unwrap_or(guess)
     }
+}
+
+/// `ms` folded into a running cost (the first measurement stands alone):
+/// recent steps weigh most, since the machine's load changes.
+pub(crate) fn smoothed(old: Option<f64>, ms: f64) -> f64 {
+    const WEIGHT: f64 = 0.2;
+    old.map_or(ms, |old| old + WEIGHT * (ms - old))
 }
 
 /// One sequence's drafting record: how often a guessed token is right, and
