@@ -30,7 +30,9 @@ pub struct EngineSettings {
     /// Most tokens in one llama.cpp decode call.
     pub batch_size: u32,
     /// Most prompt tokens evaluated in one scheduler step, across all
-    /// sequences (chunked prefill). Smaller keeps decoders responsive.
+    /// sequences, while any sequence decodes (chunked prefill). Smaller
+    /// keeps decoders responsive; with none decoding, a step evaluates up
+    /// to `batch-size` prompt tokens.
     pub prefill_chunk: u32,
     /// Which work goes first within a step.
     pub priority: Priority,
