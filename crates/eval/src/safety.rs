@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn the_shipped_sets_open_and_are_balanced() {
-        for version in ["v1", "v2", "v3", "v4"] {
+        for version in ["v1", "v2", "v3", "v4", "v5"] {
             let set = shipped(version);
             assert!(set.items.len() >= 400);
             let unsafe_share = set.items.iter().filter(|i| i.is_unsafe()).count() as f64 / set.items.len() as f64;
@@ -227,7 +227,7 @@ mod tests {
         let json =
             |items: Vec<&SafetyItem>| items.iter().map(|i| serde_json::to_string(i).unwrap()).collect::<Vec<_>>();
         let mut train = v1.split("train").len();
-        for version in ["v2", "v3", "v4"] {
+        for version in ["v2", "v3", "v4", "v5"] {
             let set = shipped(version);
             assert_eq!(json(v1.split("heldout")), json(set.split("heldout")), "{version}");
             let held: std::collections::HashSet<String> =
