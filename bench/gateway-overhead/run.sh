@@ -36,23 +36,14 @@ port="${SWITCHYARD_PORT:-18090}"
 
 cd "$root"
 source scripts/setup.sh
+source bench/mock-route.sh
 cargo build --release --locked --bin switchyard --bin gateway-floor
 bin="${CARGO_TARGET_DIR:-$root/target}/release/switchyard"
 floor="${CARGO_TARGET_DIR:-$root/target}/release/gateway-floor"
 
 run_dir="$(mktemp -d)"
 trap 'rm -rf "$run_dir"' EXIT
-cat > "$run_dir/policy.toml" <<TOML
-version = "gateway-overhead.1"
-default_route = "mock"
-
-[[routes]]
-name = "mock"
-backend = "upstream"
-model = "mock"
-url = "http://127.0.0.1:$mock_port/v1"
-allowed_classes = ["public", "internal"]
-TOML
+mock_policy gateway-overhead.1 "$mock_port" >"$run_dir/policy.toml"
 "$bin" policy validate "$run_dir/policy.toml"
 
 # One key, with every limit far above what the load reaches, in the keyed

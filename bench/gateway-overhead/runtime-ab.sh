@@ -13,6 +13,7 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 harness="${GATEWAY_OVERHEAD_DIR:-$root/../shared/bench/gateway-overhead}"
 cd "$root"
 source scripts/setup.sh
+source bench/mock-route.sh
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 cargo build --release --locked --bin switchyard --bin gateway-floor
 mock_target="${XDG_CACHE_HOME:-$HOME/.cache}/switchyard-gateway-overhead/mock-target"
@@ -23,20 +24,9 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$run_dir"' EXIT
 MOCK_ADDR=127.0.0.1:18080 "$mock_target/release/mock-upstream" >"$run_dir/mock.log" 2>&1 &
 pids+=($!)
-cat >"$run_dir/policy.toml" <<TOML
-version = "runtime-ab.1"
-default_route = "mock"
-
-[[routes]]
-name = "mock"
-backend = "upstream"
-model = "mock"
-url = "http://127.0.0.1:18080/v1"
-allowed_classes = ["public", "internal"]
-TOML
+mock_policy runtime-ab.1 18080 >"$run_dir/policy.toml"
 export BENCH_BODY='{"model":"mock","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16}'
 tck="$(getconf CLK_TCK)"
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 wait_ready() { for _ in $(seq 60); do curl -sf "$1" >/dev/null && return 0; sleep 0.5; done; echo "not ready: $1" >&2; head -20 "$run_dir/sy.log" >&2; return 1; }
 measure() { # label pid url
   wrk -t1 -c10 -d2s -s "$harness/post.lua" "$3" >/dev/null 2>&1

@@ -20,6 +20,7 @@ command -v wrk >/dev/null || { echo "wrk is missing: run ../shared/bench/gateway
 
 cd "$root"
 source scripts/setup.sh
+source bench/mock-route.sh
 cargo build --release --locked --bin switchyard
 bin="${CARGO_TARGET_DIR:-$root/target}/release/switchyard"
 dir="$(mktemp -d)"
@@ -28,19 +29,8 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$di
 
 "$bin" bench mock --port "$mock_port" --ttft-ms 0 --itl-ms 0 --chunks 20 >"$dir/mock.log" 2>&1 &
 pids+=($!)
-cat >"$dir/policy.toml" <<TOML
-version = "telemetry-on-off.1"
-default_route = "mock"
+mock_policy telemetry-on-off.1 "$mock_port" >"$dir/policy.toml"
 
-[[routes]]
-name = "mock"
-backend = "upstream"
-model = "mock"
-url = "http://127.0.0.1:$mock_port/v1"
-allowed_classes = ["public", "internal"]
-TOML
-
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
 # Prints the CPU microseconds per request of one measured run.
@@ -54,10 +44,10 @@ measure() { # data dir, body, serve flags...
   local url="http://127.0.0.1:$port/v1/chat/completions"
   BENCH_BODY="$body" wrk -t1 -c"$conns" -d3s -s "$lua" "$url" >/dev/null 2>&1
   local before
-  before=$(ticks "$pid")
+  before=$(cpu_ticks "$pid")
   BENCH_BODY="$body" wrk -t1 -c"$conns" -d"${secs}s" -s "$lua" "$url" >"$data.wrk" 2>&1
   local after n
-  after=$(ticks "$pid")
+  after=$(cpu_ticks "$pid")
   n=$(grep -o '"requests":[0-9]*' "$data.wrk" | cut -d: -f2)
   kill "$pid"
   wait "$pid" 2>/dev/null || true

@@ -19,6 +19,7 @@ port="${SWITCHYARD_PORT:-18190}"
 
 cd "$root"
 source scripts/setup.sh
+source bench/mock-route.sh
 cargo build --release --locked --bin switchyard
 bin="${CARGO_TARGET_DIR:-$root/target}/release/switchyard"
 dir="$(mktemp -d)"
@@ -42,17 +43,7 @@ wait_listening() {
 
 "$bin" bench mock --port "$mock_port" --ttft-ms 1 --itl-ms 0 --chunks 4 >"$dir/mock.log" 2>&1 &
 pids+=($!)
-cat >"$dir/policy.toml" <<TOML
-version = "telemetry-bench.1"
-default_route = "mock"
-
-[[routes]]
-name = "mock"
-backend = "upstream"
-model = "mock"
-url = "http://127.0.0.1:$mock_port/v1"
-allowed_classes = ["public", "internal"]
-TOML
+mock_policy telemetry-bench.1 "$mock_port" >"$dir/policy.toml"
 "$bin" bench trace generate --scenario burst --rate "$rate" --duration-s "$secs" --factor 1 \
   --input-tokens 16 --max-tokens 16 --out "$dir/trace.jsonl" >/dev/null
 
