@@ -102,6 +102,8 @@ pub struct Load {
     reused_tokens: AtomicUsize,
     /// Conversations brought back from host memory into a slot.
     restored: AtomicUsize,
+    /// Requests that started from a copy of another slot's prefix.
+    copied: AtomicUsize,
     /// Tokens guessed (by prompt lookup or the draft model) and verified,
     /// and those kept.
     drafted: AtomicUsize,
@@ -134,6 +136,7 @@ impl Load {
             hits: get(&self.prefix_hits),
             reused_tokens: get(&self.reused_tokens),
             restored: get(&self.restored),
+            copied: get(&self.copied),
             drafted: get(&self.drafted),
             draft_accepted: get(&self.draft_accepted),
             saved_sequences: get(&self.saved_sequences),
@@ -152,6 +155,8 @@ pub struct EngineCounters {
     pub reused_tokens: usize,
     /// Conversations restored from host memory into a slot.
     pub restored: usize,
+    /// Requests that started from a copy of another slot's prefix.
+    pub copied: usize,
     /// Tokens guessed (by prompt lookup or the draft model) and verified,
     /// and those kept.
     pub drafted: usize,

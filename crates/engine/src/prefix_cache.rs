@@ -15,12 +15,19 @@
 //! slot restores it into a slot instead of prefilling it again: more
 //! conversations stay warm than there are slots.
 //!
+//! A prefix also travels between slots: when another slot (running or
+//! idle) holds more of the prompt than any free slot does, its KV is copied
+//! into the free slot worth least and cut there. Users behind one system
+//! prompt so share its prefill even while each holds a slot of their own,
+//! and a conversation is not cut short for another's request while an
+//! empty slot can take a copy instead.
+//!
 //! Invariants:
 //! - `resident[slot]` is exactly the tokens at positions `0..len` of that
 //!   slot's KV stream: every change to one is made to the other in the same
 //!   call, and a failed KV operation empties both;
-//! - only free slots are placed into, so nothing here touches the KV of a
-//!   running sequence;
+//! - only free slots are placed into, so nothing here changes the KV of a
+//!   running sequence (a copy only reads it);
 //! - a request always evaluates at least its last prompt token, which gives
 //!   the logits its first token is sampled from;
 //! - the saved states' bytes never exceed the budget.
@@ -37,6 +44,12 @@ const MIN_REUSE: usize = 16;
 /// memory. Copying a token's KV out and back costs far less than evaluating
 /// it again, so only a tail too short to be chosen for reuse is let go.
 const MIN_SAVE: usize = MIN_REUSE;
+
+/// A copy moves the donor's whole sequence out of its slot and into
+/// another, and pays when it saves evaluating at least one token per this
+/// many moved: moving a token's KV is a memory copy of a few kilobytes, and
+/// evaluating it is a pass over the weights (see `docs/performance.md`).
+const COPY_PER_EVAL: usize = 64;
 
 /// What a slot's KV stream holds.
 #[derive(Default)]
@@ -59,8 +72,35 @@ pub(crate) struct Placed {
     pub slot: i32,
     /// Prompt tokens already in the slot's KV (positions `0..reused`).
     pub reused: usize,
-    /// The reused tokens came back from host memory.
-    pub restored: bool,
+    /// Where the reused tokens came from.
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The slot's own KV (or nothing reused).
+    Own,
+    /// A conversation saved in host memory.
+    Restored,
+    /// Another slot's KV, running or idle.
+    Copied,
+}
+
+/// A busy slot's KV as a source for a copy: it holds `len` tokens, the
+/// first `shared` of them the new prompt's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Donor {
+    pub slot: i32,
+    pub shared: usize,
+    pub len: usize,
+}
+
+/// A placement decided, before any KV is touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    Own { slot: i32, keep: usize },
+    Restore { saved: usize, slot: i32, keep: usize },
+    Copy { from: i32, slot: i32, keep: usize },
 }
 
 /// Counters for metrics, as of the last placement.
@@ -100,11 +140,13 @@ impl PrefixCache {
 
     /// Picks one of the `free` slots for `prompt` (non-empty) and leaves its
     /// KV holding the reusable prefix, at most `usable` tokens and never the
-    /// whole prompt, and nothing after it.
+    /// whole prompt, and nothing after it. `running` says how much of the
+    /// prompt each busy slot's KV holds, for a copy.
     pub fn place(
         &mut self,
         ctx: &mut LlamaContext,
         free: &[i32],
+        running: &[Donor],
         prompt: &[LlamaToken],
         usable: usize,
     ) -> Option<Placed> {
@@ -112,27 +154,64 @@ impl PrefixCache {
         if !self.enabled {
             // Free slots are sorted highest first: the lowest keeps the
             // decoders in one run of sequence ids (see the scheduler).
-            return free.last().map(|&slot| Placed { slot, reused: 0, restored: false });
+            return free.last().map(|&slot| Placed { slot, reused: 0, source: Source::Own });
         }
+        let (slot, keep, source) = match self.plan(free, running, prompt, usable)? {
+            Plan::Own { slot, keep } => (slot, keep, Source::Own),
+            Plan::Restore { saved, slot, keep } => {
+                if self.restore(ctx, saved, slot) {
+                    (slot, keep, Source::Restored)
+                } else {
+                    (slot, 0, Source::Own)
+                }
+            }
+            Plan::Copy { from, slot, keep } => (slot, self.copy(ctx, from, slot, &prompt[..keep]), Source::Copied),
+        };
+        let reused = self.truncate(ctx, slot, keep);
+        self.touch(slot);
+        let source = if reused == 0 { Source::Own } else { source };
+        Some(Placed { slot, reused, source })
+    }
+
+    /// Where `prompt` goes and where its reused prefix comes from. Prefers,
+    /// for the same tokens, the chosen slot's own KV, then a conversation
+    /// saved in host memory, then a copy of another slot's.
+    fn plan(&self, free: &[i32], running: &[Donor], prompt: &[LlamaToken], usable: usize) -> Option<Plan> {
         let usable = usable.min(prompt.len().saturating_sub(1));
-        let (slot, in_slot) = self.best_slot(free, prompt, usable)?;
-        let best_saved = self
+        let spare = free.iter().any(|&s| self.resident(s).is_none_or(|r| r.tokens.is_empty()));
+        let (slot, in_slot) = self.best_slot(free, prompt, usable, spare)?;
+        let mut plan = Plan::Own { slot, keep: in_slot };
+        let mut best = in_slot;
+        let target = self.victim(free)?;
+        let saved = self
             .saved
             .iter()
             .enumerate()
             .map(|(i, s)| (i, common_prefix(&s.tokens, prompt).min(usable)))
             .max_by_key(|&(i, n)| (n, self.saved[i].used));
-        let restored = match best_saved {
-            Some((i, n)) if n >= MIN_REUSE && n > in_slot => {
-                let victim = self.victim(free)?;
-                self.restore(ctx, i, victim).then_some((victim, n))
+        if let Some((i, n)) = saved {
+            if n >= MIN_REUSE && n > best {
+                plan = Plan::Restore { saved: i, slot: target, keep: n };
+                best = n;
             }
-            _ => None,
-        };
-        let (slot, keep) = restored.unwrap_or((slot, in_slot));
-        let reused = self.truncate(ctx, slot, keep);
-        self.touch(slot);
-        Some(Placed { slot, reused, restored: restored.is_some() && reused > 0 })
+        }
+        let idle = free.iter().filter_map(|&s| {
+            let r = self.resident(s)?;
+            Some(Donor { slot: s, shared: common_prefix(&r.tokens, prompt), len: r.tokens.len() })
+        });
+        let donor = running
+            .iter()
+            .copied()
+            .chain(idle)
+            .filter(|d| d.slot != target)
+            .map(|d| Donor { shared: d.shared.min(usable), ..d })
+            .max_by_key(|d| (d.shared, std::cmp::Reverse(d.len)));
+        if let Some(d) = donor {
+            if d.shared > best && (d.shared - best).saturating_mul(COPY_PER_EVAL) >= d.len {
+                plan = Plan::Copy { from: d.slot, slot: target, keep: d.shared };
+            }
+        }
+        Some(plan)
     }
 
     /// The slot's sequence has left it; its KV holds `tokens`.
@@ -157,8 +236,11 @@ impl PrefixCache {
     }
 
     /// The free slot with the longest useful match; among equals an empty
-    /// slot, then the least recently used, then the lowest id.
-    fn best_slot(&self, free: &[i32], prompt: &[LlamaToken], usable: usize) -> Option<(i32, usize)> {
+    /// slot, then the least recently used, then the lowest id. While a
+    /// `spare` empty slot exists, a match that would cut a conversation
+    /// short is not useful: the spare slot takes a copy instead, and the
+    /// conversation stays.
+    fn best_slot(&self, free: &[i32], prompt: &[LlamaToken], usable: usize, spare: bool) -> Option<(i32, usize)> {
         free.iter()
             .map(|&slot| {
                 let r = self.resident(slot);
@@ -166,9 +248,10 @@ impl PrefixCache {
                 (slot, n, r)
             })
             .max_by_key(|&(slot, n, r)| {
-                let useful = if n >= MIN_REUSE { n } else { 0 };
-                let empty = r.is_none_or(|r| r.tokens.is_empty());
-                (useful, empty, std::cmp::Reverse(r.map_or(0, |r| r.used)), std::cmp::Reverse(slot))
+                let len = r.map_or(0, |r| r.tokens.len());
+                let cuts = spare && len >= n + MIN_SAVE;
+                let useful = if n >= MIN_REUSE && !cuts { n } else { 0 };
+                (useful, len == 0, std::cmp::Reverse(r.map_or(0, |r| r.used)), std::cmp::Reverse(slot))
             })
             .map(|(slot, n, _)| (slot, n))
     }
@@ -180,6 +263,53 @@ impl PrefixCache {
             let r = self.resident(slot);
             (r.is_none_or(|r| r.tokens.is_empty()), std::cmp::Reverse(r.map_or(0, |r| r.used)), std::cmp::Reverse(slot))
         })
+    }
+
+    /// Copies the first `prefix.len()` tokens of `from`'s KV into `slot`,
+    /// which loses what it held (saved first, if worth it). Returns the
+    /// tokens `slot` then holds: all of `prefix`, or none when llama.cpp
+    /// refuses.
+    fn copy(&mut self, ctx: &mut LlamaContext, from: i32, slot: i32, prefix: &[LlamaToken]) -> usize {
+        // Not `seq_cp`: between separate KV streams llama.cpp copies only a
+        // whole stream (it asserts on a range), and only at the next decode,
+        // after which an idle donor may already hold something else. The
+        // state API copies the donor's cells now.
+        let started = std::time::Instant::now();
+        let state = match ctx.state_seq_get(from, LlamaStateSeqFlags::empty()) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(from, slot, error = %e, "copying a shared prefix failed; prefilling instead");
+                return 0;
+            }
+        };
+        self.save(ctx, slot, 0);
+        self.clear(ctx, slot);
+        if let Err(e) = ctx.state_seq_set(&state, slot) {
+            tracing::warn!(from, slot, error = %e, "copying a shared prefix failed; prefilling instead");
+            self.clear(ctx, slot);
+            return 0;
+        }
+        let cut = u32::try_from(prefix.len()).ok();
+        match ctx.clear_kv_cache_seq(u32::try_from(slot).ok(), cut, None) {
+            Ok(true) => {
+                if let Some(r) = self.resident_mut(slot) {
+                    r.tokens = prefix.to_vec();
+                }
+                tracing::debug!(
+                    from,
+                    slot,
+                    tokens = prefix.len(),
+                    bytes = state.byte_len(),
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "copied a shared prefix"
+                );
+                prefix.len()
+            }
+            _ => {
+                self.clear(ctx, slot);
+                0
+            }
+        }
     }
 
     /// Moves saved conversation `i` into `slot`, saving what `slot` held
@@ -319,7 +449,7 @@ mod tests {
         let c = with(&[(&other, 5), (&long, 1), (&[], 0)]);
         let prompt = toks(&(0..40).collect::<Vec<_>>());
         // The whole prompt is cached, but its last token must be evaluated.
-        assert_eq!(c.best_slot(&[2, 1, 0], &prompt, prompt.len() - 1), Some((1, 39)));
+        assert_eq!(c.best_slot(&[2, 1, 0], &prompt, prompt.len() - 1, true), Some((1, 39)));
     }
 
     #[test]
@@ -327,13 +457,67 @@ mod tests {
         // Slot 0 shares only 3 tokens (a chat header) with the prompt.
         let c = with(&[(&[7, 8, 9, 10, 11], 3), (&[], 0)]);
         let prompt = toks(&[7, 8, 9, 50, 51, 52]);
-        assert_eq!(c.best_slot(&[1, 0], &prompt, 5), Some((1, 0)));
+        assert_eq!(c.best_slot(&[1, 0], &prompt, 5, true), Some((1, 0)));
     }
 
     #[test]
     fn without_a_match_the_least_recently_used_slot_is_taken() {
         let c = with(&[(&[1; 20], 9), (&[2; 20], 4), (&[3; 20], 7)]);
-        assert_eq!(c.best_slot(&[2, 1, 0], &toks(&[5; 30]), 29), Some((1, 0)));
+        assert_eq!(c.best_slot(&[2, 1, 0], &toks(&[5; 30]), 29, false), Some((1, 0)));
         assert_eq!(c.victim(&[2, 0]), Some(2));
+    }
+
+    fn running(slot: i32, shared: usize, len: usize) -> Donor {
+        Donor { slot, shared, len }
+    }
+
+    #[test]
+    fn a_prompt_behind_a_running_sequence_starts_from_a_copy_of_its_prefix() {
+        // Slot 0 is busy with a sequence whose first 40 tokens are the
+        // prompt's (a shared system prompt); slots 1 and 2 are empty.
+        let c = with(&[(&[], 0), (&[], 0), (&[], 0)]);
+        let prompt = toks(&(0..60).collect::<Vec<_>>());
+        let plan = c.plan(&[2, 1], &[running(0, 40, 90)], &prompt, 60);
+        assert_eq!(plan, Some(Plan::Copy { from: 0, slot: 1, keep: 40 }));
+        // Nothing shared: the lowest empty slot, nothing reused.
+        let plan = c.plan(&[2, 1], &[running(0, 0, 90)], &prompt, 60);
+        assert_eq!(plan, Some(Plan::Own { slot: 1, keep: 0 }));
+    }
+
+    #[test]
+    fn an_idle_conversation_is_copied_from_rather_than_cut_while_a_slot_is_empty() {
+        let conversation: Vec<i32> = (0..30).chain(500..540).collect();
+        let prompt = toks(&(0..50).collect::<Vec<_>>());
+        let c = with(&[(&conversation, 5), (&[], 0)]);
+        assert_eq!(c.plan(&[1, 0], &[], &prompt, 49), Some(Plan::Copy { from: 0, slot: 1, keep: 30 }));
+        // With no empty slot, cutting the conversation is the only way to
+        // reuse its prefix: it is saved first (see `truncate`).
+        let c = with(&[(&conversation, 5), (&[900; 40], 1)]);
+        assert_eq!(c.plan(&[1, 0], &[], &prompt, 49), Some(Plan::Own { slot: 0, keep: 30 }));
+    }
+
+    #[test]
+    fn a_slot_that_continues_its_own_conversation_keeps_it() {
+        // The next turn of slot 0's conversation; a running sequence shares
+        // as much (the same system prompt and first turn).
+        let turn: Vec<i32> = (0..40).collect();
+        let c = with(&[(&turn, 5), (&[], 0)]);
+        let prompt = toks(&(0..70).collect::<Vec<_>>());
+        assert_eq!(c.plan(&[1, 0], &[running(2, 40, 300)], &prompt, 69), Some(Plan::Own { slot: 0, keep: 40 }));
+    }
+
+    #[test]
+    fn a_copy_must_save_more_evaluation_than_it_moves() {
+        let c = with(&[(&[], 0), (&[], 0)]);
+        let prompt = toks(&(0..30).collect::<Vec<_>>());
+        // A 5-token chat header from a short sequence is worth copying ...
+        let cheap = c.plan(&[1], &[running(0, 5, 150)], &prompt, 29);
+        assert_eq!(cheap, Some(Plan::Copy { from: 0, slot: 1, keep: 5 }));
+        // ... from a sequence of thousands of tokens it is not.
+        let dear = c.plan(&[1], &[running(0, 5, 4000)], &prompt, 29);
+        assert_eq!(dear, Some(Plan::Own { slot: 1, keep: 0 }));
+        // Never more than the request may reuse.
+        let capped = c.plan(&[1], &[running(0, 25, 150)], &prompt, 10);
+        assert_eq!(capped, Some(Plan::Copy { from: 0, slot: 1, keep: 10 }));
     }
 }

@@ -17,7 +17,8 @@
 //!   channel's capacity is the whole waiting queue;
 //! - a new sequence takes the free slot with the longest cached prefix of
 //!   its prompt, else the lowest free slot (with the prefix cache off, always
-//!   the lowest), and batch entries are laid out in slot order. llama.cpp
+//!   the lowest), and starts from a copy of a busy slot's prefix when that
+//!   one holds more of its prompt; batch entries are laid out in slot order. llama.cpp
 //!   splits a multi-stream batch into one micro-batch per run of
 //!   *consecutive* sequence ids, so this is what lets every decoding sequence
 //!   share one pass over the weights.
@@ -37,7 +38,7 @@ use switchyard_wire::FinishReason;
 use crate::draft::{Ask, Drafter};
 use crate::logprobs::LogitStats;
 use crate::lookup;
-use crate::prefix_cache::PrefixCache;
+use crate::prefix_cache::{Donor, PrefixCache, Source};
 use crate::request::Job;
 use crate::sequence::{Sampled, Sequence};
 use crate::settings::{EngineSettings, Priority};
@@ -164,7 +165,13 @@ impl<'m> Scheduler<'m> {
             if job.is_abandoned() {
                 continue;
             }
-            let Some(placed) = self.cache.place(&mut self.ctx, &self.free_slots, &job.req.prompt, job.reusable())
+            let running: Vec<Donor> = self
+                .active
+                .iter()
+                .map(|s| Donor { slot: s.slot, shared: s.shared_prefix(&job.req.prompt), len: s.kv_len() })
+                .collect();
+            let Some(placed) =
+                self.cache.place(&mut self.ctx, &self.free_slots, &running, &job.req.prompt, job.reusable())
             else {
                 break;
             };
@@ -173,8 +180,14 @@ impl<'m> Scheduler<'m> {
                 self.load.prefix_hits.fetch_add(1, Ordering::Relaxed);
                 self.load.reused_tokens.fetch_add(placed.reused, Ordering::Relaxed);
             }
-            if placed.restored {
-                self.load.restored.fetch_add(1, Ordering::Relaxed);
+            match placed.source {
+                Source::Own => {}
+                Source::Restored => {
+                    self.load.restored.fetch_add(1, Ordering::Relaxed);
+                }
+                Source::Copied => {
+                    self.load.copied.fetch_add(1, Ordering::Relaxed);
+                }
             }
             let at = self.active.partition_point(|s| s.slot < placed.slot);
             let draft_max = match self.drafter {

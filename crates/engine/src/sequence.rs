@@ -142,6 +142,12 @@ impl Sequence {
         }
     }
 
+    /// How many of `prompt`'s first tokens this sequence's KV holds.
+    pub fn shared_prefix(&self, prompt: &[LlamaToken]) -> usize {
+        let held = self.job.req.prompt[..self.prompt_done].iter().chain(&self.decoded);
+        held.zip(prompt).take_while(|(a, b)| a == b).count()
+    }
+
     /// The tokens this sequence's KV holds, position by position.
     pub fn kv_tokens(&self) -> Vec<LlamaToken> {
         let prompt = &self.job.req.prompt[..self.prompt_done];

@@ -1,6 +1,7 @@
 //! KV reuse across requests, against a real model (SmolLM2-135M): a later
-//! turn prefills only what is new, answers as a cold engine does, and
-//! conversations beyond the slots come back from host memory.
+//! turn prefills only what is new, answers as a cold engine does, a prompt
+//! shared with a running sequence is copied from it, and conversations
+//! beyond the slots come back from host memory.
 //!
 //! "As a cold engine does" is checked within llama.cpp's batch-split
 //! noise: see `common::assert_same_answer`.
@@ -80,6 +81,38 @@ fn a_shared_system_prompt_is_prefilled_once_across_users() {
         "reused {} of a {system_tokens}-token system prompt",
         b.timings.cache_n
     );
+}
+
+/// Users behind one system prompt, each in a slot of their own: a request
+/// that arrives while another's sequence runs starts from a copy of that
+/// sequence's KV for the prompt they share. Both answer as a cold engine
+/// does: the copy reads the running sequence's KV and changes nothing in it.
+#[test]
+fn a_prompt_shared_with_a_running_sequence_is_copied_not_prefilled() {
+    let warm = engine(2, true, 0);
+    let cold = engine(2, false, 0);
+    let long_system = format!("{SYSTEM} {}", "Keep to the facts a curious ten-year-old can check. ".repeat(12));
+    let first = [("system", long_system.as_str()), ("user", "Describe a river delta, step by step, in detail.")];
+    let second = [("system", long_system.as_str()), ("user", "How do bees make honey?")];
+
+    let mut running = warm.submit(greedy(&warm, &first, 160)).unwrap();
+    // Its first token means its whole prompt is in its slot's KV.
+    let Some(Event::Token(head)) = running.blocking_recv() else { panic!("the first request produced no token") };
+    let (copied, s) = run32(&warm, &second);
+    let (mut tail, _) = collect(running);
+    tail.text.insert_str(0, &head.text);
+    tail.pieces.insert(0, head);
+
+    let system_tokens = warm.chat_prompt(&[("system", &long_system)]).unwrap().len() as u32;
+    assert!(
+        s.timings.cache_n + 8 >= system_tokens,
+        "reused {} of a {system_tokens}-token system prompt",
+        s.timings.cache_n
+    );
+    assert_eq!(s.timings.prompt_n + s.timings.cache_n, s.prompt_tokens);
+    assert_eq!(warm.busy().counters().copied, 1, "{:?}", warm.busy().counters());
+    assert_same_answer(&copied, &run32(&cold, &second).0, "the request that copied");
+    assert_same_answer(&tail, &run(&cold, &first, 160).0, "the sequence copied from");
 }
 
 #[test]

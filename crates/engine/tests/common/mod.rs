@@ -71,17 +71,25 @@ pub fn assert_same_answer(got: &Answer, reference: &Answer, what: &str) {
     );
 }
 
-/// A greedy answer of at most `max_tokens`.
-pub fn run(engine: &Engine, messages: &[(&str, &str)], max_tokens: u32) -> (Answer, Summary) {
-    let req = GenerateRequest {
+/// A greedy request for at most `max_tokens`, keeping two alternatives.
+pub fn greedy(engine: &Engine, messages: &[(&str, &str)], max_tokens: u32) -> GenerateRequest {
+    GenerateRequest {
         prompt: engine.chat_prompt(messages).unwrap(),
         max_tokens: Some(max_tokens),
         sampling: SamplingParams { temperature: 0.0, top_p: 1.0, ..Default::default() },
         stop: vec![],
         top_logprobs: 2,
         format: OutputFormat::Text,
-    };
-    let mut stream = engine.submit(req).unwrap();
+    }
+}
+
+/// A greedy answer of at most `max_tokens`.
+pub fn run(engine: &Engine, messages: &[(&str, &str)], max_tokens: u32) -> (Answer, Summary) {
+    collect(engine.submit(greedy(engine, messages, max_tokens)).unwrap())
+}
+
+/// Reads a stream to its end.
+pub fn collect(mut stream: EventStream) -> (Answer, Summary) {
     let (mut text, mut pieces) = (String::new(), Vec::new());
     while let Some(ev) = stream.blocking_recv() {
         match ev {

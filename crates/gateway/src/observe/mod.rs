@@ -83,6 +83,8 @@ pub async fn render(State(state): State<Arc<AppState>>) -> Response {
             .absolute(cache.reused_tokens as u64);
         metrics::counter!("switchyard_engine_prefix_cache_restored_total", "model" => model.clone())
             .absolute(cache.restored as u64);
+        metrics::counter!("switchyard_engine_prefix_cache_copied_total", "model" => model.clone())
+            .absolute(cache.copied as u64);
         metrics::gauge!("switchyard_engine_host_cache_sequences", "model" => model.clone())
             .set(cache.saved_sequences as f64);
         metrics::gauge!("switchyard_engine_host_cache_bytes", "model" => model.clone()).set(cache.saved_bytes as f64);
