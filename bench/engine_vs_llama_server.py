@@ -179,6 +179,14 @@ def server_args(ap, port, ctx_size):
     ap.add_argument("--port", type=int, default=port)
 
 
+def llama_server(args, port):
+    """The llama-server command and environment matching `server_args`."""
+    t, p, c = str(args.threads), str(args.parallel), str(args.ctx_size)
+    cmd = [args.llama_server, "-m", args.model, "-t", t, "-tb", t, "-np", p, "-c", c,
+           "--host", "127.0.0.1", "--port", str(port), "--no-webui"]
+    return cmd, {**os.environ, "LD_LIBRARY_PATH": os.path.dirname(args.llama_server)}
+
+
 def parse(ap):
     """Parses the arguments, makes the output folder; returns them and the
     model's id (its file name, which every side serves it as)."""
@@ -212,11 +220,7 @@ def main():
 
     env = dict(os.environ)
     results = {
-        "llama-server": measure(
-            "llama-server",
-            [args.llama_server, "-m", args.model, "-t", t, "-tb", t, "-np", p, "-c", c,
-             "--host", "127.0.0.1", "--port", str(args.port + 1), "--no-webui"],
-            {**env, "LD_LIBRARY_PATH": os.path.dirname(args.llama_server)}, args.port + 1, model_id, args),
+        "llama-server": measure("llama-server", *llama_server(args, args.port + 1), args.port + 1, model_id, args),
         "switchyard": measure(
             "switchyard",
             [args.switchyard, "serve", "--model", args.model, "--threads", t, "--parallel", p,

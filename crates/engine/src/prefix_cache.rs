@@ -55,6 +55,11 @@ const COPY_PER_EVAL: usize = 64;
 #[derive(Default)]
 struct Resident {
     tokens: Vec<LlamaToken>,
+    /// How many of `tokens` were its last request's prompt; the rest were
+    /// generated. A prompt that holds all of them continues that
+    /// conversation (its answer may come back re-tokenized), one that
+    /// parts inside them is another conversation.
+    asked: usize,
     /// The cache's clock when last placed into or released.
     used: u64,
 }
@@ -141,12 +146,14 @@ impl PrefixCache {
     /// Picks one of the `free` slots for `prompt` (non-empty) and leaves its
     /// KV holding the reusable prefix, at most `usable` tokens and never the
     /// whole prompt, and nothing after it. `running` says how much of the
-    /// prompt each busy slot's KV holds, for a copy.
+    /// prompt each busy slot's KV holds, for a copy; `decoding`, whether a
+    /// sequence waits on this step for its next token.
     pub fn place(
         &mut self,
         ctx: &mut LlamaContext,
         free: &[i32],
         running: &[Donor],
+        decoding: bool,
         prompt: &[LlamaToken],
         usable: usize,
     ) -> Option<Placed> {
@@ -156,7 +163,7 @@ impl PrefixCache {
             // decoders in one run of sequence ids (see the scheduler).
             return free.last().map(|&slot| Placed { slot, reused: 0, source: Source::Own });
         }
-        let (slot, keep, source) = match self.plan(free, running, prompt, usable)? {
+        let (slot, keep, source) = match self.plan(free, running, decoding, prompt, usable)? {
             Plan::Own { slot, keep } => (slot, keep, Source::Own),
             Plan::Restore { saved, slot, keep } => {
                 if self.restore(ctx, saved, slot) {
@@ -175,8 +182,17 @@ impl PrefixCache {
 
     /// Where `prompt` goes and where its reused prefix comes from. Prefers,
     /// for the same tokens, the chosen slot's own KV, then a conversation
-    /// saved in host memory, then a copy of another slot's.
-    fn plan(&self, free: &[i32], running: &[Donor], prompt: &[LlamaToken], usable: usize) -> Option<Plan> {
+    /// saved in host memory, then a copy of another slot's. While a
+    /// sequence is `decoding`, a copy holds its next token, so a copy must
+    /// then bring a shared conversation, not a chat template's header.
+    fn plan(
+        &self,
+        free: &[i32],
+        running: &[Donor],
+        decoding: bool,
+        prompt: &[LlamaToken],
+        usable: usize,
+    ) -> Option<Plan> {
         let usable = usable.min(prompt.len().saturating_sub(1));
         let spare = free.iter().any(|&s| self.resident(s).is_none_or(|r| r.tokens.is_empty()));
         let (slot, in_slot) = self.best_slot(free, prompt, usable, spare)?;
@@ -207,20 +223,24 @@ impl PrefixCache {
             .map(|d| Donor { shared: d.shared.min(usable), ..d })
             .max_by_key(|d| (d.shared, std::cmp::Reverse(d.len)));
         if let Some(d) = donor {
-            if d.shared > best && (d.shared - best).saturating_mul(COPY_PER_EVAL) >= d.len {
+            let least = if decoding { MIN_REUSE } else { 1 };
+            let gain = d.shared.saturating_sub(best);
+            if gain >= least && gain.saturating_mul(COPY_PER_EVAL) >= d.len {
                 plan = Plan::Copy { from: d.slot, slot: target, keep: d.shared };
             }
         }
         Some(plan)
     }
 
-    /// The slot's sequence has left it; its KV holds `tokens`.
-    pub fn release(&mut self, ctx: &mut LlamaContext, slot: i32, tokens: Vec<LlamaToken>) {
+    /// The slot's sequence has left it; its KV holds `tokens`, the first
+    /// `asked` of them its prompt.
+    pub fn release(&mut self, ctx: &mut LlamaContext, slot: i32, tokens: Vec<LlamaToken>, asked: usize) {
         if !self.enabled {
             self.clear(ctx, slot);
             return;
         }
         if let Some(r) = self.resident_mut(slot) {
+            r.asked = asked.min(tokens.len());
             r.tokens = tokens;
         }
         self.touch(slot);
@@ -237,8 +257,9 @@ impl PrefixCache {
 
     /// The free slot with the longest useful match; among equals an empty
     /// slot, then the least recently used, then the lowest id. While a
-    /// `spare` empty slot exists, a match that would cut a conversation
-    /// short is not useful: the spare slot takes a copy instead, and the
+    /// `spare` empty slot exists, a match that would cut another
+    /// conversation short (the prompt parts inside that one's prompt) is
+    /// not useful: the spare slot takes a copy instead, and the
     /// conversation stays.
     fn best_slot(&self, free: &[i32], prompt: &[LlamaToken], usable: usize, spare: bool) -> Option<(i32, usize)> {
         free.iter()
@@ -249,7 +270,8 @@ impl PrefixCache {
             })
             .max_by_key(|&(slot, n, r)| {
                 let len = r.map_or(0, |r| r.tokens.len());
-                let cuts = spare && len >= n + MIN_SAVE;
+                let another = r.is_some_and(|r| n < r.asked);
+                let cuts = spare && another && len >= n + MIN_SAVE;
                 let useful = if n >= MIN_REUSE && !cuts { n } else { 0 };
                 (useful, len == 0, std::cmp::Reverse(r.map_or(0, |r| r.used)), std::cmp::Reverse(slot))
             })
@@ -294,6 +316,7 @@ impl PrefixCache {
             Ok(true) => {
                 if let Some(r) = self.resident_mut(slot) {
                     r.tokens = prefix.to_vec();
+                    r.asked = prefix.len();
                 }
                 tracing::debug!(
                     from,
@@ -323,6 +346,7 @@ impl PrefixCache {
         match ctx.state_seq_set(&saved.state, slot) {
             Ok(()) => {
                 if let Some(r) = self.resident_mut(slot) {
+                    r.asked = saved.tokens.len();
                     r.tokens = saved.tokens;
                 }
                 true
@@ -349,6 +373,7 @@ impl PrefixCache {
             Ok(true) => {
                 if let Some(r) = self.resident_mut(slot) {
                     r.tokens.truncate(keep);
+                    r.asked = r.asked.min(keep);
                 }
                 keep
             }
@@ -430,6 +455,7 @@ mod tests {
         let mut c = PrefixCache::new(resident.len() as u32, true, 0);
         for (r, &(t, used)) in c.resident.iter_mut().zip(resident) {
             r.tokens = toks(t);
+            r.asked = t.len();
             r.used = used;
         }
         c
@@ -477,10 +503,10 @@ mod tests {
         // prompt's (a shared system prompt); slots 1 and 2 are empty.
         let c = with(&[(&[], 0), (&[], 0), (&[], 0)]);
         let prompt = toks(&(0..60).collect::<Vec<_>>());
-        let plan = c.plan(&[2, 1], &[running(0, 40, 90)], &prompt, 60);
+        let plan = c.plan(&[2, 1], &[running(0, 40, 90)], false, &prompt, 60);
         assert_eq!(plan, Some(Plan::Copy { from: 0, slot: 1, keep: 40 }));
         // Nothing shared: the lowest empty slot, nothing reused.
-        let plan = c.plan(&[2, 1], &[running(0, 0, 90)], &prompt, 60);
+        let plan = c.plan(&[2, 1], &[running(0, 0, 90)], false, &prompt, 60);
         assert_eq!(plan, Some(Plan::Own { slot: 1, keep: 0 }));
     }
 
@@ -489,11 +515,22 @@ mod tests {
         let conversation: Vec<i32> = (0..30).chain(500..540).collect();
         let prompt = toks(&(0..50).collect::<Vec<_>>());
         let c = with(&[(&conversation, 5), (&[], 0)]);
-        assert_eq!(c.plan(&[1, 0], &[], &prompt, 49), Some(Plan::Copy { from: 0, slot: 1, keep: 30 }));
+        assert_eq!(c.plan(&[1, 0], &[], false, &prompt, 49), Some(Plan::Copy { from: 0, slot: 1, keep: 30 }));
         // With no empty slot, cutting the conversation is the only way to
         // reuse its prefix: it is saved first (see `truncate`).
         let c = with(&[(&conversation, 5), (&[900; 40], 1)]);
-        assert_eq!(c.plan(&[1, 0], &[], &prompt, 49), Some(Plan::Own { slot: 0, keep: 30 }));
+        assert_eq!(c.plan(&[1, 0], &[], false, &prompt, 49), Some(Plan::Own { slot: 0, keep: 30 }));
+    }
+
+    #[test]
+    fn a_next_turn_that_retokenizes_the_last_answer_continues_in_place() {
+        // Slot 0 holds a 40-token prompt and its 30-token answer; the next
+        // turn sends the prompt, the answer tokenized otherwise, and more.
+        let held: Vec<i32> = (0..40).chain(900..930).collect();
+        let mut c = with(&[(&held, 5), (&[], 0)]);
+        c.resident[0].asked = 40;
+        let prompt = toks(&(0..40).chain(950..1000).collect::<Vec<_>>());
+        assert_eq!(c.plan(&[1, 0], &[], false, &prompt, 89), Some(Plan::Own { slot: 0, keep: 40 }));
     }
 
     #[test]
@@ -503,7 +540,7 @@ mod tests {
         let turn: Vec<i32> = (0..40).collect();
         let c = with(&[(&turn, 5), (&[], 0)]);
         let prompt = toks(&(0..70).collect::<Vec<_>>());
-        assert_eq!(c.plan(&[1, 0], &[running(2, 40, 300)], &prompt, 69), Some(Plan::Own { slot: 0, keep: 40 }));
+        assert_eq!(c.plan(&[1, 0], &[running(2, 40, 300)], false, &prompt, 69), Some(Plan::Own { slot: 0, keep: 40 }));
     }
 
     #[test]
@@ -511,13 +548,19 @@ mod tests {
         let c = with(&[(&[], 0), (&[], 0)]);
         let prompt = toks(&(0..30).collect::<Vec<_>>());
         // A 5-token chat header from a short sequence is worth copying ...
-        let cheap = c.plan(&[1], &[running(0, 5, 150)], &prompt, 29);
+        let cheap = c.plan(&[1], &[running(0, 5, 150)], false, &prompt, 29);
         assert_eq!(cheap, Some(Plan::Copy { from: 0, slot: 1, keep: 5 }));
         // ... from a sequence of thousands of tokens it is not.
-        let dear = c.plan(&[1], &[running(0, 5, 4000)], &prompt, 29);
+        let dear = c.plan(&[1], &[running(0, 5, 4000)], false, &prompt, 29);
         assert_eq!(dear, Some(Plan::Own { slot: 1, keep: 0 }));
+        // ... nor while another sequence waits for its next token, which
+        // a copy of a shared conversation is worth holding.
+        let waiting = c.plan(&[1], &[running(0, 5, 150)], true, &prompt, 29);
+        assert_eq!(waiting, Some(Plan::Own { slot: 1, keep: 0 }));
+        let shared = c.plan(&[1], &[running(0, 20, 150)], true, &prompt, 29);
+        assert_eq!(shared, Some(Plan::Copy { from: 0, slot: 1, keep: 20 }));
         // Never more than the request may reuse.
-        let capped = c.plan(&[1], &[running(0, 25, 150)], &prompt, 10);
+        let capped = c.plan(&[1], &[running(0, 25, 150)], false, &prompt, 10);
         assert_eq!(capped, Some(Plan::Copy { from: 0, slot: 1, keep: 10 }));
     }
 }

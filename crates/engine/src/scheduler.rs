@@ -170,8 +170,9 @@ impl<'m> Scheduler<'m> {
                 .iter()
                 .map(|s| Donor { slot: s.slot, shared: s.shared_prefix(&job.req.prompt), len: s.kv_len() })
                 .collect();
+            let decoding = self.active.iter().any(|s| s.next.is_some());
             let Some(placed) =
-                self.cache.place(&mut self.ctx, &self.free_slots, &running, &job.req.prompt, job.reusable())
+                self.cache.place(&mut self.ctx, &self.free_slots, &running, decoding, &job.req.prompt, job.reusable())
             else {
                 break;
             };
@@ -214,7 +215,7 @@ impl<'m> Scheduler<'m> {
 
     /// Frees `seq`'s slot, its KV kept for the prefix cache.
     fn free(&mut self, seq: &Sequence) {
-        self.cache.release(&mut self.ctx, seq.slot, seq.kv_tokens());
+        self.cache.release(&mut self.ctx, seq.slot, seq.kv_tokens(), seq.prompt_done);
         self.return_slot(seq.slot);
     }
 
