@@ -81,6 +81,7 @@ pub(crate) struct Placed {
     pub source: Source,
 }
 
+/// Where a placement's reused tokens came from, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {
     /// The slot's own KV (or nothing reused).
@@ -439,8 +440,8 @@ impl PrefixCache {
 }
 
 /// Length of the longest common prefix.
-fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+pub(crate) fn common_prefix<'a>(a: impl IntoIterator<Item = &'a LlamaToken>, b: &[LlamaToken]) -> usize {
+    a.into_iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@
 //! - a new sequence takes the free slot with the longest cached prefix of
 //!   its prompt, else the lowest free slot (with the prefix cache off, always
 //!   the lowest), and starts from a copy of a busy slot's prefix when that
-//!   one holds more of its prompt; batch entries are laid out in slot order. llama.cpp
-//!   splits a multi-stream batch into one micro-batch per run of
+//!   one holds more of its prompt; batch entries are laid out in slot
+//!   order. llama.cpp splits a multi-stream batch into one micro-batch per run of
 //!   *consecutive* sequence ids, so this is what lets every decoding sequence
 //!   share one pass over the weights.
 

@@ -144,8 +144,7 @@ impl Sequence {
 
     /// How many of `prompt`'s first tokens this sequence's KV holds.
     pub fn shared_prefix(&self, prompt: &[LlamaToken]) -> usize {
-        let held = self.job.req.prompt[..self.prompt_done].iter().chain(&self.decoded);
-        held.zip(prompt).take_while(|(a, b)| a == b).count()
+        crate::prefix_cache::common_prefix(self.job.req.prompt[..self.prompt_done].iter().chain(&self.decoded), prompt)
     }
 
     /// The tokens this sequence's KV holds, position by position.
