@@ -471,6 +471,10 @@ impl Store {
             // A database that cannot be reached fails start-up in seconds,
             // not after the pool's default half minute of retries.
             .acquire_timeout(std::time::Duration::from_secs(if postgres { 5 } else { 30 }))
+            // A PostgreSQL connection can die between uses; a SQLite one is
+            // a file handle, and pinging it before each use was a round
+            // trip to sqlx's SQLite thread per query.
+            .test_before_acquire(postgres)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if !postgres {
@@ -764,11 +768,11 @@ const DECISION_COLUMNS: [&str; 18] = [
     "cascade",
 ];
 
-/// Rows per statement: only these sizes, so each statement is prepared
-/// once and then reused from sqlx's cache (a statement per batch length
-/// was re-parsed by SQLite on every batch). 32 × 64 bound values is well
-/// under either database's limit.
-const ROWS_PER_STATEMENT: [usize; 3] = [64, 8, 1];
+/// Rows per statement at most. Every size up to it has its statement, made
+/// once and then reused from sqlx's cache, so up to this many records are
+/// one statement: one round trip to the database, and a transaction of its
+/// own. 33 × 64 bound values is well under either database's limit.
+pub(crate) const MAX_ROWS_PER_STATEMENT: usize = 64;
 
 /// `($1, …), (…)` (or `(?, …)`): `rows` groups of `width` parameters.
 fn values(params: Params, rows: usize, width: usize) -> String {
@@ -780,8 +784,8 @@ fn values(params: Params, rows: usize, width: usize) -> String {
     (0..rows).map(row).collect::<Vec<_>>().join(", ")
 }
 
-/// Statements made once per size, for each parameter style.
-type Statements = [std::sync::OnceLock<[String; 3]>; 2];
+/// Statements made once, for each parameter style: the one for `n` rows at `n - 1`.
+type Statements = [std::sync::OnceLock<Vec<String>>; 2];
 
 /// One of `statements` (made by `make(params, rows)` once) for `rows` rows.
 fn sized(
@@ -790,12 +794,12 @@ fn sized(
     params: Params,
     rows: usize,
 ) -> &'static str {
-    let all = statements[params as usize].get_or_init(|| ROWS_PER_STATEMENT.map(|n| make(params, n)));
-    let i = ROWS_PER_STATEMENT.iter().position(|&n| n == rows).unwrap_or(ROWS_PER_STATEMENT.len() - 1);
-    all[i].as_str()
+    let all =
+        statements[params as usize].get_or_init(|| (1..=MAX_ROWS_PER_STATEMENT).map(|n| make(params, n)).collect());
+    all[rows.clamp(1, MAX_ROWS_PER_STATEMENT) - 1].as_str()
 }
 
-/// Runs `write` over `items` in chunks of the statement sizes, largest first.
+/// Runs `write` over `items` in chunks of at most [`MAX_ROWS_PER_STATEMENT`].
 async fn in_chunks<T>(
     conn: &mut AnyConnection,
     items: &[T],
@@ -803,8 +807,7 @@ async fn in_chunks<T>(
 ) -> Result<(), StoreError> {
     let mut rest = items;
     while !rest.is_empty() {
-        // The sizes end with 1, so some size always fits a non-empty rest.
-        let rows = ROWS_PER_STATEMENT.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
+        let rows = rest.len().min(MAX_ROWS_PER_STATEMENT);
         let (chunk, tail) = rest.split_at(rows);
         rest = tail;
         write(chunk, rows).execute(&mut *conn).await?;

@@ -25,6 +25,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::payload::PayloadRecord;
@@ -152,6 +154,7 @@ impl Recorder {
 }
 
 async fn write_loop(store: Store, mut rx: mpsc::Receiver<Write>, mut lazy: mpsc::Receiver<Record>) {
+    let mut conn = None;
     let mut batch = Vec::with_capacity(BATCH);
     let mut tick = tokio::time::interval(LAZY_WAIT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -188,7 +191,7 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Write>, mut lazy: mpsc:
                 }
             }
         }
-        let written: Vec<bool> = match write_batch(&store, &records).await {
+        let written: Vec<bool> = match write_batch(&store, &mut conn, &records).await {
             Ok(()) => vec![true; records.len()],
             Err(e) => {
                 // One bad record must not take its batch-mates down with it:
@@ -196,7 +199,7 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Write>, mut lazy: mpsc:
                 tracing::warn!(records = records.len(), "a batch of records failed ({e}); writing them one at a time");
                 let mut written = Vec::with_capacity(records.len());
                 for r in &records {
-                    let one = write_batch(&store, std::slice::from_ref(r)).await;
+                    let one = write_batch(&store, &mut conn, std::slice::from_ref(r)).await;
                     if let Err(e) = &one {
                         tracing::error!("could not write a record: {e}");
                     }
@@ -216,20 +219,47 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Write>, mut lazy: mpsc:
     }
 }
 
-/// Writes a batch in one transaction: its decisions in one multi-row
-/// INSERT (one round trip to the database, not one per record), shadows
-/// and audit lines, then the measurements in one multi-row UPDATE, which
-/// may update decisions of this batch.
-async fn write_batch(store: &Store, records: &[Record]) -> Result<(), StoreError> {
+/// Writes a batch in one transaction on the writer's own connection,
+/// taken from the pool once and kept: taking one per batch cost a liveness
+/// ping and a task to hand it back, each a round trip to sqlx's SQLite
+/// thread, for every batch. After a failure the connection goes back to
+/// the pool, and the next batch takes one from it (on PostgreSQL, checked
+/// before it is handed over).
+async fn write_batch(
+    store: &Store,
+    conn: &mut Option<PoolConnection<Any>>,
+    records: &[Record],
+) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
     }
     if store.outage(crate::now_ms()) {
         return Err(StoreError::InjectedOutage);
     }
-    let mut tx = store.pool.begin().await?;
+    let held = match conn {
+        Some(held) => held,
+        None => conn.insert(store.pool.acquire().await?),
+    };
+    let written = write_in_transaction(store, held, records).await;
+    if written.is_err() {
+        *conn = None;
+    }
+    written
+}
+
+/// A batch's decisions in one multi-row INSERT (one round trip to the
+/// database, not one per record), shadows and audit lines, then the
+/// measurements in one multi-row UPDATE, which may update decisions of
+/// this batch.
+async fn write_in_transaction(store: &Store, conn: &mut AnyConnection, records: &[Record]) -> Result<(), StoreError> {
     let decisions: Vec<&DecisionRecord> =
         records.iter().filter_map(|r| if let Record::Decision(d) = r { Some(&**d) } else { None }).collect();
+    if decisions.len() == records.len() && decisions.len() <= crate::MAX_ROWS_PER_STATEMENT {
+        // One statement is a transaction of its own: what group commit
+        // mostly writes under load costs one round trip, not three.
+        return crate::insert_decisions(conn, store.params, &decisions).await;
+    }
+    let mut tx = conn.begin().await?;
     crate::insert_decisions(&mut tx, store.params, &decisions).await?;
     for r in records {
         match r {
