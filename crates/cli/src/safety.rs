@@ -1,5 +1,7 @@
 //! `switchyard safety`: fit and calibrate the safety classifier on the
-//! safety set (`calibrate`), and measure a running server on it (`check`).
+//! safety set (`calibrate`), judge a policy's classifier as written on a
+//! split it was never fitted on (`evaluate`), and measure a running server
+//! on it (`check`).
 //!
 //! `calibrate` embeds every prompt with the classifier's model, fits the
 //! head on the training split, picks the threshold on out-of-fold scores,
@@ -22,7 +24,7 @@ use switchyard_gateway::routing::embed_input;
 use switchyard_router::calibrate;
 use switchyard_router::safety::measure::{self, SafetyCalibration, SafetyPoint, SafetyTarget, Scored};
 use switchyard_router::safety::train::{self, Example};
-use switchyard_router::safety::{Head, Pooling, SafetyFile, SAFE};
+use switchyard_router::safety::{Head, Pooling, SafetyFile, SafetyVerdict, SAFE};
 use switchyard_router::{classify, is_refusal, Declared, Policy};
 
 #[derive(Subcommand)]
@@ -31,6 +33,10 @@ pub enum SafetyCommand {
     /// its threshold, judge it on the held-out split, and write a new
     /// policy version holding all three.
     Calibrate(CalibrateArgs),
+    /// Judge a policy's classifier as written (its head and its rules'
+    /// thresholds, nothing refitted) on a split of the safety set, such as
+    /// `blind`, written after the head was fitted.
+    Evaluate(EvaluateArgs),
     /// Send a split of the safety set to a running server and measure what
     /// it refused, handed off and answered (with or without a policy).
     Check(CheckArgs),
@@ -91,6 +97,24 @@ pub struct CalibrateArgs {
 }
 
 #[derive(Args)]
+pub struct EvaluateArgs {
+    /// The safety set (a `datasets/safety/vN` directory).
+    #[arg(long, default_value = "datasets/safety/v6")]
+    set: PathBuf,
+    /// The policy whose `[safety]` head and `when.unsafe` rules are judged.
+    #[arg(long)]
+    policy: PathBuf,
+    /// `blind` (written without sight of the set, never tuned on),
+    /// `heldout` or `train`.
+    #[arg(long, default_value = "blind")]
+    split: String,
+    /// Also write each prompt's score and verdict (JSON lines), for
+    /// `safety check --scores`.
+    #[arg(long)]
+    scores: Option<PathBuf>,
+}
+
+#[derive(Args)]
 pub struct CheckArgs {
     #[arg(long, default_value = "datasets/safety/v4")]
     set: PathBuf,
@@ -129,6 +153,7 @@ pub enum PoolingArg {
 pub fn run(cmd: SafetyCommand) -> anyhow::Result<()> {
     match cmd {
         SafetyCommand::Calibrate(args) => calibrate(args),
+        SafetyCommand::Evaluate(args) => evaluate(args),
         SafetyCommand::Check(args) => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(check(args))
         }
@@ -214,26 +239,9 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         verdicts.iter().zip(&held).map(|(v, i)| Scored { score: v.score, unsafe_: i.is_unsafe() }).collect();
     let held_out = measure::held_out(&held_scored, chosen.threshold);
     let flagged: Vec<bool> = verdicts.iter().map(|v| v.score > chosen.threshold).collect();
-    let classifier = Table::of(&format!("classifier ({model}, threshold {:.4})", chosen.threshold), &held, &flagged);
-    let patterns: Vec<bool> = held
-        .iter()
-        .map(|i| !classify(std::slice::from_ref(&i.prompt), &Declared::default(), &policy).categories.is_empty())
-        .collect();
-    let regex = Table::of("the policy's [categories] patterns alone", &held, &patterns);
-    let both: Vec<bool> = flagged.iter().zip(&patterns).map(|(a, b)| *a || *b).collect();
-    let staged = Table::of("patterns first, then the classifier (as served)", &held, &both);
     println!("\nheld-out split ({} prompts, never tuned on):\n", held.len());
-    for t in [&classifier, &regex, &staged] {
-        println!("{}", t.render());
-    }
-    let handoffs = held
-        .iter()
-        .zip(&verdicts)
-        .zip(&flagged)
-        .filter(|((i, _), f)| i.category == "self_harm" && i.is_unsafe() && **f);
-    let (to_person, self_harm) =
-        handoffs.fold((0, 0), |(p, n), ((_, v), _)| (p + usize::from(v.category == "self_harm"), n + 1));
-    println!("self-harm prompts caught that the classifier files under self_harm (so a handoff rule takes them): {to_person}/{self_harm}");
+    let [classifier, regex, staged] =
+        judge(&policy, &format!("classifier ({model}, threshold {:.4})", chosen.threshold), &held, &verdicts, &flagged);
     print_curve(&curve);
 
     let source_sha256 = set.manifest.files.get("items.jsonl").cloned().unwrap_or_default();
@@ -289,20 +297,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(path) = &args.scores {
-        let lines: Vec<String> = held
-            .iter()
-            .zip(&verdicts)
-            .zip(&flagged)
-            .map(|((i, v), f)| {
-                serde_json::to_string(&ScoreLine {
-                    id: i.id.clone(),
-                    score: v.score,
-                    category: v.category.clone(),
-                    flagged: *f,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
+        write_scores(path, &held, &verdicts, &flagged)?;
     }
     if let Some(path) = &args.report {
         let page = report_html(&checked.id, &curve, &chosen, &held_out, &[&classifier, &regex, &staged]);
@@ -310,6 +305,106 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         println!("report: {}", path.display());
     }
     Ok(())
+}
+
+fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
+    let set = SafetySet::open(&args.set).with_context(|| format!("safety set {}", args.set.display()))?;
+    let items = set.split(&args.split);
+    anyhow::ensure!(!items.is_empty(), "the set has no `{}` split", args.split);
+    let text = std::fs::read_to_string(&args.policy).with_context(|| format!("reading {}", args.policy.display()))?;
+    let policy = Policy::from_toml(&text).with_context(|| format!("policy {}", args.policy.display()))?;
+    let Some(safety) = &policy.safety else {
+        bail!("policy {} has no [safety] classifier; write one with `switchyard safety calibrate`", policy.id);
+    };
+    let conditions: Vec<_> = policy.rules.iter().filter_map(|r| r.when.unsafe_.as_ref()).collect();
+    anyhow::ensure!(!conditions.is_empty(), "no rule of policy {} reads the classifier (`when.unsafe`)", policy.id);
+    let engine = load(&safety.file.model)?;
+    eprintln!(
+        "embedding {} prompts with {} (last {} tokens each)",
+        items.len(),
+        safety.file.model,
+        safety.file.max_tokens
+    );
+    let (x, times) = embed_all(&engine, &safety.file, &items)?;
+    print_times(&engine, &safety.file, &times)?;
+    let verdicts: Vec<SafetyVerdict> = x.iter().filter_map(|e| safety.head.verdict(e)).collect();
+    anyhow::ensure!(verdicts.len() == items.len(), "an embedding did not fit the policy's head (another model?)");
+    // Flagged as the router flags: some rule's `when.unsafe` holds.
+    let flagged: Vec<bool> = verdicts.iter().map(|v| conditions.iter().any(|c| c.holds(Some(v)))).collect();
+    let scored: Vec<Scored> =
+        verdicts.iter().zip(&items).map(|(v, i)| Scored { score: v.score, unsafe_: i.is_unsafe() }).collect();
+    println!(
+        "\n`{}` split of {} ({} prompts), policy {}: AUC {:.3}\n",
+        args.split,
+        args.set.display(),
+        items.len(),
+        policy.id,
+        auc(&scored)
+    );
+    let thresholds: Vec<String> = conditions.iter().map(|c| format!("{:.4}", c.above)).collect();
+    judge(
+        &policy,
+        &format!("classifier ({}, its rules' thresholds {})", safety.file.model, thresholds.join(", ")),
+        &items,
+        &verdicts,
+        &flagged,
+    );
+    if let Some(path) = &args.scores {
+        write_scores(path, &items, &verdicts, &flagged)?;
+    }
+    Ok(())
+}
+
+/// Prints and returns the figures on `items` of the classifier (whose
+/// verdicts and flags are given), of the policy's patterns alone, and of
+/// both as served; then how many self-harm prompts caught go to a person.
+fn judge(
+    policy: &Policy,
+    method: &str,
+    items: &[&SafetyItem],
+    verdicts: &[SafetyVerdict],
+    flagged: &[bool],
+) -> [Table; 3] {
+    let classifier = Table::of(method, items, flagged);
+    let patterns: Vec<bool> = items
+        .iter()
+        .map(|i| !classify(std::slice::from_ref(&i.prompt), &Declared::default(), policy).categories.is_empty())
+        .collect();
+    let regex = Table::of("the policy's [categories] patterns alone", items, &patterns);
+    let both: Vec<bool> = flagged.iter().zip(&patterns).map(|(a, b)| *a || *b).collect();
+    let staged = Table::of("patterns first, then the classifier (as served)", items, &both);
+    for t in [&classifier, &regex, &staged] {
+        println!("{}", t.render());
+    }
+    let handoffs =
+        items.iter().zip(verdicts).zip(flagged).filter(|((i, _), f)| i.category == "self_harm" && i.is_unsafe() && **f);
+    let (to_person, self_harm) =
+        handoffs.fold((0, 0), |(p, n), ((_, v), _)| (p + usize::from(v.category == "self_harm"), n + 1));
+    println!("self-harm prompts caught that the classifier files under self_harm (so a handoff rule takes them): {to_person}/{self_harm}");
+    [classifier, regex, staged]
+}
+
+/// Each prompt's score and verdict, one JSON line each.
+fn write_scores(
+    path: &Path,
+    items: &[&SafetyItem],
+    verdicts: &[SafetyVerdict],
+    flagged: &[bool],
+) -> anyhow::Result<()> {
+    let lines: Vec<String> = items
+        .iter()
+        .zip(verdicts)
+        .zip(flagged)
+        .map(|((i, v), f)| {
+            serde_json::to_string(&ScoreLine {
+                id: i.id.clone(),
+                score: v.score,
+                category: v.category.clone(),
+                flagged: *f,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
 fn load(spec: &str) -> anyhow::Result<Engine> {

@@ -1,7 +1,8 @@
-//! `switchyard safety calibrate` and `safety check` against the real
-//! binary on SmolLM2: a small safety set cut from `datasets/safety/v1`
-//! (two categories), calibrated into a policy, served, and checked: every
-//! held-out prompt's live label is the offline verdict.
+//! `switchyard safety calibrate`, `safety evaluate` and `safety check`
+//! against the real binary on SmolLM2: a small safety set cut from
+//! `datasets/safety/v1` (two categories), calibrated into a policy,
+//! evaluated as written, served, and checked: every held-out prompt's live
+//! label is the offline verdict.
 
 mod common;
 
@@ -84,6 +85,32 @@ fn calibrate_writes_a_policy_whose_live_router_matches_its_offline_verdicts() {
     }
     assert!(std::fs::read_to_string(&report).unwrap().contains("<svg"));
     assert_eq!(std::fs::read_to_string(&scores).unwrap().lines().count(), 48);
+
+    // `evaluate` judges the written policy as it stands: on the held-out
+    // split it gives each prompt calibrate's own score and verdict.
+    let evaluated = dir.path().join("evaluated.jsonl");
+    let ran = Command::new(BIN)
+        .args(["safety", "evaluate", "--set", &path(&set), "--policy", &path(&out), "--split", "heldout"])
+        .args(["--scores", &path(&evaluated)])
+        .output()
+        .unwrap();
+    let stdout = text(&ran.stdout);
+    assert!(ran.status.success(), "{stdout}{}", text(&ran.stderr));
+    assert!(stdout.contains("`heldout` split") && stdout.contains("AUC"), "{stdout}");
+    let lines = |p: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (offline, again) = (lines(&scores), lines(&evaluated));
+    assert_eq!(offline.len(), again.len());
+    for (a, b) in offline.iter().zip(&again) {
+        assert_eq!((&a["id"], &a["flagged"], &a["category"]), (&b["id"], &b["flagged"], &b["category"]));
+        assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-6, "{a} vs {b}");
+    }
+    let ran = Command::new(BIN)
+        .args(["safety", "evaluate", "--set", &path(&set), "--policy", &path(&policy), "--split", "blind"])
+        .output()
+        .unwrap();
+    assert!(!ran.status.success() && text(&ran.stderr).contains("no `blind` split"), "{}", text(&ran.stderr));
 
     let data = dir.path().join("data");
     let (mut server, url) = start(&["serve", "--policy", &path(&out), "--port", "0", "--data-dir", &path(&data)]);

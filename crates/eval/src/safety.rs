@@ -27,7 +27,9 @@ pub enum Expected {
 #[serde(deny_unknown_fields)]
 pub struct SafetyItem {
     pub id: String,
-    /// `train` (fit and calibrate on it) or `heldout` (never tuned on).
+    /// `train` (fit and calibrate on it), `heldout` (never tuned on) or
+    /// `blind` (written without sight of the set after the shipped head was
+    /// fitted: only ever judged on).
     pub split: String,
     pub prompt: String,
     /// `safe` or `unsafe`.
@@ -56,7 +58,7 @@ impl SafetySet {
         let (manifest, items): (Manifest, Vec<SafetyItem>) = open_jsonl(dir)?;
         let path = dir.join("items.jsonl").display().to_string();
         for item in &items {
-            let fine = matches!(item.split.as_str(), "train" | "heldout")
+            let fine = matches!(item.split.as_str(), "train" | "heldout" | "blind")
                 && matches!(
                     (item.label.as_str(), item.expected),
                     ("safe", Expected::Answer) | ("unsafe", Expected::Refuse | Expected::Handoff)
@@ -65,7 +67,7 @@ impl SafetySet {
                 return Err(DatasetError::Invalid {
                     path,
                     message: format!(
-                        "{}: split must be train or heldout, and a safe item expects an answer, an unsafe one a refusal or a handoff",
+                        "{}: split must be train, heldout or blind, and a safe item expects an answer, an unsafe one a refusal or a handoff",
                         item.id
                     ),
                 });
@@ -203,7 +205,7 @@ mod tests {
 
     #[test]
     fn the_shipped_sets_open_and_are_balanced() {
-        for version in ["v1", "v2", "v3", "v4", "v5"] {
+        for version in ["v1", "v2", "v3", "v4", "v5", "v6"] {
             let set = shipped(version);
             assert!(set.items.len() >= 400);
             let unsafe_share = set.items.iter().filter(|i| i.is_unsafe()).count() as f64 / set.items.len() as f64;
@@ -236,5 +238,27 @@ mod tests {
             assert!(set.split("train").len() > train, "{version} adds training prompts");
             train = set.split("train").len();
         }
+    }
+
+    /// v6 adds only the blind split: its train and held-out splits are
+    /// v5's, and no blind prompt repeats one the head could have seen.
+    #[test]
+    fn the_blind_split_is_new_and_balanced_per_category() {
+        let (v5, v6) = (shipped("v5"), shipped("v6"));
+        let json =
+            |items: Vec<&SafetyItem>| items.iter().map(|i| serde_json::to_string(i).unwrap()).collect::<Vec<_>>();
+        for split in ["train", "heldout"] {
+            assert_eq!(json(v5.split(split)), json(v6.split(split)), "{split}");
+        }
+        let seen: std::collections::HashSet<String> = v5.items.iter().map(|i| i.prompt.to_lowercase()).collect();
+        let blind = v6.split("blind");
+        assert!(blind.iter().all(|i| !seen.contains(&i.prompt.to_lowercase())));
+        let mut per_category: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for i in &blind {
+            let (bad, good) = per_category.entry(i.category.as_str()).or_default();
+            *if i.is_unsafe() { bad } else { good } += 1;
+        }
+        assert_eq!(per_category.len(), 9);
+        assert!(per_category.values().all(|&(bad, good)| bad >= 30 && good >= 30), "{per_category:?}");
     }
 }
