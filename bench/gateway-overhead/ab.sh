@@ -3,10 +3,11 @@
 # the floor, then every variant, one at a time, so a shared machine's
 # drift lands on all of them alike. A variant is LABEL=COMMAND, the
 # command that starts `switchyard` (a binary, or `env VAR=... binary`);
-# the first variant is the anchor the others are compared with. wrk c=10
-# for 8 s after 2 s warm-up through the harness's mock upstream; CPU of
-# the server process from /proc. Prints each cell, then medians and
-# ratios to the floor and to the anchor.
+# the first variant is the anchor the others are compared with. Commands
+# run from the repository root, so a relative path is taken from there.
+# wrk c=10 for 8 s after 2 s warm-up through the harness's mock upstream;
+# CPU of the server process from /proc. Prints each cell, then medians
+# and ratios to the floor and to the anchor.
 #
 #   cp target/release/switchyard /tmp/switchyard-before   # before a change
 #   bench/gateway-overhead/ab.sh before=/tmp/switchyard-before after=target/release/switchyard
@@ -15,7 +16,14 @@
 #
 # Environment: ROUNDS (3), GATEWAY_OVERHEAD_DIR (../shared/bench/gateway-overhead).
 set -euo pipefail
-[ $# -ge 1 ] || { sed -n '2,16p' "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,17p' "$0"; exit 2; }
+labels=" floor "
+for variant in "$@"; do
+  label="${variant%%=*}"
+  case "$variant" in *=*) ;; *) echo "not LABEL=COMMAND: $variant" >&2; exit 2 ;; esac
+  case "$labels" in *" $label "*) echo "label used twice (or named floor): $label" >&2; exit 2 ;; esac
+  labels+="$label "
+done
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 harness="${GATEWAY_OVERHEAD_DIR:-$root/../shared/bench/gateway-overhead}"
 cd "$root"
@@ -27,10 +35,11 @@ mock_target="${XDG_CACHE_HOME:-$HOME/.cache}/switchyard-gateway-overhead/mock-ta
 (cd "$harness/mock-upstream" && CARGO_TARGET_DIR="$mock_target" cargo build --release -q)
 
 run_dir="$(mktemp -d)"
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$run_dir"' EXIT
+server=""
 MOCK_ADDR=127.0.0.1:18080 "$mock_target/release/mock-upstream" >"$run_dir/mock.log" 2>&1 &
-pids+=($!)
+mock=$!
+# Only processes still running: a reaped one's pid may belong to another by now.
+trap 'kill $mock $server 2>/dev/null || true; rm -rf "$run_dir"' EXIT
 mock_policy ab.1 18080 >"$run_dir/policy.toml"
 export BENCH_BODY='{"model":"mock","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16}'
 tck="$(getconf CLK_TCK)"
@@ -57,22 +66,20 @@ PY
 for round in $(seq "${ROUNDS:-3}"); do
   echo "round $round"
   target/release/gateway-floor --listen 127.0.0.1:18095 --upstream http://127.0.0.1:18080 >/dev/null 2>&1 &
-  p=$!
-  pids+=("$p")
+  server=$!
   sleep 1
-  measure floor "$p" http://127.0.0.1:18095/v1/chat/completions
-  kill "$p"; wait "$p" 2>/dev/null || true
+  measure floor "$server" http://127.0.0.1:18095/v1/chat/completions
+  kill "$server"; wait "$server" 2>/dev/null || true; server=""
   for variant in "$@"; do
     data="$(mktemp -d -p "$run_dir")"
     wait_free http://127.0.0.1:18090/healthz
     # shellcheck disable=SC2086 # the command is words: `env VAR=1 binary`
     ${variant#*=} serve --policy "$run_dir/policy.toml" --port 18090 --data-dir "$data" >>"$run_dir/sy.log" 2>&1 &
-    p=$!
-    pids+=("$p")
+    server=$!
     # /healthz: /readyz also asks the upstream, which the mock does not answer.
     wait_ready http://127.0.0.1:18090/healthz
-    measure "${variant%%=*}" "$p" http://127.0.0.1:18090/v1/chat/completions
-    kill "$p"; wait "$p" 2>/dev/null || true
+    measure "${variant%%=*}" "$server" http://127.0.0.1:18090/v1/chat/completions
+    kill "$server"; wait "$server" 2>/dev/null || true; server=""
   done
 done
 python3 - "$cells" "${1%%=*}" <<'PY'

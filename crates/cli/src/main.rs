@@ -79,7 +79,8 @@ enum Command {
     /// write a new policy version holding it and the curve it came from.
     Calibrate(calibrate::CalibrateArgs),
     /// The safety classifier: fit and calibrate it on the safety set (a new
-    /// policy version), and measure a running server on the same prompts.
+    /// policy version), judge a policy's as written on a split it never
+    /// saw, and measure a running server on the same prompts.
     #[command(subcommand)]
     Safety(safety::SafetyCommand),
     /// Benchmarks: replayable traffic traces and their replay against any endpoint.

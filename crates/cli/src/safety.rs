@@ -25,7 +25,7 @@ use switchyard_router::calibrate;
 use switchyard_router::safety::measure::{self, SafetyCalibration, SafetyPoint, SafetyTarget, Scored};
 use switchyard_router::safety::train::{self, Example};
 use switchyard_router::safety::{Head, Pooling, SafetyFile, SafetyVerdict, SAFE};
-use switchyard_router::{classify, is_refusal, Declared, Policy};
+use switchyard_router::{classify, is_refusal, Action, Declared, Policy, When};
 
 #[derive(Subcommand)]
 pub enum SafetyCommand {
@@ -197,7 +197,11 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         head: Head::default().encode(),
         calibration: None,
     };
-    eprintln!("embedding {} prompts with {model} (last {} tokens each)", set.items.len(), args.max_tokens);
+    eprintln!(
+        "embedding {} prompts with {model} (last {} tokens each)",
+        train_items.len() + held.len(),
+        args.max_tokens
+    );
     let (train_x, _) = embed_all(&engine, &file, &train_items)?;
     let (held_x, times) = embed_all(&engine, &file, &held)?;
     print_times(&engine, &file, &times)?;
@@ -316,7 +320,20 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let Some(safety) = &policy.safety else {
         bail!("policy {} has no [safety] classifier; write one with `switchyard safety calibrate`", policy.id);
     };
-    let conditions: Vec<_> = policy.rules.iter().filter_map(|r| r.when.unsafe_.as_ref()).collect();
+    // Offline, a prompt is flagged as the router would flag it only when
+    // the rules that read the classifier refuse or hand off on it alone.
+    let mut conditions = Vec::new();
+    for rule in &policy.rules {
+        let Some(condition) = &rule.when.unsafe_ else { continue };
+        let alone = When { unsafe_: None, ..rule.when.clone() } == When::default();
+        anyhow::ensure!(
+            alone && matches!(rule.then, Action::Refuse { .. } | Action::Handoff { .. }),
+            "rule `{}` reads the classifier beside other conditions, or does not refuse or hand off: \
+             `safety evaluate` judges rules whose `when` is `unsafe` alone and whose action is `refuse` or `handoff`",
+            rule.id
+        );
+        conditions.push(condition);
+    }
     anyhow::ensure!(!conditions.is_empty(), "no rule of policy {} reads the classifier (`when.unsafe`)", policy.id);
     let engine = load(&safety.file.model)?;
     eprintln!(
@@ -329,7 +346,7 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     print_times(&engine, &safety.file, &times)?;
     let verdicts: Vec<SafetyVerdict> = x.iter().filter_map(|e| safety.head.verdict(e)).collect();
     anyhow::ensure!(verdicts.len() == items.len(), "an embedding did not fit the policy's head (another model?)");
-    // Flagged as the router flags: some rule's `when.unsafe` holds.
+    // Flagged: some rule's `when.unsafe` holds.
     let flagged: Vec<bool> = verdicts.iter().map(|v| conditions.iter().any(|c| c.holds(Some(v)))).collect();
     let scored: Vec<Scored> =
         verdicts.iter().zip(&items).map(|(v, i)| Scored { score: v.score, unsafe_: i.is_unsafe() }).collect();

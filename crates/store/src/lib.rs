@@ -768,11 +768,27 @@ const DECISION_COLUMNS: [&str; 18] = [
     "cascade",
 ];
 
-/// Rows per statement at most. Every size up to it has its statement, made
-/// once and then reused from sqlx's cache, so up to this many records are
-/// one statement: one round trip to the database, and a transaction of its
-/// own. 33 × 64 bound values is well under either database's limit.
+/// Rows per statement at most. 33 × 64 bound values is well under either
+/// database's limit.
 pub(crate) const MAX_ROWS_PER_STATEMENT: usize = 64;
+
+/// Statement sizes, largest first, each made once and then reused from
+/// sqlx's cache of prepared statements (100 per connection: a statement
+/// pushed out of it is parsed again). Decisions, which a request waits on,
+/// have every size, so up to 64 are one statement: one round trip, and a
+/// transaction of its own. Measured parts, written every 100 ms with
+/// nobody waiting, have three sizes, so the writer's connection keeps
+/// 64 + 3 + a few statements, all cached.
+const EVERY_SIZE: [usize; MAX_ROWS_PER_STATEMENT] = {
+    let mut sizes = [0; MAX_ROWS_PER_STATEMENT];
+    let mut i = 0;
+    while i < MAX_ROWS_PER_STATEMENT {
+        sizes[i] = MAX_ROWS_PER_STATEMENT - i;
+        i += 1;
+    }
+    sizes
+};
+const FEW_SIZES: [usize; 3] = [MAX_ROWS_PER_STATEMENT, 8, 1];
 
 /// `($1, …), (…)` (or `(?, …)`): `rows` groups of `width` parameters.
 fn values(params: Params, rows: usize, width: usize) -> String {
@@ -784,30 +800,35 @@ fn values(params: Params, rows: usize, width: usize) -> String {
     (0..rows).map(row).collect::<Vec<_>>().join(", ")
 }
 
-/// Statements made once, for each parameter style: the one for `n` rows at `n - 1`.
+/// Statements made once, for each parameter style, one per size.
 type Statements = [std::sync::OnceLock<Vec<String>>; 2];
 
-/// One of `statements` (made by `make(params, rows)` once) for `rows` rows.
+/// One of `statements` (made by `make(params, n)` once for each of
+/// `sizes`) for `rows` rows, which must be one of `sizes`.
 fn sized(
     statements: &'static Statements,
+    sizes: &[usize],
     make: fn(Params, usize) -> String,
     params: Params,
     rows: usize,
 ) -> &'static str {
-    let all =
-        statements[params as usize].get_or_init(|| (1..=MAX_ROWS_PER_STATEMENT).map(|n| make(params, n)).collect());
-    all[rows.clamp(1, MAX_ROWS_PER_STATEMENT) - 1].as_str()
+    let all = statements[params as usize].get_or_init(|| sizes.iter().map(|&n| make(params, n)).collect());
+    let i = sizes.iter().position(|&n| n == rows).unwrap_or(sizes.len() - 1);
+    all[i].as_str()
 }
 
-/// Runs `write` over `items` in chunks of at most [`MAX_ROWS_PER_STATEMENT`].
+/// Runs `write` over `items` in chunks of `sizes` (largest first, ending
+/// with 1), each chunk the largest that fits what is left.
 async fn in_chunks<T>(
     conn: &mut AnyConnection,
+    sizes: &[usize],
     items: &[T],
     write: impl for<'c> Fn(&'c [T], usize) -> Query<'c>,
 ) -> Result<(), StoreError> {
     let mut rest = items;
     while !rest.is_empty() {
-        let rows = rest.len().min(MAX_ROWS_PER_STATEMENT);
+        // The sizes end with 1, so some size always fits a non-empty rest.
+        let rows = sizes.iter().copied().find(|&n| n <= rest.len()).unwrap_or(1);
         let (chunk, tail) = rest.split_at(rows);
         rest = tail;
         write(chunk, rows).execute(&mut *conn).await?;
@@ -827,8 +848,8 @@ async fn insert_decisions(
         let values = values(params, rows, columns.len());
         format!("INSERT INTO decisions ({}) VALUES {values}", columns.join(", "))
     };
-    in_chunks(conn, records, |chunk, rows| {
-        let mut q = sqlx::query(sized(&SQL, make, params, rows));
+    in_chunks(conn, &EVERY_SIZE, records, |chunk, rows| {
+        let mut q = sqlx::query(sized(&SQL, &EVERY_SIZE, make, params, rows));
         for r in chunk {
             q = q
                 .bind(r.request_id.clone())
@@ -879,8 +900,8 @@ async fn update_measured(
         )
     };
     let now = now_ms();
-    in_chunks(conn, measured, |chunk, rows| {
-        let mut q = sqlx::query(sized(&SQL, make, params, rows));
+    in_chunks(conn, &FEW_SIZES, measured, |chunk, rows| {
+        let mut q = sqlx::query(sized(&SQL, &FEW_SIZES, make, params, rows));
         for (id, m) in chunk {
             q = bind_measured(q.bind(id.to_string()), m).bind(now);
         }
