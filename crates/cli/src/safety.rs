@@ -237,10 +237,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     let Some(chosen) = measure::pick(&curve, target) else { bail!("the training split gave no scores") };
     let met = target.met_by(&chosen);
     let head = train::fit(&examples, &classes, l2);
-    let verdicts: Vec<_> = held_x.iter().filter_map(|x| head.verdict(x)).collect();
-    anyhow::ensure!(verdicts.len() == held.len(), "an embedding had the wrong size");
-    let held_scored: Vec<Scored> =
-        verdicts.iter().zip(&held).map(|(v, i)| Scored { score: v.score, unsafe_: i.is_unsafe() }).collect();
+    let (verdicts, held_scored) = judged(&head, &held_x, &held)?;
     let held_out = measure::held_out(&held_scored, chosen.threshold);
     let flagged: Vec<bool> = verdicts.iter().map(|v| v.score > chosen.threshold).collect();
     println!("\nheld-out split ({} prompts, never tuned on):\n", held.len());
@@ -344,12 +341,9 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     );
     let (x, times) = embed_all(&engine, &safety.file, &items)?;
     print_times(&engine, &safety.file, &times)?;
-    let verdicts: Vec<SafetyVerdict> = x.iter().filter_map(|e| safety.head.verdict(e)).collect();
-    anyhow::ensure!(verdicts.len() == items.len(), "an embedding did not fit the policy's head (another model?)");
+    let (verdicts, scored) = judged(&safety.head, &x, &items)?;
     // Flagged: some rule's `when.unsafe` holds.
     let flagged: Vec<bool> = verdicts.iter().map(|v| conditions.iter().any(|c| c.holds(Some(v)))).collect();
-    let scored: Vec<Scored> =
-        verdicts.iter().zip(&items).map(|(v, i)| Scored { score: v.score, unsafe_: i.is_unsafe() }).collect();
     println!(
         "\n`{}` split of {} ({} prompts), policy {}: AUC {:.3}\n",
         args.split,
@@ -370,6 +364,19 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         write_scores(path, &items, &verdicts, &flagged)?;
     }
     Ok(())
+}
+
+/// `head`'s verdict on each of `items` (embedded as `embeddings`), and its
+/// score beside the item's label.
+fn judged(
+    head: &Head,
+    embeddings: &[Vec<f32>],
+    items: &[&SafetyItem],
+) -> anyhow::Result<(Vec<SafetyVerdict>, Vec<Scored>)> {
+    let verdicts: Vec<SafetyVerdict> = embeddings.iter().filter_map(|e| head.verdict(e)).collect();
+    anyhow::ensure!(verdicts.len() == items.len(), "an embedding did not fit the head (another model?)");
+    let scored = verdicts.iter().zip(items).map(|(v, i)| Scored { score: v.score, unsafe_: i.is_unsafe() }).collect();
+    Ok((verdicts, scored))
 }
 
 /// Prints and returns the figures on `items` of the classifier (whose
