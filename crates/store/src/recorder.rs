@@ -240,18 +240,19 @@ async fn write_batch(
         Some(held) => held,
         None => conn.insert(store.pool.acquire().await?),
     };
-    let written = write_in_transaction(store, held, records).await;
+    let written = write_records(store, held, records).await;
     if written.is_err() {
         *conn = None;
     }
     written
 }
 
-/// A batch's decisions in one multi-row INSERT (one round trip to the
-/// database, not one per record), shadows and audit lines, then the
-/// measurements in one multi-row UPDATE, which may update decisions of
-/// this batch.
-async fn write_in_transaction(store: &Store, conn: &mut AnyConnection, records: &[Record]) -> Result<(), StoreError> {
+/// A batch in one transaction: its decisions in one multi-row INSERT (one
+/// round trip to the database, not one per record), shadows and audit
+/// lines, then the measurements in one multi-row UPDATE, which may update
+/// decisions of this batch. A batch that is one INSERT is not wrapped:
+/// that statement is a transaction by itself.
+async fn write_records(store: &Store, conn: &mut AnyConnection, records: &[Record]) -> Result<(), StoreError> {
     let decisions: Vec<&DecisionRecord> =
         records.iter().filter_map(|r| if let Record::Decision(d) = r { Some(&**d) } else { None }).collect();
     if decisions.len() == records.len() && decisions.len() <= crate::MAX_ROWS_PER_STATEMENT {
