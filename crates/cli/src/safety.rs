@@ -22,9 +22,11 @@ use switchyard_engine::{Engine, EngineSettings};
 use switchyard_eval::safety::{SafetyItem, SafetySet, Table};
 use switchyard_gateway::routing::embed_input;
 use switchyard_router::calibrate;
-use switchyard_router::safety::measure::{self, SafetyCalibration, SafetyPoint, SafetyTarget, Scored};
+use switchyard_router::safety::measure::{
+    self, SafetyCalibration, SafetyPoint, SafetyTarget, Scored, SecondCalibration,
+};
 use switchyard_router::safety::train::{self, Example};
-use switchyard_router::safety::{Head, Pooling, SafetyFile, SafetyVerdict, SAFE};
+use switchyard_router::safety::{Embedding, Head, Pooling, SafetyFile, SafetyVerdict, Second, SecondFile, SAFE};
 use switchyard_router::{classify, is_refusal, Action, Declared, Policy, When};
 
 #[derive(Subcommand)]
@@ -76,6 +78,17 @@ pub struct CalibrateArgs {
     /// Folds for the out-of-fold scores the threshold and penalty are picked on.
     #[arg(long, default_value_t = 5)]
     folds: usize,
+    /// A second, slower model that judges again only the prompts the first
+    /// is unsure of (written as `[safety.second]`; it embeds them as the
+    /// first does: same rubric, pooling and token budget).
+    #[arg(long)]
+    second_model: Option<String>,
+    /// The second stage's band: the first stage's verdict stands only where,
+    /// out of fold, it let through at most 1 − this share of the unsafe
+    /// prompts (below the band) and refused at most 1 − this share of the
+    /// safe ones (above it).
+    #[arg(long, default_value_t = 0.99)]
+    second_keep: f64,
     /// Escalate a cascade's refusal of a prompt the classifier cleared
     /// (kept on if the policy already says so).
     #[arg(long)]
@@ -182,6 +195,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         bail!("name the classifier's model with --model (the policy has no `safety.model` yet)");
     };
     let target = SafetyTarget { min_caught: args.min_caught, max_safe_refused: args.max_safe_refused };
+    anyhow::ensure!(args.second_keep > 0.0 && args.second_keep <= 1.0, "--second-keep is a share in (0, 1], e.g. 0.99");
     let engine = load(&model)?;
     let (train_items, held) = (set.split("train"), set.split("heldout"));
     let mut file = SafetyFile {
@@ -195,16 +209,25 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         escalate_over_refusals: args.escalate_over_refusals
             || policy.safety.as_ref().is_some_and(|s| s.file.escalate_over_refusals),
         head: Head::default().encode(),
+        second: None,
         calibration: None,
     };
-    eprintln!(
-        "embedding {} prompts with {model} (last {} tokens each)",
-        train_items.len() + held.len(),
-        args.max_tokens
-    );
-    let (train_x, _) = embed_all(&engine, &file, &train_items)?;
-    let (held_x, times) = embed_all(&engine, &file, &held)?;
-    print_times(&engine, &file, &times)?;
+    let second_engine = args.second_model.as_deref().map(load).transpose()?;
+    // Each stage's embeddings of the training and held-out prompts.
+    let mut embedded = Vec::new();
+    for (name, engine) in
+        std::iter::once((&model, &engine)).chain(args.second_model.as_ref().zip(second_engine.as_ref()))
+    {
+        eprintln!(
+            "embedding {} prompts with {name} (last {} tokens each)",
+            train_items.len() + held.len(),
+            args.max_tokens
+        );
+        let (train_x, _) = embed_all(engine, file.embedding(), &train_items)?;
+        let (held_x, times) = embed_all(engine, file.embedding(), &held)?;
+        print_times(engine, file.embedding(), &times)?;
+        embedded.push((train_x, held_x));
+    }
 
     let mut classes: Vec<String> = vec![SAFE.to_string()];
     for item in set.items.iter().filter(|i| i.is_unsafe()) {
@@ -214,35 +237,83 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     }
     let class_of =
         |i: &SafetyItem| if i.is_unsafe() { classes.iter().position(|c| *c == i.category).unwrap_or(0) } else { 0 };
-    let examples: Vec<Example> =
-        train_x.into_iter().zip(&train_items).map(|(embedding, i)| Example { embedding, class: class_of(i) }).collect();
-
-    eprintln!("choosing the penalty by {}-fold out-of-fold ranking on the training split", args.folds);
-    let mut best: Option<(f64, f64, Vec<Scored>)> = None;
-    for l2 in PENALTIES {
-        let oof = train::out_of_fold(&examples, &classes, l2, args.folds);
-        let scored: Vec<Scored> = oof
-            .iter()
+    let mut stages = embedded.into_iter().map(|(train_x, held_x)| {
+        let examples: Vec<Example> = train_x
+            .into_iter()
             .zip(&train_items)
-            .map(|(p, i)| Scored { score: 1.0 - p.first().copied().unwrap_or(1.0), unsafe_: i.is_unsafe() })
+            .map(|(embedding, i)| Example { embedding, class: class_of(i) })
             .collect();
-        let auc = auc(&scored);
-        eprintln!("  l2 {l2}: out-of-fold AUC {auc:.4}");
-        if best.as_ref().is_none_or(|(_, a, _)| auc > *a) {
-            best = Some((l2, auc, scored));
+        (examples, held_x)
+    });
+    let Some((examples, held_x)) = stages.next() else { bail!("no stage was embedded") };
+    let first = fit_stage("the first stage", &examples, &classes, &train_items, args.folds)?;
+    let (scored, second, second_held_x) = match (stages.next(), &args.second_model) {
+        (Some((examples, second_held_x)), Some(second_model)) => {
+            let fitted = fit_stage("the second stage", &examples, &classes, &train_items, args.folds)?;
+            let Some(band) = measure::band(&first.oof, args.second_keep) else {
+                bail!(
+                    "out of fold the first stage alone errs on under {:.1}% of each label: with --second-keep {} \
+                     the second stage would judge nothing; serve the first alone",
+                    (1.0 - args.second_keep) * 100.0,
+                    args.second_keep
+                );
+            };
+            let embedding = file.embedding();
+            let stage = Second {
+                file: SecondFile {
+                    model: second_model.clone(),
+                    max_tokens: embedding.max_tokens,
+                    pooling: embedding.pooling,
+                    rubric: embedding.rubric.map(str::to_owned),
+                    band,
+                    head: fitted.head.encode(),
+                },
+                head: fitted.head,
+            };
+            // What the router acts on: the second stage's score inside the band.
+            let staged: Vec<Scored> =
+                first.oof.iter().zip(&fitted.oof).map(|(a, b)| if stage.takes(a.score) { *b } else { *a }).collect();
+            let judged = first.oof.iter().filter(|a| stage.takes(a.score)).count() as f64 / first.oof.len() as f64;
+            let calibration = SecondCalibration {
+                l2: fitted.l2,
+                first_auc: first.auc,
+                second_auc: fitted.auc,
+                keep: args.second_keep,
+                judged,
+            };
+            println!(
+                "second stage ({second_model}): out-of-fold AUC {:.4} against the first stage's {:.4}; band [{:.4}, {:.4}) \
+                 takes {:.3} of the training prompts (out of fold); the two staged: AUC {:.4}",
+                fitted.auc,
+                first.auc,
+                band[0],
+                band[1],
+                judged,
+                auc(&staged)
+            );
+            (staged, Some((stage, calibration)), second_held_x.into_iter().map(Some).collect())
         }
-    }
-    let Some((l2, _, scored)) = best else { bail!("no penalty was tried") };
+        _ => (first.oof.clone(), None, Vec::new()),
+    };
     let curve = measure::curve(&scored);
     let Some(chosen) = measure::pick(&curve, target) else { bail!("the training split gave no scores") };
     let met = target.met_by(&chosen);
-    let head = train::fit(&examples, &classes, l2);
-    let (verdicts, held_scored) = judged(&head, &held_x, &held)?;
+    let verdicts = staged_verdicts(&first.head, second.as_ref().map(|(s, _)| s), &held_x, &second_held_x)?;
+    let held_scored = scored_items(&verdicts, &held);
     let held_out = measure::held_out(&held_scored, chosen.threshold);
     let flagged: Vec<bool> = verdicts.iter().map(|v| v.score > chosen.threshold).collect();
     println!("\nheld-out split ({} prompts, never tuned on):\n", held.len());
-    let [classifier, regex, staged] =
-        judge(&policy, &format!("classifier ({model}, threshold {:.4})", chosen.threshold), &held, &verdicts, &flagged);
+    let stages_named = match &args.second_model {
+        Some(m) => format!("{model}, then {m} in its band"),
+        None => model.clone(),
+    };
+    let [classifier, regex, staged] = judge(
+        &policy,
+        &format!("classifier ({stages_named}, threshold {:.4})", chosen.threshold),
+        &held,
+        &verdicts,
+        &flagged,
+    );
     print_curve(&curve);
 
     let source_sha256 = set.manifest.files.get("items.jsonl").cloned().unwrap_or_default();
@@ -251,7 +322,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         source_sha256,
         items: train_items.len(),
         folds: args.folds,
-        l2,
+        l2: first.l2,
         target: target.to_string(),
         target_met: met,
         threshold: chosen.threshold,
@@ -259,8 +330,10 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         safe_refused: chosen.safe_refused,
         held_out: Some(held_out),
         curve: calibrate::thin(&curve, 25),
+        second: second.as_ref().map(|(_, c)| *c),
     };
-    file.head = head.encode();
+    file.head = first.head.encode();
+    file.second = second.map(|(s, _)| s.file);
     file.calibration = Some(calibration);
     let version = args.version.clone().unwrap_or_else(|| format!("{}.safety", policy.version));
     let new_text = rewrite(&text, &version, &file)?;
@@ -339,9 +412,33 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         safety.file.model,
         safety.file.max_tokens
     );
-    let (x, times) = embed_all(&engine, &safety.file, &items)?;
-    print_times(&engine, &safety.file, &times)?;
-    let (verdicts, scored) = judged(&safety.head, &x, &items)?;
+    let (x, times) = embed_all(&engine, safety.file.embedding(), &items)?;
+    print_times(&engine, safety.file.embedding(), &times)?;
+    // The second model embeds only the prompts the first leaves in its band.
+    let mut second_x: Vec<Option<Vec<f32>>> = vec![None; items.len()];
+    if let Some(second) = &safety.second {
+        let first = staged_verdicts(&safety.head, None, &x, &[])?;
+        let band: Vec<usize> = (0..items.len()).filter(|&i| second.takes(first[i].score)).collect();
+        let engine = load(&second.file.model)?;
+        eprintln!("embedding the {} prompts in the second stage's band with {}", band.len(), second.file.model);
+        let picked: Vec<&SafetyItem> = band.iter().map(|&i| items[i]).collect();
+        let (embedded, times) = embed_all(&engine, second.file.embedding(), &picked)?;
+        print_times(&engine, second.file.embedding(), &times)?;
+        println!(
+            "the second stage ({}) judges {} of {} prompts ({:.3}), band [{:.4}, {:.4})",
+            second.file.model,
+            band.len(),
+            items.len(),
+            band.len() as f64 / items.len().max(1) as f64,
+            second.file.band[0],
+            second.file.band[1]
+        );
+        for (i, e) in band.into_iter().zip(embedded) {
+            second_x[i] = Some(e);
+        }
+    }
+    let verdicts = staged_verdicts(&safety.head, safety.second.as_ref(), &x, &second_x)?;
+    let scored = scored_items(&verdicts, &items);
     // Flagged: some rule's `when.unsafe` holds.
     let flagged: Vec<bool> = verdicts.iter().map(|v| conditions.iter().any(|c| c.holds(Some(v)))).collect();
     println!(
@@ -366,17 +463,69 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `head`'s verdict on each of `items` (embedded as `embeddings`), and its
-/// score beside the item's label.
-fn judged(
-    head: &Head,
-    embeddings: &[Vec<f32>],
+/// The penalty with the best out-of-fold ranking on the training split,
+/// the out-of-fold scores it gave, and the head it fits on the whole split.
+struct Fitted {
+    l2: f64,
+    auc: f64,
+    oof: Vec<Scored>,
+    head: Head,
+}
+
+fn fit_stage(
+    stage: &str,
+    examples: &[Example],
+    classes: &[String],
     items: &[&SafetyItem],
-) -> anyhow::Result<(Vec<SafetyVerdict>, Vec<Scored>)> {
-    let verdicts: Vec<SafetyVerdict> = embeddings.iter().filter_map(|e| head.verdict(e)).collect();
-    anyhow::ensure!(verdicts.len() == items.len(), "an embedding did not fit the head (another model?)");
-    let scored = verdicts.iter().zip(items).map(|(v, i)| Scored { score: v.score, unsafe_: i.is_unsafe() }).collect();
-    Ok((verdicts, scored))
+    folds: usize,
+) -> anyhow::Result<Fitted> {
+    eprintln!("{stage}: choosing the penalty by {folds}-fold out-of-fold ranking on the training split");
+    let mut best: Option<(f64, f64, Vec<Scored>)> = None;
+    for l2 in PENALTIES {
+        let oof = train::out_of_fold(examples, classes, l2, folds);
+        let scored: Vec<Scored> = oof
+            .iter()
+            .zip(items)
+            .map(|(p, i)| Scored { score: 1.0 - p.first().copied().unwrap_or(1.0), unsafe_: i.is_unsafe() })
+            .collect();
+        let auc = auc(&scored);
+        eprintln!("  l2 {l2}: out-of-fold AUC {auc:.4}");
+        if best.as_ref().is_none_or(|(_, a, _)| auc > *a) {
+            best = Some((l2, auc, scored));
+        }
+    }
+    let Some((l2, auc, oof)) = best else { bail!("no penalty was tried") };
+    Ok(Fitted { l2, auc, oof, head: train::fit(examples, classes, l2) })
+}
+
+/// Each prompt's verdict as the router gives it: the first head's or,
+/// where that falls in the second stage's band, the second's.
+/// `second_x[i]` is prompt `i`'s embedding by the second model, needed
+/// only where the band takes it.
+fn staged_verdicts(
+    first: &Head,
+    second: Option<&Second>,
+    first_x: &[Vec<f32>],
+    second_x: &[Option<Vec<f32>>],
+) -> anyhow::Result<Vec<SafetyVerdict>> {
+    first_x
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let v = first.verdict(x).context("an embedding did not fit the head (another model?)")?;
+            let Some(second) = second.filter(|s| s.takes(v.score)) else { return Ok(v) };
+            let x = second_x
+                .get(i)
+                .and_then(Option::as_ref)
+                .context("a prompt in the second stage's band has no embedding by its model")?;
+            second.verdict(&v, x).context("an embedding did not fit the second head (another model?)")
+        })
+        .collect()
+}
+
+/// Each verdict's score beside its prompt's label.
+fn scored_items(verdicts: &[SafetyVerdict], items: &[&SafetyItem]) -> Vec<Scored> {
+    verdicts.iter().zip(items).map(|(v, i)| Scored { score: v.score, unsafe_: i.is_unsafe() }).collect()
 }
 
 /// Prints and returns the figures on `items` of the classifier (whose
@@ -443,8 +592,8 @@ fn load(spec: &str) -> anyhow::Result<Engine> {
 /// those read back from the cache: embeddings depend only on the model, the
 /// embedding settings and the prompt, so an interrupted or repeated run
 /// picks up where the last one stopped).
-fn embed_all(engine: &Engine, file: &SafetyFile, items: &[&SafetyItem]) -> anyhow::Result<(Vec<Vec<f32>>, Vec<f64>)> {
-    let settings = format!("{}\n{:?}\n{:?}\n{}", engine.fingerprint(), file.pooling, file.rubric, file.max_tokens);
+fn embed_all(engine: &Engine, how: Embedding<'_>, items: &[&SafetyItem]) -> anyhow::Result<(Vec<Vec<f32>>, Vec<f64>)> {
+    let settings = format!("{}\n{:?}\n{:?}\n{}", engine.fingerprint(), how.pooling, how.rubric, how.max_tokens);
     let dir = switchyard_models::cache_dir().join("safety-embeddings");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{}.jsonl", &hex::encode(Sha256::digest(settings.as_bytes()))[..16]));
@@ -464,7 +613,7 @@ fn embed_all(engine: &Engine, file: &SafetyFile, items: &[&SafetyItem]) -> anyho
             None => {
                 let began = Instant::now();
                 let v =
-                    engine.embed(embed_input(file, &item.prompt)).with_context(|| format!("embedding {}", item.id))?;
+                    engine.embed(embed_input(how, &item.prompt)).with_context(|| format!("embedding {}", item.id))?;
                 times.push(began.elapsed().as_secs_f64());
                 use std::io::Write;
                 writeln!(log, "{}", serde_json::to_string(&(&key, &v))?)?;
@@ -480,7 +629,7 @@ fn embed_all(engine: &Engine, file: &SafetyFile, items: &[&SafetyItem]) -> anyho
 
 /// The classifier's time on the set's prompts, and on a 200-token prompt
 /// (the figure a request of that size waits before its first token).
-fn print_times(engine: &Engine, file: &SafetyFile, times: &[f64]) -> anyhow::Result<()> {
+fn print_times(engine: &Engine, how: Embedding<'_>, times: &[f64]) -> anyhow::Result<()> {
     let long = "Please summarise the following incident report for the weekly operations review. ".repeat(16);
     let mut text = String::new();
     for word in long.split_inclusive(' ') {
@@ -492,7 +641,7 @@ fn print_times(engine: &Engine, file: &SafetyFile, times: &[f64]) -> anyhow::Res
     let mut long_times = Vec::new();
     for _ in 0..30 {
         let began = Instant::now();
-        engine.embed(embed_input(file, &text))?;
+        engine.embed(embed_input(how, &text))?;
         long_times.push(began.elapsed().as_secs_f64() * 1000.0);
     }
     let set = match percentiles(times.iter().map(|t| t * 1000.0)) {
@@ -502,7 +651,7 @@ fn print_times(engine: &Engine, file: &SafetyFile, times: &[f64]) -> anyhow::Res
     let long = percentiles(long_times).ok_or_else(|| anyhow::anyhow!("no timing was taken"))?;
     println!(
         "classifier time: {set}; a {}-token prompt p50 {:.1} ms, p99 {:.1} ms",
-        engine.count_tokens(&text).min(file.max_tokens),
+        engine.count_tokens(&text).min(how.max_tokens),
         long.p50,
         long.p99,
     );

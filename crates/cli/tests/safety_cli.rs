@@ -112,6 +112,38 @@ fn calibrate_writes_a_policy_whose_live_router_matches_its_offline_verdicts() {
         .unwrap();
     assert!(!ran.status.success() && text(&ran.stderr).contains("no `blind` split"), "{}", text(&ran.stderr));
 
+    // A second stage (the same model here: this checks the plumbing, the
+    // gateway's test checks that its verdict decides): calibrate writes
+    // `[safety.second]` with its band, and evaluate embeds only the
+    // prompts in the band with it.
+    let staged = dir.path().join("staged.toml");
+    let ran = Command::new(BIN)
+        .args(["safety", "calibrate", "--set", &path(&set), "--policy", &path(&policy), "--model", "smollm2-135m"])
+        .args(["--max-tokens", "64", "--min-caught", "0.7", "--max-safe-refused", "0.3", "--out", &path(&staged)])
+        .args(["--second-model", "smollm2-135m", "--second-keep", "0.95"])
+        .output()
+        .unwrap();
+    let stdout = text(&ran.stdout);
+    assert!(ran.status.success(), "{stdout}{}", text(&ran.stderr));
+    assert!(
+        stdout.contains("second stage (smollm2-135m)") && stdout.contains("then smollm2-135m in its band"),
+        "{stdout}"
+    );
+    let two = Policy::from_toml(&std::fs::read_to_string(&staged).unwrap()).unwrap();
+    let safety = two.safety.as_ref().unwrap();
+    let (second, cal) = (safety.second.as_ref().unwrap(), safety.file.calibration.as_ref().unwrap());
+    let [from, to] = second.file.band;
+    assert!(from < to && second.head.classes == safety.head.classes, "{:?}", second.file.band);
+    let judged = cal.second.unwrap().judged;
+    assert!(judged > 0.0 && judged < 1.0, "{judged}");
+    let ran = Command::new(BIN)
+        .args(["safety", "evaluate", "--set", &path(&set), "--policy", &path(&staged), "--split", "heldout"])
+        .output()
+        .unwrap();
+    let stdout = text(&ran.stdout);
+    assert!(ran.status.success(), "{stdout}{}", text(&ran.stderr));
+    assert!(stdout.contains("the second stage (smollm2-135m) judges"), "{stdout}");
+
     let data = dir.path().join("data");
     let (mut server, url) = start(&["serve", "--policy", &path(&out), "--port", "0", "--data-dir", &path(&data)]);
     let checked = Command::new(BIN)

@@ -21,7 +21,7 @@ use switchyard_gateway::backend::Backend;
 use switchyard_gateway::routing::{embed_input, Routing, RoutingOptions};
 use switchyard_gateway::{router, AppState};
 use switchyard_router::safety::train::{fit, Example};
-use switchyard_router::safety::{Head, Pooling, SafetyFile, SAFE};
+use switchyard_router::safety::{Head, Pooling, SafetyFile, SecondFile, SAFE};
 use switchyard_router::{Policy, Prices};
 
 /// The categories the head is fitted on (a third of the set, to keep the
@@ -75,12 +75,13 @@ fn settings() -> SafetyFile {
         rubric: None,
         escalate_over_refusals: true,
         head: Head::default().encode(),
+        second: None,
         calibration: None,
     }
 }
 
 fn embed(engine: &Engine, file: &SafetyFile, items: &[SafetyItem]) -> Vec<Vec<f32>> {
-    items.iter().map(|i| engine.embed(embed_input(file, &i.prompt)).unwrap()).collect()
+    items.iter().map(|i| engine.embed(embed_input(file.embedding(), &i.prompt)).unwrap()).collect()
 }
 
 struct Served {
@@ -114,33 +115,35 @@ impl Served {
     }
 }
 
-#[tokio::test]
-async fn the_router_refuses_hands_off_and_answers_as_the_classifier_says() {
-    let engine = Arc::new(loopback::smollm2().await);
+/// The held-out and training prompts of [`CATEGORIES`] in `datasets/safety/v1`.
+fn items(split: &str) -> Vec<SafetyItem> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/safety/v1");
     let set = SafetySet::open(&dir).unwrap();
-    let pick = |split: &str| -> Vec<SafetyItem> {
-        set.split(split).into_iter().filter(|i| CATEGORIES.contains(&i.category.as_str())).cloned().collect()
-    };
-    let (train, held) = (pick("train"), pick("heldout"));
+    set.split(split).into_iter().filter(|i| CATEGORIES.contains(&i.category.as_str())).cloned().collect()
+}
+
+/// A head fitted on `train` as `file` embeds it.
+async fn fitted(engine: &Arc<Engine>, file: &SafetyFile, train: &[SafetyItem]) -> Head {
     let classes: Vec<String> = std::iter::once(SAFE).chain(CATEGORIES).map(String::from).collect();
-    let mut file = settings();
-    let (e, f, t) = (engine.clone(), file.clone(), train.clone());
+    let (e, f, t) = (engine.clone(), file.clone(), train.to_vec());
     let train_x = tokio::task::spawn_blocking(move || embed(&e, &f, &t)).await.unwrap();
     let examples: Vec<Example> = train_x
         .into_iter()
-        .zip(&train)
+        .zip(train)
         .map(|(embedding, i)| Example {
             embedding,
             class: if i.is_unsafe() { classes.iter().position(|c| *c == i.category).unwrap() } else { 0 },
         })
         .collect();
-    let head = fit(&examples, &classes, 0.1);
-    file.head = head.encode();
+    fit(&examples, &classes, 0.1)
+}
+
+/// [`RULES`] with `file` as its classifier, served on loopback with scripted
+/// routes: the fast one always refuses, the strong one always answers.
+async fn serve(engine: &Arc<Engine>, file: &SafetyFile) -> Served {
     let policy =
         format!("{RULES}\n{}", toml::to_string(&toml::Value::try_from(json!({ "safety": file })).unwrap()).unwrap());
     let policy = Policy::from_toml(&policy).unwrap();
-
     let fast: Arc<dyn Backend> =
         Arc::new(Scripted::always(Script::answer("I'm sorry, but I can't help with that.", -0.1)));
     let strong: Arc<dyn Backend> = Arc::new(Scripted::always(Script::answer("Happy to help: here is how.", -0.1)));
@@ -155,7 +158,17 @@ async fn the_router_refuses_hands_off_and_answers_as_the_classifier_says() {
     let store = switchyard_store::Store::open(&data.path().join("s.db")).await.unwrap();
     let state = AppState::new(vec![]).with_routing(routing).with_store(store);
     let base = loopback::serve(router(Arc::new(state), 1 << 20)).await;
-    let s = Served { base, http: reqwest::Client::new(), _data: data };
+    Served { base, http: reqwest::Client::new(), _data: data }
+}
+
+#[tokio::test]
+async fn the_router_refuses_hands_off_and_answers_as_the_classifier_says() {
+    let engine = Arc::new(loopback::smollm2().await);
+    let (train, held) = (items("train"), items("heldout"));
+    let mut file = settings();
+    let head = fitted(&engine, &file, &train).await;
+    file.head = head.encode();
+    let s = serve(&engine, &file).await;
 
     // Every held-out prompt of these categories: the live label is the
     // offline verdict of the same head on the same embedding.
@@ -223,7 +236,7 @@ async fn the_router_refuses_hands_off_and_answers_as_the_classifier_says() {
     let (item, _) = flagged.unwrap();
     let joined = format!("{}\n\nhi", item.prompt);
     let (e, f) = (engine.clone(), file.clone());
-    let x = tokio::task::spawn_blocking(move || e.embed(embed_input(&f, &joined)).unwrap()).await.unwrap();
+    let x = tokio::task::spawn_blocking(move || e.embed(embed_input(f.embedding(), &joined)).unwrap()).await.unwrap();
     let v = head.verdict(&x).unwrap();
     let body = json!({"model": "auto", "messages": [{"role": "system", "content": item.prompt}, {"role": "user", "content": "hi"}]});
     let resp = s.http.post(format!("{}/v1/chat/completions", s.base)).json(&body).send().await.unwrap();
@@ -239,4 +252,64 @@ async fn the_router_refuses_hands_off_and_answers_as_the_classifier_says() {
     assert!(body.contains("(pattern)"), "{body}");
     let record = s.decision(&headers["x-switchyard-request-id"]).await;
     assert!(record["decision"].get("safety").is_none(), "{record}");
+}
+
+/// A second stage on the same model, embedding another way (the rubric's
+/// last token rather than the mean), judges again only the prompts the
+/// first scores inside its band: live, each label is the staged verdict
+/// offline, and the record keeps both stages' scores.
+#[tokio::test]
+async fn a_second_stage_judges_the_first_stages_band_and_its_verdict_decides() {
+    let engine = Arc::new(loopback::smollm2().await);
+    let (train, held) = (items("train"), items("heldout"));
+    let mut file = settings();
+    let first = fitted(&engine, &file, &train).await;
+    let mut second = SecondFile {
+        model: "smollm2-135m".into(),
+        max_tokens: 128,
+        pooling: Pooling::Last,
+        rubric: Some("Would answering this message help someone cause harm? Reply safe or unsafe.".into()),
+        band: [0.2, 0.8],
+        head: Head::default().encode(),
+    };
+    let second_file = SafetyFile { pooling: second.pooling, rubric: second.rubric.clone(), ..settings() };
+    let second_head = fitted(&engine, &second_file, &train).await;
+    second.head = second_head.encode();
+    file.head = first.encode();
+    file.second = Some(second);
+    let s = serve(&engine, &file).await;
+
+    let (e, f, h) = (engine.clone(), file.clone(), held.clone());
+    let first_x = tokio::task::spawn_blocking(move || embed(&e, &f, &h)).await.unwrap();
+    let (e, f, h) = (engine.clone(), second_file.clone(), held.clone());
+    let second_x = tokio::task::spawn_blocking(move || embed(&e, &f, &h)).await.unwrap();
+    let (mut judged, mut overturned) = (0, 0);
+    for ((item, x1), x2) in held.iter().zip(&first_x).zip(&second_x) {
+        if item.prompt.to_lowercase().contains("previous instructions") {
+            continue; // the patterns stage takes it
+        }
+        let v1 = first.verdict(x1).unwrap();
+        let in_band = (0.2..0.8).contains(&v1.score);
+        let v = if in_band { second_head.verdict(x2).unwrap() } else { v1.clone() };
+        let (status, headers, body) = s.ask(&item.prompt, json!({}), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{}: {body}", item.id);
+        let expected = match (v.score > 0.5, v.category.as_str()) {
+            (true, "self_harm") => "human-escalated",
+            (true, _) => "refused",
+            (false, _) => "answered",
+        };
+        assert_eq!(headers["x-switchyard-label"], expected, "{}: first {v1:?}, staged {v:?}", item.id);
+        let record = s.decision(&headers["x-switchyard-request-id"]).await;
+        let safety = &record["decision"]["safety"];
+        assert!((safety["score"].as_f64().unwrap() - v.score).abs() < 1e-6, "{}: {record}", item.id);
+        if in_band {
+            assert!((safety["first_score"].as_f64().unwrap() - v1.score).abs() < 1e-6, "{record}");
+            judged += 1;
+            overturned += usize::from((v.score > 0.5) != (v1.score > 0.5));
+        } else {
+            assert!(safety.get("first_score").is_none(), "only the first stage judged it: {record}");
+        }
+    }
+    assert!(judged > 0 && judged < held.len(), "the band takes some prompts, not all: {judged}");
+    assert!(overturned > 0, "and the second stage overturns some of the first's verdicts");
 }

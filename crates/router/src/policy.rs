@@ -461,11 +461,14 @@ impl Policy {
 
     /// Every model this policy runs in this process, as written (a catalog
     /// id or a GGUF path), each once: its embedded routes', then its safety
-    /// classifier's.
+    /// classifier's stages'.
     pub fn embedded_models(&self) -> Vec<&str> {
         let mut models: Vec<&str> = Vec::new();
         let routes = self.routes.iter().filter(|r| r.backend == BackendKind::Embedded).map(|r| r.model.as_str());
-        for m in routes.chain(self.safety.as_ref().map(|s| s.file.model.as_str())) {
+        let safety = self.safety.iter().flat_map(|s| {
+            std::iter::once(s.file.model.as_str()).chain(s.second.as_ref().map(|s| s.file.model.as_str()))
+        });
+        for m in routes.chain(safety) {
             if !models.contains(&m) {
                 models.push(m);
             }

@@ -84,10 +84,9 @@ pub struct Routing {
     /// Faults injected into routes (game days); empty unless an operator
     /// sets one.
     faults: Arc<Faults>,
-    /// The model the `[safety]` classifier embeds prompts with, and the
-    /// one permit to run it: on a CPU, classifications one at a time
-    /// finish sooner than several sharing the cores.
-    classifier: Option<(Arc<Engine>, Arc<Semaphore>)>,
+    /// The `[safety]` classifier's stage, and its `[safety.second]`'s.
+    classifier: Option<safety::Stage>,
+    second_classifier: Option<safety::Stage>,
 }
 
 /// One route of the policy, ready to serve.
@@ -148,27 +147,29 @@ impl Routing {
         Self::with_backends(policy, prices, backends, options)?.with_classifier(engines)
     }
 
-    /// Finds the model of the policy's `[safety]` classifier among
-    /// `engines` (a policy without one needs none).
+    /// Finds the models of the policy's `[safety]` classifier (and of its
+    /// second stage) among `engines`; a policy without one needs none.
     pub fn with_classifier(mut self, engines: &BTreeMap<String, Arc<Engine>>) -> anyhow::Result<Self> {
-        let Some(safety) = &self.policy.safety else { return Ok(self) };
-        let Some(engine) = engines.get(&crate::ops::models::model_id(&safety.file.model)) else {
-            anyhow::bail!(
-                "policy {}: `safety.model` = `{}` is not loaded; serve it with --model (loaded: {})",
+        let Some(safety) = self.policy.safety.clone() else { return Ok(self) };
+        let stage = |key: &str, model: &str, dim: usize| -> anyhow::Result<safety::Stage> {
+            let Some(engine) = engines.get(&crate::ops::models::model_id(model)) else {
+                anyhow::bail!(
+                    "policy {}: `{key}.model` = `{model}` is not loaded; serve it with --model (loaded: {})",
+                    self.policy.id,
+                    engines.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            };
+            anyhow::ensure!(
+                engine.n_embd() == dim,
+                "policy {}: the `{key}` head reads {dim}-float embeddings but `{model}` makes {}; calibrate it on this model",
                 self.policy.id,
-                safety.file.model,
-                engines.keys().cloned().collect::<Vec<_>>().join(", ")
+                engine.n_embd()
             );
+            Ok((engine.clone(), Arc::new(Semaphore::new(1))))
         };
-        anyhow::ensure!(
-            engine.n_embd() == safety.head.dim(),
-            "policy {}: the safety head reads {}-float embeddings but `{}` makes {}; calibrate it on this model",
-            self.policy.id,
-            safety.head.dim(),
-            safety.file.model,
-            engine.n_embd()
-        );
-        self.classifier = Some((engine.clone(), Arc::new(Semaphore::new(1))));
+        self.classifier = Some(stage("safety", &safety.file.model, safety.head.dim())?);
+        self.second_classifier =
+            safety.second.as_ref().map(|s| stage("safety.second", &s.file.model, s.head.dim())).transpose()?;
         Ok(self)
     }
 
@@ -200,7 +201,7 @@ impl Routing {
                 },
             );
         }
-        Ok(Self { policy, prices, options, routes, faults: Arc::default(), classifier: None })
+        Ok(Self { policy, prices, options, routes, faults: Arc::default(), classifier: None, second_classifier: None })
     }
 
     pub fn prices(&self) -> &Prices {
@@ -231,9 +232,13 @@ impl Routing {
                 route.verifies = before.verifies.clone();
             }
         }
-        if let (Some((engine, permit)), Some((before, held))) = (&mut self.classifier, &old.classifier) {
-            if Arc::ptr_eq(engine, before) {
-                *permit = held.clone();
+        for (stage, before) in
+            [(&mut self.classifier, &old.classifier), (&mut self.second_classifier, &old.second_classifier)]
+        {
+            if let (Some((engine, permit)), Some((before, held))) = (stage, before) {
+                if Arc::ptr_eq(engine, before) {
+                    *permit = held.clone();
+                }
             }
         }
     }

@@ -7,29 +7,60 @@
 //! classifier cannot judge fails closed (503): it is never answered as if
 //! it had been cleared.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::http::StatusCode;
-use switchyard_engine::EmbedInput;
-use switchyard_router::safety::{Pooling, SafetyFile};
+use switchyard_engine::{EmbedInput, Engine};
+use switchyard_router::safety::{Embedding, Pooling};
 use switchyard_router::{decide, Classification, RequestFacts};
+use tokio::sync::Semaphore;
 
 use super::Routing;
 use crate::backend::ChatRequest;
 use crate::error::ApiError;
 
-/// What the classifier embeds of `text`, as `[safety]` says (the same
-/// call `switchyard safety calibrate` fitted the head on).
-pub fn embed_input<'a>(file: &'a SafetyFile, text: &'a str) -> EmbedInput<'a> {
+/// What a classifier stage embeds of `text`, as `[safety]` (or
+/// `[safety.second]`) says: the same call `switchyard safety calibrate`
+/// fitted the head on.
+pub fn embed_input<'a>(how: Embedding<'a>, text: &'a str) -> EmbedInput<'a> {
     EmbedInput {
         text,
-        max_tokens: file.max_tokens,
-        rubric: file.rubric.as_deref(),
-        pooling: match file.pooling {
+        max_tokens: how.max_tokens,
+        rubric: how.rubric,
+        pooling: match how.pooling {
             Pooling::Mean => switchyard_engine::Pooling::Mean,
             Pooling::Last => switchyard_engine::Pooling::Last,
         },
     }
+}
+
+/// A classifier stage's model, and the one permit to run it: on a CPU,
+/// classifications one at a time finish sooner than several sharing the
+/// cores.
+pub(super) type Stage = (Arc<Engine>, Arc<Semaphore>);
+
+fn unavailable(why: String) -> ApiError {
+    ApiError::internal(format!("the safety classifier could not judge this request: {why}"))
+        .with_status(StatusCode::SERVICE_UNAVAILABLE)
+        .with_code("safety_unavailable")
+}
+
+/// `text` embedded by `stage` as `how` says.
+async fn embed(stage: &Stage, how: Embedding<'_>, text: &Arc<str>) -> Result<Vec<f32>, ApiError> {
+    let (engine, permit) = stage.clone();
+    let permit = permit.acquire_owned().await.map_err(|_| unavailable("the classifier has stopped".into()))?;
+    let (rubric, text) = (how.rubric.map(str::to_owned), text.clone());
+    let Embedding { max_tokens, pooling, .. } = how;
+    // The permit goes with the work: a client that leaves mid-way does
+    // not free it while the embedding still runs.
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        engine.embed(embed_input(Embedding { max_tokens, pooling, rubric: rubric.as_deref() }, &text))
+    })
+    .await
+    .map_err(|e| unavailable(e.to_string()))?
+    .map_err(|e| unavailable(e.to_string()))
 }
 
 impl Routing {
@@ -56,12 +87,7 @@ impl Routing {
             metrics::counter!("switchyard_safety_checks_total", "stage" => "patterns").increment(1);
             return Ok(());
         }
-        let unavailable = |why: String| {
-            ApiError::internal(format!("the safety classifier could not judge this request: {why}"))
-                .with_status(StatusCode::SERVICE_UNAVAILABLE)
-                .with_code("safety_unavailable")
-        };
-        let Some((engine, permit)) = self.classifier.clone() else {
+        let Some(first) = self.classifier.as_ref() else {
             return Err(unavailable(format!("its model `{}` is not loaded", safety.file.model)));
         };
         // Every message the client sent, whatever its role (an ask can sit
@@ -74,23 +100,24 @@ impl Routing {
             // Nothing was said, so nothing can be unsafe.
             return Ok(());
         }
-        let text = text.join("\n\n");
+        let text: Arc<str> = text.join("\n\n").into();
         let span = req.trace.child("safety");
         let began = Instant::now();
-        let permit = permit.acquire_owned().await.map_err(|_| unavailable("the classifier has stopped".into()))?;
-        let file = safety.file.clone();
-        // The permit goes with the work: a client that leaves mid-way does
-        // not free it while the embedding still runs.
-        let embedding = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            engine.embed(embed_input(&file, &text))
-        })
-        .await
-        .map_err(|e| unavailable(e.to_string()))?
-        .map_err(|e| unavailable(e.to_string()))?;
-        let verdict =
+        let embedding = embed(first, safety.file.embedding(), &text).await?;
+        let mut verdict =
             safety.head.verdict(&embedding).ok_or_else(|| unavailable("the embedding could not be scored".into()))?;
         metrics::counter!("switchyard_safety_checks_total", "stage" => "classifier").increment(1);
+        if let Some(second) = safety.second_for(&verdict) {
+            let Some(stage) = self.second_classifier.as_ref() else {
+                return Err(unavailable(format!("its second model `{}` is not loaded", second.file.model)));
+            };
+            let embedding = embed(stage, second.file.embedding(), &text).await?;
+            verdict = second
+                .verdict(&verdict, &embedding)
+                .ok_or_else(|| unavailable("the second stage's embedding could not be scored".into()))?;
+            metrics::counter!("switchyard_safety_checks_total", "stage" => "second").increment(1);
+            span.set("switchyard.safety.first_score", format!("{:.4}", verdict.first_score.unwrap_or_default()));
+        }
         metrics::histogram!("switchyard_safety_seconds").record(began.elapsed().as_secs_f64());
         span.set("switchyard.safety.score", format!("{:.4}", verdict.score));
         span.set("switchyard.safety.category", verdict.category.clone());

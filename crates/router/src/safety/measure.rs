@@ -60,8 +60,30 @@ pub struct SafetyCalibration {
     /// The same head and threshold on the held-out split, never tuned on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_out: Option<HeldOut>,
-    /// Out-of-fold curve on the training split (thinned).
+    /// Out-of-fold curve on the training split (thinned): of the first
+    /// stage's scores, or with a second stage, of the scores the router
+    /// acts on (the second stage's inside its band, the first's outside).
     pub curve: Vec<SafetyPoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second: Option<SecondCalibration>,
+}
+
+/// How `[safety.second]` was fitted and its band chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondCalibration {
+    /// The second head's penalty, chosen like the first's.
+    pub l2: f64,
+    /// Out-of-fold AUC on the training split of each stage alone.
+    pub first_auc: f64,
+    pub second_auc: f64,
+    /// The band keeps the first stage's verdict only where, out of fold,
+    /// it let through at most `1 - keep` of the unsafe prompts (below the
+    /// band) and refused at most `1 - keep` of the safe ones (above it).
+    pub keep: f64,
+    /// Share of training prompts (out of fold) whose first score fell in
+    /// the band: the share of requests that pay for the second model.
+    pub judged: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -124,6 +146,32 @@ impl SafetyTarget {
 /// for the other. `None` only for an empty curve.
 pub fn pick(curve: &[SafetyPoint], target: SafetyTarget) -> Option<SafetyPoint> {
     curve.iter().max_by(|a, b| target.margin(a).total_cmp(&target.margin(b))).copied()
+}
+
+/// The band of first-stage scores a second stage judges: below it, out
+/// of fold, at most `1 - keep` of the unsafe prompts; at or above it at
+/// most `1 - keep` of the safe ones. `None` when those bounds cross (the
+/// first stage alone already separates the prompts that well).
+pub fn band(first: &[Scored], keep: f64) -> Option<[f64; 2]> {
+    let sorted = |unsafe_: bool| {
+        let mut v: Vec<f64> = first.iter().filter(|s| s.unsafe_ == unsafe_).map(|s| s.score).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (bad, good) = (sorted(true), sorted(false));
+    let (Some(&lowest_bad), Some(&highest_good)) = (bad.first(), good.last()) else { return None };
+    // The nudge keeps 1 − 0.9 of 10 at 1 prompt, not 0.99999….
+    let allowed = |n: usize| (((1.0 - keep) * n as f64 + 1e-9).floor() as usize).min(n - 1);
+    // Halfway between neighbours, as the curve's thresholds are.
+    let from = match allowed(bad.len()) {
+        0 => lowest_bad,
+        k => (bad[k - 1] + bad[k]) / 2.0,
+    };
+    let to = match allowed(good.len()) {
+        0 => (highest_good + 1e-9).min(1.0),
+        m => (good[good.len() - m - 1] + good[good.len() - m]) / 2.0,
+    };
+    (from < to).then_some([from, to])
 }
 
 /// Bootstrap draws for [`interval`].
@@ -194,6 +242,18 @@ mod tests {
         // 13 refused misses each bound by at most 0.1.
         assert_eq!((p.caught, p.safe_refused), (0.9, 1.0 / 13.0), "{p:?}");
         assert!(pick(&[], strict).is_none());
+    }
+
+    #[test]
+    fn the_band_holds_where_the_first_stage_errs() {
+        // Every unsafe prompt scores at least 0.55 and every safe one at
+        // most 0.6: keeping all of them, the band is the overlap.
+        let [from, to] = band(&items(), 1.0).unwrap();
+        assert!((from - 0.55).abs() < 1e-12 && (to - 0.6).abs() < 1e-6 && to > 0.6, "{from} {to}");
+        // Letting one of each through, the first stage errs nowhere else.
+        assert_eq!(band(&items(), 0.9), None);
+        let one_sided: Vec<Scored> = items().into_iter().filter(|s| s.unsafe_).collect();
+        assert_eq!(band(&one_sided, 1.0), None, "no safe prompt, no band");
     }
 
     #[test]

@@ -47,9 +47,57 @@ pub struct SafetyFile {
     #[serde(default)]
     pub escalate_over_refusals: bool,
     pub head: HeadFile,
+    /// A second, slower classifier that judges again only the requests
+    /// this one is unsure of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second: Option<SecondFile>,
     /// How the head and thresholds were chosen (written by calibrate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<measure::SafetyCalibration>,
+}
+
+/// `[safety.second]`: the second stage of the classifier. A request whose
+/// first-stage score falls in `band` is embedded again by this model, and
+/// this head's verdict replaces the first one; every other request keeps
+/// the first verdict. The better, slower model is thus paid for only where
+/// the cheap one is unsure, and the rules read one score either way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondFile {
+    pub model: String,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+    #[serde(default)]
+    pub pooling: Pooling,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rubric: Option<String>,
+    /// First-stage scores from `band[0]` (included) to `band[1]`
+    /// (excluded) go to this stage.
+    pub band: [f64; 2],
+    /// Its classes must be the first head's, in the same order.
+    pub head: HeadFile,
+}
+
+/// How a stage turns a prompt into the vector its head reads: the same
+/// call whether `switchyard safety calibrate` fits the head or the gateway
+/// serves it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Embedding<'a> {
+    pub max_tokens: usize,
+    pub pooling: Pooling,
+    pub rubric: Option<&'a str>,
+}
+
+impl SafetyFile {
+    pub fn embedding(&self) -> Embedding<'_> {
+        Embedding { max_tokens: self.max_tokens, pooling: self.pooling, rubric: self.rubric.as_deref() }
+    }
+}
+
+impl SecondFile {
+    pub fn embedding(&self) -> Embedding<'_> {
+        Embedding { max_tokens: self.max_tokens, pooling: self.pooling, rubric: self.rubric.as_deref() }
+    }
 }
 
 /// See `switchyard_engine::Pooling`.
@@ -103,6 +151,10 @@ pub struct SafetyVerdict {
     pub score: f64,
     /// The most likely unsafe category (even when the score is low).
     pub category: String,
+    /// The first stage's score, when the second stage judged the request
+    /// (and `score` and `category` are the second stage's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_score: Option<f64>,
 }
 
 /// The compiled `[safety]` section.
@@ -110,23 +162,76 @@ pub struct SafetyVerdict {
 pub struct Safety {
     pub file: SafetyFile,
     pub head: Head,
+    pub second: Option<Second>,
+}
+
+/// The compiled `[safety.second]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Second {
+    pub file: SecondFile,
+    pub head: Head,
+}
+
+fn check_max_tokens(key: &str, max_tokens: usize) -> Result<(), PolicyError> {
+    if max_tokens == 0 || max_tokens > MAX_EMBEDDED_TOKENS {
+        return Err(invalid(
+            key,
+            format!("embed between 1 and {MAX_EMBEDDED_TOKENS} tokens of the prompt (256 is the default)"),
+        ));
+    }
+    Ok(())
 }
 
 impl Safety {
     pub(crate) fn compile(file: &SafetyFile) -> Result<Self, PolicyError> {
-        if file.max_tokens == 0 || file.max_tokens > MAX_EMBEDDED_TOKENS {
-            return Err(invalid(
-                "safety.max_tokens",
-                format!("embed between 1 and {MAX_EMBEDDED_TOKENS} tokens of the prompt (256 is the default)"),
-            ));
-        }
-        let head = Head::decode(&file.head)?;
-        Ok(Self { file: file.clone(), head })
+        check_max_tokens("safety.max_tokens", file.max_tokens)?;
+        let head = Head::decode("safety.head", &file.head)?;
+        let second = file.second.as_ref().map(|s| Second::compile(s, &head)).transpose()?;
+        Ok(Self { file: file.clone(), head, second })
     }
 
     /// The unsafe categories the head knows.
     pub fn categories(&self) -> &[String] {
         &self.head.classes[1..]
+    }
+
+    /// The second stage, if `first` (this head's verdict) is one it must judge again.
+    pub fn second_for(&self, first: &SafetyVerdict) -> Option<&Second> {
+        self.second.as_ref().filter(|s| s.takes(first.score))
+    }
+}
+
+impl Second {
+    fn compile(file: &SecondFile, first: &Head) -> Result<Self, PolicyError> {
+        check_max_tokens("safety.second.max_tokens", file.max_tokens)?;
+        let [from, to] = file.band;
+        if !(0.0..=1.0).contains(&from) || !(0.0..=1.0).contains(&to) || from >= to {
+            return Err(invalid(
+                "safety.second.band",
+                "two first-stage scores [from, to) with 0 <= from < to <= 1: the requests the second stage judges",
+            ));
+        }
+        let head = Head::decode("safety.second.head", &file.head)?;
+        if head.classes != first.classes {
+            return Err(invalid(
+                "safety.second.head.classes",
+                format!("must be the first head's classes in its order ({})", first.classes.join(", ")),
+            ));
+        }
+        Ok(Self { file: file.clone(), head })
+    }
+
+    /// Whether a first-stage score is in the band this stage judges.
+    pub fn takes(&self, first_score: f64) -> bool {
+        let [from, to] = self.file.band;
+        (from..to).contains(&first_score)
+    }
+
+    /// This stage's verdict on its own embedding of a request the first
+    /// stage scored `first`; `None` as for [`Head::verdict`].
+    pub fn verdict(&self, first: &SafetyVerdict, embedding: &[f32]) -> Option<SafetyVerdict> {
+        let v = self.head.verdict(embedding)?;
+        Some(SafetyVerdict { first_score: Some(first.score), ..v })
     }
 }
 
@@ -151,26 +256,25 @@ pub fn encode_floats(values: impl IntoIterator<Item = f32>) -> String {
 }
 
 impl Head {
-    fn decode(f: &HeadFile) -> Result<Self, PolicyError> {
+    /// `key` names the head's table in errors (`safety.head`, `safety.second.head`).
+    fn decode(key: &str, f: &HeadFile) -> Result<Self, PolicyError> {
+        let at = |field: &str| format!("{key}.{field}");
         if f.classes.first().map(String::as_str) != Some(SAFE) || f.classes.len() < 2 {
-            return Err(invalid(
-                "safety.head.classes",
-                format!("list `{SAFE}` first, then at least one unsafe category"),
-            ));
+            return Err(invalid(at("classes"), format!("list `{SAFE}` first, then at least one unsafe category")));
         }
         if f.dim == 0 {
-            return Err(invalid("safety.head.dim", "the embedding size of the head's model, at least 1"));
+            return Err(invalid(at("dim"), "the embedding size of the head's model, at least 1"));
         }
         let n = f.classes.len();
         if f.bias.len() != n || f.bias.iter().any(|b| !b.is_finite()) {
-            return Err(invalid("safety.head.bias", format!("one finite number per class ({n})")));
+            return Err(invalid(at("bias"), format!("one finite number per class ({n})")));
         }
-        let mean = floats("safety.head.mean", &f.mean, f.dim)?;
-        let scale = floats("safety.head.scale", &f.scale, f.dim)?;
+        let mean = floats(&at("mean"), &f.mean, f.dim)?;
+        let scale = floats(&at("scale"), &f.scale, f.dim)?;
         if scale.iter().any(|s| *s <= 0.0) {
-            return Err(invalid("safety.head.scale", "every scale must be > 0"));
+            return Err(invalid(at("scale"), "every scale must be > 0"));
         }
-        let flat = floats("safety.head.weights", &f.weights, f.dim * n)?;
+        let flat = floats(&at("weights"), &f.weights, f.dim * n)?;
         let weights = flat.chunks_exact(f.dim).map(<[f32]>::to_vec).collect();
         Ok(Self { classes: f.classes.clone(), mean, scale, weights, bias: f.bias.clone() })
     }
@@ -215,7 +319,11 @@ impl Head {
         }
         let (best, _) =
             p.iter().enumerate().skip(1).fold((1, f64::MIN), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
-        Some(SafetyVerdict { score: (1.0 - p[0]).clamp(0.0, 1.0), category: self.classes[best].clone() })
+        Some(SafetyVerdict {
+            score: (1.0 - p[0]).clamp(0.0, 1.0),
+            category: self.classes[best].clone(),
+            first_score: None,
+        })
     }
 }
 
@@ -263,7 +371,7 @@ mod tests {
     #[test]
     fn a_head_survives_its_encoding_and_scores() {
         let h = head();
-        let back = Head::decode(&h.encode()).unwrap();
+        let back = Head::decode("safety.head", &h.encode()).unwrap();
         assert_eq!(back, h);
         let calm = h.verdict(&[0.0, 0.0]).unwrap();
         assert!(calm.score < 0.5, "{calm:?}");
@@ -278,19 +386,75 @@ mod tests {
     fn a_broken_head_names_its_key() {
         let mut f = head().encode();
         f.weights = encode_floats([1.0, 2.0]);
-        let e = Head::decode(&f).unwrap_err();
+        let e = Head::decode("safety.head", &f).unwrap_err();
         assert!(e.to_string().contains("safety.head.weights"), "{e}");
         let mut f = head().encode();
         f.classes[0] = "violence".into();
-        assert!(Head::decode(&f).unwrap_err().to_string().contains("safety.head.classes"));
+        assert!(Head::decode("safety.head", &f).unwrap_err().to_string().contains("safety.head.classes"));
         let mut f = head().encode();
         f.scale = encode_floats([1.0, f32::NAN]);
-        assert!(Head::decode(&f).unwrap_err().to_string().contains("safety.head.scale"));
+        assert!(Head::decode("safety.head", &f).unwrap_err().to_string().contains("safety.head.scale"));
+    }
+
+    fn with_second(band: [f64; 2], second: &Head) -> Result<Safety, PolicyError> {
+        let file = SafetyFile {
+            model: "small".into(),
+            max_tokens: 256,
+            pooling: Pooling::Last,
+            rubric: None,
+            escalate_over_refusals: false,
+            head: head().encode(),
+            second: Some(SecondFile {
+                model: "large".into(),
+                max_tokens: 256,
+                pooling: Pooling::Last,
+                rubric: None,
+                band,
+                head: second.encode(),
+            }),
+            calibration: None,
+        };
+        Safety::compile(&file)
+    }
+
+    #[test]
+    fn the_second_stage_judges_only_its_band_and_its_verdict_replaces_the_first() {
+        // A second head that reads the other feature: it disagrees with the first.
+        let mut other = head();
+        other.weights = vec![vec![0.0, 0.0], vec![0.0, 2.0], vec![2.0, 0.0]];
+        let s = with_second([0.2, 0.8], &other).unwrap();
+        let unsure = s.head.verdict(&[0.5, 0.0]).unwrap();
+        assert!((0.2..0.8).contains(&unsure.score), "{unsure:?}");
+        let second = s.second_for(&unsure).expect("an unsure verdict goes to the second stage");
+        let v = second.verdict(&unsure, &[0.0, 8.0]).unwrap();
+        assert_eq!(v.category, "violence", "the second head's category, not the first's");
+        assert_eq!(v.first_score, Some(unsure.score), "the record keeps what the first stage said");
+        let sure = s.head.verdict(&[8.0, 0.0]).unwrap();
+        assert!(sure.score >= 0.8 && s.second_for(&sure).is_none(), "{sure:?}");
+        let calm = s.head.verdict(&[-8.0, -8.0]).unwrap();
+        assert!(calm.score < 0.2 && s.second_for(&calm).is_none(), "{calm:?}");
+        assert!(s.second.as_ref().unwrap().takes(0.2) && !s.second.as_ref().unwrap().takes(0.8), "[from, to)");
+    }
+
+    #[test]
+    fn a_broken_second_stage_names_its_key() {
+        let e = with_second([0.8, 0.2], &head()).unwrap_err();
+        assert!(e.to_string().contains("safety.second.band"), "{e}");
+        let e = with_second([0.0, 1.5], &head()).unwrap_err();
+        assert!(e.to_string().contains("safety.second.band"), "{e}");
+        let mut other = head();
+        other.classes.swap(1, 2);
+        let e = with_second([0.2, 0.8], &other).unwrap_err();
+        assert!(e.to_string().contains("safety.second.head.classes"), "{e}");
+        let mut other = head();
+        other.bias = vec![f64::NAN, 0.0, 0.0];
+        let e = with_second([0.2, 0.8], &other).unwrap_err();
+        assert!(e.to_string().contains("safety.second.head.bias"), "{e}");
     }
 
     #[test]
     fn unsafe_conditions_read_score_and_category() {
-        let v = SafetyVerdict { score: 0.7, category: "self_harm".into() };
+        let v = SafetyVerdict { score: 0.7, category: "self_harm".into(), first_score: None };
         let any = UnsafeWhen { above: 0.5, categories: vec![] };
         let harm = UnsafeWhen { above: 0.5, categories: vec!["self_harm".into()] };
         let other = UnsafeWhen { above: 0.5, categories: vec!["violence".into()] };
