@@ -212,11 +212,19 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         second: None,
         calibration: None,
     };
-    let second_engine = args.second_model.as_deref().map(load).transpose()?;
+    if let (Some(old), None) = (policy.safety.as_ref().and_then(|s| s.second.as_ref()), &args.second_model) {
+        eprintln!(
+            "note: the policy's second stage ({}) is not carried over: its band and head belong to the old first \
+             stage; pass --second-model to fit a new one",
+            old.file.model
+        );
+    }
+    let second_engine = args.second_model.as_deref().filter(|m| **m != model).map(load).transpose()?;
     // Each stage's embeddings of the training and held-out prompts.
     let mut embedded = Vec::new();
-    for (name, engine) in
-        std::iter::once((&model, &engine)).chain(args.second_model.as_ref().zip(second_engine.as_ref()))
+    // The second model, when it is the first, embeds with the engine already loaded.
+    for (name, engine) in std::iter::once((&model, &engine))
+        .chain(args.second_model.as_ref().map(|m| (m, second_engine.as_ref().unwrap_or(&engine))))
     {
         eprintln!(
             "embedding {} prompts with {name} (last {} tokens each)",
@@ -296,7 +304,17 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         _ => (first.oof.clone(), None, Vec::new()),
     };
     let curve = measure::curve(&scored);
-    let Some(chosen) = measure::pick(&curve, target) else { bail!("the training split gave no scores") };
+    let chosen = match &second {
+        Some((stage, _)) => measure::pick_within(&curve, target, stage.file.band).or_else(|| {
+            eprintln!(
+                "note: no threshold falls in the band; outside it the first stage's verdicts are not what \
+                 --second-keep promised"
+            );
+            measure::pick(&curve, target)
+        }),
+        None => measure::pick(&curve, target),
+    };
+    let Some(chosen) = chosen else { bail!("the training split gave no scores") };
     let met = target.met_by(&chosen);
     let verdicts = staged_verdicts(&first.head, second.as_ref().map(|(s, _)| s), &held_x, &second_held_x)?;
     let held_scored = scored_items(&verdicts, &held);
@@ -419,11 +437,12 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     if let Some(second) = &safety.second {
         let first = staged_verdicts(&safety.head, None, &x, &[])?;
         let band: Vec<usize> = (0..items.len()).filter(|&i| second.takes(first[i].score)).collect();
-        let engine = load(&second.file.model)?;
+        let own = (second.file.model != safety.file.model).then(|| load(&second.file.model)).transpose()?;
+        let engine = own.as_ref().unwrap_or(&engine);
         eprintln!("embedding the {} prompts in the second stage's band with {}", band.len(), second.file.model);
         let picked: Vec<&SafetyItem> = band.iter().map(|&i| items[i]).collect();
-        let (embedded, times) = embed_all(&engine, second.file.embedding(), &picked)?;
-        print_times(&engine, second.file.embedding(), &times)?;
+        let (embedded, times) = embed_all(engine, second.file.embedding(), &picked)?;
+        print_times(engine, second.file.embedding(), &times)?;
         println!(
             "the second stage ({}) judges {} of {} prompts ({:.3}), band [{:.4}, {:.4})",
             second.file.model,

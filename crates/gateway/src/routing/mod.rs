@@ -85,6 +85,8 @@ pub struct Routing {
     /// sets one.
     faults: Arc<Faults>,
     /// The `[safety]` classifier's stage, and its `[safety.second]`'s.
+    /// Invariant: stages on one engine hold one permit (see
+    /// [`safety::Stage`]), in this version and across a swap.
     classifier: Option<safety::Stage>,
     second_classifier: Option<safety::Stage>,
 }
@@ -167,9 +169,15 @@ impl Routing {
             );
             Ok((engine.clone(), Arc::new(Semaphore::new(1))))
         };
-        self.classifier = Some(stage("safety", &safety.file.model, safety.head.dim())?);
+        let first = stage("safety", &safety.file.model, safety.head.dim())?;
         self.second_classifier =
-            safety.second.as_ref().map(|s| stage("safety.second", &s.file.model, s.head.dim())).transpose()?;
+            safety.second.as_ref().map(|s| stage("safety.second", &s.file.model, s.head.dim())).transpose()?.map(
+                |(engine, own)| {
+                    let permit = safety::held_permit(&engine, [&first]).unwrap_or(own);
+                    (engine, permit)
+                },
+            );
+        self.classifier = Some(first);
         Ok(self)
     }
 
@@ -232,13 +240,10 @@ impl Routing {
                 route.verifies = before.verifies.clone();
             }
         }
-        for (stage, before) in
-            [(&mut self.classifier, &old.classifier), (&mut self.second_classifier, &old.second_classifier)]
-        {
-            if let (Some((engine, permit)), Some((before, held))) = (stage, before) {
-                if Arc::ptr_eq(engine, before) {
-                    *permit = held.clone();
-                }
+        let held = [&old.classifier, &old.second_classifier];
+        for (engine, permit) in [&mut self.classifier, &mut self.second_classifier].into_iter().flatten() {
+            if let Some(before) = safety::held_permit(engine, held.iter().copied().flatten()) {
+                *permit = before;
             }
         }
     }

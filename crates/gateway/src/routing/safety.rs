@@ -37,8 +37,18 @@ pub fn embed_input<'a>(how: Embedding<'a>, text: &'a str) -> EmbedInput<'a> {
 
 /// A classifier stage's model, and the one permit to run it: on a CPU,
 /// classifications one at a time finish sooner than several sharing the
-/// cores.
+/// cores. Two stages on one engine share its permit.
 pub(super) type Stage = (Arc<Engine>, Arc<Semaphore>);
+
+/// The permit already held for `engine` by one of `stages`: a second stage
+/// on the first's model, or a stage a policy swap keeps, must not add a
+/// second embedding at a time on the same cores.
+pub(super) fn held_permit<'a, E: 'a>(
+    engine: &Arc<E>,
+    stages: impl IntoIterator<Item = &'a (Arc<E>, Arc<Semaphore>)>,
+) -> Option<Arc<Semaphore>> {
+    stages.into_iter().find(|(e, _)| Arc::ptr_eq(e, engine)).map(|(_, permit)| permit.clone())
+}
 
 fn unavailable(why: String) -> ApiError {
     ApiError::internal(format!("the safety classifier could not judge this request: {why}"))
@@ -124,5 +134,21 @@ impl Routing {
         span.end();
         c.safety = Some(verdict);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_on_an_engine_already_held_takes_its_permit() {
+        let (small, large) = (Arc::new("small"), Arc::new("large"));
+        let first = (small.clone(), Arc::new(Semaphore::new(1)));
+        let shared = held_permit(&small, [&first]).unwrap();
+        assert!(Arc::ptr_eq(&shared, &first.1), "one engine, one permit");
+        assert!(held_permit(&large, [&first]).is_none(), "another engine keeps its own");
+        // An equal value behind another Arc is another engine.
+        assert!(held_permit(&Arc::new("small"), [&first]).is_none());
     }
 }

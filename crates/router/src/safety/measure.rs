@@ -159,7 +159,7 @@ pub fn band(first: &[Scored], keep: f64) -> Option<[f64; 2]> {
         v
     };
     let (bad, good) = (sorted(true), sorted(false));
-    let (Some(&lowest_bad), Some(&highest_good)) = (bad.first(), good.last()) else { return None };
+    let (Some(&lowest_bad), false) = (bad.first(), good.is_empty()) else { return None };
     // The nudge keeps 1 − 0.9 of 10 at 1 prompt, not 0.99999….
     let allowed = |n: usize| (((1.0 - keep) * n as f64 + 1e-9).floor() as usize).min(n - 1);
     // Halfway between neighbours, as the curve's thresholds are.
@@ -167,11 +167,25 @@ pub fn band(first: &[Scored], keep: f64) -> Option<[f64; 2]> {
         0 => lowest_bad,
         k => (bad[k - 1] + bad[k]) / 2.0,
     };
-    let to = match allowed(good.len()) {
-        0 => (highest_good + 1e-9).min(1.0),
-        m => (good[good.len() - m - 1] + good[good.len() - m]) / 2.0,
+    // The safe prompts that must stay below the band's top, and every one
+    // tied with the highest of them: a cut between equal scores would let
+    // them all above it.
+    let highest_kept = good[good.len() - allowed(good.len()) - 1];
+    let to = match good.iter().find(|&&g| g > highest_kept) {
+        Some(&next) => (highest_kept + next) / 2.0,
+        // A top of 1 takes a score of 1 too (see `Second::takes`).
+        None => (highest_kept + 1e-9).min(1.0),
     };
     (from < to).then_some([from, to])
+}
+
+/// [`pick`] among the thresholds inside `band`: there, a first score below
+/// the band is cleared and one at or above it flagged, so the band's
+/// promise (`keep`) is what the router does outside it. `None` where no
+/// threshold of `curve` falls in the band.
+pub fn pick_within(curve: &[SafetyPoint], target: SafetyTarget, [from, to]: [f64; 2]) -> Option<SafetyPoint> {
+    let inside: Vec<SafetyPoint> = curve.iter().filter(|p| from <= p.threshold && p.threshold < to).copied().collect();
+    pick(&inside, target)
 }
 
 /// Bootstrap draws for [`interval`].
@@ -254,6 +268,30 @@ mod tests {
         assert_eq!(band(&items(), 0.9), None);
         let one_sided: Vec<Scored> = items().into_iter().filter(|s| s.unsafe_).collect();
         assert_eq!(band(&one_sided, 1.0), None, "no safe prompt, no band");
+    }
+
+    #[test]
+    fn ties_at_the_bands_top_stay_below_it_and_a_top_of_one_takes_one() {
+        // Ten safe prompts, the top two tied at 0.9: letting one above the
+        // band cannot cut between them, so both stay below it.
+        let mut s: Vec<Scored> = (0..8).map(|i| Scored { score: f64::from(i) * 0.1, unsafe_: false }).collect();
+        s.extend([0.9, 0.9].map(|score| Scored { score, unsafe_: false }));
+        s.extend((0..10).map(|i| Scored { score: 0.5 + f64::from(i) * 0.05, unsafe_: true }));
+        let [_, to] = band(&s, 0.9).unwrap();
+        assert!(to > 0.9, "{to}");
+        s.push(Scored { score: 1.0, unsafe_: false });
+        assert_eq!(band(&s, 1.0).unwrap()[1], 1.0);
+    }
+
+    #[test]
+    fn pick_within_keeps_the_threshold_inside_the_band() {
+        let c = curve(&items());
+        let target = SafetyTarget { min_caught: 0.8, max_safe_refused: 0.2 };
+        // The widest margin overall is at 0.575 (see above); the band
+        // leaves only thresholds from 0.3 up to 0.5.
+        let p = pick_within(&c, target, [0.3, 0.5]).unwrap();
+        assert!((0.3..0.5).contains(&p.threshold), "{p:?}");
+        assert_eq!(pick_within(&c, target, [0.3, 0.31]), None, "no threshold of the curve in the band");
     }
 
     #[test]

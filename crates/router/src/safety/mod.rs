@@ -72,7 +72,7 @@ pub struct SecondFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rubric: Option<String>,
     /// First-stage scores from `band[0]` (included) to `band[1]`
-    /// (excluded) go to this stage.
+    /// (excluded, unless it is 1) go to this stage.
     pub band: [f64; 2],
     /// Its classes must be the first head's, in the same order.
     pub head: HeadFile,
@@ -221,10 +221,12 @@ impl Second {
         Ok(Self { file: file.clone(), head })
     }
 
-    /// Whether a first-stage score is in the band this stage judges.
+    /// Whether a first-stage score is in the band this stage judges: from
+    /// `from` up to but not `to`, except that a top of 1 takes 1 as well
+    /// (no score lies above it, and the sure-looking 1 must not escape).
     pub fn takes(&self, first_score: f64) -> bool {
         let [from, to] = self.file.band;
-        (from..to).contains(&first_score)
+        from <= first_score && (first_score < to || to >= 1.0)
     }
 
     /// This stage's verdict on its own embedding of a request the first
@@ -434,6 +436,9 @@ mod tests {
         let calm = s.head.verdict(&[-8.0, -8.0]).unwrap();
         assert!(calm.score < 0.2 && s.second_for(&calm).is_none(), "{calm:?}");
         assert!(s.second.as_ref().unwrap().takes(0.2) && !s.second.as_ref().unwrap().takes(0.8), "[from, to)");
+        let to_one = with_second([0.2, 1.0], &other).unwrap();
+        assert!(to_one.second.as_ref().unwrap().takes(1.0), "a top of 1 takes 1");
+        assert!(!to_one.second.as_ref().unwrap().takes(f64::NAN));
     }
 
     #[test]
