@@ -219,7 +219,17 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
             old.file.model
         );
     }
-    let second_engine = args.second_model.as_deref().filter(|m| **m != model).map(load).transpose()?;
+    let same_model = match &args.second_model {
+        Some(m) => switchyard_models::ModelSpec::parse(m)?.id() == switchyard_models::ModelSpec::parse(&model)?.id(),
+        None => false,
+    };
+    if same_model {
+        eprintln!(
+            "note: --second-model is the first stage's model, embedding as it does: the second stage sees the same \
+             embeddings and only refits the head (a check of the plumbing, not a second opinion)"
+        );
+    }
+    let second_engine = args.second_model.as_deref().filter(|_| !same_model).map(load).transpose()?;
     // Each stage's embeddings of the training and held-out prompts.
     let mut embedded = Vec::new();
     // The second model, when it is the first, embeds with the engine already loaded.
@@ -306,10 +316,12 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     let curve = measure::curve(&scored);
     let chosen = match &second {
         Some((stage, _)) => measure::pick_within(&curve, target, stage.file.band).or_else(|| {
-            eprintln!(
-                "note: no threshold falls in the band; outside it the first stage's verdicts are not what \
+            if !curve.is_empty() {
+                eprintln!(
+                    "note: no threshold falls in the band; outside it the first stage's verdicts are not what \
                  --second-keep promised"
-            );
+                );
+            }
             measure::pick(&curve, target)
         }),
         None => measure::pick(&curve, target),
@@ -437,7 +449,8 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     if let Some(second) = &safety.second {
         let first = staged_verdicts(&safety.head, None, &x, &[])?;
         let band: Vec<usize> = (0..items.len()).filter(|&i| second.takes(first[i].score)).collect();
-        let own = (second.file.model != safety.file.model).then(|| load(&second.file.model)).transpose()?;
+        let id = |m: &str| switchyard_models::ModelSpec::parse(m).map(|s| s.id());
+        let own = (id(&second.file.model)? != id(&safety.file.model)?).then(|| load(&second.file.model)).transpose()?;
         let engine = own.as_ref().unwrap_or(&engine);
         eprintln!("embedding the {} prompts in the second stage's band with {}", band.len(), second.file.model);
         let picked: Vec<&SafetyItem> = band.iter().map(|&i| items[i]).collect();

@@ -172,7 +172,8 @@ pub fn band(first: &[Scored], keep: f64) -> Option<[f64; 2]> {
     // them all above it.
     let highest_kept = good[good.len() - allowed(good.len()) - 1];
     let to = match good.iter().find(|&&g| g > highest_kept) {
-        Some(&next) => (highest_kept + next) / 2.0,
+        // Halfway, unless the two are neighbouring floats and halfway rounds down onto the kept one.
+        Some(&next) => Some((highest_kept + next) / 2.0).filter(|&mid| mid > highest_kept).unwrap_or(next),
         // A top of 1 takes a score of 1 too (see `Second::takes`).
         None => (highest_kept + 1e-9).min(1.0),
     };
@@ -271,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn ties_at_the_bands_top_stay_below_it_and_a_top_of_one_takes_one() {
+    fn ties_at_the_bands_top_stay_below_it() {
         // Ten safe prompts, the top two tied at 0.9: letting one above the
         // band cannot cut between them, so both stay below it.
         let mut s: Vec<Scored> = (0..8).map(|i| Scored { score: f64::from(i) * 0.1, unsafe_: false }).collect();
@@ -279,8 +280,6 @@ mod tests {
         s.extend((0..10).map(|i| Scored { score: 0.5 + f64::from(i) * 0.05, unsafe_: true }));
         let [_, to] = band(&s, 0.9).unwrap();
         assert!(to > 0.9, "{to}");
-        s.push(Scored { score: 1.0, unsafe_: false });
-        assert_eq!(band(&s, 1.0).unwrap()[1], 1.0);
     }
 
     #[test]

@@ -208,7 +208,8 @@ impl Second {
         if !(0.0..=1.0).contains(&from) || !(0.0..=1.0).contains(&to) || from >= to {
             return Err(invalid(
                 "safety.second.band",
-                "two first-stage scores [from, to) with 0 <= from < to <= 1: the requests the second stage judges",
+                "two first-stage scores [from, to) with 0 <= from < to <= 1 (a `to` of 1 takes 1 too): the requests \
+                 the second stage judges",
             ));
         }
         let head = Head::decode("safety.second.head", &file.head)?;
