@@ -219,23 +219,9 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
             old.file.model
         );
     }
-    let same_model = match &args.second_model {
-        Some(m) => switchyard_models::ModelSpec::parse(m)?.id() == switchyard_models::ModelSpec::parse(&model)?.id(),
-        None => false,
-    };
-    if same_model {
-        eprintln!(
-            "note: --second-model is the first stage's model, embedding as it does: the second stage sees the same \
-             embeddings and only refits the head (a check of the plumbing, not a second opinion)"
-        );
-    }
-    let second_engine = args.second_model.as_deref().filter(|_| !same_model).map(load).transpose()?;
     // Each stage's embeddings of the training and held-out prompts.
-    let mut embedded = Vec::new();
-    // The second model, when it is the first, embeds with the engine already loaded.
-    for (name, engine) in std::iter::once((&model, &engine))
-        .chain(args.second_model.as_ref().map(|m| (m, second_engine.as_ref().unwrap_or(&engine))))
-    {
+    type Split = Vec<Vec<f32>>;
+    let embed_stage = |name: &str, engine: &Engine| -> anyhow::Result<(Split, Split)> {
         eprintln!(
             "embedding {} prompts with {name} (last {} tokens each)",
             train_items.len() + held.len(),
@@ -244,7 +230,20 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         let (train_x, _) = embed_all(engine, file.embedding(), &train_items)?;
         let (held_x, times) = embed_all(engine, file.embedding(), &held)?;
         print_times(engine, file.embedding(), &times)?;
-        embedded.push((train_x, held_x));
+        Ok((train_x, held_x))
+    };
+    let mut embedded = vec![embed_stage(&model, &engine)?];
+    if let Some(second_model) = &args.second_model {
+        let again = if same_model(second_model, &model)? {
+            eprintln!(
+                "note: --second-model is the first stage's model, embedding as it does: the second stage sees the \
+                 same embeddings and only refits the head (a check of the plumbing, not a second opinion)"
+            );
+            embedded[0].clone()
+        } else {
+            embed_stage(second_model, &load(second_model)?)?
+        };
+        embedded.push(again);
     }
 
     let mut classes: Vec<String> = vec![SAFE.to_string()];
@@ -449,8 +448,8 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     if let Some(second) = &safety.second {
         let first = staged_verdicts(&safety.head, None, &x, &[])?;
         let band: Vec<usize> = (0..items.len()).filter(|&i| second.takes(first[i].score)).collect();
-        let id = |m: &str| switchyard_models::ModelSpec::parse(m).map(|s| s.id());
-        let own = (id(&second.file.model)? != id(&safety.file.model)?).then(|| load(&second.file.model)).transpose()?;
+        let own =
+            (!same_model(&second.file.model, &safety.file.model)?).then(|| load(&second.file.model)).transpose()?;
         let engine = own.as_ref().unwrap_or(&engine);
         eprintln!("embedding the {} prompts in the second stage's band with {}", band.len(), second.file.model);
         let picked: Vec<&SafetyItem> = band.iter().map(|&i| items[i]).collect();
@@ -610,6 +609,12 @@ fn write_scores(
         })
         .collect::<Result<_, _>>()?;
     std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// Whether two model specs name one model (as the gateway keys its engines).
+fn same_model(a: &str, b: &str) -> anyhow::Result<bool> {
+    let id = |m: &str| switchyard_models::ModelSpec::parse(m).map(|s| s.id());
+    Ok(id(a)? == id(b)?)
 }
 
 fn load(spec: &str) -> anyhow::Result<Engine> {
