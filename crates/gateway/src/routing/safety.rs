@@ -151,4 +151,68 @@ mod tests {
         // An equal value behind another Arc is another engine.
         assert!(held_permit(&Arc::new("small"), [&first]).is_none());
     }
+
+    /// What `held_permit` is for, on a real policy: both stages of a
+    /// policy on SmolLM2 run under one permit, and so does the version
+    /// that replaces it.
+    #[test]
+    fn two_stages_on_one_model_hold_one_permit_across_a_swap() {
+        use std::collections::BTreeMap;
+        use switchyard_router::safety::train::{fit, Example};
+        use switchyard_router::safety::{SafetyFile, SecondFile};
+
+        let spec = switchyard_models::ModelSpec::parse("smollm2-135m").unwrap();
+        let path = spec.ensure(&switchyard_models::cache_dir(), switchyard_models::Progress::Quiet).unwrap();
+        let settings = switchyard_engine::EngineSettings { threads: 2, parallel: 1, ..Default::default() };
+        let engine = Arc::new(Engine::load(&spec.id(), &path, settings).unwrap());
+        let examples = [(0.0, 0), (1.0, 1)].map(|(x, class)| Example { embedding: vec![x; engine.n_embd()], class });
+        let head = fit(&examples, &["safe".into(), "violence".into()], 0.1).encode();
+        let file = SafetyFile {
+            model: spec.id(),
+            max_tokens: 64,
+            pooling: Pooling::Mean,
+            rubric: None,
+            escalate_over_refusals: false,
+            head: head.clone(),
+            second: Some(SecondFile {
+                model: spec.id(),
+                max_tokens: 64,
+                pooling: Pooling::Last,
+                rubric: Some("Is this safe?".into()),
+                band: [0.2, 0.8],
+                head,
+            }),
+            calibration: None,
+        };
+        let safety = toml::to_string(&toml::Value::try_from(serde_json::json!({ "safety": file })).unwrap()).unwrap();
+        let routes = format!(
+            r#"
+version = "permits.1"
+default_route = "local"
+
+[[routes]]
+name = "local"
+backend = "embedded"
+model = "{}"
+allowed_classes = ["public"]
+"#,
+            spec.id()
+        );
+        let policy = switchyard_router::Policy::from_toml(&format!("{routes}\n{safety}")).unwrap();
+        let engines = BTreeMap::from([(spec.id(), engine)]);
+        let serve = || {
+            Routing::new(policy.clone(), switchyard_router::Prices::default(), &engines, Default::default()).unwrap()
+        };
+        let permits = |r: &Routing| [&r.classifier, &r.second_classifier].map(|s| s.as_ref().unwrap().1.clone());
+
+        let old = serve();
+        let [first, second] = permits(&old);
+        assert!(Arc::ptr_eq(&first, &second), "two stages on one model, one permit");
+        let mut new = serve();
+        assert!(!Arc::ptr_eq(&permits(&new)[0], &first), "a version built alone has its own permit");
+        new.inherit(&old);
+        for permit in permits(&new) {
+            assert!(Arc::ptr_eq(&permit, &first), "the version that replaces it keeps the one permit");
+        }
+    }
 }
