@@ -203,9 +203,14 @@ mod tests {
         SafetySet::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/safety").join(version)).unwrap()
     }
 
+    /// Each item as its JSON line, to compare splits across versions.
+    fn lines(items: Vec<&SafetyItem>) -> Vec<String> {
+        items.iter().map(|i| serde_json::to_string(i).unwrap()).collect()
+    }
+
     #[test]
     fn the_shipped_sets_open_and_are_balanced() {
-        for version in ["v1", "v2", "v3", "v4", "v5", "v6"] {
+        for version in ["v1", "v2", "v3", "v4", "v5", "v6", "v7"] {
             let set = shipped(version);
             assert!(set.items.len() >= 400);
             let unsafe_share = set.items.iter().filter(|i| i.is_unsafe()).count() as f64 / set.items.len() as f64;
@@ -226,12 +231,10 @@ mod tests {
     #[test]
     fn later_versions_keep_v1s_held_out_split_and_leak_none_of_it() {
         let v1 = shipped("v1");
-        let json =
-            |items: Vec<&SafetyItem>| items.iter().map(|i| serde_json::to_string(i).unwrap()).collect::<Vec<_>>();
         let mut train = v1.split("train").len();
-        for version in ["v2", "v3", "v4", "v5"] {
+        for version in ["v2", "v3", "v4", "v5", "v7"] {
             let set = shipped(version);
-            assert_eq!(json(v1.split("heldout")), json(set.split("heldout")), "{version}");
+            assert_eq!(lines(v1.split("heldout")), lines(set.split("heldout")), "{version}");
             let held: std::collections::HashSet<String> =
                 set.split("heldout").iter().map(|i| i.prompt.to_lowercase()).collect();
             assert!(set.split("train").iter().all(|i| !held.contains(&i.prompt.to_lowercase())), "{version}");
@@ -245,10 +248,8 @@ mod tests {
     #[test]
     fn the_blind_split_is_new_and_balanced_per_category() {
         let (v5, v6) = (shipped("v5"), shipped("v6"));
-        let json =
-            |items: Vec<&SafetyItem>| items.iter().map(|i| serde_json::to_string(i).unwrap()).collect::<Vec<_>>();
         for split in ["train", "heldout"] {
-            assert_eq!(json(v5.split(split)), json(v6.split(split)), "{split}");
+            assert_eq!(lines(v5.split(split)), lines(v6.split(split)), "{split}");
         }
         let seen: std::collections::HashSet<String> = v5.items.iter().map(|i| i.prompt.to_lowercase()).collect();
         let blind = v6.split("blind");
@@ -260,5 +261,19 @@ mod tests {
         }
         assert_eq!(per_category.len(), 9);
         assert!(per_category.values().all(|&(bad, good)| bad >= 30 && good >= 30), "{per_category:?}");
+    }
+
+    /// v7 only adds training prompts after v6's: the blind split stays
+    /// v6's, so blind figures compare across the two, and no training
+    /// prompt repeats a blind one.
+    #[test]
+    fn v7_keeps_v6_and_its_training_prompts_repeat_no_blind_one() {
+        let (v6, v7) = (shipped("v6"), shipped("v7"));
+        assert_eq!(lines(v6.items.iter().collect()), lines(v7.items[..v6.items.len()].iter().collect()));
+        let blind: std::collections::HashSet<String> =
+            v7.split("blind").iter().map(|i| i.prompt.to_lowercase()).collect();
+        let added = &v7.items[v6.items.len()..];
+        assert!(!added.is_empty() && added.iter().all(|i| i.split == "train"));
+        assert!(added.iter().all(|i| !blind.contains(&i.prompt.to_lowercase())));
     }
 }
