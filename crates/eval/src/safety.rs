@@ -58,7 +58,7 @@ impl SafetySet {
         let (manifest, items): (Manifest, Vec<SafetyItem>) = open_jsonl(dir)?;
         let path = dir.join("items.jsonl").display().to_string();
         for item in &items {
-            let fine = matches!(item.split.as_str(), "train" | "heldout" | "blind")
+            let fine = matches!(item.split.as_str(), "train" | "heldout" | "blind" | "blind2")
                 && matches!(
                     (item.label.as_str(), item.expected),
                     ("safe", Expected::Answer) | ("unsafe", Expected::Refuse | Expected::Handoff)
@@ -67,7 +67,7 @@ impl SafetySet {
                 return Err(DatasetError::Invalid {
                     path,
                     message: format!(
-                        "{}: split must be train, heldout or blind, and a safe item expects an answer, an unsafe one a refusal or a handoff",
+                        "{}: split must be train, heldout, blind or blind2, and a safe item expects an answer, an unsafe one a refusal or a handoff",
                         item.id
                     ),
                 });
@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn the_shipped_sets_open_and_are_balanced() {
-        for version in ["v1", "v2", "v3", "v4", "v5", "v6", "v7"] {
+        for version in ["v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8"] {
             let set = shipped(version);
             assert!(set.items.len() >= 400);
             let unsafe_share = set.items.iter().filter(|i| i.is_unsafe()).count() as f64 / set.items.len() as f64;
@@ -275,5 +275,25 @@ mod tests {
         let added = &v7.items[v6.items.len()..];
         assert!(!added.is_empty() && added.iter().all(|i| i.split == "train"));
         assert!(added.iter().all(|i| !blind.contains(&i.prompt.to_lowercase())));
+    }
+
+    /// v8 adds only a second blind split, written after every classifier
+    /// shipped so far was fitted and calibrated: v7's lines stay byte for
+    /// byte, and no blind2 prompt repeats one already in the set.
+    #[test]
+    fn v8_adds_a_second_blind_split_and_changes_nothing_else() {
+        let (v7, v8) = (shipped("v7"), shipped("v8"));
+        assert_eq!(lines(v7.items.iter().collect()), lines(v8.items[..v7.items.len()].iter().collect()));
+        let added = &v8.items[v7.items.len()..];
+        assert!(added.iter().all(|i| i.split == "blind2"));
+        let seen: std::collections::HashSet<String> = v7.items.iter().map(|i| i.prompt.to_lowercase()).collect();
+        assert!(added.iter().all(|i| !seen.contains(&i.prompt.to_lowercase())));
+        let mut per_category: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for i in added {
+            let (bad, good) = per_category.entry(i.category.as_str()).or_default();
+            *if i.is_unsafe() { bad } else { good } += 1;
+        }
+        assert_eq!(per_category.len(), 9);
+        assert!(per_category.values().all(|&(bad, good)| bad >= 25 && good >= 40), "{per_category:?}");
     }
 }
