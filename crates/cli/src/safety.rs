@@ -9,6 +9,7 @@
 //! alone on the same prompts. It writes a new policy version holding the
 //! head, the thresholds and the curve they came from.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -75,6 +76,11 @@ pub struct CalibrateArgs {
     /// ...while refusing at most this share of safe ones.
     #[arg(long, default_value_t = 0.05)]
     max_safe_refused: f64,
+    /// Hold the target per category: pick the threshold whose worst
+    /// category (out of fold) clears it by most, not the whole split's
+    /// figures, which a large easy category can carry past a small hard one.
+    #[arg(long)]
+    per_category: bool,
     /// Folds for the out-of-fold scores the threshold and penalty are picked on.
     #[arg(long, default_value_t = 5)]
     folds: usize,
@@ -117,8 +123,8 @@ pub struct EvaluateArgs {
     /// The policy whose `[safety]` head and `when.unsafe` rules are judged.
     #[arg(long)]
     policy: PathBuf,
-    /// `blind` (written without sight of the set, never tuned on),
-    /// `heldout` or `train`.
+    /// `blind` or `blind2` (written without sight of the set, never tuned
+    /// on), `heldout` or `train`.
     #[arg(long, default_value = "blind")]
     split: String,
     /// Also write each prompt's score and verdict (JSON lines), for
@@ -313,20 +319,51 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         _ => (first.oof.clone(), None, Vec::new()),
     };
     let curve = measure::curve(&scored);
+    // The training prompts' out-of-fold scores by category, for --per-category.
+    let mut by_category: BTreeMap<&str, Vec<Scored>> = BTreeMap::new();
+    for (s, item) in scored.iter().zip(&train_items) {
+        by_category.entry(item.category.as_str()).or_default().push(*s);
+    }
+    let groups: Vec<Vec<Scored>> = by_category.into_values().collect();
+    let choose = |points: &[SafetyPoint]| {
+        if args.per_category {
+            measure::pick_per_group(points, &groups, target)
+        } else {
+            measure::pick(points, target)
+        }
+    };
     let chosen = match &second {
-        Some((stage, _)) => measure::pick_within(&curve, target, stage.file.band).or_else(|| {
-            if !curve.is_empty() {
-                eprintln!(
-                    "note: no threshold falls in the band; outside it the first stage's verdicts are not what \
-                 --second-keep promised"
-                );
+        Some((stage, _)) => match measure::within(&curve, stage.file.band) {
+            inside if inside.is_empty() => {
+                if !curve.is_empty() {
+                    eprintln!(
+                        "note: no threshold falls in the band; outside it the first stage's verdicts are not what \
+                         --second-keep promised"
+                    );
+                }
+                choose(&curve)
             }
-            measure::pick(&curve, target)
-        }),
-        None => measure::pick(&curve, target),
+            inside => choose(&inside),
+        },
+        None => choose(&curve),
     };
     let Some(chosen) = chosen else { bail!("the training split gave no scores") };
-    let met = target.met_by(&chosen);
+    let (met, target_text) = if args.per_category {
+        (measure::worst_margin(&groups, target, chosen.threshold) >= -1e-12, format!("{target},per_category"))
+    } else {
+        (target.met_by(&chosen), target.to_string())
+    };
+    let oof_flags: Vec<bool> = scored.iter().map(|s| s.score > chosen.threshold).collect();
+    let out_of_fold = Table::of(
+        &format!(
+            "out of fold on the training split ({} prompts, threshold {:.4})",
+            train_items.len(),
+            chosen.threshold
+        ),
+        &train_items,
+        &oof_flags,
+    );
+    println!("\n{}", out_of_fold.render());
     let verdicts = staged_verdicts(&first.head, second.as_ref().map(|(s, _)| s), &held_x, &second_held_x)?;
     let held_scored = scored_items(&verdicts, &held);
     let held_out = measure::held_out(&held_scored, chosen.threshold);
@@ -352,7 +389,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         items: train_items.len(),
         folds: args.folds,
         l2: first.l2,
-        target: target.to_string(),
+        target: target_text.clone(),
         target_met: met,
         threshold: chosen.threshold,
         caught: chosen.caught,
@@ -394,7 +431,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     );
     if !met {
         println!(
-            "\nTARGET NOT MET: no threshold meets {target} on the training split's out-of-fold scores; \
+            "\nTARGET NOT MET: no threshold meets {target_text} on the training split's out-of-fold scores; \
              the threshold written misses the nearer bound by least. Add training prompts where the classifier \
              errs, or try another model, pooling or rubric."
         );
@@ -403,7 +440,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         write_scores(path, &held, &verdicts, &flagged)?;
     }
     if let Some(path) = &args.report {
-        let page = report_html(&checked.id, &curve, &chosen, &held_out, &[&classifier, &regex, &staged]);
+        let page = report_html(&checked.id, &curve, &chosen, &held_out, &[&classifier, &regex, &staged, &out_of_fold]);
         std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
         println!("report: {}", path.display());
     }

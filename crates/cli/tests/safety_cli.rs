@@ -75,6 +75,7 @@ fn calibrate_writes_a_policy_whose_live_router_matches_its_offline_verdicts() {
     let stdout = text(&ran.stdout);
     assert!(ran.status.success(), "{stdout}{}", text(&ran.stderr));
     assert!(stdout.contains("held-out split (48 prompts") && stdout.contains("self_harm"), "{stdout}");
+    assert!(stdout.contains("out of fold on the training split (72 prompts"), "{stdout}");
     let calibrated = Policy::from_toml(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(calibrated.version, "cli-safety.1.safety");
     let safety = calibrated.safety.as_ref().unwrap();
@@ -113,14 +114,14 @@ fn calibrate_writes_a_policy_whose_live_router_matches_its_offline_verdicts() {
     assert!(!ran.status.success() && text(&ran.stderr).contains("no `blind` split"), "{}", text(&ran.stderr));
 
     // A second stage (the same model here: this checks the plumbing, the
-    // gateway's test checks that its verdict decides): calibrate writes
-    // `[safety.second]` with its band, and evaluate embeds only the
-    // prompts in the band with it.
+    // gateway's test checks that its verdict decides), its threshold held
+    // per category: calibrate writes `[safety.second]` with its band, and
+    // evaluate embeds only the prompts in the band with it.
     let staged = dir.path().join("staged.toml");
     let ran = Command::new(BIN)
         .args(["safety", "calibrate", "--set", &path(&set), "--policy", &path(&policy), "--model", "smollm2-135m"])
         .args(["--max-tokens", "64", "--min-caught", "0.7", "--max-safe-refused", "0.3", "--out", &path(&staged)])
-        .args(["--second-model", "smollm2-135m", "--second-keep", "0.95"])
+        .args(["--second-model", "smollm2-135m", "--second-keep", "0.95", "--per-category"])
         .output()
         .unwrap();
     let stdout = text(&ran.stdout);
@@ -134,6 +135,7 @@ fn calibrate_writes_a_policy_whose_live_router_matches_its_offline_verdicts() {
     let (second, cal) = (safety.second.as_ref().unwrap(), safety.file.calibration.as_ref().unwrap());
     let [from, to] = second.file.band;
     assert!(from < to && second.head.classes == safety.head.classes, "{:?}", second.file.band);
+    assert!(cal.target.ends_with(",per_category"), "{}", cal.target);
     let judged = cal.second.unwrap().judged;
     assert!(judged > 0.0 && judged < 1.0, "{judged}");
     let ran = Command::new(BIN)

@@ -180,13 +180,41 @@ pub fn band(first: &[Scored], keep: f64) -> Option<[f64; 2]> {
     (from < to).then_some([from, to])
 }
 
-/// [`pick`] among the thresholds inside `band`: there, a first score below
-/// the band is cleared and one at or above it flagged, so the band's
-/// promise (`keep`) is what the router does outside it. `None` where no
-/// threshold of `curve` falls in the band.
-pub fn pick_within(curve: &[SafetyPoint], target: SafetyTarget, [from, to]: [f64; 2]) -> Option<SafetyPoint> {
-    let inside: Vec<SafetyPoint> = curve.iter().filter(|p| from <= p.threshold && p.threshold < to).copied().collect();
-    pick(&inside, target)
+/// The points of `curve` whose thresholds fall inside `band`: there, a
+/// first score below the band is cleared and one at or above it flagged,
+/// so the band's promise (`keep`) is what the router does outside it.
+pub fn within(curve: &[SafetyPoint], [from, to]: [f64; 2]) -> Vec<SafetyPoint> {
+    curve.iter().filter(|p| from <= p.threshold && p.threshold < to).copied().collect()
+}
+
+/// The nearer-bound margin of `target` (see [`SafetyTarget::margin`]) of the
+/// worst of `groups` (each a category's prompts) when flagging above
+/// `threshold`. A group with no prompt of one label has no share to judge
+/// on that side, so only the other bound counts for it.
+pub fn worst_margin(groups: &[Vec<Scored>], target: SafetyTarget, threshold: f64) -> f64 {
+    groups
+        .iter()
+        .map(|g| {
+            let p = point(g, threshold);
+            let caught = if g.iter().any(|s| s.unsafe_) { p.caught - target.min_caught } else { f64::INFINITY };
+            let refused =
+                if g.iter().any(|s| !s.unsafe_) { target.max_safe_refused - p.safe_refused } else { f64::INFINITY };
+            caught.min(refused)
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// [`pick`] judged per category: the point whose worst group has the
+/// widest margin, so that no category is given up for the others' sake;
+/// among equals, the one with the widest margin overall. With one group
+/// it is [`pick`]. `None` only for an empty curve.
+pub fn pick_per_group(curve: &[SafetyPoint], groups: &[Vec<Scored>], target: SafetyTarget) -> Option<SafetyPoint> {
+    let key = |p: &SafetyPoint| (worst_margin(groups, target, p.threshold), target.margin(p));
+    curve
+        .iter()
+        .map(|p| (key(p), p))
+        .max_by(|(a, _), (b, _)| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)))
+        .map(|(_, p)| *p)
 }
 
 /// Bootstrap draws for [`interval`].
@@ -283,14 +311,48 @@ mod tests {
     }
 
     #[test]
-    fn pick_within_keeps_the_threshold_inside_the_band() {
+    fn within_keeps_the_thresholds_inside_the_band() {
         let c = curve(&items());
         let target = SafetyTarget { min_caught: 0.8, max_safe_refused: 0.2 };
         // The widest margin overall is at 0.575 (see above); the band
         // leaves only thresholds from 0.3 up to 0.5.
-        let p = pick_within(&c, target, [0.3, 0.5]).unwrap();
+        let p = pick(&within(&c, [0.3, 0.5]), target).unwrap();
         assert!((0.3..0.5).contains(&p.threshold), "{p:?}");
-        assert_eq!(pick_within(&c, target, [0.3, 0.31]), None, "no threshold of the curve in the band");
+        assert!(within(&c, [0.3, 0.31]).is_empty(), "no threshold of the curve in the band");
+    }
+
+    #[test]
+    fn per_group_the_worst_category_decides() {
+        // Two categories: `a` is easy (60 unsafe at 0.9; 57 safe at 0.1,
+        // one at 0.31, two at 0.5); in `b` the 10 unsafe prompts score
+        // 0.3..0.75 and the 10 safe ones 0.0..0.225.
+        let a: Vec<Scored> = [(0.9, true, 60), (0.1, false, 57), (0.31, false, 1), (0.5, false, 2)]
+            .into_iter()
+            .flat_map(|(score, unsafe_, n)| std::iter::repeat_n(Scored { score, unsafe_ }, n))
+            .collect();
+        let b: Vec<Scored> = (0..10)
+            .map(|i| Scored { score: 0.3 + f64::from(i) * 0.05, unsafe_: true })
+            .chain((0..10).map(|i| Scored { score: f64::from(i) * 0.025, unsafe_: false }))
+            .collect();
+        let all: Vec<Scored> = a.iter().chain(&b).copied().collect();
+        let target = SafetyTarget { min_caught: 0.9, max_safe_refused: 0.05 };
+        let c = curve(&all);
+        // Overall, the widest margin refuses no safe prompt and catches
+        // 65 of 70 (0.929): 5 of them `b`'s, which misses its bound by 0.4.
+        let whole = pick(&c, target).unwrap();
+        assert!((whole.threshold - 0.525).abs() < 1e-9, "{whole:?}");
+        let groups = vec![a, b];
+        assert!((worst_margin(&groups, target, whole.threshold) + 0.4).abs() < 1e-9);
+        // Per category, three thresholds meet both bounds on the edge; of
+        // those, the widest overall margin: `b` catches 9 of 10 and `a`
+        // refuses 2 of 60.
+        let p = pick_per_group(&c, &groups, target).unwrap();
+        assert!((p.threshold - 0.33).abs() < 1e-9, "{p:?}");
+        assert_eq!(worst_margin(&groups, target, p.threshold), 0.0);
+        assert_eq!(pick_per_group(&c, std::slice::from_ref(&all), target), pick(&c, target), "one group is the whole");
+        // A group of one label is judged on that label alone.
+        let only_safe = vec![all.iter().filter(|s| !s.unsafe_).copied().collect::<Vec<_>>()];
+        assert_eq!(worst_margin(&only_safe, target, 0.6), 0.05);
     }
 
     #[test]
