@@ -235,7 +235,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         );
         let (train_x, _) = embed_all(engine, file.embedding(), &train_items)?;
         let (held_x, times) = embed_all(engine, file.embedding(), &held)?;
-        print_times(engine, file.embedding(), &times)?;
+        print_times(engine, file.embedding(), "the held-out prompts", &times)?;
         Ok((train_x, held_x))
     };
     let mut embedded = vec![embed_stage(&model, &engine)?];
@@ -432,8 +432,9 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     if !met {
         println!(
             "\nTARGET NOT MET: no threshold meets {target_text} on the training split's out-of-fold scores; \
-             the threshold written misses the nearer bound by least. Add training prompts where the classifier \
-             errs, or try another model, pooling or rubric."
+             the threshold written misses the nearer bound by least{}. Add training prompts where the classifier \
+             errs, or try another model, pooling or rubric.",
+            if args.per_category { " in its worst category" } else { "" }
         );
     }
     if let Some(path) = &args.scores {
@@ -479,7 +480,8 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         safety.file.max_tokens
     );
     let (x, times) = embed_all(&engine, safety.file.embedding(), &items)?;
-    print_times(&engine, safety.file.embedding(), &times)?;
+    let what = format!("the `{}` prompts", args.split);
+    print_times(&engine, safety.file.embedding(), &what, &times)?;
     // The second model embeds only the prompts the first leaves in its band.
     let mut second_x: Vec<Option<Vec<f32>>> = vec![None; items.len()];
     if let Some(second) = &safety.second {
@@ -491,7 +493,7 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         eprintln!("embedding the {} prompts in the second stage's band with {}", band.len(), second.file.model);
         let picked: Vec<&SafetyItem> = band.iter().map(|&i| items[i]).collect();
         let (embedded, times) = embed_all(engine, second.file.embedding(), &picked)?;
-        print_times(engine, second.file.embedding(), &times)?;
+        print_times(engine, second.file.embedding(), &format!("{what} in the band"), &times)?;
         println!(
             "the second stage ({}) judges {} of {} prompts ({:.3}), band [{:.4}, {:.4})",
             second.file.model,
@@ -703,7 +705,9 @@ fn embed_all(engine: &Engine, how: Embedding<'_>, items: &[&SafetyItem]) -> anyh
 
 /// The classifier's time on the set's prompts, and on a 200-token prompt
 /// (the figure a request of that size waits before its first token).
-fn print_times(engine: &Engine, how: Embedding<'_>, times: &[f64]) -> anyhow::Result<()> {
+/// `times` are the embedding times of `what` (a split's prompts); the
+/// 200-token prompt is timed here, warm, 30 times.
+fn print_times(engine: &Engine, how: Embedding<'_>, what: &str, times: &[f64]) -> anyhow::Result<()> {
     let long = "Please summarise the following incident report for the weekly operations review. ".repeat(16);
     let mut text = String::new();
     for word in long.split_inclusive(' ') {
@@ -719,8 +723,8 @@ fn print_times(engine: &Engine, how: Embedding<'_>, times: &[f64]) -> anyhow::Re
         long_times.push(began.elapsed().as_secs_f64() * 1000.0);
     }
     let set = match percentiles(times.iter().map(|t| t * 1000.0)) {
-        None => "the held-out prompts were all embedded before (cached)".to_string(),
-        Some(p) => format!("the held-out prompts p50 {:.1} ms, p99 {:.1} ms", p.p50, p.p99),
+        None => format!("{what} were all embedded before (cached)"),
+        Some(p) => format!("{what} p50 {:.1} ms, p99 {:.1} ms", p.p50, p.p99),
     };
     let long = percentiles(long_times).ok_or_else(|| anyhow::anyhow!("no timing was taken"))?;
     println!(
