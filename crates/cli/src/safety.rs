@@ -27,8 +27,10 @@ use switchyard_router::safety::measure::{
     self, SafetyCalibration, SafetyPoint, SafetyTarget, Scored, SecondCalibration,
 };
 use switchyard_router::safety::train::{self, Example};
-use switchyard_router::safety::{Embedding, Head, Pooling, SafetyFile, SafetyVerdict, Second, SecondFile, SAFE};
-use switchyard_router::{classify, is_refusal, Action, Declared, Policy, When};
+use switchyard_router::safety::{
+    likeliest_unsafe, Embedding, Head, Pooling, SafetyFile, SafetyVerdict, Second, SecondFile, SAFE,
+};
+use switchyard_router::{classify, is_refusal, Action, Declared, Policy, UnsafeWhen, When};
 
 #[derive(Subcommand)]
 pub enum SafetyCommand {
@@ -81,6 +83,13 @@ pub struct CalibrateArgs {
     /// figures, which a large easy category can carry past a small hard one.
     #[arg(long)]
     per_category: bool,
+    /// One threshold per category the classifier files prompts under
+    /// (written as `above_for` in every `when.unsafe` rule): from
+    /// --per-category's threshold, each category's moves, out of fold, to
+    /// where the worst category clears the target by most. Implies
+    /// --per-category.
+    #[arg(long)]
+    threshold_per_category: bool,
     /// Folds for the out-of-fold scores the threshold and penalty are picked on.
     #[arg(long, default_value_t = 5)]
     folds: usize,
@@ -123,7 +132,7 @@ pub struct EvaluateArgs {
     /// The policy whose `[safety]` head and `when.unsafe` rules are judged.
     #[arg(long)]
     policy: PathBuf,
-    /// `blind` or `blind2` (written without sight of the set, never tuned
+    /// `blind`, `blind2` or `blind3` (written without sight of the set, never tuned
     /// on), `heldout` or `train`.
     #[arg(long, default_value = "blind")]
     split: String,
@@ -201,6 +210,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         bail!("name the classifier's model with --model (the policy has no `safety.model` yet)");
     };
     let target = SafetyTarget { min_caught: args.min_caught, max_safe_refused: args.max_safe_refused };
+    let per_category = args.per_category || args.threshold_per_category;
     anyhow::ensure!(args.second_keep > 0.0 && args.second_keep <= 1.0, "--second-keep is a share in (0, 1], e.g. 0.99");
     let engine = load(&model)?;
     let (train_items, held) = (set.split("train"), set.split("heldout"));
@@ -270,7 +280,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     });
     let Some((examples, held_x)) = stages.next() else { bail!("no stage was embedded") };
     let first = fit_stage("the first stage", &examples, &classes, &train_items, args.folds)?;
-    let (scored, second, second_held_x) = match (stages.next(), &args.second_model) {
+    let (scored, filed, second, second_held_x) = match (stages.next(), &args.second_model) {
         (Some((examples, second_held_x)), Some(second_model)) => {
             let fitted = fit_stage("the second stage", &examples, &classes, &train_items, args.folds)?;
             let Some(band) = measure::band(&first.oof, args.second_keep) else {
@@ -296,6 +306,12 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
             // What the router acts on: the second stage's score inside the band.
             let staged: Vec<Scored> =
                 first.oof.iter().zip(&fitted.oof).map(|(a, b)| if stage.takes(a.score) { *b } else { *a }).collect();
+            let filed: Vec<usize> = first
+                .oof
+                .iter()
+                .zip(first.filed.iter().zip(&fitted.filed))
+                .map(|(a, (x, y))| if stage.takes(a.score) { *y } else { *x })
+                .collect();
             let judged = first.oof.iter().filter(|a| stage.takes(a.score)).count() as f64 / first.oof.len() as f64;
             let calibration = SecondCalibration {
                 l2: fitted.l2,
@@ -314,9 +330,9 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
                 judged,
                 auc(&staged)
             );
-            (staged, Some((stage, calibration)), second_held_x.into_iter().map(Some).collect())
+            (staged, filed, Some((stage, calibration)), second_held_x.into_iter().map(Some).collect())
         }
-        _ => (first.oof.clone(), None, Vec::new()),
+        _ => (first.oof.clone(), first.filed.clone(), None, Vec::new()),
     };
     let curve = measure::curve(&scored);
     // The training prompts' out-of-fold scores by category, for --per-category.
@@ -324,9 +340,11 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     for (s, item) in scored.iter().zip(&train_items) {
         by_category.entry(item.category.as_str()).or_default().push(*s);
     }
+    let group: Vec<usize> =
+        train_items.iter().map(|i| by_category.keys().position(|c| *c == i.category).unwrap_or(0)).collect();
     let groups: Vec<Vec<Scored>> = by_category.into_values().collect();
     let choose = |points: &[SafetyPoint]| {
-        if args.per_category {
+        if per_category {
             measure::pick_per_group(points, &groups, target)
         } else {
             measure::pick(points, target)
@@ -347,39 +365,51 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         },
         None => choose(&curve),
     };
-    let Some(chosen) = chosen else { bail!("the training split gave no scores") };
-    let (met, target_text) = if args.per_category {
-        (measure::worst_margin(&groups, target, chosen.threshold) >= -1e-12, format!("{target},per_category"))
+    let Some(single) = chosen else { bail!("the training split gave no scores") };
+    let filed = measure::Filed { items: &scored, filed: &filed, group: &group };
+    let thresholds = if args.threshold_per_category {
+        let band = second.as_ref().map(|(s, _)| s.file.band);
+        measure::pick_per_class(&filed, classes.len(), single.threshold, band, target)
+    } else {
+        vec![single.threshold; classes.len()]
+    };
+    // How the rules will read the verdicts: the threshold, and those of
+    // the categories whose own differs from it.
+    let rule = UnsafeWhen {
+        above: single.threshold,
+        above_for: classes
+            .iter()
+            .zip(&thresholds)
+            .skip(1)
+            .filter(|(_, t)| **t != single.threshold)
+            .map(|(c, t)| (c.clone(), *t))
+            .collect(),
+        categories: Vec::new(),
+    };
+    let oof_flags = filed.flags(&thresholds);
+    let chosen = measure::flagged_point(&scored, &oof_flags, single.threshold);
+    let (met, target_text) = if per_category {
+        (filed.worst_margin(&thresholds, target) >= -1e-12, format!("{target},per_category"))
     } else {
         (target.met_by(&chosen), target.to_string())
     };
-    let oof_flags: Vec<bool> = scored.iter().map(|s| s.score > chosen.threshold).collect();
     let out_of_fold = Table::of(
-        &format!(
-            "out of fold on the training split ({} prompts, threshold {:.4})",
-            train_items.len(),
-            chosen.threshold
-        ),
+        &format!("out of fold on the training split ({} prompts, {})", train_items.len(), described(&rule)),
         &train_items,
         &oof_flags,
     );
     println!("\n{}", out_of_fold.render());
     let verdicts = staged_verdicts(&first.head, second.as_ref().map(|(s, _)| s), &held_x, &second_held_x)?;
     let held_scored = scored_items(&verdicts, &held);
-    let held_out = measure::held_out(&held_scored, chosen.threshold);
-    let flagged: Vec<bool> = verdicts.iter().map(|v| v.score > chosen.threshold).collect();
+    let flagged: Vec<bool> = verdicts.iter().map(|v| rule.holds(Some(v))).collect();
+    let held_out = measure::held_out(&held_scored, &flagged);
     println!("\nheld-out split ({} prompts, never tuned on):\n", held.len());
     let stages_named = match &args.second_model {
         Some(m) => format!("{model}, then {m} in its band"),
         None => model.clone(),
     };
-    let [classifier, regex, staged] = judge(
-        &policy,
-        &format!("classifier ({stages_named}, threshold {:.4})", chosen.threshold),
-        &held,
-        &verdicts,
-        &flagged,
-    );
+    let [classifier, regex, staged] =
+        judge(&policy, &format!("classifier ({stages_named}, {})", described(&rule)), &held, &verdicts, &flagged);
     print_curve(&curve);
 
     let source_sha256 = set.manifest.files.get("items.jsonl").cloned().unwrap_or_default();
@@ -392,6 +422,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         target: target_text.clone(),
         target_met: met,
         threshold: chosen.threshold,
+        above_for: rule.above_for.clone(),
         caught: chosen.caught,
         safe_refused: chosen.safe_refused,
         held_out: Some(held_out),
@@ -402,7 +433,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     file.second = second.map(|(s, _)| s.file);
     file.calibration = Some(calibration);
     let version = args.version.clone().unwrap_or_else(|| format!("{}.safety", policy.version));
-    let new_text = rewrite(&text, &version, &file)?;
+    let new_text = rewrite(&text, &version, &file, &rule.above_for)?;
     let checked =
         Policy::from_toml(&new_text).context("the calibrated policy did not validate (a bug: please report it)")?;
     if !checked.rules.iter().any(|r| r.when.unsafe_.is_some()) {
@@ -415,11 +446,11 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     std::fs::write(&tmp, &new_text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &args.out)?;
     println!(
-        "\nwrote {} (policy {}): threshold {:.4}; out-of-fold on train caught {:.3}, safe refused {:.3}; \
+        "\nwrote {} (policy {}): {}; out-of-fold on train caught {:.3}, safe refused {:.3}; \
          held out caught {:.3} [{:.2}, {:.2}], safe refused {:.3} [{:.2}, {:.2}]",
         args.out.display(),
         checked.id,
-        chosen.threshold,
+        described(&rule),
         chosen.caught,
         chosen.safe_refused,
         held_out.caught,
@@ -434,7 +465,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
             "\nTARGET NOT MET: no threshold meets {target_text} on the training split's out-of-fold scores; \
              the threshold written misses the nearer bound by least{}. Add training prompts where the classifier \
              errs, or try another model, pooling or rubric.",
-            if args.per_category { " in its worst category" } else { "" }
+            if per_category { " in its worst category" } else { "" }
         );
     }
     if let Some(path) = &args.scores {
@@ -519,10 +550,10 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         policy.id,
         auc(&scored)
     );
-    let thresholds: Vec<String> = conditions.iter().map(|c| format!("{:.4}", c.above)).collect();
+    let thresholds: Vec<String> = conditions.iter().map(|c| described(c)).collect();
     judge(
         &policy,
-        &format!("classifier ({}, its rules' thresholds {})", safety.file.model, thresholds.join(", ")),
+        &format!("classifier ({}, its rules' {})", safety.file.model, thresholds.join("; ")),
         &items,
         &verdicts,
         &flagged,
@@ -539,6 +570,8 @@ struct Fitted {
     l2: f64,
     auc: f64,
     oof: Vec<Scored>,
+    /// The class each out-of-fold verdict files its prompt under.
+    filed: Vec<usize>,
     head: Head,
 }
 
@@ -550,7 +583,7 @@ fn fit_stage(
     folds: usize,
 ) -> anyhow::Result<Fitted> {
     eprintln!("{stage}: choosing the penalty by {folds}-fold out-of-fold ranking on the training split");
-    let mut best: Option<(f64, f64, Vec<Scored>)> = None;
+    let mut best: Option<(f64, f64, Vec<Scored>, Vec<usize>)> = None;
     for l2 in PENALTIES {
         let oof = train::out_of_fold(examples, classes, l2, folds);
         let scored: Vec<Scored> = oof
@@ -560,12 +593,12 @@ fn fit_stage(
             .collect();
         let auc = auc(&scored);
         eprintln!("  l2 {l2}: out-of-fold AUC {auc:.4}");
-        if best.as_ref().is_none_or(|(_, a, _)| auc > *a) {
-            best = Some((l2, auc, scored));
+        if best.as_ref().is_none_or(|(_, a, _, _)| auc > *a) {
+            best = Some((l2, auc, scored, oof.iter().map(|p| likeliest_unsafe(p)).collect()));
         }
     }
-    let Some((l2, auc, oof)) = best else { bail!("no penalty was tried") };
-    Ok(Fitted { l2, auc, oof, head: train::fit(examples, classes, l2) })
+    let Some((l2, auc, oof, filed)) = best else { bail!("no penalty was tried") };
+    Ok(Fitted { l2, auc, oof, filed, head: train::fit(examples, classes, l2) })
 }
 
 /// Each prompt's verdict as the router gives it: the first head's or,
@@ -782,18 +815,39 @@ fn without_unsafe_rules(text: &str) -> anyhow::Result<String> {
     Ok(doc.to_string())
 }
 
+/// A rule's thresholds as the tables print them.
+fn described(u: &UnsafeWhen) -> String {
+    let own: Vec<String> = u.above_for.iter().map(|(c, t)| format!("{c} {t:.4}")).collect();
+    match own.is_empty() {
+        true => format!("threshold {:.4}", u.above),
+        false => format!("threshold {:.4}, by category {}", u.above, own.join(", ")),
+    }
+}
+
 /// The old policy text with the version, `[safety]` and every `when.unsafe`
-/// threshold replaced; everything else kept as written.
-fn rewrite(text: &str, version: &str, safety: &SafetyFile) -> anyhow::Result<String> {
-    use toml_edit::{value, DocumentMut, Item};
+/// threshold replaced (`above`, and `above_for` set to the categories'
+/// own or removed); everything else kept as written.
+fn rewrite(
+    text: &str,
+    version: &str,
+    safety: &SafetyFile,
+    above_for: &BTreeMap<String, f64>,
+) -> anyhow::Result<String> {
+    use toml_edit::{value, DocumentMut, InlineTable, Item};
     let mut doc: DocumentMut = text.parse().context("re-reading the policy")?;
     doc["version"] = value(version);
     let threshold = safety.calibration.as_ref().map_or(0.5, |c| c.threshold);
+    let own: InlineTable = above_for.iter().map(|(c, t)| (c.as_str(), toml_edit::Value::from(*t))).collect();
     if let Some(rules) = doc.get_mut("rules").and_then(Item::as_array_of_tables_mut) {
         for rule in rules.iter_mut() {
             let when = rule.get_mut("when").and_then(Item::as_table_like_mut);
             if let Some(u) = when.and_then(|w| w.get_mut("unsafe")).and_then(Item::as_table_like_mut) {
                 u.insert("above", value(threshold));
+                if above_for.is_empty() {
+                    u.remove("above_for");
+                } else {
+                    u.insert("above_for", value(own.clone()));
+                }
             }
         }
     }

@@ -114,14 +114,17 @@ fn calibrate_writes_a_policy_whose_live_router_matches_its_offline_verdicts() {
     assert!(!ran.status.success() && text(&ran.stderr).contains("no `blind` split"), "{}", text(&ran.stderr));
 
     // A second stage (the same model here: this checks the plumbing, the
-    // gateway's test checks that its verdict decides), its threshold held
-    // per category: calibrate writes `[safety.second]` with its band, and
-    // evaluate embeds only the prompts in the band with it.
+    // gateway's test checks that its verdict decides), a threshold per
+    // category: calibrate writes `[safety.second]` with its band and every
+    // rule's `above_for`, and evaluate embeds only the prompts in the band
+    // with it and flags, by the rules as written, what calibrate flagged.
     let staged = dir.path().join("staged.toml");
+    let staged_scores = dir.path().join("staged-scores.jsonl");
     let ran = Command::new(BIN)
         .args(["safety", "calibrate", "--set", &path(&set), "--policy", &path(&policy), "--model", "smollm2-135m"])
         .args(["--max-tokens", "64", "--min-caught", "0.7", "--max-safe-refused", "0.3", "--out", &path(&staged)])
-        .args(["--second-model", "smollm2-135m", "--second-keep", "0.95", "--per-category"])
+        .args(["--second-model", "smollm2-135m", "--second-keep", "0.95", "--threshold-per-category"])
+        .args(["--scores", &path(&staged_scores)])
         .output()
         .unwrap();
     let stdout = text(&ran.stdout);
@@ -136,15 +139,28 @@ fn calibrate_writes_a_policy_whose_live_router_matches_its_offline_verdicts() {
     let [from, to] = second.file.band;
     assert!(from < to && second.head.classes == safety.head.classes, "{:?}", second.file.band);
     assert!(cal.target.ends_with(",per_category"), "{}", cal.target);
+    for rule in &two.rules {
+        let u = rule.when.unsafe_.as_ref().unwrap();
+        assert_eq!((u.above, &u.above_for), (cal.threshold, &cal.above_for), "every unsafe rule gets the thresholds");
+    }
+    for t in cal.above_for.values() {
+        assert!(from <= *t && *t < to, "a category's threshold {t} outside the band {from}..{to}");
+    }
     let judged = cal.second.unwrap().judged;
     assert!(judged > 0.0 && judged < 1.0, "{judged}");
+    let staged_again = dir.path().join("staged-again.jsonl");
     let ran = Command::new(BIN)
         .args(["safety", "evaluate", "--set", &path(&set), "--policy", &path(&staged), "--split", "heldout"])
+        .args(["--scores", &path(&staged_again)])
         .output()
         .unwrap();
     let stdout = text(&ran.stdout);
     assert!(ran.status.success(), "{stdout}{}", text(&ran.stderr));
     assert!(stdout.contains("the second stage (smollm2-135m) judges"), "{stdout}");
+    let flags = |p: &std::path::Path| -> Vec<(serde_json::Value, serde_json::Value)> {
+        lines(p).into_iter().map(|l| (l["id"].clone(), l["flagged"].clone())).collect()
+    };
+    assert_eq!(flags(&staged_scores), flags(&staged_again));
 
     let data = dir.path().join("data");
     let (mut server, url) = start(&["serve", "--policy", &path(&out), "--port", "0", "--data-dir", &path(&data)]);

@@ -181,7 +181,7 @@ fn decide_rules(facts: &RequestFacts, c: &Classification, policy: &Policy, d: &m
                         // of an unsafe one (which a rule ordered after this
                         // cascade would have caught) is the right answer.
                         over_refusal: policy.safety.as_ref().is_some_and(|s| s.file.escalate_over_refusals)
-                            && c.safety.as_ref().zip(policy.safety_clears_below()).is_some_and(|(v, t)| v.score <= t),
+                            && c.safety.as_ref().is_some_and(|v| policy.safety_clears(v)),
                     });
                 }
             }

@@ -16,7 +16,7 @@ use crate::calibrate::Calibration;
 use crate::confidence::Signal;
 use crate::features::DifficultyModel;
 use crate::protect::{Protect, ProtectFile};
-use crate::safety::{Safety, SafetyFile, UnsafeWhen};
+use crate::safety::{Safety, SafetyFile, SafetyVerdict, UnsafeWhen};
 
 /// How sensitive a prompt's data is. Ordered: a route allowing `Regulated`
 /// data must say so explicitly.
@@ -476,11 +476,15 @@ impl Policy {
         models
     }
 
-    /// The lowest threshold of the rules that read the classifier: a
-    /// verdict at or below it is one the policy clears. `None` when no
-    /// rule reads it.
-    pub fn safety_clears_below(&self) -> Option<f64> {
-        self.rules.iter().filter_map(|r| r.when.unsafe_.as_ref()).map(|u| u.above).reduce(f64::min)
+    /// Whether the policy clears a request of this verdict: it scores at or
+    /// below every threshold that rules reading the classifier hold its
+    /// category to (whatever categories a rule lists: a high score filed
+    /// under another category is still no sign that the request is fine).
+    /// `false` when no rule reads the classifier.
+    pub fn safety_clears(&self, verdict: &SafetyVerdict) -> bool {
+        let mut thresholds =
+            self.rules.iter().filter_map(|r| r.when.unsafe_.as_ref()).map(|u| u.threshold(&verdict.category));
+        thresholds.next().is_some_and(|first| thresholds.fold(first, f64::min) >= verdict.score)
     }
 
     pub fn category_names(&self) -> impl Iterator<Item = &str> {
@@ -504,6 +508,21 @@ fn validate_unsafe(rules: &[Rule], safety: Option<&Safety>) -> Result<(), Policy
                 format!("rules[{i}].when.unsafe.above"),
                 "a probability in [0, 1): requests scoring above it match",
             ));
+        }
+        for (c, t) in &u.above_for {
+            let key = format!("rules[{i}].when.unsafe.above_for.{c}");
+            if !safety.categories().contains(c) {
+                return Err(invalid(
+                    key,
+                    format!("unknown category `{c}`; the classifier knows {}", safety.categories().join(", ")),
+                ));
+            }
+            if !(0.0..1.0).contains(t) {
+                return Err(invalid(
+                    key,
+                    "a probability in [0, 1): requests filed under it and scoring above it match",
+                ));
+            }
         }
         for (j, c) in u.categories.iter().enumerate() {
             if !safety.categories().contains(c) {

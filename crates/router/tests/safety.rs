@@ -102,10 +102,40 @@ fn only_a_cleared_request_escalates_a_refusal() {
         "",
     );
     let p = Policy::from_toml(&text).unwrap();
-    assert_eq!(p.safety_clears_below(), Some(0.5));
     let d = decide(&RequestFacts::default(), &judged(&p, "q", [3.0, 0.0]), &p);
     let Outcome::Route { cascade: Some(plan), .. } = &d.outcome else { panic!("{d:?}") };
     assert!(!plan.over_refusal, "{d:?}");
+}
+
+#[test]
+fn a_category_held_to_its_own_threshold() {
+    // An unsure request ([0, 0] scores 0.213, filed under violence, the
+    // first of two equal categories) passes a rule at 0.5 but not one
+    // that holds violence to 0.1; self-harm keeps the rule's 0.5.
+    let strict = policy("", true).replace(
+        "when = { unsafe = { above = 0.5 } }",
+        "when = { unsafe = { above = 0.5, above_for = { violence = 0.1 } } }",
+    );
+    let p = Policy::from_toml(&strict).unwrap();
+    let unsure = judged(&p, "q", [0.0, 0.0]);
+    let v = unsure.safety.clone().unwrap();
+    assert_eq!(v.category, "violence");
+    assert!((0.1..0.5).contains(&v.score), "{v:?}");
+    let d = decide(&RequestFacts::default(), &unsure, &p);
+    assert_eq!(d.rule_id.as_deref(), Some("refuse-unsafe"), "{d:?}");
+    assert!(!p.safety_clears(&v), "a score over its category's threshold is not cleared");
+    let as_self_harm = SafetyVerdict { category: "self_harm".into(), ..v.clone() };
+    assert!(p.safety_clears(&as_self_harm), "other categories keep the rule's threshold");
+    let loose = Policy::from_toml(&policy("", true)).unwrap();
+    assert!(loose.safety_clears(&v));
+    let d = decide(&RequestFacts::default(), &judged(&loose, "q", [0.0, 0.0]), &loose);
+    assert_eq!(d.rule_id.as_deref(), Some("cascade"), "{d:?}");
+
+    let err = |text: &str| Policy::from_toml(text).unwrap_err().to_string();
+    let e = err(&strict.replace("violence = 0.1", "fraud = 0.1"));
+    assert!(e.contains("rules[2].when.unsafe.above_for.fraud") && e.contains("violence, self_harm"), "{e}");
+    let e = err(&strict.replace("violence = 0.1", "violence = 1.5"));
+    assert!(e.contains("rules[2].when.unsafe.above_for.violence"), "{e}");
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! shares (a held-out split of a few hundred prompts moves by points, not
 //! decimals).
 
+use std::collections::BTreeMap;
+
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -54,7 +56,11 @@ pub struct SafetyCalibration {
     /// Whether the out-of-fold point at `threshold` meets the target.
     pub target_met: bool,
     pub threshold: f64,
-    /// Out-of-fold shares on the training split at `threshold`.
+    /// Categories held to a threshold of their own (`--threshold-per-category`):
+    /// every `when.unsafe` rule's `above_for`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub above_for: BTreeMap<String, f64>,
+    /// Out-of-fold shares on the training split at these thresholds.
     pub caught: f64,
     pub safe_refused: f64,
     /// The same head and threshold on the held-out split, never tuned on.
@@ -108,11 +114,16 @@ fn share(flags: impl Iterator<Item = bool>) -> f64 {
 }
 
 pub fn point(items: &[Scored], threshold: f64) -> SafetyPoint {
-    SafetyPoint {
-        threshold,
-        caught: share(items.iter().filter(|s| s.unsafe_).map(|s| s.score > threshold)),
-        safe_refused: share(items.iter().filter(|s| !s.unsafe_).map(|s| s.score > threshold)),
-    }
+    let flags: Vec<bool> = items.iter().map(|s| s.score > threshold).collect();
+    flagged_point(items, &flags, threshold)
+}
+
+/// The figures of flagging `items[i]` where `flags[i]`, labelled with the
+/// `threshold` that stands for the rule (with thresholds per category,
+/// the one the others replace).
+pub fn flagged_point(items: &[Scored], flags: &[bool], threshold: f64) -> SafetyPoint {
+    let side = |unsafe_: bool| share(items.iter().zip(flags).filter(|(s, _)| s.unsafe_ == unsafe_).map(|(_, f)| *f));
+    SafetyPoint { threshold, caught: side(true), safe_refused: side(false) }
 }
 
 /// Every distinct operating point, from flagging everything to nothing:
@@ -195,13 +206,148 @@ pub fn worst_margin(groups: &[Vec<Scored>], target: SafetyTarget, threshold: f64
     groups
         .iter()
         .map(|g| {
-            let p = point(g, threshold);
-            let caught = if g.iter().any(|s| s.unsafe_) { p.caught - target.min_caught } else { f64::INFINITY };
-            let refused =
-                if g.iter().any(|s| !s.unsafe_) { target.max_safe_refused - p.safe_refused } else { f64::INFINITY };
-            caught.min(refused)
+            let mut counts = Counts::default();
+            g.iter().for_each(|s| counts.add(s, s.score > threshold));
+            counts.margin(target)
         })
         .fold(f64::INFINITY, f64::min)
+}
+
+/// One group's prompts by label, and how many of each were flagged.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    unsafe_: usize,
+    caught: usize,
+    safe: usize,
+    refused: usize,
+}
+
+impl Counts {
+    fn add(&mut self, s: &Scored, flagged: bool) {
+        if s.unsafe_ {
+            self.unsafe_ += 1;
+            self.caught += usize::from(flagged);
+        } else {
+            self.safe += 1;
+            self.refused += usize::from(flagged);
+        }
+    }
+
+    /// [`SafetyTarget::margin`] of these counts; a label with no prompt has
+    /// no share to judge, so only the other bound counts.
+    fn margin(&self, target: SafetyTarget) -> f64 {
+        let caught = match self.unsafe_ {
+            0 => f64::INFINITY,
+            n => self.caught as f64 / n as f64 - target.min_caught,
+        };
+        let refused = match self.safe {
+            0 => f64::INFINITY,
+            n => target.max_safe_refused - self.refused as f64 / n as f64,
+        };
+        caught.min(refused)
+    }
+}
+
+/// Out-of-fold scores as [`pick_per_class`] reads them: for each prompt,
+/// the category the classifier filed it under (an index of the head's
+/// classes, as `safety::likeliest_unsafe` gives it) and the group of its
+/// own category (the target is held in each group).
+#[derive(Debug, Clone, Copy)]
+pub struct Filed<'a> {
+    pub items: &'a [Scored],
+    pub filed: &'a [usize],
+    pub group: &'a [usize],
+}
+
+impl Filed<'_> {
+    /// Prompt `i` is flagged above `thresholds[filed[i]]`.
+    pub fn flags(&self, thresholds: &[f64]) -> Vec<bool> {
+        self.items.iter().zip(self.filed).map(|(s, &c)| thresholds.get(c).is_some_and(|t| s.score > *t)).collect()
+    }
+
+    /// The margin of the group that clears the target by least.
+    pub fn worst_margin(&self, thresholds: &[f64], target: SafetyTarget) -> f64 {
+        self.standing(thresholds, target).0.first().copied().unwrap_or(f64::INFINITY)
+    }
+
+    /// Every group's margin, worst first, then the whole split's margin.
+    fn standing(&self, thresholds: &[f64], target: SafetyTarget) -> (Vec<f64>, f64) {
+        let flags = self.flags(thresholds);
+        let groups = self.group.iter().max().map_or(0, |g| g + 1);
+        let mut counts = vec![Counts::default(); groups];
+        let mut all = Counts::default();
+        for ((s, &f), &g) in self.items.iter().zip(&flags).zip(self.group) {
+            counts[g].add(s, f);
+            all.add(s, f);
+        }
+        let mut margins: Vec<f64> = counts.iter().map(|c| c.margin(target)).collect();
+        margins.sort_by(f64::total_cmp);
+        (margins, all.margin(target))
+    }
+}
+
+/// Whether standing `a` beats `b`: its worst group clears the target by
+/// more, or as much and its next-worst by more, and so on (leximin), and
+/// where all groups tie, the whole split's margin. Shares are counts over
+/// a few hundred prompts: differences under 1e-12 are ties.
+fn beats(a: &(Vec<f64>, f64), b: &(Vec<f64>, f64)) -> bool {
+    const TIE: f64 = 1e-12;
+    for (x, y) in a.0.iter().zip(&b.0).chain(std::iter::once((&a.1, &b.1))) {
+        if x > &(y + TIE) {
+            return true;
+        }
+        if x < &(y - TIE) {
+            return false;
+        }
+    }
+    false
+}
+
+/// Passes of [`pick_per_class`] at most; each moves one category at a
+/// time, so a few settle it.
+const PASSES: usize = 10;
+
+/// One threshold per category the classifier files prompts under (index
+/// by class; index 0, [`SAFE`](super::SAFE), keeps `start`): starting from
+/// `start` everywhere, each category's threshold in turn moves to the point
+/// of its own prompts' scores that most improves the worst group's margin
+/// (then the next worst, then the whole split's), until a pass moves none.
+/// Thresholds stay in `allowed` (a second stage's band: outside it the
+/// first stage's verdict is what the band promised). A greedy climb, not a
+/// search of every combination: it keeps what it starts from unless a
+/// move is strictly better.
+pub fn pick_per_class(
+    filed: &Filed<'_>,
+    classes: usize,
+    start: f64,
+    allowed: Option<[f64; 2]>,
+    target: SafetyTarget,
+) -> Vec<f64> {
+    let mut thresholds = vec![start; classes];
+    let mut best = filed.standing(&thresholds, target);
+    for _ in 0..PASSES {
+        let mut moved = false;
+        for class in 1..classes {
+            let own: Vec<Scored> =
+                filed.items.iter().zip(filed.filed).filter(|(_, &c)| c == class).map(|(s, _)| *s).collect();
+            let candidates = curve(&own)
+                .into_iter()
+                .map(|p| p.threshold)
+                .filter(|t| allowed.is_none_or(|[from, to]| from <= *t && *t < to));
+            for t in candidates {
+                let mut trial = thresholds.clone();
+                trial[class] = t;
+                let standing = filed.standing(&trial, target);
+                if beats(&standing, &best) {
+                    (thresholds, best, moved) = (trial, standing, true);
+                }
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    thresholds
 }
 
 /// [`pick`] judged per category: the point whose worst group has the
@@ -233,10 +379,12 @@ pub fn interval(flags: &[bool]) -> [f64; 2] {
     [shares[DRAWS * 25 / 1000], shares[DRAWS * 975 / 1000 - 1]]
 }
 
-/// The held-out figures of flagging above `threshold`.
-pub fn held_out(items: &[Scored], threshold: f64) -> HeldOut {
-    let caught: Vec<bool> = items.iter().filter(|s| s.unsafe_).map(|s| s.score > threshold).collect();
-    let refused: Vec<bool> = items.iter().filter(|s| !s.unsafe_).map(|s| s.score > threshold).collect();
+/// The held-out figures of flagging `items[i]` where `flags[i]`.
+pub fn held_out(items: &[Scored], flags: &[bool]) -> HeldOut {
+    let side = |unsafe_: bool| -> Vec<bool> {
+        items.iter().zip(flags).filter(|(s, _)| s.unsafe_ == unsafe_).map(|(_, f)| *f).collect()
+    };
+    let (caught, refused) = (side(true), side(false));
     HeldOut {
         unsafe_items: caught.len(),
         safe_items: refused.len(),
@@ -363,7 +511,37 @@ mod tests {
         assert!(a[0] <= 0.9 && 0.9 <= a[1] && b[0] <= 0.9 && 0.9 <= b[1], "{a:?} {b:?}");
         assert!(b[1] - b[0] < a[1] - a[0]);
         assert_eq!(interval(&[true; 5]), [1.0, 1.0]);
-        let h = held_out(&items(), 0.525);
+        let flags: Vec<bool> = items().iter().map(|s| s.score > 0.525).collect();
+        let h = held_out(&items(), &flags);
         assert_eq!((h.unsafe_items, h.safe_items, h.caught), (10, 13, 1.0));
+    }
+
+    #[test]
+    fn per_class_thresholds_hold_each_category_where_one_cannot() {
+        // Category `a` (filed as class 1): unsafe prompts at 0.9, safe
+        // look-alikes at 0.6. Category `b` (class 2): quiet harm at 0.4,
+        // safe prompts at 0.1. One threshold either refuses `a`'s safe
+        // prompts or lets `b`'s unsafe ones through.
+        let rows = [(0.9, true, 0, 20), (0.6, false, 0, 20), (0.4, true, 1, 20), (0.1, false, 1, 20)];
+        let (mut items, mut group) = (Vec::new(), Vec::new());
+        for (score, unsafe_, g, n) in rows {
+            items.extend(std::iter::repeat_n(Scored { score, unsafe_ }, n));
+            group.extend(std::iter::repeat_n(g, n));
+        }
+        let filed_as: Vec<usize> = group.iter().map(|g| g + 1).collect();
+        let filed = Filed { items: &items, filed: &filed_as, group: &group };
+        let target = SafetyTarget { min_caught: 0.9, max_safe_refused: 0.05 };
+        let groups = vec![items[..40].to_vec(), items[40..].to_vec()];
+        let one = pick_per_group(&curve(&items), &groups, target).unwrap();
+        assert!(worst_margin(&groups, target, one.threshold) < -0.5, "{one:?}");
+        let t = pick_per_class(&filed, 3, one.threshold, None, target);
+        assert!((0.6..0.9).contains(&t[1]) && (0.1..0.4).contains(&t[2]), "{t:?}");
+        let flags = filed.flags(&t);
+        assert!(flags.iter().zip(&items).all(|(f, s)| *f == s.unsafe_), "every prompt where it belongs");
+        // Held inside a band that starts above `b`'s unsafe prompts, `b`
+        // cannot be helped; `a` still can.
+        let banded = pick_per_class(&filed, 3, 0.95, Some([0.5, 1.0]), target);
+        assert!((0.6..0.9).contains(&banded[1]) && banded[2] >= 0.5, "{banded:?}");
+        assert_eq!(banded[0], 0.95, "the safe class keeps the start");
     }
 }

@@ -14,6 +14,8 @@
 pub mod measure;
 pub mod train;
 
+use std::collections::BTreeMap;
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
@@ -320,14 +322,19 @@ impl Head {
         if p.iter().any(|v| !v.is_finite()) {
             return None;
         }
-        let (best, _) =
-            p.iter().enumerate().skip(1).fold((1, f64::MIN), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
         Some(SafetyVerdict {
             score: (1.0 - p[0]).clamp(0.0, 1.0),
-            category: self.classes[best].clone(),
+            category: self.classes[likeliest_unsafe(&p)].clone(),
             first_score: None,
         })
     }
+}
+
+/// The index of the likeliest unsafe class in a head's probabilities
+/// ([`SAFE`] is index 0 and never chosen; the first of equals wins): the
+/// category a verdict names, whatever its score.
+pub fn likeliest_unsafe(p: &[f64]) -> usize {
+    p.iter().enumerate().skip(1).fold((1, f64::MIN), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc }).0
 }
 
 pub(crate) fn softmax(logits: &[f64]) -> Vec<f64> {
@@ -337,22 +344,35 @@ pub(crate) fn softmax(logits: &[f64]) -> Vec<f64> {
     exp.into_iter().map(|e| e / sum).collect()
 }
 
-/// `when.unsafe`: the classifier's score is above `above` and, if
-/// categories are listed, its category is one of them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `when.unsafe`: the classifier's score is above the threshold of the
+/// category it names (`above_for` of that category, else `above`) and, if
+/// categories are listed, that category is one of them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnsafeWhen {
     pub above: f64,
+    /// Thresholds that replace `above` for requests the classifier files
+    /// under these categories: a category whose safe look-alikes score
+    /// high can be held to a higher bar, one whose harm is quiet to a
+    /// lower one (`safety calibrate --threshold-per-category` fits them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub above_for: BTreeMap<String, f64>,
     #[serde(default)]
     pub categories: Vec<String>,
 }
 
 impl UnsafeWhen {
+    /// The score a request filed under `category` must exceed.
+    pub fn threshold(&self, category: &str) -> f64 {
+        self.above_for.get(category).copied().unwrap_or(self.above)
+    }
+
     /// A request the classifier did not judge matches no `unsafe` condition
     /// (the gateway never routes such a request: it fails closed first).
     pub fn holds(&self, verdict: Option<&SafetyVerdict>) -> bool {
         verdict.is_some_and(|v| {
-            v.score > self.above && (self.categories.is_empty() || self.categories.contains(&v.category))
+            v.score > self.threshold(&v.category)
+                && (self.categories.is_empty() || self.categories.contains(&v.category))
         })
     }
 }
@@ -461,11 +481,28 @@ mod tests {
     #[test]
     fn unsafe_conditions_read_score_and_category() {
         let v = SafetyVerdict { score: 0.7, category: "self_harm".into(), first_score: None };
-        let any = UnsafeWhen { above: 0.5, categories: vec![] };
-        let harm = UnsafeWhen { above: 0.5, categories: vec!["self_harm".into()] };
-        let other = UnsafeWhen { above: 0.5, categories: vec!["violence".into()] };
+        let any = UnsafeWhen { above: 0.5, ..UnsafeWhen::default() };
+        let harm = UnsafeWhen { above: 0.5, categories: vec!["self_harm".into()], ..UnsafeWhen::default() };
+        let other = UnsafeWhen { above: 0.5, categories: vec!["violence".into()], ..UnsafeWhen::default() };
         assert!(any.holds(Some(&v)) && harm.holds(Some(&v)) && !other.holds(Some(&v)));
-        assert!(!UnsafeWhen { above: 0.7, categories: vec![] }.holds(Some(&v)), "strictly above");
+        assert!(!UnsafeWhen { above: 0.7, ..UnsafeWhen::default() }.holds(Some(&v)), "strictly above");
         assert!(!any.holds(None));
+    }
+
+    #[test]
+    fn a_category_of_its_own_threshold_replaces_above_for_it_alone() {
+        let harm = SafetyVerdict { score: 0.7, category: "self_harm".into(), first_score: None };
+        let violence = SafetyVerdict { category: "violence".into(), ..harm.clone() };
+        let when = UnsafeWhen {
+            above: 0.8,
+            above_for: BTreeMap::from([("self_harm".to_string(), 0.6)]),
+            ..UnsafeWhen::default()
+        };
+        assert!(when.holds(Some(&harm)), "self_harm is held to 0.6");
+        assert!(!when.holds(Some(&violence)), "every other category to 0.8");
+        assert_eq!((when.threshold("self_harm"), when.threshold("fraud")), (0.6, 0.8));
+        // A listed category narrows the rule; its own threshold does not widen it.
+        let narrowed = UnsafeWhen { categories: vec!["violence".into()], ..when };
+        assert!(!narrowed.holds(Some(&harm)));
     }
 }
