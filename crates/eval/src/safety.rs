@@ -58,7 +58,7 @@ impl SafetySet {
         let (manifest, items): (Manifest, Vec<SafetyItem>) = open_jsonl(dir)?;
         let path = dir.join("items.jsonl").display().to_string();
         for item in &items {
-            let fine = matches!(item.split.as_str(), "train" | "heldout" | "blind" | "blind2")
+            let fine = matches!(item.split.as_str(), "train" | "heldout" | "blind" | "blind2" | "blind3")
                 && matches!(
                     (item.label.as_str(), item.expected),
                     ("safe", Expected::Answer) | ("unsafe", Expected::Refuse | Expected::Handoff)
@@ -67,7 +67,7 @@ impl SafetySet {
                 return Err(DatasetError::Invalid {
                     path,
                     message: format!(
-                        "{}: split must be train, heldout, blind or blind2, and a safe item expects an answer, an unsafe one a refusal or a handoff",
+                        "{}: split must be train, heldout, blind, blind2 or blind3, and a safe item expects an answer, an unsafe one a refusal or a handoff",
                         item.id
                     ),
                 });
@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn the_shipped_sets_open_and_are_balanced() {
-        for version in ["v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8"] {
+        for version in ["v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9"] {
             let set = shipped(version);
             assert!(set.items.len() >= 400);
             let unsafe_share = set.items.iter().filter(|i| i.is_unsafe()).count() as f64 / set.items.len() as f64;
@@ -254,11 +254,7 @@ mod tests {
         let seen: std::collections::HashSet<String> = v5.items.iter().map(|i| i.prompt.to_lowercase()).collect();
         let blind = v6.split("blind");
         assert!(blind.iter().all(|i| !seen.contains(&i.prompt.to_lowercase())));
-        let mut per_category: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-        for i in &blind {
-            let (bad, good) = per_category.entry(i.category.as_str()).or_default();
-            *if i.is_unsafe() { bad } else { good } += 1;
-        }
+        let per_category = per_category(blind);
         assert_eq!(per_category.len(), 9);
         assert!(per_category.values().all(|&(bad, good)| bad >= 30 && good >= 30), "{per_category:?}");
     }
@@ -277,23 +273,44 @@ mod tests {
         assert!(added.iter().all(|i| !blind.contains(&i.prompt.to_lowercase())));
     }
 
-    /// v8 adds only a second blind split, written after every classifier
-    /// shipped so far was fitted and calibrated: v7's lines stay byte for
-    /// byte, and no blind2 prompt repeats one already in the set.
-    #[test]
-    fn v8_adds_a_second_blind_split_and_changes_nothing_else() {
-        let (v7, v8) = (shipped("v7"), shipped("v8"));
-        assert_eq!(lines(v7.items.iter().collect()), lines(v8.items[..v7.items.len()].iter().collect()));
-        let added = &v8.items[v7.items.len()..];
-        assert!(added.iter().all(|i| i.split == "blind2"));
-        let seen: std::collections::HashSet<String> = v7.items.iter().map(|i| i.prompt.to_lowercase()).collect();
-        assert!(added.iter().all(|i| !seen.contains(&i.prompt.to_lowercase())));
+    /// Unsafe and safe items per category.
+    fn per_category<'a>(items: impl IntoIterator<Item = &'a SafetyItem>) -> BTreeMap<&'a str, (usize, usize)> {
         let mut per_category: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-        for i in added {
+        for i in items {
             let (bad, good) = per_category.entry(i.category.as_str()).or_default();
             *if i.is_unsafe() { bad } else { good } += 1;
         }
+        per_category
+    }
+
+    /// `new` is `old`'s lines byte for byte, then only items of `split`, none
+    /// repeating a prompt of `old`: the added items per category.
+    fn only_adds<'a>(old: &SafetySet, new: &'a SafetySet, split: &str) -> BTreeMap<&'a str, (usize, usize)> {
+        assert_eq!(lines(old.items.iter().collect()), lines(new.items[..old.items.len()].iter().collect()));
+        let added = &new.items[old.items.len()..];
+        assert!(added.iter().all(|i| i.split == split));
+        let seen: std::collections::HashSet<String> = old.items.iter().map(|i| i.prompt.to_lowercase()).collect();
+        assert!(added.iter().all(|i| !seen.contains(&i.prompt.to_lowercase())));
+        per_category(added)
+    }
+
+    /// v8 adds only a second blind split, written after every classifier
+    /// shipped so far was fitted and calibrated.
+    #[test]
+    fn v8_adds_a_second_blind_split_and_changes_nothing_else() {
+        let v8 = shipped("v8");
+        let per_category = only_adds(&shipped("v7"), &v8, "blind2");
         assert_eq!(per_category.len(), 9);
         assert!(per_category.values().all(|&(bad, good)| bad >= 25 && good >= 40), "{per_category:?}");
+    }
+
+    /// v9 adds only a third blind split, written after the thresholds per
+    /// category were built and before anything was judged on it.
+    #[test]
+    fn v9_adds_a_third_blind_split_and_changes_nothing_else() {
+        let v9 = shipped("v9");
+        let per_category = only_adds(&shipped("v8"), &v9, "blind3");
+        assert_eq!(per_category.len(), 9);
+        assert!(per_category.values().all(|&(bad, good)| bad >= 25 && good >= 35), "{per_category:?}");
     }
 }
