@@ -433,7 +433,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     file.second = second.map(|(s, _)| s.file);
     file.calibration = Some(calibration);
     let version = args.version.clone().unwrap_or_else(|| format!("{}.safety", policy.version));
-    let new_text = rewrite(&text, &version, &file, &rule.above_for)?;
+    let new_text = rewrite(&text, &version, &file)?;
     let checked =
         Policy::from_toml(&new_text).context("the calibrated policy did not validate (a bug: please report it)")?;
     if !checked.rules.iter().any(|r| r.when.unsafe_.is_some()) {
@@ -825,28 +825,25 @@ fn described(u: &UnsafeWhen) -> String {
 }
 
 /// The old policy text with the version, `[safety]` and every `when.unsafe`
-/// threshold replaced (`above`, and `above_for` set to the categories'
-/// own or removed); everything else kept as written.
-fn rewrite(
-    text: &str,
-    version: &str,
-    safety: &SafetyFile,
-    above_for: &BTreeMap<String, f64>,
-) -> anyhow::Result<String> {
+/// threshold replaced by the calibration's (`above`, and `above_for` set to
+/// the categories' own or removed); everything else kept as written.
+fn rewrite(text: &str, version: &str, safety: &SafetyFile) -> anyhow::Result<String> {
     use toml_edit::{value, DocumentMut, InlineTable, Item};
     let mut doc: DocumentMut = text.parse().context("re-reading the policy")?;
     doc["version"] = value(version);
     let threshold = safety.calibration.as_ref().map_or(0.5, |c| c.threshold);
-    let own: InlineTable = above_for.iter().map(|(c, t)| (c.as_str(), toml_edit::Value::from(*t))).collect();
+    let above_for = safety.calibration.as_ref().map(|c| &c.above_for).filter(|m| !m.is_empty());
+    let own: InlineTable =
+        above_for.into_iter().flatten().map(|(c, t)| (c.as_str(), toml_edit::Value::from(*t))).collect();
     if let Some(rules) = doc.get_mut("rules").and_then(Item::as_array_of_tables_mut) {
         for rule in rules.iter_mut() {
             let when = rule.get_mut("when").and_then(Item::as_table_like_mut);
             if let Some(u) = when.and_then(|w| w.get_mut("unsafe")).and_then(Item::as_table_like_mut) {
                 u.insert("above", value(threshold));
-                if above_for.is_empty() {
-                    u.remove("above_for");
-                } else {
+                if above_for.is_some() {
                     u.insert("above_for", value(own.clone()));
+                } else {
+                    u.remove("above_for");
                 }
             }
         }
