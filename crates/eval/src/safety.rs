@@ -58,7 +58,7 @@ impl SafetySet {
         let (manifest, items): (Manifest, Vec<SafetyItem>) = open_jsonl(dir)?;
         let path = dir.join("items.jsonl").display().to_string();
         for item in &items {
-            let fine = matches!(item.split.as_str(), "train" | "heldout" | "blind" | "blind2" | "blind3")
+            let fine = matches!(item.split.as_str(), "train" | "heldout" | "blind" | "blind2" | "blind3" | "blind4")
                 && matches!(
                     (item.label.as_str(), item.expected),
                     ("safe", Expected::Answer) | ("unsafe", Expected::Refuse | Expected::Handoff)
@@ -67,7 +67,7 @@ impl SafetySet {
                 return Err(DatasetError::Invalid {
                     path,
                     message: format!(
-                        "{}: split must be train, heldout, blind, blind2 or blind3, and a safe item expects an answer, an unsafe one a refusal or a handoff",
+                        "{}: split must be train, heldout or blind to blind4, and a safe item expects an answer, an unsafe one a refusal or a handoff",
                         item.id
                     ),
                 });
@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn the_shipped_sets_open_and_are_balanced() {
-        for version in ["v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9"] {
+        for version in ["v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10"] {
             let set = shipped(version);
             assert!(set.items.len() >= 400);
             let unsafe_share = set.items.iter().filter(|i| i.is_unsafe()).count() as f64 / set.items.len() as f64;
@@ -312,5 +312,15 @@ mod tests {
         let per_category = only_adds(&shipped("v8"), &v9, "blind3");
         assert_eq!(per_category.len(), 9);
         assert!(per_category.values().all(|&(bad, good)| bad >= 25 && good >= 35), "{per_category:?}");
+    }
+
+    /// v10 adds only a fourth blind split, written before any classifier was
+    /// fitted on the spent blind splits (`calibrate --fit-on`) or judged on it.
+    #[test]
+    fn v10_adds_a_fourth_blind_split_and_changes_nothing_else() {
+        let v10 = shipped("v10");
+        let per_category = only_adds(&shipped("v9"), &v10, "blind4");
+        assert_eq!(per_category.len(), 9);
+        assert!(per_category.values().all(|&(bad, good)| bad >= 25 && good >= 25), "{per_category:?}");
     }
 }
