@@ -90,6 +90,12 @@ pub struct CalibrateArgs {
     /// --per-category.
     #[arg(long)]
     threshold_per_category: bool,
+    /// The splits the head and threshold are fitted on, comma separated:
+    /// `train`, and blind splits already spent (judged per category, so no
+    /// longer blind), e.g. `train,blind,blind2`. Never `heldout`.
+    /// `safety evaluate` notes that figures on these splits are in-sample.
+    #[arg(long, value_delimiter = ',', default_value = "train")]
+    fit_on: Vec<String>,
     /// Folds for the out-of-fold scores the threshold and penalty are picked on.
     #[arg(long, default_value_t = 5)]
     folds: usize,
@@ -132,7 +138,7 @@ pub struct EvaluateArgs {
     /// The policy whose `[safety]` head and `when.unsafe` rules are judged.
     #[arg(long)]
     policy: PathBuf,
-    /// `blind`, `blind2` or `blind3` (written without sight of the set, never tuned
+    /// `blind` to `blind4` (written without sight of the set, never tuned
     /// on), `heldout` or `train`.
     #[arg(long, default_value = "blind")]
     split: String,
@@ -213,7 +219,19 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     let per_category = args.per_category || args.threshold_per_category;
     anyhow::ensure!(args.second_keep > 0.0 && args.second_keep <= 1.0, "--second-keep is a share in (0, 1], e.g. 0.99");
     let engine = load(&model)?;
-    let (train_items, held) = (set.split("train"), set.split("heldout"));
+    let mut train_items = Vec::new();
+    for (i, split) in args.fit_on.iter().enumerate() {
+        anyhow::ensure!(
+            split != "heldout",
+            "--fit-on: the held-out split is never fitted on; name `train` and spent blind splits, e.g. \
+             --fit-on train,blind,blind2"
+        );
+        anyhow::ensure!(!args.fit_on[..i].contains(split), "--fit-on names `{split}` twice");
+        let items = set.split(split);
+        anyhow::ensure!(!items.is_empty(), "--fit-on: the set has no `{split}` split");
+        train_items.extend(items);
+    }
+    let held = set.split("heldout");
     let mut file = SafetyFile {
         model: model.clone(),
         max_tokens: args.max_tokens,
@@ -394,7 +412,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         (target.met_by(&chosen), target.to_string())
     };
     let out_of_fold = Table::of(
-        &format!("out of fold on the training split ({} prompts, {})", train_items.len(), described(&rule)),
+        &format!("out of fold on {} ({} prompts, {})", args.fit_on.join(" + "), train_items.len(), described(&rule)),
         &train_items,
         &oof_flags,
     );
@@ -416,6 +434,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     let calibration = SafetyCalibration {
         source: args.set.display().to_string(),
         source_sha256,
+        fitted_on: args.fit_on.clone(),
         items: train_items.len(),
         folds: args.folds,
         l2: first.l2,
@@ -503,6 +522,13 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         conditions.push(condition);
     }
     anyhow::ensure!(!conditions.is_empty(), "no rule of policy {} reads the classifier (`when.unsafe`)", policy.id);
+    let in_sample = safety.file.calibration.as_ref().is_some_and(|c| c.fitted_on.contains(&args.split));
+    if in_sample {
+        eprintln!(
+            "note: policy {} was fitted on the `{}` split: its figures there are in-sample, not a judgement",
+            policy.id, args.split
+        );
+    }
     let engine = load(&safety.file.model)?;
     eprintln!(
         "embedding {} prompts with {} (last {} tokens each)",
@@ -543,10 +569,11 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     // Flagged: some rule's `when.unsafe` holds.
     let flagged: Vec<bool> = verdicts.iter().map(|v| conditions.iter().any(|c| c.holds(Some(v)))).collect();
     println!(
-        "\n`{}` split of {} ({} prompts), policy {}: AUC {:.3}\n",
+        "\n`{}` split of {} ({} prompts{}), policy {}: AUC {:.3}\n",
         args.split,
         args.set.display(),
         items.len(),
+        if in_sample { ", fitted on: in-sample" } else { "" },
         policy.id,
         auc(&scored)
     );

@@ -36,19 +36,24 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-#[test]
-fn calibrate_writes_a_policy_whose_live_router_matches_its_offline_verdicts() {
-    let dir = tempfile::tempdir().unwrap();
+/// `datasets/safety/v1`'s violence and self-harm items (72 train, 48
+/// held out) as a set in `dir/name`.
+fn cut(dir: &std::path::Path, name: &str, split_of: impl Fn(usize, &str) -> String) -> std::path::PathBuf {
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/safety/v1/items.jsonl")).unwrap();
     let items: String = shipped
         .lines()
         .filter(|l| l.contains(r#""category": "violence""#) || l.contains(r#""category": "self_harm""#))
-        .map(|l| format!("{l}\n"))
+        .enumerate()
+        .map(|(i, l)| {
+            let mut item: serde_json::Value = serde_json::from_str(l).unwrap();
+            item["split"] = split_of(i, item["split"].as_str().unwrap()).into();
+            format!("{item}\n")
+        })
         .collect();
     let n = items.lines().count();
     assert_eq!(n, 120, "two categories of 60");
-    let set = dir.path().join("set");
+    let set = dir.join(name);
     std::fs::create_dir(&set).unwrap();
     std::fs::write(set.join("items.jsonl"), &items).unwrap();
     std::fs::write(
@@ -60,6 +65,13 @@ fn calibrate_writes_a_policy_whose_live_router_matches_its_offline_verdicts() {
         ),
     )
     .unwrap();
+    set
+}
+
+#[test]
+fn calibrate_writes_a_policy_whose_live_router_matches_its_offline_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = cut(dir.path(), "set", |_, split| split.to_string());
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY).unwrap();
     let out = dir.path().join("calibrated.toml");
@@ -75,12 +87,13 @@ fn calibrate_writes_a_policy_whose_live_router_matches_its_offline_verdicts() {
     let stdout = text(&ran.stdout);
     assert!(ran.status.success(), "{stdout}{}", text(&ran.stderr));
     assert!(stdout.contains("held-out split (48 prompts") && stdout.contains("self_harm"), "{stdout}");
-    assert!(stdout.contains("out of fold on the training split (72 prompts"), "{stdout}");
+    assert!(stdout.contains("out of fold on train (72 prompts"), "{stdout}");
     let calibrated = Policy::from_toml(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(calibrated.version, "cli-safety.1.safety");
     let safety = calibrated.safety.as_ref().unwrap();
     let cal = safety.file.calibration.as_ref().unwrap();
     assert_eq!((cal.items, safety.file.max_tokens, safety.head.classes.len()), (72, 64, 3));
+    assert_eq!(cal.fitted_on, ["train"]);
     for rule in &calibrated.rules {
         assert_eq!(rule.when.unsafe_.as_ref().unwrap().above, cal.threshold, "every unsafe rule gets the threshold");
     }
@@ -173,4 +186,58 @@ fn calibrate_writes_a_policy_whose_live_router_matches_its_offline_verdicts() {
     let stdout = text(&checked.stdout);
     assert!(checked.status.success(), "{stdout}{}", text(&checked.stderr));
     assert!(stdout.contains("router vs offline verdicts: 48 of 48 agree"), "{stdout}");
+}
+
+/// A spent blind split can join the training split (`--fit-on`); the
+/// held-out split never can, and `evaluate` says when its figures are
+/// in-sample.
+#[test]
+fn calibrate_fits_on_the_splits_it_is_told_and_never_on_the_held_out_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // A third of the training prompts moved to a `blind` split.
+    let set = cut(dir.path(), "set", |i, split| if split == "train" && i % 3 == 0 { "blind" } else { split }.into());
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let calibrate = |out: &std::path::Path, fit_on: &str| {
+        Command::new(BIN)
+            .args(["safety", "calibrate", "--set", &path(&set), "--policy", &path(&policy), "--model", "smollm2-135m"])
+            .args(["--max-tokens", "64", "--min-caught", "0.7", "--max-safe-refused", "0.3", "--out", &path(out)])
+            .args(["--fit-on", fit_on])
+            .output()
+            .unwrap()
+    };
+    let refused = dir.path().join("refused.toml");
+    for (fit_on, says) in [
+        ("train,heldout", "--fit-on: the held-out split is never fitted on"),
+        ("train,blind2", "--fit-on: the set has no `blind2` split"),
+        ("train,train", "--fit-on names `train` twice"),
+    ] {
+        let ran = calibrate(&refused, fit_on);
+        assert!(!ran.status.success() && text(&ran.stderr).contains(says), "{fit_on}: {}", text(&ran.stderr));
+    }
+    assert!(!refused.exists());
+
+    let out = dir.path().join("calibrated.toml");
+    let ran = calibrate(&out, "train,blind");
+    let stdout = text(&ran.stdout);
+    assert!(ran.status.success(), "{stdout}{}", text(&ran.stderr));
+    let blind = std::fs::read_to_string(set.join("items.jsonl")).unwrap().matches(r#""split":"blind""#).count();
+    assert!(blind > 10, "{blind}");
+    assert!(
+        stdout.contains("out of fold on train + blind (72 prompts") && stdout.contains("held-out split (48 prompts")
+    );
+    let calibrated = Policy::from_toml(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let cal = calibrated.safety.as_ref().unwrap().file.calibration.as_ref().unwrap();
+    assert_eq!((cal.items, &cal.fitted_on), (72, &vec!["train".to_string(), "blind".to_string()]));
+    for (split, in_sample) in [("blind", true), ("heldout", false)] {
+        let ran = Command::new(BIN)
+            .args(["safety", "evaluate", "--set", &path(&set), "--policy", &path(&out), "--split", split])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (text(&ran.stdout), text(&ran.stderr));
+        assert!(ran.status.success(), "{stdout}{stderr}");
+        assert_eq!(stdout.contains("fitted on: in-sample"), in_sample, "{split}: {stdout}");
+        assert_eq!(stderr.contains("its figures there are in-sample"), in_sample, "{split}: {stderr}");
+    }
 }

@@ -47,7 +47,12 @@ pub struct SafetyCalibration {
     /// The safety set (directory) and the sha256 of its items file.
     pub source: String,
     pub source_sha256: String,
-    /// Training-split prompts the head and threshold were fitted on.
+    /// The splits the head and threshold were fitted on: `train`, and with
+    /// `calibrate --fit-on`, blind splits already spent. `safety evaluate`
+    /// refuses to judge a policy on one of them.
+    #[serde(default = "train_only")]
+    pub fitted_on: Vec<String>,
+    /// Prompts the head and threshold were fitted on (those splits').
     pub items: usize,
     pub folds: usize,
     /// The penalty chosen by cross-validation on the training split.
@@ -72,6 +77,12 @@ pub struct SafetyCalibration {
     pub curve: Vec<SafetyPoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub second: Option<SecondCalibration>,
+}
+
+/// Policies calibrated before `fitted_on` was recorded were fitted on the
+/// training split alone.
+fn train_only() -> Vec<String> {
+    vec!["train".to_string()]
 }
 
 /// How `[safety.second]` was fitted and its band chosen.
