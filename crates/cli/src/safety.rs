@@ -465,11 +465,12 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     std::fs::write(&tmp, &new_text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &args.out)?;
     println!(
-        "\nwrote {} (policy {}): {}; out-of-fold on train caught {:.3}, safe refused {:.3}; \
+        "\nwrote {} (policy {}): {}; out-of-fold on {} caught {:.3}, safe refused {:.3}; \
          held out caught {:.3} [{:.2}, {:.2}], safe refused {:.3} [{:.2}, {:.2}]",
         args.out.display(),
         checked.id,
         described(&rule),
+        args.fit_on.join(" + "),
         chosen.caught,
         chosen.safe_refused,
         held_out.caught,

@@ -294,33 +294,24 @@ mod tests {
         per_category(added)
     }
 
-    /// v8 adds only a second blind split, written after every classifier
-    /// shipped so far was fitted and calibrated.
+    /// v8, v9 and v10 each add only a blind split to the version before:
+    /// `blind2` written after every classifier then shipped was fitted,
+    /// `blind3` after the thresholds per category were built, `blind4`
+    /// before anything was fitted on the spent blind splits; none judged
+    /// on before it was added. At least as many unsafe and safe prompts a
+    /// category as given.
     #[test]
-    fn v8_adds_a_second_blind_split_and_changes_nothing_else() {
-        let v8 = shipped("v8");
-        let per_category = only_adds(&shipped("v7"), &v8, "blind2");
-        assert_eq!(per_category.len(), 9);
-        assert!(per_category.values().all(|&(bad, good)| bad >= 25 && good >= 40), "{per_category:?}");
-    }
-
-    /// v9 adds only a third blind split, written after the thresholds per
-    /// category were built and before anything was judged on it.
-    #[test]
-    fn v9_adds_a_third_blind_split_and_changes_nothing_else() {
-        let v9 = shipped("v9");
-        let per_category = only_adds(&shipped("v8"), &v9, "blind3");
-        assert_eq!(per_category.len(), 9);
-        assert!(per_category.values().all(|&(bad, good)| bad >= 25 && good >= 35), "{per_category:?}");
-    }
-
-    /// v10 adds only a fourth blind split, written before any classifier was
-    /// fitted on the spent blind splits (`calibrate --fit-on`) or judged on it.
-    #[test]
-    fn v10_adds_a_fourth_blind_split_and_changes_nothing_else() {
-        let v10 = shipped("v10");
-        let per_category = only_adds(&shipped("v9"), &v10, "blind4");
-        assert_eq!(per_category.len(), 9);
-        assert!(per_category.values().all(|&(bad, good)| bad >= 25 && good >= 25), "{per_category:?}");
+    fn v8_to_v10_each_add_one_blind_split_and_change_nothing_else() {
+        for (old, new, split, (min_bad, min_good)) in
+            [("v7", "v8", "blind2", (25, 40)), ("v8", "v9", "blind3", (25, 35)), ("v9", "v10", "blind4", (25, 25))]
+        {
+            let new_set = shipped(new);
+            let per_category = only_adds(&shipped(old), &new_set, split);
+            assert_eq!(per_category.len(), 9, "{new}");
+            assert!(
+                per_category.values().all(|&(bad, good)| bad >= min_bad && good >= min_good),
+                "{new}: {per_category:?}"
+            );
+        }
     }
 }
