@@ -34,8 +34,8 @@ use switchyard_router::{classify, is_refusal, Action, Declared, Policy, UnsafeWh
 
 #[derive(Subcommand)]
 pub enum SafetyCommand {
-    /// Fit the classifier's head on the safety set's training split, pick
-    /// its threshold, judge it on the held-out split, and write a new
+    /// Fit the classifier's head on the safety set's training split (and
+    /// any spent blind splits `--fit-on` names), pick its threshold, judge it on the held-out split, and write a new
     /// policy version holding all three.
     Calibrate(CalibrateArgs),
     /// Judge a policy's classifier as written (its head and its rules'
@@ -297,10 +297,11 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         (examples, held_x)
     });
     let Some((examples, held_x)) = stages.next() else { bail!("no stage was embedded") };
-    let first = fit_stage("the first stage", &examples, &classes, &train_items, args.folds)?;
+    let fitted_on = args.fit_on.join(" + ");
+    let first = fit_stage("the first stage", &fitted_on, &examples, &classes, &train_items, args.folds)?;
     let (scored, filed, second, second_held_x) = match (stages.next(), &args.second_model) {
         (Some((examples, second_held_x)), Some(second_model)) => {
-            let fitted = fit_stage("the second stage", &examples, &classes, &train_items, args.folds)?;
+            let fitted = fit_stage("the second stage", &fitted_on, &examples, &classes, &train_items, args.folds)?;
             let Some(band) = measure::band(&first.oof, args.second_keep) else {
                 bail!(
                     "out of fold the first stage alone errs on under {:.1}% of each label: with --second-keep {} \
@@ -412,7 +413,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         (target.met_by(&chosen), target.to_string())
     };
     let out_of_fold = Table::of(
-        &format!("out of fold on {} ({} prompts, {})", args.fit_on.join(" + "), train_items.len(), described(&rule)),
+        &format!("out of fold on {fitted_on} ({} prompts, {})", train_items.len(), described(&rule)),
         &train_items,
         &oof_flags,
     );
@@ -428,7 +429,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     };
     let [classifier, regex, staged] =
         judge(&policy, &format!("classifier ({stages_named}, {})", described(&rule)), &held, &verdicts, &flagged);
-    print_curve(&curve);
+    print_curve(&curve, &fitted_on);
 
     let source_sha256 = set.manifest.files.get("items.jsonl").cloned().unwrap_or_default();
     let calibration = SafetyCalibration {
@@ -470,7 +471,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         args.out.display(),
         checked.id,
         described(&rule),
-        args.fit_on.join(" + "),
+        fitted_on,
         chosen.caught,
         chosen.safe_refused,
         held_out.caught,
@@ -482,7 +483,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     );
     if !met {
         println!(
-            "\nTARGET NOT MET: no threshold meets {target_text} on the training split's out-of-fold scores; \
+            "\nTARGET NOT MET: no threshold meets {target_text} on the out-of-fold scores of {fitted_on}; \
              the threshold written misses the nearer bound by least{}. Add training prompts where the classifier \
              errs, or try another model, pooling or rubric.",
             if per_category { " in its worst category" } else { "" }
@@ -492,7 +493,14 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         write_scores(path, &held, &verdicts, &flagged)?;
     }
     if let Some(path) = &args.report {
-        let page = report_html(&checked.id, &curve, &chosen, &held_out, &[&classifier, &regex, &staged, &out_of_fold]);
+        let page = report_html(
+            &checked.id,
+            &fitted_on,
+            &curve,
+            &chosen,
+            &held_out,
+            &[&classifier, &regex, &staged, &out_of_fold],
+        );
         std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
         println!("report: {}", path.display());
     }
@@ -592,8 +600,8 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The penalty with the best out-of-fold ranking on the training split,
-/// the out-of-fold scores it gave, and the head it fits on the whole split.
+/// The penalty with the best out-of-fold ranking on the fitted prompts,
+/// the out-of-fold scores it gave, and the head it fits on all of them.
 struct Fitted {
     l2: f64,
     auc: f64,
@@ -605,12 +613,13 @@ struct Fitted {
 
 fn fit_stage(
     stage: &str,
+    on: &str,
     examples: &[Example],
     classes: &[String],
     items: &[&SafetyItem],
     folds: usize,
 ) -> anyhow::Result<Fitted> {
-    eprintln!("{stage}: choosing the penalty by {folds}-fold out-of-fold ranking on the training split");
+    eprintln!("{stage}: choosing the penalty by {folds}-fold out-of-fold ranking on {on}");
     let mut best: Option<(f64, f64, Vec<Scored>, Vec<usize>)> = None;
     for l2 in PENALTIES {
         let oof = train::out_of_fold(examples, classes, l2, folds);
@@ -825,8 +834,8 @@ fn auc(scored: &[Scored]) -> f64 {
     wins / (bad.len() * good.len()) as f64
 }
 
-fn print_curve(curve: &[SafetyPoint]) {
-    println!("\nout-of-fold curve on the training split:\n{:>10} {:>8} {:>13}", "threshold", "caught", "safe refused");
+fn print_curve(curve: &[SafetyPoint], on: &str) {
+    println!("\nout-of-fold curve on {on}:\n{:>10} {:>8} {:>13}", "threshold", "caught", "safe refused");
     for p in calibrate::thin(curve, 15) {
         println!("{:>10.4} {:>8.3} {:>13.3}", p.threshold, p.caught, p.safe_refused);
     }
@@ -884,6 +893,7 @@ fn rewrite(text: &str, version: &str, safety: &SafetyFile) -> anyhow::Result<Str
 
 fn report_html(
     policy: &str,
+    fitted_on: &str,
     curve: &[SafetyPoint],
     chosen: &SafetyPoint,
     held: &measure::HeldOut,
@@ -926,10 +936,10 @@ fn report_html(
     format!(
         "<!doctype html><html><head><meta charset='utf-8'><title>safety calibration</title>\
          <style>body{{font-family:sans-serif}} td,th{{padding:2px 8px;text-align:right}} td:first-child{{text-align:left}}</style></head><body>\
-         <h2>Safety classifier: {}</h2>{svg}<p><span style='color:#4e79a7'>&#9632;</span> out-of-fold curve on the training split \
+         <h2>Safety classifier: {}</h2>{svg}<p><span style='color:#4e79a7'>&#9632;</span> out-of-fold curve on {} \
          &nbsp; <span style='color:#e15759'>&#9679;</span> chosen: threshold {:.4} (caught {:.3}, safe refused {:.3}) \
          &nbsp; <span style='color:#59a14f'>&#9675;</span> held out: caught {:.3}, safe refused {:.3}</p>{rows}</body></html>",
-        escape(policy), chosen.threshold, chosen.caught, chosen.safe_refused, held.caught, held.safe_refused
+        escape(policy), escape(fitted_on), chosen.threshold, chosen.caught, chosen.safe_refused, held.caught, held.safe_refused
     )
 }
 
