@@ -35,8 +35,9 @@ use switchyard_router::{classify, is_refusal, Action, Declared, Policy, UnsafeWh
 #[derive(Subcommand)]
 pub enum SafetyCommand {
     /// Fit the classifier's head on the safety set's training split (and
-    /// any spent blind splits `--fit-on` names), pick its threshold, judge it on the held-out split, and write a new
-    /// policy version holding all three.
+    /// any spent blind splits `--fit-on` names), pick its threshold, judge
+    /// it on the held-out split, and write a new policy version holding
+    /// all three.
     Calibrate(CalibrateArgs),
     /// Judge a policy's classifier as written (its head and its rules'
     /// thresholds, nothing refitted) on a split of the safety set, such as
